@@ -1,0 +1,57 @@
+"""pipeflow: file-target pipelines for data scientists, d6tflow-compatible.
+
+``import pipeflow as d6tflow`` lets d6tflow code run unchanged.
+"""
+
+from pipeflow import errors, settings, targets, tasks
+from pipeflow.cache import data
+from pipeflow.operations import (
+    invalidate_all,
+    invalidate_downstream,
+    invalidate_orphans,
+    invalidate_upstream,
+    preview,
+    run,
+    set_dir,
+    taskflow_downstream,
+    taskflow_upstream,
+)
+from pipeflow.parameters import (
+    BoolParameter,
+    ChoiceParameter,
+    DateHourParameter,
+    DateIntervalParameter,
+    DateMinuteParameter,
+    DateParameter,
+    DateSecondParameter,
+    DictParameter,
+    EnumParameter,
+    FloatParameter,
+    IntParameter,
+    ListParameter,
+    MonthParameter,
+    NumericalParameter,
+    OptionalParameter,
+    Parameter,
+    TaskParameter,
+    TimeDeltaParameter,
+    TupleParameter,
+    YearParameter,
+)
+from pipeflow.sharing import FlowExport, FlowImport
+from pipeflow.tasks import inherits, requires
+from pipeflow.workflow import Workflow, WorkflowMulti
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BoolParameter", "ChoiceParameter", "DateHourParameter", "DateIntervalParameter",
+    "DateMinuteParameter", "DateParameter", "DateSecondParameter", "DictParameter",
+    "EnumParameter", "FloatParameter", "FlowExport", "FlowImport", "IntParameter",
+    "ListParameter", "MonthParameter", "NumericalParameter", "OptionalParameter", "Parameter",
+    "TaskParameter", "TimeDeltaParameter", "TupleParameter", "Workflow", "WorkflowMulti",
+    "YearParameter", "__version__", "data", "errors", "inherits", "invalidate_all",
+    "invalidate_downstream", "invalidate_orphans", "invalidate_upstream", "preview",
+    "requires", "run", "set_dir", "settings", "targets", "taskflow_downstream",
+    "taskflow_upstream", "tasks",
+]

@@ -1,0 +1,53 @@
+"""User-facing output: the one place pipeflow writes to the terminal, and confirmations.
+
+``preview()`` and the execution summary print here (a d6tflow habit users rely on);
+everything else returns objects and logs through the ``pipeflow`` logger.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from pipeflow.errors import ConfirmationError
+
+
+def emit(text: str) -> None:
+    """Write user-facing text (a preview, a summary) to standard output."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _interactive() -> bool:
+    if sys.stdin is not None and sys.stdin.isatty():
+        return True
+    # Jupyter: stdin is not a terminal, but the kernel answers input() from the notebook.
+    kernel = sys.modules.get("ipykernel")
+    return kernel is not None and "IPython" in sys.modules
+
+
+def confirm(question: str, items: Sequence[str], how_to_skip: str) -> bool:
+    """Ask the user to confirm a destructive operation on ``items``.
+
+    Args:
+        question: what will happen, e.g. ``"Delete the outputs of 3 tasks?"``.
+        items: what it applies to, listed before the question.
+        how_to_skip: the argument that skips the prompt, e.g. ``"confirm=False"``.
+
+    Returns:
+        True when the user answered yes.
+
+    Raises:
+        ConfirmationError: nobody can answer (standard input is not a terminal).
+    """
+    if not _interactive():
+        listed = "".join(f"\n    {i}" for i in items[:20])
+        more = f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
+        raise ConfirmationError(
+            f"{question} This needs confirmation, but standard input is not a terminal, so "
+            f"nobody can answer the prompt. Pass {how_to_skip} to proceed without asking."
+            f"{listed}{more}"
+        )
+    emit("\n".join(items))
+    answer = input(f"{question} (y/n) ")
+    return answer.strip().lower() in ("y", "yes")

@@ -1,0 +1,22 @@
+"""Engines run a plan. ``LocalEngine`` (embedded, in-process) is the default."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from pipeflow.events import RunResult, Sink
+from pipeflow.plan import Plan
+
+
+class Engine(Protocol):
+    """Something that runs the pending tasks of a plan and reports events to sinks."""
+
+    def run(self, plan: Plan, sinks: Sequence[Sink]) -> RunResult:
+        """Run what ``plan`` says is pending; return the result."""
+        ...
+
+
+from pipeflow.engines.local import LocalEngine  # noqa: E402
+
+__all__ = ["Engine", "LocalEngine", "RunResult"]

@@ -1,0 +1,91 @@
+"""Every public exception pipeflow raises.
+
+Each error says what went wrong, why, and how to fix it, naming the task (with its
+parameters) and the file involved where there is one. All derive from
+:class:`PipeflowError`, so ``except pipeflow.errors.PipeflowError`` catches them all.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class PipeflowError(Exception):
+    """Base class of every pipeflow error.
+
+    Example:
+        >>> try:
+        ...     raise PipeflowError("boom")
+        ... except PipeflowError as exc:
+        ...     str(exc)
+        'boom'
+    """
+
+
+class CycleError(PipeflowError):
+    """The task graph has a cycle, so no run order exists.
+
+    Attributes:
+        cycle: the task ids along the cycle, first and last equal.
+    """
+
+    def __init__(self, message: str, cycle: list[str]):
+        super().__init__(message)
+        self.cycle = cycle
+
+
+class RequirementError(PipeflowError, TypeError):
+    """``requires()`` returned something that is not a task."""
+
+
+class ParameterError(PipeflowError, ValueError):
+    """A parameter name or value does not fit the tasks it is given to."""
+
+
+class UnsafePathError(PipeflowError, ValueError):
+    """A path, env or task_group would place or delete files outside the data dir."""
+
+
+class OutputError(PipeflowError):
+    """Base class of errors about a task's outputs."""
+
+
+class MissingOutputError(OutputError):
+    """A task finished ``run()`` without saving every declared output."""
+
+
+class MissingInputError(OutputError):
+    """An external task's output, needed by the flow, does not exist."""
+
+
+class SaveError(OutputError, ValueError):
+    """``save()`` was called with data or keys the task's targets cannot store."""
+
+
+class IncompleteTaskError(OutputError, RuntimeError):
+    """Output was requested from a task that is not complete."""
+
+
+class ConfirmationError(PipeflowError, RuntimeError):
+    """A destructive operation needs confirmation but nobody can answer the prompt."""
+
+
+class TaskFailedError(PipeflowError, RuntimeError):
+    """One or more tasks failed during ``run()``.
+
+    The first failure's exception is chained as ``__cause__`` so its traceback shows.
+
+    Attributes:
+        result: the :class:`pipeflow.engines.RunResult` of the run.
+    """
+
+    def __init__(self, message: str, result: object):
+        super().__init__(message)
+        self.result = result
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """Return `` Did you mean 'x'?`` for the closest candidate, or an empty string."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""

@@ -1,0 +1,226 @@
+"""Run events and what is built from them: the run result and the execution summary.
+
+The engine emits one :class:`Event` per state change; every consumer (the result, the
+summary, user callbacks) reads that one stream.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import luigi
+
+from pipeflow.graph import describe
+
+
+class EventKind(str, enum.Enum):
+    """What happened."""
+
+    RUN_STARTED = "run_started"
+    RUN_FINISHED = "run_finished"
+    TASK_UP_TO_DATE = "task_up_to_date"
+    TASK_STARTED = "task_started"
+    TASK_COMPLETED = "task_completed"
+    TASK_FAILED = "task_failed"
+    TASK_SKIPPED = "task_skipped"
+
+
+class TaskState(str, enum.Enum):
+    """Where a task of a run ended up (or is)."""
+
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    UP_TO_DATE = "up_to_date"
+
+
+_STATE_OF = {
+    EventKind.TASK_UP_TO_DATE: TaskState.UP_TO_DATE,
+    EventKind.TASK_STARTED: TaskState.IN_PROGRESS,
+    EventKind.TASK_COMPLETED: TaskState.COMPLETED,
+    EventKind.TASK_FAILED: TaskState.FAILED,
+    EventKind.TASK_SKIPPED: TaskState.SKIPPED,
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    """One state change of a run.
+
+    Attributes:
+        kind: what happened.
+        run_id: the run it belongs to.
+        time: when (``time.time()``).
+        task: the task concerned (None for run events).
+        error: the exception of a failed task.
+        traceback: its formatted traceback.
+        reason: why a task was skipped.
+    """
+
+    kind: EventKind
+    run_id: str
+    time: float = field(default_factory=time.time)
+    task: luigi.Task | None = None
+    error: BaseException | None = None
+    traceback: str | None = None
+    reason: str | None = None
+
+    @property
+    def task_id(self) -> str | None:
+        """The task's id, if any."""
+        return None if self.task is None else self.task.task_id
+
+    @property
+    def family(self) -> str | None:
+        """The task's family (class name), if any."""
+        return None if self.task is None else self.task.task_family
+
+    @property
+    def params(self) -> dict[str, str]:
+        """The task's significant parameters, as strings."""
+        return {} if self.task is None else self.task.to_str_params(only_significant=True)
+
+
+Sink = Callable[[Event], None]
+
+#: tasks listed per group in the execution summary; the rest are counted
+SUMMARY_MAX_LINES = 25
+
+
+@dataclass
+class TaskResult:
+    """What happened to one task in a run.
+
+    Attributes:
+        task: the task.
+        state: its final state.
+        started: start time, if it ran.
+        finished: end time, if it ran.
+        error: the exception, if it failed.
+        traceback: the formatted traceback, if it failed.
+        reason: why it was skipped.
+        attempts: how many times ``run()`` was called.
+    """
+
+    task: luigi.Task
+    state: TaskState = TaskState.PENDING
+    started: float | None = None
+    finished: float | None = None
+    error: BaseException | None = None
+    traceback: str | None = None
+    reason: str | None = None
+    attempts: int = 0
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds spent in ``run()``, if it ran."""
+        if self.started is None or self.finished is None:
+            return None
+        return self.finished - self.started
+
+
+class RunResult:
+    """The outcome of ``run()``: truthy when every scheduled task succeeded.
+
+    Attributes:
+        run_id: identifier of the run.
+        tasks: task_id -> :class:`TaskResult`, upstream first.
+        started: start time of the run.
+        finished: end time of the run.
+
+    Example:
+        >>> result = flow.run()                      # doctest: +SKIP
+        >>> assert result                            # doctest: +SKIP
+        >>> [r.task for r in result.by_state("failed")]  # doctest: +SKIP
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.tasks: dict[str, TaskResult] = {}
+        self.started: float | None = None
+        self.finished: float | None = None
+
+    def __call__(self, event: Event) -> None:
+        """Record an event (the result is an event sink)."""
+        if event.kind is EventKind.RUN_STARTED:
+            self.started = event.time
+        elif event.kind is EventKind.RUN_FINISHED:
+            self.finished = event.time
+        elif event.task is not None:
+            res = self.tasks.setdefault(event.task.task_id, TaskResult(event.task))
+            res.state = _STATE_OF[event.kind]
+            if event.kind is EventKind.TASK_STARTED:
+                res.started = event.time
+                res.attempts += 1
+            elif event.kind in (EventKind.TASK_COMPLETED, EventKind.TASK_FAILED):
+                res.finished = event.time
+                res.error, res.traceback = event.error, event.traceback
+            elif event.kind is EventKind.TASK_SKIPPED:
+                res.reason = event.reason
+
+    def by_state(self, state: TaskState | str) -> list[TaskResult]:
+        """The results of tasks that ended in ``state``."""
+        want = TaskState(state)
+        return [r for r in self.tasks.values() if r.state is want]
+
+    @property
+    def success(self) -> bool:
+        """True when no task failed, was skipped or was cancelled."""
+        bad = (TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED, TaskState.PENDING)
+        return not any(r.state in bad for r in self.tasks.values())
+
+    #: luigi's name for the same thing (d6tflow code reads it)
+    scheduling_succeeded = success
+
+    def __bool__(self) -> bool:
+        return self.success
+
+    def __repr__(self) -> str:
+        counts = {s.value: len(self.by_state(s)) for s in TaskState if self.by_state(s)}
+        return f"<RunResult {'success' if self else 'failed'} {counts}>"
+
+    def subset(self, task_ids: Iterable[str]) -> RunResult:
+        """The same run restricted to some tasks (e.g. one flow of a WorkflowMulti)."""
+        out = RunResult(self.run_id)
+        out.started, out.finished = self.started, self.finished
+        wanted = set(task_ids)
+        out.tasks = {k: v for k, v in self.tasks.items() if k in wanted}
+        return out
+
+    def summary(self) -> str:
+        """The execution summary: what was already done, ran, failed and did not run."""
+        groups = [
+            (TaskState.UP_TO_DATE, "already done (outputs existed)"),
+            (TaskState.COMPLETED, "ran successfully"),
+            (TaskState.FAILED, "failed"),
+            (TaskState.SKIPPED, "did not run because an upstream task failed"),
+            (TaskState.CANCELLED, "cancelled"),
+        ]
+        lines = ["===== pipeflow execution summary =====",
+                 f"Scheduled {len(self.tasks)} tasks of which:"]
+        for state, label in groups:
+            results = self.by_state(state)
+            if not results:
+                continue
+            lines.append(f"* {len(results)} {label}:")
+            for r in results[:SUMMARY_MAX_LINES]:
+                extra = ""
+                if r.error is not None:
+                    extra = f": {type(r.error).__name__}: {r.error}".split("\n")[0]
+                elif r.duration is not None:
+                    extra = f" in {r.duration:.2f}s"
+                lines.append(f"    - {describe(r.task)}{extra}")
+            if len(results) > SUMMARY_MAX_LINES:
+                lines.append(f"    ... and {len(results) - SUMMARY_MAX_LINES} more")
+        if self.success:
+            lines.append("Result: success, every scheduled task ran or was already done.")
+        else:
+            lines.append(f"Result: failed, {len(self.by_state(TaskState.FAILED))} task(s) failed.")
+        lines.append("===== pipeflow execution summary =====")
+        return "\n".join(lines)

@@ -1,0 +1,187 @@
+"""The task graph: pure, iterative, no file access.
+
+``build(roots)`` instantiates nothing new: it walks ``requires()`` of the given task
+instances with an explicit stack (no recursion, so a 10,000-task chain is fine), dedupes
+tasks by ``task_id``, detects cycles and returns the tasks in topological order (every task
+after all of its upstream tasks).
+
+Example:
+    >>> g = build([Train()])          # doctest: +SKIP
+    >>> [describe(t) for t in g.nodes]  # doctest: +SKIP
+    ['Load()', 'Features(window=7)', "Train(model='xgb')"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import luigi
+from luigi.task import flatten
+
+from pipeflow.errors import CycleError, RequirementError
+
+
+def describe(task: luigi.Task) -> str:
+    """Human name of a task with its significant parameters: ``Train(model='xgb')``."""
+    params = task.param_kwargs
+    shown = ", ".join(
+        f"{name}={params[name]!r}"
+        for name, p in task.get_params()
+        if p.significant and name in params
+    )
+    return f"{task.task_family}({shown})"
+
+
+def requirements(task: luigi.Task) -> list[luigi.Task]:
+    """The tasks ``task.requires()`` returns, flattened, each checked to be a task.
+
+    Raises:
+        RequirementError: something that is not a task instance was returned.
+    """
+    deps = flatten(task.requires())
+    for dep in deps:
+        if not isinstance(dep, luigi.Task):
+            raise RequirementError(_bad_requirement(task, dep))
+    return deps
+
+
+def _bad_requirement(task: luigi.Task, dep: object) -> str:
+    where = f"{describe(task)}.requires() returned"
+    if isinstance(dep, type) and issubclass(dep, luigi.Task):
+        return (
+            f"{where} the class {dep.__name__} instead of a task instance. Write "
+            f"{dep.__name__}() (or self.clone({dep.__name__}) to pass parameters on)."
+        )
+    return (
+        f"{where} {dep!r} (type {type(dep).__name__}), which is not a task. requires() must "
+        f"return a task instance, or a list, tuple or dict of task instances."
+    )
+
+
+@dataclass
+class Graph:
+    """A task DAG in topological order.
+
+    Attributes:
+        nodes: the tasks, each after all of its upstream tasks.
+        index: task_id -> position in ``nodes``.
+        deps: for each node, the positions of the tasks it requires.
+        roots: positions of the tasks the graph was built from.
+    """
+
+    nodes: list[luigi.Task]
+    index: dict[str, int]
+    deps: list[tuple[int, ...]]
+    roots: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __iter__(self) -> Iterator[luigi.Task]:
+        return iter(self.nodes)
+
+    def __contains__(self, task: object) -> bool:
+        return isinstance(task, luigi.Task) and task.task_id in self.index
+
+    @cached_property
+    def dependents(self) -> list[tuple[int, ...]]:
+        """For each node, the positions of the tasks that require it."""
+        out: list[list[int]] = [[] for _ in self.nodes]
+        for i, ds in enumerate(self.deps):
+            for d in ds:
+                out[d].append(i)
+        return [tuple(x) for x in out]
+
+    def position(self, task: luigi.Task) -> int:
+        """Position of ``task`` in the graph (KeyError if absent)."""
+        return self.index[task.task_id]
+
+    def upstream(self, starts: Iterable[int]) -> set[int]:
+        """The given positions and everything they require, transitively."""
+        return _closure(starts, self.deps)
+
+    def downstream(self, starts: Iterable[int]) -> set[int]:
+        """The given positions and everything that requires them, transitively."""
+        return _closure(starts, self.dependents)
+
+    def between(self, starts: Iterable[int], ends: Iterable[int]) -> set[int]:
+        """Tasks on a dependency path from one of ``starts`` up to one of ``ends``."""
+        return self.downstream(starts) & self.upstream(ends)
+
+    def families(self) -> list[type[luigi.Task]]:
+        """The distinct task classes in the graph, in topological order of first use."""
+        seen: dict[type[luigi.Task], None] = {}
+        for t in self.nodes:
+            seen.setdefault(type(t), None)
+        return list(seen)
+
+
+def _closure(starts: Iterable[int], edges: Sequence[Sequence[int]]) -> set[int]:
+    seen = set(starts)
+    stack = list(seen)
+    while stack:
+        for nxt in edges[stack.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen
+
+
+def build(roots: Iterable[luigi.Task]) -> Graph:
+    """Build the graph of ``roots`` and everything upstream of them.
+
+    Raises:
+        CycleError: ``requires()`` loops back to a task already on the path.
+        RequirementError: a ``requires()`` returned something that is not a task.
+    """
+    nodes: list[luigi.Task] = []
+    index: dict[str, int] = {}
+    deps: list[tuple[int, ...]] = []
+    on_path: dict[str, int] = {}  # task_id -> depth on the DFS stack
+    root_ids: list[str] = []
+
+    for root in roots:
+        if not isinstance(root, luigi.Task):
+            raise RequirementError(
+                f"expected a task instance, got {root!r} (type {type(root).__name__}). Pass "
+                f"e.g. Train() rather than Train, or use pipeflow.Workflow(Train)."
+            )
+        root_ids.append(root.task_id)
+        if root.task_id in index:
+            continue
+        # Each frame: (task, its requirements, next requirement to visit)
+        stack: list[tuple[luigi.Task, list[luigi.Task], int]] = [(root, requirements(root), 0)]
+        on_path[root.task_id] = 0
+        while stack:
+            task, reqs, i = stack[-1]
+            if i < len(reqs):
+                stack[-1] = (task, reqs, i + 1)
+                dep = reqs[i]
+                tid = dep.task_id
+                if tid in index:
+                    continue
+                if tid in on_path:
+                    raise _cycle_error([f[0] for f in stack[on_path[tid]:]], dep)
+                on_path[tid] = len(stack)
+                stack.append((dep, requirements(dep), 0))
+                continue
+            stack.pop()
+            del on_path[task.task_id]
+            index[task.task_id] = len(nodes)
+            nodes.append(task)
+            deps.append(tuple(dict.fromkeys(index[r.task_id] for r in reqs)))
+    return Graph(nodes, index, deps, list(dict.fromkeys(index[r] for r in root_ids)))
+
+
+def _cycle_error(path: list[luigi.Task], back_to: luigi.Task) -> CycleError:
+    chain = [*path, back_to]
+    names = " -> ".join(describe(t) for t in chain)
+    last = path[-1]
+    return CycleError(
+        f"the task graph has a cycle, so no run order exists:\n    {names}\n"
+        f"{last.task_family}.requires() returns {describe(back_to)}, which already depends "
+        f"on {describe(last)}. Remove one of these requirements.",
+        [t.task_id for t in chain],
+    )

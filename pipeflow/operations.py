@@ -1,0 +1,314 @@
+"""Module-level operations on task instances (d6tflow's functional API).
+
+``pipeflow.preview``, ``pipeflow.run``, ``taskflow_upstream``/``downstream`` and the
+``invalidate_*`` functions. :class:`pipeflow.Workflow` delegates to these.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import luigi
+
+from pipeflow import cache, display, graph, layout, settings
+from pipeflow.engines import Engine, LocalEngine
+from pipeflow.errors import MissingInputError, TaskFailedError
+from pipeflow.events import RunResult, Sink
+from pipeflow.plan import Preview, Status, build_plan, build_preview, use_color
+from pipeflow.tasks import TaskData
+
+
+def set_dir(dir: str | os.PathLike[str] | None = None) -> pathlib.Path:
+    """Set (and create) the data directory every output lives under.
+
+    Args:
+        dir: the directory; None keeps the current one (``settings.dir``, default ``data``).
+
+    Returns:
+        The data directory as a Path.
+    """
+    if dir is not None:
+        settings.dir = os.fspath(dir)
+    settings.dirpath.mkdir(parents=True, exist_ok=True)
+    return settings.dirpath
+
+
+def as_list(tasks: Any) -> list[Any]:
+    """A task or a list/tuple of tasks, as a list."""
+    return list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
+
+
+def preview(tasks: Any, indent: str = "", last: bool = True, show_params: bool = True,
+            clip_params: bool = False, print_it: bool = True) -> Preview:
+    """Print the status tree of one or more tasks and return it.
+
+    Args:
+        tasks: a task instance or a list of them.
+        indent: prefix of every line.
+        last: draw the roots as last children.
+        show_params: show parameters.
+        clip_params: show only one parameter per task.
+        print_it: print the tree (the returned :class:`~pipeflow.plan.Preview` has it too).
+    """
+    roots = as_list(tasks)
+    plan = build_plan(graph.build(roots))
+    result = build_preview(plan, roots, show_params, clip_params, indent, last)
+    if print_it:
+        display.emit(result.text(color=use_color()))
+        result._printed = True
+    return result
+
+
+def run(tasks: Any, forced: Any = None, forced_all: bool = False,
+        forced_all_upstream: bool = False, confirm: bool = False, workers: int = 1,
+        abort: bool = True, execution_summary: bool | None = None, *,
+        callbacks: Sequence[Callable[[Any], None]] = (), engine: Engine | None = None,
+        ) -> RunResult | None:
+    """Run one or more tasks and everything upstream of them that is not complete.
+
+    Args:
+        tasks: a task instance or a list of them.
+        forced: task(s) or task class(es) to rerun, with every task between them and
+            ``tasks``.
+        forced_all: rerun ``tasks`` themselves.
+        forced_all_upstream: rerun everything upstream of ``tasks`` too.
+        confirm: ask before deleting the outputs of forced tasks.
+        workers: how many tasks may run at once.
+        abort: raise :class:`~pipeflow.errors.TaskFailedError` when a task fails.
+        execution_summary: print the execution summary (default
+            ``settings.execution_summary``).
+        callbacks: functions called with every :class:`~pipeflow.events.Event`.
+        engine: the engine to run on (default: the embedded :class:`LocalEngine`).
+
+    Returns:
+        The :class:`~pipeflow.events.RunResult`, truthy when everything succeeded; None if
+        the user declined the confirmation.
+    """
+    roots = as_list(tasks)
+    g = graph.build(roots)
+    forced_tasks = _forced(g, roots, forced, forced_all, forced_all_upstream)
+    if forced_tasks and not _delete_outputs(forced_tasks, confirm, "rerun"):
+        return None
+    plan = build_plan(g)
+    _check_external_inputs(plan)
+    sinks: list[Sink] = list(callbacks)
+    result = (engine or LocalEngine(workers)).run(plan, sinks)
+    summary = settings.execution_summary if execution_summary is None else execution_summary
+    if summary:
+        display.emit(result.summary())
+    if abort and not result:
+        raise _failure(result)
+    return result
+
+
+def _failure(result: RunResult) -> TaskFailedError:
+    failed = result.by_state("failed")
+    skipped = result.by_state("skipped")
+    lines = [f"    {graph.describe(r.task)}: {type(r.error).__name__}: {r.error}".split("\n")[0]
+             for r in failed]
+    message = (
+        f"{len(failed)} task(s) failed, so the run did not finish:\n" + "\n".join(lines)
+        + (f"\n{len(skipped)} downstream task(s) did not run because of it." if skipped else "")
+        + "\nThe traceback of the first failure is shown above. Fix it and run again: only "
+        "what is not complete reruns."
+    )
+    err = TaskFailedError(message, result)
+    first = failed[0].error if failed else None
+    if first is not None:
+        err.__cause__ = first
+    return err
+
+
+def _forced(g: graph.Graph, roots: list[luigi.Task], forced: Any, forced_all: bool,
+            forced_all_upstream: bool) -> list[luigi.Task]:
+    if forced_all_upstream:
+        return list(g.nodes)
+    start: set[int] = set()
+    if forced_all:
+        start |= {g.position(r) for r in roots}
+    for f in as_list(forced) if forced is not None else []:
+        matched = _matching(g, f)
+        if not matched:
+            raise ValueError(
+                f"forced={getattr(f, '__name__', f)!r} is not a task of this flow; the flow "
+                f"has: {', '.join(sorted({t.task_family for t in g.nodes}))}"
+            )
+        start |= matched
+    return [g.nodes[i] for i in sorted(g.downstream(start))]
+
+
+def _matching(g: graph.Graph, item: Any) -> set[int]:
+    """Positions of ``item`` in ``g``: an instance by task_id, a class by family."""
+    if isinstance(item, luigi.Task):
+        return {g.index[item.task_id]} if item.task_id in g.index else set()
+    family = getattr(item, "task_family", item)
+    return {i for i, t in enumerate(g.nodes) if t.task_family == family}
+
+
+def _deletable(tasks: Iterable[luigi.Task]) -> list[TaskData]:
+    """The tasks whose outputs pipeflow may delete and that have some."""
+    return [t for t in tasks if isinstance(t, TaskData) and not t.external
+            and any(x.exists() for x in t._targets().values())]
+
+
+def _delete_outputs(tasks: Iterable[luigi.Task], confirm: bool, verb: str) -> bool:
+    doomed = _deletable(tasks)
+    if not doomed:
+        return True
+    if confirm and not display.confirm(
+        f"Delete the outputs of {len(doomed)} task(s) to {verb} them?",
+        [graph.describe(t) for t in doomed], "confirm=False",
+    ):
+        return False
+    for t in doomed:
+        t.delete_outputs()
+    return True
+
+
+def _check_external_inputs(plan: Any) -> None:
+    missing = [t for t, s in zip(plan.graph.nodes, plan.status)
+               if s is Status.PENDING and getattr(t, "external", False)
+               and not plan.own[plan.graph.position(t)]]
+    if missing:
+        lines = []
+        for t in missing:
+            outs = luigi.task.flatten(t.output())
+            paths = ", ".join(str(getattr(o, "path", o)) for o in outs if not o.exists())
+            lines.append(f"    {graph.describe(t)}: {paths}")
+        raise MissingInputError(
+            "the flow needs external inputs that do not exist, so nothing was run:\n"
+            + "\n".join(lines)
+            + "\nExternal tasks are produced outside this flow: create these files (or point "
+            "pipeflow.set_dir() / FlowImport at the folder holding them)."
+        )
+
+
+def taskflow_upstream(task: luigi.Task, only_complete: bool = False) -> list[luigi.Task]:
+    """``task`` and every task upstream of it (downstream first).
+
+    Args:
+        task: the task.
+        only_complete: keep only complete tasks.
+    """
+    plan = build_plan(graph.build([task]))
+    return [t for t, s in zip(reversed(plan.graph.nodes), reversed(plan.status))
+            if not only_complete or s is Status.COMPLETE]
+
+
+def taskflow_downstream(task: Any, task_downstream: luigi.Task,
+                        only_complete: bool = False) -> set[luigi.Task]:
+    """Tasks of ``task``'s family in ``task_downstream``'s flow, and everything between.
+
+    Args:
+        task: a task (or class); its family is what is looked for.
+        task_downstream: the downstream task whose flow is searched.
+        only_complete: keep only complete tasks.
+    """
+    plan = build_plan(graph.build([task_downstream]))
+    g = plan.graph
+    family = task.task_family
+    found = g.downstream(i for i, t in enumerate(g.nodes) if t.task_family == family)
+    return {g.nodes[i] for i in found if not only_complete or plan.status[i] is Status.COMPLETE}
+
+
+def invalidate_upstream(task: luigi.Task, confirm: bool = True) -> bool:
+    """Delete the outputs of ``task`` and of every task upstream of it.
+
+    Returns:
+        False if the user declined, else True.
+    """
+    return _delete_outputs(taskflow_upstream(task), confirm, "reset")
+
+
+def invalidate_downstream(task: Any, task_downstream: luigi.Task, confirm: bool = True) -> bool:
+    """Delete the outputs of ``task`` and of every task between it and ``task_downstream``.
+
+    Returns:
+        False if the user declined, else True.
+    """
+    return _delete_outputs(taskflow_downstream(task, task_downstream), confirm, "reset")
+
+
+def _files_under(root: pathlib.Path) -> list[pathlib.Path]:
+    """Every file (and symlink, not followed) below ``root``."""
+    out: list[pathlib.Path] = []
+    for folder, _dirs, files in os.walk(root, followlinks=False):
+        out.extend(pathlib.Path(folder, f) for f in files)
+        out.extend(pathlib.Path(folder, d) for d in _dirs
+                   if os.path.islink(os.path.join(folder, d)))
+    return sorted(out)
+
+
+def _remove(files: list[pathlib.Path], root: pathlib.Path, confirm: bool, what: str) -> bool:
+    if confirm and files and not display.confirm(
+        f"Delete {len(files)} {what} under {str(root)!r}?", [str(f) for f in files],
+        "confirm=False",
+    ):
+        return False
+    for f in files:
+        layout.ensure_inside(f.parent, root)
+        f.unlink(missing_ok=True)
+        cache.data.pop(f, None)
+    # remove the folders this left empty, deepest first, never the data dir itself
+    for folder in sorted({f.parent for f in files}, key=lambda p: len(p.parts), reverse=True):
+        while folder != root and root in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+            folder = folder.parent
+    return True
+
+
+def invalidate_all(confirm: bool = True) -> bool:
+    """Delete every output under the data dir (and every in-memory cache output).
+
+    Returns:
+        False if the user declined, else True.
+    """
+    root = settings.dirpath
+    files = _files_under(root) if root.exists() else []
+    if not _remove(files, root, confirm, "output file(s)"):
+        return False
+    cache.data.clear()
+    return True
+
+
+def invalidate_orphans(flows: Any, confirm: bool = True) -> bool:
+    """Delete every output under the data dir that no task of ``flows`` produces.
+
+    Args:
+        flows: the flows to keep: a Workflow, a WorkflowMulti, a task instance, or a list
+            of them. Everything else under the data dir is deleted.
+        confirm: ask first.
+
+    Returns:
+        False if the user declined, else True.
+    """
+    keep: set[pathlib.Path] = set()
+    for item in as_list(flows):
+        keep |= expected_files(item)
+    root = settings.dirpath
+    files = [f for f in (_files_under(root) if root.exists() else [])
+             if f not in keep and ".tmp-" not in f.name]
+    if not _remove(files, root, confirm, "orphaned output file(s)"):
+        return False
+    for key in [k for k in cache.data if k not in keep]:
+        del cache.data[key]
+    return True
+
+
+def expected_files(item: Any) -> set[pathlib.Path]:
+    """Every file the tasks of ``item`` (a flow or a task) write, in its flow context."""
+    own = getattr(item, "expected_files", None)
+    if own is not None:
+        return set(own())
+    out: set[pathlib.Path] = set()
+    for t in graph.build([item]).nodes:
+        if isinstance(t, TaskData):
+            out.update(p for target in t._targets().values() for p in target.files())
+    return out
+

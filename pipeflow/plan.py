@@ -1,0 +1,290 @@
+"""The status of every task in a graph, computed in one pass, and the preview built on it.
+
+Each task's own outputs are checked once; ``check_dependencies`` is applied by propagating
+along the topological order, never by recursion, so status checks are linear in the size of
+the graph (d6tflow re-checks shared upstream tasks once per path: exponential on stacked
+diamonds).
+"""
+
+from __future__ import annotations
+
+import enum
+import html
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import luigi
+from luigi.task import flatten
+
+from pipeflow import settings
+from pipeflow.graph import Graph, describe
+
+
+class Status(str, enum.Enum):
+    """Status of a task before a run."""
+
+    COMPLETE = "COMPLETE"
+    PENDING = "PENDING"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def is_group(task: luigi.Task) -> bool:
+    """Whether the task only groups others (an aggregator or luigi WrapperTask).
+
+    A group has nothing of its own to run or store: it is complete when its upstream
+    tasks are, whatever ``check_dependencies`` says. Grouping implies no order among them.
+    """
+    return bool(getattr(task, "_pipeflow_group", False)) or isinstance(task, luigi.WrapperTask)
+
+
+def own_complete(task: luigi.Task) -> bool:
+    """Whether the task's own outputs exist, ignoring upstream tasks.
+
+    pipeflow tasks answer through ``own_complete()``; a plain luigi task through its own
+    ``complete()`` if it overrides it, else through its outputs (none: never complete, as
+    in luigi).
+    """
+    check = getattr(task, "own_complete", None)
+    if check is not None:
+        return bool(check())
+    if type(task).complete is not luigi.Task.complete:
+        return bool(task.complete())
+    outputs = flatten(task.output())
+    return bool(outputs) and all(o.exists() for o in outputs)
+
+
+@dataclass
+class Plan:
+    """Status of each task of a graph.
+
+    Attributes:
+        graph: the graph.
+        own: for each node, whether its own outputs exist.
+        status: for each node, COMPLETE or PENDING.
+    """
+
+    graph: Graph
+    own: list[bool]
+    status: list[Status]
+
+    def status_of(self, task: luigi.Task) -> Status:
+        """Status of a task of the graph."""
+        return self.status[self.graph.position(task)]
+
+    def pending(self) -> list[luigi.Task]:
+        """The pending tasks, upstream first."""
+        return [t for t, s in zip(self.graph.nodes, self.status) if s is Status.PENDING]
+
+    def missing_upstream(self, task: luigi.Task) -> list[luigi.Task]:
+        """Tasks upstream of (or equal to) ``task`` whose own outputs are missing."""
+        up = self.graph.upstream([self.graph.position(task)])
+        return [self.graph.nodes[i] for i in sorted(up) if not self.own[i]]
+
+
+def build_plan(graph: Graph, check_dependencies: bool | None = None) -> Plan:
+    """Compute every task's status in one pass over ``graph``.
+
+    Args:
+        graph: the graph.
+        check_dependencies: a task with a pending upstream task is pending too; defaults to
+            ``settings.check_dependencies``. Groups (aggregators) always follow their
+            upstream tasks; external tasks never do.
+    """
+    cascade = settings.check_dependencies if check_dependencies is None else check_dependencies
+    own: list[bool] = []
+    status: list[Status] = []
+    for task, deps in zip(graph.nodes, graph.deps):
+        group = is_group(task)
+        mine = True if group else own_complete(task)
+        own.append(mine)
+        done = mine
+        if done and deps and (group or (cascade and not getattr(task, "external", False))):
+            done = all(status[d] is Status.COMPLETE for d in deps)
+        status.append(Status.COMPLETE if done else Status.PENDING)
+    return Plan(graph, own, status)
+
+
+# -- preview -------------------------------------------------------------------------------
+
+_GREEN, _BLUE, _END = "\033[92m", "\033[94m", "\033[0m"
+#: deeper levels are not indented further, so a 10,000-task chain stays readable
+MAX_INDENT_DEPTH = 30
+
+
+@dataclass(frozen=True)
+class PreviewRow:
+    """One line of a preview.
+
+    Attributes:
+        task: the task.
+        status: its status.
+        depth: distance from the root of its tree.
+        last: whether it is the last requirement of its parent.
+        params: the parameters shown (those differing from the parent's).
+        reference: the task was drawn above already (shared by several parents).
+        prefix: the tree-drawing characters before the task.
+    """
+
+    task: luigi.Task
+    status: Status
+    depth: int
+    last: bool
+    params: dict[str, str]
+    reference: bool
+    prefix: str
+
+    def text(self, color: bool = False) -> str:
+        """The line, d6tflow style: ``└─--[Train-{'model': 'xgb'} (PENDING)]``."""
+        name = f"{self.task.task_family}-{self.params}"
+        if self.reference:
+            return f"{self.prefix}[{name} (see above)]"
+        word = str(self.status)
+        if color:
+            word = (_GREEN if self.status is Status.COMPLETE else _BLUE) + word + _END
+        return f"{self.prefix}[{name} ({word})]"
+
+
+class Preview:
+    """What ``preview()`` shows: a tree of tasks with their status, usable in code.
+
+    ``str(preview)`` is the text tree, ``preview._repr_html_()`` its notebook rendering.
+
+    Attributes:
+        rows: one :class:`PreviewRow` per line, in display order.
+        plan: the plan the preview was made from.
+
+    Example:
+        >>> p = flow.preview()        # doctest: +SKIP
+        >>> p.counts()                # doctest: +SKIP
+        {'COMPLETE': 1, 'PENDING': 2}
+        >>> [describe(t) for t in p.tasks("PENDING")]  # doctest: +SKIP
+    """
+
+    def __init__(self, rows: list[PreviewRow], plan: Plan):
+        self.rows = rows
+        self.plan = plan
+        self._printed = False
+
+    def tasks(self, status: Status | str | None = None) -> list[luigi.Task]:
+        """The distinct tasks shown, optionally only those with ``status``."""
+        want = None if status is None else Status(str(status))
+        return [r.task for r in self.rows if not r.reference and want in (None, r.status)]
+
+    def status(self) -> dict[str, Status]:
+        """task_id -> status for every task shown."""
+        return {r.task.task_id: r.status for r in self.rows if not r.reference}
+
+    def counts(self) -> dict[str, int]:
+        """Number of distinct tasks per status."""
+        out = {s.value: 0 for s in Status}
+        for r in self.rows:
+            if not r.reference:
+                out[r.status.value] += 1
+        return out
+
+    def text(self, color: bool = False) -> str:
+        """The tree as text, one line per task."""
+        return "\n".join(r.text(color) for r in self.rows)
+
+    def __str__(self) -> str:
+        return self.text()
+
+    def __repr__(self) -> str:
+        c = self.counts()
+        n = len(self.tasks())
+        return f"<Preview of {n} tasks: {c['COMPLETE']} done, {c['PENDING']} to run>"
+
+    def _repr_html_(self) -> str:
+        colors = {Status.COMPLETE: "#1a7f37", Status.PENDING: "#0969da"}
+        lines = []
+        for r in self.rows:
+            plain = html.escape(r.text())
+            if not r.reference:
+                word = str(r.status)
+                plain = plain.replace(
+                    f"({word})]", f'(<b style="color:{colors[r.status]}">{word}</b>)]'
+                )
+            lines.append(plain)
+        return "<pre>" + "\n".join(lines) + "</pre>"
+
+    def _ipython_display_(self) -> None:
+        # preview() has already printed the tree; showing the returned object as the
+        # cell's result would draw it twice. Later displays (``p`` in a new cell) show it.
+        if self._printed:
+            self._printed = False
+            return
+        from IPython.display import HTML, display  # only reached inside IPython
+
+        display(HTML(self._repr_html_()))
+
+
+def build_preview(
+    plan: Plan,
+    roots: Sequence[luigi.Task],
+    show_params: bool = True,
+    clip_params: bool = False,
+    indent: str = "",
+    last: bool = True,
+) -> Preview:
+    """Lay out the tree of each root: a task shared by several parents is drawn once.
+
+    Args:
+        plan: statuses of the graph containing ``roots``.
+        roots: the tasks whose trees to draw.
+        show_params: show parameters at all.
+        clip_params: show only the first parameter of each task.
+        indent: prefix of every line (d6tflow compatibility).
+        last: draw the roots as last children (d6tflow compatibility).
+    """
+    graph = plan.graph
+    rows: list[PreviewRow] = []
+    drawn: set[int] = set()
+    for root in roots:
+        # Each frame: (position, depth, is last child, prefix indent, parent's params)
+        stack: list[tuple[int, int, bool, str, dict[str, str] | None]] = [
+            (graph.position(root), 0, last, indent, None)
+        ]
+        while stack:
+            pos, depth, is_last, ind, parent_params = stack.pop()
+            task = graph.nodes[pos]
+            params = _shown_params(task, parent_params, show_params, clip_params)
+            branch = "└─--" if is_last else "|--"
+            shown_ind = ind if depth <= MAX_INDENT_DEPTH else ind + f"[{depth}]"
+            ref = pos in drawn
+            rows.append(PreviewRow(task, plan.status[pos], depth, is_last, params, ref,
+                                   shown_ind + branch))
+            if ref:
+                continue
+            drawn.add(pos)
+            child_ind = ind + ("   " if is_last else "|  ") if depth < MAX_INDENT_DEPTH else ind
+            children = graph.deps[pos]
+            all_params = task.to_str_params(only_significant=True)
+            for k in range(len(children) - 1, -1, -1):
+                stack.append((children[k], depth + 1, k == len(children) - 1, child_ind,
+                              all_params))
+    return Preview(rows, plan)
+
+
+def _shown_params(
+    task: luigi.Task, parent: dict[str, str] | None, show: bool, clip: bool
+) -> dict[str, str]:
+    if not show:
+        return {}
+    params = task.to_str_params(only_significant=True)
+    if parent is not None:
+        params = {k: v for k, v in params.items() if parent.get(k) != v}
+    if clip and len(params) > 1:
+        params = dict([next(iter(params.items()))])
+    return params
+
+
+def use_color() -> bool:
+    """Colour codes only when standard output is a terminal."""
+    return sys.stdout.isatty()
+
+
+__all__ = ["Plan", "Preview", "PreviewRow", "Status", "build_plan", "build_preview",
+           "describe", "own_complete"]

@@ -1,0 +1,78 @@
+"""Global settings, d6tflow-compatible: ``pipeflow.settings.check_dependencies = False``.
+
+Attributes:
+    dir: the data directory (str). Every output lives below it. Default ``'data'``.
+    dirpath: the same directory as a :class:`pathlib.Path`; setting either updates both.
+    cached: keep loaded outputs in memory (``pipeflow.data``) and reuse them.
+    save_with_param: put the task id (family, parameters, hash) in output file names.
+    check_dependencies: a task whose upstream is not complete counts as pending.
+    execution_summary: print the execution summary after ``run()``.
+    log_level: level of the ``pipeflow`` and ``luigi`` loggers, e.g. ``'WARNING'``.
+    fsync: fsync each output file before publishing it (durable across power loss).
+
+A misspelt setting (``settings.check_dependecies = False``) raises an AttributeError with a
+suggestion instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import sys
+import types
+from typing import Any
+
+from pipeflow.errors import did_you_mean
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+dir: str = "data"
+dirpath: pathlib.Path = pathlib.Path("data")
+cached: bool = False
+save_with_param: bool = True
+check_dependencies: bool = True
+execution_summary: bool = True
+log_level: str = "WARNING"
+fsync: bool = True
+
+_NAMES = frozenset(
+    ["dir", "dirpath", "cached", "save_with_param", "check_dependencies", "execution_summary",
+     "log_level", "fsync"]
+)
+
+
+def _apply_log_level(level: str) -> None:
+    for name in ("pipeflow", "luigi", "luigi-interface"):
+        logging.getLogger(name).setLevel(level)
+
+
+class _SettingsModule(types.ModuleType):
+    """Module type that validates assignments and keeps ``dir``/``dirpath`` in sync."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_") or name in ("__class__",):
+            super().__setattr__(name, value)
+            return
+        if name not in _NAMES:
+            raise AttributeError(
+                f"pipeflow.settings has no setting '{name}'.{did_you_mean(name, _NAMES)} "
+                f"Settings: {', '.join(sorted(_NAMES))}"
+            )
+        if name in ("dir", "dirpath"):
+            path = pathlib.Path(value)
+            super().__setattr__("dir", str(value))
+            super().__setattr__("dirpath", path)
+            return
+        if name == "log_level":
+            level = str(value).upper()
+            if level not in _LEVELS:
+                raise ValueError(
+                    f"pipeflow.settings.log_level must be one of {', '.join(_LEVELS)}, "
+                    f"not {value!r}"
+                )
+            _apply_log_level(level)
+            value = level
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _SettingsModule

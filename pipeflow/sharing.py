@@ -1,0 +1,211 @@
+"""Sharing a flow's outputs with people who do not have its code.
+
+``FlowExport`` writes importable external task stubs; ``FlowImport`` loads them and points
+them at the producer's data dir.
+
+A consumer of your outputs does not need your code: the stubs declare the same families,
+parameters and formats, so they compute the same file names, and ``external = True`` means
+pipeflow only ever reads them.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime
+import importlib.util
+import os
+import pathlib
+import sys
+import types
+from collections.abc import Iterable
+from typing import Any
+
+import luigi
+
+from pipeflow import graph, layout, parameters
+from pipeflow import tasks as task_classes
+from pipeflow.errors import PipeflowError
+from pipeflow.targets import _write_temp
+from pipeflow.tasks import TaskData
+
+
+class FlowExport:
+    """Generate Python source declaring external stubs of a flow's tasks.
+
+    Args:
+        tasks: task instance(s) to export.
+        flows: Workflow(s) or WorkflowMulti(s); every task of their flows is exported.
+        save: write the code to ``path_export`` when :meth:`generate` runs.
+        path_export: where to write it.
+
+    Example:
+        >>> code = pipeflow.FlowExport(flows=flow, save=True,
+        ...                            path_export="tasks_export.py").generate()  # doctest: +SKIP
+    """
+
+    def __init__(self, tasks: Any = None, flows: Any = None, save: bool = False,
+                 path_export: str | os.PathLike[str] = "tasks_export.py") -> None:
+        if tasks is None and flows is None:
+            raise PipeflowError("FlowExport needs tasks=... or flows=... to export.")
+        self.tasks = tasks
+        self.flows = flows
+        self.save = save
+        self.path_export = pathlib.Path(path_export)
+
+    def _collect(self) -> list[tuple[luigi.Task, tuple[str, ...]]]:
+        """(task, folder parts of its flow) for each task to export, upstream first."""
+        found: list[tuple[luigi.Task, tuple[str, ...]]] = []
+        for t in _as_list(self.tasks):
+            found.append((t, _context_parts(layout.current())))
+        for flow in _as_list(self.flows):
+            workflows = getattr(flow, "workflow_objs", None)
+            for wf in workflows.values() if workflows else [flow]:
+                ctx = wf.context()
+                with layout.flow_context(ctx):
+                    nodes = graph.build([wf.get_task()]).nodes
+                found += [(t, _context_parts(ctx)) for t in nodes]
+        return found
+
+    def generate(self) -> str:
+        """Return the generated module source (and write it when ``save`` is set)."""
+        imports = {"import pipeflow"}
+        blocks: list[str] = []
+        seen: set[type[luigi.Task]] = set()
+        for task, ctx_parts in self._collect():
+            cls = type(task)
+            if cls in seen or not isinstance(task, TaskData) or not getattr(cls, "export", True):
+                continue
+            seen.add(cls)
+            blocks.append(_stub(task, ctx_parts, imports))
+        header = (
+            '"""External task stubs exported by pipeflow.\n\n'
+            "Load an output with e.g. ``module.Task(param=...).outputLoad()`` after\n"
+            "``pipeflow.set_dir(<the producer's data dir>)``, or use pipeflow.FlowImport.\n"
+            '"""\n'
+        )
+        code = header + "\n".join(sorted(imports)) + "\n\n\n" + "\n\n".join(blocks)
+        if self.save:
+            target = self.path_export
+            tmp = _write_temp(target, lambda p: p.write_text(code, encoding="utf-8"))
+            os.replace(tmp, target)
+        return code
+
+
+def _as_list(x: Any) -> list[Any]:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _context_parts(ctx: layout.FlowContext) -> tuple[str, ...]:
+    return (*ctx.path, f"env={ctx.env}") if ctx.env else ctx.path
+
+
+def _stub(task: TaskData, ctx_parts: tuple[str, ...], imports: set[str]) -> str:
+    cls = type(task)
+    base = next(c for c in cls.__mro__ if c.__module__ == task_classes.__name__)
+    lines = [f"class {cls.__name__}(pipeflow.tasks.{base.__name__}):", "    external = True",
+             f"    persist = {list(cls.persist)!r}"]
+    if cls.target_class is not base.target_class:
+        tc = cls.target_class
+        imports.add(f"from {tc.__module__} import {tc.__name__}")
+        lines.append(f"    target_class = {tc.__name__}")
+    if cls.target_ext != base.target_ext:
+        lines.append(f"    target_ext = {cls.target_ext!r}")
+    sub = ctx_parts or layout.safe_parts(cls.path, "path", cls.__name__)
+    if sub:
+        lines.append(f"    path = {'/'.join(sub)!r}")
+    for attr in ("task_group", "target_dir"):
+        if getattr(cls, attr):
+            lines.append(f"    {attr} = {getattr(cls, attr)!r}")
+    if cls.get_task_namespace():
+        lines.append(f"    task_namespace = {cls.get_task_namespace()!r}")
+    for name, p in cls.get_params():
+        if p.significant:
+            lines.append(f"    {name} = {_param_code(p, getattr(task, name))}")
+    return "\n".join(lines) + "\n"
+
+
+def _param_code(p: luigi.Parameter, value: Any) -> str:
+    """Source for a parameter declaration whose default is ``value``.
+
+    The task id depends only on the serialized value, so a parameter class that cannot be
+    rebuilt from source (choices, enums, custom classes) is exported as a plain
+    ``Parameter`` holding the serialized string: same id, same files.
+    """
+    name = type(p).__name__
+    serialized = p.serialize(value)
+    simple = (type(p).__module__.startswith("luigi") and name in parameters.__all__
+              and name not in ("ChoiceParameter", "EnumParameter", "NumericalParameter",
+                               "TaskParameter"))
+    if not simple:
+        return f"pipeflow.Parameter(default={serialized!r})"
+    if isinstance(value, (str, int, float, bool)) and not isinstance(value, datetime.date):
+        try:
+            if ast.literal_eval(repr(value)) == value:
+                return f"pipeflow.{name}(default={value!r})"
+        except (ValueError, SyntaxError):
+            pass
+    return f"pipeflow.{name}(default=pipeflow.{name}().parse({serialized!r}))"
+
+
+class FlowImport:
+    """Import task stubs written by :class:`FlowExport` and read the producer's outputs.
+
+    Args:
+        path: the exported ``.py`` file, or the folder holding ``{module}.py``.
+        module: the name to import it as (default: the file name).
+        path_data: the producer's data dir; the stubs read their outputs there.
+
+    Attributes:
+        module: the imported module.
+        tasks: its task classes by name (also reachable as attributes).
+
+    Example:
+        >>> shared = pipeflow.FlowImport(
+        ...     "tasks_export.py", path_data="/shared/data")  # doctest: +SKIP
+        >>> shared.TaskTrain(model="ols").outputLoad()  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | os.PathLike[str], module: str | None = None,
+                 path_data: str | os.PathLike[str] | None = None) -> None:
+        file = pathlib.Path(path)
+        if file.is_dir():
+            if module is None:
+                raise PipeflowError(f"FlowImport({str(path)!r}) is a folder: name the module.")
+            file = file / f"{module}.py"
+        if not file.is_file():
+            raise PipeflowError(
+                f"FlowImport: {str(file)!r} does not exist. Generate it with "
+                f"FlowExport(..., save=True, path_export=...)."
+            )
+        name = module or file.stem
+        spec = importlib.util.spec_from_file_location(name, file)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+        self.module: types.ModuleType = mod
+        self.tasks: dict[str, type[TaskData]] = {
+            n: c for n, c in vars(mod).items()
+            if isinstance(c, type) and issubclass(c, TaskData) and c.__module__ == name
+        }
+        if path_data is not None:
+            for cls in self.tasks.values():
+                if not cls.external:
+                    raise PipeflowError(
+                        f"FlowImport: {cls.__name__} is not external; only external stubs can "
+                        f"read another project's data dir."
+                    )
+                cls._pipeflow_root = pathlib.Path(path_data)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> type[TaskData]:
+        try:
+            return self.__dict__["tasks"][name]
+        except KeyError:
+            raise AttributeError(
+                f"the imported flow has no task {name!r}; it has {list(self.tasks)}"
+            ) from None
+
+    def __dir__(self) -> Iterable[str]:
+        return [*super().__dir__(), *self.tasks]

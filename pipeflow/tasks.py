@@ -1,0 +1,593 @@
+"""Task classes: parameters, ``requires()``, outputs and a ``run()`` that loads and saves.
+
+Subclass one of the format classes (``TaskPqPandas``, ``TaskCSVPandas``, ``TaskJson``,
+``TaskPickle``, ``TaskCache``...) or :class:`TaskData` with your own ``target_class``.
+
+Example:
+    >>> import pandas as pd, pipeflow
+    >>> class GetData(pipeflow.tasks.TaskPqPandas):
+    ...     def run(self):
+    ...         self.save(pd.DataFrame({"x": [1, 2, 3]}))
+    >>> @pipeflow.requires(GetData)
+    ... class Double(pipeflow.tasks.TaskPqPandas):
+    ...     factor = pipeflow.IntParameter(default=2)
+    ...     def run(self):
+    ...         self.save(self.inputLoad() * self.factor)
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import luigi
+import luigi.util
+from luigi.task import flatten
+
+from pipeflow import display, graph, layout, settings
+from pipeflow.errors import (
+    IncompleteTaskError,
+    OutputError,
+    ParameterError,
+    PipeflowError,
+    SaveError,
+)
+from pipeflow.parameters import missing_parameter, unknown_parameter
+from pipeflow.plan import Status, build_plan
+from pipeflow.targets import (
+    CacheTarget,
+    CSVGZPandasTarget,
+    CSVPandasTarget,
+    DataTarget,
+    ExcelPandasTarget,
+    JsonTarget,
+    PdCacheTarget,
+    PickleTarget,
+    PqPandasTarget,
+    Staging,
+)
+
+
+class TaskData(luigi.Task):
+    """Base class of tasks whose outputs are data pipeflow stores and loads.
+
+    Attributes:
+        persist: names of the outputs; ``['data']`` (the default) means one output, saved
+            with ``self.save(obj)``; several names mean ``self.save({'a': ..., 'b': ...})``.
+        target_class: the :class:`~pipeflow.targets.DataTarget` subclass storing outputs.
+        target_ext: file extension of the outputs.
+        external: outputs are produced outside this flow; pipeflow never runs or deletes it.
+        path: sub-folder of the data dir for this class's outputs (a Workflow's ``path``
+            takes precedence).
+        target_dir: folder name used instead of the task family.
+        task_group: folder grouping tasks (organisation only: it implies no order).
+
+    Example:
+        >>> class Train(TaskPickle):
+        ...     persist = ["model", "scores"]
+        ...     def run(self):
+        ...         self.save({"model": {"w": 1}, "scores": [0.9]})
+    """
+
+    target_class: ClassVar[type[DataTarget]] = DataTarget
+    target_ext: ClassVar[str] = "ext"
+    persist: ClassVar[list[str]] = ["data"]
+    external: ClassVar[bool] = False
+    path: ClassVar[str | None] = None
+    target_dir: ClassVar[str | None] = None
+    task_group: ClassVar[str | None] = None
+    metadata: Any = None
+
+    # -- parameters ------------------------------------------------------------------------
+    @classmethod
+    def get_param_values(
+        cls, params: list[tuple[str, luigi.Parameter]], args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> list[tuple[str, Any]]:
+        """Luigi's parameter resolution, with pipeflow's errors for typos and gaps."""
+        names = {n for n, _ in params}
+        for key in kwargs:
+            if key not in names:
+                raise unknown_parameter(key, [cls], f"{cls.__name__}(...)")
+        try:
+            return super().get_param_values(params, args, kwargs)
+        except luigi.parameter.MissingParameterException:
+            positional = {n for (n, _), _ in zip(params, args)}
+            for name, p in params:
+                if (name not in kwargs and name not in positional
+                        and not p.has_task_value(cls.get_task_family(), name)):
+                    raise missing_parameter(cls, name) from None
+            raise
+
+    # -- where outputs live -------------------------------------------------------------------
+    def _folder(self) -> pathlib.Path:
+        owner = graph.describe(self)
+        pinned = getattr(type(self), "_pipeflow_root", None)
+        ctx = layout.current()
+        if pinned is not None:
+            root, sub, env = pathlib.Path(pinned), layout.safe_parts(self.path, "path", owner), None
+        else:
+            root, env = settings.dirpath, ctx.env
+            sub = ctx.path or layout.safe_parts(self.path, "path", owner)
+        parts = [*sub]
+        if env:
+            parts.append(f"env={env}")
+        parts += layout.safe_parts(self.task_group, "task_group", owner)
+        parts += layout.safe_parts(self.target_dir or self.task_family, "target_dir", owner)
+        return root.joinpath(*parts)
+
+    def _stem(self, key: str) -> str:
+        if settings.save_with_param and getattr(self, "save_attrib", True):
+            return f"{self.task_id}-{key}"
+        return key
+
+    def _targets(self) -> dict[str, DataTarget]:
+        """The output targets by name, for the flow context in force (memoized)."""
+        key = (layout.current().key, settings.dirpath, settings.save_with_param)
+        memo = self.__dict__.get("_pipeflow_targets")
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        persist = self.persist
+        if (not isinstance(persist, (list, tuple)) or not persist
+                or not all(isinstance(k, str) and k for k in persist)
+                or len(set(persist)) != len(persist)):
+            raise PipeflowError(
+                f"{type(self).__name__}.persist = {persist!r} is not a list of distinct output "
+                f"names. Write e.g. persist = ['data'] or persist = ['model', 'scores']."
+            )
+        folder = self._folder()
+        ext = f".{self.target_ext}" if self.target_ext else ""
+        targets = {k: self.target_class(folder / layout.fit_name(self._stem(k), ext))
+                   for k in persist}
+        targets["\0meta"] = PickleTarget(folder / layout.fit_name(self._stem("meta"), ".pickle"))
+        self.__dict__["_pipeflow_targets"] = (key, targets)
+        return targets
+
+    def _outputs(self) -> dict[str, DataTarget]:
+        return {k: t for k, t in self._targets().items() if k != "\0meta"}
+
+    def _meta_target(self) -> DataTarget:
+        return self._targets()["\0meta"]
+
+    def output(self) -> DataTarget | dict[str, DataTarget]:
+        """The output target, or a dict of them by name when ``persist`` has several."""
+        outputs = self._outputs()
+        return outputs["data"] if list(self.persist) == ["data"] else outputs
+
+    @property
+    def flows(self) -> Mapping[str, Any]:
+        """Workflows attached with ``Workflow.attach_flow``, by name."""
+        return layout.current().flows
+
+    # -- status ------------------------------------------------------------------------------
+    def own_complete(self) -> bool:
+        """Whether every output of this task exists (upstream tasks not considered)."""
+        return all(t.exists() for t in self._outputs().values())
+
+    def complete(self, cascade: bool = True) -> bool:
+        """Whether the task is complete.
+
+        Args:
+            cascade: with ``settings.check_dependencies`` on, also require every upstream
+                task to be complete (checked in one linear pass over the graph).
+        """
+        if not cascade or self.external:
+            return self.own_complete()
+        plan = build_plan(graph.build([self]))
+        return plan.status_of(self) is Status.COMPLETE
+
+    # -- saving --------------------------------------------------------------------------------
+    def save(self, data: Any, **kwargs: Any) -> None:
+        """Store the task's output(s).
+
+        Args:
+            data: the object for a single-output task; for several outputs a dict with
+                exactly the ``persist`` names as keys.
+            **kwargs: passed to the target's writer (e.g. ``compression='zstd'``).
+
+        Raises:
+            SaveError: keys do not match ``persist`` or a value has a type its target
+                cannot store; nothing is written in either case.
+        """
+        outputs = self._outputs()
+        if list(self.persist) == ["data"]:
+            outputs["data"].save(data, **kwargs)
+            return
+        expected = list(self.persist)
+        example = "{" + ", ".join(f"'{k}': ..." for k in expected) + "}"
+        if not isinstance(data, Mapping):
+            raise SaveError(
+                f"{graph.describe(self)}: persist = {expected}, so save() takes a dict "
+                f"{example}, not a {type(data).__name__}. Nothing was written."
+            )
+        missing = [k for k in expected if k not in data]
+        extra = [k for k in data if k not in outputs]
+        if missing or extra:
+            raise SaveError(
+                f"{graph.describe(self)}: save() keys must match persist = {expected}; "
+                f"missing {missing}, unexpected {extra}. Call self.save({example}). "
+                f"Nothing was written."
+            )
+        for k in expected:
+            outputs[k]._check(data[k])
+        for k in expected:
+            outputs[k].save(data[k], **kwargs)
+
+    def metaSave(self, data: Any) -> None:
+        """Store metadata (any picklable object) beside the outputs; reset removes it too."""
+        self.metadata = data
+        self._meta_target().save(data)
+
+    def saveMeta(self, data: Any) -> None:
+        """Same as :meth:`metaSave`."""
+        self.metaSave(data)
+
+    # -- loading -------------------------------------------------------------------------------
+    def _load_own(self, keys: Iterable[str] | None, as_dict: bool, cached: bool) -> Any:
+        outputs = self._outputs()
+        if list(self.persist) == ["data"]:
+            return outputs["data"].load(cached=cached)
+        wanted = list(self.persist) if keys is None else list(keys)
+        unknown = [k for k in wanted if k not in outputs]
+        if unknown:
+            raise KeyError(
+                f"{graph.describe(self)} has no output {unknown[0]!r}; its outputs are "
+                f"{list(self.persist)}"
+            )
+        data = {k: outputs[k].load(cached=cached) for k in wanted}
+        return data if as_dict else list(data.values())
+
+    def outputLoad(self, keys: Iterable[str] | None = None, as_dict: bool = False,
+                   cached: bool = False) -> Any:
+        """Load this task's output(s).
+
+        Args:
+            keys: names of the outputs to load (default: all).
+            as_dict: return ``{name: data}`` instead of a list for several outputs.
+            cached: keep the loaded data in memory and reuse it.
+
+        Raises:
+            IncompleteTaskError: the task (or, with check_dependencies, an upstream task)
+                is not complete; the message lists what is missing.
+        """
+        plan = build_plan(graph.build([self]))
+        if plan.status_of(self) is not Status.COMPLETE:
+            raise _incomplete(self, plan.missing_upstream(self))
+        return self._load_own(keys, as_dict, cached)
+
+    def inputLoad(self, keys: Iterable[str] | None = None, task: Any = None,
+                  cached: bool = False, as_dict: bool = False) -> Any:
+        """Load the outputs of the tasks this task requires.
+
+        Args:
+            keys: output names to load from a single requirement, or requirement names to
+                load from a dict ``requires()``.
+            task: load only this requirement (a key of a dict, an index of a list).
+            cached: keep loaded data in memory and reuse it.
+            as_dict: return dicts instead of lists for multi-output and list requirements.
+
+        Returns:
+            For one requirement: its data (a list/dict if it has several outputs). For a
+            dict ``requires()``: ``{name: data}``. For a list: ``[data, ...]``
+            (``{index: data}`` with ``as_dict``).
+        """
+        reqs = self.requires()
+        if task is not None:
+            try:
+                req = reqs[task]
+            except (KeyError, IndexError, TypeError):
+                names = list(reqs) if isinstance(reqs, Mapping) else (
+                    list(range(len(reqs))) if isinstance(reqs, (list, tuple)) else [])
+                raise KeyError(
+                    f"{graph.describe(self)}.inputLoad(task={task!r}): requires() has no such "
+                    f"entry; it has {names}."
+                ) from None
+            return _load_outputs(req, keys, as_dict, cached)
+        if isinstance(reqs, luigi.Task):
+            return _load_outputs(reqs, keys, as_dict, cached)
+        if isinstance(reqs, Mapping):
+            names = list(reqs) if keys is None else list(keys)
+            return {n: _load_outputs(reqs[n], None, as_dict, cached) for n in names}
+        items = list(flatten(reqs))
+        if not items:
+            raise PipeflowError(
+                f"{graph.describe(self)}.inputLoad(): this task requires nothing, so there is "
+                f"no input to load. Declare requires() or use @pipeflow.requires(...)."
+            )
+        data = [_load_outputs(r, keys, as_dict, cached) for r in items]
+        return dict(enumerate(data)) if as_dict else data
+
+    def metaLoad(self) -> Any:
+        """Load the metadata of the tasks this task requires (same shape as requires())."""
+        reqs = self.requires()
+        if isinstance(reqs, luigi.Task):
+            return reqs.outputLoadMeta()
+        if isinstance(reqs, Mapping):
+            return {k: t.outputLoadMeta() for k, t in reqs.items()}
+        return [t.outputLoadMeta() for t in flatten(reqs)]
+
+    def outputLoadMeta(self) -> Any:
+        """Load the metadata this task saved with ``saveMeta``."""
+        if not self.own_complete():
+            raise _incomplete(self, [self])
+        meta = self._meta_target()
+        if not meta.exists():
+            raise OutputError(
+                f"{graph.describe(self)} has no metadata at {str(meta.path)!r}: its run() did "
+                f"not call self.saveMeta(...). Add that call and reset the task to rerun it."
+            )
+        return meta.load()
+
+    def outputLoadAllMeta(self) -> dict[str, Any]:
+        """Metadata of this task and every upstream task that saved some, by task family."""
+        out: dict[str, Any] = {}
+        for t in graph.build([self]).nodes:
+            if isinstance(t, TaskData) and t._meta_target().exists():
+                out[t.task_family] = t._meta_target().load()
+        return out
+
+    # -- resetting -----------------------------------------------------------------------------
+    def invalidate(self, confirm: bool = True) -> bool:
+        """Delete this task's outputs and metadata so that it runs again.
+
+        Args:
+            confirm: ask before deleting (needs an interactive terminal or notebook).
+
+        Returns:
+            True if the outputs were deleted, False if the user declined.
+        """
+        if self.external:
+            raise PipeflowError(
+                f"{graph.describe(self)} is external: its outputs are made outside this flow, "
+                f"so pipeflow does not delete them. Delete the files by hand if you mean to."
+            )
+        files = [str(p) for t in self._targets().values() for p in t.files() if t.exists()]
+        if confirm and not display.confirm(
+            f"Delete the outputs of {graph.describe(self)}?", files, "confirm=False"
+        ):
+            return False
+        self.delete_outputs()
+        return True
+
+    def reset(self, confirm: bool = True) -> bool:
+        """Same as :meth:`invalidate`."""
+        return self.invalidate(confirm=confirm)
+
+    def delete_outputs(self) -> None:
+        """Delete every output and the metadata, without asking."""
+        for t in self._targets().values():
+            t.invalidate()
+
+    # -- the engine's side (see pipeflow.engines.local) ----------------------------------------
+    def owned_paths(self) -> list[pathlib.Path]:
+        """Paths this task's run publishes (saves to them are staged until success)."""
+        return [t.path for t in self._targets().values()]
+
+    def prepare_run(self) -> None:
+        """Remove stale outputs before running, so only this run's outputs can count."""
+        self.delete_outputs()
+
+    def abort_run(self) -> None:
+        """After a failed run: remove anything the run wrote directly to the final paths."""
+        self.delete_outputs()
+
+    def missing_outputs(self, stg: Staging) -> list[DataTarget]:
+        """Outputs the run neither saved nor wrote."""
+        return [t for t in self._outputs().values() if not (stg.saved(t.path) or t.exists())]
+
+    def describe_outputs(self, missing: list[DataTarget]) -> str:
+        """The MissingOutputError message: which outputs are there and which are not."""
+        outputs = self._outputs()
+        lines = []
+        for k, t in outputs.items():
+            lines.append(f"    {'missing' if t in missing else 'ok     '}  {k}: {t.path}")
+        n = len(missing)
+        if list(self.persist) == ["data"]:
+            call = "self.save(data)"
+        else:
+            call = "self.save({" + ", ".join(f"'{k}': ..." for k in self.persist) + "})"
+        return (
+            f"{graph.describe(self)} finished run() but did not write {n} of its "
+            f"{len(outputs)} output{'s' if len(outputs) > 1 else ''}:\n" + "\n".join(lines)
+            + f"\n{type(self).__name__}.persist = {list(self.persist)}, so run() must call "
+            f"{call}. The task is marked failed."
+        )
+
+
+def _incomplete(task: luigi.Task, missing: list[luigi.Task]) -> IncompleteTaskError:
+    names = "\n".join(f"    {graph.describe(t)}" for t in missing[:10])
+    more = f"\n    ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+    return IncompleteTaskError(
+        f"cannot load {graph.describe(task)}: it is not complete. Tasks whose outputs are "
+        f"missing:\n{names}{more}\nRun the flow first: flow.run() (or "
+        f"pipeflow.run({graph.describe(task)}))."
+    )
+
+
+def _load_outputs(task: Any, keys: Iterable[str] | None, as_dict: bool, cached: bool) -> Any:
+    if isinstance(task, TaskData):
+        return task._load_own(keys, as_dict, cached)
+    if isinstance(task, TaskAggregator):
+        return task.outputLoad(keys, as_dict, cached)
+    raise PipeflowError(
+        f"{graph.describe(task)} is not a pipeflow task, so its output {task.output()!r} has "
+        f"no loader. Read the file yourself from self.input().path."
+    )
+
+
+class TaskCache(TaskData):
+    """Output kept in memory (``pipeflow.data``): any Python object."""
+
+    target_class = CacheTarget
+    target_ext = "cache"
+
+
+class TaskCachePandas(TaskData):
+    """Output kept in memory: a pandas DataFrame."""
+
+    target_class = PdCacheTarget
+    target_ext = "cache"
+
+
+class TaskJson(TaskData):
+    """Output stored as JSON."""
+
+    target_class = JsonTarget
+    target_ext = "json"
+
+
+class TaskPickle(TaskData):
+    """Output stored as a pickle (any picklable object: models, dicts...)."""
+
+    target_class = PickleTarget
+    target_ext = "pkl"
+
+
+class TaskCSVPandas(TaskData):
+    """A DataFrame stored as CSV (its index survives the round trip)."""
+
+    target_class = CSVPandasTarget
+    target_ext = "csv"
+
+
+class TaskCSVGZPandas(TaskData):
+    """A DataFrame stored as gzip-compressed CSV."""
+
+    target_class = CSVGZPandasTarget
+    target_ext = "csv.gz"
+
+
+class TaskExcelPandas(TaskData):
+    """A DataFrame stored as an Excel sheet (needs the ``excel`` extra)."""
+
+    target_class = ExcelPandasTarget
+    target_ext = "xlsx"
+
+
+class TaskPqPandas(TaskData):
+    """A DataFrame stored as parquet."""
+
+    target_class = PqPandasTarget
+    target_ext = "parquet"
+
+
+class TaskAggregator(luigi.Task):
+    """Groups tasks: ``run()`` yields them; the aggregator is complete when they all are.
+
+    Grouping implies no order among the yielded tasks.
+
+    Example:
+        >>> class AllModels(TaskAggregator):
+        ...     def run(self):
+        ...         yield Train(model="ols")
+        ...         yield Train(model="gbm")
+    """
+
+    _pipeflow_group: ClassVar[bool] = True
+
+    def requires(self) -> list[luigi.Task]:
+        """The grouped tasks (what ``run()`` yields)."""
+        return list(flatten(list(self.run())))
+
+    def run(self) -> Any:
+        """Yield the tasks to group; implement this."""
+        return iter(())
+
+    def own_complete(self) -> bool:
+        """A group has no outputs of its own."""
+        return True
+
+    def complete(self, cascade: bool = True) -> bool:
+        """Whether every grouped task is complete."""
+        return build_plan(graph.build([self])).status_of(self) is Status.COMPLETE
+
+    def output(self) -> list[Any]:
+        """The grouped tasks' outputs."""
+        return [t.output() for t in self.requires()]
+
+    def outputLoad(self, keys: Iterable[str] | None = None, as_dict: bool = False,
+                   cached: bool = False) -> list[Any]:
+        """Load every grouped task's output(s), in the order ``run()`` yields them."""
+        return [t.outputLoad(keys, as_dict, cached) for t in self.requires()]
+
+    def invalidate(self, confirm: bool = True) -> None:
+        """Reset every grouped task."""
+        for t in self.requires():
+            t.invalidate(confirm=confirm)
+
+    def reset(self, confirm: bool = True) -> None:
+        """Same as :meth:`invalidate`."""
+        self.invalidate(confirm=confirm)
+
+
+# -- declaring requirements ------------------------------------------------------------------
+
+def _check_classes(what: str, classes: Iterable[Any]) -> None:
+    for c in classes:
+        if not (isinstance(c, type) and issubclass(c, luigi.Task)):
+            hint = (f"pass the class {type(c).__name__}, not an instance"
+                    if isinstance(c, luigi.Task) else "pass task classes")
+            raise ParameterError(f"pipeflow.{what}() got {c!r}: {hint}.")
+
+
+class _dict_inherits:
+    def __init__(self, tasks: Mapping[Any, type[luigi.Task]]):
+        self.tasks = dict(tasks)
+
+    def __call__(self, cls: type[luigi.Task]) -> type[luigi.Task]:
+        for parent in self.tasks.values():
+            for name, param in parent.get_params():
+                if not hasattr(cls, name):
+                    setattr(cls, name, param)
+        tasks = self.tasks
+
+        def clone_parents_dict(self_: luigi.Task, **kwargs: Any) -> dict[Any, luigi.Task]:
+            return {k: self_.clone(cls=t, **kwargs) for k, t in tasks.items()}
+
+        cls.clone_parents_dict = clone_parents_dict  # type: ignore[attr-defined]
+        return cls
+
+
+def inherits(*tasks: Any, **kw_tasks: type[luigi.Task]) -> Any:
+    """Class decorator: the class takes over the parameters of the given task classes.
+
+    Accepts task classes, or one dict ``{'name': TaskClass}`` (then
+    ``self.clone_parents_dict()`` gives ``{'name': TaskClass(...)}``).
+    """
+    if len(tasks) == 1 and isinstance(tasks[0], Mapping):
+        _check_classes("inherits", tasks[0].values())
+        return _dict_inherits(tasks[0])
+    _check_classes("inherits", [*tasks, *kw_tasks.values()])
+    return luigi.util.inherits(*tasks, **kw_tasks)
+
+
+def requires(*tasks: Any, **kw_tasks: type[luigi.Task]) -> Any:
+    """Class decorator: the class inherits the parameters of, and requires, the given tasks.
+
+    ``@requires(A)`` requires ``A(...)``; ``@requires(A, B)`` a list; ``@requires({'a': A,
+    'b': B})`` (or ``@requires(a=A, b=B)``) a dict, loaded as a dict by ``inputLoad()``.
+    Parameters are passed on to the required tasks.
+    """
+    if len(tasks) == 1 and isinstance(tasks[0], Mapping):
+        base = inherits(tasks[0])
+
+        def decorate(cls: type[luigi.Task]) -> type[luigi.Task]:
+            cls = base(cls)
+
+            def requires_(self_: luigi.Task) -> dict[Any, luigi.Task]:
+                return self_.clone_parents_dict()  # type: ignore[attr-defined, no-any-return]
+
+            cls.requires = requires_  # type: ignore[method-assign]
+            return cls
+
+        return decorate
+    _check_classes("requires", [*tasks, *kw_tasks.values()])
+    return luigi.util.requires(*tasks, **kw_tasks)
+
+
+__all__ = [
+    "TaskAggregator", "TaskCSVGZPandas", "TaskCSVPandas", "TaskCache", "TaskCachePandas",
+    "TaskData", "TaskExcelPandas", "TaskJson", "TaskPickle", "TaskPqPandas", "inherits",
+    "requires",
+]

@@ -1,0 +1,414 @@
+"""``Workflow`` and ``WorkflowMulti``: a task class plus parameters, previewed, run, loaded.
+
+A Workflow hands its parameters to every task class it instantiates (each class takes the
+parameters it declares) and places outputs under its ``path``/``env`` without touching any
+task instance, so two Workflows never leak settings into each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import pathlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import luigi
+
+from pipeflow import display, graph, layout, operations
+from pipeflow.errors import ParameterError, PipeflowError
+from pipeflow.events import RunResult
+from pipeflow.parameters import unknown_parameter
+from pipeflow.plan import Preview
+from pipeflow.tasks import TaskData
+
+TaskArg = Any  # a task class, a task instance, or None for the default task
+
+
+class Workflow:
+    """A pipeline: a default task class and the parameters to run it with.
+
+    Args:
+        task: the default task class (the most downstream task you want).
+        params: parameters, handed to every task class that declares them. A parameter no
+            task of the flow declares is an error (with a "did you mean").
+        path: sub-folder of the data dir for this flow's outputs.
+        env: environment name; outputs go to ``{path}/env={env}``.
+
+    Example:
+        >>> flow = pipeflow.Workflow(TaskTrain, {"model": "ols"})  # doctest: +SKIP
+        >>> flow.preview()                                      # doctest: +SKIP
+        >>> flow.run()                                          # doctest: +SKIP
+        >>> model = flow.outputLoad()                           # doctest: +SKIP
+        >>> flow.reset(TaskPreprocess)                          # doctest: +SKIP
+    """
+
+    def __init__(self, task: type[luigi.Task] | None = None,
+                 params: Mapping[str, Any] | None = None,
+                 path: str | pathlib.Path | None = None, env: str | None = None) -> None:
+        if task is not None:
+            _check_task_class(task, "Workflow(task=...)")
+        if params is not None and not isinstance(params, Mapping):
+            raise ParameterError(
+                f"Workflow params must be a dict of parameter values, not "
+                f"{type(params).__name__}. For several parameter sets use WorkflowMulti."
+            )
+        self.default_task = task
+        self.params: dict[str, Any] = dict(params or {})
+        self.path = path
+        self.env = env
+        owner = f"Workflow({getattr(task, '__name__', None)})"
+        self._path_parts = layout.safe_parts(path, "path", owner)
+        if env is not None and len(layout.safe_parts(f"env={env}", "env", owner)) != 1:
+            raise layout.UnsafePathError(
+                f"{owner}: env={env!r} must be a single folder name (no '/')."
+            )
+        self._flows: dict[str, Any] = {}
+        self._checked: set[type[luigi.Task]] = set()
+        if task is not None:
+            self._check_params(task)
+
+    # -- tasks ---------------------------------------------------------------------------------
+    def _instantiate(self, cls: type[luigi.Task]) -> luigi.Task:
+        names = {n for n, _ in cls.get_params()}
+        return cls(**{k: v for k, v in self.params.items() if k in names})
+
+    def _check_params(self, cls: type[luigi.Task]) -> None:
+        if not self.params or cls in self._checked:
+            return
+        roots = [cls] if self.default_task in (None, cls) else [self.default_task, cls]
+        classes: dict[type[luigi.Task], None] = {}
+        for root in roots:
+            for c in graph.build([self._instantiate(root)]).families():
+                classes.setdefault(c, None)
+        declared = {n for c in classes for n, _ in c.get_params()}
+        for name in self.params:
+            if name not in declared:
+                raise unknown_parameter(name, list(classes),
+                                        f"Workflow({roots[0].__name__}, params)")
+        self._checked.add(cls)
+
+    def get_task(self, task: TaskArg = None) -> luigi.Task:
+        """The task instance for ``task`` (default: the default task) with this flow's params.
+
+        Raises:
+            ParameterError: a parameter no task of the flow declares, or a missing value.
+        """
+        if isinstance(task, luigi.Task):
+            return task
+        cls = self.default_task if task is None else task
+        if cls is None:
+            raise PipeflowError(
+                "this Workflow has no default task: pass a task class "
+                "(flow.run(TaskTrain)) or set one (Workflow(TaskTrain) / flow.set_default())."
+            )
+        _check_task_class(cls, "Workflow task")
+        self._check_params(cls)
+        return self._instantiate(cls)
+
+    def _tasks(self, tasks: TaskArg) -> list[luigi.Task]:
+        items = tasks if isinstance(tasks, (list, tuple)) else [tasks]
+        return [self.get_task(t) for t in items]
+
+    def set_default(self, task: type[luigi.Task]) -> None:
+        """Make ``task`` the default task of the flow."""
+        _check_task_class(task, "set_default")
+        self._check_params(task)
+        self.default_task = task
+
+    def attach_flow(self, flow: Any = None, flow_name: str = "flow") -> None:
+        """Make another Workflow available to this flow's tasks as ``self.flows[flow_name]``."""
+        self._flows[flow_name] = flow
+
+    # -- context -------------------------------------------------------------------------------
+    def context(self) -> layout.FlowContext:
+        """The flow context this Workflow runs its tasks in (path, env, attached flows)."""
+        return layout.FlowContext(self._path_parts, self.env, dict(self._flows))
+
+    @contextlib.contextmanager
+    def _active(self) -> Iterator[None]:
+        with layout.flow_context(self.context()):
+            yield
+
+    # -- status and running --------------------------------------------------------------------
+    def preview(self, tasks: TaskArg = None, indent: str = "", last: bool = True,
+                show_params: bool = True, clip_params: bool = False,
+                print_it: bool = True) -> Preview:
+        """Print and return the status tree of the flow (or of ``tasks``)."""
+        with self._active():
+            return operations.preview(self._tasks(tasks), indent, last, show_params,
+                                      clip_params, print_it)
+
+    def run(self, tasks: TaskArg = None, *, forced: Any = None, forced_all: bool = False,
+            forced_all_upstream: bool = False, confirm: bool = False, workers: int = 1,
+            abort: bool = True, execution_summary: bool | None = None,
+            callbacks: Any = ()) -> RunResult | None:
+        """Run the flow: every task upstream of ``tasks`` that is not complete.
+
+        See :func:`pipeflow.run` for the options; ``forced`` takes task classes.
+        """
+        with self._active():
+            roots = self._tasks(tasks)
+            return operations.run(
+                roots, forced=forced, forced_all=forced_all,
+                forced_all_upstream=forced_all_upstream, confirm=confirm, workers=workers,
+                abort=abort, execution_summary=execution_summary, callbacks=callbacks,
+            )
+
+    def complete(self, task: TaskArg = None, cascade: bool = True) -> bool:
+        """Whether ``task`` (default: the default task) is complete."""
+        with self._active():
+            return bool(self.get_task(task).complete(cascade=cascade))
+
+    # -- outputs ---------------------------------------------------------------------------------
+    def output(self, task: TaskArg = None) -> Any:
+        """The output target(s) of ``task``."""
+        with self._active():
+            return self.get_task(task).output()
+
+    def outputPath(self, task: TaskArg = None) -> Any:
+        """The output path of ``task``, or a dict of paths when it has several outputs."""
+        out = self.output(task)
+        if isinstance(out, dict):
+            return {k: v.path for k, v in out.items()}
+        return out.path
+
+    def outputLoad(self, task: TaskArg = None, keys: Any = None, as_dict: bool = False,
+                   cached: bool = False) -> Any:
+        """Load the output(s) of ``task`` (default: the default task)."""
+        with self._active():
+            return self.get_task(task).outputLoad(keys=keys, as_dict=as_dict, cached=cached)
+
+    def outputLoadAll(self, task: TaskArg = None, keys: Any = None, as_dict: bool = False,
+                      cached: bool = False) -> dict[str, Any]:
+        """Load the outputs of ``task`` and every task upstream of it, by task family."""
+        with self._active():
+            out: dict[str, Any] = {}
+            for t in operations.taskflow_upstream(self.get_task(task)):
+                if isinstance(t, TaskData):
+                    out[type(t).__name__] = t.outputLoad(keys=keys, as_dict=as_dict,
+                                                         cached=cached)
+            return out
+
+    def outputLoadMeta(self, task: TaskArg = None) -> Any:
+        """Load the metadata ``task`` saved with ``saveMeta``."""
+        with self._active():
+            return self.get_task(task).outputLoadMeta()
+
+    def outputLoadAllMeta(self, task: TaskArg = None) -> dict[str, Any]:
+        """Metadata of ``task`` and every upstream task that saved some, by family."""
+        with self._active():
+            return self.get_task(task).outputLoadAllMeta()
+
+    def expected_files(self) -> set[pathlib.Path]:
+        """Every file the default task's flow writes (used by ``invalidate_orphans``)."""
+        with self._active():
+            return operations.expected_files(self.get_task())
+
+    # -- resetting -------------------------------------------------------------------------------
+    def reset(self, task: TaskArg = None, confirm: bool = False) -> bool:
+        """Delete the outputs of ``task`` (a class or a list of classes) so it runs again."""
+        with self._active():
+            done = True
+            for t in self._tasks(task):
+                done = bool(t.reset(confirm=confirm)) and done
+            return done
+
+    def reset_upstream(self, task: TaskArg = None, confirm: bool = False) -> bool:
+        """Delete the outputs of ``task`` and of every task upstream of it."""
+        with self._active():
+            return operations.invalidate_upstream(self.get_task(task), confirm=confirm)
+
+    def reset_downstream(self, task: TaskArg, task_downstream: TaskArg = None,
+                         confirm: bool = False) -> bool:
+        """Delete the outputs of ``task`` and of everything downstream of it.
+
+        Downstream stops at ``task_downstream`` (default: the default task).
+        """
+        with self._active():
+            return operations.invalidate_downstream(task, self.get_task(task_downstream),
+                                                    confirm=confirm)
+
+
+def _check_task_class(task: Any, where: str) -> None:
+    if isinstance(task, type) and issubclass(task, luigi.Task):
+        return
+    if isinstance(task, luigi.Task):
+        raise ParameterError(
+            f"{where} takes a task class, not the instance {graph.describe(task)}: write "
+            f"Workflow({type(task).__name__}, params) and the flow instantiates it."
+        )
+    raise ParameterError(f"{where} takes a task class, not {task!r}.")
+
+
+def expand_params(params: Any) -> dict[Any, dict[str, Any]]:
+    """Normalise WorkflowMulti params to ``{flow_name: params}``.
+
+    Accepts ``{name: params}``, a list of params (named 0, 1, ...) or a grid
+    ``{'a': [1, 2], 'b': [3]}`` (every combination, named ``'a=1,b=3'``...).
+    """
+    if isinstance(params, (list, tuple)):
+        if not all(isinstance(p, Mapping) for p in params):
+            raise ParameterError("WorkflowMulti params as a list must be a list of dicts.")
+        return {i: dict(p) for i, p in enumerate(params)}
+    if isinstance(params, Mapping) and params:
+        values = list(params.values())
+        if all(isinstance(v, Mapping) for v in values):
+            return {k: dict(v) for k, v in params.items()}
+        if all(isinstance(v, (list, tuple)) and v for v in values):
+            keys = list(params)
+            return {
+                ",".join(f"{k}={v}" for k, v in zip(keys, combo)): dict(zip(keys, combo))
+                for combo in itertools.product(*values)
+            }
+    raise ParameterError(
+        f"WorkflowMulti params must be {{flow_name: params}}, a list of params, or a grid "
+        f"{{'param': [values...]}} (non-empty lists); got {params!r}."
+    )
+
+
+class WorkflowMulti:
+    """The same flow for several parameter sets; tasks shared by flows run once.
+
+    Args:
+        task: the default task class.
+        params: ``{flow_name: params}``, a list of params, or a grid
+            ``{'model': ['ols', 'gbm'], 'alpha': [0.1, 1]}`` (cartesian product).
+        path: sub-folder of the data dir for the outputs.
+        env: environment name.
+
+    Example:
+        >>> flows = pipeflow.WorkflowMulti(TaskTrain, {"model": ["ols", "gbm"]})  # doctest: +SKIP
+        >>> flows.run()                                                     # doctest: +SKIP
+        >>> scores = flows.outputLoad(TaskEvaluate)  # {'model=ols': ..., 'model=gbm': ...}
+    """
+
+    def __init__(self, task: type[luigi.Task] | None = None, params: Any = None,
+                 path: str | pathlib.Path | None = None, env: str | None = None) -> None:
+        self.params = expand_params(params)
+        self.default_task = task
+        self.workflow_objs: dict[Any, Workflow] = {
+            name: Workflow(task, p, path=path, env=env) for name, p in self.params.items()
+        }
+
+    def get_flow(self, flow: Any) -> Workflow:
+        """The Workflow of one parameter set."""
+        try:
+            return self.workflow_objs[flow]
+        except KeyError:
+            raise KeyError(
+                f"no flow named {flow!r}; the flows are {list(self.workflow_objs)}"
+            ) from None
+
+    def _select(self, flow: Any) -> dict[Any, Workflow]:
+        if flow is None:
+            return dict(self.workflow_objs)
+        names = flow if isinstance(flow, list) else [flow]
+        return {n: self.get_flow(n) for n in names}
+
+    def _each(self, flow: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        out = {n: getattr(wf, method)(*args, **kwargs) for n, wf in self._select(flow).items()}
+        return out if flow is None or isinstance(flow, list) else out[flow]
+
+    def set_default(self, task: type[luigi.Task]) -> None:
+        """Make ``task`` the default task of every flow."""
+        self.default_task = task
+        self._each(None, "set_default", task)
+
+    def attach_flow(self, flow: Any = None, flow_name: str = "flow") -> None:
+        """Attach another Workflow to every flow (see :meth:`Workflow.attach_flow`)."""
+        self._each(None, "attach_flow", flow, flow_name)
+
+    def get_task(self, task: TaskArg = None, flow: Any = None) -> Any:
+        """The task instance per flow (``{flow_name: task}``; one task if ``flow`` given)."""
+        return self._each(flow, "get_task", task)
+
+    def preview(self, tasks: TaskArg = None, flow: Any = None, indent: str = "",
+                last: bool = True, show_params: bool = True, clip_params: bool = False,
+                print_it: bool = True) -> Any:
+        """Print and return each flow's status tree (``{flow_name: Preview}``)."""
+        out = {}
+        for name, wf in self._select(flow).items():
+            if print_it:
+                display.emit(f"flow {name!r}:")
+            out[name] = wf.preview(tasks, indent, last, show_params, clip_params, print_it)
+        return out if flow is None or isinstance(flow, list) else out[flow]
+
+    def run(self, tasks: TaskArg = None, flow: Any = None, *, forced: Any = None,
+            forced_all: bool = False, forced_all_upstream: bool = False, confirm: bool = False,
+            workers: int = 1, abort: bool = True, execution_summary: bool | None = None,
+            callbacks: Any = ()) -> Any:
+        """Run the selected flows (all by default) as one run, so shared tasks run once.
+
+        Returns:
+            ``{flow_name: RunResult}`` (each restricted to that flow's tasks), or one
+            RunResult when ``flow`` names a single flow.
+        """
+        selected = self._select(flow)
+        first = next(iter(selected.values()))
+        roots: dict[Any, list[luigi.Task]] = {}
+        with first._active():
+            for name, wf in selected.items():
+                roots[name] = wf._tasks(tasks)
+            result = operations.run(
+                [t for ts in roots.values() for t in ts], forced=forced, forced_all=forced_all,
+                forced_all_upstream=forced_all_upstream, confirm=confirm, workers=workers,
+                abort=abort, execution_summary=execution_summary, callbacks=callbacks,
+            )
+        if result is None:
+            return None
+        out = {name: result.subset(t.task_id for t in graph.build(ts).nodes)
+               for name, ts in roots.items()}
+        return out if flow is None or isinstance(flow, list) else out[flow]
+
+    def complete(self, task: TaskArg = None, flow: Any = None, cascade: bool = True) -> Any:
+        """Whether ``task`` is complete, per flow."""
+        return self._each(flow, "complete", task, cascade=cascade)
+
+    def output(self, task: TaskArg = None, flow: Any = None) -> Any:
+        """The output target(s) of ``task``, per flow."""
+        return self._each(flow, "output", task)
+
+    def outputPath(self, task: TaskArg = None, flow: Any = None) -> Any:
+        """The output path(s) of ``task``, per flow."""
+        return self._each(flow, "outputPath", task)
+
+    def outputLoad(self, task: TaskArg = None, flow: Any = None, keys: Any = None,
+                   as_dict: bool = False, cached: bool = False) -> Any:
+        """Load ``task``'s output(s), per flow (``{flow_name: data}``)."""
+        return self._each(flow, "outputLoad", task, keys=keys, as_dict=as_dict, cached=cached)
+
+    def outputLoadAll(self, task: TaskArg = None, flow: Any = None, keys: Any = None,
+                      as_dict: bool = False, cached: bool = False) -> Any:
+        """Load the outputs of ``task`` and its upstream tasks, per flow."""
+        return self._each(flow, "outputLoadAll", task, keys=keys, as_dict=as_dict,
+                          cached=cached)
+
+    def outputLoadMeta(self, task: TaskArg = None, flow: Any = None) -> Any:
+        """Load ``task``'s metadata, per flow."""
+        return self._each(flow, "outputLoadMeta", task)
+
+    def outputLoadAllMeta(self, task: TaskArg = None, flow: Any = None) -> Any:
+        """Metadata of ``task`` and its upstream tasks, per flow."""
+        return self._each(flow, "outputLoadAllMeta", task)
+
+    def reset(self, task: TaskArg = None, flow: Any = None, confirm: bool = False) -> Any:
+        """Delete ``task``'s outputs, per flow."""
+        return self._each(flow, "reset", task, confirm=confirm)
+
+    def reset_upstream(self, task: TaskArg = None, flow: Any = None,
+                       confirm: bool = False) -> Any:
+        """Delete the outputs of ``task`` and its upstream tasks, per flow."""
+        return self._each(flow, "reset_upstream", task, confirm=confirm)
+
+    def reset_downstream(self, task: TaskArg, task_downstream: TaskArg = None,
+                         flow: Any = None, confirm: bool = False) -> Any:
+        """Delete the outputs of ``task`` and everything downstream of it, per flow."""
+        return self._each(flow, "reset_downstream", task, task_downstream, confirm=confirm)
+
+    def expected_files(self) -> set[pathlib.Path]:
+        """Every file the flows write (used by ``invalidate_orphans``)."""
+        out: set[pathlib.Path] = set()
+        for wf in self.workflow_objs.values():
+            out |= wf.expected_files()
+        return out
