@@ -86,7 +86,10 @@ class FlowExport:
         code = header + "\n".join(sorted(imports)) + "\n\n\n" + "\n\n".join(blocks)
         if self.save:
             target = self.path_export
-            tmp = _write_temp(target, lambda p: p.write_text(code, encoding="utf-8"))
+            def write(p: pathlib.Path) -> None:
+                p.write_text(code, encoding="utf-8")
+
+            tmp = _write_temp(target, write)
             os.replace(tmp, target)
         return code
 
@@ -103,7 +106,7 @@ def _context_parts(ctx: layout.FlowContext) -> tuple[str, ...]:
 
 def _stub(task: TaskData, ctx_parts: tuple[str, ...], imports: set[str]) -> str:
     cls = type(task)
-    base = next(c for c in cls.__mro__ if c.__module__ == task_classes.__name__)
+    base: Any = next(c for c in cls.__mro__ if c.__module__ == task_classes.__name__)
     lines = [f"class {cls.__name__}(pipeflow.tasks.{base.__name__}):", "    external = True",
              f"    persist = {list(cls.persist)!r}"]
     if cls.target_class is not base.target_class:

@@ -300,11 +300,11 @@ class TaskData(luigi.Task):
 
     def metaLoad(self) -> Any:
         """Load the metadata of the tasks this task requires (same shape as requires())."""
-        reqs = self.requires()
-        if isinstance(reqs, luigi.Task):
-            return reqs.outputLoadMeta()
+        reqs: Any = self.requires()
         if isinstance(reqs, Mapping):
             return {k: t.outputLoadMeta() for k, t in reqs.items()}
+        if not isinstance(reqs, (list, tuple)):
+            return reqs.outputLoadMeta()
         return [t.outputLoadMeta() for t in flatten(reqs)]
 
     def outputLoadMeta(self) -> Any:
@@ -486,7 +486,7 @@ class TaskAggregator(luigi.Task):
 
     _pipeflow_group: ClassVar[bool] = True
 
-    def requires(self) -> list[luigi.Task]:
+    def requires(self) -> list[Any]:
         """The grouped tasks (what ``run()`` yields)."""
         return list(flatten(list(self.run())))
 

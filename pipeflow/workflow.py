@@ -88,7 +88,7 @@ class Workflow:
                                         f"Workflow({roots[0].__name__}, params)")
         self._checked.add(cls)
 
-    def get_task(self, task: TaskArg = None) -> luigi.Task:
+    def get_task(self, task: TaskArg = None) -> Any:
         """The task instance for ``task`` (default: the default task) with this flow's params.
 
         Raises:
@@ -106,7 +106,7 @@ class Workflow:
         self._check_params(cls)
         return self._instantiate(cls)
 
-    def _tasks(self, tasks: TaskArg) -> list[luigi.Task]:
+    def _tasks(self, tasks: TaskArg) -> list[Any]:
         items = tasks if isinstance(tasks, (list, tuple)) else [tasks]
         return [self.get_task(t) for t in items]
 

@@ -1,0 +1,107 @@
+"""The ``pipeflow`` command: preview, run and reset a flow from the shell.
+
+Example::
+
+    pipeflow preview tasks:TaskTrain -p model=gbm --dir data
+    pipeflow run tasks:TaskTrain -p model=gbm -p do_preprocess=False
+    pipeflow reset tasks:TaskPreprocess --yes
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+import click
+import luigi
+
+from pipeflow import operations
+from pipeflow.errors import PipeflowError
+from pipeflow.workflow import Workflow
+
+
+def _load_task(target: str) -> type[luigi.Task]:
+    module_name, _, cls_name = target.partition(":")
+    if not cls_name:
+        raise click.BadParameter(f"{target!r}: write MODULE:TASKCLASS, e.g. tasks:TaskTrain")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import module {module_name!r}: {exc}") from exc
+    cls = getattr(module, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, luigi.Task)):
+        raise click.BadParameter(f"{module_name} has no task class {cls_name!r}")
+    return cls
+
+
+def _params(cls: type[luigi.Task], items: tuple[str, ...]) -> dict[str, Any]:
+    declared = dict(cls.get_params())
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r}: write NAME=VALUE")
+        out[name] = declared[name].parse(value) if name in declared else value
+    return out
+
+
+def _flow(target: str, params: tuple[str, ...], data_dir: str | None) -> Workflow:
+    if data_dir:
+        operations.set_dir(data_dir)
+    cls = _load_task(target)
+    return Workflow(cls, _params(cls, params))
+
+
+_target = click.argument("target")
+_param = click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
+                      help="A parameter of the flow (repeatable).")
+_dir = click.option("--dir", "data_dir", default=None, help="The data dir (default: data).")
+
+
+@click.group()
+@click.version_option(package_name="pipeflow")
+def main() -> None:
+    """Preview, run and reset pipeflow flows. TARGET is MODULE:TASKCLASS."""
+
+
+@main.command()
+@_target
+@_param
+@_dir
+def preview(target: str, params: tuple[str, ...], data_dir: str | None) -> None:
+    """Show the status tree of TARGET's flow."""
+    _guard(lambda: _flow(target, params, data_dir).preview())
+
+
+@main.command()
+@_target
+@_param
+@_dir
+@click.option("--workers", default=1, show_default=True, help="Tasks run at once.")
+@click.option("--forced-all", is_flag=True, help="Rerun TARGET itself.")
+@click.option("--summary/--no-summary", default=True, help="Print the execution summary.")
+def run(target: str, params: tuple[str, ...], data_dir: str | None, workers: int,
+        forced_all: bool, summary: bool) -> None:
+    """Run TARGET and everything upstream of it that is not complete."""
+    _guard(lambda: _flow(target, params, data_dir).run(
+        workers=workers, forced_all=forced_all, execution_summary=summary))
+
+
+@main.command()
+@_target
+@_param
+@_dir
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def reset(target: str, params: tuple[str, ...], data_dir: str | None, yes: bool) -> None:
+    """Delete TARGET's outputs so that it runs again."""
+    _guard(lambda: _flow(target, params, data_dir).reset(confirm=not yes))
+
+
+def _guard(action: Any) -> None:
+    try:
+        action()
+    except PipeflowError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc

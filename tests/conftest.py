@@ -1,0 +1,33 @@
+"""Shared fixtures: every test gets its own data dir and clean global state."""
+
+from __future__ import annotations
+
+import luigi
+import pytest
+
+import pipeflow
+from pipeflow import cache, settings
+
+_DEFAULTS = {
+    "cached": False,
+    "save_with_param": True,
+    "check_dependencies": True,
+    "execution_summary": False,
+    "fsync": False,
+}
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch):
+    """A fresh data dir, default settings, an empty cache; cwd is tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    old = {k: getattr(settings, k) for k in [*_DEFAULTS, "dir"]}
+    for k, v in _DEFAULTS.items():
+        setattr(settings, k, v)
+    path = pipeflow.set_dir(tmp_path / "data")
+    cache.data.clear()
+    luigi.task_register.Register.clear_instance_cache()
+    yield path
+    for k, v in old.items():
+        setattr(settings, k, v)
+    cache.data.clear()
