@@ -203,7 +203,7 @@ class RunResult:
             (TaskState.CANCELLED, "cancelled"),
         ]
         lines = ["===== pipeflow execution summary =====",
-                 f"Scheduled {len(self.tasks)} tasks of which:"]
+                 f"Scheduled {len(self.tasks)} task{'' if len(self.tasks) == 1 else 's'}:"]
         for state, label in groups:
             results = self.by_state(state)
             if not results:
