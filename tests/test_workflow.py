@@ -341,3 +341,34 @@ def test_no_default_task_error():
     flow = d6tflow.Workflow()
     flow.set_default(TaskGetData)
     assert flow.run()
+
+
+def test_workflow_metadata_helpers():
+    class Meta(d6tflow.tasks.TaskPickle):
+        def run(self):
+            self.save(1)
+            self.saveMeta({"rows": 1})
+
+    flow = d6tflow.Workflow(Meta)
+    flow.run()
+    assert flow.outputLoadMeta() == {"rows": 1}
+    assert flow.outputLoadAllMeta() == {"Meta": {"rows": 1}}
+
+
+def test_calling_run_directly_outside_the_engine_publishes_outputs():
+    task = TaskGetData()
+    task.run()  # d6tflow habit while debugging: no engine, no staging
+    assert task.complete()
+    assert len(task.outputLoad()) == 10
+
+
+def test_multi_per_flow_helpers(data_dir):
+    flows = d6tflow.WorkflowMulti(TaskTrain, {"a": {"model": "x"}, "b": {"model": "y"}},
+                                  path="sweep")
+    tasks = flows.get_task()
+    assert tasks["a"].model == "x" and tasks["b"].model == "y"
+    paths = flows.outputPath()
+    assert paths["a"] != paths["b"]
+    assert paths["a"].is_relative_to(data_dir / "sweep")
+    flows.run(flow="a")
+    assert flows.outputLoadAll(flow="a")["TaskTrain"]["model"] == "x"
