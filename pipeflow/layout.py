@@ -29,6 +29,9 @@ from pipeflow.errors import UnsafePathError
 
 #: longest file or folder name most file systems accept, in bytes
 NAME_MAX = 255
+#: longest output file name: leaves room for the temp-file and index-sidecar decorations
+#: (``.{name}.index.json.tmp-XXXXXXXX``) that are written beside it
+OUTPUT_NAME_MAX = NAME_MAX - 40
 
 
 @dataclass(frozen=True)
@@ -117,15 +120,15 @@ def safe_parts(value: object, what: str, owner: str) -> tuple[str, ...]:
 
 
 def fit_name(stem: str, suffix: str) -> str:
-    """Return ``stem + suffix``, shortened with a hash when it exceeds ``NAME_MAX`` bytes.
+    """Return ``stem + suffix``, shortened with a hash past ``OUTPUT_NAME_MAX`` bytes.
 
     Distinct long stems stay distinct: the hash covers the whole original stem.
     """
     name = stem + suffix
-    if len(name.encode()) <= NAME_MAX:
+    if len(name.encode()) <= OUTPUT_NAME_MAX:
         return name
     digest = hashlib.sha256(stem.encode()).hexdigest()[:16]
-    budget = NAME_MAX - len(suffix.encode()) - len(digest) - 1
+    budget = OUTPUT_NAME_MAX - len(suffix.encode()) - len(digest) - 1
     short = stem.encode()[:budget].decode(errors="ignore")
     return f"{short}~{digest}{suffix}"
 

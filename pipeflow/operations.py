@@ -112,8 +112,8 @@ def _failure(result: RunResult) -> TaskFailedError:
     message = (
         f"{len(failed)} task(s) failed, so the run did not finish:\n" + "\n".join(lines)
         + (f"\n{len(skipped)} downstream task(s) did not run because of it." if skipped else "")
-        + "\nThe traceback of the first failure is shown above. Fix it and run again: only "
-        "what is not complete reruns."
+        + "\nThe first failure is chained to this error (its traceback prints above it). Fix "
+        "it and run again: only what is not complete reruns."
     )
     err = TaskFailedError(message, result)
     first = failed[0].error if failed else None

@@ -103,8 +103,8 @@ def unknown_parameter(name: str, classes: list[type[luigi.Task]], where: str) ->
     """The error for a parameter that none of ``classes`` declares."""
     names = {n for cls in classes for n, _ in cls.get_params()}
     return ParameterError(
-        f"{where} has a parameter '{name}' that no task declares, so it would be silently "
-        f"ignored.{did_you_mean(name, names)}\n{accepted(classes)}"
+        f"{where} has a parameter '{name}' that no task declares."
+        f"{did_you_mean(name, names)}\n{accepted(classes)}"
     )
 
 

@@ -357,3 +357,20 @@ def test_dynamic_requirements_yielded_from_run():
 
     assert pipeflow.run(Dyn())
     assert Dyn().outputLoad() == 6
+
+
+@pytest.mark.parametrize("base", [pipeflow.tasks.TaskJson, pipeflow.tasks.TaskCSVPandas])
+def test_output_names_near_the_limit_leave_room_for_temp_files(base):
+    """Regression: a 250-byte output name failed with ENAMETOOLONG on its temp file."""
+    key = "a" * 250
+    value = {"v": 1} if base is pipeflow.tasks.TaskJson else DF.set_index("a")
+
+    class Wide(base):
+        persist = [key]
+
+        def run(self):
+            self.save({key: value})
+
+    assert pipeflow.run(Wide())
+    assert len(Wide().output()[key].path.name.encode()) <= 255
+    _equal(Wide().outputLoad()[0], value)

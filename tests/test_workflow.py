@@ -229,7 +229,7 @@ def test_parameter_typo_is_an_error_with_suggestion():
     with pytest.raises(ParameterError) as info:
         d6tflow.Workflow(TaskTrain, {"do_preprocss": False})
     msg = str(info.value)
-    assert "parameter 'do_preprocss' that no task declares" in msg
+    assert "has a parameter 'do_preprocss' that no task declares." in msg
     assert "Did you mean 'do_preprocess'?" in msg
     assert "TaskTrain accepts: do_preprocess (bool, default True), model (str, default 'ols')" \
         in msg
