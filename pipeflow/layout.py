@@ -75,7 +75,7 @@ def flow_context(ctx: FlowContext) -> Iterator[FlowContext]:
         _CURRENT.reset(token)
 
 
-def safe_parts(value: object, what: str, owner: str) -> tuple[str, ...]:
+def safe_parts(value: object, what: str, owner: object) -> tuple[str, ...]:
     """Split a user-given relative location into folder names that stay inside the data dir.
 
     Args:

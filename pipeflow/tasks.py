@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import luigi
 import luigi.util
 from luigi.task import flatten
+from luigi.task_register import Register
 
 from pipeflow import display, graph, layout, settings
 from pipeflow.errors import (
@@ -49,7 +50,41 @@ from pipeflow.targets import (
 )
 
 
-class TaskData(luigi.Task):
+class _TaskMeta(Register):
+    """luigi's task metaclass, plus a cache of each class's parameters and folder.
+
+    luigi recomputes ``get_params()`` with ``dir()`` on every call, several times per task
+    instantiation: tens of microseconds each, most of the cost of building a large graph.
+    Setting or deleting any attribute of a task class bumps ``generation``, which
+    invalidates every cache, so classes extended later (``@inherits``) stay correct.
+    """
+
+    generation: ClassVar[int] = 0
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        _TaskMeta.generation += 1
+        super().__setattr__(name, value)
+
+    def __delattr__(cls, name: str) -> None:
+        _TaskMeta.generation += 1
+        super().__delattr__(name)
+
+
+_PARAMS: dict[type, tuple[int, list[tuple[str, luigi.Parameter]]]] = {}
+_FOLDERS: dict[tuple[object, ...], pathlib.Path] = {}
+
+
+class _Owner:
+    """Names a task in an error message, computed only when a message is built."""
+
+    def __init__(self, task: luigi.Task):
+        self.task = task
+
+    def __str__(self) -> str:
+        return graph.describe(self.task)
+
+
+class TaskData(luigi.Task, metaclass=_TaskMeta):
     """Base class of tasks whose outputs are data pipeflow stores and loads.
 
     Attributes:
@@ -81,6 +116,15 @@ class TaskData(luigi.Task):
 
     # -- parameters ------------------------------------------------------------------------
     @classmethod
+    def get_params(cls) -> list[tuple[str, luigi.Parameter]]:
+        """The class parameters, as luigi computes them, cached (see :class:`_TaskMeta`)."""
+        hit = _PARAMS.get(cls)
+        if hit is None or hit[0] != _TaskMeta.generation:
+            hit = (_TaskMeta.generation, super().get_params())
+            _PARAMS[cls] = hit
+        return list(hit[1])
+
+    @classmethod
     def get_param_values(
         cls, params: list[tuple[str, luigi.Parameter]], args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -102,9 +146,17 @@ class TaskData(luigi.Task):
 
     # -- where outputs live -------------------------------------------------------------------
     def _folder(self) -> pathlib.Path:
-        owner = graph.describe(self)
-        pinned = getattr(type(self), "_pipeflow_root", None)
+        # The folder depends on the class and the flow context, never on parameter values.
         ctx = layout.current()
+        key = (type(self), ctx.key, settings.dirpath, _TaskMeta.generation)
+        folder = _FOLDERS.get(key)
+        if folder is None:
+            folder = _FOLDERS[key] = self._compute_folder(ctx)
+        return folder
+
+    def _compute_folder(self, ctx: layout.FlowContext) -> pathlib.Path:
+        owner = _Owner(self)
+        pinned = getattr(type(self), "_pipeflow_root", None)
         if pinned is not None:
             root, sub, env = pathlib.Path(pinned), layout.safe_parts(self.path, "path", owner), None
         else:

@@ -374,3 +374,17 @@ def test_output_names_near_the_limit_leave_room_for_temp_files(base):
     assert pipeflow.run(Wide())
     assert len(Wide().output()[key].path.name.encode()) <= 255
     _equal(Wide().outputLoad()[0], value)
+
+
+def test_parameters_added_to_a_class_later_are_seen():
+    """get_params() is cached per class; extending a class afterwards must invalidate it."""
+
+    class Late(pipeflow.tasks.TaskPickle):
+        a = pipeflow.IntParameter(default=1)
+
+    assert [n for n, _ in Late.get_params()] == ["a"]
+    Late.b = pipeflow.IntParameter(default=2)
+    assert [n for n, _ in Late.get_params()] == ["a", "b"]
+    assert Late(b=5).b == 5
+    del Late.b
+    assert [n for n, _ in Late.get_params()] == ["a"]
