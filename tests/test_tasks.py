@@ -382,8 +382,11 @@ def test_parameters_added_to_a_class_later_are_seen():
     class Late(pipeflow.tasks.TaskPickle):
         a = pipeflow.IntParameter(default=1)
 
+    class Donor(pipeflow.tasks.TaskPickle):
+        b = pipeflow.IntParameter(default=2)
+
     assert [n for n, _ in Late.get_params()] == ["a"]
-    Late.b = pipeflow.IntParameter(default=2)
+    Late.b = Donor.b  # what @inherits does after the class exists
     assert [n for n, _ in Late.get_params()] == ["a", "b"]
     assert Late(b=5).b == 5
     del Late.b
