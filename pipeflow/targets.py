@@ -489,7 +489,11 @@ class ExcelPandasTarget(_IndexedTextTarget):
 
 
 class JsonTarget(DataTarget):
-    """A JSON document (dicts, lists, numbers, strings, booleans, None)."""
+    """A JSON document (dicts, lists, numbers, strings, booleans, None).
+
+    The file holds ``{"data": obj}``, d6tflow's layout, so data dirs written by d6tflow load
+    unchanged and files written here load in d6tflow.
+    """
 
     accepts = "JSON-serializable data (dict, list, str, number, bool, None)"
 
@@ -501,15 +505,16 @@ class JsonTarget(DataTarget):
             raise TypeError(str(exc)) from exc
 
     def read(self, path: pathlib.Path, **kwargs: Any) -> Any:
-        """Parse the JSON file."""
+        """Parse the JSON file and unwrap ``{"data": obj}``."""
         with open(path, encoding="utf-8") as fh:
-            return json.load(fh, **kwargs)
+            doc = json.load(fh, **kwargs)
+        return doc["data"] if isinstance(doc, dict) and list(doc) == ["data"] else doc
 
     def write(self, data: Any, path: pathlib.Path, **kwargs: Any) -> None:
-        """Write the JSON file (indented, UTF-8)."""
+        """Write ``{"data": obj}`` as indented UTF-8 JSON."""
         kwargs.setdefault("indent", 4)
         with open(path, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, **kwargs)
+            json.dump({"data": data}, fh, **kwargs)
 
 
 class PickleTarget(DataTarget):

@@ -391,3 +391,18 @@ def test_parameters_added_to_a_class_later_are_seen():
     assert Late(b=5).b == 5
     del Late.b
     assert [n for n, _ in Late.get_params()] == ["a"]
+
+
+def test_json_files_keep_d6tflow_layout_both_ways():
+    class Doc(pipeflow.tasks.TaskJson):
+        def run(self):
+            self.save({"data": 5, "other": [1]})
+
+    pipeflow.run(Doc())
+    import json
+
+    path = Doc().output().path
+    assert json.loads(path.read_text()) == {"data": {"data": 5, "other": [1]}}
+    assert Doc().outputLoad() == {"data": 5, "other": [1]}
+    path.write_text(json.dumps({"data": {"written": "by d6tflow"}}))
+    assert Doc().outputLoad() == {"written": "by d6tflow"}
