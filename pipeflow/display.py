@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from pipeflow.errors import ConfirmationError
+from pipeflow.errors import ConfirmationError, listing
 
 
 def emit(text: str) -> None:
@@ -41,12 +41,10 @@ def confirm(question: str, items: Sequence[str], how_to_skip: str) -> bool:
         ConfirmationError: nobody can answer (standard input is not a terminal).
     """
     if not _interactive():
-        listed = "".join(f"\n    {i}" for i in items[:20])
-        more = f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
         raise ConfirmationError(
             f"{question} This needs confirmation, but standard input is not a terminal, so "
             f"nobody can answer the prompt. Pass {how_to_skip} to proceed without asking."
-            f"{listed}{more}"
+            f"{listing(items, 20)}"
         )
     emit("\n".join(items))
     answer = input(f"{question} (y/n) ")

@@ -8,7 +8,7 @@ parameters) and the file involved where there is one. All derive from
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class PipeflowError(Exception):
@@ -83,6 +83,13 @@ class TaskFailedError(PipeflowError, RuntimeError):
     def __init__(self, message: str, result: object):
         super().__init__(message)
         self.result = result
+
+
+def listing(items: Sequence[str], limit: int = 10, prefix: str = "\n    ") -> str:
+    """Items one per line (each after ``prefix``), the ones past ``limit`` counted."""
+    shown = "".join(f"{prefix}{item}" for item in items[:limit])
+    more = f"{prefix}... and {len(items) - limit} more" if len(items) > limit else ""
+    return shown + more
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:

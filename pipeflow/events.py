@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import luigi
 
+from pipeflow.errors import listing
 from pipeflow.graph import describe
 
 
@@ -125,6 +126,12 @@ class TaskResult:
         return self.finished - self.started
 
 
+def _detail(r: TaskResult) -> str:
+    if r.error is not None:
+        return f": {type(r.error).__name__}: {r.error}".split("\n")[0]
+    return "" if r.duration is None else f" in {r.duration:.2f}s"
+
+
 class RunResult:
     """The outcome of ``run()``: truthy when every scheduled task succeeded.
 
@@ -208,16 +215,8 @@ class RunResult:
             results = self.by_state(state)
             if not results:
                 continue
-            lines.append(f"* {len(results)} {label}:")
-            for r in results[:SUMMARY_MAX_LINES]:
-                extra = ""
-                if r.error is not None:
-                    extra = f": {type(r.error).__name__}: {r.error}".split("\n")[0]
-                elif r.duration is not None:
-                    extra = f" in {r.duration:.2f}s"
-                lines.append(f"    - {describe(r.task)}{extra}")
-            if len(results) > SUMMARY_MAX_LINES:
-                lines.append(f"    ... and {len(results) - SUMMARY_MAX_LINES} more")
+            lines.append(f"* {len(results)} {label}:" + listing(
+                [f"- {describe(r.task)}{_detail(r)}" for r in results], SUMMARY_MAX_LINES))
         if self.success:
             lines.append("Result: success, every scheduled task ran or was already done.")
         else:

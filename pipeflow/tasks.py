@@ -33,6 +33,7 @@ from pipeflow.errors import (
     ParameterError,
     PipeflowError,
     SaveError,
+    listing,
 )
 from pipeflow.parameters import missing_parameter, unknown_parameter
 from pipeflow.plan import Status, build_plan
@@ -247,7 +248,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             outputs["data"].save(data, **kwargs)
             return
         expected = list(self.persist)
-        example = "{" + ", ".join(f"'{k}': ..." for k in expected) + "}"
+        example = self._save_call()[len("self.save("):-1]
         if not isinstance(data, Mapping):
             raise SaveError(
                 f"{graph.describe(self)}: persist = {expected}, so save() takes a dict "
@@ -428,6 +429,12 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         """Outputs the run neither saved nor wrote."""
         return [t for t in self._outputs().values() if not (stg.saved(t.path) or t.exists())]
 
+    def _save_call(self) -> str:
+        """The ``self.save(...)`` call run() must make, for error messages."""
+        if list(self.persist) == ["data"]:
+            return "self.save(data)"
+        return "self.save({" + ", ".join(f"'{k}': ..." for k in self.persist) + "})"
+
     def describe_outputs(self, missing: list[DataTarget]) -> str:
         """The MissingOutputError message: which outputs are there and which are not."""
         outputs = self._outputs()
@@ -435,10 +442,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         for k, t in outputs.items():
             lines.append(f"    {'missing' if t in missing else 'ok     '}  {k}: {t.path}")
         n = len(missing)
-        if list(self.persist) == ["data"]:
-            call = "self.save(data)"
-        else:
-            call = "self.save({" + ", ".join(f"'{k}': ..." for k in self.persist) + "})"
+        call = self._save_call()
         return (
             f"{graph.describe(self)} finished run() but did not write {n} of its "
             f"{len(outputs)} output{'s' if len(outputs) > 1 else ''}:\n" + "\n".join(lines)
@@ -448,11 +452,10 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
 
 def _incomplete(task: luigi.Task, missing: list[luigi.Task]) -> IncompleteTaskError:
-    names = "\n".join(f"    {graph.describe(t)}" for t in missing[:10])
-    more = f"\n    ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+    names = listing([graph.describe(t) for t in missing])
     return IncompleteTaskError(
         f"cannot load {graph.describe(task)}: it is not complete. Tasks whose outputs are "
-        f"missing:\n{names}{more}\nRun the flow first: flow.run() (or "
+        f"missing:{names}\nRun the flow first: flow.run() (or "
         f"pipeflow.run({graph.describe(task)}))."
     )
 
