@@ -372,3 +372,32 @@ def test_multi_per_flow_helpers(data_dir):
     assert paths["a"].is_relative_to(data_dir / "sweep")
     flows.run(flow="a")
     assert flows.outputLoadAll(flow="a")["TaskTrain"]["model"] == "x"
+
+
+def test_workers_run_independent_tasks_concurrently_and_skip_only_downstream():
+    import threading
+
+    barrier = threading.Barrier(2, timeout=10)
+
+    class Meet(d6tflow.tasks.TaskPickle):
+        side = d6tflow.IntParameter()
+
+        def run(self):
+            barrier.wait()  # only returns if both sides run at the same time
+            self.save(self.side)
+
+    class Broken(d6tflow.tasks.TaskPickle):
+        def run(self):
+            raise ValueError("broken")
+
+    @d6tflow.requires(Broken)
+    class AfterBroken(d6tflow.tasks.TaskPickle):
+        def run(self):
+            self.save(1)
+
+    result = pipeflow.run([Meet(side=0), Meet(side=1), AfterBroken()], workers=2, abort=False)
+    states = {r.task.task_family + str(getattr(r.task, "side", "")): r.state.value
+              for r in result.tasks.values()}
+    assert states == {"Meet0": "completed", "Meet1": "completed", "Broken": "failed",
+                      "AfterBroken": "skipped"}
+    assert Meet(side=0).outputLoad() == 0 and Meet(side=1).outputLoad() == 1
