@@ -242,6 +242,13 @@ def build_preview(
     graph = plan.graph
     rows: list[PreviewRow] = []
     drawn: set[int] = set()
+    str_params: dict[int, dict[str, str]] = {}  # each task's parameters, computed once
+
+    def params_of(pos: int) -> dict[str, str]:
+        if pos not in str_params:
+            str_params[pos] = graph.nodes[pos].to_str_params(only_significant=True)
+        return str_params[pos]
+
     for root in roots:
         # Each frame: (position, depth, is last child, prefix indent, parent's params)
         stack: list[tuple[int, int, bool, str, dict[str, str] | None]] = [
@@ -250,7 +257,7 @@ def build_preview(
         while stack:
             pos, depth, is_last, ind, parent_params = stack.pop()
             task = graph.nodes[pos]
-            params = _shown_params(task, parent_params, show_params, clip_params)
+            params = _shown_params(params_of(pos), parent_params, show_params, clip_params)
             branch = "└─--" if is_last else "|--"
             shown_ind = ind if depth <= MAX_INDENT_DEPTH else ind + f"[{depth}]"
             ref = pos in drawn
@@ -261,19 +268,17 @@ def build_preview(
             drawn.add(pos)
             child_ind = ind + ("   " if is_last else "|  ") if depth < MAX_INDENT_DEPTH else ind
             children = graph.deps[pos]
-            all_params = task.to_str_params(only_significant=True)
             for k in range(len(children) - 1, -1, -1):
                 stack.append((children[k], depth + 1, k == len(children) - 1, child_ind,
-                              all_params))
+                              params_of(pos)))
     return Preview(rows, plan)
 
 
 def _shown_params(
-    task: luigi.Task, parent: dict[str, str] | None, show: bool, clip: bool
+    params: dict[str, str], parent: dict[str, str] | None, show: bool, clip: bool
 ) -> dict[str, str]:
     if not show:
         return {}
-    params = task.to_str_params(only_significant=True)
     if parent is not None:
         params = {k: v for k, v in params.items() if parent.get(k) != v}
     if clip and len(params) > 1:

@@ -152,6 +152,8 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         key = (type(self), ctx.key, settings.dirpath, _TaskMeta.generation)
         folder = _FOLDERS.get(key)
         if folder is None:
+            if len(_FOLDERS) > 4096:  # stale keys (old data dirs, generations) pile up
+                _FOLDERS.clear()
             folder = _FOLDERS[key] = self._compute_folder(ctx)
         return folder
 
