@@ -106,10 +106,6 @@ class Graph:
         """The given positions and everything that requires them, transitively."""
         return _closure(starts, self.dependents)
 
-    def between(self, starts: Iterable[int], ends: Iterable[int]) -> set[int]:
-        """Tasks on a dependency path from one of ``starts`` up to one of ``ends``."""
-        return self.downstream(starts) & self.upstream(ends)
-
     def families(self) -> list[type[luigi.Task]]:
         """The distinct task classes in the graph, in topological order of first use."""
         seen: dict[type[luigi.Task], None] = {}

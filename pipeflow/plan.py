@@ -74,10 +74,6 @@ class Plan:
         """Status of a task of the graph."""
         return self.status[self.graph.position(task)]
 
-    def pending(self) -> list[luigi.Task]:
-        """The pending tasks, upstream first."""
-        return [t for t, s in zip(self.graph.nodes, self.status) if s is Status.PENDING]
-
     def missing_upstream(self, task: luigi.Task) -> list[luigi.Task]:
         """Tasks upstream of (or equal to) ``task`` whose own outputs are missing."""
         up = self.graph.upstream([self.graph.position(task)])
