@@ -5,6 +5,7 @@
 
 from pipeflow import errors, settings, targets, tasks
 from pipeflow.cache import data
+from pipeflow.engines import CancelToken
 from pipeflow.operations import (
     invalidate_all,
     invalidate_downstream,
@@ -13,6 +14,7 @@ from pipeflow.operations import (
     preview,
     run,
     set_dir,
+    start,
     taskflow_downstream,
     taskflow_upstream,
 )
@@ -39,19 +41,20 @@ from pipeflow.parameters import (
     YearParameter,
 )
 from pipeflow.sharing import FlowExport, FlowImport
-from pipeflow.tasks import inherits, requires
+from pipeflow.tasks import inherits, optional, requires
 from pipeflow.workflow import Workflow, WorkflowMulti
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BoolParameter", "ChoiceParameter", "DateHourParameter", "DateIntervalParameter",
+    "BoolParameter", "CancelToken", "ChoiceParameter", "DateHourParameter", "DateIntervalParameter",
     "DateMinuteParameter", "DateParameter", "DateSecondParameter", "DictParameter",
     "EnumParameter", "FloatParameter", "FlowExport", "FlowImport", "IntParameter",
     "ListParameter", "MonthParameter", "NumericalParameter", "OptionalParameter", "Parameter",
     "TaskParameter", "TimeDeltaParameter", "TupleParameter", "Workflow", "WorkflowMulti",
     "YearParameter", "__version__", "data", "errors", "inherits", "invalidate_all",
-    "invalidate_downstream", "invalidate_orphans", "invalidate_upstream", "preview",
-    "requires", "run", "set_dir", "settings", "targets", "taskflow_downstream",
+    "invalidate_downstream", "invalidate_orphans", "invalidate_upstream", "optional",
+    "preview", "requires", "run", "set_dir", "settings", "start", "targets",
+    "taskflow_downstream",
     "taskflow_upstream", "tasks",
 ]

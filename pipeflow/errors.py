@@ -85,6 +85,22 @@ class TaskFailedError(PipeflowError, RuntimeError):
         self.result = result
 
 
+class RunCancelledError(PipeflowError):
+    """The run was cancelled (``flow.cancel()``, a cancel token) before it finished.
+
+    Attributes:
+        result: the :class:`pipeflow.events.RunResult`, with the cancelled tasks.
+    """
+
+    def __init__(self, message: str, result: object):
+        super().__init__(message)
+        self.result = result
+
+
+class TaskTimeoutError(PipeflowError):
+    """A task ran longer than its ``timeout`` and was stopped."""
+
+
 def listing(items: Sequence[str], limit: int = 10, prefix: str = "\n    ") -> str:
     """Items one per line (each after ``prefix``), the ones past ``limit`` counted."""
     shown = "".join(f"{prefix}{item}" for item in items[:limit])

@@ -10,6 +10,7 @@ import enum
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import luigi
 
@@ -27,6 +28,8 @@ class EventKind(str, enum.Enum):
     TASK_COMPLETED = "task_completed"
     TASK_FAILED = "task_failed"
     TASK_SKIPPED = "task_skipped"
+    TASK_RETRYING = "task_retrying"
+    TASK_CANCELLED = "task_cancelled"
 
 
 class TaskState(str, enum.Enum):
@@ -47,6 +50,8 @@ _STATE_OF = {
     EventKind.TASK_COMPLETED: TaskState.COMPLETED,
     EventKind.TASK_FAILED: TaskState.FAILED,
     EventKind.TASK_SKIPPED: TaskState.SKIPPED,
+    EventKind.TASK_RETRYING: TaskState.PENDING,
+    EventKind.TASK_CANCELLED: TaskState.CANCELLED,
 }
 
 
@@ -61,7 +66,8 @@ class Event:
         task: the task concerned (None for run events).
         error: the exception of a failed task.
         traceback: its formatted traceback.
-        reason: why a task was skipped.
+        reason: why a task was skipped or is retried.
+        total: with RUN_STARTED, how many tasks the run will try to run.
     """
 
     kind: EventKind
@@ -71,6 +77,7 @@ class Event:
     error: BaseException | None = None
     traceback: str | None = None
     reason: str | None = None
+    total: int | None = None
 
     @property
     def task_id(self) -> str | None:
@@ -107,6 +114,7 @@ class TaskResult:
         traceback: the formatted traceback, if it failed.
         reason: why it was skipped.
         attempts: how many times ``run()`` was called.
+        retried_errors: (error, traceback) of each failed attempt that was retried.
     """
 
     task: luigi.Task
@@ -117,6 +125,7 @@ class TaskResult:
     traceback: str | None = None
     reason: str | None = None
     attempts: int = 0
+    retried_errors: list[tuple[BaseException, str | None]] = field(default_factory=list)
 
     @property
     def duration(self) -> float | None:
@@ -124,6 +133,46 @@ class TaskResult:
         if self.started is None or self.finished is None:
             return None
         return self.finished - self.started
+
+
+class ProgressBar:
+    """An event sink drawing a progress bar (tqdm; a widget in notebooks).
+
+    Example:
+        >>> pipeflow.run(Train(), progress=True)  # doctest: +SKIP
+    """
+
+    _DONE = (EventKind.TASK_COMPLETED, EventKind.TASK_FAILED, EventKind.TASK_SKIPPED,
+             EventKind.TASK_CANCELLED)
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def __call__(self, event: Event) -> None:
+        """Advance the bar."""
+        if event.kind is EventKind.RUN_STARTED:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=event.total, unit="task", desc="pipeflow", leave=True)
+        elif self.bar is None:
+            return
+        elif event.kind is EventKind.TASK_STARTED:
+            self.bar.set_postfix_str(describe(event.task) if event.task else "", refresh=True)
+        elif event.kind in self._DONE:
+            self.bar.update(1)
+        elif event.kind is EventKind.RUN_FINISHED:
+            self.bar.set_postfix_str("", refresh=False)
+            self.bar.close()
+            self.bar = None
+
+
+def interactive() -> bool:
+    """Whether a person is watching: a terminal on stderr, or a notebook."""
+    import sys
+
+    if "ipykernel" in sys.modules:
+        return True
+    return sys.stderr is not None and sys.stderr.isatty()
 
 
 def _detail(r: TaskResult) -> str:
@@ -168,8 +217,10 @@ class RunResult:
             elif event.kind in (EventKind.TASK_COMPLETED, EventKind.TASK_FAILED):
                 res.finished = event.time
                 res.error, res.traceback = event.error, event.traceback
-            elif event.kind is EventKind.TASK_SKIPPED:
+            elif event.kind in (EventKind.TASK_SKIPPED, EventKind.TASK_CANCELLED):
                 res.reason = event.reason
+            elif event.kind is EventKind.TASK_RETRYING and event.error is not None:
+                res.retried_errors.append((event.error, event.traceback))
 
     def by_state(self, state: TaskState | str) -> list[TaskResult]:
         """The results of tasks that ended in ``state``."""
@@ -219,6 +270,8 @@ class RunResult:
                 [f"- {describe(r.task)}{_detail(r)}" for r in results], SUMMARY_MAX_LINES))
         if self.success:
             lines.append("Result: success, every scheduled task ran or was already done.")
+        elif self.by_state(TaskState.CANCELLED) and not self.by_state(TaskState.FAILED):
+            lines.append("Result: cancelled before the run finished.")
         else:
             lines.append(f"Result: failed, {len(self.by_state(TaskState.FAILED))} task(s) failed.")
         lines.append("===== pipeflow execution summary =====")

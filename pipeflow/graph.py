@@ -34,17 +34,68 @@ def describe(task: luigi.Task) -> str:
     return f"{task.task_family}({shown})"
 
 
-def requirements(task: luigi.Task) -> list[luigi.Task]:
-    """The tasks ``task.requires()`` returns, flattened, each checked to be a task.
+class Optional:
+    """Marks a requirement optional: see :func:`optional`."""
+
+    __slots__ = ("task",)
+
+    def __init__(self, task: luigi.Task):
+        if not isinstance(task, luigi.Task):
+            raise RequirementError(
+                f"pipeflow.optional() takes a task instance, not {task!r}: write "
+                f"optional({getattr(task, '__name__', 'Task')}())."
+            )
+        self.task = task
+
+    def __repr__(self) -> str:
+        return f"optional({describe(self.task)})"
+
+
+def optional(task: luigi.Task) -> Optional:
+    """Mark a requirement optional, inside ``requires()``.
+
+    An optional upstream task must finish (succeed or fail) before the downstream task
+    starts, and the downstream task runs either way: ``inputLoad()`` gives ``None`` for an
+    optional input that failed. Its status does not make the downstream task pending.
+
+    Example:
+        >>> def requires(self):  # doctest: +SKIP
+        ...     return {"prices": Prices(), "news": pipeflow.optional(NewsFeed())}
+    """
+    return Optional(task)
+
+
+def unwrap(struct: object) -> object:
+    """``struct`` (a requires() result) with every optional marker replaced by its task."""
+    if isinstance(struct, Optional):
+        return struct.task
+    if isinstance(struct, dict):
+        return {k: unwrap(v) for k, v in struct.items()}
+    if isinstance(struct, (list, tuple)):
+        return type(struct)(unwrap(v) for v in struct)
+    return struct
+
+
+def requirement_edges(task: luigi.Task) -> list[tuple[luigi.Task, bool]]:
+    """(upstream task, is optional) for each requirement of ``task``, flattened.
 
     Raises:
         RequirementError: something that is not a task instance was returned.
     """
-    deps = flatten(task.requires())
-    for dep in deps:
-        if not isinstance(dep, luigi.Task):
+    out = []
+    for dep in flatten(task.requires()):
+        if isinstance(dep, Optional):
+            out.append((dep.task, True))
+        elif isinstance(dep, luigi.Task):
+            out.append((dep, False))
+        else:
             raise RequirementError(_bad_requirement(task, dep))
-    return deps
+    return out
+
+
+def requirements(task: luigi.Task) -> list[luigi.Task]:
+    """The tasks ``task.requires()`` returns (optional or not), flattened and checked."""
+    return [t for t, _ in requirement_edges(task)]
 
 
 def _bad_requirement(task: luigi.Task, dep: object) -> str:
@@ -69,12 +120,29 @@ class Graph:
         index: task_id -> position in ``nodes``.
         deps: for each node, the positions of the tasks it requires.
         roots: positions of the tasks the graph was built from.
+        optional: for each node, the positions among its ``deps`` it requires only
+            optionally (required by another path of the same node wins).
     """
 
     nodes: list[luigi.Task]
     index: dict[str, int]
     deps: list[tuple[int, ...]]
     roots: list[int] = field(default_factory=list)
+    optional: list[frozenset[int]] = field(default_factory=list)
+
+    def required(self, pos: int) -> tuple[int, ...]:
+        """The positions ``pos`` requires (not optionally)."""
+        opt = self.optional[pos] if self.optional else frozenset()
+        return tuple(d for d in self.deps[pos] if d not in opt)
+
+    @cached_property
+    def required_dependents(self) -> list[tuple[int, ...]]:
+        """For each node, the positions of the tasks that require it (not optionally)."""
+        out: list[list[int]] = [[] for _ in self.nodes]
+        for i in range(len(self.nodes)):
+            for d in self.required(i):
+                out[d].append(i)
+        return [tuple(x) for x in out]
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -135,6 +203,7 @@ def build(roots: Iterable[luigi.Task]) -> Graph:
     nodes: list[luigi.Task] = []
     index: dict[str, int] = {}
     deps: list[tuple[int, ...]] = []
+    optional: list[frozenset[int]] = []
     on_path: dict[str, int] = {}  # task_id -> depth on the DFS stack
     root_ids: list[str] = []
 
@@ -147,28 +216,31 @@ def build(roots: Iterable[luigi.Task]) -> Graph:
         root_ids.append(root.task_id)
         if root.task_id in index:
             continue
-        # Each frame: (task, its requirements, next requirement to visit)
-        stack: list[tuple[luigi.Task, list[luigi.Task], int]] = [(root, requirements(root), 0)]
+        # Each frame: (task, its requirement edges, next requirement to visit)
+        stack: list[tuple[luigi.Task, list[tuple[luigi.Task, bool]], int]] = [
+            (root, requirement_edges(root), 0)]
         on_path[root.task_id] = 0
         while stack:
             task, reqs, i = stack[-1]
             if i < len(reqs):
                 stack[-1] = (task, reqs, i + 1)
-                dep = reqs[i]
+                dep = reqs[i][0]
                 tid = dep.task_id
                 if tid in index:
                     continue
                 if tid in on_path:
                     raise _cycle_error([f[0] for f in stack[on_path[tid]:]], dep)
                 on_path[tid] = len(stack)
-                stack.append((dep, requirements(dep), 0))
+                stack.append((dep, requirement_edges(dep), 0))
                 continue
             stack.pop()
             del on_path[task.task_id]
             index[task.task_id] = len(nodes)
             nodes.append(task)
-            deps.append(tuple(dict.fromkeys(index[r.task_id] for r in reqs)))
-    return Graph(nodes, index, deps, list(dict.fromkeys(index[r] for r in root_ids)))
+            deps.append(tuple(dict.fromkeys(index[r.task_id] for r, _ in reqs)))
+            required = {index[r.task_id] for r, opt in reqs if not opt}
+            optional.append(frozenset(index[r.task_id] for r, opt in reqs if opt) - required)
+    return Graph(nodes, index, deps, list(dict.fromkeys(index[r] for r in root_ids)), optional)
 
 
 def _cycle_error(path: list[luigi.Task], back_to: luigi.Task) -> CycleError:

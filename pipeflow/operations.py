@@ -14,9 +14,9 @@ from typing import Any
 import luigi
 
 from pipeflow import cache, display, graph, layout, settings
-from pipeflow.engines import Engine, LocalEngine
-from pipeflow.errors import MissingInputError, TaskFailedError
-from pipeflow.events import RunResult, Sink
+from pipeflow.engines import CancelToken, Engine, LocalEngine
+from pipeflow.errors import MissingInputError, RunCancelledError, TaskFailedError
+from pipeflow.events import ProgressBar, RunResult, Sink, interactive
 from pipeflow.plan import Preview, Status, build_plan, build_preview, use_color
 from pipeflow.tasks import TaskData
 
@@ -65,8 +65,9 @@ def preview(tasks: Any, indent: str = "", last: bool = True, show_params: bool =
 def run(tasks: Any, forced: Any = None, forced_all: bool = False,
         forced_all_upstream: bool = False, confirm: bool = False, workers: int = 1,
         abort: bool = True, execution_summary: bool | None = None, *,
-        callbacks: Sequence[Callable[[Any], None]] = (), engine: Engine | None = None,
-        ) -> RunResult | None:
+        executor: str | None = None, cancel: CancelToken | None = None,
+        callbacks: Sequence[Callable[[Any], None]] = (), progress: bool | None = None,
+        engine: Engine | None = None) -> RunResult | None:
     """Run one or more tasks and everything upstream of them that is not complete.
 
     Args:
@@ -77,10 +78,15 @@ def run(tasks: Any, forced: Any = None, forced_all: bool = False,
         forced_all_upstream: rerun everything upstream of ``tasks`` too.
         confirm: ask before deleting the outputs of forced tasks.
         workers: how many tasks may run at once.
-        abort: raise :class:`~pipeflow.errors.TaskFailedError` when a task fails.
+        abort: raise :class:`~pipeflow.errors.TaskFailedError` when a task fails (and
+            :class:`~pipeflow.errors.RunCancelledError` when the run is cancelled).
         execution_summary: print the execution summary (default
             ``settings.execution_summary``).
+        executor: ``'process'`` (the default with several workers) or ``'thread'``.
+        cancel: a :class:`~pipeflow.engines.CancelToken` to cancel the run with.
         callbacks: functions called with every :class:`~pipeflow.events.Event`.
+        progress: show a progress bar (default: when a person is watching, i.e. a
+            terminal or a notebook).
         engine: the engine to run on (default: the embedded :class:`LocalEngine`).
 
     Returns:
@@ -95,13 +101,110 @@ def run(tasks: Any, forced: Any = None, forced_all: bool = False,
     plan = build_plan(g)
     _check_external_inputs(plan)
     sinks: list[Sink] = list(callbacks)
-    result = (engine or LocalEngine(workers)).run(plan, sinks)
+    if progress or (progress is None and interactive()):
+        sinks.append(ProgressBar())
+    result = (engine or LocalEngine(workers, executor, cancel)).run(plan, sinks)
     summary = settings.execution_summary if execution_summary is None else execution_summary
     if summary:
         display.emit(result.summary())
     if abort and not result:
+        if result.by_state("cancelled") and not result.by_state("failed"):
+            n = len(result.by_state("cancelled"))
+            raise RunCancelledError(
+                f"the run was cancelled: {n} task(s) did not finish (their partial outputs "
+                f"were removed). Completed tasks keep their outputs; run again to finish.",
+                result,
+            )
         raise _failure(result)
     return result
+
+
+class RunHandle:
+    """A run going on in a background thread: watch its events, cancel it, wait for it.
+
+    Iterating yields every :class:`~pipeflow.events.Event` as it happens; leaving the
+    loop early (``break``) cancels the run.
+
+    Attributes:
+        token: the run's :class:`~pipeflow.engines.CancelToken`.
+
+    Example:
+        >>> handle = flow.start()          # returns at once          # doctest: +SKIP
+        >>> for event in handle:                                     # doctest: +SKIP
+        ...     print(event.kind, event.task_id)
+        >>> handle.result()                                          # doctest: +SKIP
+    """
+
+    _END = object()
+
+    def __init__(self, start: Callable[[CancelToken, Sink], RunResult | None]):
+        import queue
+        import threading
+
+        self.token = CancelToken()
+        self._events: queue.Queue[Any] = queue.Queue()
+        self._result: RunResult | None = None
+        self._error: BaseException | None = None
+
+        def body() -> None:
+            try:
+                self._result = start(self.token, self._events.put)
+            except BaseException as exc:  # noqa: BLE001 - handed to result()
+                self._error = exc
+            finally:
+                self._events.put(self._END)
+
+        self._thread = threading.Thread(target=body, name="pipeflow-run", daemon=True)
+        self._thread.start()
+
+    def __iter__(self) -> Any:
+        try:
+            while True:
+                item = self._events.get()
+                if item is self._END:
+                    return
+                yield item
+        finally:
+            if self._thread.is_alive():
+                self.cancel()
+
+    def cancel(self) -> None:
+        """Cancel the run: no new task starts, running tasks are stopped."""
+        self.token.cancel()
+
+    def done(self) -> bool:
+        """Whether the run has ended."""
+        return not self._thread.is_alive()
+
+    def result(self, timeout: float | None = None) -> RunResult | None:
+        """Wait for the run to end; return its result or raise its error.
+
+        Raises:
+            TimeoutError: the run did not end within ``timeout`` seconds.
+        """
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"the run did not finish within {timeout}s")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def start(tasks: Any, **options: Any) -> RunHandle:
+    """Start :func:`run` in a background thread and return a :class:`RunHandle` at once.
+
+    Args:
+        tasks: a task instance or a list of them.
+        **options: the options of :func:`run` (except ``cancel``: use the handle).
+    """
+    extra = list(options.pop("callbacks", ()))
+    ctx = layout.current()
+
+    def go(token: CancelToken, sink: Sink) -> RunResult | None:
+        with layout.flow_context(ctx):
+            return run(tasks, cancel=token, callbacks=[sink, *extra], **options)
+
+    return RunHandle(go)
 
 
 def _failure(result: RunResult) -> TaskFailedError:

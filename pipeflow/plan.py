@@ -92,7 +92,8 @@ def build_plan(graph: Graph, check_dependencies: bool | None = None) -> Plan:
     cascade = settings.check_dependencies if check_dependencies is None else check_dependencies
     own: list[bool] = []
     status: list[Status] = []
-    for task, deps in zip(graph.nodes, graph.deps):
+    for pos, task in enumerate(graph.nodes):
+        deps = graph.required(pos)
         group = is_group(task)
         mine = True if group else own_complete(task)
         own.append(mine)

@@ -35,6 +35,7 @@ from pipeflow.errors import (
     SaveError,
     listing,
 )
+from pipeflow.graph import optional
 from pipeflow.parameters import missing_parameter, unknown_parameter
 from pipeflow.plan import Status, build_plan
 from pipeflow.targets import (
@@ -98,6 +99,11 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             takes precedence).
         target_dir: folder name used instead of the task family.
         task_group: folder grouping tasks (organisation only: it implies no order).
+        priority: among tasks ready at the same time, lower runs first: 0 urgent, 1 high,
+            2 normal (default), 3 low. Dependencies always come first. May be a parameter.
+        retries: how many times a failing ``run()`` is tried again within the same run.
+        retry_delay: seconds to wait before each retry.
+        timeout: seconds after which a running task is stopped and fails (None: no limit).
 
     Example:
         >>> class Train(TaskPickle):
@@ -113,6 +119,10 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
     path: ClassVar[str | None] = None
     target_dir: ClassVar[str | None] = None
     task_group: ClassVar[str | None] = None
+    priority: Any = 2
+    retries: ClassVar[int] = 0
+    retry_delay: ClassVar[float] = 0
+    timeout: ClassVar[float | None] = None
     metadata: Any = None
 
     # -- parameters ------------------------------------------------------------------------
@@ -209,6 +219,10 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         """The output target, or a dict of them by name when ``persist`` has several."""
         outputs = self._outputs()
         return outputs["data"] if list(self.persist) == ["data"] else outputs
+
+    def input(self) -> Any:
+        """The output targets of the required tasks (same shape as ``requires()``)."""
+        return luigi.task.getpaths(graph.unwrap(self.requires()))
 
     @property
     def flows(self) -> Mapping[str, Any]:
@@ -339,7 +353,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                     f"entry; it has {names}."
                 ) from None
             return _load_outputs(req, keys, as_dict, cached)
-        if isinstance(reqs, luigi.Task):
+        if isinstance(reqs, (luigi.Task, graph.Optional)):
             return _load_outputs(reqs, keys, as_dict, cached)
         if isinstance(reqs, Mapping):
             names = list(reqs) if keys is None else list(keys)
@@ -355,7 +369,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
     def metaLoad(self) -> Any:
         """Load the metadata of the tasks this task requires (same shape as requires())."""
-        reqs: Any = self.requires()
+        reqs: Any = graph.unwrap(self.requires())
         if isinstance(reqs, Mapping):
             return {k: t.outputLoadMeta() for k, t in reqs.items()}
         if not isinstance(reqs, (list, tuple)):
@@ -463,6 +477,11 @@ def _incomplete(task: luigi.Task, missing: list[luigi.Task]) -> IncompleteTaskEr
 
 
 def _load_outputs(task: Any, keys: Iterable[str] | None, as_dict: bool, cached: bool) -> Any:
+    if isinstance(task, graph.Optional):
+        # an optional upstream task that failed (or was skipped) left no output: None
+        inner = task.task
+        done = inner.own_complete() if hasattr(inner, "own_complete") else inner.complete()
+        return _load_outputs(inner, keys, as_dict, cached) if done else None
     if isinstance(task, TaskData):
         return task._load_own(keys, as_dict, cached)
     if isinstance(task, TaskAggregator):
@@ -646,5 +665,5 @@ def requires(*tasks: Any, **kw_tasks: type[luigi.Task]) -> Any:
 __all__ = [
     "TaskAggregator", "TaskCSVGZPandas", "TaskCSVPandas", "TaskCache", "TaskCachePandas",
     "TaskData", "TaskExcelPandas", "TaskJson", "TaskPickle", "TaskPqPandas", "inherits",
-    "requires",
+    "optional", "requires",
 ]

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import pathlib
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import luigi
 
 from pipeflow import display, graph, layout, operations
+from pipeflow.engines import CancelToken
 from pipeflow.errors import ParameterError, PipeflowError
 from pipeflow.events import RunResult
 from pipeflow.parameters import unknown_parameter
@@ -65,6 +67,7 @@ class Workflow:
             )
         self._flows: dict[str, Any] = {}
         self._checked: set[type[luigi.Task]] = set()
+        self._tokens: weakref.WeakSet[CancelToken] = weakref.WeakSet()
         if task is not None:
             self._check_params(task)
 
@@ -142,18 +145,41 @@ class Workflow:
     def run(self, tasks: TaskArg = None, *, forced: Any = None, forced_all: bool = False,
             forced_all_upstream: bool = False, confirm: bool = False, workers: int = 1,
             abort: bool = True, execution_summary: bool | None = None,
-            callbacks: Any = ()) -> RunResult | None:
+            executor: str | None = None, callbacks: Any = (),
+            progress: bool | None = None) -> RunResult | None:
         """Run the flow: every task upstream of ``tasks`` that is not complete.
 
-        See :func:`pipeflow.run` for the options; ``forced`` takes task classes.
+        See :func:`pipeflow.run` for the options; ``forced`` takes task classes. Another
+        thread (or a callback) can stop the run with :meth:`cancel`.
+        """
+        token = CancelToken()
+        self._tokens.add(token)
+        try:
+            with self._active():
+                return operations.run(
+                    self._tasks(tasks), forced=forced, forced_all=forced_all,
+                    forced_all_upstream=forced_all_upstream, confirm=confirm,
+                    workers=workers, abort=abort, execution_summary=execution_summary,
+                    executor=executor, cancel=token, callbacks=callbacks, progress=progress,
+                )
+        finally:
+            self._tokens.discard(token)
+
+    def start(self, tasks: TaskArg = None, **options: Any) -> operations.RunHandle:
+        """Start :meth:`run` in the background; return a handle to watch, cancel, wait.
+
+        Iterating the handle yields the run's events as they happen. In a notebook, a later
+        cell can call ``flow.cancel()`` or ``handle.cancel()``.
         """
         with self._active():
-            roots = self._tasks(tasks)
-            return operations.run(
-                roots, forced=forced, forced_all=forced_all,
-                forced_all_upstream=forced_all_upstream, confirm=confirm, workers=workers,
-                abort=abort, execution_summary=execution_summary, callbacks=callbacks,
-            )
+            handle = operations.start(self._tasks(tasks), **options)
+        self._tokens.add(handle.token)
+        return handle
+
+    def cancel(self) -> None:
+        """Cancel this flow's runs in progress: no new task starts, running ones stop."""
+        for token in list(self._tokens):
+            token.cancel()
 
     def complete(self, task: TaskArg = None, cascade: bool = True) -> bool:
         """Whether ``task`` (default: the default task) is complete."""
@@ -290,6 +316,7 @@ class WorkflowMulti:
         self.workflow_objs: dict[Any, Workflow] = {
             name: Workflow(task, p, path=path, env=env) for name, p in self.params.items()
         }
+        self._tokens: weakref.WeakSet[CancelToken] = weakref.WeakSet()
 
     def get_flow(self, flow: Any) -> Workflow:
         """The Workflow of one parameter set."""
@@ -337,7 +364,8 @@ class WorkflowMulti:
     def run(self, tasks: TaskArg = None, flow: Any = None, *, forced: Any = None,
             forced_all: bool = False, forced_all_upstream: bool = False, confirm: bool = False,
             workers: int = 1, abort: bool = True, execution_summary: bool | None = None,
-            callbacks: Any = ()) -> Any:
+            executor: str | None = None, callbacks: Any = (),
+            progress: bool | None = None) -> Any:
         """Run the selected flows (all by default) as one run, so shared tasks run once.
 
         Returns:
@@ -347,19 +375,31 @@ class WorkflowMulti:
         selected = self._select(flow)
         first = next(iter(selected.values()))
         roots: dict[Any, list[luigi.Task]] = {}
-        with first._active():
-            for name, wf in selected.items():
-                roots[name] = wf._tasks(tasks)
-            result = operations.run(
-                [t for ts in roots.values() for t in ts], forced=forced, forced_all=forced_all,
-                forced_all_upstream=forced_all_upstream, confirm=confirm, workers=workers,
-                abort=abort, execution_summary=execution_summary, callbacks=callbacks,
-            )
+        token = CancelToken()
+        self._tokens.add(token)
+        try:
+            with first._active():
+                for name, wf in selected.items():
+                    roots[name] = wf._tasks(tasks)
+                result = operations.run(
+                    [t for ts in roots.values() for t in ts], forced=forced,
+                    forced_all=forced_all, forced_all_upstream=forced_all_upstream,
+                    confirm=confirm, workers=workers, abort=abort,
+                    execution_summary=execution_summary, executor=executor, cancel=token,
+                    callbacks=callbacks, progress=progress,
+                )
+        finally:
+            self._tokens.discard(token)
         if result is None:
             return None
         out = {name: result.subset(t.task_id for t in graph.build(ts).nodes)
                for name, ts in roots.items()}
         return out if flow is None or isinstance(flow, list) else out[flow]
+
+    def cancel(self) -> None:
+        """Cancel the runs of these flows in progress."""
+        for token in list(self._tokens):
+            token.cancel()
 
     def complete(self, task: TaskArg = None, flow: Any = None, cascade: bool = True) -> Any:
         """Whether ``task`` is complete, per flow."""

@@ -374,16 +374,21 @@ def test_multi_per_flow_helpers(data_dir):
     assert flows.outputLoadAll(flow="a")["TaskTrain"]["model"] == "x"
 
 
-def test_workers_run_independent_tasks_concurrently_and_skip_only_downstream():
-    import threading
-
-    barrier = threading.Barrier(2, timeout=10)
+@pytest.mark.parametrize("executor", ["process", "thread"])
+def test_workers_run_independent_tasks_concurrently_and_skip_only_downstream(executor, tmp_path):
+    import time
 
     class Meet(d6tflow.tasks.TaskPickle):
+        """Each side waits until the other side has started: only possible in parallel."""
+
         side = d6tflow.IntParameter()
 
         def run(self):
-            barrier.wait()  # only returns if both sides run at the same time
+            (tmp_path / f"started-{self.side}").touch()
+            deadline = time.monotonic() + 10
+            while not (tmp_path / f"started-{1 - self.side}").exists():
+                assert time.monotonic() < deadline, "the other task never ran alongside"
+                time.sleep(0.01)
             self.save(self.side)
 
     class Broken(d6tflow.tasks.TaskPickle):
@@ -395,9 +400,11 @@ def test_workers_run_independent_tasks_concurrently_and_skip_only_downstream():
         def run(self):
             self.save(1)
 
-    result = pipeflow.run([Meet(side=0), Meet(side=1), AfterBroken()], workers=2, abort=False)
+    result = pipeflow.run([Meet(side=0), Meet(side=1), AfterBroken()], workers=2,
+                          executor=executor, abort=False)
     states = {r.task.task_family + str(getattr(r.task, "side", "")): r.state.value
               for r in result.tasks.values()}
     assert states == {"Meet0": "completed", "Meet1": "completed", "Broken": "failed",
                       "AfterBroken": "skipped"}
     assert Meet(side=0).outputLoad() == 0 and Meet(side=1).outputLoad() == 1
+    assert isinstance(result.tasks[Broken().task_id].error, ValueError)

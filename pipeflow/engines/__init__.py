@@ -17,6 +17,6 @@ class Engine(Protocol):
         ...
 
 
-from pipeflow.engines.local import LocalEngine  # noqa: E402
+from pipeflow.engines.local import CancelToken, LocalEngine  # noqa: E402
 
-__all__ = ["Engine", "LocalEngine", "RunResult"]
+__all__ = ["CancelToken", "Engine", "LocalEngine", "RunResult"]

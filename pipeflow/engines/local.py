@@ -1,186 +1,645 @@
-"""The embedded engine: runs a plan in this process, in dependency order.
+"""The embedded engine: runs a plan on this machine, in dependency order.
 
-Ready tasks run in topological order (``workers=1``) or on a thread pool (``workers>1``).
-When a task fails, every task that depends on it is skipped; tasks that do not depend on it
-still run.
+* Dependencies decide the order; among tasks that are ready at the same time the lowest
+  ``priority`` (0 urgent ... 3 low, 2 by default) starts first, ties in graph order.
+* When a task fails, every task that requires it (transitively) is skipped; a task that
+  requires it only optionally runs anyway; tasks that do not depend on it still run.
+* ``workers=1`` runs tasks in this process, one at a time (breakpoints work). With more
+  workers, tasks run in forked worker processes by default (real CPU parallelism), or in
+  threads with ``executor='thread'``.
+* A run can be cancelled (:class:`CancelToken`, Ctrl-C); running tasks are stopped, their
+  partial outputs removed. Tasks may be retried (``retries``/``retry_delay``) and timed
+  out (``timeout``).
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import contextvars
+import contextlib
+import ctypes
 import heapq
 import inspect
+import multiprocessing
+import os
+import pickle
+import queue
+import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
 
 import luigi
 from luigi.task import flatten, getpaths
 
+from pipeflow import cache, layout
 from pipeflow import graph as graphs
-from pipeflow.errors import MissingOutputError, TaskFailedError
+from pipeflow.errors import (
+    MissingOutputError,
+    PipeflowError,
+    RunCancelledError,
+    TaskFailedError,
+    TaskTimeoutError,
+)
 from pipeflow.events import Event, EventKind, RunResult, Sink
 from pipeflow.plan import Plan, Status, build_plan, is_group
-from pipeflow.targets import staging
+from pipeflow.targets import CacheTarget, staging
+
+EXECUTORS = ("process", "thread")
+
+
+class CancelToken:
+    """Cancels a run from another thread, a callback or a second notebook cell.
+
+    Example:
+        >>> token = CancelToken()                              # doctest: +SKIP
+        >>> threading.Timer(5, token.cancel).start()            # doctest: +SKIP
+        >>> pipeflow.run(Train(), cancel=token)                 # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._inline_thread: int | None = None  # thread running a task in-process
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether cancellation was requested."""
+        return self._event.is_set()
+
+    def cancel(self) -> None:
+        """Request cancellation: no new task starts and running tasks are stopped."""
+        self._event.set()
+        with self._lock:
+            if self._inline_thread is not None:
+                _raise_in_thread(self._inline_thread, _Interrupted)
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; return True early if cancelled."""
+        return self._event.wait(seconds)
+
+    @contextlib.contextmanager
+    def _inline(self) -> Any:
+        """Mark the current thread as running a task in-process (interruptible)."""
+        me = threading.get_ident()
+        with self._lock:
+            self._inline_thread = me
+        try:
+            if self.cancelled:
+                raise _Interrupted()
+            yield
+        finally:
+            with self._lock:
+                self._inline_thread = None
+                _raise_in_thread(me, None)  # drop an interruption that arrived too late
+
+
+class _Interrupted(BaseException):
+    """Raised inside an in-process task to stop it (cancellation or timeout)."""
+
+
+def _raise_in_thread(ident: int, exc: type[BaseException] | None) -> None:
+    # CPython delivers it at the next bytecode boundary of that thread; None clears it.
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(ident), ctypes.py_object(exc) if exc is not None else None
+    )
+
+
+@dataclass
+class _Outcome:
+    """How one attempt ended."""
+
+    error: BaseException | None = None
+    traceback: str | None = None
+    cancelled: bool = False
+    memory: dict[Any, Any] = field(default_factory=dict)  # cache outputs made in a worker
+
+
+@dataclass
+class _Running:
+    pos: int
+    started: float
+    deadline: float | None
+    handle: Any = None
+
+
+def task_priority(task: luigi.Task) -> int:
+    """The scheduling priority of a task: 0 urgent, 1 high, 2 normal (default), 3 low."""
+    if not hasattr(task, "own_complete") or getattr(task, "_pipeflow_group", False):
+        return 2  # plain luigi tasks: luigi's own priority means something else
+    value = getattr(task, "priority", 2)
+    if isinstance(value, bool) or value not in (0, 1, 2, 3):
+        raise PipeflowError(
+            f"{graphs.describe(task)} has priority={value!r}; priorities are 0 (urgent), "
+            f"1 (high), 2 (normal, the default) or 3 (low)."
+        )
+    return int(value)
 
 
 class LocalEngine:
-    """Runs tasks in this process.
+    """Runs tasks on this machine.
 
     Args:
-        workers: how many tasks may run at the same time (threads when above 1).
+        workers: how many tasks may run at the same time.
+        executor: ``'process'`` (default with several workers: forked worker processes)
+            or ``'thread'``; with ``workers=1`` tasks run in this process unless
+            ``executor='process'`` is asked for.
+        cancel: a token to cancel the run with.
 
     Example:
-        >>> result = LocalEngine(workers=1).run(plan, sinks=[])  # doctest: +SKIP
+        >>> result = LocalEngine(workers=2).run(plan, sinks=[])  # doctest: +SKIP
     """
 
-    def __init__(self, workers: int = 1) -> None:
-        if int(workers) < 1:
-            raise ValueError(f"workers must be at least 1, not {workers!r}")
+    def __init__(self, workers: int = 1, executor: str | None = None,
+                 cancel: CancelToken | None = None) -> None:
+        if isinstance(workers, bool) or int(workers) < 1:
+            raise ValueError(f"workers must be a whole number of at least 1, not {workers!r}")
+        if executor is not None and executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {EXECUTORS} or None, not {executor!r}")
         self.workers = int(workers)
+        if executor is None:
+            executor = "process" if self.workers > 1 else "inline"
+        if executor == "process" and "fork" not in multiprocessing.get_all_start_methods():
+            raise PipeflowError(
+                "process workers need the 'fork' start method, which this platform lacks. "
+                "Use executor='thread' (or workers=1)."
+            )
+        self.executor = executor
+        self.cancel = cancel or CancelToken()
 
+    # -- the run loop ---------------------------------------------------------------------
     def run(self, plan: Plan, sinks: Sequence[Sink]) -> RunResult:
         """Run every pending task of ``plan`` needed by its roots."""
         result = RunResult(uuid.uuid4().hex[:12])
-        sinks = [result, *sinks]
+        all_sinks: list[Sink] = [result, *sinks]
 
-        def emit(kind: EventKind, task: luigi.Task | None = None, **kw: object) -> None:
-            event = Event(kind, result.run_id, task=task, **kw)  # type: ignore[arg-type]
-            for sink in sinks:
+        def emit(kind: EventKind, task: luigi.Task | None = None, **kw: Any) -> None:
+            event = Event(kind, result.run_id, task=task, **kw)
+            for sink in all_sinks:
                 sink(event)
 
-        emit(EventKind.RUN_STARTED)
+        run = _Run(self, plan, emit)
+        emit(EventKind.RUN_STARTED, total=len(run.to_run))
         try:
-            self._run_plan(plan, emit)
+            run.loop()
         finally:
             emit(EventKind.RUN_FINISHED)
         return result
 
-    def _run_plan(self, plan: Plan, emit: Callable[..., None]) -> None:
-        g = plan.graph
-        # Walk down from the roots, stopping at tasks that are already complete (as luigi
-        # does): with check_dependencies off, a complete task's upstream is not rebuilt.
-        to_run: set[int] = set()
+
+class _Run:
+    """The state of one run: what waits, what is ready, what runs."""
+
+    def __init__(self, engine: LocalEngine, plan: Plan, emit: Callable[..., None]):
+        self.engine = engine
+        self.plan = plan
+        self.g = plan.graph
+        self.emit = emit
+        g = self.g
+        # Walk down from the roots, stopping at complete tasks (as luigi does): with
+        # check_dependencies off, a complete task's upstream is not rebuilt.
+        self.to_run: set[int] = set()
         seen: set[int] = set(g.roots)
         stack = list(g.roots)
-        up_to_date: list[int] = []
+        self.up_to_date: list[int] = []
         while stack:
             i = stack.pop()
             if plan.status[i] is Status.COMPLETE:
-                up_to_date.append(i)
+                self.up_to_date.append(i)
                 continue
-            to_run.add(i)
+            self.to_run.add(i)
             for d in g.deps[i]:
                 if d not in seen:
                     seen.add(d)
                     stack.append(d)
-        for i in sorted(up_to_date):
-            emit(EventKind.TASK_UP_TO_DATE, g.nodes[i])
+        self.priority = {i: task_priority(g.nodes[i]) for i in self.to_run}
+        self.waiting = {i: sum(1 for d in g.deps[i] if d in self.to_run) for i in self.to_run}
+        self.ready: list[tuple[int, int]] = [(self.priority[i], i)
+                                             for i, n in self.waiting.items() if n == 0]
+        heapq.heapify(self.ready)
+        self.delayed: list[tuple[float, int]] = []  # (when, pos) retries waiting
+        self.attempts: dict[int, int] = {}
+        self.finished: set[int] = set()
+        self.running: dict[int, _Running] = {}
+        self.executor = _make_executor(engine)
 
-        waiting = {i: sum(1 for d in g.deps[i] if d in to_run) for i in to_run}
-        ready = [i for i, n in waiting.items() if n == 0]
-        heapq.heapify(ready)
-        finished: set[int] = set()
+    # -- transitions ------------------------------------------------------------------------
+    def _release(self, i: int) -> None:
+        for j in self.g.dependents[i]:
+            if j in self.waiting and j not in self.finished:
+                self.waiting[j] -= 1
+                if self.waiting[j] == 0:
+                    heapq.heappush(self.ready, (self.priority[j], j))
 
-        def finish(i: int, error: BaseException | None, tb: str | None) -> None:
-            task = g.nodes[i]
-            finished.add(i)
-            if error is None:
-                emit(EventKind.TASK_COMPLETED, task)
-                for j in g.dependents[i]:
-                    if j in waiting:
-                        waiting[j] -= 1
-                        if waiting[j] == 0:
-                            heapq.heappush(ready, j)
-                return
-            emit(EventKind.TASK_FAILED, task, error=error, traceback=tb)
-            for j in sorted(g.downstream([i]) & to_run):
-                if j not in finished:
-                    finished.add(j)
-                    emit(EventKind.TASK_SKIPPED, g.nodes[j],
-                         reason=f"upstream task {graphs.describe(task)} failed")
+    def _finish(self, i: int, out: _Outcome) -> None:
+        task = self.g.nodes[i]
+        self.running.pop(i, None)
+        if out.cancelled:
+            self.finished.add(i)
+            self.emit(EventKind.TASK_CANCELLED, task)
+            return
+        if out.error is None:
+            cache.data.update(out.memory)
+            self.finished.add(i)
+            self.emit(EventKind.TASK_COMPLETED, task)
+            self._release(i)
+            return
+        retries = int(getattr(task, "retries", 0) or 0)
+        if self.attempts[i] <= retries and not isinstance(out.error, _NotRetried):
+            delay = float(getattr(task, "retry_delay", 0) or 0)
+            self.emit(EventKind.TASK_RETRYING, task, error=out.error, traceback=out.traceback,
+                      reason=f"attempt {self.attempts[i]} of {retries + 1} failed; "
+                             f"retrying in {delay:g}s")
+            heapq.heappush(self.delayed, (time.monotonic() + delay, i))
+            return
+        self.finished.add(i)
+        self.emit(EventKind.TASK_FAILED, task, error=out.error, traceback=out.traceback)
+        self._release(i)  # optional dependents may go on
+        doomed = _closure([i], self.g.required_dependents) - {i}
+        for j in sorted(doomed & self.to_run):
+            if j not in self.finished:
+                self.finished.add(j)
+                self.emit(EventKind.TASK_SKIPPED, self.g.nodes[j],
+                          reason=f"upstream task {graphs.describe(task)} failed")
 
-        pool = cf.ThreadPoolExecutor(self.workers) if self.workers > 1 else None
-        running: dict[cf.Future[tuple[BaseException | None, str | None]], int] = {}
+    def _start(self, i: int) -> None:
+        task = self.g.nodes[i]
+        self.attempts[i] = self.attempts.get(i, 0) + 1
+        timeout = getattr(task, "timeout", None)
+        now = time.monotonic()
+        run = _Running(i, now, now + float(timeout) if timeout else None)
+        self.running[i] = run
+        self.emit(EventKind.TASK_STARTED, task)
+        run.handle = self.executor.start(task, run)
+
+    def _cancel_rest(self) -> None:
+        for i, run in list(self.running.items()):
+            self.executor.stop(run.handle, self.g.nodes[i])
+            self._finish(i, _Outcome(cancelled=True))
+        for i in sorted(self.to_run - self.finished):
+            self.finished.add(i)
+            self.emit(EventKind.TASK_CANCELLED, self.g.nodes[i])
+
+    # -- the loop -----------------------------------------------------------------------------
+    def loop(self) -> None:
+        token = self.engine.cancel
+        for i in sorted(self.up_to_date):
+            self.emit(EventKind.TASK_UP_TO_DATE, self.g.nodes[i])
         try:
-            while ready or running:
-                while ready and len(running) < self.workers:
-                    i = heapq.heappop(ready)
-                    if i in finished:
-                        continue
-                    emit(EventKind.TASK_STARTED, g.nodes[i])
-                    if pool is None:
-                        finish(i, *self._attempt(g.nodes[i]))
-                    else:
-                        ctx = contextvars.copy_context()
-                        running[pool.submit(ctx.run, self._attempt, g.nodes[i])] = i
-                if running:
-                    done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                    for fut in done:
-                        finish(running.pop(fut), *fut.result())
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-
-    def _attempt(self, task: luigi.Task) -> tuple[BaseException | None, str | None]:
-        """Run one task; return (error, formatted traceback), both None on success."""
-        try:
-            self._execute(task)
-        except Exception as exc:  # the task's failure is reported, not raised here
-            return exc, "".join(traceback.format_exception(exc))
-        return None, None
-
-    def _execute(self, task: luigi.Task) -> None:
-        if is_group(task):
-            return  # groups have nothing of their own to run
-        prepare = getattr(task, "prepare_run", None)
-        if prepare is not None:
-            prepare()
-        owned = set(task.owned_paths()) if hasattr(task, "owned_paths") else set()
-        try:
-            with staging(owned) as stg:
-                ret = task.run()
-                if inspect.isgenerator(ret):
-                    self._run_dynamic(ret)
-                missing = (
-                    task.missing_outputs(stg) if hasattr(task, "missing_outputs")
-                    else [o for o in flatten(task.output()) if not o.exists()]
-                )
-                if missing:
-                    raise MissingOutputError(_missing_message(task, missing))
-                stg.commit()
-        except BaseException:
-            abort = getattr(task, "abort_run", None)
-            if abort is not None:
-                abort()
+            while self.ready or self.running or self.delayed:
+                if token.cancelled:
+                    self._cancel_rest()
+                    return
+                now = time.monotonic()
+                while self.delayed and self.delayed[0][0] <= now:
+                    i = heapq.heappop(self.delayed)[1]
+                    heapq.heappush(self.ready, (self.priority[i], i))
+                while self.ready and len(self.running) < self.engine.workers:
+                    i = heapq.heappop(self.ready)[1]
+                    if i not in self.finished:
+                        self._start(i)
+                        for done_i, out in self.executor.collect(0):
+                            self._finish(done_i, out)
+                        if token.cancelled:
+                            break
+                wake = [r.deadline for r in self.running.values() if r.deadline]
+                wake += [when for when, _ in self.delayed]
+                timeout = max(0.0, min([*wake, now + 0.1]) - time.monotonic())
+                for done_i, out in self.executor.collect(timeout if self.running else 0):
+                    self._finish(done_i, out)
+                if not self.running and not self.ready and self.delayed:
+                    token.wait(max(0.0, self.delayed[0][0] - time.monotonic()))
+                now = time.monotonic()
+                for i, run in list(self.running.items()):
+                    if run.deadline is not None and now >= run.deadline:
+                        task = self.g.nodes[i]
+                        self.executor.stop(run.handle, task)
+                        self._finish(i, _failure(_timeout_error(task)))
+        except KeyboardInterrupt:
+            token._event.set()
+            self._cancel_rest()
             raise
-
-    def _run_dynamic(self, gen: object) -> None:
-        """Serve a ``run()`` that yields requirements (luigi's dynamic dependencies)."""
-        send = None
-        while True:
-            try:
-                req = gen.send(send)  # type: ignore[attr-defined]
-            except StopIteration:
-                return
-            sub = build_plan(graphs.build(flatten(req)))
-            result = LocalEngine(self.workers).run(sub, sinks=[])
-            if not result:
-                failed = [graphs.describe(r.task) for r in result.by_state("failed")]
-                raise TaskFailedError(
-                    f"dynamic requirements failed: {', '.join(failed)}", result
-                ) from next((r.error for r in result.by_state("failed")), None)
-            send = getpaths(req)
+        finally:
+            self.executor.close()
 
 
-def _missing_message(task: luigi.Task, missing: list[object]) -> str:
+def _closure(starts: Sequence[int], edges: Sequence[Sequence[int]]) -> set[int]:
+    seen = set(starts)
+    stack = list(seen)
+    while stack:
+        for nxt in edges[stack.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen
+
+
+class _NotRetried(PipeflowError):
+    """A failure that retrying cannot fix."""
+
+
+# -- executing one task ------------------------------------------------------------------------
+
+def execute(task: luigi.Task, workers: int = 1) -> None:
+    """Run one task: stale outputs removed, saves staged, outputs checked, then published."""
+    if is_group(task):
+        return  # groups have nothing of their own to run
+    prepare = getattr(task, "prepare_run", None)
+    if prepare is not None:
+        prepare()
+    owned = set(task.owned_paths()) if hasattr(task, "owned_paths") else set()
+    try:
+        with staging(owned) as stg:
+            ret = task.run()
+            if inspect.isgenerator(ret):
+                _run_dynamic(ret, workers)
+            missing = (
+                task.missing_outputs(stg) if hasattr(task, "missing_outputs")
+                else [o for o in flatten(task.output()) if not o.exists()]
+            )
+            if missing:
+                raise MissingOutputError(_missing_message(task, missing))
+            stg.commit()
+    except BaseException:
+        abort = getattr(task, "abort_run", None)
+        if abort is not None:
+            abort()
+        raise
+
+
+def _run_dynamic(gen: Any, workers: int) -> None:
+    """Serve a ``run()`` that yields requirements (luigi's dynamic dependencies)."""
+    send = None
+    while True:
+        try:
+            req = gen.send(send)
+        except StopIteration:
+            return
+        sub = build_plan(graphs.build(flatten(req)))
+        result = LocalEngine(1).run(sub, sinks=[])
+        if not result:
+            failed = [graphs.describe(r.task) for r in result.by_state("failed")]
+            raise TaskFailedError(
+                f"dynamic requirements failed: {', '.join(failed)}", result
+            ) from next((r.error for r in result.by_state("failed")), None)
+        send = getpaths(req)
+
+
+def _missing_message(task: luigi.Task, missing: list[Any]) -> str:
     describe = getattr(task, "describe_outputs", None)
     if describe is not None:
-        return describe(missing)
+        return str(describe(missing))
     paths = ", ".join(str(getattr(m, "path", m)) for m in missing)
     return (f"{graphs.describe(task)} finished run() but did not write its outputs: {paths}. "
             f"The task is marked failed.")
 
 
-__all__ = ["LocalEngine", "TaskFailedError"]
+def _timeout_error(task: luigi.Task) -> TaskTimeoutError:
+    return TaskTimeoutError(
+        f"{graphs.describe(task)} ran longer than its timeout of "
+        f"{getattr(task, 'timeout', None)}s and was stopped; its partial outputs were removed. "
+        f"Raise {type(task).__name__}.timeout if it needs longer."
+    )
+
+
+def _failure(exc: BaseException) -> _Outcome:
+    return _Outcome(exc, "".join(traceback.format_exception(exc)))
+
+
+def _clean_temp_files(task: luigi.Task) -> None:
+    """Remove what a stopped task left: staged temp files and partial outputs."""
+    for path in task.owned_paths() if hasattr(task, "owned_paths") else []:
+        with contextlib.suppress(OSError):
+            for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+                tmp.unlink(missing_ok=True)
+    abort = getattr(task, "abort_run", None)
+    if abort is not None:
+        abort()
+
+
+# -- executors -----------------------------------------------------------------------------------
+
+def _make_executor(engine: LocalEngine) -> Any:
+    if engine.executor == "process":
+        return _ProcessExecutor(engine)
+    if engine.executor == "thread":
+        return _ThreadExecutor(engine)
+    return _InlineExecutor(engine)
+
+
+class _InlineExecutor:
+    """Runs each task right away in the calling thread (workers=1)."""
+
+    def __init__(self, engine: LocalEngine):
+        self.engine = engine
+        self.done: list[tuple[int, _Outcome]] = []
+
+    def start(self, task: luigi.Task, run: _Running) -> None:
+        token = self.engine.cancel
+        timer = None
+        if run.deadline is not None:
+            me = threading.get_ident()
+            timer = threading.Timer(run.deadline - time.monotonic(),
+                                    lambda: _raise_in_thread(me, _Interrupted))
+        try:
+            with token._inline():
+                if timer is not None:
+                    timer.start()
+                try:
+                    execute(task, self.engine.workers)
+                finally:
+                    if timer is not None:  # a timer that fired delivers here, not later
+                        timer.cancel()
+                        timer.join()
+            out = _Outcome()
+        except _Interrupted:
+            _clean_temp_files(task)
+            if token.cancelled:
+                out = _Outcome(cancelled=True)
+            else:
+                out = _failure(_timeout_error(task))
+        except Exception as exc:
+            out = _failure(exc)
+        self.done.append((run.pos, out))
+
+    def collect(self, timeout: float) -> list[tuple[int, _Outcome]]:
+        done, self.done = self.done, []
+        return done
+
+    def stop(self, handle: Any, task: luigi.Task) -> None:
+        pass  # an inline task has already ended when the loop sees it
+
+    def close(self) -> None:
+        pass
+
+
+class _ThreadExecutor:
+    """Runs tasks on threads (executor='thread')."""
+
+    def __init__(self, engine: LocalEngine):
+        self.engine = engine
+        self.results: queue.Queue[tuple[int, _Outcome]] = queue.Queue()
+        self.threads: dict[int, threading.Thread] = {}
+        self.stopped: set[int] = set()
+
+    def start(self, task: luigi.Task, run: _Running) -> int:
+        import contextvars
+
+        ctx = contextvars.copy_context()
+
+        def work() -> None:
+            try:
+                ctx.run(execute, task, self.engine.workers)
+                out = _Outcome()
+            except _Interrupted:
+                _clean_temp_files(task)
+                out = _Outcome(cancelled=True)
+            except Exception as exc:
+                out = _failure(exc)
+            except BaseException as exc:  # noqa: BLE001 - reported, never lost
+                out = _failure(exc)
+            self.results.put((run.pos, out))
+
+        t = threading.Thread(target=work, name=f"pipeflow-{task.task_family}", daemon=True)
+        self.threads[run.pos] = t
+        t.start()
+        return run.pos
+
+    def collect(self, timeout: float) -> list[tuple[int, _Outcome]]:
+        out = []
+        try:
+            item = self.results.get(timeout=timeout) if timeout > 0 else self.results.get_nowait()
+            out.append(item)
+            while True:
+                out.append(self.results.get_nowait())
+        except queue.Empty:
+            pass
+        return [(i, o) for i, o in out if i not in self.stopped]
+
+    def stop(self, handle: int, task: luigi.Task) -> None:
+        t = self.threads.get(handle)
+        if t is not None and t.is_alive() and t.ident is not None:
+            self.stopped.add(handle)
+            _raise_in_thread(t.ident, _Interrupted)
+            t.join(1.0)
+
+    def close(self) -> None:
+        for t in self.threads.values():
+            t.join(0.1)
+
+
+class _ProcessExecutor:
+    """Runs each task in a forked worker process (executor='process')."""
+
+    def __init__(self, engine: LocalEngine):
+        self.engine = engine
+        self.ctx = multiprocessing.get_context("fork")
+        self.procs: dict[int, tuple[Any, Connection]] = {}
+        self.flow = layout.current()
+
+    def start(self, task: luigi.Task, run: _Running) -> int:
+        recv, send = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=_worker_main, args=(task, send, self.flow),
+                                name=f"pipeflow-{task.task_family}", daemon=True)
+        proc.start()
+        send.close()
+        self.procs[run.pos] = (proc, recv)
+        return run.pos
+
+    def collect(self, timeout: float) -> list[tuple[int, _Outcome]]:
+        if not self.procs:
+            return []
+        by_conn = {conn: pos for pos, (_p, conn) in self.procs.items()}
+        by_sentinel = {p.sentinel: pos for pos, (p, _c) in self.procs.items()}
+        ready = wait([*by_conn, *by_sentinel], timeout=timeout)
+        done: dict[int, _Outcome] = {}
+        for obj in ready:
+            pos = by_conn.get(obj) if isinstance(obj, Connection) else by_sentinel.get(obj)
+            if pos is None or pos in done:
+                continue
+            proc, conn = self.procs[pos]
+            try:
+                out = conn.recv() if conn.poll() else None
+            except (EOFError, OSError):
+                out = None
+            if out is None:
+                proc.join(1.0)
+                if proc.exitcode is None:
+                    continue  # still running: the pipe just has nothing yet
+                err = PipeflowError(
+                    f"the worker process running a task died with exit code {proc.exitcode} "
+                    f"before reporting (killed, out of memory, or os._exit in the task)."
+                )
+                out = _failure(err)
+            proc.join(5.0)
+            conn.close()
+            del self.procs[pos]
+            done[pos] = out
+        return list(done.items())
+
+    def stop(self, handle: int, task: luigi.Task) -> None:
+        proc, conn = self.procs.pop(handle, (None, None))
+        if proc is None or conn is None:
+            return
+        proc.terminate()
+        proc.join(1.0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(1.0)
+        conn.close()
+        _clean_temp_files(task)
+
+    def close(self) -> None:
+        for pos in list(self.procs):
+            proc, conn = self.procs.pop(pos)
+            proc.kill()
+            proc.join(1.0)
+            conn.close()
+
+
+def _worker_main(task: luigi.Task, send: Connection, flow: layout.FlowContext) -> None:
+    """Body of a worker process: run the task, report the outcome through the pipe."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us on Ctrl-C
+    with layout.flow_context(flow):
+        try:
+            execute(task)
+            out = _Outcome(memory=_memory_outputs(task))
+        except BaseException as exc:  # noqa: BLE001 - everything is reported
+            out = _failure(exc)
+    try:
+        send.send(_picklable(out, task))
+    finally:
+        send.close()
+    os._exit(0)  # skip the parent's atexit handlers, inherited by fork
+
+
+def _memory_outputs(task: luigi.Task) -> dict[Any, Any]:
+    """In-memory outputs made in the worker, to hand back to the parent process."""
+    outputs = getattr(task, "_outputs", None)
+    if outputs is None:
+        return {}
+    return {t.path: cache.data[t.path] for t in outputs().values()
+            if isinstance(t, CacheTarget) and t.path in cache.data}
+
+
+def _picklable(out: _Outcome, task: luigi.Task) -> _Outcome:
+    try:
+        pickle.dumps(out)
+        return out
+    except Exception as exc:  # noqa: BLE001 - fall back to a description
+        if out.error is None:
+            err: BaseException = _NotRetried(
+                f"{graphs.describe(task)} produced an in-memory (cache) output that cannot "
+                f"be sent back from its worker process: {exc}. Use a file format "
+                f"(e.g. TaskPickle), or run with executor='thread' or workers=1."
+            )
+            return _failure(err)
+        remote = PipeflowError(f"{type(out.error).__name__}: {out.error}")
+        return _Outcome(remote, out.traceback)
+
+
+__all__ = ["CancelToken", "LocalEngine", "RunCancelledError", "execute", "task_priority"]
