@@ -226,8 +226,11 @@ class _Run:
         self.executor = _make_executor(engine)
 
     # -- transitions ------------------------------------------------------------------------
-    def _release(self, i: int) -> None:
+    def _release(self, i: int, only_optional: bool = False) -> None:
+        """``i`` has finished: its dependents wait for one task less."""
         for j in self.g.dependents[i]:
+            if only_optional and i not in self.g.optional[j]:
+                continue
             if j in self.waiting and j not in self.finished:
                 self.waiting[j] -= 1
                 if self.waiting[j] == 0:
@@ -256,13 +259,14 @@ class _Run:
             return
         self.finished.add(i)
         self.emit(EventKind.TASK_FAILED, task, error=out.error, traceback=out.traceback)
-        self._release(i)  # optional dependents may go on
-        doomed = _closure([i], self.g.required_dependents) - {i}
-        for j in sorted(doomed & self.to_run):
+        doomed = sorted((_closure([i], self.g.required_dependents) - {i}) & self.to_run)
+        for j in doomed:
             if j not in self.finished:
                 self.finished.add(j)
                 self.emit(EventKind.TASK_SKIPPED, self.g.nodes[j],
                           reason=f"upstream task {graphs.describe(task)} failed")
+        for j in [i, *doomed]:  # tasks needing them only optionally go on without them
+            self._release(j, only_optional=True)
 
     def _start(self, i: int) -> None:
         task = self.g.nodes[i]
