@@ -409,3 +409,24 @@ def test_result_json_friendly_summary_of_states():
     pipeflow.run(Source())
     result = pipeflow.run(Source())
     assert json.dumps({k: v.state.value for k, v in result.tasks.items()})
+
+
+def test_runs_under_a_profiler(tmp_path):
+    """Regression: clearing a pending thread interruption made CPython spin under cProfile."""
+    import subprocess
+    import sys
+
+    code = (
+        "import cProfile, pipeflow\n"
+        f"pipeflow.set_dir({str(tmp_path / 'd')!r})\n"
+        "class T(pipeflow.tasks.TaskJson):\n"
+        "    def run(self):\n"
+        "        self.save({'a': 1})\n"
+        "cProfile.run('pipeflow.run([T()], execution_summary=False, progress=False)', "
+        f"{str(tmp_path / 'prof')!r})\n"
+        "print('finished')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "finished"

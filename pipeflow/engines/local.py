@@ -91,20 +91,20 @@ class CancelToken:
                 raise _Interrupted()
             yield
         finally:
+            # After this no interruption is sent; one sent just before is delivered at the
+            # thread's next Python call, still inside the executor's try block.
             with self._lock:
                 self._inline_thread = None
-                _raise_in_thread(me, None)  # drop an interruption that arrived too late
 
 
 class _Interrupted(BaseException):
     """Raised inside an in-process task to stop it (cancellation or timeout)."""
 
 
-def _raise_in_thread(ident: int, exc: type[BaseException] | None) -> None:
-    # CPython delivers it at the next bytecode boundary of that thread; None clears it.
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(ident), ctypes.py_object(exc) if exc is not None else None
-    )
+def _raise_in_thread(ident: int, exc: type[BaseException]) -> None:
+    # CPython raises it in that thread at its next check (a call or a loop iteration).
+    # Never pass NULL to clear: under a profiler or tracer CPython 3.11 then spins.
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc))
 
 
 @dataclass
