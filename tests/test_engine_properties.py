@@ -12,7 +12,7 @@ import itertools
 import pathlib
 import tempfile
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import pipeflow
@@ -114,8 +114,18 @@ def test_random_dags_in_process(spec):
     _check(spec, None, 1)
 
 
+# Regression: task 3 was skipped twice over (via 0, then via 1) and released its optional
+# dependent 6 twice, which then started before its required upstream 5 had finished.
+DOUBLE_RELEASE = {
+    "deps": [[], [(0, True)], [], [(0, False), (1, False)], [],
+             [(0, True), (1, True), (2, False)], [(3, True), (5, False)], [], []],
+    "fail": {0, 1, 5}, "priority": [0] * 9, "roots": [6],
+}
+
+
 @common
 @given(dags())
+@example(DOUBLE_RELEASE)
 def test_random_dags_on_threads(spec):
     _check(spec, "thread", 3)
 

@@ -259,13 +259,14 @@ class _Run:
             return
         self.finished.add(i)
         self.emit(EventKind.TASK_FAILED, task, error=out.error, traceback=out.traceback)
-        doomed = sorted((_closure([i], self.g.required_dependents) - {i}) & self.to_run)
+        doomed = [j for j in sorted(_closure([i], self.g.required_dependents) - {i})
+                  if j in self.to_run and j not in self.finished]
         for j in doomed:
-            if j not in self.finished:
-                self.finished.add(j)
-                self.emit(EventKind.TASK_SKIPPED, self.g.nodes[j],
-                          reason=f"upstream task {graphs.describe(task)} failed")
-        for j in [i, *doomed]:  # tasks needing them only optionally go on without them
+            self.finished.add(j)
+            self.emit(EventKind.TASK_SKIPPED, self.g.nodes[j],
+                      reason=f"upstream task {graphs.describe(task)} failed")
+        # Tasks needing these only optionally go on without them (each released once).
+        for j in [i, *doomed]:
             self._release(j, only_optional=True)
 
     def _start(self, i: int) -> None:
