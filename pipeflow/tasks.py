@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
@@ -232,6 +233,13 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
     # -- status ------------------------------------------------------------------------------
     def own_complete(self) -> bool:
         """Whether every output of this task exists (upstream tasks not considered)."""
+        if self.target_class.exists is DataTarget.exists and isinstance(self.persist, list):
+            # Plain files: check the paths as strings, without building target objects
+            # (the hot path of status checks on large graphs).
+            folder = os.fspath(self._folder())
+            ext = f".{self.target_ext}" if self.target_ext else ""
+            return all(os.path.exists(f"{folder}/{layout.fit_name(self._stem(k), ext)}")
+                       for k in self.persist)
         return all(t.exists() for t in self._outputs().values())
 
     def complete(self, cascade: bool = True) -> bool:
