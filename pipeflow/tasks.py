@@ -72,6 +72,26 @@ class _TaskMeta(Register):
         _TaskMeta.generation += 1
         super().__delattr__(name)
 
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        """Cached instantiation as in luigi, with a fast lookup by the keywords as given.
+
+        luigi resolves every parameter (config files included) before it can look an
+        instance up in its cache: most of the cost of walking a large graph. The same
+        keywords always resolve to the same instance, so that instance is also filed under
+        the keywords themselves, in luigi's own cache (cleared along with it).
+        """
+        cache = cls._Register__instance_cache  # type: ignore[attr-defined]
+        if cache is None or args:
+            return super().__call__(*args, **kwargs)
+        try:
+            key = (cls, _TaskMeta.generation, frozenset(kwargs.items()))
+            hit = cache.get(key)
+        except TypeError:  # unhashable values: luigi's path only
+            return super().__call__(*args, **kwargs)
+        if hit is None:
+            hit = cache[key] = super().__call__(*args, **kwargs)
+        return hit
+
 
 _PARAMS: dict[type, tuple[int, list[tuple[str, luigi.Parameter]]]] = {}
 _FOLDERS: dict[tuple[object, ...], pathlib.Path] = {}
