@@ -406,3 +406,18 @@ def test_json_files_keep_d6tflow_layout_both_ways():
     assert Doc().outputLoad() == {"data": 5, "other": [1]}
     path.write_text(json.dumps({"data": {"written": "by d6tflow"}}))
     assert Doc().outputLoad() == {"written": "by d6tflow"}
+
+
+def test_instance_cache_fast_path_keeps_luigi_semantics():
+    import luigi
+
+    class Keyed(pipeflow.tasks.TaskPickle):
+        a = pipeflow.IntParameter(default=1)
+        d = pipeflow.DictParameter(default={})
+
+    first = Keyed(a=2)
+    assert Keyed(a=2) is first and Keyed(a=2) is Keyed(2)
+    assert Keyed(a=3) is not first
+    assert Keyed(d={"x": 1}) is Keyed(d={"x": 1})  # unhashable value: luigi's own path
+    luigi.task_register.Register.clear_instance_cache()
+    assert Keyed(a=2) is not first  # cleared together with luigi's cache
