@@ -430,3 +430,32 @@ def test_runs_under_a_profiler(tmp_path):
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "finished"
+
+
+def test_tasks_defined_in_main_run_on_process_workers(tmp_path):
+    """Notebook/script tasks live in __main__; forked workers must still find them."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import os, pipeflow\n"
+        f"pipeflow.set_dir({str(tmp_path / 'd')!r})\n"
+        "class Part(pipeflow.tasks.TaskCache):\n"
+        "    n = pipeflow.IntParameter()\n"
+        "    def run(self):\n"
+        "        self.save(os.getpid())\n"
+        "class Join(pipeflow.tasks.TaskJson):\n"
+        "    def requires(self):\n"
+        "        return [Part(n=i) for i in range(3)]\n"
+        "    def run(self):\n"
+        "        self.save({'pids': self.inputLoad()})\n"
+        "if __name__ == '__main__':\n"
+        "    pipeflow.run(Join(), workers=2, execution_summary=False, progress=False)\n"
+        "    pids = Join().outputLoad()['pids']\n"
+        "    print(len(pids), os.getpid() not in pids)\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["3", "True"]
