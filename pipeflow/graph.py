@@ -168,11 +168,11 @@ class Graph:
 
     def upstream(self, starts: Iterable[int]) -> set[int]:
         """The given positions and everything they require, transitively."""
-        return _closure(starts, self.deps)
+        return closure(starts, self.deps)
 
     def downstream(self, starts: Iterable[int]) -> set[int]:
         """The given positions and everything that requires them, transitively."""
-        return _closure(starts, self.dependents)
+        return closure(starts, self.dependents)
 
     def families(self) -> list[type[luigi.Task]]:
         """The distinct task classes in the graph, in topological order of first use."""
@@ -182,7 +182,8 @@ class Graph:
         return list(seen)
 
 
-def _closure(starts: Iterable[int], edges: Sequence[Sequence[int]]) -> set[int]:
+def closure(starts: Iterable[int], edges: Sequence[Sequence[int]]) -> set[int]:
+    """The ``starts`` and every position reachable from them along ``edges``."""
     seen = set(starts)
     stack = list(seen)
     while stack:

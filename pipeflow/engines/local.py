@@ -259,7 +259,7 @@ class _Run:
             return
         self.finished.add(i)
         self.emit(EventKind.TASK_FAILED, task, error=out.error, traceback=out.traceback)
-        doomed = [j for j in sorted(_closure([i], self.g.required_dependents) - {i})
+        doomed = [j for j in sorted(graphs.closure([i], self.g.required_dependents) - {i})
                   if j in self.to_run and j not in self.finished]
         for j in doomed:
             self.finished.add(j)
@@ -328,17 +328,6 @@ class _Run:
             raise
         finally:
             self.executor.close()
-
-
-def _closure(starts: Sequence[int], edges: Sequence[Sequence[int]]) -> set[int]:
-    seen = set(starts)
-    stack = list(seen)
-    while stack:
-        for nxt in edges[stack.pop()]:
-            if nxt not in seen:
-                seen.add(nxt)
-                stack.append(nxt)
-    return seen
 
 
 class _NotRetried(PipeflowError):
