@@ -40,7 +40,6 @@ import platform
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +52,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from _common import load_average, pipeflow_commit, wait_quiet
 
 import pipeflow
 import pipeflow.targets
@@ -267,39 +267,6 @@ def render(cols: list[str], lines: list[list[str]], right: set[int]) -> str:
                          for k, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     return "\n".join([fmt(cols), fmt(["-" * w for w in widths]), *map(fmt, lines)])
-
-
-def pipeflow_commit() -> str:
-    """``git rev-parse --short HEAD`` of the pipeflow checkout, ``+dirty`` if pipeflow/ has
-    uncommitted changes (the sources measured are then not exactly that commit)."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(pipeflow.__file__)))
-    try:
-        rev = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--", "pipeflow"],
-                               capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout)"
-    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def load_average() -> str:
-    """The 1/5/15-minute load averages: other work on this machine skews the timings."""
-    try:
-        return "load average " + "/".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "load average unknown"
-
-
-def wait_quiet(max_seconds: float, threshold: float = 0.5) -> None:
-    """Wait (up to ``max_seconds``) until the 1-minute load average is below ``threshold``."""
-    deadline = time.monotonic() + max_seconds
-    while max_seconds > 0 and os.getloadavg()[0] >= threshold:
-        if time.monotonic() >= deadline:
-            print(f"note: still busy after --wait-quiet {max_seconds:g}s ({load_average()});"
-                  f" measuring anyway", file=sys.stderr, flush=True)
-            return
-        time.sleep(5)
 
 
 def header(args: argparse.Namespace, commit: str) -> str:
