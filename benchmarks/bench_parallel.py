@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Time pipeflow.run with workers=1 and workers=2 on independent CPU-bound tasks.
 
-``--tasks`` (default 8) independent tasks, each a :class:`pipeflow.tasks.TaskPickle` with an
-``IntParameter`` ``i`` that spends about ``--seconds`` (default 0.5) in a pure-Python loop
-(calibrated once at startup on this machine) and saves a small dict; a
+``--tasks`` (default 8) independent tasks, each a :class:`pipeflow.tasks.TaskPickle` with
+``IntParameter``s ``i`` and ``n`` (the step count) that spends about ``--seconds``
+(default 0.5) in a pure-Python loop (calibrated once at startup on this machine) and saves
+a small dict; a
 :class:`pipeflow.tasks.TaskAggregator` groups them. Rows, each measured in a fresh data dir
 (``pipeflow.set_dir(tempdir)``) so that every task runs:
 
