@@ -93,11 +93,6 @@ def requirement_edges(task: luigi.Task) -> list[tuple[luigi.Task, bool]]:
     return out
 
 
-def requirements(task: luigi.Task) -> list[luigi.Task]:
-    """The tasks ``task.requires()`` returns (optional or not), flattened and checked."""
-    return [t for t, _ in requirement_edges(task)]
-
-
 def _bad_requirement(task: luigi.Task, dep: object) -> str:
     where = f"{describe(task)}.requires() returned"
     if isinstance(dep, type) and issubclass(dep, luigi.Task):

@@ -120,7 +120,6 @@ class _Outcome:
 @dataclass
 class _Running:
     pos: int
-    started: float
     deadline: float | None
     handle: Any = None
 
@@ -273,8 +272,7 @@ class _Run:
         task = self.g.nodes[i]
         self.attempts[i] = self.attempts.get(i, 0) + 1
         timeout = getattr(task, "timeout", None)
-        now = time.monotonic()
-        run = _Running(i, now, now + float(timeout) if timeout else None)
+        run = _Running(i, time.monotonic() + float(timeout) if timeout else None)
         self.running[i] = run
         self.emit(EventKind.TASK_STARTED, task)
         run.handle = self.executor.start(task, run)
@@ -336,7 +334,7 @@ class _NotRetried(PipeflowError):
 
 # -- executing one task ------------------------------------------------------------------------
 
-def execute(task: luigi.Task, workers: int = 1) -> None:
+def execute(task: luigi.Task) -> None:
     """Run one task: stale outputs removed, saves staged, outputs checked, then published."""
     if is_group(task):
         return  # groups have nothing of their own to run
@@ -348,7 +346,7 @@ def execute(task: luigi.Task, workers: int = 1) -> None:
         with staging(owned) as stg:
             ret = task.run()
             if inspect.isgenerator(ret):
-                _run_dynamic(ret, workers)
+                _run_dynamic(ret)
             missing = (
                 task.missing_outputs(stg) if hasattr(task, "missing_outputs")
                 else [o for o in flatten(task.output()) if not o.exists()]
@@ -363,7 +361,7 @@ def execute(task: luigi.Task, workers: int = 1) -> None:
         raise
 
 
-def _run_dynamic(gen: Any, workers: int) -> None:
+def _run_dynamic(gen: Any) -> None:
     """Serve a ``run()`` that yields requirements (luigi's dynamic dependencies)."""
     send = None
     while True:
@@ -442,7 +440,7 @@ class _InlineExecutor:
                 if timer is not None:
                     timer.start()
                 try:
-                    execute(task, self.engine.workers)
+                    execute(task)
                 finally:
                     if timer is not None:  # a timer that fired delivers here, not later
                         timer.cancel()
@@ -485,7 +483,7 @@ class _ThreadExecutor:
 
         def work() -> None:
             try:
-                ctx.run(execute, task, self.engine.workers)
+                ctx.run(execute, task)
                 out = _Outcome()
             except _Interrupted:
                 _clean_temp_files(task)
