@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -41,3 +42,13 @@ def wait_quiet(max_seconds: float, threshold: float = 0.5) -> None:
                   f" measuring anyway", file=sys.stderr, flush=True)
             return
         time.sleep(5)
+
+
+def add_run_options(ap: argparse.ArgumentParser, goal_help: str, tmp_help: str) -> None:
+    """The options every goal-checking benchmark takes: --check-goal, --wait-quiet, --tmpdir."""
+    ap.add_argument("--check-goal", action="store_true",
+                    help=f"also exit non-zero (2) if {goal_help}")
+    ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                    help="first wait up to SECONDS for the 1-minute load average to drop "
+                         "below 0.5 (default 0: do not wait)")
+    ap.add_argument("--tmpdir", default=None, help=tmp_help)

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
 
-from _common import load_average, pipeflow_commit, wait_quiet
+from _common import add_run_options, load_average, pipeflow_commit, wait_quiet
 
 import pipeflow
 import pipeflow.tasks
@@ -273,12 +273,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="repetitions; medians are reported (default 3; 1 with --quick)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 4 tasks x 0.2 s, 1 repetition unless given")
-    ap.add_argument("--check-goal", action="store_true",
-                    help=f"also exit non-zero (2) if the speed-up is below {GOAL}x")
-    ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
-                    help="first wait up to SECONDS for the 1-minute load average to drop "
-                         "below 0.5 (default 0: do not wait)")
-    ap.add_argument("--tmpdir", default=None, help="where the temp data dirs go")
+    add_run_options(ap, f"the speed-up is below {GOAL}x", "where the temp data dirs go")
     args = ap.parse_args(argv)
     args.tasks = args.tasks if args.tasks is not None else (4 if args.quick else 8)
     args.seconds = args.seconds if args.seconds is not None else (0.2 if args.quick else 0.5)

@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from _common import load_average, pipeflow_commit, wait_quiet
+from _common import add_run_options, load_average, pipeflow_commit, wait_quiet
 
 import pipeflow
 import pipeflow.targets
@@ -343,12 +343,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "as the reference")
     ap.add_argument("--no-codecs", dest="codecs", action="store_const", const="",
                     help="skip part 2 (the compression comparison)")
-    ap.add_argument("--check-goal", action="store_true",
-                    help=f"also exit non-zero (2) if pipeflow is above {GOAL}x the baseline")
-    ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
-                    help="first wait up to SECONDS for the 1-minute load average to drop "
-                         "below 0.5 (default 0: do not wait)")
-    ap.add_argument("--tmpdir", default=None, help="where the temp dirs go")
+    add_run_options(ap, f"pipeflow is above {GOAL}x the baseline", "where the temp dirs go")
     args = ap.parse_args(argv)
     args.rows = args.rows if args.rows is not None else (200_000 if args.quick else 2_000_000)
     args.repeat = args.repeat if args.repeat is not None else (2 if args.quick else 5)
