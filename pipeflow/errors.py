@@ -67,6 +67,18 @@ class IncompleteTaskError(OutputError, RuntimeError):
     """Output was requested from a task that is not complete."""
 
 
+class CorruptOutputError(OutputError):
+    """An output file is no longer what its task's last successful run committed.
+
+    It was changed, truncated or replaced outside pipeflow; it is never loaded (nor, for a
+    pickle, unpickled). Reset the task and run it again.
+    """
+
+
+class TaskLockedError(PipeflowError):
+    """The task is being run (or reset) by another process or thread right now."""
+
+
 class ConfirmationError(PipeflowError, RuntimeError):
     """A destructive operation needs confirmation but nobody can answer the prompt."""
 

@@ -30,6 +30,7 @@ class EventKind(str, enum.Enum):
     TASK_SKIPPED = "task_skipped"
     TASK_RETRYING = "task_retrying"
     TASK_CANCELLED = "task_cancelled"
+    TASK_WAITING = "task_waiting"
 
 
 class TaskState(str, enum.Enum):
@@ -52,6 +53,7 @@ _STATE_OF = {
     EventKind.TASK_SKIPPED: TaskState.SKIPPED,
     EventKind.TASK_RETRYING: TaskState.PENDING,
     EventKind.TASK_CANCELLED: TaskState.CANCELLED,
+    EventKind.TASK_WAITING: TaskState.PENDING,
 }
 
 
@@ -158,8 +160,9 @@ class ProgressBar:
             return
         elif event.kind is EventKind.TASK_STARTED:
             self.bar.set_postfix_str(describe(event.task) if event.task else "", refresh=True)
-        elif event.kind in self._DONE:
-            self.bar.update(1)
+        elif event.kind in self._DONE or (
+                event.kind is EventKind.TASK_UP_TO_DATE and event.reason is not None):
+            self.bar.update(1)  # (up to date with a reason: done by another process)
         elif event.kind is EventKind.RUN_FINISHED:
             self.bar.set_postfix_str("", refresh=False)
             self.bar.close()
@@ -178,6 +181,8 @@ def interactive() -> bool:
 def _detail(r: TaskResult) -> str:
     if r.error is not None:
         return f": {type(r.error).__name__}: {r.error}".split("\n")[0]
+    if r.state is TaskState.UP_TO_DATE and r.reason:
+        return f" ({r.reason})"
     return "" if r.duration is None else f" in {r.duration:.2f}s"
 
 
@@ -217,7 +222,8 @@ class RunResult:
             elif event.kind in (EventKind.TASK_COMPLETED, EventKind.TASK_FAILED):
                 res.finished = event.time
                 res.error, res.traceback = event.error, event.traceback
-            elif event.kind in (EventKind.TASK_SKIPPED, EventKind.TASK_CANCELLED):
+            elif event.kind in (EventKind.TASK_SKIPPED, EventKind.TASK_CANCELLED,
+                                EventKind.TASK_UP_TO_DATE, EventKind.TASK_WAITING):
                 res.reason = event.reason
             elif event.kind is EventKind.TASK_RETRYING and event.error is not None:
                 res.retried_errors.append((event.error, event.traceback))

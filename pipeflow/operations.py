@@ -15,8 +15,16 @@ import luigi
 
 from pipeflow import cache, display, graph, layout, settings
 from pipeflow.engines import CancelToken, Engine, LocalEngine
-from pipeflow.errors import MissingInputError, RunCancelledError, TaskFailedError
+from pipeflow.errors import (
+    MissingInputError,
+    RunCancelledError,
+    TaskFailedError,
+    TaskLockedError,
+    listing,
+)
 from pipeflow.events import ProgressBar, RunResult, Sink, interactive
+from pipeflow.integrity import RECORD_SUFFIX, read_record
+from pipeflow.locks import TaskLock
 from pipeflow.plan import Preview, Status, build_plan, build_preview, use_color
 from pipeflow.tasks import TaskData
 
@@ -67,7 +75,7 @@ def run(tasks: Any, forced: Any = None, forced_all: bool = False,
         abort: bool = True, execution_summary: bool | None = None, *,
         executor: str | None = None, cancel: CancelToken | None = None,
         callbacks: Sequence[Callable[[Any], None]] = (), progress: bool | None = None,
-        engine: Engine | None = None) -> RunResult | None:
+        engine: Engine | None = None, if_locked: str = "wait") -> RunResult | None:
     """Run one or more tasks and everything upstream of them that is not complete.
 
     Args:
@@ -88,6 +96,9 @@ def run(tasks: Any, forced: Any = None, forced_all: bool = False,
         progress: show a progress bar (default: when a person is watching, i.e. a
             terminal or a notebook).
         engine: the engine to run on (default: the embedded :class:`LocalEngine`).
+        if_locked: when a task is being run by another process (another notebook or
+            terminal): ``'wait'`` for it and reuse its output (default), or ``'fail'`` that
+            task at once with :class:`~pipeflow.errors.TaskLockedError`.
 
     Returns:
         The :class:`~pipeflow.events.RunResult`, truthy when everything succeeded; None if
@@ -103,7 +114,7 @@ def run(tasks: Any, forced: Any = None, forced_all: bool = False,
     sinks: list[Sink] = list(callbacks)
     if progress or (progress is None and interactive()):
         sinks.append(ProgressBar())
-    result = (engine or LocalEngine(workers, executor, cancel)).run(plan, sinks)
+    result = (engine or LocalEngine(workers, executor, cancel, if_locked)).run(plan, sinks)
     summary = settings.execution_summary if execution_summary is None else execution_summary
     if summary:
         display.emit(result.summary())
@@ -253,8 +264,7 @@ def _matching(g: graph.Graph, item: Any) -> set[int]:
 
 def _deletable(tasks: Iterable[luigi.Task]) -> list[TaskData]:
     """The tasks whose outputs pipeflow may delete and that have some."""
-    return [t for t in tasks if isinstance(t, TaskData) and not t.external
-            and any(x.exists() for x in t._targets().values())]
+    return [t for t in tasks if isinstance(t, TaskData) and not t.external and t.has_outputs()]
 
 
 def _delete_outputs(tasks: Iterable[luigi.Task], confirm: bool, verb: str) -> bool:
@@ -335,57 +345,72 @@ def invalidate_downstream(task: Any, task_downstream: luigi.Task, confirm: bool 
     return _delete_outputs(taskflow_downstream(task, task_downstream), confirm, "reset")
 
 
-def _files_under(root: pathlib.Path) -> list[pathlib.Path]:
-    """Every file (and symlink, not followed) below ``root``."""
+def _records_under(root: pathlib.Path) -> list[pathlib.Path]:
+    """Every commit record below ``root`` (symlinked folders are not followed)."""
     out: list[pathlib.Path] = []
     for folder, _dirs, files in os.walk(root, followlinks=False):
-        out.extend(pathlib.Path(folder, f) for f in files)
-        out.extend(pathlib.Path(folder, d) for d in _dirs
-                   if os.path.islink(os.path.join(folder, d)))
+        out.extend(pathlib.Path(folder, f) for f in files
+                   if f.startswith(".") and f.endswith(RECORD_SUFFIX))
     return sorted(out)
 
 
-def _remove(files: list[pathlib.Path], root: pathlib.Path, confirm: bool, what: str) -> bool:
-    if confirm and files and not display.confirm(
-        f"Delete {len(files)} {what} under {str(root)!r}?", [str(f) for f in files],
+def _remove(records: list[pathlib.Path], root: pathlib.Path, confirm: bool, what: str) -> bool:
+    """Delete what the given commit records list, each task under its lock.
+
+    Only committed files are deleted (the record first); folders, lock files, temp files of
+    running tasks and files pipeflow did not commit stay.
+    """
+    listed = {rec: read_record(rec)[0] for rec in records}
+    files = [str(rec.parent / n) for rec, r in listed.items() if r for n in r.file_names()]
+    if confirm and records and not display.confirm(
+        f"Delete the {what} of {len(records)} task(s) under {str(root)!r}?", files,
         "confirm=False",
     ):
         return False
-    for f in files:
-        layout.ensure_inside(f.parent, root)
-        f.unlink(missing_ok=True)
-        cache.data.pop(f, None)
-    # remove the folders this left empty, deepest first, never the data dir itself
-    for folder in sorted({f.parent for f in files}, key=lambda p: len(p.parts), reverse=True):
-        while folder != root and root in folder.parents:
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-            folder = folder.parent
+    busy = []
+    for rec, record in listed.items():
+        layout.ensure_inside(rec.parent, root)
+        lock = TaskLock(rec.parent, rec.name)
+        if not lock.acquire():
+            busy.append(record.task if record else str(rec))
+            continue
+        try:
+            rec.unlink(missing_ok=True)
+            for name in record.file_names() if record else []:
+                (rec.parent / name).unlink(missing_ok=True)  # a symlink itself, never its target
+                cache.data.pop(rec.parent / name, None)
+        finally:
+            lock.release()
+    if busy:
+        raise TaskLockedError(
+            f"{len(busy)} task(s) are running right now, so their outputs were kept:"
+            f"{listing(busy)}\nRun the reset again once they have finished."
+        )
     return True
 
 
 def invalidate_all(confirm: bool = True) -> bool:
-    """Delete every output under the data dir (and every in-memory cache output).
+    """Delete every output pipeflow committed under the data dir (and every in-memory output).
+
+    Files pipeflow did not write (your own files in the data dir, external inputs) are kept.
 
     Returns:
         False if the user declined, else True.
     """
     root = settings.dirpath
-    files = _files_under(root) if root.exists() else []
-    if not _remove(files, root, confirm, "output file(s)"):
+    records = _records_under(root) if root.exists() else []
+    if not _remove(records, root, confirm, "outputs"):
         return False
     cache.data.clear()
     return True
 
 
 def invalidate_orphans(flows: Any, confirm: bool = True) -> bool:
-    """Delete every output under the data dir that no task of ``flows`` produces.
+    """Delete every committed output under the data dir that no task of ``flows`` produces.
 
     Args:
         flows: the flows to keep: a Workflow, a WorkflowMulti, a task instance, or a list
-            of them. Everything else under the data dir is deleted.
+            of them. The outputs of every other task under the data dir are deleted.
         confirm: ask first.
 
     Returns:
@@ -395,9 +420,8 @@ def invalidate_orphans(flows: Any, confirm: bool = True) -> bool:
     for item in as_list(flows):
         keep |= expected_files(item)
     root = settings.dirpath
-    files = [f for f in (_files_under(root) if root.exists() else [])
-             if f not in keep and ".tmp-" not in f.name]
-    if not _remove(files, root, confirm, "orphaned output file(s)"):
+    records = [r for r in (_records_under(root) if root.exists() else []) if r not in keep]
+    if not _remove(records, root, confirm, "orphaned outputs"):
         return False
     for key in [k for k in cache.data if k not in keep]:
         del cache.data[key]
@@ -412,6 +436,6 @@ def expected_files(item: Any) -> set[pathlib.Path]:
     out: set[pathlib.Path] = set()
     for t in graph.build([item]).nodes:
         if isinstance(t, TaskData):
-            out.update(p for target in t._targets().values() for p in target.files())
+            out.update(t.owned_paths())
     return out
 

@@ -12,7 +12,7 @@ import enum
 import html
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import luigi
 from luigi.task import flatten
@@ -40,20 +40,24 @@ def is_group(task: luigi.Task) -> bool:
     return bool(getattr(task, "_pipeflow_group", False)) or isinstance(task, luigi.WrapperTask)
 
 
-def own_complete(task: luigi.Task) -> bool:
-    """Whether the task's own outputs exist, ignoring upstream tasks.
+def own_state(task: luigi.Task) -> tuple[bool, str | None]:
+    """Whether the task's own outputs are complete (upstream ignored), and why not.
 
-    pipeflow tasks answer through ``own_complete()``; a plain luigi task through its own
+    pipeflow tasks answer through ``own_state()``; a plain luigi task through its own
     ``complete()`` if it overrides it, else through its outputs (none: never complete, as
     in luigi).
     """
+    check = getattr(task, "own_state", None)
+    if check is not None:
+        done, reason = check()
+        return bool(done), reason
     check = getattr(task, "own_complete", None)
     if check is not None:
-        return bool(check())
+        return bool(check()), None
     if type(task).complete is not luigi.Task.complete:
-        return bool(task.complete())
+        return bool(task.complete()), None
     outputs = flatten(task.output())
-    return bool(outputs) and all(o.exists() for o in outputs)
+    return bool(outputs) and all(o.exists() for o in outputs), None
 
 
 @dataclass
@@ -62,13 +66,16 @@ class Plan:
 
     Attributes:
         graph: the graph.
-        own: for each node, whether its own outputs exist.
+        own: for each node, whether its own outputs are complete.
         status: for each node, COMPLETE or PENDING.
+        reasons: node -> why its own outputs do not count (changed outside pipeflow...),
+            for the nodes where there is something to explain.
     """
 
     graph: Graph
     own: list[bool]
     status: list[Status]
+    reasons: dict[int, str] = field(default_factory=dict)
 
     def status_of(self, task: luigi.Task) -> Status:
         """Status of a task of the graph."""
@@ -92,16 +99,19 @@ def build_plan(graph: Graph, check_dependencies: bool | None = None) -> Plan:
     cascade = settings.check_dependencies if check_dependencies is None else check_dependencies
     own: list[bool] = []
     status: list[Status] = []
+    reasons: dict[int, str] = {}
     for pos, task in enumerate(graph.nodes):
         deps = graph.required(pos)
         group = is_group(task)
-        mine = True if group else own_complete(task)
+        mine, reason = (True, None) if group else own_state(task)
+        if reason is not None:
+            reasons[pos] = reason
         own.append(mine)
         done = mine
         if done and deps and (group or (cascade and not getattr(task, "external", False))):
             done = all(status[d] is Status.COMPLETE for d in deps)
         status.append(Status.COMPLETE if done else Status.PENDING)
-    return Plan(graph, own, status)
+    return Plan(graph, own, status, reasons)
 
 
 # -- preview -------------------------------------------------------------------------------
@@ -123,6 +133,7 @@ class PreviewRow:
         params: the parameters shown (those differing from the parent's).
         reference: the task was drawn above already (shared by several parents).
         prefix: the tree-drawing characters before the task.
+        reason: why its outputs do not count, when notable (e.g. changed outside pipeflow).
     """
 
     task: luigi.Task
@@ -132,6 +143,7 @@ class PreviewRow:
     params: dict[str, str]
     reference: bool
     prefix: str
+    reason: str | None = None
 
     def text(self, color: bool = False) -> str:
         """The line, d6tflow style: ``└─--[Train-{'model': 'xgb'} (PENDING)]``."""
@@ -141,7 +153,8 @@ class PreviewRow:
         word = str(self.status)
         if color:
             word = (_GREEN if self.status is Status.COMPLETE else _BLUE) + word + _END
-        return f"{self.prefix}[{name} ({word})]"
+        why = f" - {self.reason}" if self.reason else ""
+        return f"{self.prefix}[{name} ({word})]{why}"
 
 
 class Preview:
@@ -259,7 +272,7 @@ def build_preview(
             shown_ind = ind if depth <= MAX_INDENT_DEPTH else ind + f"[{depth}]"
             ref = pos in drawn
             rows.append(PreviewRow(task, plan.status[pos], depth, is_last, params, ref,
-                                   shown_ind + branch))
+                                   shown_ind + branch, None if ref else plan.reasons.get(pos)))
             if ref:
                 continue
             drawn.add(pos)
@@ -289,4 +302,4 @@ def use_color() -> bool:
 
 
 __all__ = ["Plan", "Preview", "PreviewRow", "Status", "build_plan", "build_preview",
-           "describe", "own_complete"]
+           "describe", "own_state"]

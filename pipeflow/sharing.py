@@ -25,7 +25,7 @@ import luigi
 from pipeflow import graph, layout, parameters
 from pipeflow import tasks as task_classes
 from pipeflow.errors import PipeflowError
-from pipeflow.targets import _write_temp
+from pipeflow.targets import write_atomic
 from pipeflow.tasks import TaskData
 
 
@@ -89,8 +89,7 @@ class FlowExport:
             def write(p: pathlib.Path) -> None:
                 p.write_text(code, encoding="utf-8")
 
-            tmp = _write_temp(target, write)
-            os.replace(tmp, target)
+            write_atomic(target, write)
         return code
 
 

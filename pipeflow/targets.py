@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import json
 import os
 import pathlib
 import pickle
+import re
 import tempfile
-import threading
-from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar, Protocol
 
 import pandas as pd
 
 from pipeflow import cache, settings
-from pipeflow.errors import IncompleteTaskError, SaveError
+from pipeflow.errors import CorruptOutputError, IncompleteTaskError, SaveError
+from pipeflow.integrity import FileRecord, file_mode, hash_bytes
 from pipeflow.layout import ensure_inside
 
 Writer = Callable[[pathlib.Path], None]
@@ -38,12 +40,14 @@ class Staging:
     Attributes:
         owned: final paths of the running task's outputs; saves to other paths publish at once.
         files: final path -> staged temp file (``None``: delete the final path at commit).
+        records: final path -> size and hash of the staged temp file.
         memory: final path -> (store, object) for in-memory targets.
     """
 
     def __init__(self, owned: set[pathlib.Path]):
         self.owned = owned
         self.files: dict[pathlib.Path, pathlib.Path | None] = {}
+        self.records: dict[pathlib.Path, FileRecord] = {}
         self.memory: dict[pathlib.Path, Any] = {}
 
     def owns(self, path: pathlib.Path) -> bool:
@@ -54,24 +58,30 @@ class Staging:
         """Whether ``path`` was saved during this run."""
         return path in self.files or path in self.memory
 
-    def stage_file(self, final: pathlib.Path, tmp: pathlib.Path | None) -> None:
+    def stage_file(self, final: pathlib.Path, tmp: pathlib.Path | None,
+                   record: FileRecord | None) -> None:
         """Stage ``tmp`` to become ``final`` (replacing an earlier save of the same output)."""
         old = self.files.get(final)
         if old is not None:
             old.unlink(missing_ok=True)
         self.files[final] = tmp
+        self.records.pop(final, None)
+        if record is not None:
+            self.records[final] = record
 
-    def commit(self) -> None:
-        """Publish every staged file and in-memory object."""
+    def commit(self) -> dict[pathlib.Path, FileRecord]:
+        """Publish every staged file and in-memory object; return the published files."""
         for final, tmp in self.files.items():
             if tmp is None:
                 final.unlink(missing_ok=True)
             else:
                 os.replace(tmp, final)
             cache.data.pop(final, None)
-        self.files.clear()
+        published = self.records
+        self.files, self.records = {}, {}
         cache.data.update(self.memory)
         self.memory.clear()
+        return published
 
     def rollback(self) -> None:
         """Delete every staged temp file; nothing of this run is published."""
@@ -79,7 +89,22 @@ class Staging:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
         self.files.clear()
+        self.records.clear()
         self.memory.clear()
+
+
+class Owner(Protocol):
+    """The task a target belongs to: it keeps the commit record of the target's files."""
+
+    def display_name(self) -> str:
+        """The task with its parameters, for messages."""
+
+    def committed_files(self, target: DataTarget) -> Sequence[FileRecord] | None:
+        """The files of ``target`` its last run committed (None: unchecked; raises if none)."""
+
+    def record_save(self, target: DataTarget,
+                    publish: Callable[[], list[FileRecord]]) -> None:
+        """Publish a save made outside a run (``task.save()`` by hand) and record it."""
 
 
 _STAGING: contextvars.ContextVar[Staging | None] = contextvars.ContextVar(
@@ -99,20 +124,6 @@ def staging(owned: set[pathlib.Path]) -> Iterator[Staging]:
         raise
     finally:
         _STAGING.reset(token)
-
-
-_umask_lock = threading.Lock()
-_umask: int | None = None
-
-
-def _file_mode() -> int:
-    """Permissions of a normally created file (temp files start private: 0600)."""
-    global _umask
-    with _umask_lock:
-        if _umask is None:
-            _umask = os.umask(0o022)
-            os.umask(_umask)
-    return 0o666 & ~_umask
 
 
 class DataTarget:
@@ -141,6 +152,9 @@ class DataTarget:
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = pathlib.Path(path)
+        #: the task whose output this is (set by the task), and the output's name
+        self.owner: Owner | None = None
+        self.key = "data"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r})"
@@ -189,12 +203,16 @@ class DataTarget:
         use_cache = cached or settings.cached
         if use_cache and self.path in cache.data:
             return cache.data[self.path]
-        if not self.exists():
+        records = self.owner.committed_files(self) if self.owner is not None else None
+        if records is not None:
+            obj = self._read_verified(records, fun, kwargs)
+        elif not self.exists():
             raise IncompleteTaskError(
                 f"cannot load {str(self.path)!r}: it does not exist, so the task that writes "
                 f"it has not run or was reset. Run the flow first (flow.run())."
             )
-        obj = fun(self.path, **kwargs) if callable(fun) else self.read(self.path, **kwargs)
+        else:
+            obj = fun(self.path, **kwargs) if callable(fun) else self.read(self.path, **kwargs)
         if use_cache:
             cache.data[self.path] = obj
         return obj
@@ -236,12 +254,34 @@ class DataTarget:
         return not self.exists()
 
     # -- internals ---------------------------------------------------------------------------
+    def _read_verified(self, records: Sequence[FileRecord], fun: Any,
+                       kwargs: dict[str, Any]) -> Any:
+        """Read the output after checking every file against its commit record."""
+        folder = str(self.path.parent)
+        for rec in records:
+            problem = rec.problem(folder, rehash=True)
+            if problem is not None:
+                raise self._corrupt(problem)
+        return fun(self.path, **kwargs) if callable(fun) else self.read(self.path, **kwargs)
+
+    def _corrupt(self, problem: str) -> CorruptOutputError:
+        who = self.owner.display_name() if self.owner is not None else "the task"
+        return CorruptOutputError(
+            f"cannot load output {self.key!r} of {who}: {problem}, so it no longer holds "
+            f"what the task's last successful run saved; it was not loaded. "
+            f"File: {str(self.path)!r}. Reset the task and run it again: "
+            f"flow.reset({who.split('(')[0]}) then flow.run() (or {who}.reset())."
+        )
+
+    def _who(self) -> str:
+        return f"{self.owner.display_name()}: " if self.owner is not None else ""
+
     def _check(self, data: Any) -> None:
         try:
             self.check(data)
         except TypeError as exc:
             raise SaveError(
-                f"cannot save a {type(data).__module__}.{type(data).__qualname__} to "
+                f"{self._who()}cannot save a {type(data).__module__}.{type(data).__qualname__} to "
                 f"{str(self.path)!r}: {type(self).__name__} stores {self.accepts}. {exc} "
                 f"Nothing was written. Convert the data, or pick a task class whose target "
                 f"stores this type (e.g. TaskPickle)."
@@ -256,47 +296,108 @@ class DataTarget:
         return {self.path: writer}
 
     def _publish(self, writers: dict[pathlib.Path, Writer | None]) -> None:
-        staged: dict[pathlib.Path, pathlib.Path | None] = {}
+        staged: dict[pathlib.Path, tuple[pathlib.Path, FileRecord] | None] = {}
         try:
             for final, writer in writers.items():
-                staged[final] = None if writer is None else _write_temp(final, writer)
+                staged[final] = None if writer is None else self._write_temp(final, writer)
         except BaseException:
-            for tmp in staged.values():
-                if tmp is not None:
-                    tmp.unlink(missing_ok=True)
+            for item in staged.values():
+                if item is not None:
+                    item[0].unlink(missing_ok=True)
             raise
         stg = _STAGING.get()
         if stg is not None and stg.owns(self.path):
-            for final, tmp in staged.items():
-                stg.stage_file(final, tmp)
+            for final, item in staged.items():
+                stg.stage_file(final, *(item or (None, None)))
             return
-        # The main file goes last: once it exists the output counts as present.
-        for final in sorted(staged, key=lambda f: f == self.path):
-            tmp = staged[final]
-            if tmp is None:
-                final.unlink(missing_ok=True)
-            else:
-                os.replace(tmp, final)
-            cache.data.pop(final, None)
+
+        def publish() -> list[FileRecord]:
+            # The main file goes last (and is listed first in the record).
+            for final in sorted(staged, key=lambda f: f == self.path):
+                item = staged[final]
+                if item is None:
+                    final.unlink(missing_ok=True)
+                else:
+                    os.replace(item[0], final)
+                cache.data.pop(final, None)
+            return [item[1] for f, item in sorted(staged.items(), key=lambda x: x[0] != self.path)
+                    if item is not None]
+
+        if self.owner is None:
+            publish()
+            return
+        try:
+            self.owner.record_save(self, publish)
+        except BaseException:
+            for item in staged.values():
+                if item is not None:
+                    item[0].unlink(missing_ok=True)
+            raise
+
+    def _write_temp(self, final: pathlib.Path, writer: Writer) -> tuple[pathlib.Path, FileRecord]:
+        """Write a temp file beside ``final`` with ``writer``; return it and its record.
+
+        Raises:
+            SaveError: the disk is full, permission is denied, or another OS error; no
+                temp file is left behind.
+        """
+        parent = final.parent
+        tmp = None
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=parent, prefix=f".{final.name}.tmp-")
+            os.close(fd)
+            tmp = pathlib.Path(name)
+            writer(tmp)
+            os.chmod(tmp, file_mode())
+            if settings.fsync:
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+            return tmp, FileRecord.of(tmp, final.name)
+        except OSError as exc:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            raise SaveError(
+                f"{self._who()}could not write {str(final)!r}: {_os_reason(exc)}. Nothing was "
+                f"published and no partial file was left. {_os_fix(exc, parent)}"
+            ) from exc
+        except BaseException:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            raise
 
 
-def _write_temp(final: pathlib.Path, writer: Writer) -> pathlib.Path:
-    """Write a temp file beside ``final`` with ``writer`` and return its path."""
-    parent = final.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=parent, prefix=f".{final.name}.tmp-")
-    os.close(fd)
-    tmp = pathlib.Path(name)
-    try:
-        writer(tmp)
-        os.chmod(tmp, _file_mode())
-        if settings.fsync:
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
+def write_atomic(path: str | os.PathLike[str], writer: Writer) -> None:
+    """Write a file that belongs to no task atomically (temp file beside it, then rename)."""
+    final = pathlib.Path(path)
+    DataTarget(final)._publish({final: writer})
+
+
+def _errno(exc: OSError) -> int | None:
+    """The errno of an OS error, also when a library only put it in the message (pyarrow)."""
+    if exc.errno is not None:
+        return exc.errno
+    match = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)
+    return int(match.group(1)) if match else None
+
+
+def _os_reason(exc: OSError) -> str:
+    code = _errno(exc)
+    return os.strerror(code) if code is not None else str(exc)
+
+
+def _os_fix(exc: OSError, folder: pathlib.Path) -> str:
+    code = _errno(exc)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return ("The disk (or your quota) is full: free some space, or move the data dir "
+                "with pipeflow.set_dir(...).")
+    if code == errno.EFBIG:
+        return ("The file is larger than this process or file system allows (see "
+                "'ulimit -f'): raise the limit or save smaller outputs.")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"This process may not write in {str(folder)!r}: fix the folder's "
+                f"permissions, or choose a data dir you can write with pipeflow.set_dir(...).")
+    return "Check the data dir's file system, then run the task again."
 
 
 class CacheTarget(DataTarget):
@@ -518,7 +619,29 @@ class JsonTarget(DataTarget):
 
 
 class PickleTarget(DataTarget):
-    """Any picklable Python object (models, dicts, arrays...)."""
+    """Any picklable Python object (models, dicts, arrays...).
+
+    Unpickling runs code named in the file, so a task's pickle is unpickled only from bytes
+    whose hash matches the one pipeflow recorded when it committed them: a file planted or
+    altered outside pipeflow is refused before any of it is unpickled.
+    """
+
+    def _read_verified(self, records: Sequence[FileRecord], fun: Any,
+                       kwargs: dict[str, Any]) -> Any:
+        if callable(fun) or len(records) != 1:
+            return super()._read_verified(records, fun, kwargs)
+        # Hash and unpickle the very same bytes: a file swapped in between cannot slip through.
+        try:
+            with open(self.path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise self._corrupt(f"{self.path.name} cannot be read ({exc.strerror})") from exc
+        rec = records[0]
+        if len(data) != rec.size or hash_bytes(data) != rec.digest:
+            raise self._corrupt(
+                f"{rec.name} was changed outside pipeflow (its content no longer matches the "
+                f"hash recorded when it was committed; it was not unpickled)")
+        return pickle.loads(data, **kwargs)
 
     def read(self, path: pathlib.Path, **kwargs: Any) -> Any:
         """Unpickle the file."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import luigi
@@ -27,18 +27,29 @@ import luigi.util
 from luigi.task import flatten
 from luigi.task_register import Register
 
-from pipeflow import display, graph, layout, settings
+from pipeflow import cache, display, graph, layout, settings
 from pipeflow.errors import (
     IncompleteTaskError,
     OutputError,
     ParameterError,
     PipeflowError,
     SaveError,
+    TaskLockedError,
     listing,
 )
 from pipeflow.graph import optional
+from pipeflow.integrity import (
+    META_KEY,
+    RECORD_SUFFIX,
+    CommitRecord,
+    FileRecord,
+    read_record,
+    temp_owner,
+    write_record,
+)
+from pipeflow.locks import TaskLock
 from pipeflow.parameters import missing_parameter, unknown_parameter
-from pipeflow.plan import Status, build_plan
+from pipeflow.plan import Plan, Status, build_plan
 from pipeflow.targets import (
     CacheTarget,
     CSVGZPandasTarget,
@@ -216,25 +227,48 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             return memo[1]
         persist = self.persist
         if (not isinstance(persist, (list, tuple)) or not persist
-                or not all(isinstance(k, str) and k for k in persist)
+                or not all(isinstance(k, str) and k and not k.startswith(".")
+                           and not set(k) & {"/", "\\", "\0"} for k in persist)
                 or len(set(persist)) != len(persist)):
             raise PipeflowError(
                 f"{type(self).__name__}.persist = {persist!r} is not a list of distinct output "
-                f"names. Write e.g. persist = ['data'] or persist = ['model', 'scores']."
+                f"names (plain names: no '/', '\\' or NUL, not starting with '.'). Write e.g. "
+                f"persist = ['data'] or persist = ['model', 'scores']."
             )
         folder = self._folder()
         ext = f".{self.target_ext}" if self.target_ext else ""
         targets = {k: self.target_class(folder / layout.fit_name(self._stem(k), ext))
                    for k in persist}
-        targets["\0meta"] = PickleTarget(folder / layout.fit_name(self._stem("meta"), ".pickle"))
+        targets[META_KEY] = PickleTarget(folder / layout.fit_name(self._stem("meta"), ".pickle"))
+        for k, t in targets.items():
+            t.owner, t.key = self, k
         self.__dict__["_pipeflow_targets"] = (key, targets)
         return targets
 
     def _outputs(self) -> dict[str, DataTarget]:
-        return {k: t for k, t in self._targets().items() if k != "\0meta"}
+        return {k: t for k, t in self._targets().items() if k != META_KEY}
 
     def _meta_target(self) -> DataTarget:
-        return self._targets()["\0meta"]
+        return self._targets()[META_KEY]
+
+    def _record_path(self) -> pathlib.Path:
+        """The commit record: a hidden file beside the outputs, written last by a run."""
+        ident = (self.task_id if settings.save_with_param and getattr(self, "save_attrib", True)
+                 else self.task_family)
+        return self._folder() / layout.fit_name(f".{ident}", RECORD_SUFFIX)
+
+    def _file_backed(self) -> bool:
+        """Whether the outputs are files (checked against the commit record)."""
+        return self.target_class.exists is DataTarget.exists
+
+    def task_lock(self) -> TaskLock:
+        """The lock held while this task runs or its outputs are reset or saved by hand."""
+        record = self._record_path()
+        return TaskLock(record.parent, record.name)
+
+    def display_name(self) -> str:
+        """The task with its parameters, as shown in messages: ``Train(model='xgb')``."""
+        return graph.describe(self)
 
     def output(self) -> DataTarget | dict[str, DataTarget]:
         """The output target, or a dict of them by name when ``persist`` has several."""
@@ -251,16 +285,45 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         return layout.current().flows
 
     # -- status ------------------------------------------------------------------------------
+    def own_state(self) -> tuple[bool, str | None]:
+        """Whether this task's own outputs are complete, and if not, why (when notable).
+
+        File outputs count only when the task's commit record lists them and each file is
+        still the one committed (size, mtime and inode compared; re-hashed when they
+        differ). Upstream tasks are not considered.
+
+        Returns:
+            ``(complete, reason)``; the reason is None when there is nothing to explain
+            (e.g. the task never ran).
+        """
+        if (not self._file_backed() or not isinstance(self.persist, list)
+                or (self.external and not self._record_path().exists())):
+            return all(t.exists() for t in self._outputs().values()), None
+        # Plain files: string paths, no target objects (the hot path on large graphs).
+        folder = os.fspath(self._folder())
+        ext = f".{self.target_ext}" if self.target_ext else ""
+        record, problem = read_record(self._record_path())
+        if record is None:
+            first = os.path.join(folder, layout.fit_name(self._stem(self.persist[0]), ext))
+            if problem is None and os.path.exists(first):
+                problem = ("its output files exist but no successful pipeflow run committed "
+                           "them (left by a crashed run, or written by another tool): it "
+                           "runs again")
+            return False, problem
+        for k in self.persist:
+            recs = record.files.get(k)
+            name = layout.fit_name(self._stem(k), ext)
+            if not recs or recs[0].name != name:
+                return False, f"output {k!r} is not in its commit record"
+            for rec in recs:
+                problem = rec.problem(folder, rehash=False)
+                if problem is not None:
+                    return False, f"output {k!r}: {problem}"
+        return True, None
+
     def own_complete(self) -> bool:
-        """Whether every output of this task exists (upstream tasks not considered)."""
-        if self.target_class.exists is DataTarget.exists and isinstance(self.persist, list):
-            # Plain files: check the paths as strings, without building target objects
-            # (the hot path of status checks on large graphs).
-            folder = os.fspath(self._folder())
-            ext = f".{self.target_ext}" if self.target_ext else ""
-            return all(os.path.exists(f"{folder}/{layout.fit_name(self._stem(k), ext)}")
-                       for k in self.persist)
-        return all(t.exists() for t in self._outputs().values())
+        """Whether every output of this task is committed and intact (upstream ignored)."""
+        return self.own_state()[0]
 
     def complete(self, cascade: bool = True) -> bool:
         """Whether the task is complete.
@@ -350,7 +413,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         """
         plan = build_plan(graph.build([self]))
         if plan.status_of(self) is not Status.COMPLETE:
-            raise _incomplete(self, plan.missing_upstream(self))
+            raise _incomplete(self, plan)
         return self._load_own(keys, as_dict, cached)
 
     def inputLoad(self, keys: Iterable[str] | None = None, task: Any = None,
@@ -407,9 +470,9 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
     def outputLoadMeta(self) -> Any:
         """Load the metadata this task saved with ``saveMeta``."""
         if not self.own_complete():
-            raise _incomplete(self, [self])
+            raise _incomplete(self, build_plan(graph.build([self])))
         meta = self._meta_target()
-        if not meta.exists():
+        if self._committed_record(META_KEY) is None:
             raise OutputError(
                 f"{graph.describe(self)} has no metadata at {str(meta.path)!r}: its run() did "
                 f"not call self.saveMeta(...). Add that call and reset the task to rerun it."
@@ -420,7 +483,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         """Metadata of this task and every upstream task that saved some, by task family."""
         out: dict[str, Any] = {}
         for t in graph.build([self]).nodes:
-            if isinstance(t, TaskData) and t._meta_target().exists():
+            if isinstance(t, TaskData) and t._committed_record(META_KEY) is not None:
                 out[t.task_family] = t._meta_target().load()
         return out
 
@@ -439,7 +502,11 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                 f"{graph.describe(self)} is external: its outputs are made outside this flow, "
                 f"so pipeflow does not delete them. Delete the files by hand if you mean to."
             )
-        files = [str(p) for t in self._targets().values() for p in t.files() if t.exists()]
+        record, _ = read_record(self._record_path())
+        folder = self._folder()
+        files = [str(folder / n) for n in record.file_names()] if record else []
+        files += [str(t.path) for t in self._outputs().values()
+                  if isinstance(t, CacheTarget) and t.exists()]
         if confirm and not display.confirm(
             f"Delete the outputs of {graph.describe(self)}?", files, "confirm=False"
         ):
@@ -452,22 +519,145 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         return self.invalidate(confirm=confirm)
 
     def delete_outputs(self) -> None:
-        """Delete every output and the metadata, without asking."""
-        for t in self._targets().values():
-            t.invalidate()
+        """Delete the committed outputs and metadata, without asking.
+
+        Only files this task's commit record lists are deleted (the record first, so the
+        task is never left looking complete), never a symlink's target and never a folder.
+
+        Raises:
+            TaskLockedError: the task is running right now, here or in another process.
+        """
+        lock = self.task_lock()
+        if not lock.acquire():
+            raise TaskLockedError(
+                f"cannot reset {graph.describe(self)}: it is being run (or reset) by another "
+                f"process or thread right now. Wait for that run to finish, then reset it."
+            )
+        try:
+            self._uncommit()
+            for t in self._outputs().values():
+                if isinstance(t, CacheTarget):
+                    t.invalidate()
+        finally:
+            lock.release()
+
+    def has_outputs(self) -> bool:
+        """Whether anything of this task is stored: a commit record or an in-memory output."""
+        return self._record_path().exists() or any(
+            isinstance(t, CacheTarget) and t.exists() for t in self._outputs().values())
+
+    def _uncommit(self) -> None:
+        """Delete the commit record, then the files it lists (the task's lock is held)."""
+        path = self._record_path()
+        record, _ = read_record(path)
+        if record is None and not path.exists():
+            return
+        folder = layout.ensure_inside(path.parent, self._data_root())
+        path.unlink(missing_ok=True)
+        for name in record.file_names() if record else []:
+            (folder / name).unlink(missing_ok=True)  # unlink never follows a symlink
+            cache.data.pop(folder / name, None)
+
+    def _data_root(self) -> pathlib.Path:
+        pinned = getattr(type(self), "_pipeflow_root", None)
+        return pathlib.Path(pinned) if pinned is not None else settings.dirpath
+
+    def _committed_record(self, key: str) -> tuple[FileRecord, ...] | None:
+        record, _ = read_record(self._record_path())
+        return record.files.get(key) if record is not None else None
+
+    # -- the target's side: commit records ----------------------------------------------------
+    def committed_files(self, target: DataTarget) -> tuple[FileRecord, ...] | None:
+        """The files of one of this task's outputs as last committed.
+
+        None for an external task's output without a commit record (files made outside
+        pipeflow): it is read as it is.
+
+        Raises:
+            IncompleteTaskError: no successful run committed that output.
+        """
+        record, problem = read_record(self._record_path())
+        recs = record.files.get(target.key) if record is not None else None
+        if record is None and problem is None and self.external:
+            return None  # made outside pipeflow, with no record to check against
+        if not recs:
+            what = "its metadata" if target.key == META_KEY else f"output {target.key!r}"
+            raise IncompleteTaskError(
+                f"cannot load {what} of {graph.describe(self)} ({str(target.path)!r}): "
+                f"{problem or 'no successful run of the task committed it'}. Run the flow "
+                f"first: flow.run() (or pipeflow.run({graph.describe(self)}))."
+            )
+        return recs
+
+    def record_save(self, target: DataTarget, publish: Any) -> None:
+        """Publish a save made by hand (outside a run) and add it to the commit record.
+
+        Args:
+            target: the output saved.
+            publish: puts the staged files in place and returns their records.
+
+        Raises:
+            TaskLockedError: the task is running right now.
+        """
+        lock = self.task_lock()
+        if not lock.acquire():
+            raise TaskLockedError(
+                f"cannot save {str(target.path)!r} by hand: {graph.describe(self)} is being run "
+                f"(or reset) by another process or thread right now. Wait for it to finish."
+            )
+        try:
+            path = self._record_path()
+            record, _ = read_record(path)
+            files = dict(record.files) if record is not None else {}
+            files.pop(target.key, None)
+            write_record(path, CommitRecord(graph.describe(self), files))
+            files[target.key] = tuple(publish())
+            write_record(path, CommitRecord(graph.describe(self), files))
+        finally:
+            lock.release()
 
     # -- the engine's side (see pipeflow.engines.local) ----------------------------------------
     def owned_paths(self) -> list[pathlib.Path]:
         """Paths this task's run publishes (saves to them are staged until success)."""
-        return [t.path for t in self._targets().values()]
+        return [p for t in self._targets().values() for p in t.files()] + [self._record_path()]
+
+    def clean_orphans(self, scan: Callable[[pathlib.Path], list[str]]) -> None:
+        """Delete temp files a crashed run of this task left (its lock is held).
+
+        Args:
+            scan: lists the hidden temp-file names in a folder.
+        """
+        mine = {p.name for p in self.owned_paths()}
+        folder = self._folder()
+        for name in scan(folder):
+            if temp_owner(name) in mine:
+                (folder / name).unlink(missing_ok=True)
 
     def prepare_run(self) -> None:
-        """Remove stale outputs before running, so only this run's outputs can count."""
-        self.delete_outputs()
+        """Before running: uncommit, and remove stale files, so only this run can count."""
+        self._uncommit()
+        for t in self._targets().values():
+            t.invalidate()
 
     def abort_run(self) -> None:
         """After a failed run: remove anything the run wrote directly to the final paths."""
-        self.delete_outputs()
+        for t in self._targets().values():
+            t.invalidate()
+
+    def commit_run(self, published: dict[pathlib.Path, FileRecord]) -> None:
+        """After a successful run published its files: write the commit record, last."""
+        files: dict[str, tuple[FileRecord, ...]] = {}
+        file_backed = self._file_backed()
+        for key, t in self._targets().items():
+            if key != META_KEY and not file_backed:
+                continue
+            recs = [published[p] for p in t.files() if p in published]
+            if not recs and key != META_KEY and t.path.exists():
+                recs = [FileRecord.of(t.path)]  # written by run() straight to the path
+            if recs:
+                files[key] = tuple(recs)
+        if files:
+            write_record(self._record_path(), CommitRecord(graph.describe(self), files))
 
     def missing_outputs(self, stg: Staging) -> list[DataTarget]:
         """Outputs the run neither saved nor wrote."""
@@ -495,11 +685,14 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         )
 
 
-def _incomplete(task: luigi.Task, missing: list[luigi.Task]) -> IncompleteTaskError:
-    names = listing([graph.describe(t) for t in missing])
+def _incomplete(task: luigi.Task, plan: Plan) -> IncompleteTaskError:
+    lines = []
+    for t in plan.missing_upstream(task):
+        reason = plan.reasons.get(plan.graph.position(t))
+        lines.append(graph.describe(t) + (f": {reason}" if reason else ""))
     return IncompleteTaskError(
         f"cannot load {graph.describe(task)}: it is not complete. Tasks whose outputs are "
-        f"missing:{names}\nRun the flow first: flow.run() (or "
+        f"missing or not intact:{listing(lines)}\nRun the flow first: flow.run() (or "
         f"pipeflow.run({graph.describe(task)}))."
     )
 

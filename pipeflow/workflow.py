@@ -146,7 +146,7 @@ class Workflow:
             forced_all_upstream: bool = False, confirm: bool = False, workers: int = 1,
             abort: bool = True, execution_summary: bool | None = None,
             executor: str | None = None, callbacks: Any = (),
-            progress: bool | None = None) -> RunResult | None:
+            progress: bool | None = None, if_locked: str = "wait") -> RunResult | None:
         """Run the flow: every task upstream of ``tasks`` that is not complete.
 
         See :func:`pipeflow.run` for the options; ``forced`` takes task classes. Another
@@ -161,6 +161,7 @@ class Workflow:
                     forced_all_upstream=forced_all_upstream, confirm=confirm,
                     workers=workers, abort=abort, execution_summary=execution_summary,
                     executor=executor, cancel=token, callbacks=callbacks, progress=progress,
+                    if_locked=if_locked,
                 )
         finally:
             self._tokens.discard(token)
@@ -365,7 +366,7 @@ class WorkflowMulti:
             forced_all: bool = False, forced_all_upstream: bool = False, confirm: bool = False,
             workers: int = 1, abort: bool = True, execution_summary: bool | None = None,
             executor: str | None = None, callbacks: Any = (),
-            progress: bool | None = None) -> Any:
+            progress: bool | None = None, if_locked: str = "wait") -> Any:
         """Run the selected flows (all by default) as one run, so shared tasks run once.
 
         Returns:
@@ -386,7 +387,7 @@ class WorkflowMulti:
                     forced_all=forced_all, forced_all_upstream=forced_all_upstream,
                     confirm=confirm, workers=workers, abort=abort,
                     execution_summary=execution_summary, executor=executor, cancel=token,
-                    callbacks=callbacks, progress=progress,
+                    callbacks=callbacks, progress=progress, if_locked=if_locked,
                 )
         finally:
             self._tokens.discard(token)

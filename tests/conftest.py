@@ -31,3 +31,18 @@ def data_dir(tmp_path, monkeypatch):
     for k, v in old.items():
         setattr(settings, k, v)
     cache.data.clear()
+
+
+@pytest.fixture
+def stored(data_dir):
+    """Lists the files under a folder (default: the data dir), lock files left out.
+
+    Task lock files (``.pipeflow.lock``) are never deleted by design: removing a lock file
+    others may hold open would let two holders in at once.
+    """
+
+    def files(root=None):
+        root = data_dir if root is None else root
+        return sorted(p for p in root.rglob("*") if p.is_file() and p.name != ".pipeflow.lock")
+
+    return files

@@ -195,7 +195,7 @@ def test_retries_exhausted_fail_the_task():
 
 
 @pytest.mark.parametrize("executor", ["inline", "thread", "process"])
-def test_timeout_stops_a_task_and_leaves_nothing(executor, data_dir):
+def test_timeout_stops_a_task_and_leaves_nothing(executor, stored):
     class Hangs(pipeflow.tasks.TaskPickle):
         timeout = 0.5
 
@@ -213,7 +213,7 @@ def test_timeout_stops_a_task_and_leaves_nothing(executor, data_dir):
     assert isinstance(res.error, pipeflow.errors.TaskTimeoutError)
     assert "ran longer than its timeout of 0.5s" in str(res.error)
     assert elapsed < 3
-    assert not [p for p in data_dir.rglob("*") if p.is_file()]
+    assert not stored()
 
 
 def _long_tasks(log):
@@ -231,7 +231,7 @@ def _long_tasks(log):
 
 
 @pytest.mark.parametrize(("workers", "executor"), [(1, None), (2, "thread"), (2, "process")])
-def test_cancel_from_another_thread(workers, executor, log, data_dir):
+def test_cancel_from_another_thread(workers, executor, log, stored):
     tasks = _long_tasks(log)
     token = pipeflow.CancelToken()
     timer = threading.Timer(0.5, token.cancel)
@@ -252,7 +252,7 @@ def test_cancel_from_another_thread(workers, executor, log, data_dir):
     import multiprocessing
 
     assert multiprocessing.active_children() == []
-    assert not [p for p in data_dir.rglob("*") if p.is_file()]  # no output, no temp file
+    assert not stored()  # no output, no temp file
 
 
 def test_workflow_cancel_from_a_callback(log):
@@ -283,7 +283,7 @@ def test_workflow_cancel_from_a_callback(log):
     assert _order(log) == ["ran-0", "ran-1", "ran-2", "ran-3", "ran-4"]
 
 
-def test_keyboard_interrupt_cancels_and_propagates(log, data_dir):
+def test_keyboard_interrupt_cancels_and_propagates(log, stored):
     tasks = _long_tasks(log)
     main = threading.get_ident()
     threading.Timer(0.4, lambda: signal.pthread_kill(main, signal.SIGINT)).start()
@@ -295,7 +295,7 @@ def test_keyboard_interrupt_cancels_and_propagates(log, data_dir):
 
     assert multiprocessing.active_children() == []
     time.sleep(0.2)
-    assert not [p for p in data_dir.rglob("*") if p.is_file()]
+    assert not stored()
 
 
 def test_start_streams_events_and_can_be_cancelled_by_leaving_the_loop(log):

@@ -90,11 +90,11 @@ def test_invalidate_upstream_and_downstream():
     assert not Source().complete()
 
 
-def test_invalidate_all_deletes_every_output(data_dir):
+def test_invalidate_all_deletes_every_committed_output_only(data_dir, stored):
     pipeflow.run(Fit())
     (data_dir / "notes.txt").write_text("user file")
     assert pipeflow.invalidate_all(confirm=False)
-    assert not [p for p in data_dir.rglob("*") if p.is_file()]
+    assert stored() == [data_dir / "notes.txt"]  # not written by pipeflow: kept
     assert data_dir.exists()
     assert not pipeflow.data
 

@@ -91,7 +91,7 @@ def test_multiple_outputs_save_and_load_as_list_or_dict():
         Multi().outputLoad(keys=["score"])
 
 
-def test_save_keys_must_match_persist_and_nothing_is_written(data_dir):
+def test_save_keys_must_match_persist_and_nothing_is_written(data_dir, stored):
     class Two(pipeflow.tasks.TaskPickle):
         persist = ["a", "b"]
 
@@ -109,22 +109,22 @@ def test_save_keys_must_match_persist_and_nothing_is_written(data_dir):
     (pipeflow.tasks.TaskJson, {"when": pd.Timestamp("2024-01-01")}),
     (pipeflow.tasks.TaskCachePandas, "text"),
 ])
-def test_save_of_unsupported_type_fails_before_writing(base, bad, data_dir):
+def test_save_of_unsupported_type_fails_before_writing(base, bad, stored):
     class Typed(base):
         pass
 
     with pytest.raises(SaveError, match="Nothing was written"):
         Typed().save(bad)
-    assert not [p for p in data_dir.rglob("*") if p.is_file()]
+    assert not stored()
 
 
-def test_save_checks_every_output_before_writing_any(data_dir):
+def test_save_checks_every_output_before_writing_any(stored):
     class Pair(pipeflow.tasks.TaskPqPandas):
         persist = ["good", "bad"]
 
     with pytest.raises(SaveError):
         Pair().save({"good": DF, "bad": "not a frame"})
-    assert not [p for p in data_dir.rglob("*") if p.is_file()]
+    assert not stored()
 
 
 def test_run_without_saving_fails_with_missing_output_error():
@@ -143,7 +143,7 @@ def test_run_without_saving_fails_with_missing_output_error():
     assert "so run() must call self.save({'model': ..., 'scores': ...})" in str(cause)
 
 
-def test_failed_run_after_save_leaves_nothing_complete(data_dir):
+def test_failed_run_after_save_leaves_nothing_complete(stored):
     class SaveThenFail(pipeflow.tasks.TaskPqPandas):
         def run(self):
             self.save(DF)
@@ -153,7 +153,7 @@ def test_failed_run_after_save_leaves_nothing_complete(data_dir):
     with pytest.raises(pipeflow.errors.TaskFailedError):
         pipeflow.run(SaveThenFail())
     assert not SaveThenFail().complete()
-    assert not [p for p in data_dir.rglob("*") if p.is_file()]
+    assert not stored()
 
 
 def test_failed_run_after_direct_write_to_output_path_leaves_nothing():
@@ -405,7 +405,7 @@ def test_json_files_keep_d6tflow_layout_both_ways():
     assert json.loads(path.read_text()) == {"data": {"data": 5, "other": [1]}}
     assert Doc().outputLoad() == {"data": 5, "other": [1]}
     path.write_text(json.dumps({"data": {"written": "by d6tflow"}}))
-    assert Doc().outputLoad() == {"written": "by d6tflow"}
+    assert pipeflow.targets.JsonTarget(path).load() == {"written": "by d6tflow"}
 
 
 def test_instance_cache_fast_path_keeps_luigi_semantics():

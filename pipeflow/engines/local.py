@@ -20,6 +20,7 @@ import heapq
 import inspect
 import multiprocessing
 import os
+import pathlib
 import pickle
 import queue
 import threading
@@ -41,6 +42,7 @@ from pipeflow.errors import (
     PipeflowError,
     RunCancelledError,
     TaskFailedError,
+    TaskLockedError,
     TaskTimeoutError,
 )
 from pipeflow.events import Event, EventKind, RunResult, Sink
@@ -48,6 +50,9 @@ from pipeflow.plan import Plan, Status, build_plan, is_group
 from pipeflow.targets import CacheTarget, staging
 
 EXECUTORS = ("process", "thread")
+IF_LOCKED = ("wait", "fail")
+#: seconds between attempts to take the lock of a task running elsewhere
+LOCK_POLL = 0.05
 
 
 class CancelToken:
@@ -146,17 +151,23 @@ class LocalEngine:
             or ``'thread'``; with ``workers=1`` tasks run in this process unless
             ``executor='process'`` is asked for.
         cancel: a token to cancel the run with.
+        if_locked: what to do when a task is being run by another process (or thread):
+            ``'wait'`` (default) for it to finish and reuse its output, or ``'fail'`` the
+            task at once with :class:`~pipeflow.errors.TaskLockedError`.
 
     Example:
         >>> result = LocalEngine(workers=2).run(plan, sinks=[])  # doctest: +SKIP
     """
 
     def __init__(self, workers: int = 1, executor: str | None = None,
-                 cancel: CancelToken | None = None) -> None:
+                 cancel: CancelToken | None = None, if_locked: str = "wait") -> None:
         if isinstance(workers, bool) or int(workers) < 1:
             raise ValueError(f"workers must be a whole number of at least 1, not {workers!r}")
         if executor is not None and executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {EXECUTORS} or None, not {executor!r}")
+        if if_locked not in IF_LOCKED:
+            raise ValueError(f"if_locked must be one of {IF_LOCKED}, not {if_locked!r}")
+        self.if_locked = if_locked
         self.workers = int(workers)
         if executor is None:
             executor = "process" if self.workers > 1 else "inline"
@@ -223,6 +234,13 @@ class _Run:
         self.finished: set[int] = set()
         self.running: dict[int, _Running] = {}
         self.executor = _make_executor(engine)
+        self.locks: dict[int, Any] = {}  # task locks held, by position
+        self.waited: set[int] = set()  # tasks that found their lock taken
+        self.temps: dict[pathlib.Path, list[str]] = {}  # temp files per folder, listed once
+        # Commit records of tasks to rerun although their own outputs are complete
+        # (an upstream task is pending): if one changes before the task starts, another
+        # process has rerun it meanwhile.
+        self.records = {i: _signature(g.nodes[i]) for i in self.to_run if plan.own[i]}
 
     # -- transitions ------------------------------------------------------------------------
     def _release(self, i: int, only_optional: bool = False) -> None:
@@ -238,6 +256,9 @@ class _Run:
     def _finish(self, i: int, out: _Outcome) -> None:
         task = self.g.nodes[i]
         self.running.pop(i, None)
+        lock = self.locks.pop(i, None)
+        if lock is not None:
+            lock.release()
         if out.cancelled:
             self.finished.add(i)
             self.emit(EventKind.TASK_CANCELLED, task)
@@ -249,7 +270,8 @@ class _Run:
             self._release(i)
             return
         retries = int(getattr(task, "retries", 0) or 0)
-        if self.attempts[i] <= retries and not isinstance(out.error, _NotRetried):
+        if (self.attempts.get(i, 0) <= retries
+                and not isinstance(out.error, (_NotRetried, TaskLockedError))):
             delay = float(getattr(task, "retry_delay", 0) or 0)
             self.emit(EventKind.TASK_RETRYING, task, error=out.error, traceback=out.traceback,
                       reason=f"attempt {self.attempts[i]} of {retries + 1} failed; "
@@ -268,8 +290,56 @@ class _Run:
         for j in [i, *doomed]:
             self._release(j, only_optional=True)
 
+    def _lock(self, i: int) -> bool:
+        """Take the task's lock; False if it must wait (or failed: it is then finished)."""
+        task: Any = self.g.nodes[i]
+        if not hasattr(task, "task_lock") or is_group(task):
+            return True
+        lock = task.task_lock()
+        if not lock.acquire():
+            if self.engine.if_locked == "fail":
+                self._finish(i, _failure(TaskLockedError(
+                    f"{graphs.describe(task)} is being run by another process (or thread) "
+                    f"right now, and this run was asked not to wait (if_locked='fail'). Run "
+                    f"again when it is done, or with if_locked='wait' to wait for it and "
+                    f"reuse its output.")))
+                return False
+            if i not in self.waited:
+                self.waited.add(i)
+                self.emit(EventKind.TASK_WAITING, task,
+                          reason="running in another process or thread; waiting for it")
+            heapq.heappush(self.delayed, (time.monotonic() + LOCK_POLL, i))
+            return False
+        self.locks[i] = lock
+        # Another process may have run it meanwhile: reuse its output.
+        changed = i not in self.records or _signature(task) != self.records[i]
+        if changed and task.own_complete():
+            lock.release()
+            del self.locks[i]
+            self.finished.add(i)
+            self.emit(EventKind.TASK_UP_TO_DATE, task,
+                      reason="completed by another process while this run waited")
+            self._release(i)
+            return False
+        task.clean_orphans(self._temp_files)
+        return True
+
+    def _temp_files(self, folder: pathlib.Path) -> list[str]:
+        """The temp files in ``folder``, listed once per run (folders may be large)."""
+        names = self.temps.get(folder)
+        if names is None:
+            try:
+                names = [e.name for e in os.scandir(folder)
+                         if e.name.startswith(".") and ".tmp-" in e.name]
+            except OSError:
+                names = []
+            self.temps[folder] = names
+        return names
+
     def _start(self, i: int) -> None:
         task = self.g.nodes[i]
+        if not self._lock(i):
+            return
         self.attempts[i] = self.attempts.get(i, 0) + 1
         timeout = getattr(task, "timeout", None)
         run = _Running(i, time.monotonic() + float(timeout) if timeout else None)
@@ -326,6 +396,8 @@ class _Run:
             raise
         finally:
             self.executor.close()
+            for lock in self.locks.values():
+                lock.release()
 
 
 class _NotRetried(PipeflowError):
@@ -353,7 +425,10 @@ def execute(task: luigi.Task) -> None:
             )
             if missing:
                 raise MissingOutputError(_missing_message(task, missing))
-            stg.commit()
+            published = stg.commit()
+            commit = getattr(task, "commit_run", None)
+            if commit is not None:
+                commit(published)  # the commit record, last
     except BaseException:
         abort = getattr(task, "abort_run", None)
         if abort is not None:
@@ -386,6 +461,16 @@ def _missing_message(task: luigi.Task, missing: list[Any]) -> str:
     paths = ", ".join(str(getattr(m, "path", m)) for m in missing)
     return (f"{graphs.describe(task)} finished run() but did not write its outputs: {paths}. "
             f"The task is marked failed.")
+
+
+def _signature(task: luigi.Task) -> tuple[int, int] | None:
+    """Identity of a task's commit record (None if it has none)."""
+    record = getattr(task, "_record_path", None)
+    try:
+        st = os.stat(record()) if record is not None else None
+    except OSError:
+        return None
+    return None if st is None else (st.st_mtime_ns, st.st_ino)
 
 
 def _timeout_error(task: luigi.Task) -> TaskTimeoutError:

@@ -1,0 +1,202 @@
+"""Commit records: which files a successful run published, with their size and content hash.
+
+After a task's run succeeds and its outputs are published, one small hidden JSON file (the
+commit record, ``.{task_id}.commit.json`` beside the outputs) is written last. A task is
+complete only when that record exists and every file it lists is still what was committed:
+
+* a status check compares each file's size, mtime and inode with the record and re-hashes
+  the file only when they differ (a ``touch`` is not a change; an edit is);
+* loading always re-hashes, so data changed outside pipeflow is never served, and a pickle
+  is unpickled only from bytes whose hash matches.
+
+Hashes are xxHash3-128 (tens of GB/s; a corruption check, not a signature).
+
+The record itself is not fsynced: it only names files that were fsynced before it was
+written, and it is checked against their contents. Lost in a power cut, the task simply
+runs again; torn, it is unreadable and the task runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import xxhash
+
+#: suffix of commit records (hidden files: their names start with a dot)
+RECORD_SUFFIX = ".commit.json"
+#: key of the metadata file (``saveMeta``) in a record; output names never contain "/"
+META_KEY = "/meta"
+_VERSION = 1
+_CHUNK = 1 << 20
+
+
+def hash_bytes(data: bytes | bytearray | memoryview) -> str:
+    """The content hash of ``data`` (hex)."""
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def hash_file(path: str | os.PathLike[str]) -> str:
+    """The content hash of the file at ``path`` (hex), read in 1 MiB chunks."""
+    h = xxhash.xxh3_128()
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(view):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One committed file.
+
+    Attributes:
+        name: file name, in the folder of the commit record.
+        size: size in bytes.
+        mtime_ns: modification time when committed.
+        ino: inode number when committed.
+        digest: content hash (:func:`hash_file`).
+    """
+
+    name: str
+    size: int
+    mtime_ns: int
+    ino: int
+    digest: str
+
+    @classmethod
+    def of(cls, path: pathlib.Path, name: str | None = None) -> FileRecord:
+        """Describe the file at ``path`` (recorded under ``name``, default its own name)."""
+        st = os.stat(path)
+        return cls(name or path.name, st.st_size, st.st_mtime_ns, st.st_ino, hash_file(path))
+
+    def problem(self, folder: str, rehash: bool) -> str | None:
+        """Why the file in ``folder`` is no longer what was committed (None: it is).
+
+        Args:
+            folder: the folder of the commit record.
+            rehash: always compare the content hash (otherwise only when size, mtime or
+                inode changed).
+        """
+        path = os.path.join(folder, self.name)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return f"{self.name} was deleted outside pipeflow"
+        except OSError as exc:
+            return f"{self.name} cannot be read ({exc.strerror})"
+        if st.st_size != self.size:
+            return (f"{self.name} was changed outside pipeflow (size {self.size:,} bytes "
+                    f"when committed, now {st.st_size:,})")
+        if not rehash and st.st_mtime_ns == self.mtime_ns and st.st_ino == self.ino:
+            return None
+        try:
+            same = hash_file(path) == self.digest
+        except OSError as exc:
+            return f"{self.name} cannot be read ({exc.strerror})"
+        return None if same else (
+            f"{self.name} was changed outside pipeflow (its content no longer matches the "
+            f"hash recorded when it was committed)")
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    """What one successful run of a task published.
+
+    Attributes:
+        task: the task, as shown to users (never secret parameter values).
+        files: output name (or :data:`META_KEY`) -> the files making up that output.
+    """
+
+    task: str
+    files: Mapping[str, tuple[FileRecord, ...]]
+
+    def to_json(self) -> str:
+        """Serialize (compact JSON)."""
+        files = {k: [[r.name, r.size, r.mtime_ns, r.ino, r.digest] for r in recs]
+                 for k, recs in self.files.items()}
+        return json.dumps({"v": _VERSION, "task": self.task, "files": files},
+                          separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> CommitRecord:
+        """Parse a record written by :meth:`to_json`.
+
+        Raises:
+            ValueError: the text is not a record this version understands.
+        """
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or doc.get("v") != _VERSION:
+            raise ValueError("not a pipeflow commit record of a known version")
+        files = {}
+        for key, recs in doc["files"].items():
+            files[key] = tuple(FileRecord(str(n), int(s), int(m), int(i), str(d))
+                               for n, s, m, i, d in recs)
+            if any(os.sep in r.name or r.name in ("", ".", "..") for r in files[key]):
+                raise ValueError("a file name in the record is not a plain name")
+        return cls(str(doc.get("task", "")), files)
+
+    def file_names(self) -> list[str]:
+        """Every committed file name."""
+        return [r.name for recs in self.files.values() for r in recs]
+
+
+def read_record(path: pathlib.Path | str) -> tuple[CommitRecord | None, str | None]:
+    """Read the commit record at ``path``.
+
+    Returns:
+        ``(record, None)``; ``(None, None)`` when there is none; ``(None, reason)`` when
+        it exists but cannot be used.
+    """
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"its commit record cannot be read ({exc.strerror})"
+    try:
+        return CommitRecord.from_json(text), None
+    except (ValueError, KeyError, TypeError):
+        return None, "its commit record is damaged (a crash during a write, or an edit)"
+
+
+def write_record(path: pathlib.Path, record: CommitRecord) -> None:
+    """Write ``record`` atomically at ``path`` (a temp file beside it, then a rename)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(record.to_json())
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_umask_lock = threading.Lock()
+_umask: int | None = None
+
+
+def file_mode() -> int:
+    """Permissions of a normally created file (temp files start private: 0600)."""
+    global _umask
+    with _umask_lock:
+        if _umask is None:
+            _umask = os.umask(0o022)
+            os.umask(_umask)
+    return 0o666 & ~_umask
+
+
+def temp_owner(name: str) -> str | None:
+    """The final file name a pipeflow temp file ``.{final}.tmp-XXXXXXXX`` stands for."""
+    if not name.startswith("."):
+        return None
+    head, sep, _rand = name.rpartition(".tmp-")
+    return head[1:] if sep and head else None

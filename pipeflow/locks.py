@@ -1,0 +1,123 @@
+"""Task locks: a task runs in one place at a time, across threads and processes.
+
+Two notebooks or terminals running flows that share a task must not both run it. Each
+task is locked while it runs (and while its outputs are reset or saved by hand) with a
+one-byte range lock in a hidden file of its folder (``.pipeflow.lock``), at an offset
+derived from the task's name. On Linux these are open-file-description locks
+(``F_OFD_SETLK``): they conflict between threads and processes alike, survive ``fork``
+in the worker that inherits them, and are released by the OS when the holder dies, however
+it dies, so a lock never needs removing by hand. Elsewhere POSIX record locks
+(``lockf``) are used, plus a table of the locks held in this process.
+
+The lock file itself is never deleted: deleting a lock file others may hold open would let
+two holders in at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import struct
+import threading
+
+try:
+    import fcntl
+except ImportError:  # Windows: in-process locking only
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_FILE = ".pipeflow.lock"
+_OFD = getattr(fcntl, "F_OFD_SETLK", None)
+
+_mutex = threading.Lock()
+_fds: dict[str, int] = {}  # folder -> open lock file
+_held: set[tuple[str, int]] = set()  # (folder, offset) held by this process
+
+
+def _forget_after_fork() -> None:
+    # A forked worker keeps the inherited descriptors open (the parent's locks stay
+    # held while it lives) but must take any lock of its own through new descriptors.
+    global _mutex
+    _mutex = threading.Lock()
+    _fds.clear()
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+class TaskLock:
+    """The lock of one task.
+
+    Args:
+        folder: the task's folder (created if missing).
+        name: a name unique to the task within the folder.
+
+    Example:
+        >>> lock = TaskLock(folder, ".Train_x_123.commit.json")   # doctest: +SKIP
+        >>> if lock.acquire():                                    # doctest: +SKIP
+        ...     try: ...
+        ...     finally: lock.release()
+    """
+
+    def __init__(self, folder: pathlib.Path, name: str):
+        self.folder = str(folder)
+        digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+        self.offset = int.from_bytes(digest, "big") >> 2  # a positive off_t
+        self.held = False
+
+    def acquire(self) -> bool:
+        """Take the lock if it is free; return whether it was taken (never waits)."""
+        key = (self.folder, self.offset)
+        with _mutex:
+            if key in _held:
+                return False
+            fd = _lock_file(self.folder)
+            if fd is not None and not _range_lock(fd, self.offset, take=True):
+                return False
+            _held.add(key)
+        self.held = True
+        return True
+
+    def release(self) -> None:
+        """Give the lock back (no-op when not held)."""
+        if not self.held:
+            return
+        key = (self.folder, self.offset)
+        with _mutex:
+            fd = _fds.get(self.folder)
+            if fd is not None and key in _held:
+                _range_lock(fd, self.offset, take=False)
+            _held.discard(key)
+        self.held = False
+
+
+def _lock_file(folder: str) -> int | None:
+    if fcntl is None:
+        return None
+    fd = _fds.get(folder)
+    if fd is None:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(os.path.join(folder, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     0o644)
+        _fds[folder] = fd
+    return fd
+
+
+def _range_lock(fd: int, offset: int, take: bool) -> bool:
+    if _OFD is not None:
+        kind = fcntl.F_WRLCK if take else fcntl.F_UNLCK
+        # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks)
+        flock = struct.pack("hhqqi4x", kind, os.SEEK_SET, offset, 1, 0)
+        try:
+            fcntl.fcntl(fd, _OFD, flock)
+        except (BlockingIOError, PermissionError):
+            return False
+        return True
+    try:
+        fcntl.lockf(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if take else fcntl.LOCK_UN,
+                    1, offset, os.SEEK_SET)
+    except (BlockingIOError, PermissionError):
+        return False
+    return True
