@@ -7,7 +7,9 @@ Example:
     ...     alpha = pipeflow.FloatParameter(default=0.1)
 """
 
-from collections.abc import Iterable
+import datetime
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import luigi
 from luigi.parameter import (
@@ -52,6 +54,7 @@ __all__ = [
     "NumericalParameter",
     "OptionalParameter",
     "Parameter",
+    "SecretParameter",
     "TaskParameter",
     "TimeDeltaParameter",
     "TupleParameter",
@@ -59,9 +62,129 @@ __all__ = [
 ]
 
 
+class SecretParameter(luigi.Parameter):
+    """A parameter whose value must never be shown or stored: passwords, tokens, API keys.
+
+    Its value is given to ``run()`` as usual, but it never appears in file names, task ids,
+    previews, logs, error messages, the execution summary or any record pipeflow writes
+    (it is shown as ``***``). It is not *significant*: it does not change which outputs a
+    task has, so two runs differing only in a secret share their outputs. If the secret
+    selects different data (say, another account), add a plain parameter naming that data.
+
+    Example:
+        >>> class Fetch(pipeflow.tasks.TaskPqPandas):          # doctest: +SKIP
+        ...     table = pipeflow.Parameter()
+        ...     token = pipeflow.SecretParameter()
+        ...     def run(self):
+        ...         self.save(download(self.table, auth=self.token))
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["significant"] = False
+        kwargs.setdefault("visibility", luigi.parameter.ParameterVisibility.PRIVATE)
+        super().__init__(*args, **kwargs)
+
+
+#: what a secret looks like wherever it would be shown
+MASK = "***"
+
+
+def is_secret(param: luigi.Parameter) -> bool:
+    """Whether a parameter's value must never be shown."""
+    return isinstance(param, SecretParameter)
+
+
+def secret_values(task: luigi.Task) -> list[str]:
+    """The non-empty string values of ``task``'s secret parameters (to redact from text)."""
+    values = []
+    for name, param in task.get_params():
+        value = task.param_kwargs.get(name)
+        if is_secret(param) and value is not None and str(value):
+            values.append(str(value))
+    return values
+
+
+def redact(text: str, task: luigi.Task) -> str:
+    """``text`` with every secret parameter value of ``task`` replaced by ``***``."""
+    for value in secret_values(task):
+        text = text.replace(value, MASK)
+    return text
+
+
+# -- checking parameter values ---------------------------------------------------------------
+
+# (parameter class, accepted types, how the type is named): subclasses before their bases
+_EXPECTED: list[tuple[type[Any], tuple[type, ...], str]] = [
+    (BoolParameter, (bool,), "a bool"),
+    (IntParameter, (int,), "an int"),
+    (FloatParameter, (int, float), "a float"),
+    (DateHourParameter, (datetime.datetime,), "a datetime"),
+    (DateMinuteParameter, (datetime.datetime,), "a datetime"),
+    (DateSecondParameter, (datetime.datetime,), "a datetime"),
+    (DateParameter, (datetime.date,), "a date"),
+    (MonthParameter, (datetime.date,), "a date"),
+    (YearParameter, (datetime.date,), "a date"),
+    (TimeDeltaParameter, (datetime.timedelta,), "a timedelta"),
+    (ListParameter, (list, tuple), "a list"),
+    (TupleParameter, (list, tuple), "a tuple"),
+    (DictParameter, (Mapping,), "a dict"),
+]
+
+
+def check_value(cls: type[luigi.Task], name: str, param: luigi.Parameter, value: Any) -> Any:
+    """Check (and, from a string, parse) a value given to a typed parameter.
+
+    A string is parsed the way the command line would (``'3'`` for an IntParameter), so
+    values read from files or the CLI work; anything else must already have the type.
+
+    Returns:
+        The value to use.
+
+    Raises:
+        ParameterError: the value does not fit the parameter's type.
+    """
+    if value is None and "Optional" in "".join(c.__name__ for c in type(param).__mro__):
+        return value
+    expected = next(((types, what) for base, types, what in _EXPECTED
+                     if isinstance(param, base)), None)
+    if isinstance(param, EnumParameter):
+        expected = ((param._enum,), f"a member of {param._enum.__name__}")
+    if expected is None:
+        return value  # a plain Parameter takes any value (d6tflow code passes numbers)
+    types, what = expected
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if isinstance(value, datetime.datetime) and types == (datetime.date,):
+        ok = True
+    if ok:
+        return value
+    if isinstance(value, str):
+        try:
+            return param.parse(value)
+        except Exception:  # noqa: BLE001 - any parse failure is the same user error
+            pass
+    raise wrong_value(cls, name, param, value, what)
+
+
+def wrong_value(cls: type[luigi.Task], name: str, param: luigi.Parameter, value: Any,
+                what: str) -> ParameterError:
+    """The error for a value that does not fit its parameter."""
+    shown = MASK if is_secret(param) else f"{value!r} ({type(value).__name__})"
+    example = {"a bool": "True", "an int": "3", "a float": "0.5", "a list": "[1, 2]",
+               "a tuple": "(1, 2)", "a dict": "{'a': 1}"}.get(what, "...")
+    if isinstance(param, EnumParameter):
+        members = list(param._enum.__members__)
+        example = f"{param._enum.__name__}.{members[0]}" if members else example
+    return ParameterError(
+        f"{cls.__name__}: parameter '{name}' must be {what}, but got {shown}. "
+        f"{cls.__name__} declares {describe_param(name, param)}. Pass e.g. "
+        f"{cls.__name__}({name}={example})."
+    )
+
+
 # -- describing parameters in error messages ----------------------------------------------
 
 _TYPE_NAMES = {
+    "SecretParameter": "secret",
     "Parameter": "str",
     "IntParameter": "int",
     "FloatParameter": "float",
@@ -86,7 +209,8 @@ def describe_param(name: str, param: luigi.Parameter) -> str:
     default = param._default
     if default is luigi.parameter._no_value:
         return f"{name} ({type_name(param)}, required)"
-    return f"{name} ({type_name(param)}, default {default!r})"
+    shown = MASK if is_secret(param) else repr(default)
+    return f"{name} ({type_name(param)}, default {shown})"
 
 
 def accepted(classes: Iterable[type[luigi.Task]]) -> str:

@@ -48,7 +48,7 @@ from pipeflow.integrity import (
     write_record,
 )
 from pipeflow.locks import TaskLock
-from pipeflow.parameters import missing_parameter, unknown_parameter
+from pipeflow.parameters import accepted, check_value, missing_parameter, unknown_parameter
 from pipeflow.plan import Plan, Status, build_plan
 from pipeflow.targets import (
     CacheTarget,
@@ -177,8 +177,13 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         for key in kwargs:
             if key not in names:
                 raise unknown_parameter(key, [cls], f"{cls.__name__}(...)")
+        kwargs = {n: check_value(cls, n, p, kwargs[n]) for n, p in params if n in kwargs}
         try:
             return super().get_param_values(params, args, kwargs)
+        except (ValueError, TypeError) as exc:  # a parameter's own validation (choices...)
+            raise ParameterError(
+                f"{cls.__name__}: a parameter value was refused: {exc}\n{accepted([cls])}"
+            ) from exc
         except luigi.parameter.MissingParameterException:
             positional = {n for (n, _), _ in zip(params, args)}
             for name, p in params:

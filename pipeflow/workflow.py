@@ -11,7 +11,7 @@ import contextlib
 import itertools
 import pathlib
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 import luigi
@@ -20,7 +20,7 @@ from pipeflow import display, graph, layout, operations
 from pipeflow.engines import CancelToken
 from pipeflow.errors import ParameterError, PipeflowError
 from pipeflow.events import RunResult
-from pipeflow.parameters import unknown_parameter
+from pipeflow.parameters import MASK, is_secret, unknown_parameter
 from pipeflow.plan import Preview
 from pipeflow.tasks import TaskData
 
@@ -268,11 +268,12 @@ def _check_task_class(task: Any, where: str) -> None:
     raise ParameterError(f"{where} takes a task class, not {task!r}.")
 
 
-def expand_params(params: Any) -> dict[Any, dict[str, Any]]:
+def expand_params(params: Any, secret: Collection[str] = ()) -> dict[Any, dict[str, Any]]:
     """Normalise WorkflowMulti params to ``{flow_name: params}``.
 
     Accepts ``{name: params}``, a list of params (named 0, 1, ...) or a grid
-    ``{'a': [1, 2], 'b': [3]}`` (every combination, named ``'a=1,b=3'``...).
+    ``{'a': [1, 2], 'b': [3]}`` (every combination, named ``'a=1,b=3'``...). Values of
+    ``secret`` parameters are never put in a name: they show as ``***1``, ``***2``...
     """
     if isinstance(params, (list, tuple)):
         if not all(isinstance(p, Mapping) for p in params):
@@ -284,9 +285,11 @@ def expand_params(params: Any) -> dict[Any, dict[str, Any]]:
             return {k: dict(v) for k, v in params.items()}
         if all(isinstance(v, (list, tuple)) and v for v in values):
             keys = list(params)
+            shown = [[f"{MASK}{i + 1}" if k in secret else v for i, v in enumerate(vs)]
+                     for k, vs in zip(keys, values)]
             return {
-                ",".join(f"{k}={v}" for k, v in zip(keys, combo)): dict(zip(keys, combo))
-                for combo in itertools.product(*values)
+                ",".join(f"{k}={v}" for k, v in zip(keys, names)): dict(zip(keys, combo))
+                for combo, names in zip(itertools.product(*values), itertools.product(*shown))
             }
     raise ParameterError(
         f"WorkflowMulti params must be {{flow_name: params}}, a list of params, or a grid "
@@ -312,7 +315,8 @@ class WorkflowMulti:
 
     def __init__(self, task: type[luigi.Task] | None = None, params: Any = None,
                  path: str | pathlib.Path | None = None, env: str | None = None) -> None:
-        self.params = expand_params(params)
+        secret = {n for n, p in task.get_params() if is_secret(p)} if task is not None else ()
+        self.params = expand_params(params, secret)
         self.default_task = task
         self.workflow_objs: dict[Any, Workflow] = {
             name: Workflow(task, p, path=path, env=env) for name, p in self.params.items()

@@ -46,6 +46,7 @@ from pipeflow.errors import (
     TaskTimeoutError,
 )
 from pipeflow.events import Event, EventKind, RunResult, Sink
+from pipeflow.parameters import redact, secret_values
 from pipeflow.plan import Plan, Status, build_plan, is_group
 from pipeflow.targets import CacheTarget, staging
 
@@ -481,8 +482,20 @@ def _timeout_error(task: luigi.Task) -> TaskTimeoutError:
     )
 
 
-def _failure(exc: BaseException) -> _Outcome:
-    return _Outcome(exc, "".join(traceback.format_exception(exc)))
+def _failure(exc: BaseException, task: luigi.Task | None = None) -> _Outcome:
+    """The outcome of a failed attempt; secret parameter values are blotted out of it."""
+    text = "".join(traceback.format_exception(exc))
+    if task is None or not secret_values(task):
+        return _Outcome(exc, text)
+    # The task's own message may quote a secret (say, a failed login): redact the exception
+    # itself, so no summary, record or printed traceback shows it.
+    seen: set[int] = set()
+    err: BaseException | None = exc
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        err.args = tuple(redact(a, task) if isinstance(a, str) else a for a in err.args)
+        err = err.__cause__ or err.__context__
+    return _Outcome(exc, redact(text, task))
 
 
 def _clean_temp_files(task: luigi.Task) -> None:
@@ -538,7 +551,7 @@ class _InlineExecutor:
             else:
                 out = _failure(_timeout_error(task))
         except Exception as exc:
-            out = _failure(exc)
+            out = _failure(exc, task)
         self.done.append((run.pos, out))
 
     def collect(self, timeout: float) -> list[tuple[int, _Outcome]]:
@@ -574,9 +587,9 @@ class _ThreadExecutor:
                 _clean_temp_files(task)
                 out = _Outcome(cancelled=True)
             except Exception as exc:
-                out = _failure(exc)
+                out = _failure(exc, task)
             except BaseException as exc:  # noqa: BLE001 - reported, never lost
-                out = _failure(exc)
+                out = _failure(exc, task)
             self.results.put((run.pos, out))
 
         t = threading.Thread(target=work, name=f"pipeflow-{task.task_family}", daemon=True)
@@ -686,7 +699,7 @@ def _worker_main(task: luigi.Task, send: Connection, flow: layout.FlowContext) -
             execute(task)
             out = _Outcome(memory=_memory_outputs(task))
         except BaseException as exc:  # noqa: BLE001 - everything is reported
-            out = _failure(exc)
+            out = _failure(exc, task)
     try:
         send.send(_picklable(out, task))
     finally:
