@@ -358,8 +358,8 @@ class DataTarget:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
             raise SaveError(
-                f"{self._who()}could not write {str(final)!r}: {_os_reason(exc)}. Nothing was "
-                f"published and no partial file was left. {_os_fix(exc, parent)}"
+                f"{self._who()}could not write {str(final)!r}: {os_reason(exc)}. Nothing was "
+                f"published and no partial file was left. {os_fix(exc, parent)}"
             ) from exc
         except BaseException:
             if tmp is not None:
@@ -381,12 +381,14 @@ def _errno(exc: OSError) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _os_reason(exc: OSError) -> str:
+def os_reason(exc: OSError) -> str:
+    """What an OS error means, in words (``No space left on device``)."""
     code = _errno(exc)
     return os.strerror(code) if code is not None else str(exc)
 
 
-def _os_fix(exc: OSError, folder: pathlib.Path) -> str:
+def os_fix(exc: OSError, folder: pathlib.Path) -> str:
+    """How to fix an OS error met while writing in ``folder``."""
     code = _errno(exc)
     if code in (errno.ENOSPC, errno.EDQUOT):
         return ("The disk (or your quota) is full: free some space, or move the data dir "

@@ -41,6 +41,7 @@ from pipeflow.errors import (
     MissingOutputError,
     PipeflowError,
     RunCancelledError,
+    SaveError,
     TaskFailedError,
     TaskLockedError,
     TaskTimeoutError,
@@ -48,7 +49,7 @@ from pipeflow.errors import (
 from pipeflow.events import Event, EventKind, RunResult, Sink
 from pipeflow.parameters import redact, secret_values
 from pipeflow.plan import Plan, Status, build_plan, is_group
-from pipeflow.targets import CacheTarget, staging
+from pipeflow.targets import CacheTarget, os_fix, os_reason, staging
 
 EXECUTORS = ("process", "thread")
 IF_LOCKED = ("wait", "fail")
@@ -271,8 +272,8 @@ class _Run:
             self._release(i)
             return
         retries = int(getattr(task, "retries", 0) or 0)
-        if (self.attempts.get(i, 0) <= retries
-                and not isinstance(out.error, (_NotRetried, TaskLockedError))):
+        tried = self.attempts.get(i, 0)  # 0: it failed before run() was called
+        if 0 < tried <= retries and not isinstance(out.error, (_NotRetried, TaskLockedError)):
             delay = float(getattr(task, "retry_delay", 0) or 0)
             self.emit(EventKind.TASK_RETRYING, task, error=out.error, traceback=out.traceback,
                       reason=f"attempt {self.attempts[i]} of {retries + 1} failed; "
@@ -297,7 +298,14 @@ class _Run:
         if not hasattr(task, "task_lock") or is_group(task):
             return True
         lock = task.task_lock()
-        if not lock.acquire():
+        try:
+            taken = lock.acquire()
+        except OSError as exc:  # its folder cannot be created or written
+            self._finish(i, _failure(SaveError(
+                f"{graphs.describe(task)} cannot create its lock file in {lock.folder!r}: "
+                f"{os_reason(exc)}. Nothing was run. {os_fix(exc, pathlib.Path(lock.folder))}")))
+            return False
+        if not taken:
             if self.engine.if_locked == "fail":
                 self._finish(i, _failure(TaskLockedError(
                     f"{graphs.describe(task)} is being run by another process (or thread) "
