@@ -155,15 +155,22 @@ def read_record(path: pathlib.Path | str) -> tuple[CommitRecord | None, str | No
         it exists but cannot be used.
     """
     try:
-        with open(path, "rb") as fh:
-            text = fh.read()
+        # os-level calls: a status check reads one record per task, and io.open's buffered
+        # file object costs several times the read itself
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         return None, None
     except OSError as exc:
         return None, f"its commit record cannot be read ({exc.strerror})"
     try:
-        return CommitRecord.from_json(text), None
-    except (ValueError, KeyError, TypeError):
+        return CommitRecord.from_json(b"".join(chunks).decode()), None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return None, "its commit record is damaged (a crash during a write, or an edit)"
 
 

@@ -305,19 +305,16 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                 or (self.external and not self._record_path().exists())):
             return all(t.exists() for t in self._outputs().values()), None
         # Plain files: string paths, no target objects (the hot path on large graphs).
-        folder = os.fspath(self._folder())
-        ext = f".{self.target_ext}" if self.target_ext else ""
-        record, problem = read_record(self._record_path())
+        folder, names, record_path = self._file_names()
+        record, problem = read_record(record_path)
         if record is None:
-            first = os.path.join(folder, layout.fit_name(self._stem(self.persist[0]), ext))
-            if problem is None and os.path.exists(first):
+            if problem is None and os.path.exists(os.path.join(folder, names[0][1])):
                 problem = ("its output files exist but no successful pipeflow run committed "
                            "them (left by a crashed run, or written by another tool): it "
                            "runs again")
             return False, problem
-        for k in self.persist:
+        for k, name in names:
             recs = record.files.get(k)
-            name = layout.fit_name(self._stem(k), ext)
             if not recs or recs[0].name != name:
                 return False, f"output {k!r} is not in its commit record"
             for rec in recs:
@@ -325,6 +322,21 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                 if problem is not None:
                     return False, f"output {k!r}: {problem}"
         return True, None
+
+    def _file_names(self) -> tuple[str, list[tuple[str, str]], str]:
+        """Folder, (output name, file name) pairs and commit record, as strings (memoized)."""
+        key = (layout.current().key, settings.dirpath, settings.save_with_param,
+               _TaskMeta.generation)
+        memo = self.__dict__.get("_pipeflow_names")
+        if memo is not None and memo[0] == key:
+            return memo[1]  # type: ignore[no-any-return]
+        ext = f".{self.target_ext}" if self.target_ext else ""
+        record = self._record_path()
+        value = (os.fspath(record.parent),
+                 [(k, layout.fit_name(self._stem(k), ext)) for k in self.persist],
+                 os.fspath(record))
+        self.__dict__["_pipeflow_names"] = (key, value)
+        return value
 
     def own_complete(self) -> bool:
         """Whether every output of this task is committed and intact (upstream ignored)."""
