@@ -7,6 +7,7 @@ from pipeflow import errors, settings, targets, tasks
 from pipeflow.cache import data
 from pipeflow.engines import CancelToken
 from pipeflow.operations import (
+    adopt,
     invalidate_all,
     invalidate_downstream,
     invalidate_orphans,
@@ -54,7 +55,7 @@ __all__ = [
     "ListParameter", "MonthParameter", "NumericalParameter", "OptionalParameter", "Parameter",
     "SecretParameter", "TaskParameter", "TimeDeltaParameter", "TupleParameter", "Workflow",
     "WorkflowMulti",
-    "YearParameter", "__version__", "data", "errors", "inherits", "invalidate_all",
+    "YearParameter", "__version__", "adopt", "data", "errors", "inherits", "invalidate_all",
     "invalidate_downstream", "invalidate_orphans", "invalidate_upstream", "optional",
     "preview", "requires", "run", "set_dir", "settings", "start", "targets",
     "taskflow_downstream",

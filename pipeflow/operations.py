@@ -299,6 +299,23 @@ def _check_external_inputs(plan: Any) -> None:
         )
 
 
+def adopt(tasks: Any) -> list[luigi.Task]:
+    """Commit outputs written by d6tflow (or a crashed run) for ``tasks`` and their upstream.
+
+    pipeflow counts only outputs a successful run committed, so a data dir written by
+    d6tflow shows everything as pending. If you know those files are whole, adopt them
+    once; otherwise let pipeflow recompute them.
+
+    Args:
+        tasks: a task instance or a list of them; their upstream tasks are adopted too.
+
+    Returns:
+        The tasks whose outputs were adopted.
+    """
+    return [t for t in graph.build(as_list(tasks)).nodes
+            if isinstance(t, TaskData) and t.adopt_outputs()]
+
+
 def taskflow_upstream(task: luigi.Task, only_complete: bool = False) -> list[luigi.Task]:
     """``task`` and every task upstream of it (downstream first).
 

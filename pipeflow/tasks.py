@@ -558,6 +558,39 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         finally:
             lock.release()
 
+    def adopt_outputs(self) -> bool:
+        """Commit output files that exist but no pipeflow run committed (d6tflow data dirs).
+
+        Use it once, after switching from d6tflow, for outputs you know are whole: a file
+        at the output path may be a partial write, and pipeflow cannot tell. Outputs that
+        are already committed are left as they are.
+
+        Returns:
+            True if the outputs were adopted; False if there was nothing to adopt (already
+            committed, or some output file is missing).
+
+        Raises:
+            TaskLockedError: the task is running right now.
+        """
+        if self.external or not self._file_backed() or self._record_path().exists():
+            return False
+        targets = {k: t for k, t in self._targets().items() if t.path.exists()}
+        if any(k not in targets for k in self.persist):
+            return False
+        lock = self.task_lock()
+        if not lock.acquire():
+            raise TaskLockedError(
+                f"cannot adopt the outputs of {graph.describe(self)}: it is being run right "
+                f"now. Wait for that run to finish."
+            )
+        try:
+            files = {k: tuple(FileRecord.of(p) for p in t.files() if p.exists())
+                     for k, t in targets.items()}
+            write_record(self._record_path(), CommitRecord(graph.describe(self), files))
+        finally:
+            lock.release()
+        return True
+
     def has_outputs(self) -> bool:
         """Whether anything of this task is stored: a commit record or an in-memory output."""
         return self._record_path().exists() or any(

@@ -182,6 +182,11 @@ class Workflow:
         for token in list(self._tokens):
             token.cancel()
 
+    def adopt(self, tasks: TaskArg = None) -> list[luigi.Task]:
+        """Commit existing d6tflow outputs of the flow: see :func:`pipeflow.adopt`."""
+        with self._active():
+            return operations.adopt(self._tasks(tasks))
+
     def complete(self, task: TaskArg = None, cascade: bool = True) -> bool:
         """Whether ``task`` (default: the default task) is complete."""
         with self._active():

@@ -523,3 +523,26 @@ def test_secret_never_appears_in_names_ids_previews_errors_or_records(data_dir, 
     assert list(multi.params) == ["user=ann,token=***1", "user=ann,token=***2"]
     leaks = [s for s in shown if SECRET in s or "default-secret-value" in s]
     assert not leaks
+
+
+def test_adopt_commits_existing_d6tflow_outputs_once():
+    class Up(pipeflow.tasks.TaskCSVPandas):
+        def run(self):
+            self.save(FRAME)
+
+    @pipeflow.requires(Up)
+    class Down(pipeflow.tasks.TaskJson):
+        def run(self):
+            self.save({"rows": len(self.inputLoad())})
+
+    # what a d6tflow data dir looks like: plain files, no commit records
+    Up().output().path.parent.mkdir(parents=True)
+    FRAME.to_csv(Up().output().path, index=False)
+    flow = pipeflow.Workflow(Down)
+    assert flow.preview(print_it=False).counts() == {"COMPLETE": 0, "PENDING": 2}
+    assert flow.adopt() == [Up()]  # Down has no files: nothing to adopt
+    assert Up().complete()
+    pd.testing.assert_frame_equal(Up().outputLoad(), FRAME)
+    assert flow.adopt() == []  # already committed
+    assert flow.run()
+    assert Down().outputLoad() == {"rows": 200}
