@@ -18,11 +18,10 @@ runs again; torn, it is unreadable and the task runs again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
-import tempfile
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -34,6 +33,7 @@ RECORD_SUFFIX = ".commit.json"
 META_KEY = "/meta"
 _VERSION = 1
 _CHUNK = 1 << 20
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def hash_bytes(data: bytes | bytearray | memoryview) -> str:
@@ -42,14 +42,42 @@ def hash_bytes(data: bytes | bytearray | memoryview) -> str:
 
 
 def hash_file(path: str | os.PathLike[str]) -> str:
-    """The content hash of the file at ``path`` (hex), read in 1 MiB chunks."""
+    """The content hash of the file at ``path`` (hex)."""
+    fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+    try:
+        return _hash_fd(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def _hash_fd(fd: int, size: int) -> str:
+    if size <= _CHUNK:  # most outputs: one read, no buffer to allocate
+        return hash_bytes(os.read(fd, size + 1))
     h = xxhash.xxh3_128()
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
+    with open(fd, "rb", buffering=0, closefd=False) as fh:
         while n := fh.readinto(view):
             h.update(view[:n])
     return h.hexdigest()
+
+
+def seal(path: pathlib.Path, name: str, fsync: bool) -> FileRecord:
+    """Finish a freshly written temp file: fsync it and describe it, with one open.
+
+    Args:
+        path: the temp file.
+        name: the final file name to record.
+        fsync: flush it to disk.
+    """
+    fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+    try:
+        if fsync:
+            os.fsync(fd)
+        st = os.fstat(fd)
+        return FileRecord(name, st.st_size, st.st_mtime_ns, st.st_ino, _hash_fd(fd, st.st_size))
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -73,8 +101,13 @@ class FileRecord:
     @classmethod
     def of(cls, path: pathlib.Path, name: str | None = None) -> FileRecord:
         """Describe the file at ``path`` (recorded under ``name``, default its own name)."""
-        st = os.stat(path)
-        return cls(name or path.name, st.st_size, st.st_mtime_ns, st.st_ino, hash_file(path))
+        fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            digest = _hash_fd(fd, st.st_size)
+        finally:
+            os.close(fd)
+        return cls(name or path.name, st.st_size, st.st_mtime_ns, st.st_ino, digest)
 
     def problem(self, folder: str, rehash: bool) -> str | None:
         """Why the file in ``folder`` is no longer what was committed (None: it is).
@@ -175,30 +208,42 @@ def read_record(path: pathlib.Path | str) -> tuple[CommitRecord | None, str | No
 
 
 def write_record(path: pathlib.Path, record: CommitRecord) -> None:
-    """Write ``record`` atomically at ``path`` (a temp file beside it, then a rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    """Write ``record`` at ``path``; the caller holds the task's lock.
+
+    A new record (the usual case: a run deletes the old one before it starts) is written
+    in place: a torn or half-flushed record is not valid JSON, so it reads as damaged and
+    the task simply runs again. That saves a rename per task, which on ext4 costs more
+    than the write. An existing record is replaced atomically through a temp file (whose
+    name can be fixed: the lock is held, so any file of that name is a crashed writer's).
+    """
+    data = record.to_json().encode()
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(record.to_json())
-        os.chmod(tmp, file_mode())
+        _write_new(os.fspath(path), data, os.O_EXCL)
+        return
+    except FileExistsError:
+        pass
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-commit")
+    try:
+        _write_new(tmp, data, os.O_TRUNC)
         os.replace(tmp, path)
     except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
 
 
-_umask_lock = threading.Lock()
-_umask: int | None = None
-
-
-def file_mode() -> int:
-    """Permissions of a normally created file (temp files start private: 0600)."""
-    global _umask
-    with _umask_lock:
-        if _umask is None:
-            _umask = os.umask(0o022)
-            os.umask(_umask)
-    return 0o666 & ~_umask
+def _write_new(path: str, data: bytes, flag: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flag | _CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(fd)
 
 
 def temp_owner(name: str) -> str | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import os
 import pathlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -92,7 +93,18 @@ def safe_parts(value: object, what: str, owner: object) -> tuple[str, ...]:
     """
     if value is None or value == "":
         return ()
-    path = pathlib.PurePath(str(value))
+    text = str(value)
+    try:
+        os.fsencode(text)
+        bad = "\x00" in text
+    except UnicodeError:
+        bad = True
+    if bad:
+        raise UnsafePathError(
+            f"{owner}: {what}={text!r} contains a NUL byte or characters that cannot be "
+            f"encoded as a file name. Use a plain folder name."
+        )
+    path = pathlib.PurePath(text)
     if path.is_absolute():
         root = settings.dirpath.resolve()
         resolved = pathlib.Path(path).resolve()
@@ -111,10 +123,10 @@ def safe_parts(value: object, what: str, owner: object) -> tuple[str, ...]:
             f"outside the data dir {str(settings.dirpath)!r}. Use a plain sub-folder name."
         )
     for part in parts:
-        if len(part.encode()) > NAME_MAX or "\x00" in part:
+        if len(os.fsencode(part)) > NAME_MAX:
             raise UnsafePathError(
                 f"{owner}: {what}={str(value)!r} has a folder name the file system cannot "
-                f"store (over {NAME_MAX} bytes or a NUL byte). Use a shorter name."
+                f"store (over {NAME_MAX} bytes). Use a shorter name."
             )
     return parts
 

@@ -61,8 +61,8 @@ class TaskLock:
         ...     finally: lock.release()
     """
 
-    def __init__(self, folder: pathlib.Path, name: str):
-        self.folder = str(folder)
+    def __init__(self, folder: str | pathlib.Path, name: str):
+        self.folder = os.fspath(folder)
         digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
         self.offset = int.from_bytes(digest, "big") >> 2  # a positive off_t
         self.held = False

@@ -20,7 +20,6 @@ import os
 import pathlib
 import pickle
 import re
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, Protocol
 
@@ -28,7 +27,7 @@ import pandas as pd
 
 from pipeflow import cache, settings
 from pipeflow.errors import CorruptOutputError, IncompleteTaskError, SaveError
-from pipeflow.integrity import FileRecord, file_mode, hash_bytes
+from pipeflow.integrity import FileRecord, hash_bytes, seal
 from pipeflow.layout import ensure_inside
 
 Writer = Callable[[pathlib.Path], None]
@@ -344,16 +343,9 @@ class DataTarget:
         parent = final.parent
         tmp = None
         try:
-            parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=parent, prefix=f".{final.name}.tmp-")
-            os.close(fd)
-            tmp = pathlib.Path(name)
+            tmp = _new_temp(final)
             writer(tmp)
-            os.chmod(tmp, file_mode())
-            if settings.fsync:
-                with open(tmp, "rb") as fh:
-                    os.fsync(fh.fileno())
-            return tmp, FileRecord.of(tmp, final.name)
+            return tmp, seal(tmp, final.name, settings.fsync)
         except OSError as exc:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
@@ -365,6 +357,27 @@ class DataTarget:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
             raise
+
+
+def _new_temp(final: pathlib.Path) -> pathlib.Path:
+    """Create an empty temp file ``.{name}.tmp-XXXXXXXXXXXX`` beside ``final``, exclusively.
+
+    Created with the normal file mode (what the umask allows), so no chmod is needed when
+    it is published.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for attempt in range(100):
+        tmp = final.with_name(f".{final.name}.tmp-{os.urandom(6).hex()}")
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            if attempt:
+                raise
+            final.parent.mkdir(parents=True, exist_ok=True)  # first output in this folder
+    raise FileExistsError(f"no free temp-file name beside {str(final)!r}")
 
 
 def write_atomic(path: str | os.PathLike[str], writer: Writer) -> None:

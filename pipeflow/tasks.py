@@ -226,7 +226,8 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
     def _targets(self) -> dict[str, DataTarget]:
         """The output targets by name, for the flow context in force (memoized)."""
-        key = (layout.current().key, settings.dirpath, settings.save_with_param)
+        key = (layout.current().key, settings.dirpath, settings.save_with_param,
+               _TaskMeta.generation)
         memo = self.__dict__.get("_pipeflow_targets")
         if memo is not None and memo[0] == key:
             return memo[1]
@@ -258,9 +259,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
     def _record_path(self) -> pathlib.Path:
         """The commit record: a hidden file beside the outputs, written last by a run."""
-        ident = (self.task_id if settings.save_with_param and getattr(self, "save_attrib", True)
-                 else self.task_family)
-        return self._folder() / layout.fit_name(f".{ident}", RECORD_SUFFIX)
+        return self._file_names()[3]
 
     def _file_backed(self) -> bool:
         """Whether the outputs are files (checked against the commit record)."""
@@ -268,8 +267,8 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
     def task_lock(self) -> TaskLock:
         """The lock held while this task runs or its outputs are reset or saved by hand."""
-        record = self._record_path()
-        return TaskLock(record.parent, record.name)
+        folder, _names, record, _path = self._file_names()
+        return TaskLock(folder, os.path.basename(record))
 
     def display_name(self) -> str:
         """The task with its parameters, as shown in messages: ``Train(model='xgb')``."""
@@ -302,10 +301,10 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             (e.g. the task never ran).
         """
         if (not self._file_backed() or not isinstance(self.persist, list)
-                or (self.external and not self._record_path().exists())):
+                or (self.external and not os.path.exists(self._file_names()[2]))):
             return all(t.exists() for t in self._outputs().values()), None
         # Plain files: string paths, no target objects (the hot path on large graphs).
-        folder, names, record_path = self._file_names()
+        folder, names, record_path, _ = self._file_names()
         record, problem = read_record(record_path)
         if record is None:
             if problem is None and os.path.exists(os.path.join(folder, names[0][1])):
@@ -323,18 +322,24 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                     return False, f"output {k!r}: {problem}"
         return True, None
 
-    def _file_names(self) -> tuple[str, list[tuple[str, str]], str]:
-        """Folder, (output name, file name) pairs and commit record, as strings (memoized)."""
+    def _file_names(self) -> tuple[str, list[tuple[str, str]], str, pathlib.Path]:
+        """Folder, (output name, file name) pairs, commit record (str, Path); memoized.
+
+        The hot path of status checks and runs on large graphs: plain strings, no target
+        objects.
+        """
         key = (layout.current().key, settings.dirpath, settings.save_with_param,
                _TaskMeta.generation)
         memo = self.__dict__.get("_pipeflow_names")
         if memo is not None and memo[0] == key:
             return memo[1]  # type: ignore[no-any-return]
         ext = f".{self.target_ext}" if self.target_ext else ""
-        record = self._record_path()
-        value = (os.fspath(record.parent),
-                 [(k, layout.fit_name(self._stem(k), ext)) for k in self.persist],
-                 os.fspath(record))
+        ident = (self.task_id if settings.save_with_param and getattr(self, "save_attrib", True)
+                 else self.task_family)
+        folder = os.fspath(self._folder())
+        record = os.path.join(folder, layout.fit_name(f".{ident}", RECORD_SUFFIX))
+        value = (folder, [(k, layout.fit_name(self._stem(k), ext)) for k in self.persist],
+                 record, pathlib.Path(record))
         self.__dict__["_pipeflow_names"] = (key, value)
         return value
 
@@ -598,12 +603,12 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
     def _uncommit(self) -> None:
         """Delete the commit record, then the files it lists (the task's lock is held)."""
-        path = self._record_path()
-        record, _ = read_record(path)
-        if record is None and not path.exists():
+        path = self._file_names()[2] if isinstance(self.persist, list) else ""
+        if not path or not os.path.lexists(path):
             return
-        folder = layout.ensure_inside(path.parent, self._data_root())
-        path.unlink(missing_ok=True)
+        record, _ = read_record(path)
+        folder = layout.ensure_inside(pathlib.Path(path).parent, self._data_root())
+        os.unlink(path)
         for name in record.file_names() if record else []:
             (folder / name).unlink(missing_ok=True)  # unlink never follows a symlink
             cache.data.pop(folder / name, None)
@@ -677,22 +682,23 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         Args:
             scan: lists the hidden temp-file names in a folder.
         """
-        mine = {p.name for p in self.owned_paths()}
         folder = self._folder()
-        for name in scan(folder):
+        names = scan(folder)
+        mine = {p.name for p in self.owned_paths()} if names else set()
+        for name in names:
             if temp_owner(name) in mine:
                 (folder / name).unlink(missing_ok=True)
 
     def prepare_run(self) -> None:
         """Before running: uncommit, and remove stale files, so only this run can count."""
         self._uncommit()
-        for t in self._targets().values():
-            t.invalidate()
+        self.abort_run()
 
     def abort_run(self) -> None:
         """After a failed run: remove anything the run wrote directly to the final paths."""
         for t in self._targets().values():
-            t.invalidate()
+            if isinstance(t, CacheTarget) or any(os.path.lexists(p) for p in t.files()):
+                t.invalidate()
 
     def commit_run(self, published: dict[pathlib.Path, FileRecord]) -> None:
         """After a successful run published its files: write the commit record, last."""

@@ -239,10 +239,9 @@ class _Run:
         self.locks: dict[int, Any] = {}  # task locks held, by position
         self.waited: set[int] = set()  # tasks that found their lock taken
         self.temps: dict[pathlib.Path, list[str]] = {}  # temp files per folder, listed once
-        # Commit records of tasks to rerun although their own outputs are complete
-        # (an upstream task is pending): if one changes before the task starts, another
-        # process has rerun it meanwhile.
-        self.records = {i: _signature(g.nodes[i]) for i in self.to_run if plan.own[i]}
+        # The commit record of each task to run, as it was when planned: if it has changed
+        # when the task is about to start, another process has run the task meanwhile.
+        self.records = {i: _signature(g.nodes[i]) for i in self.to_run}
 
     # -- transitions ------------------------------------------------------------------------
     def _release(self, i: int, only_optional: bool = False) -> None:
@@ -321,8 +320,8 @@ class _Run:
             return False
         self.locks[i] = lock
         # Another process may have run it meanwhile: reuse its output.
-        changed = i not in self.records or _signature(task) != self.records[i]
-        if changed and task.own_complete():
+        now = _signature(task)
+        if now is not None and now != self.records.get(i) and task.own_complete():
             lock.release()
             del self.locks[i]
             self.finished.add(i)
@@ -474,12 +473,14 @@ def _missing_message(task: luigi.Task, missing: list[Any]) -> str:
 
 def _signature(task: luigi.Task) -> tuple[int, int] | None:
     """Identity of a task's commit record (None if it has none)."""
-    record = getattr(task, "_record_path", None)
+    names = getattr(task, "_file_names", None)
+    if names is None or not isinstance(getattr(task, "persist", None), list):
+        return None
     try:
-        st = os.stat(record()) if record is not None else None
+        st = os.stat(names()[2])
     except OSError:
         return None
-    return None if st is None else (st.st_mtime_ns, st.st_ino)
+    return (st.st_mtime_ns, st.st_ino)
 
 
 def _timeout_error(task: luigi.Task) -> TaskTimeoutError:
