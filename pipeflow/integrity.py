@@ -190,10 +190,10 @@ def read_record(path: pathlib.Path | str) -> tuple[CommitRecord | None, str | No
     try:
         # os-level calls: a status check reads one record per task, and io.open's buffered
         # file object costs several times the read itself
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | _CLOEXEC)
         try:
-            chunks = []
-            while chunk := os.read(fd, 1 << 16):
+            chunks = [os.read(fd, 1 << 16)]
+            while len(chunks[-1]) == 1 << 16 and (chunk := os.read(fd, 1 << 16)):
                 chunks.append(chunk)
         finally:
             os.close(fd)

@@ -143,19 +143,15 @@ def check_value(cls: type[luigi.Task], name: str, param: luigi.Parameter, value:
     Raises:
         ParameterError: the value does not fit the parameter's type.
     """
-    if value is None and "Optional" in "".join(c.__name__ for c in type(param).__mro__):
-        return value
-    expected = next(((types, what) for base, types, what in _EXPECTED
-                     if isinstance(param, base)), None)
-    if isinstance(param, EnumParameter):
-        expected = ((param._enum,), f"a member of {param._enum.__name__}")
+    expected = _expected(param)
     if expected is None:
         return value  # a plain Parameter takes any value (d6tflow code passes numbers)
-    types, what = expected
-    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-    if isinstance(value, datetime.datetime) and types == (datetime.date,):
-        ok = True
-    if ok:
+    types, what, optional = expected
+    if type(value) in types or (value is None and optional):
+        return value
+    if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+        return value
+    if isinstance(value, datetime.datetime) and datetime.date in types:
         return value
     if isinstance(value, str):
         try:
@@ -163,6 +159,22 @@ def check_value(cls: type[luigi.Task], name: str, param: luigi.Parameter, value:
         except Exception:  # noqa: BLE001 - any parse failure is the same user error
             pass
     raise wrong_value(cls, name, param, value, what)
+
+
+_EXPECTED_BY_CLASS: dict[type, tuple[tuple[type, ...], str, bool] | None] = {}
+
+
+def _expected(param: luigi.Parameter) -> tuple[tuple[type, ...], str, bool] | None:
+    """(accepted types, how they are named, None allowed) for a parameter; cached per class."""
+    if isinstance(param, EnumParameter):
+        return (param._enum,), f"a member of {param._enum.__name__}", False
+    kind = type(param)
+    if kind not in _EXPECTED_BY_CLASS:
+        hit = next(((types, what) for base, types, what in _EXPECTED if issubclass(kind, base)),
+                   None)
+        optional = any("Optional" in c.__name__ for c in kind.__mro__)
+        _EXPECTED_BY_CLASS[kind] = None if hit is None else (*hit, optional)
+    return _EXPECTED_BY_CLASS[kind]
 
 
 def wrong_value(cls: type[luigi.Task], name: str, param: luigi.Parameter, value: Any,

@@ -259,7 +259,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
     def _record_path(self) -> pathlib.Path:
         """The commit record: a hidden file beside the outputs, written last by a run."""
-        return self._file_names()[3]
+        return pathlib.Path(self._file_names()[2])
 
     def _file_backed(self) -> bool:
         """Whether the outputs are files (checked against the commit record)."""
@@ -267,7 +267,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
     def task_lock(self) -> TaskLock:
         """The lock held while this task runs or its outputs are reset or saved by hand."""
-        folder, _names, record, _path = self._file_names()
+        folder, _names, record = self._file_names()
         return TaskLock(folder, os.path.basename(record))
 
     def display_name(self) -> str:
@@ -304,7 +304,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                 or (self.external and not os.path.exists(self._file_names()[2]))):
             return all(t.exists() for t in self._outputs().values()), None
         # Plain files: string paths, no target objects (the hot path on large graphs).
-        folder, names, record_path, _ = self._file_names()
+        folder, names, record_path = self._file_names()
         record, problem = read_record(record_path)
         if record is None:
             if problem is None and os.path.exists(os.path.join(folder, names[0][1])):
@@ -322,8 +322,8 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                     return False, f"output {k!r}: {problem}"
         return True, None
 
-    def _file_names(self) -> tuple[str, list[tuple[str, str]], str, pathlib.Path]:
-        """Folder, (output name, file name) pairs, commit record (str, Path); memoized.
+    def _file_names(self) -> tuple[str, list[tuple[str, str]], str]:
+        """Folder, (output name, file name) pairs and commit record, as strings (memoized).
 
         The hot path of status checks and runs on large graphs: plain strings, no target
         objects.
@@ -337,9 +337,8 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         ident = (self.task_id if settings.save_with_param and getattr(self, "save_attrib", True)
                  else self.task_family)
         folder = os.fspath(self._folder())
-        record = os.path.join(folder, layout.fit_name(f".{ident}", RECORD_SUFFIX))
         value = (folder, [(k, layout.fit_name(self._stem(k), ext)) for k in self.persist],
-                 record, pathlib.Path(record))
+                 os.path.join(folder, layout.fit_name(f".{ident}", RECORD_SUFFIX)))
         self.__dict__["_pipeflow_names"] = (key, value)
         return value
 

@@ -546,3 +546,26 @@ def test_adopt_commits_existing_d6tflow_outputs_once():
     assert flow.adopt() == []  # already committed
     assert flow.run()
     assert Down().outputLoad() == {"rows": 200}
+
+
+def test_changing_a_location_attribute_after_instantiation_moves_the_outputs(data_dir):
+    class Moved(pipeflow.tasks.TaskJson):
+        def run(self):
+            self.save({"a": 1})
+
+    task = Moved()
+    before = task.output().path
+    Moved.task_group = "group"
+    try:
+        assert task.output().path == data_dir / "group" / "Moved" / before.name
+        assert task._record_path().parent == data_dir / "group" / "Moved"
+    finally:
+        del Moved.task_group
+    assert task.output().path == before
+
+
+@pytest.mark.parametrize("value", ["/\x00", "a\x00b"])
+@pytest.mark.parametrize("where", ["path", "env"])
+def test_nul_in_locations_is_an_unsafe_path_error(where, value):
+    with pytest.raises(UnsafePathError, match=f"{where}=.*NUL byte or characters that cannot"):
+        pipeflow.Workflow(JsonOut, **{where: value})
