@@ -83,11 +83,15 @@ def preview(target: str, params: tuple[str, ...], data_dir: str | None) -> None:
 @click.option("--workers", default=1, show_default=True, help="Tasks run at once.")
 @click.option("--forced-all", is_flag=True, help="Rerun TARGET itself.")
 @click.option("--summary/--no-summary", default=True, help="Print the execution summary.")
+@click.option("--if-locked", type=click.Choice(["wait", "fail"]), default="wait",
+              show_default=True,
+              help="A task another process is running: wait for it, or fail at once.")
 def run(target: str, params: tuple[str, ...], data_dir: str | None, workers: int,
-        forced_all: bool, summary: bool) -> None:
+        forced_all: bool, summary: bool, if_locked: str) -> None:
     """Run TARGET and everything upstream of it that is not complete."""
     _guard(lambda: _flow(target, params, data_dir).run(
-        workers=workers, forced_all=forced_all, execution_summary=summary))
+        workers=workers, forced_all=forced_all, execution_summary=summary,
+        if_locked=if_locked))
 
 
 @main.command()

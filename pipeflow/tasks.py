@@ -231,6 +231,19 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         memo = self.__dict__.get("_pipeflow_targets")
         if memo is not None and memo[0] == key:
             return memo[1]
+        persist = self._persist()
+        folder = self._folder()
+        ext = f".{self.target_ext}" if self.target_ext else ""
+        targets = {k: self.target_class(folder / layout.fit_name(self._stem(k), ext))
+                   for k in persist}
+        targets[META_KEY] = PickleTarget(folder / layout.fit_name(self._stem("meta"), ".pickle"))
+        for k, t in targets.items():
+            t.owner, t.key = self, k
+        self.__dict__["_pipeflow_targets"] = (key, targets)
+        return targets
+
+    def _persist(self) -> list[str]:
+        """The output names, checked: distinct plain names."""
         persist = self.persist
         if (not isinstance(persist, (list, tuple)) or not persist
                 or not all(isinstance(k, str) and k and not k.startswith(".")
@@ -241,15 +254,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                 f"names (plain names: no '/', '\\' or NUL, not starting with '.'). Write e.g. "
                 f"persist = ['data'] or persist = ['model', 'scores']."
             )
-        folder = self._folder()
-        ext = f".{self.target_ext}" if self.target_ext else ""
-        targets = {k: self.target_class(folder / layout.fit_name(self._stem(k), ext))
-                   for k in persist}
-        targets[META_KEY] = PickleTarget(folder / layout.fit_name(self._stem("meta"), ".pickle"))
-        for k, t in targets.items():
-            t.owner, t.key = self, k
-        self.__dict__["_pipeflow_targets"] = (key, targets)
-        return targets
+        return list(persist)
 
     def _outputs(self) -> dict[str, DataTarget]:
         return {k: t for k, t in self._targets().items() if k != META_KEY}
@@ -300,7 +305,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             ``(complete, reason)``; the reason is None when there is nothing to explain
             (e.g. the task never ran).
         """
-        if (not self._file_backed() or not isinstance(self.persist, list)
+        if (not self._file_backed()
                 or (self.external and not os.path.exists(self._file_names()[2]))):
             return all(t.exists() for t in self._outputs().values()), None
         # Plain files: string paths, no target objects (the hot path on large graphs).
@@ -337,7 +342,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         ident = (self.task_id if settings.save_with_param and getattr(self, "save_attrib", True)
                  else self.task_family)
         folder = os.fspath(self._folder())
-        value = (folder, [(k, layout.fit_name(self._stem(k), ext)) for k in self.persist],
+        value = (folder, [(k, layout.fit_name(self._stem(k), ext)) for k in self._persist()],
                  os.path.join(folder, layout.fit_name(f".{ident}", RECORD_SUFFIX)))
         self.__dict__["_pipeflow_names"] = (key, value)
         return value
@@ -602,8 +607,8 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
     def _uncommit(self) -> None:
         """Delete the commit record, then the files it lists (the task's lock is held)."""
-        path = self._file_names()[2] if isinstance(self.persist, list) else ""
-        if not path or not os.path.lexists(path):
+        path = self._file_names()[2]
+        if not os.path.lexists(path):
             return
         record, _ = read_record(path)
         folder = layout.ensure_inside(pathlib.Path(path).parent, self._data_root())

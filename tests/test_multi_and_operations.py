@@ -235,3 +235,14 @@ def test_cli_preview_run_reset(tmp_path, monkeypatch):
     out = runner.invoke(main, ["run", "cli_tasks:Hello", "-p", "nn=3"])
     assert out.exit_code == 1
     assert "Did you mean 'n'?" in out.output
+    import cli_tasks
+
+    pipeflow.set_dir(tmp_path / "d")
+    lock = cli_tasks.Hello(n=3).task_lock()
+    assert lock.acquire()  # as if another process were running it
+    try:
+        out = runner.invoke(main, ["run", *args, "--if-locked", "fail"])
+    finally:
+        lock.release()
+    assert out.exit_code == 1
+    assert "TaskLockedError: Hello(n=3) is being run by another process" in out.output

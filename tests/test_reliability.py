@@ -569,3 +569,17 @@ def test_changing_a_location_attribute_after_instantiation_moves_the_outputs(dat
 def test_nul_in_locations_is_an_unsafe_path_error(where, value):
     with pytest.raises(UnsafePathError, match=f"{where}=.*NUL byte or characters that cannot"):
         pipeflow.Workflow(JsonOut, **{where: value})
+
+
+def test_tuple_persist_is_held_to_the_commit_record_too():
+    class Pair(pipeflow.tasks.TaskJson):
+        persist = ("a", "b")
+
+        def run(self):
+            self.save({"a": 1, "b": 2})
+
+    for target in Pair().output().values():  # files at the output paths, never committed
+        target.path.parent.mkdir(parents=True, exist_ok=True)
+        target.path.write_text('{"data": 0}')
+    assert not Pair().complete()
+    assert pipeflow.run(Pair()) and Pair().outputLoad() == [1, 2]

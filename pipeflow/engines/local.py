@@ -474,7 +474,7 @@ def _missing_message(task: luigi.Task, missing: list[Any]) -> str:
 def _signature(task: luigi.Task) -> tuple[int, int] | None:
     """Identity of a task's commit record (None if it has none)."""
     names = getattr(task, "_file_names", None)
-    if names is None or not isinstance(getattr(task, "persist", None), list):
+    if names is None:
         return None
     try:
         st = os.stat(names()[2])
