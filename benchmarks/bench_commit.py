@@ -44,27 +44,11 @@ import time
 import types
 from typing import Any
 
+from _shapes import SHAPES, shape_deps
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAPES = ("chain", "wide", "diamond")
-WIDTH = 10  # width of a diamond layer
 #: row -> the most current/baseline may be
 GOALS = {"run, all pending": 1.10, "parquet save (run)": 1.05}
-
-
-def shape_deps(shape: str, n: int) -> list[tuple[int, ...]]:
-    """For each task index, the indices it requires; the root is the last index."""
-    if shape == "chain":
-        return [()] + [(i - 1,) for i in range(1, n)]
-    if shape == "wide":
-        return [()] * (n - 1) + [tuple(range(n - 1))]
-    if shape == "diamond":
-        layers = max(1, n // WIDTH)
-        deps: list[tuple[int, ...]] = [()] * WIDTH
-        for layer in range(1, layers):
-            deps.extend([tuple(range((layer - 1) * WIDTH, layer * WIDTH))] * WIDTH)
-        deps.append(tuple(range((layers - 1) * WIDTH, layers * WIDTH)))
-        return deps
-    raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
 
 
 # -- the child: import pipeflow from --src, run one workload, print JSON -----------------

@@ -47,13 +47,12 @@ from typing import Any, ClassVar
 import luigi
 import luigi.format
 import luigi.task_register
+from _shapes import SHAPES, shape_deps
 
 import pipeflow
 from pipeflow import graph as pf_graph
 from pipeflow.tasks import TaskPickle
 
-SHAPES = ("chain", "wide", "diamond")
-WIDTH = 10  # width of a diamond layer
 LUIGI_AUTO_MAX_N = 2000  # --luigi defaults to on up to this N (luigi's scheduler is O(N^2))
 
 
@@ -71,25 +70,6 @@ class BenchFailure(Exception):
 
 
 # -- graph shapes -------------------------------------------------------------------------
-
-def shape_deps(shape: str, n: int) -> list[tuple[int, ...]]:
-    """For each task index, the indices it requires; the root is the last index."""
-    if n < 2:
-        raise ValueError("--n must be at least 2")
-    if shape == "chain":
-        return [()] + [(i - 1,) for i in range(1, n)]
-    if shape == "wide":
-        return [()] * (n - 1) + [tuple(range(n - 1))]
-    if shape == "diamond":
-        layers = max(1, n // WIDTH)
-        deps: list[tuple[int, ...]] = [()] * WIDTH
-        for layer in range(1, layers):
-            previous = tuple(range((layer - 1) * WIDTH, layer * WIDTH))
-            deps.extend([previous] * WIDTH)
-        deps.append(tuple(range((layers - 1) * WIDTH, layers * WIDTH)))
-        return deps
-    raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
-
 
 # -- the tasks ---------------------------------------------------------------------------
 

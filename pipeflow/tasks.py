@@ -17,9 +17,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import luigi
@@ -553,17 +554,23 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         Raises:
             TaskLockedError: the task is running right now, here or in another process.
         """
-        lock = self.task_lock()
-        if not lock.acquire():
-            raise TaskLockedError(
-                f"cannot reset {graph.describe(self)}: it is being run (or reset) by another "
-                f"process or thread right now. Wait for that run to finish, then reset it."
-            )
-        try:
+        with self._locked(f"reset {graph.describe(self)}"):
             self._uncommit()
             for t in self._outputs().values():
                 if isinstance(t, CacheTarget):
                     t.invalidate()
+
+    @contextlib.contextmanager
+    def _locked(self, doing: str) -> Iterator[None]:
+        """Hold the task's lock for the block, or raise at once if it is taken."""
+        lock = self.task_lock()
+        if not lock.acquire():
+            raise TaskLockedError(
+                f"cannot {doing}: the task is being run (or reset) by another process or "
+                f"thread right now. Wait for that to finish, then try again."
+            )
+        try:
+            yield
         finally:
             lock.release()
 
@@ -586,18 +593,10 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         targets = {k: t for k, t in self._targets().items() if t.path.exists()}
         if any(k not in targets for k in self.persist):
             return False
-        lock = self.task_lock()
-        if not lock.acquire():
-            raise TaskLockedError(
-                f"cannot adopt the outputs of {graph.describe(self)}: it is being run right "
-                f"now. Wait for that run to finish."
-            )
-        try:
+        with self._locked(f"adopt the outputs of {graph.describe(self)}"):
             files = {k: tuple(FileRecord.of(p) for p in t.files() if p.exists())
                      for k, t in targets.items()}
             write_record(self._record_path(), CommitRecord(graph.describe(self), files))
-        finally:
-            lock.release()
         return True
 
     def has_outputs(self) -> bool:
@@ -658,13 +657,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         Raises:
             TaskLockedError: the task is running right now.
         """
-        lock = self.task_lock()
-        if not lock.acquire():
-            raise TaskLockedError(
-                f"cannot save {str(target.path)!r} by hand: {graph.describe(self)} is being run "
-                f"(or reset) by another process or thread right now. Wait for it to finish."
-            )
-        try:
+        with self._locked(f"save {str(target.path)!r} of {graph.describe(self)} by hand"):
             path = self._record_path()
             record, _ = read_record(path)
             files = dict(record.files) if record is not None else {}
@@ -672,8 +665,6 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             write_record(path, CommitRecord(graph.describe(self), files))
             files[target.key] = tuple(publish())
             write_record(path, CommitRecord(graph.describe(self), files))
-        finally:
-            lock.release()
 
     # -- the engine's side (see pipeflow.engines.local) ----------------------------------------
     def owned_paths(self) -> list[pathlib.Path]:

@@ -7,6 +7,7 @@ other, or, with ``if_locked='fail'``, fails at once with TaskLockedError.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import subprocess
@@ -136,6 +137,18 @@ def _temp_files(root):
     return sorted(str(p) for p in root.rglob("*") if ".tmp-" in p.name)
 
 
+@contextlib.contextmanager
+def _reaped(*procs):
+    """Kill and reap any of ``procs`` still running when the block ends."""
+    try:
+        yield
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
 def _wait_for(path, procs, timeout=STARTUP):
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -150,7 +163,7 @@ def _wait_for(path, procs, timeout=STARTUP):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_two_processes_share_a_flow_and_run_each_task_once(workers, flow, data_dir, tmp_path):
     procs = [_start(flow, data_dir, workers, "nodes", name) for name in "AB"]
-    try:
+    with _reaped(*procs):
         deadline = time.monotonic() + STARTUP
         while len(list(tmp_path.glob("ready-*"))) < 2:
             for p in procs:
@@ -159,11 +172,6 @@ def test_two_processes_share_a_flow_and_run_each_task_once(workers, flow, data_d
             time.sleep(0.01)
         (tmp_path / "go").touch()
         results = [_finish(p) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
     for code, _out, err in results:
         assert code == 0, err
 
@@ -190,7 +198,7 @@ def test_two_processes_share_a_flow_and_run_each_task_once(workers, flow, data_d
 
 def test_if_locked_fail_fails_at_once_with_task_locked_error(flow, data_dir, tmp_path):
     other = _start(flow, data_dir, 1, "slow")
-    try:
+    with _reaped(other):
         _wait_for(tmp_path / "slow-started", [other])
         started = time.monotonic()
         with pytest.raises(TaskFailedError) as info:
@@ -198,10 +206,6 @@ def test_if_locked_fail_fails_at_once_with_task_locked_error(flow, data_dir, tmp
         elapsed = time.monotonic() - started
         still_running = other.poll() is None
         code, _out, err = _finish(other)
-    finally:
-        if other.poll() is None:
-            other.kill()
-            other.communicate()
     assert code == 0, err
     assert still_running, "the other process was done before the check: no lock was held"
     assert elapsed < 1.0, f"if_locked='fail' took {elapsed:.2f}s: it must not wait"
@@ -229,17 +233,13 @@ def test_if_locked_fail_fails_at_once_with_task_locked_error(flow, data_dir, tmp
 def test_if_locked_wait_waits_for_the_other_process_and_reuses_its_output(flow, data_dir,
                                                                          tmp_path):
     other = _start(flow, data_dir, 1, "slow")
-    try:
+    with _reaped(other):
         _wait_for(tmp_path / "slow-started", [other])
         started = time.monotonic()
         result = pipeflow.run(flow.Slow(), progress=False)  # if_locked='wait', the default
         returned = time.time()
         elapsed = time.monotonic() - started
         code, _out, err = _finish(other)
-    finally:
-        if other.poll() is None:
-            other.kill()
-            other.communicate()
     assert code == 0, err
     done = float((tmp_path / "slow-done").read_text())
 

@@ -351,7 +351,8 @@ def test_if_locked_fail_fails_fast_and_reset_refuses_while_running():
         assert isinstance(cause, TaskLockedError)
         assert str(cause).startswith("JsonOut() is being run by another process (or thread) "
                                      "right now, and this run was asked not to wait")
-        with pytest.raises(TaskLockedError, match=r"cannot reset JsonOut\(\): it is being run"):
+        with pytest.raises(TaskLockedError,
+                           match=r"cannot reset JsonOut\(\): the task is being run"):
             JsonOut().reset(confirm=False)
         with pytest.raises(TaskLockedError, match="cannot save .* by hand"):
             JsonOut().save({"a": 1})
