@@ -15,11 +15,13 @@ two holders in at once.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pathlib
 import struct
 import threading
+import warnings
 
 try:
     import fcntl
@@ -106,18 +108,32 @@ def _lock_file(folder: str) -> int | None:
 
 
 def _range_lock(fd: int, offset: int, take: bool) -> bool:
-    if _OFD is not None:
-        kind = fcntl.F_WRLCK if take else fcntl.F_UNLCK
-        # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks)
-        flock = struct.pack("hhqqi4x", kind, os.SEEK_SET, offset, 1, 0)
-        try:
-            fcntl.fcntl(fd, _OFD, flock)
-        except (BlockingIOError, PermissionError):
-            return False
-        return True
     try:
-        fcntl.lockf(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if take else fcntl.LOCK_UN,
-                    1, offset, os.SEEK_SET)
+        if _OFD is not None:
+            kind = fcntl.F_WRLCK if take else fcntl.F_UNLCK
+            # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks)
+            fcntl.fcntl(fd, _OFD, struct.pack("hhqqi4x", kind, os.SEEK_SET, offset, 1, 0))
+        else:
+            fcntl.lockf(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if take else fcntl.LOCK_UN,
+                        1, offset, os.SEEK_SET)
     except (BlockingIOError, PermissionError):
         return False
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise
+        _warn_unsupported(fd)
     return True
+
+
+# errors of file systems without byte-range locks (some network file systems)
+_UNSUPPORTED = {errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS}
+_warned: set[int] = set()
+
+
+def _warn_unsupported(fd: int) -> None:
+    if fd not in _warned:
+        _warned.add(fd)
+        warnings.warn(
+            "pipeflow: this file system does not support file locks, so tasks are locked "
+            "only within this process; do not run the same flow from two processes on this "
+            "data dir at the same time.", RuntimeWarning, stacklevel=4)

@@ -62,6 +62,8 @@ from pipeflow.targets import (
     PickleTarget,
     PqPandasTarget,
     Staging,
+    os_fix,
+    os_reason,
 )
 
 
@@ -707,8 +709,17 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                 recs = [FileRecord.of(t.path)]  # written by run() straight to the path
             if recs:
                 files[key] = tuple(recs)
-        if files:
-            write_record(self._record_path(), CommitRecord(graph.describe(self), files))
+        if not files:
+            return
+        path = self._record_path()
+        try:
+            write_record(path, CommitRecord(graph.describe(self), files))
+        except OSError as exc:
+            raise SaveError(
+                f"{graph.describe(self)}: could not write its commit record {str(path)!r}: "
+                f"{os_reason(exc)}. The run's outputs do not count and were removed. "
+                f"{os_fix(exc, path.parent)}"
+            ) from exc
 
     def missing_outputs(self, stg: Staging) -> list[DataTarget]:
         """Outputs the run neither saved nor wrote."""

@@ -584,3 +584,38 @@ def test_tuple_persist_is_held_to_the_commit_record_too():
         target.path.write_text('{"data": 0}')
     assert not Pair().complete()
     assert pipeflow.run(Pair()) and Pair().outputLoad() == [1, 2]
+
+
+def test_file_system_without_locks_degrades_to_in_process_locking(monkeypatch, tmp_path):
+    import errno
+
+    from pipeflow import locks
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(locks.fcntl, "fcntl", no_locks)
+    monkeypatch.setattr(locks.fcntl, "lockf", no_locks)
+    first = TaskLock(tmp_path / "nfs", "task")
+    with pytest.warns(RuntimeWarning, match="does not support file locks"):
+        assert first.acquire()
+    assert not TaskLock(tmp_path / "nfs", "task").acquire()  # still exclusive in-process
+    first.release()
+    assert TaskLock(tmp_path / "nfs", "task").acquire()
+
+
+def test_commit_record_that_cannot_be_written_fails_the_task_cleanly(monkeypatch, stored):
+    import errno
+
+    def disk_full(path, record):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pipeflow.tasks, "write_record", disk_full)
+    with pytest.raises(TaskFailedError) as info:
+        pipeflow.run(JsonOut())
+    msg = str(info.value.__cause__)
+    assert msg.startswith("JsonOut(): could not write its commit record ")
+    assert "No space left on device. The run's outputs do not count and were removed." in msg
+    assert "The disk (or your quota) is full" in msg
+    assert not JsonOut().complete()
+    assert not stored()
