@@ -180,7 +180,7 @@ class CommitRecord:
         return [r.name for recs in self.files.values() for r in recs]
 
 
-def read_record(path: pathlib.Path | str) -> tuple[CommitRecord | None, str | None]:
+def read_record(path: str | os.PathLike[str]) -> tuple[CommitRecord | None, str | None]:
     """Read the commit record at ``path``.
 
     Returns:
@@ -244,6 +244,23 @@ def _write_new(path: str, data: bytes, flag: int) -> None:
             os.unlink(path)
         raise
     os.close(fd)
+
+
+def uncommit(path: str | os.PathLike[str]) -> list[pathlib.Path]:
+    """Delete a commit record, then the files it lists; return the files' paths.
+
+    The record goes first, so the task is never left looking complete with part of its
+    files. The caller holds the task's lock and has checked that the folder lies inside
+    the data dir; ``unlink`` removes a symlink itself, never its target.
+    """
+    record, _ = read_record(path)
+    folder = pathlib.Path(path).parent
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    removed = [folder / name for name in (record.file_names() if record else [])]
+    for file in removed:
+        file.unlink(missing_ok=True)
+    return removed
 
 
 def temp_owner(name: str) -> str | None:

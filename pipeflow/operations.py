@@ -23,7 +23,7 @@ from pipeflow.errors import (
     listing,
 )
 from pipeflow.events import ProgressBar, RunResult, Sink, interactive
-from pipeflow.integrity import RECORD_SUFFIX, read_record
+from pipeflow.integrity import RECORD_SUFFIX, read_record, uncommit
 from pipeflow.locks import TaskLock
 from pipeflow.plan import Preview, Status, build_plan, build_preview, use_color
 from pipeflow.tasks import TaskData
@@ -392,10 +392,8 @@ def _remove(records: list[pathlib.Path], root: pathlib.Path, confirm: bool, what
             busy.append(record.task if record else str(rec))
             continue
         try:
-            rec.unlink(missing_ok=True)
-            for name in record.file_names() if record else []:
-                (rec.parent / name).unlink(missing_ok=True)  # a symlink itself, never its target
-                cache.data.pop(rec.parent / name, None)
+            for file in uncommit(rec):  # re-read under the lock: a run may have committed
+                cache.data.pop(file, None)
         finally:
             lock.release()
     if busy:

@@ -46,6 +46,7 @@ from pipeflow.integrity import (
     FileRecord,
     read_record,
     temp_owner,
+    uncommit,
     write_record,
 )
 from pipeflow.locks import TaskLock
@@ -611,12 +612,9 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         path = self._file_names()[2]
         if not os.path.lexists(path):
             return
-        record, _ = read_record(path)
-        folder = layout.ensure_inside(pathlib.Path(path).parent, self._data_root())
-        os.unlink(path)
-        for name in record.file_names() if record else []:
-            (folder / name).unlink(missing_ok=True)  # unlink never follows a symlink
-            cache.data.pop(folder / name, None)
+        layout.ensure_inside(pathlib.Path(path).parent, self._data_root())
+        for file in uncommit(path):
+            cache.data.pop(file, None)
 
     def _data_root(self) -> pathlib.Path:
         pinned = getattr(type(self), "_pipeflow_root", None)
