@@ -268,7 +268,11 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
     def _record_path(self) -> pathlib.Path:
         """The commit record: a hidden file beside the outputs, written last by a run."""
-        return pathlib.Path(self._file_names()[2])
+        path = self._file_names()[2]
+        memo = self.__dict__.get("_pipeflow_record")
+        if memo is None or memo[0] is not path:
+            memo = self.__dict__["_pipeflow_record"] = (path, pathlib.Path(path))
+        return memo[1]  # type: ignore[no-any-return]
 
     def _file_backed(self) -> bool:
         """Whether the outputs are files (checked against the commit record)."""

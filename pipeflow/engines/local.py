@@ -239,9 +239,11 @@ class _Run:
         self.locks: dict[int, Any] = {}  # task locks held, by position
         self.waited: set[int] = set()  # tasks that found their lock taken
         self.temps: dict[pathlib.Path, list[str]] = {}  # temp files per folder, listed once
-        # The commit record of each task to run, as it was when planned: if it has changed
-        # when the task is about to start, another process has run the task meanwhile.
-        self.records = {i: _signature(g.nodes[i]) for i in self.to_run}
+        # The commit record of each task to run whose own outputs were complete (it runs
+        # because an upstream task does), as it was when planned: if it has changed when
+        # the task is about to start, another process has rerun the task meanwhile. A task
+        # planned without a valid record that has one by then was run elsewhere too.
+        self.records = {i: _signature(g.nodes[i]) for i in self.to_run if plan.own[i]}
 
     # -- transitions ------------------------------------------------------------------------
     def _release(self, i: int, only_optional: bool = False) -> None:
