@@ -690,11 +690,15 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
     def prepare_run(self) -> None:
         """Before running: uncommit, and remove stale files, so only this run can count."""
-        self._uncommit()
         self.abort_run()
 
     def abort_run(self) -> None:
-        """After a failed run: remove anything the run wrote directly to the final paths."""
+        """After a failed or stopped run: uncommit, and remove what it wrote to final paths.
+
+        A worker stopped between writing the commit record and reporting success leaves a
+        record the engine did not accept: it is removed first.
+        """
+        self._uncommit()
         for t in self._targets().values():
             if isinstance(t, CacheTarget) or any(os.path.lexists(p) for p in t.files()):
                 t.invalidate()

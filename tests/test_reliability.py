@@ -619,3 +619,12 @@ def test_commit_record_that_cannot_be_written_fails_the_task_cleanly(monkeypatch
     assert "The disk (or your quota) is full" in msg
     assert not JsonOut().complete()
     assert not stored()
+
+
+def test_aborting_a_run_that_already_committed_removes_the_record_first(stored):
+    """A worker stopped after writing its record but before reporting success."""
+    pipeflow.run(JsonOut())
+    assert JsonOut()._record_path().exists()
+    JsonOut().abort_run()
+    assert not JsonOut().complete()
+    assert not stored()
