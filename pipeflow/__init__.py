@@ -42,6 +42,7 @@ from pipeflow.parameters import (
     TupleParameter,
     YearParameter,
 )
+from pipeflow.runstore import history, last_error, last_run, prune_history, runs
 from pipeflow.sharing import FlowExport, FlowImport
 from pipeflow.tasks import inherits, optional, requires
 from pipeflow.workflow import Workflow, WorkflowMulti
@@ -55,7 +56,8 @@ __all__ = [
     "ListParameter", "MonthParameter", "NumericalParameter", "OptionalParameter", "Parameter",
     "SecretParameter", "TaskParameter", "TimeDeltaParameter", "TupleParameter", "Workflow",
     "WorkflowMulti",
-    "YearParameter", "__version__", "adopt", "data", "errors", "inherits", "invalidate_all",
+    "YearParameter", "__version__", "adopt", "data", "errors", "history", "inherits",
+    "invalidate_all", "last_error", "last_run", "prune_history", "runs",
     "invalidate_downstream", "invalidate_orphans", "invalidate_upstream", "optional",
     "preview", "requires", "run", "set_dir", "settings", "start", "targets",
     "taskflow_downstream",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,8 @@ class Event:
         traceback: its formatted traceback.
         reason: why a task was skipped or is retried.
         total: with RUN_STARTED, how many tasks the run will try to run.
+        usage: when an attempt ends, ``cpu_time`` (seconds) and ``peak_memory`` (bytes, of
+            the process that ran it).
     """
 
     kind: EventKind
@@ -80,6 +82,7 @@ class Event:
     traceback: str | None = None
     reason: str | None = None
     total: int | None = None
+    usage: Mapping[str, float] | None = None
 
     @property
     def task_id(self) -> str | None:
@@ -117,6 +120,7 @@ class TaskResult:
         reason: why it was skipped.
         attempts: how many times ``run()`` was called.
         retried_errors: (error, traceback) of each failed attempt that was retried.
+        usage: ``cpu_time`` (seconds) and ``peak_memory`` (bytes) of the last attempt.
     """
 
     task: luigi.Task
@@ -128,6 +132,7 @@ class TaskResult:
     reason: str | None = None
     attempts: int = 0
     retried_errors: list[tuple[BaseException, str | None]] = field(default_factory=list)
+    usage: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def duration(self) -> float | None:
@@ -222,6 +227,7 @@ class RunResult:
             elif event.kind in (EventKind.TASK_COMPLETED, EventKind.TASK_FAILED):
                 res.finished = event.time
                 res.error, res.traceback = event.error, event.traceback
+                res.usage = event.usage or {}
             elif event.kind in (EventKind.TASK_SKIPPED, EventKind.TASK_CANCELLED,
                                 EventKind.TASK_UP_TO_DATE, EventKind.TASK_WAITING):
                 res.reason = event.reason

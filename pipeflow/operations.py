@@ -13,7 +13,7 @@ from typing import Any
 
 import luigi
 
-from pipeflow import cache, display, graph, layout, settings
+from pipeflow import cache, display, graph, layout, runstore, settings
 from pipeflow.engines import CancelToken, Engine, LocalEngine
 from pipeflow.errors import (
     MissingInputError,
@@ -114,6 +114,9 @@ def run(tasks: Any, forced: Any = None, forced_all: bool = False,
     sinks: list[Sink] = list(callbacks)
     if progress or (progress is None and interactive()):
         sinks.append(ProgressBar())
+    store = runstore.history_path()
+    if store is not None:
+        sinks.append(runstore.HistorySink(roots, store))
     result = (engine or LocalEngine(workers, executor, cancel, if_locked)).run(plan, sinks)
     summary = settings.execution_summary if execution_summary is None else execution_summary
     if summary:

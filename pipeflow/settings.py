@@ -9,6 +9,8 @@ Attributes:
     execution_summary: print the execution summary after ``run()``.
     log_level: level of the ``pipeflow`` and ``luigi`` loggers, e.g. ``'WARNING'``.
     fsync: fsync each output file before publishing it (durable across power loss).
+    history: record runs in ``{dir}/.pipeflow/history.db`` (True, the default), in another
+        SQLite file (its path), or not at all (False).
 
 A misspelt setting (``settings.check_dependecies = False``) raises an AttributeError with a
 suggestion instead of being silently ignored.
@@ -34,10 +36,11 @@ check_dependencies: bool = True
 execution_summary: bool = True
 log_level: str = "WARNING"
 fsync: bool = True
+history: bool | str = True
 
 _NAMES = frozenset(
     ["dir", "dirpath", "cached", "save_with_param", "check_dependencies", "execution_summary",
-     "log_level", "fsync"]
+     "log_level", "fsync", "history"]
 )
 
 

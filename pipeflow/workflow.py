@@ -16,7 +16,7 @@ from typing import Any
 
 import luigi
 
-from pipeflow import display, graph, layout, operations
+from pipeflow import display, graph, layout, operations, runstore
 from pipeflow.engines import CancelToken
 from pipeflow.errors import ParameterError, PipeflowError
 from pipeflow.events import RunResult
@@ -181,6 +181,12 @@ class Workflow:
         """Cancel this flow's runs in progress: no new task starts, running ones stop."""
         for token in list(self._tokens):
             token.cancel()
+
+    def history(self, tasks: TaskArg = None, **filters: Any) -> Any:
+        """Recorded attempts of the flow's tasks: see :func:`pipeflow.history`."""
+        with self._active():
+            nodes = graph.build(self._tasks(tasks)).nodes
+        return runstore.history(tasks=nodes, **filters)
 
     def adopt(self, tasks: TaskArg = None) -> list[luigi.Task]:
         """Commit existing d6tflow outputs of the flow: see :func:`pipeflow.adopt`."""

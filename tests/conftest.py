@@ -35,14 +35,16 @@ def data_dir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def stored(data_dir):
-    """Lists the files under a folder (default: the data dir), lock files left out.
+    """Lists the files under a folder (default: the data dir), pipeflow's own left out.
 
     Task lock files (``.pipeflow.lock``) are never deleted by design: removing a lock file
-    others may hold open would let two holders in at once.
+    others may hold open would let two holders in at once. ``.pipeflow/`` holds the run
+    history.
     """
 
     def files(root=None):
         root = data_dir if root is None else root
-        return sorted(p for p in root.rglob("*") if p.is_file() and p.name != ".pipeflow.lock")
+        return sorted(p for p in root.rglob("*") if p.is_file() and p.name != ".pipeflow.lock"
+                      and ".pipeflow" not in p.relative_to(root).parts)
 
     return files

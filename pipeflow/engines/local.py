@@ -23,6 +23,7 @@ import os
 import pathlib
 import pickle
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -122,6 +123,7 @@ class _Outcome:
     traceback: str | None = None
     cancelled: bool = False
     memory: dict[Any, Any] = field(default_factory=dict)  # cache outputs made in a worker
+    usage: dict[str, float] = field(default_factory=dict)  # cpu_time (s), peak_memory (bytes)
 
 
 @dataclass
@@ -269,7 +271,7 @@ class _Run:
         if out.error is None:
             cache.data.update(out.memory)
             self.finished.add(i)
-            self.emit(EventKind.TASK_COMPLETED, task)
+            self.emit(EventKind.TASK_COMPLETED, task, usage=out.usage)
             self._release(i)
             return
         retries = int(getattr(task, "retries", 0) or 0)
@@ -277,12 +279,14 @@ class _Run:
         if 0 < tried <= retries and not isinstance(out.error, (_NotRetried, TaskLockedError)):
             delay = float(getattr(task, "retry_delay", 0) or 0)
             self.emit(EventKind.TASK_RETRYING, task, error=out.error, traceback=out.traceback,
+                      usage=out.usage,
                       reason=f"attempt {self.attempts[i]} of {retries + 1} failed; "
                              f"retrying in {delay:g}s")
             heapq.heappush(self.delayed, (time.monotonic() + delay, i))
             return
         self.finished.add(i)
-        self.emit(EventKind.TASK_FAILED, task, error=out.error, traceback=out.traceback)
+        self.emit(EventKind.TASK_FAILED, task, error=out.error, traceback=out.traceback,
+                  usage=out.usage)
         doomed = [j for j in sorted(graphs.closure([i], self.g.required_dependents) - {i})
                   if j in self.to_run and j not in self.finished]
         for j in doomed:
@@ -473,6 +477,23 @@ def _missing_message(task: luigi.Task, missing: list[Any]) -> str:
             f"The task is marked failed.")
 
 
+def _usage(cpu_time: float | None) -> dict[str, float]:
+    """CPU seconds of an attempt (None: this whole process) and the process's peak memory."""
+    try:
+        import resource
+
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        peak = ru.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        cpu = ru.ru_utime + ru.ru_stime if cpu_time is None else cpu_time
+    except ImportError:  # Windows: psutil knows the peak working set
+        import psutil
+
+        proc = psutil.Process()
+        peak = getattr(proc.memory_info(), "peak_wset", proc.memory_info().rss)
+        cpu = sum(proc.cpu_times()[:2]) if cpu_time is None else cpu_time
+    return {"cpu_time": cpu, "peak_memory": float(peak)}
+
+
 def _signature(task: luigi.Task) -> tuple[int, int] | None:
     """Identity of a task's commit record (None if it has none)."""
     names = getattr(task, "_file_names", None)
@@ -539,6 +560,7 @@ class _InlineExecutor:
 
     def start(self, task: luigi.Task, run: _Running) -> None:
         token = self.engine.cancel
+        cpu = time.process_time()
         timer = None
         if run.deadline is not None:
             me = threading.get_ident()
@@ -563,6 +585,7 @@ class _InlineExecutor:
                 out = _failure(_timeout_error(task))
         except Exception as exc:
             out = _failure(exc, task)
+        out.usage = _usage(time.process_time() - cpu)
         self.done.append((run.pos, out))
 
     def collect(self, timeout: float) -> list[tuple[int, _Outcome]]:
@@ -591,6 +614,7 @@ class _ThreadExecutor:
         ctx = contextvars.copy_context()
 
         def work() -> None:
+            cpu = time.thread_time()
             try:
                 ctx.run(execute, task)
                 out = _Outcome()
@@ -601,6 +625,7 @@ class _ThreadExecutor:
                 out = _failure(exc, task)
             except BaseException as exc:  # noqa: BLE001 - reported, never lost
                 out = _failure(exc, task)
+            out.usage = _usage(time.thread_time() - cpu)
             self.results.put((run.pos, out))
 
         t = threading.Thread(target=work, name=f"pipeflow-{task.task_family}", daemon=True)
@@ -711,6 +736,7 @@ def _worker_main(task: luigi.Task, send: Connection, flow: layout.FlowContext) -
             out = _Outcome(memory=_memory_outputs(task))
         except BaseException as exc:  # noqa: BLE001 - everything is reported
             out = _failure(exc, task)
+    out.usage = _usage(None)  # the worker process ran only this task
     try:
         send.send(_picklable(out, task))
     finally:

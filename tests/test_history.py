@@ -1,0 +1,181 @@
+"""The run history: what is recorded, queries, pruning, concurrency, failure to write."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import threading
+
+import pandas as pd
+import pytest
+
+import pipeflow
+from pipeflow import runstore
+from pipeflow.errors import RunCancelledError, TaskFailedError
+
+
+class Good(pipeflow.tasks.TaskJson):
+    token = pipeflow.SecretParameter(default="hist-secret-value")
+
+    def run(self):
+        self.save({"ok": 1})
+
+
+@pipeflow.requires(Good)
+class Bad(pipeflow.tasks.TaskJson):
+    def run(self):
+        raise ValueError(f"cannot log in with {self.token}")
+
+
+class Flaky(pipeflow.tasks.TaskJson):
+    retries = 1
+    marker = pipeflow.Parameter()
+
+    def run(self):
+        if not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            raise OSError("transient")
+        self.save({"ok": 2})
+
+
+def test_completed_and_failed_attempts_are_recorded(data_dir):
+    with pytest.raises(TaskFailedError):
+        pipeflow.run(Bad(token="s3cr3t-pw"))
+    h = pipeflow.history()
+    assert list(h["task"]) == ["Bad()", "Good()"]
+    bad, good = h.iloc[0], h.iloc[1]
+    assert (bad["status"], bad["error_type"]) == ("failed", "ValueError")
+    assert bad["error_message"] == "cannot log in with ***"
+    assert "s3cr3t-pw" not in bad["traceback"] and "ValueError" in bad["traceback"]
+    assert good["status"] == "completed" and pd.isna(good["error_type"])
+    assert json.loads(good["params"]) == {"token": "***"}
+    assert good["duration"] >= 0 and good["cpu_time"] >= 0 and good["peak_memory"] > 0
+    outputs = json.loads(good["outputs"])
+    assert outputs["data"][0]["file"] == Good().output().path.name
+    assert outputs["data"][0]["size"] == Good().output().path.stat().st_size
+    run = pipeflow.runs().iloc[0]
+    assert run["status"] == "failed" and run["roots"] == '["Bad()"]'
+    assert run["run_id"] == bad["run_id"] and run["pipeflow_version"]
+    assert run["finished"] >= run["started"]
+    assert pipeflow.last_error(Bad())["error_message"] == "cannot log in with ***"
+    assert pipeflow.last_run(Good())["status"] == "completed"
+    db = data_dir / ".pipeflow" / "history.db"
+    assert oct(db.stat().st_mode & 0o777) == "0o600"
+    assert not any(b"s3cr3t-pw" in f.read_bytes() for f in db.parent.iterdir())
+
+
+def test_retried_attempt_is_recorded_with_its_error(tmp_path):
+    pipeflow.run(Flaky(marker=str(tmp_path / "m")))
+    h = pipeflow.history(family=Flaky)
+    assert list(h["status"]) == ["completed", "retried"]
+    assert list(h["attempt"]) == [2, 1]
+    assert h.iloc[1]["error_type"] == "OSError"
+    assert pipeflow.last_error(Flaky(marker=str(tmp_path / "m")))["error_message"] == (
+        "transient")
+
+
+def test_cancelled_attempts_and_up_to_date_tasks_are_recorded(tmp_path):
+    started = threading.Event()
+
+    class Slow(pipeflow.tasks.TaskJson):
+        def run(self):
+            started.set()
+            for _ in range(500):
+                __import__("time").sleep(0.01)
+            self.save({})
+
+    handle = pipeflow.start(Slow())
+    assert started.wait(10)
+    handle.cancel()
+    with pytest.raises(RunCancelledError):
+        handle.result(10)
+    pipeflow.run(Good())
+    pipeflow.run(Good())
+    h = pipeflow.history()
+    assert h.set_index("task")["status"].to_dict()["Slow()"] == "cancelled"
+    assert list(h[h["task"] == "Good()"]["status"]) == ["up_to_date", "completed"]
+    assert list(pipeflow.runs()["status"]) == ["success", "success", "cancelled"]
+
+
+def test_queries_filter_by_family_status_run_and_last():
+    pipeflow.run(Good())
+    with pytest.raises(TaskFailedError):
+        pipeflow.run(Bad())
+    first_run = pipeflow.runs().iloc[-1]["run_id"]
+    assert list(pipeflow.history(run=first_run)["task"]) == ["Good()"]
+    assert list(pipeflow.history(status="failed")["task"]) == ["Bad()"]
+    assert list(pipeflow.history(family=["Good"], last=1)["status"]) == ["up_to_date"]
+    assert len(pipeflow.history(last=2)) == 2
+    flow = pipeflow.Workflow(Good)
+    assert set(flow.history()["task"]) == {"Good()"}
+
+
+def test_prune_keeps_the_last_runs():
+    for _ in range(4):
+        pipeflow.run(Good())
+    assert pipeflow.prune_history(keep=2) == 2
+    assert len(pipeflow.runs()) == 2 and len(pipeflow.history()) == 2
+
+
+def test_history_that_cannot_be_written_never_fails_a_run(tmp_path):
+    pipeflow.settings.history = str(tmp_path)  # a folder: SQLite cannot open it
+    try:
+        with pytest.warns(RuntimeWarning, match="cannot be written"):
+            assert pipeflow.run(Good())
+        Good().reset(confirm=False)
+        assert pipeflow.run(Good())  # warned once already
+        pipeflow.settings.history = False
+        assert pipeflow.run(Bad(), abort=False) is not None
+        assert pipeflow.history().empty
+    finally:
+        pipeflow.settings.history = True
+
+
+class Writer(pipeflow.tasks.TaskJson):
+    proc = pipeflow.IntParameter()
+    i = pipeflow.IntParameter()
+
+    def run(self):
+        self.save({"i": self.i})
+
+
+class WriterRoot(pipeflow.tasks.TaskJson):
+    proc = pipeflow.IntParameter()
+
+    def requires(self):
+        return [Writer(proc=self.proc, i=i) for i in range(TASKS)]
+
+    def run(self):
+        self.save({})
+
+
+TASKS = 25
+
+
+def _writer_process(proc, go):
+    runstore.FLUSH_EVERY = 0  # a transaction per event: as much contention as possible
+    go.wait(30)
+    try:
+        pipeflow.run(WriterRoot(proc=proc))
+        code = 0
+    except BaseException:  # noqa: BLE001 - the parent checks the exit code
+        code = 1
+    os._exit(code)
+
+
+def test_eight_concurrent_writer_processes_lose_no_rows():
+    ctx = multiprocessing.get_context("fork")
+    go = ctx.Event()
+    procs = [ctx.Process(target=_writer_process, args=(n, go)) for n in range(8)]
+    for p in procs:
+        p.start()
+    go.set()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 8
+    h = pipeflow.history()
+    assert len(h) == 8 * (TASKS + 1)
+    assert (h["status"] == "completed").all()
+    assert h.groupby("run_id").size().tolist() == [TASKS + 1] * 8
+    assert list(pipeflow.runs()["status"]) == ["success"] * 8
