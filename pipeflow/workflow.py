@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import pathlib
 import weakref
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 import luigi
+import pandas as pd
 
 from pipeflow import display, graph, layout, operations, runstore
 from pipeflow.engines import CancelToken
-from pipeflow.errors import ParameterError, PipeflowError
+from pipeflow.errors import (
+    IncompleteTaskError,
+    OutputError,
+    ParameterError,
+    PipeflowError,
+    listing,
+)
 from pipeflow.events import RunResult
 from pipeflow.parameters import MASK, is_secret, unknown_parameter
 from pipeflow.plan import Preview
@@ -308,6 +316,56 @@ def expand_params(params: Any, secret: Collection[str] = ()) -> dict[Any, dict[s
     )
 
 
+def _flatten(data: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
+    """``data`` on one level: nested dicts give dotted names (``cv.mean``)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+    return out
+
+
+def _as_row(data: Any, name: str, prefix: str = "") -> dict[str, Any] | None:
+    """``data`` as the columns of one row (a scalar in column ``name``), or None if it cannot be."""
+    if isinstance(data, pd.DataFrame):
+        if len(data) != 1:
+            return None
+        data = data.iloc[0]
+    if isinstance(data, pd.Series):
+        data = data.to_dict()
+    if isinstance(data, Mapping):
+        return _flatten(data, prefix)
+    return {name: data} if pd.api.types.is_scalar(data) else None
+
+
+def _no_row(flow: Any, task: luigi.Task, key: str | None, data: Any,
+            persist: list[str]) -> OutputError:
+    """The error for an output that cannot be one row of :meth:`WorkflowMulti.results`."""
+    shape = getattr(data, "shape", None)
+    size = (f" of shape {tuple(shape)}" if shape is not None
+            else f" of length {len(data)}" if hasattr(data, "__len__") else "")
+    what = f"output {key!r}" if len(persist) > 1 else "output"
+    other = next((k for k in persist if k != key), persist[0])
+    fix = (f"pass keys= to choose an output that can (its outputs are {persist}), e.g. "
+           f"flows.results({task.task_family}, keys={other!r})" if len(persist) > 1
+           else "make the task save a dict of metrics (self.save({'accuracy': ...})), or "
+           "pick a task that does: flows.results(task=...)")
+    kind = type(data).__name__
+    return OutputError(
+        f"results(): in flow {flow!r}, the {what} of {graph.describe(task)} is "
+        f"{'an' if kind[0] in 'aeiouAEIOU' else 'a'} {kind}{size}, which cannot be one row "
+        f"of the results table (a row takes a dict, a scalar, a Series or a one-row "
+        f"DataFrame). To fix it, {fix}."
+    )
+
+
+def _column(values: list[Any], index: pd.Index) -> pd.Series:
+    """A parameter column; ints with gaps stay ints (nullable ``Int64``), not floats."""
+    present = [v for v in values if v is not None]
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in present)
+    gaps = 0 < len(present) < len(values)
+    return pd.Series(values, index=index, dtype="Int64" if ints and gaps else None)
+
+
 class WorkflowMulti:
     """The same flow for several parameter sets; tasks shared by flows run once.
 
@@ -447,6 +505,87 @@ class WorkflowMulti:
     def outputLoadAllMeta(self, task: TaskArg = None, flow: Any = None) -> Any:
         """Metadata of ``task`` and its upstream tasks, per flow."""
         return self._each(flow, "outputLoadAllMeta", task)
+
+    def results(self, task: TaskArg = None, keys: str | Iterable[str] | None = None,
+                flow: Any = None, *, missing: str = "raise") -> pd.DataFrame:
+        """The flows side by side: a row per flow, its parameters, then ``task``'s output.
+
+        The output (default task's by default) becomes columns: a dict one per key (nested
+        dicts as ``cv.mean``), a scalar one named ``output`` (the task family if a parameter
+        is called that), a Series or one-row DataFrame one per item. A task with several
+        outputs shows those in ``keys`` (all by default), prefixed with the output name
+        (``train.acc``) unless ``keys`` names one. An output column named like a parameter
+        is prefixed ``output.``. Secret parameters show as ``***``.
+
+        Args:
+            task: the task whose output to show (default: the default task).
+            keys: the output(s) to show of a task with several outputs (as in outputLoad).
+            flow: a flow name or list of names (default: every flow).
+            missing: for a flow whose task is not complete: ``"raise"`` an error, ``"skip"``
+                the row, or keep it with ``"nan"`` outputs.
+
+        Returns:
+            A DataFrame indexed by flow name (index ``flow``), rows in the flows' order.
+
+        Raises:
+            IncompleteTaskError: ``missing="raise"`` and the task of some flows is not complete.
+            OutputError: an output cannot be one row (say, a multi-row DataFrame).
+            ParameterError: ``missing`` is not one of the allowed values.
+
+        Example:
+            >>> flows = WorkflowMulti(Evaluate, {"model": ["ols", "gbm"]})  # doctest: +SKIP
+            >>> flows.run()                                                # doctest: +SKIP
+            >>> flows.results().sort_values("score", ascending=False)      # doctest: +SKIP
+                       model  score
+            flow
+            model=gbm    gbm   0.95
+            model=ols    ols   0.90
+        """
+        if missing not in ("raise", "skip", "nan"):
+            raise ParameterError(f"results(missing={missing!r}): missing must be 'raise', "
+                                 f"'skip' or 'nan'.")
+        selected = self._select(flow)
+        tasks = {name: wf.get_task(task) for name, wf in selected.items()}
+        family = next((t.task_family for t in tasks.values()), "output")
+        defaults = [wf.get_task() for wf in selected.values()] if self.default_task else []
+        secret = {n for c in graph.build([*tasks.values(), *defaults]).families()
+                  for n, p in c.get_params() if is_secret(p)}
+        wanted = [keys] if isinstance(keys, str) else keys
+        loaded: dict[Any, Any] = {}
+        incomplete: dict[Any, IncompleteTaskError] = {}
+        for name, wf in selected.items():
+            try:
+                loaded[name] = wf.outputLoad(tasks[name], keys=wanted, as_dict=True)
+            except IncompleteTaskError as exc:
+                incomplete[name] = exc
+        if incomplete and missing == "raise":
+            raise IncompleteTaskError(
+                f"results(): {family} is not complete in {len(incomplete)} of {len(selected)} "
+                f"flows:{listing([repr(n) for n in incomplete])}\nRun them first: "
+                f"flows.run(), or pass missing='skip' to leave them out or missing='nan' to "
+                f"show them with empty outputs."
+            ) from next(iter(incomplete.values()))
+        params = {k: None for n in selected for k in self.params[n]}
+        scalar = family if "output" in params else "output"
+        rows: dict[Any, dict[str, Any]] = {}
+        for name, data in loaded.items():
+            persist = list(getattr(tasks[name], "persist", ["data"]))
+            prefixed = len(persist) > 1 and len(data) != 1  # not one output chosen by keys=
+            rows[name] = {}
+            for key, value in data.items() if len(persist) > 1 else [(None, data)]:
+                row = _as_row(value, str(key), f"{key}.") if prefixed else _as_row(value, scalar)
+                if row is None:
+                    raise _no_row(name, tasks[name], key, value, persist)
+                rows[name].update(row)
+        names = [n for n in selected if n in rows or missing == "nan"]
+        index = pd.Index(names, name="flow", tupleize_cols=False)
+        frame = {k: _column([(MASK if k in secret else self.params[n][k])
+                             if k in self.params[n] else None for n in names], index)
+                 for k in params}
+        for c in {c: None for row in rows.values() for c in row}:
+            values = [rows.get(n, {}).get(c, math.nan) for n in names]
+            frame[f"output.{c}" if c in params else c] = pd.Series(values, index=index)
+        return pd.DataFrame(frame, index=index)
 
     def reset(self, task: TaskArg = None, flow: Any = None, confirm: bool = False) -> Any:
         """Delete ``task``'s outputs, per flow."""
