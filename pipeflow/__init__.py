@@ -44,6 +44,7 @@ from pipeflow.parameters import (
 )
 from pipeflow.runstore import history, last_error, last_run, prune_history, runs
 from pipeflow.sharing import FlowExport, FlowImport
+from pipeflow.sysinfo import SystemInfo, system_info
 from pipeflow.tasks import inherits, optional, requires
 from pipeflow.workflow import Workflow, WorkflowMulti
 
@@ -54,12 +55,14 @@ __all__ = [
     "DateMinuteParameter", "DateParameter", "DateSecondParameter", "DictParameter",
     "EnumParameter", "FloatParameter", "FlowExport", "FlowImport", "IntParameter",
     "ListParameter", "MonthParameter", "NumericalParameter", "OptionalParameter", "Parameter",
-    "SecretParameter", "TaskParameter", "TimeDeltaParameter", "TupleParameter", "Workflow",
+    "SecretParameter", "SystemInfo", "TaskParameter", "TimeDeltaParameter", "TupleParameter",
+    "Workflow",
     "WorkflowMulti",
     "YearParameter", "__version__", "adopt", "data", "errors", "history", "inherits",
     "invalidate_all", "last_error", "last_run", "prune_history", "runs",
     "invalidate_downstream", "invalidate_orphans", "invalidate_upstream", "optional",
-    "preview", "requires", "run", "set_dir", "settings", "start", "targets",
+    "preview", "requires", "run", "set_dir", "settings", "start", "system_info",
+    "targets",
     "taskflow_downstream",
     "taskflow_upstream", "tasks",
 ]

@@ -75,6 +75,13 @@ class CorruptOutputError(OutputError):
     """
 
 
+class StaleOutputWarning(UserWarning):
+    """Outputs were loaded from a task that is stale: what they were made from has changed.
+
+    The outputs are intact, just out of date; ``flow.run()`` makes them current.
+    """
+
+
 class TaskLockedError(PipeflowError):
     """The task is being run (or reset) by another process or thread right now."""
 

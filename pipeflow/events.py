@@ -68,7 +68,7 @@ class Event:
         task: the task concerned (None for run events).
         error: the exception of a failed task.
         traceback: its formatted traceback.
-        reason: why a task was skipped or is retried.
+        reason: why a task was skipped, is retried, or (when it starts) runs again.
         total: with RUN_STARTED, how many tasks the run will try to run.
         usage: when an attempt ends, ``cpu_time`` (seconds) and ``peak_memory`` (bytes, of
             the process that ran it).
@@ -117,7 +117,7 @@ class TaskResult:
         finished: end time, if it ran.
         error: the exception, if it failed.
         traceback: the formatted traceback, if it failed.
-        reason: why it was skipped.
+        reason: why it was skipped, or why it ran again (stale outputs).
         attempts: how many times ``run()`` was called.
         retried_errors: (error, traceback) of each failed attempt that was retried.
         usage: ``cpu_time`` (seconds) and ``peak_memory`` (bytes) of the last attempt.
@@ -188,7 +188,8 @@ def _detail(r: TaskResult) -> str:
         return f": {type(r.error).__name__}: {r.error}".split("\n")[0]
     if r.state is TaskState.UP_TO_DATE and r.reason:
         return f" ({r.reason})"
-    return "" if r.duration is None else f" in {r.duration:.2f}s"
+    took = "" if r.duration is None else f" in {r.duration:.2f}s"
+    return took + (f" ({r.reason})" if r.reason and r.state is TaskState.COMPLETED else "")
 
 
 class RunResult:
@@ -224,6 +225,7 @@ class RunResult:
             if event.kind is EventKind.TASK_STARTED:
                 res.started = event.time
                 res.attempts += 1
+                res.reason = event.reason
             elif event.kind in (EventKind.TASK_COMPLETED, EventKind.TASK_FAILED):
                 res.finished = event.time
                 res.error, res.traceback = event.error, event.traceback

@@ -24,6 +24,7 @@ import os
 import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import xxhash
 
@@ -117,25 +118,39 @@ class FileRecord:
             rehash: always compare the content hash (otherwise only when size, mtime or
                 inode changed).
         """
+        return self.verify(folder, rehash)[0]
+
+    def verify(self, folder: str, rehash: bool) -> tuple[str | None, FileRecord]:
+        """:meth:`problem`, and the record as the file is now.
+
+        Returns:
+            ``(problem, record)``; when the file was touched or copied but its content is
+            the same, ``record`` has its new mtime and inode (store it, and the next check
+            need not hash the file again); otherwise it is this record.
+        """
         path = os.path.join(folder, self.name)
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            return f"{self.name} was deleted outside pipeflow"
+            return f"{self.name} was deleted outside pipeflow", self
         except OSError as exc:
-            return f"{self.name} cannot be read ({exc.strerror})"
+            return f"{self.name} cannot be read ({exc.strerror})", self
         if st.st_size != self.size:
             return (f"{self.name} was changed outside pipeflow (size {self.size:,} bytes "
-                    f"when committed, now {st.st_size:,})")
-        if not rehash and st.st_mtime_ns == self.mtime_ns and st.st_ino == self.ino:
-            return None
+                    f"when committed, now {st.st_size:,})"), self
+        same_stat = st.st_mtime_ns == self.mtime_ns and st.st_ino == self.ino
+        if not rehash and same_stat:
+            return None, self
         try:
             same = hash_file(path) == self.digest
         except OSError as exc:
-            return f"{self.name} cannot be read ({exc.strerror})"
-        return None if same else (
-            f"{self.name} was changed outside pipeflow (its content no longer matches the "
-            f"hash recorded when it was committed)")
+            return f"{self.name} cannot be read ({exc.strerror})", self
+        if not same:
+            return (f"{self.name} was changed outside pipeflow (its content no longer "
+                    f"matches the hash recorded when it was committed)"), self
+        if same_stat:
+            return None, self
+        return None, FileRecord(self.name, self.size, st.st_mtime_ns, st.st_ino, self.digest)
 
 
 @dataclass(frozen=True)
@@ -145,17 +160,22 @@ class CommitRecord:
     Attributes:
         task: the task, as shown to users (never secret parameter values).
         files: output name (or :data:`META_KEY`) -> the files making up that output.
+        fingerprint: what the outputs were made from (see :mod:`pipeflow.fingerprint`);
+            None in records written before change detection existed.
     """
 
     task: str
     files: Mapping[str, tuple[FileRecord, ...]]
+    fingerprint: Mapping[str, Any] | None = None
 
     def to_json(self) -> str:
         """Serialize (compact JSON)."""
         files = {k: [[r.name, r.size, r.mtime_ns, r.ino, r.digest] for r in recs]
                  for k, recs in self.files.items()}
-        return json.dumps({"v": _VERSION, "task": self.task, "files": files},
-                          separators=(",", ":"))
+        doc: dict[str, Any] = {"v": _VERSION, "task": self.task, "files": files}
+        if self.fingerprint is not None:
+            doc["fp"] = self.fingerprint
+        return json.dumps(doc, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> CommitRecord:
@@ -173,7 +193,8 @@ class CommitRecord:
                                for n, s, m, i, d in recs)
             if any(os.sep in r.name or r.name in ("", ".", "..") for r in files[key]):
                 raise ValueError("a file name in the record is not a plain name")
-        return cls(str(doc.get("task", "")), files)
+        fp = doc.get("fp")
+        return cls(str(doc.get("task", "")), files, fp if isinstance(fp, dict) else None)
 
     def file_names(self) -> list[str]:
         """Every committed file name."""

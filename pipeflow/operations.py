@@ -25,7 +25,7 @@ from pipeflow.errors import (
 from pipeflow.events import ProgressBar, RunResult, Sink, interactive
 from pipeflow.integrity import RECORD_SUFFIX, read_record, uncommit
 from pipeflow.locks import TaskLock
-from pipeflow.plan import Preview, Status, build_plan, build_preview, use_color
+from pipeflow.plan import Plan, Preview, Status, build_plan, build_preview, use_color
 from pipeflow.tasks import TaskData
 
 
@@ -63,11 +63,24 @@ def preview(tasks: Any, indent: str = "", last: bool = True, show_params: bool =
     """
     roots = as_list(tasks)
     plan = build_plan(graph.build(roots))
+    _explain_failures(plan)
     result = build_preview(plan, roots, show_params, clip_params, indent, last)
     if print_it:
         display.emit(result.text(color=use_color()))
         result._printed = True
     return result
+
+
+def _explain_failures(plan: Plan) -> None:
+    """Pending tasks whose last recorded run failed say so (from the run history)."""
+    nodes = plan.graph.nodes
+    unexplained = [i for i, s in enumerate(plan.status)
+                   if s is Status.PENDING and plan.own[i] is False and i not in plan.reasons]
+    failed = runstore.last_failures([nodes[i].task_id for i in unexplained])
+    for i in unexplained:
+        why = failed.get(nodes[i].task_id)
+        if why is not None:
+            plan.reasons[i] = f"last run failed: {why}"
 
 
 def run(tasks: Any, forced: Any = None, forced_all: bool = False,

@@ -4,6 +4,12 @@ Each task's own outputs are checked once; ``check_dependencies`` is applied by p
 along the topological order, never by recursion, so status checks are linear in the size of
 the graph (d6tflow re-checks shared upstream tasks once per path: exponential on stacked
 diamonds).
+
+A task is COMPLETE when a successful run committed its outputs, they are intact, and
+nothing they were made from has changed since (see :mod:`pipeflow.fingerprint`); STALE
+when it has committed outputs that no longer count (its code, parameters or upstream
+outputs changed, its files were edited, or an upstream task is itself out of date), and
+PENDING when nothing valid was committed.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ from dataclasses import dataclass, field
 import luigi
 from luigi.task import flatten
 
-from pipeflow import settings
+from pipeflow import fingerprint, settings
 from pipeflow.graph import Graph, describe
+from pipeflow.integrity import CommitRecord
 
 
 class Status(str, enum.Enum):
@@ -26,6 +33,7 @@ class Status(str, enum.Enum):
 
     COMPLETE = "COMPLETE"
     PENDING = "PENDING"
+    STALE = "STALE"
 
     def __str__(self) -> str:
         return self.value
@@ -60,16 +68,25 @@ def own_state(task: luigi.Task) -> tuple[bool, str | None]:
     return bool(outputs) and all(o.exists() for o in outputs), None
 
 
+def output_state(task: luigi.Task) -> tuple[bool, str | None, CommitRecord | None]:
+    """:func:`own_state` plus the task's commit record (None: it has none)."""
+    check = getattr(task, "output_state", None)
+    if check is not None:
+        done, reason, record = check()
+        return bool(done), reason, record
+    return (*own_state(task), None)
+
+
 @dataclass
 class Plan:
     """Status of each task of a graph.
 
     Attributes:
         graph: the graph.
-        own: for each node, whether its own outputs are complete.
-        status: for each node, COMPLETE or PENDING.
-        reasons: node -> why its own outputs do not count (changed outside pipeflow...),
-            for the nodes where there is something to explain.
+        own: for each node, whether its own outputs are committed and intact.
+        status: for each node, COMPLETE, STALE or PENDING.
+        reasons: node -> why its outputs do not count (changed outside pipeflow, code
+            changed...), for the nodes where there is something to explain.
     """
 
     graph: Graph
@@ -92,31 +109,57 @@ def build_plan(graph: Graph, check_dependencies: bool | None = None) -> Plan:
 
     Args:
         graph: the graph.
-        check_dependencies: a task with a pending upstream task is pending too; defaults to
-            ``settings.check_dependencies``. Groups (aggregators) always follow their
-            upstream tasks; external tasks never do.
+        check_dependencies: a task with a pending or stale upstream task is pending or
+            stale too; defaults to ``settings.check_dependencies``. Groups (aggregators)
+            always follow their upstream tasks; external tasks never do.
     """
     cascade = settings.check_dependencies if check_dependencies is None else check_dependencies
+    code_on, data_on = settings.detect_code_changes, settings.detect_data_changes
+    fingerprint.refresh()
+    nodes = graph.nodes
     own: list[bool] = []
     status: list[Status] = []
     reasons: dict[int, str] = {}
-    for pos, task in enumerate(graph.nodes):
+    digests: list[str | None] = []  # each node's outputs, for its dependents' data checks
+    for pos, task in enumerate(nodes):
+        external = getattr(task, "external", False)
+        if is_group(task):
+            mine, reason, record = True, None, None
+            digests.append(fingerprint.combine([digests[d] for d in graph.deps[pos]]))
+        else:
+            mine, reason, record = output_state(task)
+            digests.append(None if record is None or not graph.dependents[pos]
+                           else fingerprint.outputs_digest(record.files))
+        state = Status.COMPLETE if mine else Status.STALE if record else Status.PENDING
+        if mine and record is not None and record.fingerprint and not external:
+            code = fingerprint.detects(task, "code", code_on)
+            data = fingerprint.detects(task, "data", data_on)
+            if code or data:
+                reason = fingerprint.changes(
+                    record.fingerprint, task,
+                    [(nodes[d], digests[d]) for d in graph.deps[pos]], code, data)
+                if reason is not None:
+                    state = Status.STALE
         deps = graph.required(pos)
-        group = is_group(task)
-        mine, reason = (True, None) if group else own_state(task)
+        if (state is Status.COMPLETE and deps
+                and (is_group(task) or (cascade and not external))):
+            behind = [d for d in deps if status[d] is not Status.COMPLETE]
+            if any(status[d] is Status.PENDING for d in behind):
+                state = Status.PENDING
+            elif behind:
+                state = Status.STALE
+                reason = f"upstream {describe(nodes[behind[0]])} is out of date"
         if reason is not None:
             reasons[pos] = reason
         own.append(mine)
-        done = mine
-        if done and deps and (group or (cascade and not getattr(task, "external", False))):
-            done = all(status[d] is Status.COMPLETE for d in deps)
-        status.append(Status.COMPLETE if done else Status.PENDING)
+        status.append(state)
     return Plan(graph, own, status, reasons)
 
 
 # -- preview -------------------------------------------------------------------------------
 
-_GREEN, _BLUE, _END = "\033[92m", "\033[94m", "\033[0m"
+_COLORS = {"COMPLETE": "\033[92m", "PENDING": "\033[94m", "STALE": "\033[93m"}
+_END = "\033[0m"
 #: deeper levels are not indented further, so a 10,000-task chain stays readable
 MAX_INDENT_DEPTH = 30
 
@@ -152,7 +195,7 @@ class PreviewRow:
             return f"{self.prefix}[{name} (see above)]"
         word = str(self.status)
         if color:
-            word = (_GREEN if self.status is Status.COMPLETE else _BLUE) + word + _END
+            word = _COLORS[word] + word + _END
         why = f" - {self.reason}" if self.reason else ""
         return f"{self.prefix}[{name} ({word})]{why}"
 
@@ -205,10 +248,12 @@ class Preview:
     def __repr__(self) -> str:
         c = self.counts()
         n = len(self.tasks())
-        return f"<Preview of {n} tasks: {c['COMPLETE']} done, {c['PENDING']} to run>"
+        return (f"<Preview of {n} tasks: {c['COMPLETE']} done, {c['STALE']} stale, "
+                f"{c['PENDING']} to run>")
 
     def _repr_html_(self) -> str:
-        colors = {Status.COMPLETE: "#1a7f37", Status.PENDING: "#0969da"}
+        colors = {Status.COMPLETE: "#1a7f37", Status.PENDING: "#0969da",
+                  Status.STALE: "#9a6700"}
         lines = []
         for r in self.rows:
             plain = html.escape(r.text())
@@ -302,4 +347,4 @@ def use_color() -> bool:
 
 
 __all__ = ["Plan", "Preview", "PreviewRow", "Status", "build_plan", "build_preview",
-           "describe", "own_state"]
+           "describe", "output_state", "own_state"]

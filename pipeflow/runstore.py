@@ -2,10 +2,12 @@
 
 Every ``run()`` is recorded in ``{data dir}/.pipeflow/history.db`` (``settings.history``
 turns it off or moves it): the run (start, end, status, host, user, pipeflow version, the
-root tasks and their parameters) and every task attempt (task id, family, parameters with
-secrets shown as ``***``, status, start, end, duration, CPU time, peak memory of the process
-that ran it, error type, message and traceback, the committed outputs with size and hash),
-plus each state change with its time.
+root tasks and their parameters, and a snapshot of the machine's CPUs, memory, disk space
+and platform from :func:`pipeflow.system_info`, taken as it starts) and every task attempt
+(task id, family, parameters with secrets shown as ``***``, status, start, end, duration,
+CPU time, peak memory of the process that ran it, error type, message and traceback, the
+committed outputs with size and hash), plus each state change with its time. A snapshot
+that cannot be read is stored as NULL: it never fails a run.
 
 It is a consumer of the run's events like the progress bar: rows are buffered and written
 in short ``BEGIN IMMEDIATE`` transactions (at most every half second, and when the run
@@ -14,6 +16,9 @@ the file without "database is locked" errors. A history that cannot be written n
 a run: pipeflow warns once and goes on.
 
 Query it with :func:`history` and :func:`runs` (pandas DataFrames), or ``flow.history()``.
+
+Files written before the ``system`` column existed gain it (empty for their old runs) the
+first time a run is recorded in them; until then :func:`runs` shows it as None.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from pipeflow.events import Event, EventKind
 from pipeflow.graph import describe
 from pipeflow.integrity import read_record
 from pipeflow.parameters import MASK, is_secret, redact
+from pipeflow.sysinfo import system_info
 
 #: seconds between two writes of buffered rows during a run
 FLUSH_EVERY = 0.5
@@ -48,7 +54,7 @@ BUSY_TIMEOUT = 30.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, started REAL, finished REAL, status TEXT, host TEXT,
-    user TEXT, pipeflow_version TEXT, roots TEXT, params TEXT);
+    user TEXT, pipeflow_version TEXT, roots TEXT, params TEXT, system TEXT);
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, task_id TEXT NOT NULL,
     family TEXT, task TEXT, params TEXT, attempt INTEGER, status TEXT, started REAL,
@@ -91,9 +97,28 @@ def _connect(path: pathlib.Path, create: bool) -> Iterator[sqlite3.Connection]:
         conn.execute("PRAGMA synchronous=NORMAL")
         if create:
             conn.executescript(_SCHEMA)
+            _upgrade(conn)
         yield conn
     finally:
         conn.close()
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Add the columns that files made by earlier versions lack (``runs.system``)."""
+    if "system" in _columns(conn, "runs"):
+        return
+    conn.execute("BEGIN IMMEDIATE")  # another process may be upgrading the same file
+    try:
+        if "system" not in _columns(conn, "runs"):
+            conn.execute("ALTER TABLE runs ADD COLUMN system TEXT")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
 def _write(conn: sqlite3.Connection, statements: Sequence[tuple[str, list[tuple[Any, ...]]]]
@@ -129,6 +154,14 @@ def _outputs(task: luigi.Task) -> str | None:
         return None
     return json.dumps({k: [{"file": r.name, "size": r.size, "hash": r.digest} for r in recs]
                        for k, recs in record.files.items()})
+
+
+def _system() -> str | None:
+    """The machine snapshot stored with a run, as JSON; None if it cannot be read."""
+    try:
+        return json.dumps(system_info("all"))
+    except Exception:  # noqa: BLE001 - a snapshot is never worth failing a run for
+        return None
 
 
 class HistorySink:
@@ -187,9 +220,10 @@ class HistorySink:
         roots = json.dumps([describe(t) for t in self.roots])
         params = json.dumps([json.loads(_params(t)) for t in self.roots])
         self.pending.append((
-            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO runs (run_id, started, finished, status, host, user, "
+            "pipeflow_version, roots, params, system) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(event.run_id, event.time, None, status, socket.gethostname(), user,
-              version, roots, params)]))
+              version, roots, params, _system())]))
 
     def _task_event(self, event: Event) -> None:
         task = event.task
@@ -309,9 +343,28 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
 
 
 def runs(last: int | None = None) -> pd.DataFrame:
-    """The recorded runs, newest first (``last``: only that many)."""
+    """The recorded runs, newest first.
+
+    Args:
+        last: only the ``last`` most recent runs.
+
+    Returns:
+        One row per run: run_id, started, finished, status, host, user, pipeflow_version,
+        roots (JSON), params (JSON), system. ``system`` is the machine snapshot taken when
+        the run started, already parsed: the dict :func:`pipeflow.system_info` returns
+        for ``'all'``, or None when it could not be read (and for runs recorded before
+        pipeflow kept it).
+
+    Example:
+        >>> pipeflow.runs(last=1).iloc[0]["system"]["memory"]["available"]  # doctest: +SKIP
+        22589730816
+    """
     sql = "SELECT * FROM runs ORDER BY started DESC" + (" LIMIT ?" if last else "")
-    return _times(_query(sql, [int(last)] if last else []), ["started", "finished"])
+    df = _times(_query(sql, [int(last)] if last else []), ["started", "finished"])
+    if "system" not in df.columns:  # a file from before the column, not written to since
+        df["system"] = None
+    df["system"] = [None if pd.isna(s) else json.loads(s) for s in df["system"]]
+    return df
 
 
 def last_run(task: luigi.Task) -> dict[str, Any] | None:
@@ -327,6 +380,31 @@ def last_error(task: luigi.Task) -> dict[str, Any] | None:
     return None if df.empty else df.iloc[0].to_dict()
 
 
+def last_failures(task_ids: Sequence[str]) -> dict[str, str]:
+    """Tasks whose most recent recorded attempt failed: task_id -> ``'Error: message'``.
+
+    Retried attempts do not count: only how an attempt finally ended.
+    """
+    path = history_path()
+    out: dict[str, str] = {}
+    if path is None or not path.exists() or not task_ids:
+        return out
+    ids = list(task_ids)
+    with contextlib.suppress(sqlite3.Error, OSError), _connect(path, create=False) as conn:
+        for start in range(0, len(ids), 500):  # SQLite's limit on bound values
+            chunk = ids[start:start + 500]
+            # SQLite: the bare columns come from the row holding MAX(finished)
+            rows = conn.execute(
+                f"SELECT task_id, status, error_type, error_message, MAX(finished) "
+                f"FROM attempts WHERE status != 'retried' AND task_id IN "
+                f"({', '.join('?' * len(chunk))}) GROUP BY task_id", chunk)
+            for tid, status, etype, message, _ in rows:
+                if status == "failed":
+                    first = (message or "").strip().split("\n")[0]
+                    out[tid] = f"{etype}: {first}" if etype else "failed"
+    return out
+
+
 def prune_history(keep: int) -> int:
     """Keep only the ``keep`` most recent runs; return how many runs were removed."""
     path = history_path()
@@ -340,5 +418,5 @@ def prune_history(keep: int) -> int:
     return len(old)
 
 
-__all__ = ["HistorySink", "history", "history_path", "last_error", "last_run",
-           "prune_history", "runs"]
+__all__ = ["HistorySink", "history", "history_path", "last_error", "last_failures",
+           "last_run", "prune_history", "runs"]

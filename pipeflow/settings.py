@@ -9,6 +9,10 @@ Attributes:
     execution_summary: print the execution summary after ``run()``.
     log_level: level of the ``pipeflow`` and ``luigi`` loggers, e.g. ``'WARNING'``.
     fsync: fsync each output file before publishing it (durable across power loss).
+    detect_code_changes: a task whose code or parameters changed since its outputs were
+        committed is stale and runs again (see :mod:`pipeflow.fingerprint`).
+    detect_data_changes: a task whose upstream outputs changed since its outputs were
+        committed is stale and runs again.
     history: record runs in ``{dir}/.pipeflow/history.db`` (True, the default), in another
         SQLite file (its path), or not at all (False).
 
@@ -37,10 +41,12 @@ execution_summary: bool = True
 log_level: str = "WARNING"
 fsync: bool = True
 history: bool | str = True
+detect_code_changes: bool = True
+detect_data_changes: bool = True
 
 _NAMES = frozenset(
     ["dir", "dirpath", "cached", "save_with_param", "check_dependencies", "execution_summary",
-     "log_level", "fsync", "history"]
+     "log_level", "fsync", "history", "detect_code_changes", "detect_data_changes"]
 )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -35,9 +36,11 @@ from pipeflow.errors import (
     ParameterError,
     PipeflowError,
     SaveError,
+    StaleOutputWarning,
     TaskLockedError,
     listing,
 )
+from pipeflow.fingerprint import fingerprint_of
 from pipeflow.graph import optional
 from pipeflow.integrity import (
     META_KEY,
@@ -140,6 +143,12 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         retries: how many times a failing ``run()`` is tried again within the same run.
         retry_delay: seconds to wait before each retry.
         timeout: seconds after which a running task is stopped and fails (None: no limit).
+        version: pin the code to this version string: the task goes stale when the version
+            changes, and edits to its code are not looked at (None: they are).
+        detect_code_changes: check this task's code and parameters for changes (None:
+            follow ``settings.detect_code_changes``; False: never).
+        detect_data_changes: check this task's upstream outputs for changes (None: follow
+            ``settings.detect_data_changes``).
 
     Example:
         >>> class Train(TaskPickle):
@@ -159,6 +168,9 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
     retries: ClassVar[int] = 0
     retry_delay: ClassVar[float] = 0
     timeout: ClassVar[float | None] = None
+    version: ClassVar[str | None] = None
+    detect_code_changes: ClassVar[bool | None] = None
+    detect_data_changes: ClassVar[bool | None] = None
     metadata: Any = None
 
     # -- parameters ------------------------------------------------------------------------
@@ -307,15 +319,19 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
         File outputs count only when the task's commit record lists them and each file is
         still the one committed (size, mtime and inode compared; re-hashed when they
-        differ). Upstream tasks are not considered.
+        differ). Upstream tasks and change detection are not considered.
 
         Returns:
             ``(complete, reason)``; the reason is None when there is nothing to explain
             (e.g. the task never ran).
         """
+        return self.output_state()[:2]  # type: ignore[return-value]
+
+    def output_state(self) -> tuple[bool, str | None, CommitRecord | None]:
+        """:meth:`own_state` plus the commit record (None if there is no valid one)."""
         if (not self._file_backed()
                 or (self.external and not os.path.exists(self._file_names()[2]))):
-            return all(t.exists() for t in self._outputs().values()), None
+            return all(t.exists() for t in self._outputs().values()), None, None
         # Plain files: string paths, no target objects (the hot path on large graphs).
         folder, names, record_path = self._file_names()
         record, problem = read_record(record_path)
@@ -324,16 +340,47 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                 problem = ("its output files exist but no successful pipeflow run committed "
                            "them (left by a crashed run, or written by another tool): it "
                            "runs again")
-            return False, problem
+            return False, problem, None
+        touched = False
         for k, name in names:
             recs = record.files.get(k)
             if not recs or recs[0].name != name:
-                return False, f"output {k!r} is not in its commit record"
+                return False, f"output {k!r} is not in its commit record", record
             for rec in recs:
-                problem = rec.problem(folder, rehash=False)
+                problem, now = rec.verify(folder, rehash=False)
                 if problem is not None:
-                    return False, f"output {k!r}: {problem}"
-        return True, None
+                    return False, f"output {k!r}: {problem}", record
+                touched |= now is not rec
+        if touched:
+            self._restat(record)
+        return True, None, record
+
+    def _restat(self, record: CommitRecord) -> None:
+        """Record the new mtime and inode of files touched (or copied) with the same content.
+
+        The next status check then compares them without hashing them again. Best
+        effort: skipped while the task runs (its lock is taken) or if anything changed
+        meanwhile; the record is only ever rewritten with files that hash the same.
+        """
+        lock = self.task_lock()
+        if not lock.acquire():
+            return
+        try:
+            path = self._record_path()
+            if read_record(path)[0] != record:
+                return
+            folder = os.fspath(path.parent)
+            files = {}
+            for key, recs in record.files.items():
+                checked = [rec.verify(folder, rehash=False) for rec in recs]
+                if any(problem is not None for problem, _ in checked):
+                    return
+                files[key] = tuple(now for _, now in checked)
+            write_record(path, CommitRecord(record.task, files, record.fingerprint))
+        except OSError:
+            return  # a read-only data dir: hash again next time
+        finally:
+            lock.release()
 
     def _file_names(self) -> tuple[str, list[tuple[str, str]], str]:
         """Folder, (output name, file name) pairs and commit record, as strings (memoized).
@@ -443,11 +490,19 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
         Raises:
             IncompleteTaskError: the task (or, with check_dependencies, an upstream task)
-                is not complete; the message lists what is missing.
+                is pending; the message lists what is missing. The outputs of a stale task
+                are loaded, with a :class:`~pipeflow.errors.StaleOutputWarning`.
         """
         plan = build_plan(graph.build([self]))
-        if plan.status_of(self) is not Status.COMPLETE:
+        pos = plan.graph.position(self)
+        status = plan.status[pos]
+        if status is Status.PENDING or not plan.own[pos]:
             raise _incomplete(self, plan)
+        if status is Status.STALE:
+            warnings.warn(
+                f"{graph.describe(self)} is stale ({plan.reasons.get(pos)})"
+                f": these outputs were made before that change. Run the flow to bring them "
+                f"up to date: flow.run().", StaleOutputWarning, stacklevel=2)
         return self._load_own(keys, as_dict, cached)
 
     def inputLoad(self, keys: Iterable[str] | None = None, task: Any = None,
@@ -603,7 +658,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         with self._locked(f"adopt the outputs of {graph.describe(self)}"):
             files = {k: tuple(FileRecord.of(p) for p in t.files() if p.exists())
                      for k, t in targets.items()}
-            write_record(self._record_path(), CommitRecord(graph.describe(self), files))
+            write_record(self._record_path(), self._record(files))
         return True
 
     def has_outputs(self) -> bool:
@@ -666,9 +721,9 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             record, _ = read_record(path)
             files = dict(record.files) if record is not None else {}
             files.pop(target.key, None)
-            write_record(path, CommitRecord(graph.describe(self), files))
+            write_record(path, self._record(files))
             files[target.key] = tuple(publish())
-            write_record(path, CommitRecord(graph.describe(self), files))
+            write_record(path, self._record(files))
 
     # -- the engine's side (see pipeflow.engines.local) ----------------------------------------
     def owned_paths(self) -> list[pathlib.Path]:
@@ -719,13 +774,17 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             return
         path = self._record_path()
         try:
-            write_record(path, CommitRecord(graph.describe(self), files))
+            write_record(path, self._record(files))
         except OSError as exc:
             raise SaveError(
                 f"{graph.describe(self)}: could not write its commit record {str(path)!r}: "
                 f"{os_reason(exc)}. The run's outputs do not count and were removed. "
                 f"{os_fix(exc, path.parent)}"
             ) from exc
+
+    def _record(self, files: dict[str, tuple[FileRecord, ...]]) -> CommitRecord:
+        """The commit record of ``files``, with what they are made from now."""
+        return CommitRecord(graph.describe(self), files, fingerprint_of(self))
 
     def missing_outputs(self, stg: Staging) -> list[DataTarget]:
         """Outputs the run neither saved nor wrote."""

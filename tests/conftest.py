@@ -14,6 +14,9 @@ _DEFAULTS = {
     "check_dependencies": True,
     "execution_summary": False,
     "fsync": False,
+    "detect_code_changes": True,
+    "detect_data_changes": True,
+    "history": True,
 }
 
 

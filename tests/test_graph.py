@@ -121,7 +121,7 @@ def test_10000_task_chain_previews_and_runs_without_recursion(data_dir):
         root = Link(i=9999)
         assert len(graph.build([root])) == 10_000
         p = pipeflow.preview(root, print_it=False)
-        assert p.counts() == {"COMPLETE": 0, "PENDING": 10_000}
+        assert p.counts() == {"COMPLETE": 0, "STALE": 0, "PENDING": 10_000}
         result = pipeflow.run(root)
         assert len(result.by_state("completed")) == 10_000
         assert root.complete()

@@ -60,7 +60,7 @@ def test_multi_dict_and_list_params_and_flow_selection(capsys):
     listed = d6tflow.WorkflowMulti(Fit, [{"model": "ols"}, {"model": "rf"}])
     assert list(listed.params) == [0, 1]
     previews = listed.preview()
-    assert previews[1].counts() == {"COMPLETE": 2, "PENDING": 0}
+    assert previews[1].counts() == {"COMPLETE": 2, "STALE": 0, "PENDING": 0}
     assert "flow 0:" in capsys.readouterr().out
     listed.reset(Fit, flow=1)
     assert listed.complete(Fit, 1) is False

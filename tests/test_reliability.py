@@ -91,7 +91,7 @@ def test_corrupted_output_is_not_complete_and_never_loaded(cls, damage):
 
     assert not cls().complete()
     preview = str(pipeflow.preview(cls(), print_it=False))
-    assert f"(PENDING)] - output 'data': {path.name} was changed outside pipeflow" in preview
+    assert f"(STALE)] - output 'data': {path.name} was changed outside pipeflow" in preview
     with pytest.raises(IncompleteTaskError, match="was changed outside pipeflow"):
         cls().outputLoad()
     with pytest.raises(CorruptOutputError) as info:
@@ -540,7 +540,7 @@ def test_adopt_commits_existing_d6tflow_outputs_once():
     Up().output().path.parent.mkdir(parents=True)
     FRAME.to_csv(Up().output().path, index=False)
     flow = pipeflow.Workflow(Down)
-    assert flow.preview(print_it=False).counts() == {"COMPLETE": 0, "PENDING": 2}
+    assert flow.preview(print_it=False).counts() == {"COMPLETE": 0, "STALE": 0, "PENDING": 2}
     assert flow.adopt() == [Up()]  # Down has no files: nothing to adopt
     assert Up().complete()
     pd.testing.assert_frame_equal(Up().outputLoad(), FRAME)

@@ -55,7 +55,7 @@ def test_preview_text_matches_d6tflow(capsys):
         "      └─--[TaskGetData-{} (PENDING)]",
     ]
     assert "\033[" not in out  # no colour codes when not a terminal
-    assert p.counts() == {"COMPLETE": 0, "PENDING": 3}
+    assert p.counts() == {"COMPLETE": 0, "STALE": 0, "PENDING": 3}
     assert [t.task_family for t in p.tasks("PENDING")] == ["TaskTrain", "TaskPreprocess",
                                                            "TaskGetData"]
     assert "<b" in p._repr_html_()
@@ -210,7 +210,7 @@ def test_check_dependencies_off_looks_only_at_own_outputs():
     flow.run()
     flow.reset(TaskGetData)
     d6tflow.settings.check_dependencies = False
-    assert flow.preview(print_it=False).counts() == {"COMPLETE": 2, "PENDING": 1}
+    assert flow.preview(print_it=False).counts() == {"COMPLETE": 2, "STALE": 0, "PENDING": 1}
     RUNS.clear()
     flow.run()
     assert RUNS == []

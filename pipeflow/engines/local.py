@@ -358,7 +358,9 @@ class _Run:
         timeout = getattr(task, "timeout", None)
         run = _Running(i, time.monotonic() + float(timeout) if timeout else None)
         self.running[i] = run
-        self.emit(EventKind.TASK_STARTED, task)
+        stale = self.plan.status[i] is Status.STALE
+        self.emit(EventKind.TASK_STARTED, task,
+                  reason=f"stale: {self.plan.reasons.get(i)}" if stale else None)
         run.handle = self.executor.start(task, run)
 
     def _cancel_rest(self) -> None:

@@ -1,0 +1,459 @@
+"""Change detection: what a task's outputs were made from, and what has changed since.
+
+When a run commits a task, its commit record also stores a *fingerprint* of what made the
+outputs:
+
+* ``params``: its significant parameter values (secret parameters are never significant,
+  so never stored);
+* ``code``: one hash per piece of the user's own code the task runs -- every method of the
+  task class and of its base classes from the user's project, plus the functions, classes
+  and simple constants of the project that those call or use, followed transitively
+  (library code, i.e. the standard library, anything in ``site-packages`` and pipeflow or
+  luigi themselves, is left out). A class may pin ``version = "2"`` instead, or opt out
+  with ``detect_code_changes = False``;
+* ``up``: for each upstream task, a hash of the outputs it had when this task ran.
+
+Code is hashed from its syntax tree, so comments, blank lines, formatting and docstrings
+are not changes; where the source cannot be read (a function built by ``exec``), the
+compiled byte code is hashed instead. Task classes a task refers to (in ``requires()``)
+are not its code: they are upstream tasks, followed through their outputs.
+
+Code fingerprints are computed once per class per status check or run (:func:`refresh`
+starts a new one), so a notebook's redefined function or a reloaded module is seen on the
+next preview.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import linecache
+import os
+import sys
+import sysconfig
+import textwrap
+import types
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import luigi
+import xxhash
+
+from pipeflow.graph import describe, requirement_edges
+from pipeflow.integrity import read_record
+
+#: folders that hold installed libraries
+_LIB_PARTS = frozenset(["site-packages", "dist-packages"])
+_LITERALS = (int, float, complex, str, bytes, bool, type(None))
+#: most reasons listed in one message
+_SHOWN = 3
+
+_code_cache: dict[type, dict[str, str]] = {}
+_module_kind: dict[str, bool] = {}
+_assign_cache: dict[str, dict[str, str]] = {}
+
+
+def refresh() -> None:
+    """Forget computed code fingerprints: the next check re-reads the code."""
+    _code_cache.clear()
+    _module_kind.clear()
+    _assign_cache.clear()
+
+
+def _short(text: str | bytes) -> str:
+    return xxhash.xxh3_64_hexdigest(text.encode() if isinstance(text, str) else text)
+
+
+# -- which code is the user's project ------------------------------------------------------------
+
+def _library_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths.get("stdlib"), paths.get("platstdlib")}
+    for mod in (luigi, sys.modules["pipeflow"]):
+        roots.add(os.path.dirname(getattr(mod, "__file__", "") or ""))
+    return tuple(os.path.realpath(r) + os.sep for r in roots if r)
+
+
+_LIB_ROOTS: tuple[str, ...] | None = None
+
+
+def is_project_module(name: str | None, file: str | None = None) -> bool:
+    """Whether the module called ``name`` is the user's own code (not a library).
+
+    ``__main__`` (scripts, notebooks) is; modules without a file (built in), in the standard
+    library, in a ``site-packages``/``dist-packages`` folder, and pipeflow and luigi are not.
+
+    Args:
+        name: the module's name.
+        file: where the code was read from, for a module that is not in ``sys.modules``
+            (loaded straight from a file).
+    """
+    global _LIB_ROOTS
+    if not name:
+        return False
+    hit = _module_kind.get(name)
+    if hit is not None:
+        return hit
+    module = sys.modules.get(name)
+    if module is not None:
+        file = getattr(module, "__file__", None)
+    if name == "__main__":
+        mine = True
+    elif not file or not file.endswith(".py"):
+        mine = False
+    else:
+        if _LIB_ROOTS is None:
+            _LIB_ROOTS = _library_roots()
+        real = os.path.realpath(file)
+        mine = (not real.startswith(_LIB_ROOTS)
+                and _LIB_PARTS.isdisjoint(real.split(os.sep)))
+    _module_kind[name] = mine
+    return mine
+
+
+def _is_project(obj: Any) -> bool:
+    """Whether a function or class is the user's own code."""
+    if isinstance(obj, type):
+        code = next((f.__code__ for _, f in _functions_of(obj)), None)
+    else:
+        code = getattr(obj, "__code__", None)
+    return is_project_module(getattr(obj, "__module__", None),
+                             code.co_filename if code is not None else None)
+
+
+# -- hashing one function -----------------------------------------------------------------------
+
+class _NoDocstrings(ast.NodeTransformer):
+    def _strip(self, node: Any) -> Any:
+        self.generic_visit(node)
+        body = node.body
+        if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _strip
+
+
+def _function_hash(func: types.FunctionType) -> str:
+    """Hash of a function's syntax (comments, layout and docstrings ignored)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+        if len(tree.body) == 1 and isinstance(tree.body[0], (ast.FunctionDef,
+                                                             ast.AsyncFunctionDef)):
+            return _short(ast.dump(_NoDocstrings().visit(tree)))
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        pass
+    return _short(_code_text(func.__code__, func.__doc__))  # no source: a lambda, exec...
+
+
+def _code_text(code: types.CodeType, doc: str | None = None) -> str:
+    consts = []
+    for i, c in enumerate(code.co_consts):
+        if isinstance(c, types.CodeType):
+            consts.append(_code_text(c))
+        elif not (i == 0 and doc is not None and c == doc):
+            consts.append(repr(c))
+    return "|".join([code.co_code.hex(), ",".join(code.co_names), *consts])
+
+
+def _names(code: types.CodeType) -> Iterator[str]:
+    """Global and attribute names a code object (and those nested in it) uses."""
+    yield from code.co_names
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            yield from _names(c)
+
+
+def _functions_of(klass: type) -> Iterator[tuple[str, types.FunctionType]]:
+    """The functions a class defines itself (methods, static/class methods, properties)."""
+    for name, attr in vars(klass).items():
+        if isinstance(attr, (staticmethod, classmethod)):
+            attr = attr.__func__
+        if isinstance(attr, property):
+            for part, f in (("", attr.fget), (".setter", attr.fset), (".deleter", attr.fdel)):
+                if isinstance(f, types.FunctionType):
+                    yield name + part, f
+        elif isinstance(attr, types.FunctionType):
+            yield name, attr
+
+
+def _label(obj: Any) -> str:
+    module = getattr(obj, "__module__", None)
+    qual = getattr(obj, "__qualname__", getattr(obj, "__name__", "?"))
+    return qual if module in (None, "__main__") else f"{module}.{qual}"
+
+
+def _is_task_class(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, luigi.Task)
+
+
+def code_fingerprint(cls: type) -> dict[str, str]:
+    """Hashes of the project code a task class runs, by name (see the module docstring).
+
+    Names are ``Class.method`` for the task class and its project base classes,
+    ``helper module.function`` (or ``helper module.Class.method``) for what they use, and
+    ``constant module.NAME`` for simple module-level values.
+    """
+    hit = _code_cache.get(cls)
+    if hit is not None:
+        return hit
+    items: dict[str, str] = {}
+    seen: set[int] = set()
+    todo: list[types.FunctionType] = []
+
+    def add_function(label: str, func: types.FunctionType) -> None:
+        func = inspect.unwrap(func)
+        if id(func) in seen or not _is_project(func):
+            return
+        seen.add(id(func))
+        items[label] = _function_hash(func)
+        todo.append(func)
+
+    def add_class(klass: type, prefix: str) -> None:
+        if id(klass) in seen:
+            return
+        seen.add(id(klass))
+        # the task's own classes by their names (``Train.run``); helpers with their module
+        owner = _label(klass) if prefix else klass.__qualname__
+        for name, func in _functions_of(klass):
+            add_function(f"{prefix}{owner}.{name}", func)
+
+    def add_value(name: str, value: Any, file: str, module: str, names: set[str]) -> None:
+        """A global a function uses (``names``: the other names it uses, for ``mod.attr``)."""
+        if isinstance(value, types.FunctionType):
+            add_function(f"helper {_label(value)}", value)
+        elif isinstance(value, type):
+            if not _is_task_class(value) and _is_project(value):
+                add_class(value, "helper ")
+        elif isinstance(value, types.ModuleType):
+            if is_project_module(value.__name__):
+                for attr in sorted(names & vars(value).keys()):
+                    add_value(attr, vars(value)[attr], getattr(value, "__file__", "") or "",
+                              value.__name__, set())
+        elif file and _is_constant(value):
+            source = _assignments(file).get(name)
+            if source is not None:
+                items[f"constant {_label_in(module, name)}"] = _short(source)
+
+    for klass in cls.__mro__:
+        if _is_project(klass):
+            add_class(klass, "")
+    while todo:
+        func = todo.pop()
+        names = set(_names(func.__code__))
+        globals_ = func.__globals__
+        for name in sorted(names):
+            if name in globals_:
+                add_value(name, globals_[name], func.__code__.co_filename, func.__module__,
+                          names)
+        for cell in func.__closure__ or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if isinstance(value, types.FunctionType):
+                add_function(f"helper {_label(value)}", value)
+    version = _version(cls)
+    result = {"version": version} if version is not None else dict(sorted(items.items()))
+    _code_cache[cls] = result
+    return result
+
+
+def _assignments(filename: str) -> dict[str, str]:
+    """Name -> syntax of the value, for a module's top-level assignments (from its source).
+
+    A constant's code is its assignment in the source: a value changed at run time (a
+    setting a script sets) is not a change of code.
+    """
+    hit = _assign_cache.get(filename)
+    if hit is not None:
+        return hit
+    out: dict[str, str] = {}
+    try:
+        tree = ast.parse("".join(linecache.getlines(filename)))
+    except (SyntaxError, ValueError):
+        tree = ast.Module(body=[], type_ignores=[])
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets = [node.target]
+        else:
+            continue
+        for target in targets:
+            if isinstance(target, ast.Name):
+                out[target.id] = ast.dump(node.value)  # type: ignore[arg-type]
+    _assign_cache[filename] = out
+    return out
+
+
+def _label_in(module: str, name: str) -> str:
+    return name if module == "__main__" else f"{module}.{name}"
+
+
+def _is_constant(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, _LITERALS):
+        return not isinstance(value, (str, bytes)) or len(value) < 10_000
+    if isinstance(value, (tuple, frozenset)) and depth < 3 and len(value) < 1_000:
+        return all(_is_constant(v, depth + 1) for v in value)
+    return False
+
+
+def _version(cls: type) -> str | None:
+    version = getattr(cls, "version", None)
+    if version is None or isinstance(version, luigi.Parameter):
+        return None
+    return str(version)
+
+
+def params_fingerprint(task: luigi.Task) -> dict[str, str]:
+    """The task's significant parameter values, serialized (secrets are never significant)."""
+    kwargs = task.param_kwargs
+    return {name: str(p.serialize(kwargs[name])) for name, p in task.get_params()
+            if p.significant and name in kwargs}
+
+
+def outputs_digest(files: Mapping[str, Any]) -> str:
+    """One hash for a commit record's files (output name -> file records with digests)."""
+    return _short(json.dumps(
+        {k: [r.digest for r in recs] for k, recs in sorted(files.items())},
+        separators=(",", ":")))
+
+
+def combine(digests: Sequence[str | None]) -> str | None:
+    """The outputs digest of a group of tasks (None if one of them has no outputs)."""
+    if any(d is None for d in digests):
+        return None
+    return _short(",".join(digests))  # type: ignore[arg-type]
+
+
+def upstream_digests(task: luigi.Task) -> dict[str, str]:
+    """task_id -> outputs digest of each upstream task that has committed outputs now."""
+    out = {}
+    for dep, _ in requirement_edges(task):
+        digest = _digest_now(dep)
+        if digest is not None:
+            out[dep.task_id] = digest
+    return out
+
+
+def _digest_now(task: luigi.Task) -> str | None:
+    names = getattr(task, "_file_names", None)
+    if names is not None:
+        record, _ = read_record(names()[2])
+        return None if record is None else outputs_digest(record.files)
+    if getattr(task, "_pipeflow_group", False) or isinstance(task, luigi.WrapperTask):
+        return combine([_digest_now(d) for d, _ in requirement_edges(task)])
+    return None
+
+
+def fingerprint_of(task: luigi.Task) -> dict[str, Any]:
+    """The fingerprint to store in ``task``'s commit record now."""
+    fp: dict[str, Any] = {"params": params_fingerprint(task),
+                          "up": upstream_digests(task)}
+    if getattr(task, "detect_code_changes", None) is not False:
+        fp["code"] = code_fingerprint(type(task))
+    return fp
+
+
+# -- comparing --------------------------------------------------------------------------------
+
+def detects(task: luigi.Task, kind: str, enabled: bool) -> bool:
+    """Whether changes of ``kind`` ('code' or 'data') are checked for ``task``.
+
+    Args:
+        task: the task.
+        kind: ``'code'`` or ``'data'``.
+        enabled: the global setting for that kind.
+    """
+    own = getattr(task, f"detect_{kind}_changes", None)
+    return enabled if own is None else bool(own)
+
+
+def changes(stored: Mapping[str, Any], task: luigi.Task,
+            upstream: Sequence[tuple[luigi.Task, str | None]], code: bool, data: bool
+            ) -> str | None:
+    """Why the outputs made from ``stored`` are out of date, or None if they are not.
+
+    Args:
+        stored: the fingerprint in the task's commit record.
+        task: the task as it is now.
+        upstream: each upstream task with the digest of its outputs now (None: it has
+            none, or it is a plain luigi task).
+        code: check parameters and code.
+        data: check upstream outputs.
+    """
+    reasons: list[str] = []
+    if code:
+        reasons += _param_changes(stored.get("params"), params_fingerprint(task))
+        reasons += _code_changes(stored.get("code"), code_fingerprint(type(task)))
+    if data and isinstance(stored.get("up"), dict):
+        before = stored["up"]
+        for dep, now in upstream:
+            if now is None:
+                continue  # no outputs: the upstream task's own status says so
+            then = before.get(dep.task_id)
+            if then is None:
+                reasons.append(f"upstream {describe(dep)} has outputs it did not have when "
+                               f"this task last ran")
+            elif then != now:
+                reasons.append(f"upstream {describe(dep)} changed")
+        ids = {dep.task_id for dep, _ in upstream}
+        gone = [tid for tid in before if tid not in ids]
+        if gone:
+            reasons.append(f"it no longer requires {len(gone)} task(s) it was made from")
+    if not reasons:
+        return None
+    more = len(reasons) - _SHOWN
+    return "; ".join(reasons[:_SHOWN]) + (f"; and {more} more" if more > 0 else "")
+
+
+def _param_changes(before: Any, now: dict[str, str]) -> list[str]:
+    if not isinstance(before, dict) or before == now:
+        return []
+    out = []
+    for name in sorted(before.keys() | now.keys()):
+        a, b = before.get(name), now.get(name)
+        if a == b:
+            continue
+        if a is None:
+            out.append(f"parameter {name} is new")
+        elif b is None:
+            out.append(f"parameter {name} was removed")
+        else:
+            out.append(f"parameter {name} changed: {_clip(a)} -> {_clip(b)}")
+    return out
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _code_changes(before: Any, now: dict[str, str]) -> list[str]:
+    # the same code under other module names is no change: a flow run as a script
+    # (``__main__``) and then imported from a notebook
+    if not isinstance(before, dict) or before == now or (
+            sorted(map(str, before.values())) == sorted(now.values())):
+        return []
+    if "version" in before or "version" in now:
+        then, pinned = before.get("version"), now.get("version")
+        if then is None:
+            return [f"its code is now pinned to version {pinned}"]
+        if pinned is None:
+            return [f"its code is no longer pinned to version {then}"]
+        return [f"version changed: {then} -> {pinned}"]
+    changed = [k for k in now if k in before and before[k] != now[k]]
+    then, later = set(map(str, before.values())), set(now.values())
+    added = [k for k in now if k not in before and now[k] not in then]  # not just renamed
+    removed = [k for k in before if k not in now and before[k] not in later]
+    return [f"code {what}: {', '.join(keys[:_SHOWN])}"
+            + (f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else "")
+            for what, keys in (("changed", changed), ("added", added), ("removed", removed))
+            if keys]
+
+
+__all__ = ["changes", "code_fingerprint", "combine", "detects", "fingerprint_of",
+           "is_project_module", "outputs_digest", "params_fingerprint", "refresh",
+           "upstream_digests"]

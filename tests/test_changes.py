@@ -1,0 +1,464 @@
+"""Change detection: a task whose code, parameters or upstream outputs changed since its
+outputs were committed is STALE, says why, and reruns with everything downstream of it.
+
+The user's project is written to real module files and (re)imported, as a user editing code
+between two runs would: the fingerprints come from the source files.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import pipeflow
+from pipeflow import fingerprint
+from pipeflow.errors import StaleOutputWarning
+from pipeflow.plan import Status
+
+_ids = itertools.count()
+
+
+class Project:
+    """A user's project: modules in a folder on sys.path, written and re-imported."""
+
+    def __init__(self, root, prefix):
+        self.root = root
+        self.prefix = prefix
+        self.loaded = []
+
+    def name(self, short):
+        return f"{self.prefix}_{short}"
+
+    def write(self, short, text, folder=None):
+        """Write module ``short`` (its text may say ``{p}_other`` for sibling modules)."""
+        folder = folder or self.root
+        path = folder / f"{self.name(short)}.py"
+        path.write_text(text.replace("{p}", self.prefix))
+        importlib.invalidate_caches()
+        return path
+
+    def load(self, short):
+        """Import module ``short``, or re-import it if it was imported before."""
+        name = self.name(short)
+        if name in sys.modules:
+            return importlib.reload(sys.modules[name])
+        self.loaded.append(name)
+        return importlib.import_module(name)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    root = tmp_path / "proj"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # edits within one second
+    proj = Project(root, f"chg{next(_ids)}")
+    yield proj
+    for name in proj.loaded:
+        sys.modules.pop(name, None)
+
+
+HELPERS = textwrap.dedent("""
+    WINDOW = 3
+
+
+    def make_lags(x):
+        return shift(x) + WINDOW
+
+
+    def shift(x):
+        return x * 10
+""")
+
+TASKS = textwrap.dedent("""
+    import pipeflow
+    import {p}_helpers as helpers
+
+
+    class Prepare(pipeflow.tasks.TaskPickle):
+        def run(self):
+            self.save(helpers.make_lags(1))
+
+
+    @pipeflow.requires(Prepare)
+    class Train(pipeflow.tasks.TaskPickle):
+        factor = pipeflow.IntParameter(default=2)
+
+        def run(self):
+            self.save(self.inputLoad() * self.factor)
+""")
+
+
+def setup_flow(project, tasks=TASKS, helpers=HELPERS):
+    project.write("helpers", helpers)
+    project.write("tasks", tasks)
+    project.load("helpers")
+    mod = project.load("tasks")
+    flow = pipeflow.Workflow(mod.Train)
+    flow.run()
+    return mod, flow
+
+
+def states(flow):
+    """family -> (status, reason) from a fresh preview."""
+    preview = flow.preview(print_it=False)
+    return {r.task.task_family: (str(r.status), r.reason) for r in preview.rows}
+
+
+def test_a_fresh_run_is_complete_and_records_what_it_was_made_from(project):
+    mod, flow = setup_flow(project)
+    assert states(flow) == {"Train": ("COMPLETE", None), "Prepare": ("COMPLETE", None)}
+    train = flow.get_task()
+    record = json.loads(train._record_path().read_text())
+    fp = record["fp"]
+    assert fp["params"] == {"factor": "2"}
+    assert set(fp["code"]) == {"Train.run"}
+    prepare = mod.Prepare()
+    assert list(fp["up"]) == [prepare.task_id]
+    code = json.loads(prepare._record_path().read_text())["fp"]["code"]
+    helpers = project.name("helpers")
+    assert set(code) == {"Prepare.run", f"helper {helpers}.make_lags",
+                         f"helper {helpers}.shift", f"constant {helpers}.WINDOW"}
+
+
+def test_editing_a_task_method_makes_it_stale_and_a_run_reruns_it_and_downstream(project):
+    mod, flow = setup_flow(project)
+    project.write("tasks", TASKS.replace("helpers.make_lags(1)", "helpers.make_lags(2)"))
+    mod = project.load("tasks")
+    flow = pipeflow.Workflow(mod.Train)
+    assert states(flow) == {
+        "Train": ("STALE", "upstream Prepare() is out of date"),
+        "Prepare": ("STALE", "code changed: Prepare.run"),
+    }
+    assert not flow.complete()
+    result = flow.run()
+    assert {r.task.task_family: r.state.value for r in result.tasks.values()} == {
+        "Prepare": "completed", "Train": "completed"}
+    assert result.tasks[mod.Prepare().task_id].reason == "stale: code changed: Prepare.run"
+    assert flow.outputLoad() == (20 + 3) * 2
+    assert states(flow) == {"Train": ("COMPLETE", None), "Prepare": ("COMPLETE", None)}
+
+
+def test_editing_a_helper_in_another_module_followed_transitively(project):
+    _, flow = setup_flow(project)
+    # shift() is called by make_lags(), which Prepare.run calls
+    project.write("helpers", HELPERS.replace("x * 10", "x * 100"))
+    project.load("helpers")
+    helpers = project.name("helpers")
+    assert states(flow)["Prepare"] == ("STALE", f"code changed: helper {helpers}.shift")
+    flow.run()
+    assert flow.outputLoad() == (100 + 3) * 2
+
+
+def test_editing_a_constant_of_the_project_is_a_code_change(project):
+    _, flow = setup_flow(project)
+    project.write("helpers", HELPERS.replace("WINDOW = 3", "WINDOW = 4"))
+    project.load("helpers")
+    helpers = project.name("helpers")
+    assert states(flow)["Prepare"] == ("STALE", f"code changed: constant {helpers}.WINDOW")
+
+
+def test_comments_blank_lines_and_docstrings_are_not_changes(project):
+    _, flow = setup_flow(project)
+    edited = HELPERS.replace(
+        "def shift(x):\n    return x * 10",
+        'def shift(x):\n    """Now documented."""\n\n    # a comment\n'
+        "    return (x *\n            10)")
+    assert edited != HELPERS
+    project.write("helpers", "\n\n# header comment\n" + edited)
+    project.load("helpers")
+    assert states(flow) == {"Train": ("COMPLETE", None), "Prepare": ("COMPLETE", None)}
+
+
+def test_editing_a_library_function_is_not_a_change(project, tmp_path):
+    site = tmp_path / "venv" / "lib" / "site-packages"
+    site.mkdir(parents=True)
+    sys.path.insert(0, str(site))
+    try:
+        project.write("fakelib", "def scale(x):\n    return x * 2\n", folder=site)
+        project.load("fakelib")
+        tasks = TASKS.replace("import pipeflow\n", "import pipeflow\nimport {p}_fakelib\n")
+        tasks = tasks.replace("helpers.make_lags(1)", "{p}_fakelib.scale(1)")
+        mod, flow = setup_flow(project, tasks=tasks)
+        code = json.loads(mod.Prepare()._record_path().read_text())["fp"]["code"]
+        assert list(code) == ["Prepare.run"]  # the library is not part of the project's code
+        project.write("fakelib", "def scale(x):\n    return x * 3\n", folder=site)
+        project.load("fakelib")
+        assert states(flow)["Prepare"] == ("COMPLETE", None)
+    finally:
+        sys.path.remove(str(site))
+
+
+def test_pipeflow_pandas_and_the_standard_library_are_not_project_code():
+    import collections
+
+    import pandas as pd
+
+    assert not fingerprint.is_project_module("pandas")
+    assert not fingerprint.is_project_module("collections")
+    assert not fingerprint.is_project_module("pipeflow.tasks")
+    assert not fingerprint.is_project_module("luigi")
+    assert not fingerprint.is_project_module("sys")  # built in
+    assert fingerprint.is_project_module("__main__")
+    assert fingerprint.is_project_module(__name__)  # the tests are a project
+    assert pd and collections
+
+
+def test_an_upstream_task_class_is_not_code_of_its_downstream(project):
+    mod, _ = setup_flow(project)
+    code = json.loads(mod.Train()._record_path().read_text())["fp"]["code"]
+    assert not any("Prepare" in item for item in code)
+
+
+def test_changed_upstream_output_makes_downstream_stale_unless_it_is_the_same(project):
+    mod, flow = setup_flow(project)
+    # the upstream runs again on its own and writes the same data: nothing to redo
+    pipeflow.run(mod.Prepare(), forced_all=True)
+    assert states(flow)["Train"] == ("COMPLETE", None)
+    # ... and now different data (its code reads a file the project changed)
+    project.write("helpers", HELPERS.replace("WINDOW = 3", "WINDOW = 5"))
+    project.load("helpers")
+    pipeflow.run(mod.Prepare())
+    assert states(flow) == {
+        "Train": ("STALE", "upstream Prepare() changed"),
+        "Prepare": ("COMPLETE", None),
+    }
+    flow.run()
+    assert flow.outputLoad() == (10 + 5) * 2
+
+
+def test_output_edited_by_hand_is_stale_and_not_loaded(project):
+    mod, flow = setup_flow(project)
+    path = mod.Prepare().output().path
+    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    status, reason = states(flow)["Prepare"]
+    assert status == "STALE"
+    assert reason.startswith(f"output 'data': {path.name} was changed outside pipeflow")
+    with pytest.raises(pipeflow.errors.IncompleteTaskError, match="changed outside pipeflow"):
+        mod.Prepare().outputLoad()
+    flow.run()
+    assert mod.Prepare().outputLoad() == 13
+
+
+def test_changed_parameter_default_with_params_left_out_of_file_names(project):
+    pipeflow.settings.save_with_param = False  # one file per family: the same path
+    _, flow = setup_flow(project)
+    project.write("tasks", TASKS.replace("default=2", "default=3"))
+    mod = project.load("tasks")
+    flow = pipeflow.Workflow(mod.Train)
+    assert states(flow)["Train"] == ("STALE", "parameter factor changed: 2 -> 3")
+    flow.run()
+    assert flow.outputLoad() == 13 * 3
+
+
+def test_changed_parameter_default_with_params_in_file_names_is_a_new_task(project):
+    _, flow = setup_flow(project)
+    project.write("tasks", TASKS.replace("default=2", "default=3"))
+    mod = project.load("tasks")
+    assert states(pipeflow.Workflow(mod.Train)) == {
+        "Train": ("PENDING", None), "Prepare": ("COMPLETE", None)}
+
+
+def test_version_pins_the_code(project):
+    pinned = TASKS.replace("class Prepare(pipeflow.tasks.TaskPickle):\n",
+                           "class Prepare(pipeflow.tasks.TaskPickle):\n    version = '1'\n")
+    _, flow = setup_flow(project, tasks=pinned)
+    project.write("tasks", pinned.replace("make_lags(1)", "make_lags(2)"))
+    mod = project.load("tasks")
+    flow = pipeflow.Workflow(mod.Train)
+    assert states(flow)["Prepare"] == ("COMPLETE", None)  # edits under a pinned version
+    project.write("tasks", pinned.replace("version = '1'", "version = '2'"))
+    mod = project.load("tasks")
+    flow = pipeflow.Workflow(mod.Train)
+    assert states(flow)["Prepare"] == ("STALE", "version changed: 1 -> 2")
+
+
+def test_a_class_can_opt_out_of_code_checks(project):
+    opted = TASKS.replace("class Prepare(pipeflow.tasks.TaskPickle):\n",
+                          "class Prepare(pipeflow.tasks.TaskPickle):\n"
+                          "    detect_code_changes = False\n")
+    mod, flow = setup_flow(project, tasks=opted)
+    assert "code" not in json.loads(mod.Prepare()._record_path().read_text())["fp"]
+    project.write("helpers", HELPERS.replace("x * 10", "x * 11"))
+    project.load("helpers")
+    assert states(flow)["Prepare"] == ("COMPLETE", None)
+
+
+def test_settings_switch_each_kind_of_check_off(project):
+    mod, flow = setup_flow(project)
+    project.write("helpers", HELPERS.replace("x * 10", "x * 11"))
+    project.load("helpers")
+    pipeflow.settings.detect_code_changes = False  # d6tflow: outputs exist, so complete
+    assert states(flow) == {"Train": ("COMPLETE", None), "Prepare": ("COMPLETE", None)}
+    pipeflow.run(mod.Prepare(), forced_all=True)  # new upstream data
+    assert states(flow)["Train"] == ("STALE", "upstream Prepare() changed")
+    pipeflow.settings.detect_data_changes = False
+    assert states(flow)["Train"] == ("COMPLETE", None)
+    with pytest.raises(AttributeError, match="detect_code_changes"):
+        pipeflow.settings.detect_code_change = True
+
+
+def test_stale_outputs_load_with_a_warning(project):
+    mod, flow = setup_flow(project)
+    project.write("helpers", HELPERS.replace("x * 10", "x * 11"))
+    project.load("helpers")
+    with pytest.warns(StaleOutputWarning, match=r"Prepare\(\) is stale \(code changed: help"):
+        assert flow.outputLoad(mod.Prepare) == 13
+    with pytest.warns(StaleOutputWarning, match="upstream Prepare"):
+        assert flow.outputLoad() == 26
+
+
+def test_preview_shows_stale_tasks_and_counts_them(project):
+    _, flow = setup_flow(project)
+    project.write("helpers", HELPERS.replace("x * 10", "x * 11"))
+    project.load("helpers")
+    preview = flow.preview(print_it=False)
+    assert preview.counts() == {"COMPLETE": 0, "PENDING": 0, "STALE": 2}
+    assert "[Prepare-{} (STALE)] - code changed: helper" in str(preview)
+    assert "\033[93mSTALE" in preview.text(color=True)
+    assert "STALE</b>" in preview._repr_html_()
+
+
+def test_records_from_before_change_detection_still_count(project):
+    mod, flow = setup_flow(project)
+    for task in (mod.Prepare(), mod.Train()):
+        path = task._record_path()
+        doc = json.loads(path.read_text())
+        del doc["fp"]
+        path.write_text(json.dumps(doc))
+    project.write("helpers", HELPERS.replace("x * 10", "x * 11"))
+    project.load("helpers")
+    assert states(flow) == {"Train": ("COMPLETE", None), "Prepare": ("COMPLETE", None)}
+
+
+def test_same_code_imported_under_another_module_name_is_not_a_change(project, tmp_path):
+    """A flow run as a script (``__main__``), then imported from a notebook."""
+    project.write("helpers", HELPERS)
+    path = project.write("tasks", TASKS + textwrap.dedent("""
+
+        if __name__ == "__main__":
+            import sys
+            pipeflow.set_dir(sys.argv[1])
+            pipeflow.settings.execution_summary = False
+            pipeflow.run(Train())
+    """))
+    env = {**os.environ, "PYTHONPATH": str(project.root)}
+    proc = subprocess.run([sys.executable, str(path), str(pipeflow.settings.dirpath)],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    project.load("helpers")
+    mod = project.load("tasks")
+    flow = pipeflow.Workflow(mod.Train)
+    assert states(flow) == {"Train": ("COMPLETE", None), "Prepare": ("COMPLETE", None)}
+    # ... while an edit between the two processes is seen
+    project.write("helpers", HELPERS.replace("x * 10", "x * 12"))
+    project.load("helpers")
+    assert states(flow)["Prepare"][0] == "STALE"
+
+
+def test_aggregated_upstream_changes_reach_downstream(project):
+    tasks = TASKS + textwrap.dedent("""
+
+        class Both(pipeflow.tasks.TaskAggregator):
+            def run(self):
+                yield Prepare()
+                yield Train()
+
+
+        @pipeflow.requires(Both)
+        class Report(pipeflow.tasks.TaskJson):
+            def run(self):
+                first, second = self.inputLoad()
+                self.save({"sum": first + second})
+    """)
+    project.write("helpers", HELPERS)
+    project.write("tasks", tasks)
+    project.load("helpers")
+    mod = project.load("tasks")
+    flow = pipeflow.Workflow(mod.Report)
+    flow.run()
+    pipeflow.settings.detect_code_changes = False  # only the data change below counts
+    project.write("helpers", HELPERS.replace("WINDOW = 3", "WINDOW = 4"))
+    project.load("helpers")
+    pipeflow.run(mod.Train(), forced_all_upstream=True)
+    assert states(flow)["Report"] == ("STALE", "upstream Both() changed")
+    flow.run()
+    assert flow.outputLoad() == {"sum": 14 + 28}
+
+
+def test_code_fingerprints_are_computed_once_per_check(project, monkeypatch):
+    _, flow = setup_flow(project)
+    calls = []
+    real = fingerprint._function_hash
+    monkeypatch.setattr(fingerprint, "_function_hash", lambda f: calls.append(f) or real(f))
+    flow.preview(print_it=False)
+    assert len(calls) == len({id(f) for f in calls}) == 4  # 2 run()s, make_lags, shift
+
+
+def test_status_enum_has_stale():
+    assert Status("STALE") is Status.STALE
+
+
+def test_a_touched_output_is_hashed_once_then_compared_by_stat_again(project, monkeypatch):
+    mod, _ = setup_flow(project)
+    task = mod.Prepare()
+    path = task.output().path
+    before = path.stat()
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 5_000_000_000))
+    hashed = []
+    real = pipeflow.integrity.hash_file
+    monkeypatch.setattr(pipeflow.integrity, "hash_file", lambda p: hashed.append(p) or real(p))
+    assert task.own_state() == (True, None)
+    assert hashed  # the touch made it look
+    record = json.loads(task._record_path().read_text())
+    assert record["files"]["data"][0][2] == before.st_mtime_ns + 5_000_000_000
+    hashed.clear()
+    assert task.own_state() == (True, None)
+    assert hashed == []
+    # an edit is still seen
+    path.write_bytes(path.read_bytes()[:-1] + b"\x01")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 9_000_000_000))
+    assert task.own_state()[0] is False
+
+
+FLAKY = textwrap.dedent("""
+    import os
+    import pipeflow
+
+
+    class Flaky(pipeflow.tasks.TaskPickle):
+        def run(self):
+            if os.environ.get("FLAKY_FAIL"):
+                raise ValueError("the source is down\\nsecond line")
+            self.save(1)
+""")
+
+
+def test_a_pending_task_whose_last_run_failed_says_so(project, monkeypatch):
+    project.write("flaky", FLAKY)
+    mod = project.load("flaky")
+    flow = pipeflow.Workflow(mod.Flaky)
+    assert states(flow) == {"Flaky": ("PENDING", None)}
+    monkeypatch.setenv("FLAKY_FAIL", "1")
+    with pytest.raises(pipeflow.errors.TaskFailedError):
+        flow.run()
+    assert states(flow) == {
+        "Flaky": ("PENDING", "last run failed: ValueError: the source is down")}
+    monkeypatch.delenv("FLAKY_FAIL")
+    flow.run()
+    assert states(flow) == {"Flaky": ("COMPLETE", None)}
+    flow.reset(confirm=False)
+    assert states(flow) == {"Flaky": ("PENDING", None)}  # the last run succeeded
+    pipeflow.settings.history = False
+    monkeypatch.setenv("FLAKY_FAIL", "1")
+    with pytest.raises(pipeflow.errors.TaskFailedError):
+        flow.run()
+    pipeflow.settings.history = True
+    assert states(flow) == {"Flaky": ("PENDING", None)}  # unknown: not recorded
