@@ -52,6 +52,8 @@ _SHOWN = 3
 _code_cache: dict[type, dict[str, str]] = {}
 _module_kind: dict[str, bool] = {}
 _assign_cache: dict[str, dict[str, str]] = {}
+#: record path -> (its stat, the outputs digest it gives)
+_digests: dict[str, tuple[tuple[int, int, int], str | None]] = {}
 
 
 def refresh() -> None:
@@ -59,6 +61,7 @@ def refresh() -> None:
     _code_cache.clear()
     _module_kind.clear()
     _assign_cache.clear()
+    _digests.clear()
 
 
 def _short(text: str | bytes) -> str:
@@ -342,8 +345,20 @@ def upstream_digests(task: luigi.Task) -> dict[str, str]:
 def _digest_now(task: luigi.Task) -> str | None:
     names = getattr(task, "_file_names", None)
     if names is not None:
-        record, _ = read_record(names()[2])
-        return None if record is None else outputs_digest(record.files)
+        path = names()[2]
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        # a diamond's task has many upstream tasks: read each record once per version
+        key = (st.st_mtime_ns, st.st_ino, st.st_size)
+        hit = _digests.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        record, _ = read_record(path)
+        digest = None if record is None else outputs_digest(record.files)
+        _digests[path] = (key, digest)
+        return digest
     if getattr(task, "_pipeflow_group", False) or isinstance(task, luigi.WrapperTask):
         return combine([_digest_now(d) for d, _ in requirement_edges(task)])
     return None
