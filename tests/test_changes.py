@@ -462,3 +462,43 @@ def test_a_pending_task_whose_last_run_failed_says_so(project, monkeypatch):
         flow.run()
     pipeflow.settings.history = True
     assert states(flow) == {"Flaky": ("PENDING", None)}  # unknown: not recorded
+
+
+WIDE = textwrap.dedent("""
+    import pipeflow
+
+
+    class Leaf(pipeflow.tasks.TaskPickle):
+        i = pipeflow.IntParameter()
+
+        def run(self):
+            self.save(self.i)
+
+
+    class Top(pipeflow.tasks.TaskPickle):
+        def requires(self):
+            return [Leaf(i=i) for i in range(4)]
+
+        def run(self):
+            self.save(sum(self.inputLoad()))
+""")
+
+
+def test_worker_processes_reuse_the_code_fingerprints_of_the_run(project, monkeypatch, tmp_path):
+    project.write("wide", WIDE)
+    mod = project.load("wide")
+    log = tmp_path / "hashed.log"
+    real = fingerprint._function_hash
+
+    def logged(func):
+        with open(log, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        return real(func)
+
+    monkeypatch.setattr(fingerprint, "_function_hash", logged)
+    flow = pipeflow.Workflow(mod.Top)
+    flow.run(workers=2, executor="process")
+    assert flow.outputLoad() == 6
+    assert set(log.read_text().split()) == {str(os.getpid())}  # never in a worker
+    record = json.loads(mod.Leaf(i=0)._record_path().read_text())
+    assert set(record["fp"]["code"]) == {"Leaf.run"}

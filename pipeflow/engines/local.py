@@ -36,7 +36,7 @@ from typing import Any
 import luigi
 from luigi.task import flatten, getpaths
 
-from pipeflow import cache, layout
+from pipeflow import cache, fingerprint, layout
 from pipeflow import graph as graphs
 from pipeflow.errors import (
     MissingOutputError,
@@ -228,6 +228,11 @@ class _Run:
                 if d not in seen:
                     seen.add(d)
                     stack.append(d)
+        # Code fingerprints for the commit records, once, here: forked workers inherit
+        # them instead of each hashing its task class's code again
+        for cls in {type(g.nodes[i]) for i in self.to_run}:
+            if hasattr(cls, "_file_names") and getattr(cls, "detect_code_changes", 1) is not False:
+                fingerprint.code_fingerprint(cls)
         self.priority = {i: task_priority(g.nodes[i]) for i in self.to_run}
         self.waiting = {i: sum(1 for d in g.deps[i] if d in self.to_run) for i in self.to_run}
         self.ready: list[tuple[int, int]] = [(self.priority[i], i)
