@@ -13,10 +13,13 @@ outputs:
   with ``detect_code_changes = False``;
 * ``up``: for each upstream task, a hash of the outputs it had when this task ran.
 
-Code is hashed from its syntax tree, so comments, blank lines, formatting and docstrings
-are not changes; where the source cannot be read (a function built by ``exec``), the
-compiled byte code is hashed instead. Task classes a task refers to (in ``requires()``)
-are not its code: they are upstream tasks, followed through their outputs.
+Code is hashed as compiled (byte code, names, constants, default values), so comments,
+blank lines, formatting and docstrings are not changes, and what is hashed is exactly what
+runs: a module edited on disk but not reloaded in a notebook still shows its old code,
+until it is reloaded. Constants are hashed by their value in the running process. Each
+Python version compiles differently: after a Python upgrade, tasks are stale once (the
+reason says so). Task classes a task refers to (in ``requires()``) are not its code: they
+are upstream tasks, followed through their outputs.
 
 Code fingerprints are computed once per class per status check or run (:func:`refresh`
 starts a new one), so a notebook's redefined function or a reloaded module is seen on the
@@ -25,14 +28,12 @@ next preview.
 
 from __future__ import annotations
 
-import ast
+import dis
 import inspect
 import json
-import linecache
 import os
 import sys
 import sysconfig
-import textwrap
 import types
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -46,12 +47,13 @@ from pipeflow.integrity import read_record
 #: folders that hold installed libraries
 _LIB_PARTS = frozenset(["site-packages", "dist-packages"])
 _LITERALS = (int, float, complex, str, bytes, bool, type(None))
+#: byte code is compared, and each Python version compiles its own
+_PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 #: most reasons listed in one message
 _SHOWN = 3
 
 _code_cache: dict[type, dict[str, str]] = {}
 _module_kind: dict[str, bool] = {}
-_assign_cache: dict[str, dict[str, str]] = {}
 #: record path -> (its stat, the outputs digest it gives)
 _digests: dict[str, tuple[tuple[int, int, int], str | None]] = {}
 
@@ -60,7 +62,6 @@ def refresh() -> None:
     """Forget computed code fingerprints: the next check re-reads the code."""
     _code_cache.clear()
     _module_kind.clear()
-    _assign_cache.clear()
     _digests.clear()
 
 
@@ -127,38 +128,37 @@ def _is_project(obj: Any) -> bool:
 
 # -- hashing one function -----------------------------------------------------------------------
 
-class _NoDocstrings(ast.NodeTransformer):
-    def _strip(self, node: Any) -> Any:
-        self.generic_visit(node)
-        body = node.body
-        if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-        return node
-
-    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _strip
-
-
 def _function_hash(func: types.FunctionType) -> str:
-    """Hash of a function's syntax (comments, layout and docstrings ignored)."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
-        if len(tree.body) == 1 and isinstance(tree.body[0], (ast.FunctionDef,
-                                                             ast.AsyncFunctionDef)):
-            return _short(ast.dump(_NoDocstrings().visit(tree)))
-    except (OSError, TypeError, SyntaxError, IndentationError):
-        pass
-    return _short(_code_text(func.__code__, func.__doc__))  # no source: a lambda, exec...
+    """Hash of the code a function runs, as compiled.
+
+    Its byte code, names, constants (the docstring left out) and default argument values:
+    comments and layout never reach byte code, and a module edited on disk but not
+    reloaded still shows the code that would run.
+    """
+    defaults = [_stable(d) if _is_constant(d) else type(d).__name__
+                for d in (func.__defaults__ or ())]
+    return _short(_code_text(func.__code__) + "|" + ",".join(defaults))
 
 
-def _code_text(code: types.CodeType, doc: str | None = None) -> str:
-    consts = []
-    for i, c in enumerate(code.co_consts):
-        if isinstance(c, types.CodeType):
-            consts.append(_code_text(c))
-        elif not (i == 0 and doc is not None and c == doc):
-            consts.append(repr(c))
-    return "|".join([code.co_code.hex(), ",".join(code.co_names), *consts])
+def _code_text(code: types.CodeType) -> str:
+    """The instructions of ``code`` with their arguments resolved (constants, names).
+
+    Resolved rather than raw byte code: whether a function has a docstring shifts the
+    indices of its constants, not what it does.
+    """
+    return "\n".join(f"{ins.opname} {_stable(ins.argval)}"
+                     for ins in dis.get_instructions(code))
+
+
+def _stable(value: Any) -> str:
+    """``repr`` that is the same in every process (sets of strings are ordered by hash)."""
+    if isinstance(value, types.CodeType):
+        return _code_text(value)
+    if isinstance(value, (frozenset, set)):
+        return "{" + ",".join(sorted(map(_stable, value))) + "}"
+    if isinstance(value, tuple):
+        return "(" + ",".join(map(_stable, value)) + ")"
+    return repr(value)
 
 
 def _names(code: types.CodeType) -> Iterator[str]:
@@ -223,7 +223,7 @@ def code_fingerprint(cls: type) -> dict[str, str]:
         for name, func in _functions_of(klass):
             add_function(f"{prefix}{owner}.{name}", func)
 
-    def add_value(name: str, value: Any, file: str, module: str, names: set[str]) -> None:
+    def add_value(name: str, value: Any, module: str, names: set[str]) -> None:
         """A global a function uses (``names``: the other names it uses, for ``mod.attr``)."""
         if isinstance(value, types.FunctionType):
             add_function(f"helper {_label(value)}", value)
@@ -233,12 +233,9 @@ def code_fingerprint(cls: type) -> dict[str, str]:
         elif isinstance(value, types.ModuleType):
             if is_project_module(value.__name__):
                 for attr in sorted(names & vars(value).keys()):
-                    add_value(attr, vars(value)[attr], getattr(value, "__file__", "") or "",
-                              value.__name__, set())
-        elif file and _is_constant(value):
-            source = _assignments(file).get(name)
-            if source is not None:
-                items[f"constant {_label_in(module, name)}"] = _short(source)
+                    add_value(attr, vars(value)[attr], value.__name__, set())
+        elif _is_constant(value):
+            items[f"constant {_label_in(module, name)}"] = _short(_stable(value))
 
     for klass in cls.__mro__:
         if _is_project(klass):
@@ -249,8 +246,7 @@ def code_fingerprint(cls: type) -> dict[str, str]:
         globals_ = func.__globals__
         for name in sorted(names):
             if name in globals_:
-                add_value(name, globals_[name], func.__code__.co_filename, func.__module__,
-                          names)
+                add_value(name, globals_[name], func.__module__, names)
         for cell in func.__closure__ or ():
             try:
                 value = cell.cell_contents
@@ -259,37 +255,10 @@ def code_fingerprint(cls: type) -> dict[str, str]:
             if isinstance(value, types.FunctionType):
                 add_function(f"helper {_label(value)}", value)
     version = _version(cls)
-    result = {"version": version} if version is not None else dict(sorted(items.items()))
+    result = ({"version": version} if version is not None
+              else {"python": _PYTHON, **dict(sorted(items.items()))})
     _code_cache[cls] = result
     return result
-
-
-def _assignments(filename: str) -> dict[str, str]:
-    """Name -> syntax of the value, for a module's top-level assignments (from its source).
-
-    A constant's code is its assignment in the source: a value changed at run time (a
-    setting a script sets) is not a change of code.
-    """
-    hit = _assign_cache.get(filename)
-    if hit is not None:
-        return hit
-    out: dict[str, str] = {}
-    try:
-        tree = ast.parse("".join(linecache.getlines(filename)))
-    except (SyntaxError, ValueError):
-        tree = ast.Module(body=[], type_ignores=[])
-    for node in tree.body:
-        if isinstance(node, ast.Assign):
-            targets = node.targets
-        elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            targets = [node.target]
-        else:
-            continue
-        for target in targets:
-            if isinstance(target, ast.Name):
-                out[target.id] = ast.dump(node.value)  # type: ignore[arg-type]
-    _assign_cache[filename] = out
-    return out
 
 
 def _label_in(module: str, name: str) -> str:
@@ -459,6 +428,9 @@ def _code_changes(before: Any, now: dict[str, str]) -> list[str]:
         if pinned is None:
             return [f"its code is no longer pinned to version {then}"]
         return [f"version changed: {then} -> {pinned}"]
+    if before.get("python", _PYTHON) != now.get("python", _PYTHON):
+        return [f"Python changed: {before['python']} -> {now['python']} (code is compared "
+                f"as compiled, and this Python compiles it differently)"]
     changed = [k for k in now if k in before and before[k] != now[k]]
     then, later = set(map(str, before.values())), set(now.values())
     added = [k for k in now if k not in before and now[k] not in then]  # not just renamed

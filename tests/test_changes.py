@@ -119,12 +119,12 @@ def test_a_fresh_run_is_complete_and_records_what_it_was_made_from(project):
     record = json.loads(train._record_path().read_text())
     fp = record["fp"]
     assert fp["params"] == {"factor": "2"}
-    assert set(fp["code"]) == {"Train.run"}
+    assert set(fp["code"]) == {"python", "Train.run"}
     prepare = mod.Prepare()
     assert list(fp["up"]) == [prepare.task_id]
     code = json.loads(prepare._record_path().read_text())["fp"]["code"]
     helpers = project.name("helpers")
-    assert set(code) == {"Prepare.run", f"helper {helpers}.make_lags",
+    assert set(code) == {"python", "Prepare.run", f"helper {helpers}.make_lags",
                          f"helper {helpers}.shift", f"constant {helpers}.WINDOW"}
 
 
@@ -188,7 +188,7 @@ def test_editing_a_library_function_is_not_a_change(project, tmp_path):
         tasks = tasks.replace("helpers.make_lags(1)", "{p}_fakelib.scale(1)")
         mod, flow = setup_flow(project, tasks=tasks)
         code = json.loads(mod.Prepare()._record_path().read_text())["fp"]["code"]
-        assert list(code) == ["Prepare.run"]  # the library is not part of the project's code
+        assert list(code) == ["python", "Prepare.run"]  # the library is not project code
         project.write("fakelib", "def scale(x):\n    return x * 3\n", folder=site)
         project.load("fakelib")
         assert states(flow)["Prepare"] == ("COMPLETE", None)
@@ -501,4 +501,25 @@ def test_worker_processes_reuse_the_code_fingerprints_of_the_run(project, monkey
     assert flow.outputLoad() == 6
     assert set(log.read_text().split()) == {str(os.getpid())}  # never in a worker
     record = json.loads(mod.Leaf(i=0)._record_path().read_text())
-    assert set(record["fp"]["code"]) == {"Leaf.run"}
+    assert set(record["fp"]["code"]) == {"python", "Leaf.run"}
+
+
+def test_a_module_edited_on_disk_but_not_reloaded_is_judged_by_the_code_that_runs(project):
+    """A notebook without autoreload keeps running the old code: its outputs are current,
+    and recording the new source for them would hide the change after a restart."""
+    _, flow = setup_flow(project)
+    project.write("helpers", HELPERS.replace("x * 10", "x * 11"))
+    assert states(flow)["Prepare"] == ("COMPLETE", None)
+    project.load("helpers")  # reloaded: now the edit runs
+    assert states(flow)["Prepare"][0] == "STALE"
+
+
+def test_a_python_upgrade_is_a_code_change_that_says_so(project):
+    mod, flow = setup_flow(project)
+    path = mod.Prepare()._record_path()
+    doc = json.loads(path.read_text())
+    doc["fp"]["code"]["python"] = "3.9"
+    path.write_text(json.dumps(doc))
+    status, reason = states(flow)["Prepare"]
+    assert status == "STALE"
+    assert reason.startswith(f"Python changed: 3.9 -> {sys.version_info[0]}.{sys.version_info[1]}")

@@ -36,7 +36,6 @@ import pipeflow
 
 N_TASKS = {n_tasks}
 SLOW_SECONDS = {slow_seconds}
-NAME = "test"  # which of the processes (its forked workers inherit it)
 
 
 def root():
@@ -46,7 +45,8 @@ def root():
 def log_run(task):
     fd = os.open(root() / "runs.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, f"{{task.task_id}} {{os.getpid()}} {{NAME}}\\n".encode())
+        name = os.environ.get("FLOW_PROCESS_NAME", "test")  # forked workers inherit it
+        os.write(fd, f"{{task.task_id}} {{os.getpid()}} {{name}}\\n".encode())
     finally:
         os.close(fd)
 
@@ -74,12 +74,14 @@ class Slow(pipeflow.tasks.TaskJson):
 
 
 def main():
-    global NAME
-    data, workers, what, NAME = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    data, workers, what, name = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    # the process's name travels in the environment: a module global it assigned would be
+    # a constant of the flow's code with another value in each process (a code change)
+    os.environ["FLOW_PROCESS_NAME"] = name
     pipeflow.set_dir(data)
     pipeflow.settings.execution_summary = False
     if what == "nodes":
-        (root() / f"ready-{{NAME}}").touch()
+        (root() / f"ready-{{name}}").touch()
         deadline = time.monotonic() + {startup}
         while not (root() / "go").exists():  # start together with the other process
             if time.monotonic() > deadline:
