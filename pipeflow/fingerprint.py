@@ -136,7 +136,7 @@ def _function_hash(func: types.FunctionType) -> str:
     reloaded still shows the code that would run.
     """
     defaults = [_stable(d) if _is_constant(d) else type(d).__name__
-                for d in (func.__defaults__ or ())]
+                for d in [*(func.__defaults__ or ()), *(func.__kwdefaults__ or {}).items()]]
     return _short(_code_text(func.__code__) + "|" + ",".join(defaults))
 
 

@@ -182,6 +182,7 @@ class HistorySink:
         self.changes: list[tuple[Any, ...]] = []
         self.started: dict[str, float] = {}
         self.tries: dict[str, int] = {}
+        self.why: dict[str, str] = {}
         self.last_flush = time.monotonic()
         self.broken = False
         self.ended: set[str] = set()  # how attempts of this run ended
@@ -235,6 +236,8 @@ class HistorySink:
         if event.kind is EventKind.TASK_STARTED:
             self.started[tid] = event.time
             self.tries[tid] = self.tries.get(tid, 0) + 1
+            if event.reason is not None:  # why it runs again (stale outputs)
+                self.why[tid] = event.reason
             return
         status = _ENDS.get(event.kind)
         if status is None:
@@ -251,7 +254,8 @@ class HistorySink:
             usage.get("cpu_time"), usage.get("peak_memory"),
             None if err is None else type(err).__name__, message,
             None if event.traceback is None else redact(event.traceback, task),
-            event.reason, _outputs(task) if status == "completed" else None,
+            event.reason or self.why.get(tid),
+            _outputs(task) if status == "completed" else None,
         ))
 
     def _flush(self) -> None:

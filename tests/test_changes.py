@@ -142,6 +142,8 @@ def test_editing_a_task_method_makes_it_stale_and_a_run_reruns_it_and_downstream
     assert {r.task.task_family: r.state.value for r in result.tasks.values()} == {
         "Prepare": "completed", "Train": "completed"}
     assert result.tasks[mod.Prepare().task_id].reason == "stale: code changed: Prepare.run"
+    recorded = pipeflow.history(family="Prepare", last=1).iloc[0]
+    assert recorded["reason"] == "stale: code changed: Prepare.run"
     assert flow.outputLoad() == (20 + 3) * 2
     assert states(flow) == {"Train": ("COMPLETE", None), "Prepare": ("COMPLETE", None)}
 
