@@ -13,7 +13,6 @@ import pathlib
 import sys
 
 import cfg
-import pandas as pd
 import tasks
 
 import pipeflow as d6tflow
@@ -28,14 +27,6 @@ def parse_args(argv=None):
                         help="where the chart and the results table go (default: "
                              "%(default)s, or $PIPEFLOW_EXAMPLE_OUTPUT)")
     return parser.parse_args(argv)
-
-
-def results_table(metrics, params, metric=cfg.main_metric):
-    """One row per flow: its parameters and metrics, best first."""
-    rows = {name: {**params[name], **m} for name, m in metrics.items()}
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table.index.name = "flow"
-    return table.sort_values(metric, ascending=False)
 
 
 def plot_results(table, path, metric=cfg.main_metric):
@@ -89,8 +80,8 @@ def main(argv=None):
         tasks.TaskEvaluate, {"model": cfg.models, "do_preprocess": cfg.preprocess_options})
     flows.run()
 
-    scores = flows.outputLoad(tasks.TaskEvaluate)  # {flow_name: metrics}
-    table = results_table(scores, flows.params)
+    # a row per flow: its parameters, then TaskEvaluate's metrics dict as columns
+    table = flows.results(tasks.TaskEvaluate).sort_values(cfg.main_metric, ascending=False)
     columns = ["r2", "rmse", "mae", "r2_train"]
     print(f"\nModel comparison on the test set, best {cfg.main_metric} first:")
     print(table[columns].to_string(float_format="{:.3f}".format))
