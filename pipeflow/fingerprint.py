@@ -135,7 +135,7 @@ def _function_hash(func: types.FunctionType) -> str:
     comments and layout never reach byte code, and a module edited on disk but not
     reloaded still shows the code that would run.
     """
-    defaults = [_stable(d) if _is_constant(d) else type(d).__name__
+    defaults = [_stable(d) if _is_data(d, 1) else type(d).__name__
                 for d in [*(func.__defaults__ or ()), *(func.__kwdefaults__ or {}).items()]]
     return _short(_code_text(func.__code__) + "|" + ",".join(defaults))
 
@@ -151,12 +151,23 @@ def _code_text(code: types.CodeType) -> str:
 
 
 def _stable(value: Any) -> str:
-    """``repr`` that is the same in every process (sets of strings are ordered by hash)."""
+    """A ``repr`` that is the same in every process.
+
+    Sets and dicts in a fixed order, functions by their code, classes by name: never a
+    memory address or an order that depends on string hashing.
+    """
     if isinstance(value, types.CodeType):
         return _code_text(value)
+    if isinstance(value, types.FunctionType):
+        return f"function {_function_hash(value)}"
+    if isinstance(value, type):
+        return f"class {value.__module__}.{value.__qualname__}"
+    if isinstance(value, dict):
+        return "{" + ",".join(sorted(f"{_stable(k)}:{_stable(v)}"
+                                     for k, v in value.items())) + "}"
     if isinstance(value, (frozenset, set)):
         return "{" + ",".join(sorted(map(_stable, value))) + "}"
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return "(" + ",".join(map(_stable, value)) + ")"
     return repr(value)
 
@@ -234,8 +245,18 @@ def code_fingerprint(cls: type) -> dict[str, str]:
             if is_project_module(value.__name__):
                 for attr in sorted(names & vars(value).keys()):
                     add_value(attr, vars(value)[attr], value.__name__, set())
-        elif _is_constant(value):
-            items[f"constant {_label_in(module, name)}"] = _short(_stable(value))
+        elif _is_data(value):
+            # lists, dicts and sets are state as often as settings (a run log a task appends
+            # to): only the code in them counts, e.g. a registry of model factories
+            text = _stable(value) if _immutable(value) else _code_in(value)
+            if text:
+                items[f"constant {_label_in(module, name)}"] = _short(text)
+            for member in _members(value):  # their own code is in the constant's hash
+                if isinstance(member, type):
+                    add_value(name, member, module, set())
+                elif id(member) not in seen and _is_project(member):
+                    seen.add(id(member))
+                    todo.append(member)  # ... but follow what they call
 
     for klass in cls.__mro__:
         if _is_project(klass):
@@ -265,12 +286,58 @@ def _label_in(module: str, name: str) -> str:
     return name if module == "__main__" else f"{module}.{name}"
 
 
-def _is_constant(value: Any, depth: int = 0) -> bool:
+def _is_data(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is a constant worth hashing.
+
+    Literals, and small containers of literals, functions and classes (a registry such as
+    ``MODELS = {"ridge": lambda seed: Ridge(alpha=1.0)}``).
+    """
     if isinstance(value, _LITERALS):
         return not isinstance(value, (str, bytes)) or len(value) < 10_000
-    if isinstance(value, (tuple, frozenset)) and depth < 3 and len(value) < 1_000:
-        return all(_is_constant(v, depth + 1) for v in value)
+    if isinstance(value, (types.FunctionType, type)):
+        return depth > 0  # on their own they are helpers, not constants
+    if depth >= 3:
+        return False
+    if isinstance(value, dict):
+        return len(value) < 1_000 and all(
+            _is_data(k, depth + 1) and _is_data(v, depth + 1) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return len(value) < 1_000 and all(_is_data(v, depth + 1) for v in value)
     return False
+
+
+def _immutable(value: Any) -> bool:
+    if isinstance(value, (tuple, frozenset)):
+        return all(_immutable(v) for v in value)
+    return not isinstance(value, (list, dict, set))
+
+
+def _code_in(value: Any) -> str:
+    """The functions and classes of a mutable container with where they are (else "")."""
+    if isinstance(value, (types.FunctionType, type)):
+        return _stable(value)
+    if isinstance(value, dict):
+        parts = [f"{_stable(k)}:{c}" for k, v in value.items() if (c := _code_in(v))]
+        return "{" + ",".join(sorted(parts)) + "}" if parts else ""
+    if isinstance(value, (list, tuple)):
+        parts = [f"{i}:{c}" for i, v in enumerate(value) if (c := _code_in(v))]
+        return "(" + ",".join(parts) + ")" if parts else ""
+    if isinstance(value, (set, frozenset)):
+        parts = sorted(c for v in value if (c := _code_in(v)))
+        return "{" + ",".join(parts) + "}" if parts else ""
+    return ""
+
+
+def _members(value: Any) -> Iterator[Any]:
+    """The functions and classes inside a constant container, at any depth."""
+    if isinstance(value, (types.FunctionType, type)):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _members(v)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for v in value:
+            yield from _members(v)
 
 
 def _version(cls: type) -> str | None:

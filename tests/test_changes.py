@@ -525,3 +525,57 @@ def test_a_python_upgrade_is_a_code_change_that_says_so(project):
     status, reason = states(flow)["Prepare"]
     assert status == "STALE"
     assert reason.startswith(f"Python changed: 3.9 -> {sys.version_info[0]}.{sys.version_info[1]}")
+
+
+REGISTRY = textwrap.dedent("""
+    import pipeflow
+
+
+    def base(x):
+        return x + 1
+
+
+    MODELS = {"small": lambda x: base(x) * 2, "big": lambda x: base(x) * 20}
+    WEIGHTS = (0.5, 0.25)
+    LOG = []  # state, not code: what a run appends here is no change
+
+
+    class Fit(pipeflow.tasks.TaskPickle):
+        model = pipeflow.Parameter(default="small")
+
+        def run(self):
+            LOG.append(self.model)
+            self.save(MODELS[self.model](1) * WEIGHTS[0])
+""")
+
+
+def test_registries_of_functions_and_constant_tuples_are_code_but_lists_are_state(project):
+    project.write("registry", REGISTRY)
+    mod = project.load("registry")
+    flow = pipeflow.Workflow(mod.Fit)
+    flow.run()
+    assert flow.outputLoad() == 2.0
+    name = project.name("registry")
+    code = json.loads(mod.Fit()._record_path().read_text())["fp"]["code"]
+    assert {f"constant {name}.MODELS", f"constant {name}.WEIGHTS",
+            f"helper {name}.base"} <= set(code)  # base() is reached through the lambdas
+    assert f"constant {name}.LOG" not in code
+    mod.LOG.append("something else")
+    assert states(flow)["Fit"] == ("COMPLETE", None)
+    for old, new, item in [("base(x) * 20", "base(x) * 30", "MODELS"),
+                           ("(0.5, 0.25)", "(0.5, 0.3)", "WEIGHTS"),
+                           ("x + 1", "x + 2", "base")]:
+        project.write("registry", REGISTRY.replace(old, new))
+        mod = project.load("registry")
+        status, reason = states(pipeflow.Workflow(mod.Fit))["Fit"]
+        assert status == "STALE", item
+        assert item in reason
+
+
+def test_stable_reprs_do_not_depend_on_the_process():
+    script = ("from pipeflow import fingerprint as f;"
+              "print(f._stable({'b': frozenset({'x', 'y', 'z'}), 'a': [1, {'q', 'r'}]}))")
+    outs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}, check=True).stdout
+            for seed in ("1", "2", "3")}
+    assert len(outs) == 1
