@@ -400,6 +400,18 @@ def _digest_now(task: luigi.Task) -> str | None:
     return None
 
 
+def remember(path: str, files: Mapping[str, Any]) -> None:
+    """Keep the outputs digest of a commit record just written at ``path``.
+
+    The tasks downstream then need not read the record back when they commit.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    _digests[path] = ((st.st_mtime_ns, st.st_ino, st.st_size), outputs_digest(files))
+
+
 def fingerprint_of(task: luigi.Task) -> dict[str, Any]:
     """The fingerprint to store in ``task``'s commit record now."""
     fp: dict[str, Any] = {"params": params_fingerprint(task),
@@ -509,5 +521,5 @@ def _code_changes(before: Any, now: dict[str, str]) -> list[str]:
 
 
 __all__ = ["changes", "code_fingerprint", "combine", "detects", "fingerprint_of",
-           "is_project_module", "outputs_digest", "params_fingerprint", "refresh",
+           "is_project_module", "outputs_digest", "params_fingerprint", "refresh", "remember",
            "upstream_digests"]

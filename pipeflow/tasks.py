@@ -40,7 +40,7 @@ from pipeflow.errors import (
     TaskLockedError,
     listing,
 )
-from pipeflow.fingerprint import fingerprint_of
+from pipeflow.fingerprint import fingerprint_of, remember
 from pipeflow.graph import optional
 from pipeflow.integrity import (
     META_KEY,
@@ -775,6 +775,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         path = self._record_path()
         try:
             write_record(path, self._record(files))
+            remember(os.fspath(path), files)
         except OSError as exc:
             raise SaveError(
                 f"{graph.describe(self)}: could not write its commit record {str(path)!r}: "
