@@ -5,6 +5,7 @@ Example::
     pipeflow preview tasks:TaskTrain -p model=gbm --dir data
     pipeflow run tasks:TaskTrain -p model=gbm -p do_preprocess=False
     pipeflow reset tasks:TaskPreprocess --yes
+    pipeflow history --status failed --last 5
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import click
 import luigi
 
-from pipeflow import operations
+from pipeflow import operations, runstore
 from pipeflow.errors import PipeflowError
 from pipeflow.workflow import Workflow
 
@@ -102,6 +103,41 @@ def run(target: str, params: tuple[str, ...], data_dir: str | None, workers: int
 def reset(target: str, params: tuple[str, ...], data_dir: str | None, yes: bool) -> None:
     """Delete TARGET's outputs so that it runs again."""
     _guard(lambda: _flow(target, params, data_dir).reset(confirm=not yes))
+
+
+_STATUSES = ["completed", "failed", "retried", "cancelled", "skipped", "up_to_date"]
+
+
+@main.command()
+@_dir
+@click.option("--family", multiple=True, help="Only this task family (repeatable).")
+@click.option("--status", type=click.Choice(_STATUSES), default=None,
+              help="Only attempts that ended so.")
+@click.option("--run", "run_id", default=None, help="Only this run (its run_id).")
+@click.option("--last", default=20, show_default=True, help="How many attempts (0: all).")
+@click.option("--errors", is_flag=True, help="Show each failed attempt's traceback.")
+def history(data_dir: str | None, family: tuple[str, ...], status: str | None,
+            run_id: str | None, last: int, errors: bool) -> None:
+    """Show the task attempts recorded in the run history, newest first."""
+    if data_dir:
+        operations.set_dir(data_dir)
+    df = runstore.history(family=list(family) or None, status=status, run=run_id,
+                          last=last or None)
+    if df.empty:
+        where = runstore.history_path()
+        click.echo(f"no recorded attempts match (history: {where or 'off'})")
+        return
+    shown = df[["finished", "task", "status", "duration", "cpu_time", "peak_memory",
+                "error_type", "reason"]].copy()
+    shown["finished"] = shown["finished"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    shown["duration"] = shown["duration"].map(lambda s: "" if s != s else f"{s:.2f}s")
+    shown["cpu_time"] = shown["cpu_time"].map(lambda s: "" if s != s else f"{s:.2f}s")
+    shown["peak_memory"] = shown["peak_memory"].map(
+        lambda b: "" if b != b else f"{b / 2**20:,.0f} MiB")
+    click.echo(shown.fillna("").to_string(index=False))
+    if errors:
+        for row in df[df["traceback"].notna()].itertuples():
+            click.echo(f"\n--- {row.task} ({row.run_id}) ---\n{row.traceback}")
 
 
 def _guard(action: Any) -> None:

@@ -179,3 +179,38 @@ def test_eight_concurrent_writer_processes_lose_no_rows():
     assert (h["status"] == "completed").all()
     assert h.groupby("run_id").size().tolist() == [TASKS + 1] * 8
     assert list(pipeflow.runs()["status"]) == ["success"] * 8
+
+
+def test_cli_history_lists_attempts_with_filters(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from pipeflow.cli import main
+
+    (tmp_path / "cli_hist_tasks.py").write_text(
+        "import pipeflow\n"
+        "class HistOk(pipeflow.tasks.TaskJson):\n"
+        "    def run(self):\n"
+        "        self.save({})\n"
+        "class HistBad(pipeflow.tasks.TaskJson):\n"
+        "    def run(self):\n"
+        "        raise KeyError('no such column')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    runner = CliRunner()
+    where = ["--dir", str(tmp_path / "d")]
+    out = runner.invoke(main, ["history", *where])
+    assert out.exit_code == 0, out.output
+    assert "no recorded attempts match" in out.output
+    assert runner.invoke(main, ["run", "cli_hist_tasks:HistOk", *where]).exit_code == 0
+    assert runner.invoke(main, ["run", "cli_hist_tasks:HistBad", *where]).exit_code == 1
+    out = runner.invoke(main, ["history", *where])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert "status" in lines[0] and "duration" in lines[0]
+    assert "HistBad()" in lines[1] and "failed" in lines[1] and "KeyError" in lines[1]
+    assert "HistOk()" in lines[2] and "completed" in lines[2] and "MiB" in lines[2]
+    out = runner.invoke(main, ["history", *where, "--status", "failed", "--errors"])
+    assert "HistOk" not in out.output
+    assert "KeyError: 'no such column'" in out.output  # the traceback
+    out = runner.invoke(main, ["history", *where, "--family", "HistOk"])
+    assert "HistBad" not in out.output and "HistOk()" in out.output
