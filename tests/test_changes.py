@@ -579,3 +579,47 @@ def test_stable_reprs_do_not_depend_on_the_process():
                            env={**os.environ, "PYTHONHASHSEED": seed}, check=True).stdout
             for seed in ("1", "2", "3")}
     assert len(outs) == 1
+
+
+OPTIONAL = textwrap.dedent("""
+    import os
+    import pipeflow
+
+
+    class News(pipeflow.tasks.TaskPickle):
+        def run(self):
+            if os.environ.get("NEWS_DOWN"):
+                raise ConnectionError("feed down")
+            self.save(["headline"])
+
+
+    class Prices(pipeflow.tasks.TaskPickle):
+        def run(self):
+            self.save([1, 2])
+
+
+    class Report(pipeflow.tasks.TaskPickle):
+        def requires(self):
+            return {"prices": Prices(), "news": pipeflow.optional(News())}
+
+        def run(self):
+            data = self.inputLoad()
+            self.save({"n_prices": len(data["prices"]), "news": data["news"]})
+""")
+
+
+def test_an_optional_upstream_that_succeeds_later_makes_its_downstream_stale(project,
+                                                                              monkeypatch):
+    project.write("optional", OPTIONAL)
+    mod = project.load("optional")
+    flow = pipeflow.Workflow(mod.Report)
+    monkeypatch.setenv("NEWS_DOWN", "1")
+    with pytest.raises(pipeflow.errors.TaskFailedError):
+        flow.run()
+    assert flow.outputLoad() == {"n_prices": 2, "news": None}
+    monkeypatch.delenv("NEWS_DOWN")
+    pipeflow.run(mod.News())
+    assert states(flow)["Report"] == (
+        "STALE", "upstream News() has outputs it did not have when this task last ran")
+    flow.run()
+    assert flow.outputLoad() == {"n_prices": 2, "news": ["headline"]}
