@@ -49,6 +49,10 @@ _LIB_PARTS = frozenset(["site-packages", "dist-packages"])
 _LITERALS = (int, float, complex, str, bytes, bool, type(None))
 #: byte code is compared, and each Python version compiles its own
 _PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
+#: class attributes that say how to schedule a task, not what it computes
+_NOT_CODE = frozenset(["priority", "retries", "retry_delay", "timeout", "resources",
+                       "version", "detect_code_changes", "detect_data_changes",
+                       "worker_timeout", "disabled", "owner_email", "accepts_messages"])
 #: most reasons listed in one message
 _SHOWN = 3
 
@@ -56,6 +60,8 @@ _code_cache: dict[type, dict[str, str]] = {}
 _module_kind: dict[str, bool] = {}
 #: record path -> (its stat, the outputs digest it gives)
 _digests: dict[str, tuple[tuple[int, int, int], str | None]] = {}
+#: id -> (list, dict or set, its text when first looked at): kept for the process
+_first_seen: dict[int, tuple[Any, str]] = {}
 
 
 def refresh() -> None:
@@ -233,6 +239,9 @@ def code_fingerprint(cls: type) -> dict[str, str]:
         owner = _label(klass) if prefix else klass.__qualname__
         for name, func in _functions_of(klass):
             add_function(f"{prefix}{owner}.{name}", func)
+        for name, value in vars(klass).items():  # ``features = ["age", "bmi"]``
+            if not name.startswith("_") and name not in _NOT_CODE and _is_data(value):
+                items[f"{prefix}{owner}.{name}"] = _short(_data_text(value))
 
     def add_value(name: str, value: Any, module: str, names: set[str]) -> None:
         """A global a function uses (``names``: the other names it uses, for ``mod.attr``)."""
@@ -246,11 +255,7 @@ def code_fingerprint(cls: type) -> dict[str, str]:
                 for attr in sorted(names & vars(value).keys()):
                     add_value(attr, vars(value)[attr], value.__name__, set())
         elif _is_data(value):
-            # lists, dicts and sets are state as often as settings (a run log a task appends
-            # to): only the code in them counts, e.g. a registry of model factories
-            text = _stable(value) if _immutable(value) else _code_in(value)
-            if text:
-                items[f"constant {_label_in(module, name)}"] = _short(text)
+            items[f"constant {_label_in(module, name)}"] = _short(_data_text(value))
             for member in _members(value):  # their own code is in the constant's hash
                 if isinstance(member, type):
                     add_value(name, member, module, set())
@@ -312,20 +317,21 @@ def _immutable(value: Any) -> bool:
     return not isinstance(value, (list, dict, set))
 
 
-def _code_in(value: Any) -> str:
-    """The functions and classes of a mutable container with where they are (else "")."""
-    if isinstance(value, (types.FunctionType, type)):
+def _data_text(value: Any) -> str:
+    """The stable text of a constant; a list, dict or set as it was when first looked at.
+
+    Such objects are state as often as settings (a log the tasks append to while they
+    run): changing one in place later in the same process is not a change of code, while
+    binding the name to a new object (running the cell ``PARAMS = {...}`` again) is.
+    """
+    if _immutable(value):
         return _stable(value)
-    if isinstance(value, dict):
-        parts = [f"{_stable(k)}:{c}" for k, v in value.items() if (c := _code_in(v))]
-        return "{" + ",".join(sorted(parts)) + "}" if parts else ""
-    if isinstance(value, (list, tuple)):
-        parts = [f"{i}:{c}" for i, v in enumerate(value) if (c := _code_in(v))]
-        return "(" + ",".join(parts) + ")" if parts else ""
-    if isinstance(value, (set, frozenset)):
-        parts = sorted(c for v in value if (c := _code_in(v)))
-        return "{" + ",".join(parts) + "}" if parts else ""
-    return ""
+    hit = _first_seen.get(id(value))
+    if hit is None or hit[0] is not value:
+        if len(_first_seen) > 10_000:
+            _first_seen.clear()
+        hit = _first_seen[id(value)] = (value, _stable(value))
+    return hit[1]
 
 
 def _members(value: Any) -> Iterator[Any]:

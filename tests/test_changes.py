@@ -537,7 +537,7 @@ REGISTRY = textwrap.dedent("""
 
     MODELS = {"small": lambda x: base(x) * 2, "big": lambda x: base(x) * 20}
     WEIGHTS = (0.5, 0.25)
-    LOG = []  # state, not code: what a run appends here is no change
+    LOG = []  # state: what a run appends here is no change
 
 
     class Fit(pipeflow.tasks.TaskPickle):
@@ -549,7 +549,7 @@ REGISTRY = textwrap.dedent("""
 """)
 
 
-def test_registries_of_functions_and_constant_tuples_are_code_but_lists_are_state(project):
+def test_registries_and_constants_are_code_but_lists_changed_in_place_are_not(project):
     project.write("registry", REGISTRY)
     mod = project.load("registry")
     flow = pipeflow.Workflow(mod.Fit)
@@ -559,8 +559,12 @@ def test_registries_of_functions_and_constant_tuples_are_code_but_lists_are_stat
     code = json.loads(mod.Fit()._record_path().read_text())["fp"]["code"]
     assert {f"constant {name}.MODELS", f"constant {name}.WEIGHTS",
             f"helper {name}.base"} <= set(code)  # base() is reached through the lambdas
-    assert f"constant {name}.LOG" not in code
-    mod.LOG.append("something else")
+    assert mod.LOG == ["small"]
+    mod.LOG.append("something else")  # changed in place: taken as first seen
+    assert states(flow)["Fit"] == ("COMPLETE", None)
+    mod.LOG = ["rebound"]  # a new object: seen
+    assert states(flow)["Fit"] == ("STALE", f"code changed: constant {name}.LOG")
+    mod.LOG = []
     assert states(flow)["Fit"] == ("COMPLETE", None)
     for old, new, item in [("base(x) * 20", "base(x) * 30", "MODELS"),
                            ("(0.5, 0.25)", "(0.5, 0.3)", "WEIGHTS"),
@@ -623,3 +627,30 @@ def test_an_optional_upstream_that_succeeds_later_makes_its_downstream_stale(pro
         "STALE", "upstream News() has outputs it did not have when this task last ran")
     flow.run()
     assert flow.outputLoad() == {"n_prices": 2, "news": ["headline"]}
+
+
+ATTRS = textwrap.dedent("""
+    import pipeflow
+
+
+    class Select(pipeflow.tasks.TaskPickle):
+        columns = ["age", "bmi"]
+        priority = 1
+
+        def run(self):
+            self.save(list(self.columns))
+""")
+
+
+def test_class_attributes_are_code_but_scheduling_attributes_are_not(project):
+    project.write("attrs", ATTRS)
+    mod = project.load("attrs")
+    flow = pipeflow.Workflow(mod.Select)
+    flow.run()
+    project.write("attrs", ATTRS.replace("priority = 1", "priority = 0"))
+    mod = project.load("attrs")
+    assert states(pipeflow.Workflow(mod.Select))["Select"] == ("COMPLETE", None)
+    project.write("attrs", ATTRS.replace('["age", "bmi"]', '["age", "bmi", "bp"]'))
+    mod = project.load("attrs")
+    assert states(pipeflow.Workflow(mod.Select))["Select"] == (
+        "STALE", "code changed: Select.columns")
