@@ -5,9 +5,10 @@ outputs:
 
 * ``params``: its significant parameter values (secret parameters are never significant,
   so never stored);
-* ``code``: one hash per piece of the user's own code the task runs -- every method of the
-  task class and of its base classes from the user's project, plus the functions, classes
-  and simple constants of the project that those call or use, followed transitively
+* ``code``: one hash per piece of the user's own code the task runs -- every method and
+  public data attribute of the task class and of its base classes from the user's project,
+  plus the functions, classes and constants of the project that those call or use,
+  followed transitively
   (library code, i.e. the standard library, anything in ``site-packages`` and pipeflow or
   luigi themselves, is left out). A class may pin ``version = "2"`` instead, or opt out
   with ``detect_code_changes = False``;
@@ -16,7 +17,9 @@ outputs:
 Code is hashed as compiled (byte code, names, constants, default values), so comments,
 blank lines, formatting and docstrings are not changes, and what is hashed is exactly what
 runs: a module edited on disk but not reloaded in a notebook still shows its old code,
-until it is reloaded. Constants are hashed by their value in the running process. Each
+until it is reloaded. Constants are hashed by their value in the running process; a
+list, dict or set as it was when first looked at (changing one in place is state, binding
+a new one is a change). Each
 Python version compiles differently: after a Python upgrade, tasks are stale once (the
 reason says so). Task classes a task refers to (in ``requires()``) are not its code: they
 are upstream tasks, followed through their outputs.
