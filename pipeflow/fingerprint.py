@@ -425,9 +425,14 @@ def fingerprint_of(task: luigi.Task) -> dict[str, Any]:
     """The fingerprint to store in ``task``'s commit record now."""
     fp: dict[str, Any] = {"params": params_fingerprint(task),
                           "up": upstream_digests(task)}
-    if getattr(task, "detect_code_changes", None) is not False:
+    if tracks_code(type(task)):
         fp["code"] = code_fingerprint(type(task))
     return fp
+
+
+def tracks_code(cls: type) -> bool:
+    """Whether the commit records of ``cls`` keep a code fingerprint (not opted out)."""
+    return getattr(cls, "detect_code_changes", None) is not False
 
 
 # -- comparing --------------------------------------------------------------------------------
@@ -531,4 +536,4 @@ def _code_changes(before: Any, now: dict[str, str]) -> list[str]:
 
 __all__ = ["changes", "code_fingerprint", "combine", "detects", "fingerprint_of",
            "is_project_module", "outputs_digest", "params_fingerprint", "refresh", "remember",
-           "upstream_digests"]
+           "tracks_code", "upstream_digests"]

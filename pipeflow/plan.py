@@ -48,33 +48,24 @@ def is_group(task: luigi.Task) -> bool:
     return bool(getattr(task, "_pipeflow_group", False)) or isinstance(task, luigi.WrapperTask)
 
 
-def own_state(task: luigi.Task) -> tuple[bool, str | None]:
-    """Whether the task's own outputs are complete (upstream ignored), and why not.
-
-    pipeflow tasks answer through ``own_state()``; a plain luigi task through its own
-    ``complete()`` if it overrides it, else through its outputs (none: never complete, as
-    in luigi).
-    """
-    check = getattr(task, "own_state", None)
-    if check is not None:
-        done, reason = check()
-        return bool(done), reason
-    check = getattr(task, "own_complete", None)
-    if check is not None:
-        return bool(check()), None
-    if type(task).complete is not luigi.Task.complete:
-        return bool(task.complete()), None
-    outputs = flatten(task.output())
-    return bool(outputs) and all(o.exists() for o in outputs), None
-
-
 def output_state(task: luigi.Task) -> tuple[bool, str | None, CommitRecord | None]:
-    """:func:`own_state` plus the task's commit record (None: it has none)."""
+    """Whether the task's own outputs are complete (upstream ignored), why not, its record.
+
+    The record is the task's commit record (None: it has none). pipeflow tasks answer
+    through ``output_state()``; a plain luigi task through its own ``complete()`` if it
+    overrides it, else through its outputs (none: never complete, as in luigi).
+    """
     check = getattr(task, "output_state", None)
     if check is not None:
         done, reason, record = check()
         return bool(done), reason, record
-    return (*own_state(task), None)
+    check = getattr(task, "own_complete", None)
+    if check is not None:
+        return bool(check()), None, None
+    if type(task).complete is not luigi.Task.complete:
+        return bool(task.complete()), None, None
+    outputs = flatten(task.output())
+    return bool(outputs) and all(o.exists() for o in outputs), None, None
 
 
 @dataclass
@@ -123,7 +114,8 @@ def build_plan(graph: Graph, check_dependencies: bool | None = None) -> Plan:
     digests: list[str | None] = []  # each node's outputs, for its dependents' data checks
     for pos, task in enumerate(nodes):
         external = getattr(task, "external", False)
-        if is_group(task):
+        group = is_group(task)
+        if group:
             mine, reason, record = True, None, None
             digests.append(fingerprint.combine([digests[d] for d in graph.deps[pos]]))
         else:
@@ -142,7 +134,7 @@ def build_plan(graph: Graph, check_dependencies: bool | None = None) -> Plan:
                     state = Status.STALE
         deps = graph.required(pos)
         if (state is Status.COMPLETE and deps
-                and (is_group(task) or (cascade and not external))):
+                and (group or (cascade and not external))):
             behind = [d for d in deps if status[d] is not Status.COMPLETE]
             if any(status[d] is Status.PENDING for d in behind):
                 state = Status.PENDING
@@ -347,4 +339,4 @@ def use_color() -> bool:
 
 
 __all__ = ["Plan", "Preview", "PreviewRow", "Status", "build_plan", "build_preview",
-           "describe", "output_state", "own_state"]
+           "describe", "output_state"]

@@ -325,7 +325,8 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             ``(complete, reason)``; the reason is None when there is nothing to explain
             (e.g. the task never ran).
         """
-        return self.output_state()[:2]  # type: ignore[return-value]
+        done, reason, _record = self.output_state()
+        return done, reason
 
     def output_state(self) -> tuple[bool, str | None, CommitRecord | None]:
         """:meth:`own_state` plus the commit record (None if there is no valid one)."""
@@ -341,7 +342,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                            "them (left by a crashed run, or written by another tool): it "
                            "runs again")
             return False, problem, None
-        touched = False
+        touched: dict[str, FileRecord] = {}
         for k, name in names:
             recs = record.files.get(k)
             if not recs or recs[0].name != name:
@@ -350,12 +351,13 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                 problem, now = rec.verify(folder, rehash=False)
                 if problem is not None:
                     return False, f"output {k!r}: {problem}", record
-                touched |= now is not rec
+                if now is not rec:
+                    touched[rec.name] = now
         if touched:
-            self._restat(record)
+            self._restat(record, touched)
         return True, None, record
 
-    def _restat(self, record: CommitRecord) -> None:
+    def _restat(self, record: CommitRecord, touched: dict[str, FileRecord]) -> None:
         """Record the new mtime and inode of files touched (or copied) with the same content.
 
         The next status check then compares them without hashing them again. Best
@@ -370,12 +372,11 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             if read_record(path)[0] != record:
                 return
             folder = os.fspath(path.parent)
-            files = {}
-            for key, recs in record.files.items():
-                checked = [rec.verify(folder, rehash=False) for rec in recs]
-                if any(problem is not None for problem, _ in checked):
-                    return
-                files[key] = tuple(now for _, now in checked)
+            # unchanged since they were hashed (their new stat still matches): no rehash
+            if any(now.problem(folder, rehash=False) for now in touched.values()):
+                return
+            files = {key: tuple(touched.get(r.name, r) for r in recs)
+                     for key, recs in record.files.items()}
             write_record(path, CommitRecord(record.task, files, record.fingerprint))
         except OSError:
             return  # a read-only data dir: hash again next time
@@ -721,9 +722,10 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             record, _ = read_record(path)
             files = dict(record.files) if record is not None else {}
             files.pop(target.key, None)
-            write_record(path, self._record(files))
+            fp = fingerprint_of(self)
+            write_record(path, CommitRecord(graph.describe(self), files, fp))
             files[target.key] = tuple(publish())
-            write_record(path, self._record(files))
+            write_record(path, CommitRecord(graph.describe(self), files, fp))
 
     # -- the engine's side (see pipeflow.engines.local) ----------------------------------------
     def owned_paths(self) -> list[pathlib.Path]:

@@ -231,7 +231,7 @@ class _Run:
         # Code fingerprints for the commit records, once, here: forked workers inherit
         # them instead of each hashing its task class's code again
         for cls in {type(g.nodes[i]) for i in self.to_run}:
-            if hasattr(cls, "_file_names") and getattr(cls, "detect_code_changes", 1) is not False:
+            if hasattr(cls, "_file_names") and fingerprint.tracks_code(cls):
                 fingerprint.code_fingerprint(cls)
         self.priority = {i: task_priority(g.nodes[i]) for i in self.to_run}
         self.waiting = {i: sum(1 for d in g.deps[i] if d in self.to_run) for i in self.to_run}
