@@ -39,12 +39,20 @@ class RequirementError(PipeflowError, TypeError):
     """``requires()`` returned something that is not a task."""
 
 
+class MissingTaskError(PipeflowError, RuntimeError):
+    """A Workflow was asked for its default task, but it has none."""
+
+
 class ParameterError(PipeflowError, ValueError):
     """A parameter name or value does not fit the tasks it is given to."""
 
 
 class UnsafePathError(PipeflowError, ValueError):
-    """A path, env or task_group would place or delete files outside the data dir."""
+    """A folder name (env, task_group, target_dir) would climb out of its flow's folder.
+
+    Also raised for names no file system can store, and before deleting through a folder
+    that is a symlink out of the task's location.
+    """
 
 
 class OutputError(PipeflowError):
@@ -75,11 +83,28 @@ class CorruptOutputError(OutputError):
     """
 
 
+class MissingDependencyError(PipeflowError, ImportError):
+    """A format needs an optional package that is not installed (its extra names it)."""
+
+
 class StaleOutputWarning(UserWarning):
     """Outputs were loaded from a task that is stale: what they were made from has changed.
 
     The outputs are intact, just out of date; ``flow.run()`` makes them current.
     """
+
+
+class UnusedParameterWarning(UserWarning):
+    """A parameter was given that no task it was given to declares, so it is ignored.
+
+    d6tflow code shares one params dict across flows, so such names are ignored with this
+    warning; a near-miss of a declared name (``learning_rat``) is a
+    :class:`ParameterError` instead.
+    """
+
+
+class NoOutputWarning(UserWarning):
+    """A task's ``run()`` saved none of its outputs: it stays incomplete and runs again."""
 
 
 class TaskLockedError(PipeflowError):

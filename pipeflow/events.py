@@ -230,6 +230,7 @@ class RunResult:
                 res.finished = event.time
                 res.error, res.traceback = event.error, event.traceback
                 res.usage = event.usage or {}
+                res.reason = event.reason or res.reason
             elif event.kind in (EventKind.TASK_SKIPPED, EventKind.TASK_CANCELLED,
                                 EventKind.TASK_UP_TO_DATE, EventKind.TASK_WAITING):
                 res.reason = event.reason

@@ -76,14 +76,30 @@ def unwrap(struct: object) -> object:
     return struct
 
 
+def is_group(task: luigi.Task) -> bool:
+    """Whether the task only groups others (an aggregator or luigi WrapperTask).
+
+    A group has nothing of its own to run or store: it is complete when its upstream
+    tasks are, whatever ``check_dependencies`` says. Grouping implies no order among them.
+    """
+    return bool(getattr(task, "_pipeflow_group", False)) or isinstance(task, luigi.WrapperTask)
+
+
 def requirement_edges(task: luigi.Task) -> list[tuple[luigi.Task, bool]]:
     """(upstream task, is optional) for each requirement of ``task``, flattened.
+
+    A group's members (what an aggregator's ``run()`` yields) are requirements too, also
+    when ``@requires`` gave it a ``requires()`` of its own (d6tflow's docs do this to pass
+    parameters on).
 
     Raises:
         RequirementError: something that is not a task instance was returned.
     """
     out = []
-    for dep in flatten(task.requires()):
+    deps = flatten(task.requires())
+    if is_group(task) and hasattr(task, "members"):
+        deps = [*deps, *(m for m in task.members() if m not in deps)]
+    for dep in deps:
         if isinstance(dep, Optional):
             out.append((dep.task, True))
         elif isinstance(dep, luigi.Task):

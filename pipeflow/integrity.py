@@ -1,7 +1,8 @@
 """Commit records: which files a successful run published, with their size and content hash.
 
-After a task's run succeeds and its outputs are published, one small hidden JSON file (the
-commit record, ``.{task_id}.commit.json`` beside the outputs) is written last. A task is
+After a task's run succeeds and its outputs are published, one small JSON file (the commit
+record ``.{task_id}.commit.json``, in ``{location}/.pipeflow/commits/`` in a folder mirroring
+the task's, so the task folder holds only outputs) is written last. A task is
 complete only when that record exists and every file it lists is still what was committed:
 
 * a status check compares each file's size, mtime and inode with the record and re-hashes
@@ -86,7 +87,7 @@ class FileRecord:
     """One committed file.
 
     Attributes:
-        name: file name, in the folder of the commit record.
+        name: file name, in the task's output folder.
         size: size in bytes.
         mtime_ns: modification time when committed.
         ino: inode number when committed.
@@ -114,7 +115,7 @@ class FileRecord:
         """Why the file in ``folder`` is no longer what was committed (None: it is).
 
         Args:
-            folder: the folder of the commit record.
+            folder: the task's output folder.
             rehash: always compare the content hash (otherwise only when size, mtime or
                 inode changed).
         """
@@ -243,6 +244,10 @@ def write_record(path: pathlib.Path, record: CommitRecord) -> None:
         return
     except FileExistsError:
         pass
+    except FileNotFoundError:  # its folder was removed since the lock file was made
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _write_new(os.fspath(path), data, os.O_EXCL)
+        return
     tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-commit")
     try:
         _write_new(tmp, data, os.O_TRUNC)
@@ -267,15 +272,14 @@ def _write_new(path: str, data: bytes, flag: int) -> None:
     os.close(fd)
 
 
-def uncommit(path: str | os.PathLike[str]) -> list[pathlib.Path]:
-    """Delete a commit record, then the files it lists; return the files' paths.
+def uncommit(path: str | os.PathLike[str], folder: pathlib.Path) -> list[pathlib.Path]:
+    """Delete a commit record, then the files it lists in ``folder``; return their paths.
 
     The record goes first, so the task is never left looking complete with part of its
-    files. The caller holds the task's lock and has checked that the folder lies inside
-    the data dir; ``unlink`` removes a symlink itself, never its target.
+    files. The caller holds the task's lock and has checked that ``folder`` lies inside
+    the task's location; ``unlink`` removes a symlink itself, never its target.
     """
     record, _ = read_record(path)
-    folder = pathlib.Path(path).parent
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     removed = [folder / name for name in (record.file_names() if record else [])]

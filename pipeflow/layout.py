@@ -1,17 +1,24 @@
-"""Where outputs live: the flow context and safe paths under the data dir.
+"""Where outputs live: the flow context, task locations and safe names.
 
 Output files keep d6tflow's layout::
 
-    {data dir}/{path}/env={env}/{task_group}/{TaskFamily or target_dir}/{task_id}-{key}.{ext}
+    {location}/env={env}/{task_group}/{TaskFamily or target_dir}/{task_id}-{key}.{ext}
 
-``path`` and ``env`` come from the Workflow running the task (or the task class's ``path``
-attribute when no Workflow gives one). They travel in a :class:`FlowContext` held in a
-context variable rather than being written onto task instances: luigi caches task
-instances by parameters, so writing a Workflow's path onto one would leak it into every
-other Workflow using the same task (a d6tflow bug).
+The *location* is a folder, relative to the working directory or absolute, as in d6tflow:
+a Workflow's ``path`` (``Workflow(Train, path='data/exp1')``), else a task instance's
+``path`` (``Train(path=...)``), else the task class's ``path`` attribute, else the data dir
+(``pipeflow.set_dir``). A Workflow with an ``env`` but no ``path`` uses its default task
+class's ``path`` or the data dir. These folders are the programmer's own code, so any folder
+is accepted; what is not the programmer's code cannot climb out of them: ``env`` names and
+``task_group`` are single folder names (no ``..``, no separator), ``target_dir`` stays below
+the location, and parameter values only ever appear inside file names (luigi's task id).
 
-Nothing a user passes (path, env, task_group, target_dir) may place a file outside the data
-dir: absolute paths outside it and ``..`` raise :class:`~pipeflow.errors.UnsafePathError`.
+A Workflow's location travels in a :class:`FlowContext` held in a context variable rather
+than being written onto task instances: luigi caches task instances by parameters, so writing
+a Workflow's path onto one would leak it into every other Workflow using the same task (a
+d6tflow bug). A task instance made with a location of its own (``Train(path=...)``, or
+returned by ``flow.get_task()``) carries its context as its *home*: outside any flow it acts
+as if inside its flow.
 """
 
 from __future__ import annotations
@@ -21,18 +28,20 @@ import contextvars
 import hashlib
 import os
 import pathlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeflow import settings
-from pipeflow.errors import UnsafePathError
+from pipeflow.errors import ParameterError, UnsafePathError
 
 #: longest file or folder name most file systems accept, in bytes
 NAME_MAX = 255
 #: longest output file name: leaves room for the temp-file and index-sidecar decorations
 #: (``.{name}.index.json.tmp-XXXXXXXX``) that are written beside it
 OUTPUT_NAME_MAX = NAME_MAX - 40
+#: the instance attribute holding a task's home context
+HOME = "_pipeflow_home"
 
 
 @dataclass(frozen=True)
@@ -40,24 +49,35 @@ class FlowContext:
     """What a Workflow contributes to its tasks while it previews, runs or loads them.
 
     Attributes:
-        path: sub-folder of the data dir for the flow's outputs (already validated).
-        env: environment name; outputs go below ``env={env}``.
+        root: the folder replacing the data dir for the flow's outputs (relative to the
+            working directory, or absolute); None: each task's own location.
+        env: environment name; outputs go below ``{root}/env={env}``.
         flows: other Workflows attached with ``attach_flow``, by name.
     """
 
-    path: tuple[str, ...] = ()
+    root: pathlib.Path | None = None
     env: str | None = None
     flows: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def key(self) -> tuple[object, ...]:
         """Hashable identity of the places this context puts outputs."""
-        return (self.path, self.env)
+        return (self.root, self.env)
+
+    @property
+    def places(self) -> bool:
+        """Whether this context decides where its tasks' outputs go."""
+        return self.root is not None or bool(self.env)
+
+    def base(self) -> pathlib.Path:
+        """The folder outputs go below (env folder included) when :attr:`places` is set."""
+        root = settings.dirpath if self.root is None else self.root
+        return root / f"env={self.env}" if self.env else root
 
 
-_DEFAULT = FlowContext()
+DEFAULT = FlowContext()
 _CURRENT: contextvars.ContextVar[FlowContext] = contextvars.ContextVar(
-    "pipeflow_flow_context", default=_DEFAULT  # noqa: B039 - frozen, never mutated
+    "pipeflow_flow_context", default=DEFAULT  # noqa: B039 - frozen, never mutated
 )
 
 
@@ -76,24 +96,113 @@ def flow_context(ctx: FlowContext) -> Iterator[FlowContext]:
         _CURRENT.reset(token)
 
 
-def safe_parts(value: object, what: str, owner: object) -> tuple[str, ...]:
-    """Split a user-given relative location into folder names that stay inside the data dir.
+def home_of(task: object) -> FlowContext | None:
+    """The home context of a task instance made with a location of its own (else None)."""
+    return getattr(task, "__dict__", {}).get(HOME)
+
+
+@contextlib.contextmanager
+def at_home(tasks: Iterable[object]) -> Iterator[None]:
+    """Outside any flow, act in the home context of ``tasks`` (the tasks they require too).
+
+    Inside a flow (a Workflow call, a run) the flow's context stays: its tasks were placed
+    there. Tasks from different homes cannot share a graph outside a flow: where their
+    common upstream tasks live would be ambiguous.
+
+    Raises:
+        ParameterError: ``tasks`` come from Workflows with different locations.
+    """
+    if current() is not DEFAULT:
+        yield
+        return
+    homes = {home.key: home for t in tasks if (home := home_of(t)) is not None}
+    if not homes:
+        yield
+        return
+    if len(homes) > 1:
+        where = ", ".join(describe_context(h) for h in homes.values())
+        raise ParameterError(
+            f"these tasks come from Workflows with different locations ({where}), so where "
+            f"the tasks they require live is ambiguous. Run or load them through their own "
+            f"Workflows (flow.run(), flow.outputLoad()) or one location at a time."
+        )
+    with flow_context(next(iter(homes.values()))):
+        yield
+
+
+def describe_context(ctx: FlowContext) -> str:
+    """``path='data/exp', env='prod'`` for messages."""
+    parts = [f"path={str(ctx.root)!r}"] if ctx.root is not None else []
+    parts += [f"env={ctx.env!r}"] if ctx.env else []
+    return ", ".join(parts) or "the data dir"
+
+
+def location(value: object, what: str, owner: object) -> pathlib.Path | None:
+    """Check a folder the programmer gave (a ``path``): any folder, if it can be a file name.
 
     Args:
-        value: a str or Path (or None/empty for "nothing").
-        what: the name of the setting, for the error message (``'path'``, ``'env'``...).
+        value: a str or Path (or None/empty for "none given").
+        what: the name of the setting, for the error message.
         owner: who gave it (a task or a Workflow), for the error message.
 
     Returns:
-        The folder names, in order.
+        The folder as given (relative to the working directory, or absolute), or None.
 
     Raises:
-        UnsafePathError: for an absolute path outside the data dir, a ``..`` component, or a
+        UnsafePathError: it contains a NUL byte or cannot be encoded as a file name, or a
             folder name longer than the file system allows.
     """
     if value is None or value == "":
-        return ()
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise ParameterError(
+            f"{owner}: {what}={value!r} must be a folder (a str or pathlib.Path), not "
+            f"{type(value).__name__}."
+        )
+    text = os.fspath(value)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    _check_encodable(text, what, owner)
+    path = pathlib.Path(text)
+    for part in path.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise UnsafePathError(
+                f"{owner}: {what}={text[:80]!r}... has a folder name the file system cannot "
+                f"store (over {NAME_MAX} bytes). Use a shorter name."
+            )
+    return path
+
+
+def folder_name(value: object, what: str, owner: object) -> str | None:
+    """Check a single folder name that must not climb out (an ``env``, a ``task_group``).
+
+    Returns:
+        The name, or None when none was given (None or empty).
+
+    Raises:
+        UnsafePathError: it contains a separator, is ``.`` or ``..``, contains a NUL byte,
+            cannot be encoded, or is longer than the file system allows.
+    """
+    if value is None or value == "":
+        return None
     text = str(value)
+    _check_encodable(text, what, owner)
+    prefix = "env=" if what == "env" else ""
+    if "/" in text or "\\" in text or os.sep in text or text in (".", ".."):
+        raise UnsafePathError(
+            f"{owner}: {what}={text!r} must be a single folder name: it may not contain "
+            f"'/' or '\\' or be '.' or '..', which could place or delete files outside the "
+            f"flow's folder. Use a plain name such as {what}='prod'."
+        )
+    if len(os.fsencode(prefix + text)) > NAME_MAX:
+        raise UnsafePathError(
+            f"{owner}: {what}={text[:40]!r}... is a folder name the file system cannot store "
+            f"(over {NAME_MAX} bytes). Use a shorter name."
+        )
+    return text
+
+
+def _check_encodable(text: str, what: str, owner: object) -> None:
     try:
         os.fsencode(text)
         bad = "\x00" in text
@@ -101,31 +210,67 @@ def safe_parts(value: object, what: str, owner: object) -> tuple[str, ...]:
         bad = True
     if bad:
         raise UnsafePathError(
-            f"{owner}: {what}={text!r} contains a NUL byte or characters that cannot be "
+            f"{owner}: {what}={text[:80]!r} contains a NUL byte or characters that cannot be "
             f"encoded as a file name. Use a plain folder name."
         )
+
+
+#: pipeflow's own folder at the top of a location: run history, commit records, task locks
+OWN_DIR = ".pipeflow"
+#: below it, a tree mirroring the task folders, holding their commit records and lock files
+RECORDS_DIR = "commits"
+
+
+def records_folder(location: pathlib.Path, parts: Iterable[str]) -> pathlib.Path:
+    """Where the commit records and lock of the task folder ``location/parts`` live.
+
+    They are kept out of the task folders, so a task folder holds its outputs only (d6tflow
+    code lists them, and a reset leaves the folder empty).
+    """
+    return location.joinpath(OWN_DIR, RECORDS_DIR, *parts)
+
+
+def output_folder(record: pathlib.Path, location: pathlib.Path) -> pathlib.Path:
+    """The task folder whose commit record is ``record`` (inverse of :func:`records_folder`).
+
+    Raises:
+        ValueError: ``record`` does not lie in ``location``'s records tree.
+    """
+    rel = record.parent.relative_to(location / OWN_DIR / RECORDS_DIR)
+    return location / rel
+
+
+def safe_parts(value: object, what: str, owner: object) -> tuple[str, ...]:
+    """Split a relative sub-folder (a ``target_dir``) into names that stay below its parent.
+
+    Args:
+        value: a str or Path (or None/empty for "nothing").
+        what: the name of the setting, for the error message.
+        owner: who gave it, for the error message.
+
+    Returns:
+        The folder names, in order.
+
+    Raises:
+        UnsafePathError: an absolute path, a ``..`` component, a NUL byte, or a folder name
+            longer than the file system allows.
+    """
+    if value is None or value == "":
+        return ()
+    text = str(value)
+    _check_encodable(text, what, owner)
     path = pathlib.PurePath(text)
-    if path.is_absolute():
-        root = settings.dirpath.resolve()
-        resolved = pathlib.Path(path).resolve()
-        if resolved != root and root not in resolved.parents:
-            raise UnsafePathError(
-                f"{owner}: {what}={str(value)!r} is an absolute path outside the data dir "
-                f"{str(root)!r}, so outputs would land outside it. Give {what} relative to "
-                f"the data dir (e.g. {what}='experiments'), or change the data dir with "
-                f"pipeflow.set_dir({str(value)!r})."
-            )
-        path = resolved.relative_to(root)
-    parts = tuple(p for p in path.parts if p not in ("", "."))
-    if ".." in parts:
+    if path.is_absolute() or ".." in path.parts:
         raise UnsafePathError(
-            f"{owner}: {what}={str(value)!r} contains '..', which could place or delete files "
-            f"outside the data dir {str(settings.dirpath)!r}. Use a plain sub-folder name."
+            f"{owner}: {what}={text[:80]!r} must be a relative sub-folder without '..': it "
+            f"could otherwise place or delete files outside the flow's folder. Use a plain "
+            f"folder name."
         )
+    parts = tuple(p for p in path.parts if p not in ("", "."))
     for part in parts:
         if len(os.fsencode(part)) > NAME_MAX:
             raise UnsafePathError(
-                f"{owner}: {what}={str(value)!r} has a folder name the file system cannot "
+                f"{owner}: {what}={text[:80]!r} has a folder name the file system cannot "
                 f"store (over {NAME_MAX} bytes). Use a shorter name."
             )
     return parts
@@ -149,14 +294,13 @@ def ensure_inside(path: pathlib.Path, root: pathlib.Path | None = None) -> pathl
     """Check that ``path`` (symlinks resolved) lies inside ``root`` (default: the data dir).
 
     Raises:
-        UnsafePathError: when it does not, e.g. a folder symlinked out of the data dir.
+        UnsafePathError: when it does not, e.g. a folder symlinked out of its location.
     """
-    root_resolved = (root or settings.dirpath).resolve()
+    root_resolved = (settings.dirpath if root is None else root).resolve()
     resolved = path.resolve()
     if resolved != root_resolved and root_resolved not in resolved.parents:
         raise UnsafePathError(
-            f"{str(path)!r} resolves to {str(resolved)!r}, outside the data dir "
-            f"{str(root_resolved)!r} (a symlink?). pipeflow never writes or deletes there; "
-            f"remove the link or move the data dir."
+            f"{str(path)!r} resolves to {str(resolved)!r}, outside {str(root_resolved)!r} "
+            f"(a symlink?). pipeflow never deletes there; remove the link or move the folder."
         )
     return path

@@ -99,6 +99,11 @@ def _lock_file(folder: str) -> int | None:
     if fcntl is None:
         return None
     fd = _fds.get(folder)
+    if fd is not None and os.fstat(fd).st_nlink == 0 and not any(k[0] == folder for k in _held):
+        # its lock file was deleted (say, the folder removed by hand): a lock on it would
+        # no longer exclude anyone opening the file anew
+        os.close(_fds.pop(folder))
+        fd = None
     if fd is None:
         os.makedirs(folder, exist_ok=True)
         fd = os.open(os.path.join(folder, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,

@@ -67,7 +67,7 @@ def preview(tasks: Any, indent: str = "", last: bool = True, show_params: bool =
     result = build_preview(plan, roots, show_params, clip_params, indent, last)
     if print_it:
         display.emit(result.text(color=use_color()))
-        result._printed = True
+        result._printed = result.printed = True
     return result
 
 
@@ -379,9 +379,10 @@ def invalidate_downstream(task: Any, task_downstream: luigi.Task, confirm: bool 
 
 
 def _records_under(root: pathlib.Path) -> list[pathlib.Path]:
-    """Every commit record below ``root`` (symlinked folders are not followed)."""
+    """Every commit record of the tasks under ``root`` (symlinked folders are not followed)."""
     out: list[pathlib.Path] = []
-    for folder, _dirs, files in os.walk(root, followlinks=False):
+    tree = root / layout.OWN_DIR / layout.RECORDS_DIR
+    for folder, _dirs, files in os.walk(tree, followlinks=False):
         out.extend(pathlib.Path(folder, f) for f in files
                    if f.startswith(".") and f.endswith(RECORD_SUFFIX))
     return sorted(out)
@@ -393,22 +394,23 @@ def _remove(records: list[pathlib.Path], root: pathlib.Path, confirm: bool, what
     Only committed files are deleted (the record first); folders, lock files, temp files of
     running tasks and files pipeflow did not commit stay.
     """
-    listed = {rec: read_record(rec)[0] for rec in records}
-    files = [str(rec.parent / n) for rec, r in listed.items() if r for n in r.file_names()]
+    listed = {rec: (read_record(rec)[0], layout.output_folder(rec, root)) for rec in records}
+    files = [str(folder / n) for rec, (r, folder) in listed.items() if r
+             for n in r.file_names()]
     if confirm and records and not display.confirm(
         f"Delete the {what} of {len(records)} task(s) under {str(root)!r}?", files,
         "confirm=False",
     ):
         return False
     busy = []
-    for rec, record in listed.items():
-        layout.ensure_inside(rec.parent, root)
+    for rec, (record, folder) in listed.items():
+        layout.ensure_inside(folder, root)
         lock = TaskLock(rec.parent, rec.name)
         if not lock.acquire():
             busy.append(record.task if record else str(rec))
             continue
         try:
-            for file in uncommit(rec):  # re-read under the lock: a run may have committed
+            for file in uncommit(rec, folder):  # re-read under the lock: a run may have committed
                 cache.data.pop(file, None)
         finally:
             lock.release()
@@ -454,7 +456,7 @@ def invalidate_orphans(flows: Any, confirm: bool = True) -> bool:
     records = [r for r in (_records_under(root) if root.exists() else []) if r not in keep]
     if not _remove(records, root, confirm, "orphaned outputs"):
         return False
-    for key in [k for k in cache.data if k not in keep]:
+    for key in [k for k in cache.data if pathlib.Path(k) not in keep]:
         del cache.data[key]
     return True
 

@@ -8,7 +8,9 @@ Example:
 """
 
 import datetime
-from collections.abc import Iterable, Mapping
+import difflib
+import warnings
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import luigi
@@ -35,7 +37,7 @@ from luigi.parameter import (
     YearParameter,
 )
 
-from pipeflow.errors import ParameterError, did_you_mean
+from pipeflow.errors import ParameterError, UnusedParameterWarning, did_you_mean
 
 __all__ = [
     "BoolParameter",
@@ -147,8 +149,8 @@ def check_value(cls: type[luigi.Task], name: str, param: luigi.Parameter, value:
     if expected is None:
         return value  # a plain Parameter takes any value (d6tflow code passes numbers)
     types, what, optional = expected
-    if type(value) in types or (value is None and optional):
-        return value
+    if type(value) in types or (value is None and (optional or param._default is None)):
+        return value  # default=None declares None a legal value (d6tflow code relies on it)
     if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
         return value
     if isinstance(value, datetime.datetime) and datetime.date in types:
@@ -235,13 +237,60 @@ def accepted(classes: Iterable[type[luigi.Task]]) -> str:
     return "\n".join(lines)
 
 
-def unknown_parameter(name: str, classes: list[type[luigi.Task]], where: str) -> ParameterError:
-    """The error for a parameter that none of ``classes`` declares."""
+#: how close an undeclared name must be to a declared one to be taken for its typo
+TYPO_CUTOFF = 0.6
+
+
+def sort_undeclared(given: Iterable[str], declared: Collection[str]) -> tuple[dict[str, str],
+                                                                             list[str]]:
+    """Split the names in ``given`` that are not in ``declared``: typos and the rest.
+
+    A name is a typo when it is a near-miss of a declared name that was not given itself
+    (``learning_rat`` for ``learning_rate``); ``param2`` given along with ``param`` is not a
+    typo of it. d6tflow code shares one params dict across flows, so the rest are ignored.
+
+    Returns:
+        ``({typo: meant name}, [other undeclared names])``.
+    """
+    given = list(given)
+    free = [d for d in declared if d not in given]
+    typos: dict[str, str] = {}
+    other: list[str] = []
+    for name in given:
+        if name in declared:
+            continue
+        close = difflib.get_close_matches(name, free, n=1, cutoff=TYPO_CUTOFF)
+        if close:
+            typos[name] = close[0]
+        else:
+            other.append(name)
+    return typos, other
+
+
+def unknown_parameter(name: str, classes: list[type[luigi.Task]], where: str,
+                      meant: str | None = None) -> ParameterError:
+    """The error for a parameter that none of ``classes`` declares (``meant``: its fix)."""
     names = {n for cls in classes for n, _ in cls.get_params()}
+    hint = f" Did you mean '{meant}'?" if meant else did_you_mean(name, names)
     return ParameterError(
-        f"{where} has a parameter '{name}' that no task declares."
-        f"{did_you_mean(name, names)}\n{accepted(classes)}"
+        f"{where} has a parameter '{name}' that no task declares.{hint}\n{accepted(classes)}"
     )
+
+
+_WARNED: set[tuple[type, str]] = set()
+
+
+def ignore_undeclared(cls: type[luigi.Task], names: Iterable[str]) -> None:
+    """Warn once per class and name that a keyword the class does not declare is ignored."""
+    new = [n for n in names if (cls, n) not in _WARNED]
+    if not new:
+        return
+    _WARNED.update((cls, n) for n in new)
+    listed = ", ".join(repr(n) for n in new)
+    warnings.warn(
+        f"{cls.__name__}(...) was given {listed}, which {cls.__name__} does not declare: "
+        f"ignored (as d6tflow does). If you meant a parameter, check its name. "
+        f"{accepted([cls])}", UnusedParameterWarning, stacklevel=4)
 
 
 def missing_parameter(cls: type[luigi.Task], name: str) -> ParameterError:

@@ -24,7 +24,7 @@ import luigi
 from luigi.task import flatten
 
 from pipeflow import fingerprint, settings
-from pipeflow.graph import Graph, describe
+from pipeflow.graph import Graph, describe, is_group
 from pipeflow.integrity import CommitRecord
 
 
@@ -37,15 +37,6 @@ class Status(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-def is_group(task: luigi.Task) -> bool:
-    """Whether the task only groups others (an aggregator or luigi WrapperTask).
-
-    A group has nothing of its own to run or store: it is complete when its upstream
-    tasks are, whatever ``check_dependencies`` says. Grouping implies no order among them.
-    """
-    return bool(getattr(task, "_pipeflow_group", False)) or isinstance(task, luigi.WrapperTask)
 
 
 def output_state(task: luigi.Task) -> tuple[bool, str | None, CommitRecord | None]:
@@ -195,11 +186,14 @@ class PreviewRow:
 class Preview:
     """What ``preview()`` shows: a tree of tasks with their status, usable in code.
 
-    ``str(preview)`` is the text tree, ``preview._repr_html_()`` its notebook rendering.
+    ``preview.text()`` is the text tree (also ``str(preview)`` unless ``preview()`` already
+    printed it), ``preview._repr_html_()`` its notebook rendering.
 
     Attributes:
         rows: one :class:`PreviewRow` per line, in display order.
         plan: the plan the preview was made from.
+        printed: ``preview()`` printed the tree; ``str()`` then gives the one-line
+            :meth:`summary`, so ``print(flow.preview())`` shows the tree once.
 
     Example:
         >>> p = flow.preview()        # doctest: +SKIP
@@ -211,7 +205,8 @@ class Preview:
     def __init__(self, rows: list[PreviewRow], plan: Plan):
         self.rows = rows
         self.plan = plan
-        self._printed = False
+        self._printed = False  # printed by preview(), not yet shown again in a notebook
+        self.printed = False  # preview() printed the tree: str() gives the summary line
 
     def tasks(self, status: Status | str | None = None) -> list[luigi.Task]:
         """The distinct tasks shown, optionally only those with ``status``."""
@@ -234,8 +229,17 @@ class Preview:
         """The tree as text, one line per task."""
         return "\n".join(r.text(color) for r in self.rows)
 
+    def summary(self) -> str:
+        """One line of counts: ``3 tasks: 1 complete, 0 stale, 2 pending``."""
+        c = self.counts()
+        n = len(self.tasks())
+        return (f"{n} task{'s' if n != 1 else ''}: {c['COMPLETE']} complete, {c['STALE']} "
+                f"stale, {c['PENDING']} pending")
+
     def __str__(self) -> str:
-        return self.text()
+        # ``print(flow.preview())`` (a d6tflow idiom) would otherwise draw the tree twice:
+        # once printed, the preview stringifies as its summary; .text() is always the tree.
+        return self.summary() if self.printed else self.text()
 
     def __repr__(self) -> str:
         c = self.counts()
@@ -339,4 +343,4 @@ def use_color() -> bool:
 
 
 __all__ = ["Plan", "Preview", "PreviewRow", "Status", "build_plan", "build_preview",
-           "describe", "output_state"]
+           "describe", "is_group", "output_state"]

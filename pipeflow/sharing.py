@@ -11,6 +11,7 @@ pipeflow only ever reads them.
 from __future__ import annotations
 
 import ast
+import contextlib
 import datetime
 import importlib.util
 import os
@@ -22,7 +23,7 @@ from typing import Any
 
 import luigi
 
-from pipeflow import graph, layout, parameters
+from pipeflow import display, graph, layout, parameters, settings
 from pipeflow import tasks as task_classes
 from pipeflow.errors import PipeflowError
 from pipeflow.targets import write_atomic
@@ -52,44 +53,54 @@ class FlowExport:
         self.save = save
         self.path_export = pathlib.Path(path_export)
 
-    def _collect(self) -> list[tuple[luigi.Task, tuple[str, ...]]]:
-        """(task, folder parts of its flow) for each task to export, upstream first."""
-        found: list[tuple[luigi.Task, tuple[str, ...]]] = []
+    def _collect(self) -> list[tuple[luigi.Task, pathlib.Path]]:
+        """(task, the folder its outputs go below) for each task to export, upstream first."""
+        found: list[tuple[luigi.Task, pathlib.Path]] = []
         for t in _as_list(self.tasks):
-            found.append((t, _context_parts(layout.current())))
+            with layout.at_home([t]):
+                found.append((t, t.data_root() if isinstance(t, TaskData) else settings.dirpath))
         for flow in _as_list(self.flows):
             workflows = getattr(flow, "workflow_objs", None)
             for wf in workflows.values() if workflows else [flow]:
-                ctx = wf.context()
-                with layout.flow_context(ctx):
+                with layout.flow_context(wf.context()):
                     nodes = graph.build([wf.get_task()]).nodes
-                found += [(t, _context_parts(ctx)) for t in nodes]
+                    found += [(t, t.data_root()) for t in nodes if isinstance(t, TaskData)]
         return found
 
     def generate(self) -> str:
-        """Return the generated module source (and write it when ``save`` is set)."""
+        """Return the generated module source; print it, or write it when ``save`` is set.
+
+        Without ``save`` the code is printed, as d6tflow does, so that
+        ``FlowExport(tasks=...).generate()`` in a notebook shows it.
+        """
         imports = {"import pipeflow"}
         blocks: list[str] = []
         seen: set[type[luigi.Task]] = set()
-        for task, ctx_parts in self._collect():
+        for task, where in self._collect():
             cls = type(task)
             if cls in seen or not isinstance(task, TaskData) or not getattr(cls, "export", True):
                 continue
             seen.add(cls)
-            blocks.append(_stub(task, ctx_parts, imports))
+            blocks.append(_stub(task, where, imports))
         header = (
             '"""External task stubs exported by pipeflow.\n\n'
             "Load an output with e.g. ``module.Task(param=...).outputLoad()`` after\n"
             "``pipeflow.set_dir(<the producer's data dir>)``, or use pipeflow.FlowImport.\n"
             '"""\n'
         )
-        code = header + "\n".join(sorted(imports)) + "\n\n\n" + "\n\n".join(blocks)
+        code = (header + "\n".join(sorted(imports)) + "\n\n"
+                + "#: the producer's data dir; FlowImport(path_data=...) moves what lies below it\n"
+                + f"PRODUCER_DATA_DIR = {os.fspath(settings.dirpath)!r}\n\n\n"
+                + "\n\n".join(blocks))
         if self.save:
             target = self.path_export
+
             def write(p: pathlib.Path) -> None:
                 p.write_text(code, encoding="utf-8")
 
             write_atomic(target, write)
+        else:
+            display.emit(code)
         return code
 
 
@@ -99,11 +110,7 @@ def _as_list(x: Any) -> list[Any]:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def _context_parts(ctx: layout.FlowContext) -> tuple[str, ...]:
-    return (*ctx.path, f"env={ctx.env}") if ctx.env else ctx.path
-
-
-def _stub(task: TaskData, ctx_parts: tuple[str, ...], imports: set[str]) -> str:
+def _stub(task: TaskData, where: pathlib.Path, imports: set[str]) -> str:
     cls = type(task)
     base: Any = next(c for c in cls.__mro__ if c.__module__ == task_classes.__name__)
     lines = [f"class {cls.__name__}(pipeflow.tasks.{base.__name__}):", "    external = True",
@@ -114,9 +121,8 @@ def _stub(task: TaskData, ctx_parts: tuple[str, ...], imports: set[str]) -> str:
         lines.append(f"    target_class = {tc.__name__}")
     if cls.target_ext != base.target_ext:
         lines.append(f"    target_ext = {cls.target_ext!r}")
-    sub = ctx_parts or layout.safe_parts(cls.path, "path", cls.__name__)
-    if sub:
-        lines.append(f"    path = {'/'.join(sub)!r}")
+    if where != settings.dirpath:
+        lines.append(f"    path = {where.as_posix()!r}")
     for attr in ("task_group", "target_dir"):
         if getattr(cls, attr):
             lines.append(f"    {attr} = {getattr(cls, attr)!r}")
@@ -157,11 +163,15 @@ class FlowImport:
     Args:
         path: the exported ``.py`` file, or the folder holding ``{module}.py``.
         module: the name to import it as (default: the file name).
-        path_data: the producer's data dir; the stubs read their outputs there.
+        path_data: the producer's data dir (relative to the folder holding the module, as
+            in d6tflow, or absolute): the stubs read there what the producer wrote below
+            its data dir.
 
     Attributes:
         module: the imported module.
-        tasks: its task classes by name (also reachable as attributes).
+        tasks: its task classes by name (also reachable as attributes: ``.tasks.Train``).
+        dirpath: ``path_data`` resolved as above (None without it), for
+            ``Workflow(path=imported.dirpath)``.
 
     Example:
         >>> shared = pipeflow.FlowImport(
@@ -175,31 +185,36 @@ class FlowImport:
         if file.is_dir():
             if module is None:
                 raise PipeflowError(f"FlowImport({str(path)!r}) is a folder: name the module.")
-            file = file / f"{module}.py"
+            file = file / (module if str(module).endswith(".py") else f"{module}.py")
         if not file.is_file():
             raise PipeflowError(
                 f"FlowImport: {str(file)!r} does not exist. Generate it with "
                 f"FlowExport(..., save=True, path_export=...)."
             )
-        name = module or file.stem
+        name = (module or file.stem).removesuffix(".py")
         spec = importlib.util.spec_from_file_location(name, file)
         assert spec is not None and spec.loader is not None
         mod = importlib.util.module_from_spec(spec)
         sys.modules[name] = mod
         spec.loader.exec_module(mod)
         self.module: types.ModuleType = mod
-        self.tasks: dict[str, type[TaskData]] = {
-            n: c for n, c in vars(mod).items()
+        self.tasks: _Tasks = _Tasks(
+            (n, c) for n, c in vars(mod).items()
             if isinstance(c, type) and issubclass(c, TaskData) and c.__module__ == name
-        }
+        )
+        #: where the producer's outputs are read (None: the consumer's data dir)
+        self.dirpath: pathlib.Path | None = None
         if path_data is not None:
+            data = pathlib.Path(path_data)
+            self.dirpath = data if data.is_absolute() else file.parent / data
+            producer = getattr(mod, "PRODUCER_DATA_DIR", None)
             for cls in self.tasks.values():
                 if not cls.external:
                     raise PipeflowError(
                         f"FlowImport: {cls.__name__} is not external; only external stubs can "
                         f"read another project's data dir."
                     )
-                cls._pipeflow_root = pathlib.Path(path_data)  # type: ignore[attr-defined]
+                cls.path = _moved(cls.path, producer, self.dirpath)  # type: ignore[misc]
 
     def __getattr__(self, name: str) -> type[TaskData]:
         try:
@@ -211,3 +226,29 @@ class FlowImport:
 
     def __dir__(self) -> Iterable[str]:
         return [*super().__dir__(), *self.tasks]
+
+
+class _Tasks(dict):  # type: ignore[type-arg]
+    """The imported task classes by name, also as attributes (``shared.tasks.Train``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(
+                f"the imported flow has no task {name!r}; it has {list(self)}") from None
+
+
+def _moved(own: Any, producer: Any, data: pathlib.Path) -> pathlib.Path:
+    """A stub's location on the consumer's side.
+
+    What lay below the producer's data dir now lies below ``data``; a stub without a
+    location reads ``data`` itself.
+    """
+    if own is None:
+        return data
+    own_path = pathlib.Path(own)
+    if producer is not None:
+        with contextlib.suppress(ValueError):
+            return data / own_path.relative_to(producer)
+    return own_path

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import pathlib
+import warnings
 import weakref
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
@@ -22,15 +24,16 @@ from pipeflow import display, graph, layout, operations, runstore
 from pipeflow.engines import CancelToken
 from pipeflow.errors import (
     IncompleteTaskError,
+    MissingTaskError,
     OutputError,
     ParameterError,
-    PipeflowError,
+    UnusedParameterWarning,
     listing,
 )
 from pipeflow.events import RunResult
-from pipeflow.parameters import MASK, is_secret, unknown_parameter
+from pipeflow.parameters import MASK, accepted, is_secret, sort_undeclared, unknown_parameter
 from pipeflow.plan import Preview
-from pipeflow.tasks import TaskData
+from pipeflow.tasks import TaskData, located
 
 TaskArg = Any  # a task class, a task instance, or None for the default task
 
@@ -39,11 +42,19 @@ class Workflow:
     """A pipeline: a default task class and the parameters to run it with.
 
     Args:
-        task: the default task class (the most downstream task you want).
-        params: parameters, handed to every task class that declares them. A parameter no
-            task of the flow declares is an error (with a "did you mean").
-        path: sub-folder of the data dir for this flow's outputs.
-        env: environment name; outputs go to ``{path}/env={env}``.
+        task: the default task class (the most downstream task you want). A dict here is
+            taken as ``params`` (d6tflow code writes ``Workflow({...})``, then
+            ``set_default``).
+        params: parameters, handed to every task class that declares them. A near-miss of
+            a declared name (``learning_rat``) is an error with a "did you mean"; any other
+            name no task of the flow declares is ignored with an
+            :class:`~pipeflow.errors.UnusedParameterWarning` (d6tflow code shares one params
+            dict across flows).
+        path: the folder for this flow's outputs instead of the data dir, relative to the
+            working directory or absolute (``path='data/exp1'`` writes
+            ``data/exp1/Train/...``), as in d6tflow.
+        env: environment name: outputs go below ``{path}/env={env}`` (without ``path``:
+            below the default task class's ``path``, or the data dir).
 
     Example:
         >>> flow = pipeflow.Workflow(TaskTrain, {"model": "ols"})  # doctest: +SKIP
@@ -56,6 +67,8 @@ class Workflow:
     def __init__(self, task: type[luigi.Task] | None = None,
                  params: Mapping[str, Any] | None = None,
                  path: str | pathlib.Path | None = None, env: str | None = None) -> None:
+        if isinstance(task, Mapping) and params is None:
+            task, params = None, task
         if task is not None:
             _check_task_class(task, "Workflow(task=...)")
         if params is not None and not isinstance(params, Mapping):
@@ -68,13 +81,17 @@ class Workflow:
         self.path = path
         self.env = env
         owner = f"Workflow({getattr(task, '__name__', None)})"
-        self._path_parts = layout.safe_parts(path, "path", owner)
-        if env is not None and len(layout.safe_parts(f"env={env}", "env", owner)) != 1:
-            raise layout.UnsafePathError(
-                f"{owner}: env={env!r} must be a single folder name (no '/')."
-            )
+        root = layout.location(path, "path", owner)
+        env_name = layout.folder_name(env, "env", owner)
+        if root is None and env_name is not None and task is not None:
+            # d6tflow: an env without a path goes below the default task's own folder
+            own = getattr(task, "path", None)
+            root = layout.location(own, "path", task.__name__) if isinstance(
+                own, (str, os.PathLike)) else None
         self._flows: dict[str, Any] = {}
+        self._context = layout.FlowContext(root, env_name, {})
         self._checked: set[type[luigi.Task]] = set()
+        self._ignored: set[str] = set()
         self._tokens: weakref.WeakSet[CancelToken] = weakref.WeakSet()
         if task is not None:
             self._check_params(task)
@@ -82,7 +99,11 @@ class Workflow:
     # -- tasks ---------------------------------------------------------------------------------
     def _instantiate(self, cls: type[luigi.Task]) -> luigi.Task:
         names = {n for n, _ in cls.get_params()}
-        return cls(**{k: v for k, v in self.params.items() if k in names})
+        kwargs = {k: v for k, v in self.params.items() if k in names}
+        ctx = self._context
+        if (ctx.places or ctx.flows) and issubclass(cls, TaskData):
+            return located(cls, ctx, (), kwargs)  # keeps the flow's location outside it too
+        return cls(**kwargs)
 
     def _check_params(self, cls: type[luigi.Task]) -> None:
         if not self.params or cls in self._checked:
@@ -93,10 +114,19 @@ class Workflow:
             for c in graph.build([self._instantiate(root)]).families():
                 classes.setdefault(c, None)
         declared = {n for c in classes for n, _ in c.get_params()}
-        for name in self.params:
-            if name not in declared:
-                raise unknown_parameter(name, list(classes),
-                                        f"Workflow({roots[0].__name__}, params)")
+        where = f"Workflow({roots[0].__name__}, params)"
+        typos, ignored = sort_undeclared(self.params, declared)
+        for typo, meant in typos.items():
+            raise unknown_parameter(typo, list(classes), where, meant)
+        new = [n for n in ignored if n not in self._ignored]
+        if new:
+            self._ignored.update(new)
+            listed = ", ".join(repr(n) for n in new)
+            warnings.warn(
+                f"{where}: no task of this flow declares {listed}, so "
+                f"{'it is' if len(new) == 1 else 'they are'} ignored here (d6tflow code "
+                f"shares one params dict across flows). If you meant a parameter, check its "
+                f"name.\n{accepted(list(classes))}", UnusedParameterWarning, stacklevel=3)
         self._checked.add(cls)
 
     def get_task(self, task: TaskArg = None) -> Any:
@@ -109,7 +139,7 @@ class Workflow:
             return task
         cls = self.default_task if task is None else task
         if cls is None:
-            raise PipeflowError(
+            raise MissingTaskError(
                 "this Workflow has no default task: pass a task class "
                 "(flow.run(TaskTrain)) or set one (Workflow(TaskTrain) / flow.set_default())."
             )
@@ -130,15 +160,17 @@ class Workflow:
     def attach_flow(self, flow: Any = None, flow_name: str = "flow") -> None:
         """Make another Workflow available to this flow's tasks as ``self.flows[flow_name]``."""
         self._flows[flow_name] = flow
+        ctx = self._context
+        self._context = layout.FlowContext(ctx.root, ctx.env, dict(self._flows))
 
     # -- context -------------------------------------------------------------------------------
     def context(self) -> layout.FlowContext:
         """The flow context this Workflow runs its tasks in (path, env, attached flows)."""
-        return layout.FlowContext(self._path_parts, self.env, dict(self._flows))
+        return self._context
 
     @contextlib.contextmanager
     def _active(self) -> Iterator[None]:
-        with layout.flow_context(self.context()):
+        with layout.flow_context(self._context):
             yield
 
     # -- status and running --------------------------------------------------------------------
@@ -284,6 +316,11 @@ def _check_task_class(task: Any, where: str) -> None:
             f"{where} takes a task class, not the instance {graph.describe(task)}: write "
             f"Workflow({type(task).__name__}, params) and the flow instantiates it."
         )
+    if isinstance(task, (list, tuple)):
+        raise ParameterError(
+            f"{where} takes one task class, not a {type(task).__name__} of them: a Workflow "
+            f"has one default task. Pass several tasks to run: flow.run([TaskA, TaskB])."
+        )
     raise ParameterError(f"{where} takes a task class, not {task!r}.")
 
 
@@ -314,6 +351,24 @@ def expand_params(params: Any, secret: Collection[str] = ()) -> dict[Any, dict[s
         f"WorkflowMulti params must be {{flow_name: params}}, a list of params, or a grid "
         f"{{'param': [values...]}} (non-empty lists); got {params!r}."
     )
+
+
+def _d6tflow_names(given: Any, flows: Mapping[Any, Mapping[str, Any]]) -> dict[str, Any]:
+    """d6tflow's names of a grid's flows (``'model_ols_scale_False'``, keys sorted) -> ours.
+
+    A name two flows would share (values with underscores can collide) is left out.
+    """
+    if not (isinstance(given, Mapping) and given
+            and all(isinstance(v, (list, tuple)) for v in given.values())):
+        return {}
+    out: dict[str, Any] = {}
+    clashes: set[str] = set()
+    for name, params in flows.items():
+        alias = "_".join(f"{k}_{params[k]}" for k in sorted(params))
+        if alias in out:
+            clashes.add(alias)
+        out[alias] = name
+    return {a: n for a, n in out.items() if a not in clashes and a not in flows}
 
 
 def _flatten(data: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
@@ -384,21 +439,33 @@ class WorkflowMulti:
 
     def __init__(self, task: type[luigi.Task] | None = None, params: Any = None,
                  path: str | pathlib.Path | None = None, env: str | None = None) -> None:
+        if task is not None:
+            _check_task_class(task, "WorkflowMulti(task=...)")
         secret = {n for n, p in task.get_params() if is_secret(p)} if task is not None else ()
         self.params = expand_params(params, secret)
         self.default_task = task
         self.workflow_objs: dict[Any, Workflow] = {
             name: Workflow(task, p, path=path, env=env) for name, p in self.params.items()
         }
+        self._aliases = _d6tflow_names(params, self.params)
         self._tokens: weakref.WeakSet[CancelToken] = weakref.WeakSet()
 
     def get_flow(self, flow: Any) -> Workflow:
-        """The Workflow of one parameter set."""
+        """The Workflow of one parameter set.
+
+        A grid's flows are named ``'model=ols,scale=False'``; d6tflow's names for them
+        (``'model_ols_scale_False'``) are accepted too.
+
+        Raises:
+            ParameterError: there is no flow of that name.
+        """
+        name = self._aliases.get(flow, flow) if flow not in self.workflow_objs else flow
         try:
-            return self.workflow_objs[flow]
-        except KeyError:
-            raise KeyError(
-                f"no flow named {flow!r}; the flows are {list(self.workflow_objs)}"
+            return self.workflow_objs[name]
+        except (KeyError, TypeError):
+            raise ParameterError(
+                f"this WorkflowMulti has no flow named {flow!r}; its flows are "
+                f"{list(self.workflow_objs)}."
             ) from None
 
     def _select(self, flow: Any) -> dict[Any, Workflow]:

@@ -62,7 +62,7 @@ def test_completed_and_failed_attempts_are_recorded(data_dir):
     assert pipeflow.last_run(Good())["status"] == "completed"
     db = data_dir / ".pipeflow" / "history.db"
     assert oct(db.stat().st_mode & 0o777) == "0o600"
-    assert not any(b"s3cr3t-pw" in f.read_bytes() for f in db.parent.iterdir())
+    assert not any(b"s3cr3t-pw" in f.read_bytes() for f in db.parent.rglob("*") if f.is_file())
 
 
 def test_retried_attempt_is_recorded_with_its_error(tmp_path):

@@ -48,7 +48,7 @@ def test_multi_grid_runs_shared_tasks_once():
     assert out["model=gbm,alpha=0.1"] == {"model": "gbm", "alpha": 0.1, "n": 4}
     assert flows.outputLoad(Fit, "model=ols,alpha=1.0")["model"] == "ols"
     assert flows.get_flow("model=ols,alpha=0.1").complete()
-    with pytest.raises(KeyError, match="no flow named 'nope'"):
+    with pytest.raises(ParameterError, match="has no flow named 'nope'"):
         flows.get_flow("nope")
 
 
@@ -149,14 +149,27 @@ def test_flow_export_and_import_read_producer_outputs(data_dir, tmp_path):
     assert "class Fit(pipeflow.tasks.TaskJson):" in code
     assert "    external = True" in code
     assert "    model = pipeflow.Parameter(default='gbm')" in code
-    assert "    path = 'env=prod'" in code
+    # where the producer's tasks wrote, as the producer names it; and its data dir
+    assert f"    path = '{data_dir.as_posix()}/env=prod'" in code
+    assert f"PRODUCER_DATA_DIR = {str(data_dir)!r}" in code
     compile(code, "tasks_export.py", "exec")
+    # the consumer sees the producer's data dir at another place
+    moved = data_dir.rename(tmp_path / "copied")
     pipeflow.set_dir(tmp_path / "consumer")
-    shared = pipeflow.FlowImport(export, module="shared_tasks", path_data=data_dir)
+    shared = pipeflow.FlowImport(export, module="shared_tasks", path_data="../copied")
+    assert shared.dirpath == export.parent / "../copied"  # relative to the module, as d6tflow
     assert shared.Fit().outputLoad() == {"model": "gbm", "alpha": 1.0, "n": 4}
+    assert shared.Fit().output().path.parent == shared.dirpath / "env=prod" / "Fit"
+    assert shared.tasks.Fit is shared.Fit  # d6tflow's attribute access to .tasks
     assert shared.Fit().task_id == flow.get_task().task_id
+    assert moved.exists()
     with pytest.raises(AttributeError, match="has no task 'Nope'"):
         shared.Nope  # noqa: B018
+
+
+def test_flow_export_without_save_prints_the_code(capsys):
+    code = pipeflow.FlowExport(tasks=Source()).generate()
+    assert capsys.readouterr().out == code + "\n"  # d6tflow's collaboration page relies on it
 
 
 def test_flow_export_of_single_task_prints_code():

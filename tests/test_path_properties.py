@@ -1,11 +1,14 @@
-"""Property tests of output paths: inside the data dir, storable, and never shared by mistake.
+"""Property tests of output paths: inside their location, storable, never shared by mistake.
 
-Whatever parameter values, Workflow ``path``/``env`` or class-level ``path``/``task_group``/
-``target_dir`` a user gives, every path a task owns (outputs, index sidecars, metadata, commit
-record) must resolve inside the data dir, with no ``..`` and every folder or file name at most
-255 bytes (file names leaving room for the temp-file decoration written beside them) -- or the
-setting must be refused with a :class:`~pipeflow.errors.PipeflowError` that names it. Distinct
-parameter values must own disjoint sets of files (with ``save_with_param`` on).
+A task's *location* is the folder the programmer chose (a Workflow's or the class's ``path``,
+relative to the working directory or absolute, as in d6tflow) or the data dir. Whatever
+parameter values, ``env`` or ``task_group``/``target_dir`` are given, every path a task owns
+(outputs, index sidecars, metadata, commit record) must lie (lexically and resolved) inside
+that location, with no ``..`` below it and every folder or file name at most 255 bytes (file
+names leaving room for the temp-file decoration written beside them) -- or the setting must be
+refused with a :class:`~pipeflow.errors.PipeflowError` that names it. ``env`` and
+``task_group`` are single folder names. Distinct parameter values must own disjoint sets of
+files (with ``save_with_param`` on).
 """
 
 from __future__ import annotations
@@ -132,18 +135,17 @@ def remove_tree(root):
 
 # -- checks -----------------------------------------------------------------------------------
 
-def assert_safe(paths):
-    """Every path resolves inside the data dir; every name below it fits the file system."""
+def assert_safe(paths, root=None):
+    """Every path lies inside ``root`` (default: the data dir); every name below it fits."""
     paths = [pathlib.Path(p) for p in paths]
     assert paths, "a task owns no paths at all"
-    base = pipeflow.settings.dirpath
-    root = base.resolve()
+    base = pipeflow.settings.dirpath if root is None else pathlib.Path(root)
+    real_root = pathlib.Path(os.path.realpath(base))
     for path in paths:
         real = pathlib.Path(os.path.realpath(path))
-        assert root in real.parents, f"{str(path)!r} resolves to {str(real)!r}, outside {root}"
-        assert path.resolve() == real
-        parts = path.relative_to(base).parts  # lexically below the data dir, too
-        assert parts, f"{str(path)!r} is the data dir itself"
+        assert real_root in real.parents, f"{str(path)!r} resolves to {str(real)!r}, outside {base}"
+        parts = path.relative_to(base).parts  # lexically below the location, too
+        assert parts, f"{str(path)!r} is the location itself"
         for part in parts:
             assert part not in ("", ".", ".."), f"{str(path)!r} has a {part!r} component"
             assert "\x00" not in part
@@ -153,6 +155,12 @@ def assert_safe(paths):
         assert len(os.fsencode(path.name)) + TEMP_DECORATION <= NAME_MAX, (
             f"no room for the temp file beside {path.name!r}"
         )
+
+
+def single_name(value):
+    """Whether ``value`` is acceptable as an env or task_group: one plain folder name."""
+    return not value or not ("/" in value or "\\" in value or value in (".", "..")
+                             or "\x00" in value)
 
 
 def assert_clear_refusal(exc, *settings_named):
@@ -270,6 +278,12 @@ def test_explicit_long_values_differing_only_at_the_end(cls):
 
 # -- 3. Workflow path/env and class-level locations ---------------------------------------------
 
+def location_of(path, env=None):
+    """Where a flow with ``path``/``env`` puts its outputs (before the task folders)."""
+    root = pipeflow.settings.dirpath if path is None or path == "" else pathlib.Path(path)
+    return root / f"env={env}" if env else root
+
+
 @FAST
 @given(path=st.one_of(st.none(), LOCATIONS), env=st.one_of(st.none(), TEXT),
        as_path=st.booleans(), value=st.sampled_from(["v", "../v", "x" * 300]))
@@ -285,20 +299,21 @@ def test_explicit_long_values_differing_only_at_the_end(cls):
 @example(path=DATA + "/../outside", env=None, as_path=False, value="v")
 @example(path=DATA + "/sub/../ok", env="prod", as_path=True, value="v")
 @example(path="/\x00", env=None, as_path=False, value="v")
-def test_workflow_path_and_env_are_refused_or_stay_inside(path, env, as_path, value):
+def test_workflow_outputs_stay_below_its_path_and_env(path, env, as_path, value):
     fresh()
     try:
         flow = pipeflow.Workflow(PathPropTask, {"p": value}, path=place(path, as_path), env=env)
         files = flow.expected_files()
-        with layout.flow_context(flow.context()):
-            mine = flow.get_task().owned_paths()
+        mine = flow.get_task().owned_paths()  # the task carries the flow's location
     except Exception as exc:  # noqa: BLE001 - which exception is exactly what is checked
         assert_clear_refusal(exc, "path", "env")
+        assert not single_name(env) or "\x00" in (path or "") or len(os.fsencode(
+            f"env={env}")) > NAME_MAX or any(len(os.fsencode(p)) > NAME_MAX for p in
+                                               pathlib.Path(place(path) or ".").parts)
         return
+    assert single_name(env), f"env={env!r} climbs out but was accepted"
     assert files == set(mine)
-    assert_safe(files)
-    if env:
-        assert any(part.startswith("env=") for p in files for part in p.parts)
+    assert_safe(files, location_of(place(path, as_path), env))
 
 
 @FAST
@@ -309,6 +324,7 @@ def test_workflow_path_and_env_are_refused_or_stay_inside(path, env, as_path, va
 @example(path=None, task_group=None, target_dir="a/../../b", env=None)
 @example(path=None, task_group=None, target_dir=".", env=None)
 @example(path=None, task_group="/tmp", target_dir=None, env=None)
+@example(path=None, task_group="a/b", target_dir=None, env=None)
 @example(path=None, task_group=None, target_dir="x" * 256, env=None)
 @example(path=DATA + "/../x", task_group=None, target_dir=None, env="prod")
 def test_class_level_locations_are_refused_or_stay_inside(path, task_group, target_dir, env):
@@ -323,12 +339,16 @@ def test_class_level_locations_are_refused_or_stay_inside(path, task_group, targ
             try:
                 if where == "class":
                     paths = PathPropAttrs().owned_paths()
+                    root = location_of(values["path"])
                 else:
                     paths = pipeflow.Workflow(PathPropAttrs, env=env).expected_files()
+                    root = location_of(values["path"], env)
             except Exception as exc:  # noqa: BLE001 - which exception is exactly what is checked
                 assert_clear_refusal(exc, "path", "task_group", "target_dir", "env")
                 continue
-            assert_safe(paths)
+            assert single_name(values["task_group"])
+            assert ".." not in pathlib.PurePath(values["target_dir"] or ".").parts
+            assert_safe(paths, root)
     finally:
         for name in values:
             setattr(PathPropAttrs, name, None)
@@ -351,16 +371,17 @@ def test_undecodable_names_are_refused_cleanly_or_stay_inside(setting):
     finally:
         PathPropAttrs.task_group = None
         fresh()
-    assert_safe(paths)
+    assert_safe(paths, location_of(value) if setting == "path" else
+                location_of(None, value if setting == "env" else None))
 
 
 def test_refusals_are_unsafe_path_errors_that_name_the_value():
-    for kwargs in ({"path": "../x"}, {"env": "../x"}, {"env": "a/../../b"}, {"env": "/etc"},
-                   {"path": "/etc"}, {"env": "x" * 300}):
+    for kwargs in ({"env": "../x"}, {"env": "a/../../b"}, {"env": "/etc"}, {"env": "x" * 300},
+                   {"env": ".."}, {"path": "a\x00b"}):
         with pytest.raises(UnsafePathError) as info:
             pipeflow.Workflow(PathPropTask, {"p": "v"}, **kwargs)
         (name, value), = kwargs.items()
-        assert name in str(info.value) and value[:20] in str(info.value)
+        assert name in str(info.value) and value[:20].replace("\x00", "\\x00") in str(info.value)
 
 
 # -- 4. without parameters in file names --------------------------------------------------------
@@ -385,42 +406,55 @@ def test_without_params_in_names_paths_still_stay_inside(cls, a, b, path, env):
     except Exception as exc:  # noqa: BLE001 - which exception is exactly what is checked
         assert_clear_refusal(exc, "path", "env")
         return
-    assert_safe(files)
+    assert_safe(files, location_of(place(path), env))
 
 
 # -- the file system agrees ------------------------------------------------------------------
 
+#: relative folders below the working directory (a run writes there: nothing climbing out)
+BELOW = st.lists(st.one_of(st.sampled_from(["a", "é", "x" * 200, " b ", "日本語", "a.b"]),
+                           st.text(st.characters(blacklist_characters="/\\\x00",
+                                                 blacklist_categories=["Cs"]),
+                                   min_size=1, max_size=20).filter(
+                               lambda t: t not in (".", ".."))),
+                 min_size=1, max_size=6).map("/".join)
+
+
 @SLOW
-@given(value=TEXT, env=st.one_of(st.none(), TEXT), path=st.one_of(st.none(), TEXT))
+@given(value=TEXT, env=st.one_of(st.none(), TEXT), path=st.one_of(st.none(), BELOW))
 @example(value="x" * 2000 + "a", env="x" * 251, path="é" * 127)
 @example(value="../../escape\x00", env="..", path="./a/./b/")
 @example(value="deep", env=None, path="a/" * 900)  # regression: left a tree pytest cannot delete
 def test_runs_write_only_the_paths_they_own(value, env, path, tmp_path):
     fresh()
-    # a new data dir per example (the conftest fixture restores the setting afterwards)
+    # a new data dir and working directory per example (the conftest fixture restores both)
     data_dir = pipeflow.set_dir(tempfile.mkdtemp(dir=tmp_path, prefix="data-"))
+    os.chdir(tempfile.mkdtemp(dir=tmp_path, prefix="cwd-"))
     try:
         flow = pipeflow.Workflow(PathPropTask, {"p": value}, path=path, env=env)
         flow.expected_files()
     except PipeflowError:
         assume(False)  # refusals are covered above; here the accepted ones are run
     try:
-        check_run_writes_only_owned_paths(flow, data_dir, value, tmp_path)
+        check_run_writes_only_owned_paths(flow, data_dir, value, tmp_path,
+                                          location_of(path and os.path.abspath(path), env))
     finally:
         remove_tree(data_dir)  # now: pytest's recursive rmtree fails on 1,000-level folders
+        remove_tree(os.getcwd())
 
 
-def check_run_writes_only_owned_paths(flow, data_dir, value, tmp_path):
+def check_run_writes_only_owned_paths(flow, data_dir, value, tmp_path, location):
     before = {p for p in tmp_path.rglob("*") if ".hypothesis" not in p.parts}
     flow.run()
     after = {p for p in tmp_path.rglob("*") if ".hypothesis" not in p.parts}
-    history = data_dir / ".pipeflow"  # the run history, pipeflow's own
     written = {p for p in after - before if p.is_file() and p.name != ".pipeflow.lock"
-               and history not in p.parents}
-    owned_paths = flow.expected_files()
+               and "history.db" not in p.name}
+    owned_paths = {pathlib.Path(os.path.abspath(p)) for p in flow.expected_files()}
     assert written, "the run wrote nothing"
     assert written <= owned_paths, sorted(map(str, written - owned_paths))
-    assert all(data_dir in p.parents for p in after - before)
-    assert_safe(written)
+    # every new file lies in the flow's location (the run history in the data dir)
+    assert all(location in p.parents or data_dir in p.parents
+               for p in after - before if p.is_file())
+    assert_safe(written, location)
     assert flow.outputLoad() == value
     assert flow.complete()

@@ -277,8 +277,11 @@ def open_data_dir():
 def test_permission_denied_names_the_folder_and_the_fix(open_data_dir, stored):
     folder = JsonOut().output().path.parent
     folder.mkdir(parents=True)
-    (folder / ".pipeflow.lock").touch(mode=0o666)
-    (folder / ".pipeflow.lock").chmod(0o666)
+    records = JsonOut()._record_path().parent  # its lock and record: writable
+    records.mkdir(parents=True)
+    records.chmod(0o777)
+    (records / ".pipeflow.lock").touch(mode=0o666)
+    (records / ".pipeflow.lock").chmod(0o666)
     folder.chmod(0o555)
     try:
         kind, msg = _in_child(_run_without_permission)
@@ -434,7 +437,7 @@ def test_reset_refuses_a_task_folder_linked_out_of_the_data_dir(data_dir, tmp_pa
         f.rename(outside / f.name)
     folder.rmdir()
     folder.symlink_to(outside, target_is_directory=True)
-    with pytest.raises(UnsafePathError, match="outside the data dir"):
+    with pytest.raises(UnsafePathError, match="resolves to .*, outside .*a symlink"):
         JsonOut().reset(confirm=False)
     assert (outside / JsonOut().output().path.name).exists()
 
@@ -559,7 +562,7 @@ def test_changing_a_location_attribute_after_instantiation_moves_the_outputs(dat
     Moved.task_group = "group"
     try:
         assert task.output().path == data_dir / "group" / "Moved" / before.name
-        assert task._record_path().parent == data_dir / "group" / "Moved"
+        assert task._record_path().parent == data_dir / ".pipeflow" / "commits" / "group" / "Moved"
     finally:
         del Moved.task_group
     assert task.output().path == before

@@ -238,5 +238,5 @@ def test_flow_selects_a_subset_in_the_given_order():
     assert some["score"].tolist() == pytest.approx([2.0, 0.2])
     one = flows.results(flow="lr=0.1,depth=2")
     assert one.shape[0] == 1 and one.loc["lr=0.1,depth=2", "depth"] == 2
-    with pytest.raises(KeyError, match="no flow named"):
+    with pytest.raises(ParameterError, match="has no flow named"):
         flows.results(flow="nope")

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import pandas as pd
 import pytest
 
 import pipeflow
-from pipeflow.errors import IncompleteTaskError, MissingOutputError, ParameterError, SaveError
+from pipeflow.errors import (
+    IncompleteTaskError,
+    MissingOutputError,
+    NoOutputWarning,
+    ParameterError,
+    SaveError,
+)
 
 DF = pd.DataFrame({"a": [1, 2, 3], "b": [0.5, 1.5, 2.5]})
 
@@ -40,10 +48,14 @@ def test_each_format_round_trips_and_uses_d6tflow_layout(base, value, ext, data_
     assert pipeflow.run(task)
     _equal(task.outputLoad(), value)
     path = task.output().path
-    assert path == data_dir / "Fmt" / f"{task.task_id}-data.{ext}"
+    assert pathlib.Path(path) == data_dir / "Fmt" / f"{task.task_id}-data.{ext}"
     if ext != "cache":
         assert path.exists()
         assert not list(path.parent.glob(".*tmp-*"))
+        # the task folder holds the outputs only (d6tflow code lists it)
+        assert [p.name for p in path.parent.iterdir()] == [path.name]
+    else:
+        assert isinstance(path, str)  # as in d6tflow, where it is a luigi LocalTarget path
 
 
 @pytest.mark.parametrize("index", [
@@ -127,20 +139,45 @@ def test_save_checks_every_output_before_writing_any(stored):
     assert not stored()
 
 
-def test_run_without_saving_fails_with_missing_output_error():
+def test_run_saving_nothing_finishes_warns_and_stays_incomplete(stored):
+    """d6tflow's tests write tasks whose run() only checks its inputs (issue 9, item 3)."""
+    calls = []
+
+    class Checker(pipeflow.tasks.TaskPickle):
+        persist = ["model", "scores"]
+
+        def run(self):
+            calls.append(1)
+            self.saveMeta({"checked": True})  # metadata alone is not an output
+
+    with pytest.warns(NoOutputWarning, match=r"Checker\(\): run\(\) finished without saving any "
+                                             r"of its outputs, so it stays incomplete"):
+        result = pipeflow.run(Checker())
+    assert result  # the run succeeded
+    (done,) = result.by_state("completed")
+    assert done.reason == "run() saved no output: it stays incomplete and runs again next time"
+    assert not Checker().complete()
+    assert stored() == []  # nothing published, the metadata neither
+    with pytest.warns(NoOutputWarning):
+        pipeflow.run(Checker())
+    assert len(calls) == 2  # it runs again next time
+
+
+def test_run_saving_some_outputs_fails_with_missing_output_error(stored):
     class Forgetful(pipeflow.tasks.TaskPickle):
         persist = ["model", "scores"]
 
         def run(self):
-            pass  # forgets self.save(...)
+            self.output()["model"].save({"w": 1})  # forgets "scores"
 
     with pytest.raises(pipeflow.errors.TaskFailedError) as info:
         pipeflow.run(Forgetful())
     cause = info.value.__cause__
     assert isinstance(cause, MissingOutputError)
-    assert "Forgetful() finished run() but did not write 2 of its 2 outputs" in str(cause)
-    assert "missing  model:" in str(cause)
+    assert "Forgetful() finished run() but did not write 1 of its 2 outputs" in str(cause)
+    assert "missing  scores:" in str(cause) and "ok       model:" in str(cause)
     assert "so run() must call self.save({'model': ..., 'scores': ...})" in str(cause)
+    assert stored() == []  # nothing published
 
 
 def test_failed_run_after_save_leaves_nothing_complete(stored):

@@ -28,6 +28,7 @@ import threading
 import time
 import traceback
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -40,6 +41,7 @@ from pipeflow import cache, fingerprint, layout
 from pipeflow import graph as graphs
 from pipeflow.errors import (
     MissingOutputError,
+    NoOutputWarning,
     PipeflowError,
     RunCancelledError,
     SaveError,
@@ -48,14 +50,17 @@ from pipeflow.errors import (
     TaskTimeoutError,
 )
 from pipeflow.events import Event, EventKind, RunResult, Sink
+from pipeflow.graph import is_group
 from pipeflow.parameters import redact, secret_values
-from pipeflow.plan import Plan, Status, build_plan, is_group
+from pipeflow.plan import Plan, Status, build_plan
 from pipeflow.targets import CacheTarget, os_fix, os_reason, staging
 
 EXECUTORS = ("process", "thread")
 IF_LOCKED = ("wait", "fail")
 #: seconds between attempts to take the lock of a task running elsewhere
 LOCK_POLL = 0.05
+#: the reason on the completed event of a task whose run() saved nothing
+NO_OUTPUT = "run() saved no output: it stays incomplete and runs again next time"
 
 
 class CancelToken:
@@ -122,6 +127,7 @@ class _Outcome:
     error: BaseException | None = None
     traceback: str | None = None
     cancelled: bool = False
+    saved: bool = True  # False: run() saved no output (the task stays incomplete)
     memory: dict[Any, Any] = field(default_factory=dict)  # cache outputs made in a worker
     usage: dict[str, float] = field(default_factory=dict)  # cpu_time (s), peak_memory (bytes)
 
@@ -276,7 +282,14 @@ class _Run:
         if out.error is None:
             cache.data.update(out.memory)
             self.finished.add(i)
-            self.emit(EventKind.TASK_COMPLETED, task, usage=out.usage)
+            reason = None
+            if not out.saved:
+                reason = NO_OUTPUT
+                warnings.warn(f"{graphs.describe(task)}: run() finished without saving any of "
+                              f"its outputs, so it stays incomplete and runs again next time. "
+                              f"If it should produce data, call self.save(...) in run().",
+                              NoOutputWarning, stacklevel=2)
+            self.emit(EventKind.TASK_COMPLETED, task, usage=out.usage, reason=reason)
             self._release(i)
             return
         retries = int(getattr(task, "retries", 0) or 0)
@@ -427,10 +440,20 @@ class _NotRetried(PipeflowError):
 
 # -- executing one task ------------------------------------------------------------------------
 
-def execute(task: luigi.Task) -> None:
-    """Run one task: stale outputs removed, saves staged, outputs checked, then published."""
+def execute(task: luigi.Task) -> bool:
+    """Run one task: stale outputs removed, saves staged, outputs checked, then published.
+
+    Returns:
+        False when ``run()`` saved none of the task's outputs (d6tflow's tests write such
+        tasks to check their inputs): nothing is published and the task stays incomplete,
+        so it runs again next time. True otherwise.
+
+    Raises:
+        MissingOutputError: ``run()`` saved some but not all of the outputs (nothing is
+            published).
+    """
     if is_group(task):
-        return  # groups have nothing of their own to run
+        return True  # groups have nothing of their own to run
     prepare = getattr(task, "prepare_run", None)
     if prepare is not None:
         prepare()
@@ -444,12 +467,16 @@ def execute(task: luigi.Task) -> None:
                 task.missing_outputs(stg) if hasattr(task, "missing_outputs")
                 else [o for o in flatten(task.output()) if not o.exists()]
             )
+            if missing and len(missing) == len(flatten(task.output())):
+                stg.rollback()  # metadata saved without any output is not kept either
+                return False
             if missing:
                 raise MissingOutputError(_missing_message(task, missing))
             published = stg.commit()
             commit = getattr(task, "commit_run", None)
             if commit is not None:
                 commit(published)  # the commit record, last
+            return True
     except BaseException:
         abort = getattr(task, "abort_run", None)
         if abort is not None:
@@ -578,12 +605,12 @@ class _InlineExecutor:
                 if timer is not None:
                     timer.start()
                 try:
-                    execute(task)
+                    saved = execute(task)
                 finally:
                     if timer is not None:  # a timer that fired delivers here, not later
                         timer.cancel()
                         timer.join()
-            out = _Outcome()
+            out = _Outcome(saved=saved)
         except _Interrupted:
             _clean_temp_files(task)
             if token.cancelled:
@@ -623,8 +650,7 @@ class _ThreadExecutor:
         def work() -> None:
             cpu = time.thread_time()
             try:
-                ctx.run(execute, task)
-                out = _Outcome()
+                out = _Outcome(saved=ctx.run(execute, task))
             except _Interrupted:
                 _clean_temp_files(task)
                 out = _Outcome(cancelled=True)
@@ -739,8 +765,8 @@ def _worker_main(task: luigi.Task, send: Connection, flow: layout.FlowContext) -
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us on Ctrl-C
     with layout.flow_context(flow):
         try:
-            execute(task)
-            out = _Outcome(memory=_memory_outputs(task))
+            saved = execute(task)
+            out = _Outcome(saved=saved, memory=_memory_outputs(task))
         except BaseException as exc:  # noqa: BLE001 - everything is reported
             out = _failure(exc, task)
     out.usage = _usage(None)  # the worker process ran only this task

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import importlib
 import json
 import os
 import pathlib
@@ -26,7 +27,12 @@ from typing import Any, ClassVar, Protocol
 import pandas as pd
 
 from pipeflow import cache, settings
-from pipeflow.errors import CorruptOutputError, IncompleteTaskError, SaveError
+from pipeflow.errors import (
+    CorruptOutputError,
+    IncompleteTaskError,
+    MissingDependencyError,
+    SaveError,
+)
 from pipeflow.integrity import FileRecord, hash_bytes, seal
 from pipeflow.layout import ensure_inside
 
@@ -40,20 +46,20 @@ class Staging:
         owned: final paths of the running task's outputs; saves to other paths publish at once.
         files: final path -> staged temp file (``None``: delete the final path at commit).
         records: final path -> size and hash of the staged temp file.
-        memory: final path -> (store, object) for in-memory targets.
+        memory: the in-memory targets' objects, by their key in ``pipeflow.data``.
     """
 
     def __init__(self, owned: set[pathlib.Path]):
         self.owned = owned
         self.files: dict[pathlib.Path, pathlib.Path | None] = {}
         self.records: dict[pathlib.Path, FileRecord] = {}
-        self.memory: dict[pathlib.Path, Any] = {}
+        self.memory: dict[pathlib.Path | str, Any] = {}
 
     def owns(self, path: pathlib.Path) -> bool:
         """Whether a save to ``path`` belongs to the running task (and is staged)."""
         return path in self.owned
 
-    def saved(self, path: pathlib.Path) -> bool:
+    def saved(self, path: pathlib.Path | str) -> bool:
         """Whether ``path`` was saved during this run."""
         return path in self.files or path in self.memory
 
@@ -97,6 +103,9 @@ class Owner(Protocol):
 
     def display_name(self) -> str:
         """The task with its parameters, for messages."""
+
+    def data_root(self) -> pathlib.Path:
+        """The folder the task's files live below (nothing outside it is deleted)."""
 
     def committed_files(self, target: DataTarget) -> Sequence[FileRecord] | None:
         """The files of ``target`` its last run committed (None: unchecked; raises if none)."""
@@ -191,7 +200,10 @@ class DataTarget:
         Args:
             fun: a reader ``fun(path, **kwargs)`` replacing :meth:`read` (d6tflow style);
                 a bool here is taken as ``cached`` (d6tflow's positional call).
-            cached: keep the loaded object in ``pipeflow.data`` and reuse it next time.
+            cached: keep the loaded object in ``pipeflow.data`` and return that very
+                object (shared with every other ``cached=True`` load: do not change it in
+                place). With ``settings.cached`` on, loads are kept in memory too, but each
+                load returns its own copy (cheap for DataFrames: pandas copies on write).
             **kwargs: passed to the reader.
 
         Raises:
@@ -201,7 +213,8 @@ class DataTarget:
             cached, fun = fun, None
         use_cache = cached or settings.cached
         if use_cache and self.path in cache.data:
-            return cache.data[self.path]
+            obj = cache.data[self.path]
+            return obj if cached else cache.fresh(obj)
         records = self.owner.committed_files(self) if self.owner is not None else None
         if records is not None:
             obj = self._read_verified(records, fun, kwargs)
@@ -214,6 +227,7 @@ class DataTarget:
             obj = fun(self.path, **kwargs) if callable(fun) else self.read(self.path, **kwargs)
         if use_cache:
             cache.data[self.path] = obj
+            return obj if cached else cache.fresh(obj)
         return obj
 
     def save(self, data: Any, fun: Any = None, **kwargs: Any) -> pathlib.Path:
@@ -244,10 +258,15 @@ class DataTarget:
         return self.path
 
     def invalidate(self) -> bool:
-        """Delete the output (all its files). Returns True when nothing remains."""
+        """Delete the output (all its files). Returns True when nothing remains.
+
+        Raises:
+            UnsafePathError: its folder resolves outside its task's location (a symlink).
+        """
+        root = self.owner.data_root() if self.owner is not None else None
         for path in self.files():
             if path.is_symlink() or path.exists():
-                ensure_inside(path.parent)
+                ensure_inside(path.parent, root)
                 path.unlink(missing_ok=True)
             cache.data.pop(path, None)
         return not self.exists()
@@ -418,34 +437,56 @@ def os_fix(exc: OSError, folder: pathlib.Path) -> str:
 class CacheTarget(DataTarget):
     """Keeps the object in memory (``pipeflow.data``); nothing is written to disk.
 
+    Its ``path`` is a ``str``, as in d6tflow (where it is a luigi ``LocalTarget`` path): it
+    names the object in ``pipeflow.data``, it is not a file. A load returns a copy of the
+    object (cheap for DataFrames), so changing it does not change what the next load gets;
+    ``load(cached=True)`` returns the stored object itself.
+
     Example:
         >>> t = CacheTarget("data/Task/Task__99914b932b-data.cache")
         >>> _ = t.save({"a": 1}); t.load()
         {'a': 1}
     """
 
+    path: str  # type: ignore[assignment]
+
+    def __init__(self, path: str | os.PathLike[str]):
+        super().__init__(path)
+        self.path = os.fspath(pathlib.Path(path))  # type: ignore[assignment]
+
     def exists(self) -> bool:
         """Whether the object is in memory."""
         return self.path in cache.data
 
+    def files(self) -> list[pathlib.Path]:
+        """The path the object is kept under (no file is written there)."""
+        return [pathlib.Path(self.path)]
+
     def load(self, fun: Any = None, cached: bool = False, **kwargs: Any) -> Any:
-        """Return the object kept in memory."""
+        """Return a copy of the object kept in memory (the object itself with ``cached``)."""
+        if isinstance(fun, bool):  # d6tflow's positional load(cached)
+            cached = fun
         if self.path not in cache.data:
             raise IncompleteTaskError(
                 f"cannot load {str(self.path)!r}: it is not in memory, so the task that "
                 f"saves it has not run in this Python process (cache outputs live only in "
                 f"memory) or was reset. Run the flow first (flow.run())."
             )
-        return cache.data[self.path]
+        obj = cache.data[self.path]
+        return obj if cached else cache.fresh(obj)
 
-    def save(self, data: Any, fun: Any = None, **kwargs: Any) -> pathlib.Path:
-        """Keep ``data`` in memory (staged until the running task succeeds)."""
+    def save(self, data: Any, fun: Any = None, **kwargs: Any) -> str:  # type: ignore[override]
+        """Keep a copy of ``data`` in memory (staged until the running task succeeds).
+
+        A copy, so that changing ``data`` afterwards does not change the saved output.
+        """
         self._check(data)
+        kept = cache.fresh(data)
         stg = _STAGING.get()
-        if stg is not None and stg.owns(self.path):
-            stg.memory[self.path] = data
+        if stg is not None and stg.owns(pathlib.Path(self.path)):
+            stg.memory[self.path] = kept
         else:
-            cache.data[self.path] = data
+            cache.data[self.path] = kept
         return self.path
 
     def invalidate(self) -> bool:
@@ -520,11 +561,20 @@ class _IndexedTextTarget(_PandasFileTarget):
 
         return {self.sidecar(): write_spec if spec else None, self.path: write_data}
 
+    #: reader arguments that choose the columns or index themselves: no index is restored
+    CHOOSE_COLUMNS: ClassVar[frozenset[str]] = frozenset(
+        {"index_col", "usecols", "names", "header"})
+
     def read(self, path: pathlib.Path, **kwargs: Any) -> pd.DataFrame:
-        """Read the file and restore the index described by the sidecar."""
+        """Read the file and restore the index described by the sidecar.
+
+        Reader arguments (``low_memory=False``, ``parse_dates=...``) keep the index; those
+        that choose columns or the index themselves (``index_col``, ``usecols``, ``names``,
+        ``header``) get the file as written.
+        """
         frame = self.read_frame(path, **kwargs)
         sidecar = self.sidecar()
-        if not kwargs and sidecar.exists():
+        if not self.CHOOSE_COLUMNS & kwargs.keys() and sidecar.exists():
             frame = _restore_index(frame, json.loads(sidecar.read_text()))
         return frame
 
@@ -538,10 +588,16 @@ def _split_index(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any] | None]
     idx = df.index
     if isinstance(idx, pd.RangeIndex) and idx.start == 0 and idx.step == 1 and idx.name is None:
         return df, None
-    columns = []
+    columns: list[str] = []
+    taken = {str(c) for c in df.columns}
     for i, name in enumerate(idx.names):
-        usable = isinstance(name, str) and name not in df.columns and name not in columns
-        columns.append(name if usable else f"__index_level_{i}__")
+        usable = isinstance(name, str) and name not in taken
+        if not usable:  # a frame loaded without its index may hold '__index_level_0__'
+            name = f"__index_level_{i}__"
+            while name in taken:
+                name = f"_{name}"
+        columns.append(name)
+        taken.add(name)
     flat = df.copy(deep=False)
     flat.index = idx.set_names(columns)
     spec = {
@@ -591,15 +647,32 @@ class CSVGZPandasTarget(CSVPandasTarget):
     compression = "gzip"
 
 
+def require(module: str, extra: str, target: object) -> None:
+    """Check that an optional package a format needs is installed.
+
+    Raises:
+        MissingDependencyError: it is not, with the pip command that installs it.
+    """
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{type(target).__name__} needs the package {module!r}, which is not installed. "
+            f"Install it with: pip install 'pipeflow[{extra}]'"
+        ) from exc
+
+
 class ExcelPandasTarget(_IndexedTextTarget):
     """A DataFrame in an Excel file (needs the ``excel`` extra: openpyxl)."""
 
     def read_frame(self, path: pathlib.Path, **kwargs: Any) -> pd.DataFrame:
         """Read the first sheet."""
+        require("openpyxl", "excel", self)
         return pd.read_excel(path, engine="openpyxl", **kwargs)
 
     def write(self, data: pd.DataFrame, path: pathlib.Path, **kwargs: Any) -> None:
         """Write one sheet."""
+        require("openpyxl", "excel", self)
         kwargs.setdefault("index", False)
         data.to_excel(path, engine="openpyxl", **kwargs)
 

@@ -18,11 +18,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pathlib
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import luigi
 import luigi.util
@@ -53,7 +54,14 @@ from pipeflow.integrity import (
     write_record,
 )
 from pipeflow.locks import TaskLock
-from pipeflow.parameters import accepted, check_value, missing_parameter, unknown_parameter
+from pipeflow.parameters import (
+    accepted,
+    check_value,
+    ignore_undeclared,
+    missing_parameter,
+    sort_undeclared,
+    unknown_parameter,
+)
 from pipeflow.plan import Plan, Status, build_plan
 from pipeflow.targets import (
     CacheTarget,
@@ -98,6 +106,13 @@ class _TaskMeta(Register):
         keywords always resolve to the same instance, so that instance is also filed under
         the keywords themselves, in luigi's own cache (cleared along with it).
         """
+        if "path" in kwargs and "path" not in cls._param_names():
+            # d6tflow's Train(path=...): this instance's outputs (and, run or loaded through
+            # it, its upstream tasks') live in that folder
+            path = kwargs.pop("path")
+            root = layout.location(path, "path", f"{cls.__name__}(path=...)")
+            return located(cls, layout.FlowContext(root=root), args,  # type: ignore[arg-type]
+                           kwargs)
         cache = cls._Register__instance_cache  # type: ignore[attr-defined]
         if cache is None or args:
             return super().__call__(*args, **kwargs)
@@ -110,9 +125,58 @@ class _TaskMeta(Register):
             hit = cache[key] = super().__call__(*args, **kwargs)
         return hit
 
+    def _param_names(cls) -> frozenset[str]:
+        return frozenset(n for n, _ in cls.get_params())  # type: ignore[attr-defined]
+
+
+def located(cls: type[luigi.Task], home: layout.FlowContext, args: tuple[Any, ...] = (),
+            kwargs: Mapping[str, Any] | None = None) -> luigi.Task:
+    """An instance of ``cls`` that carries ``home`` (a Workflow's or its own location).
+
+    It is not luigi's shared instance of those parameters: writing a location onto that one
+    would move the outputs of every other flow using it (d6tflow's leak). The same class,
+    keywords and home give the same instance.
+    """
+    kwargs = dict(kwargs or {})
+    cache = cls._Register__instance_cache  # type: ignore[attr-defined]
+    try:
+        key: Any = (cls, _TaskMeta.generation, frozenset(kwargs.items()), "home", home.key,
+                    id(home.flows) if home.flows else None)
+        hit = cache.get(key) if cache is not None and not args else None
+    except TypeError:  # unhashable values: a new instance each time
+        key, hit = None, None
+    if hit is None:
+        hit = type.__call__(cls, *args, **kwargs)  # luigi's construction, without its cache
+        hit.__dict__[layout.HOME] = home
+        if key is not None and cache is not None and not args:
+            cache[key] = hit
+    return hit
+
 
 _PARAMS: dict[type, tuple[int, list[tuple[str, luigi.Parameter]]]] = {}
-_FOLDERS: dict[tuple[object, ...], pathlib.Path] = {}
+#: attributes that decide where a task's outputs go, also when set on an instance
+_LAYOUT_ATTRS = frozenset({"path", "target_dir", "target_ext", "task_group", "save_attrib",
+                           "persist", "target_class"})
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _at_home(method: F) -> F:
+    """Run a method that looks at other tasks in the instance's home context (if it has one).
+
+    An instance made with a location (``Train(path=...)``, ``flow.get_task()``) then finds
+    the tasks it requires where its flow put them, also when used outside the flow.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if layout.HOME not in self.__dict__:
+            return method(self, *args, **kwargs)
+        with layout.at_home([self]):
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+_FOLDERS: dict[tuple[object, ...], tuple[pathlib.Path, pathlib.Path]] = {}
 
 
 class _Owner:
@@ -190,9 +254,11 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
     ) -> list[tuple[str, Any]]:
         """Luigi's parameter resolution, with pipeflow's errors for typos and gaps."""
         names = {n for n, _ in params}
-        for key in kwargs:
-            if key not in names:
-                raise unknown_parameter(key, [cls], f"{cls.__name__}(...)")
+        if any(key not in names for key in kwargs):
+            typos, ignored = sort_undeclared(kwargs, names)
+            for typo, meant in typos.items():
+                raise unknown_parameter(typo, [cls], f"{cls.__name__}(...)", meant)
+            ignore_undeclared(cls, ignored)
         kwargs = {n: check_value(cls, n, p, kwargs[n]) for n, p in params if n in kwargs}
         try:
             return super().get_param_values(params, args, kwargs)
@@ -209,31 +275,53 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             raise
 
     # -- where outputs live -------------------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in _LAYOUT_ATTRS:  # d6tflow code sets e.g. task.target_dir on an instance
+            d = self.__dict__
+            d["_pipeflow_own_layout"] = True
+            for memo in ("_pipeflow_targets", "_pipeflow_names", "_pipeflow_record"):
+                d.pop(memo, None)
+
+    def _context(self) -> layout.FlowContext:
+        """The flow context placing this task: its home if it has one, else the current one."""
+        home = self.__dict__.get(layout.HOME)
+        return layout.current() if home is None else home
+
     def _folder(self) -> pathlib.Path:
-        # The folder depends on the class and the flow context, never on parameter values.
-        ctx = layout.current()
+        """The folder of this task's outputs."""
+        return self._folders()[0]
+
+    def _folders(self) -> tuple[pathlib.Path, pathlib.Path]:
+        """The folder of the outputs, and the one of the commit record and lock."""
+        # They depend on the class and the flow context, never on parameter values.
+        ctx = self._context()
+        if "_pipeflow_own_layout" in self.__dict__:
+            return self._compute_folders(ctx)
         key = (type(self), ctx.key, settings.dirpath, _TaskMeta.generation)
-        folder = _FOLDERS.get(key)
-        if folder is None:
+        folders = _FOLDERS.get(key)
+        if folders is None:
             if len(_FOLDERS) > 4096:  # stale keys (old data dirs, generations) pile up
                 _FOLDERS.clear()
-            folder = _FOLDERS[key] = self._compute_folder(ctx)
-        return folder
+            folders = _FOLDERS[key] = self._compute_folders(ctx)
+        return folders
 
-    def _compute_folder(self, ctx: layout.FlowContext) -> pathlib.Path:
+    def _location(self, ctx: layout.FlowContext) -> pathlib.Path:
+        """The folder this task's outputs go below (see :mod:`pipeflow.layout`)."""
+        if ctx.places:
+            return ctx.base()
+        own = layout.location(self.path, "path", _Owner(self))
+        return settings.dirpath if own is None else own
+
+    def _compute_folders(self, ctx: layout.FlowContext) -> tuple[pathlib.Path, pathlib.Path]:
         owner = _Owner(self)
-        pinned = getattr(type(self), "_pipeflow_root", None)
-        if pinned is not None:
-            root, sub, env = pathlib.Path(pinned), layout.safe_parts(self.path, "path", owner), None
-        else:
-            root, env = settings.dirpath, ctx.env
-            sub = ctx.path or layout.safe_parts(self.path, "path", owner)
-        parts = [*sub]
-        if env:
-            parts.append(f"env={env}")
-        parts += layout.safe_parts(self.task_group, "task_group", owner)
+        parts: list[str] = []
+        group = layout.folder_name(self.task_group, "task_group", owner)
+        if group is not None:
+            parts.append(group)
         parts += layout.safe_parts(self.target_dir or self.task_family, "target_dir", owner)
-        return root.joinpath(*parts)
+        where = self._location(ctx)
+        return where.joinpath(*parts), layout.records_folder(where, parts)
 
     def _stem(self, key: str) -> str:
         if settings.save_with_param and getattr(self, "save_attrib", True):
@@ -242,7 +330,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
     def _targets(self) -> dict[str, DataTarget]:
         """The output targets by name, for the flow context in force (memoized)."""
-        key = (layout.current().key, settings.dirpath, settings.save_with_param,
+        key = (self._context().key, settings.dirpath, settings.save_with_param,
                _TaskMeta.generation)
         memo = self.__dict__.get("_pipeflow_targets")
         if memo is not None and memo[0] == key:
@@ -292,8 +380,8 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
     def task_lock(self) -> TaskLock:
         """The lock held while this task runs or its outputs are reset or saved by hand."""
-        folder, _names, record = self._file_names()
-        return TaskLock(folder, os.path.basename(record))
+        record = self._file_names()[2]
+        return TaskLock(os.path.dirname(record), os.path.basename(record))
 
     def display_name(self) -> str:
         """The task with its parameters, as shown in messages: ``Train(model='xgb')``."""
@@ -304,6 +392,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         outputs = self._outputs()
         return outputs["data"] if list(self.persist) == ["data"] else outputs
 
+    @_at_home
     def input(self) -> Any:
         """The output targets of the required tasks (same shape as ``requires()``)."""
         return luigi.task.getpaths(graph.unwrap(self.requires()))
@@ -311,7 +400,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
     @property
     def flows(self) -> Mapping[str, Any]:
         """Workflows attached with ``Workflow.attach_flow``, by name."""
-        return layout.current().flows
+        return self._context().flows
 
     # -- status ------------------------------------------------------------------------------
     def own_state(self) -> tuple[bool, str | None]:
@@ -371,7 +460,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             path = self._record_path()
             if read_record(path)[0] != record:
                 return
-            folder = os.fspath(path.parent)
+            folder = self._file_names()[0]
             # unchanged since they were hashed (their new stat still matches): no rehash
             if any(now.problem(folder, rehash=False) for now in touched.values()):
                 return
@@ -389,7 +478,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         The hot path of status checks and runs on large graphs: plain strings, no target
         objects.
         """
-        key = (layout.current().key, settings.dirpath, settings.save_with_param,
+        key = (self._context().key, settings.dirpath, settings.save_with_param,
                _TaskMeta.generation)
         memo = self.__dict__.get("_pipeflow_names")
         if memo is not None and memo[0] == key:
@@ -397,9 +486,10 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         ext = f".{self.target_ext}" if self.target_ext else ""
         ident = (self.task_id if settings.save_with_param and getattr(self, "save_attrib", True)
                  else self.task_family)
-        folder = os.fspath(self._folder())
+        out, own = self._folders()
+        folder = os.fspath(out)
         value = (folder, [(k, layout.fit_name(self._stem(k), ext)) for k in self._persist()],
-                 os.path.join(folder, layout.fit_name(f".{ident}", RECORD_SUFFIX)))
+                 os.path.join(own, layout.fit_name(f".{ident}", RECORD_SUFFIX)))
         self.__dict__["_pipeflow_names"] = (key, value)
         return value
 
@@ -407,6 +497,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         """Whether every output of this task is committed and intact (upstream ignored)."""
         return self.own_state()[0]
 
+    @_at_home
     def complete(self, cascade: bool = True) -> bool:
         """Whether the task is complete.
 
@@ -465,6 +556,13 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         """Same as :meth:`metaSave`."""
         self.metaSave(data)
 
+    def _get_meta_path(self, task: Any = None) -> pathlib.Path:
+        """The metadata file of ``task`` (default: this task): d6tflow's private helper.
+
+        Kept because d6tflow code (its own tests among it) reads metadata files with it.
+        """
+        return (self if task is None else task)._meta_target().path  # type: ignore[no-any-return]
+
     # -- loading -------------------------------------------------------------------------------
     def _load_own(self, keys: Iterable[str] | None, as_dict: bool, cached: bool) -> Any:
         outputs = self._outputs()
@@ -480,6 +578,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         data = {k: outputs[k].load(cached=cached) for k in wanted}
         return data if as_dict else list(data.values())
 
+    @_at_home
     def outputLoad(self, keys: Iterable[str] | None = None, as_dict: bool = False,
                    cached: bool = False) -> Any:
         """Load this task's output(s).
@@ -506,6 +605,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                 f"up to date: flow.run().", StaleOutputWarning, stacklevel=2)
         return self._load_own(keys, as_dict, cached)
 
+    @_at_home
     def inputLoad(self, keys: Iterable[str] | None = None, task: Any = None,
                   cached: bool = False, as_dict: bool = False) -> Any:
         """Load the outputs of the tasks this task requires.
@@ -548,6 +648,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         data = [_load_outputs(r, keys, as_dict, cached) for r in items]
         return dict(enumerate(data)) if as_dict else data
 
+    @_at_home
     def metaLoad(self) -> Any:
         """Load the metadata of the tasks this task requires (same shape as requires())."""
         reqs: Any = graph.unwrap(self.requires())
@@ -557,6 +658,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             return reqs.outputLoadMeta()
         return [t.outputLoadMeta() for t in flatten(reqs)]
 
+    @_at_home
     def outputLoadMeta(self) -> Any:
         """Load the metadata this task saved with ``saveMeta``."""
         if not self.own_complete():
@@ -569,6 +671,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             )
         return meta.load()
 
+    @_at_home
     def outputLoadAllMeta(self) -> dict[str, Any]:
         """Metadata of this task and every upstream task that saved some, by task family."""
         out: dict[str, Any] = {}
@@ -672,13 +775,13 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         path = self._file_names()[2]
         if not os.path.lexists(path):
             return
-        layout.ensure_inside(pathlib.Path(path).parent, self._data_root())
-        for file in uncommit(path):
+        folder = layout.ensure_inside(self._folder(), self.data_root())
+        for file in uncommit(path, folder):
             cache.data.pop(file, None)
 
-    def _data_root(self) -> pathlib.Path:
-        pinned = getattr(type(self), "_pipeflow_root", None)
-        return pathlib.Path(pinned) if pinned is not None else settings.dirpath
+    def data_root(self) -> pathlib.Path:
+        """The location this task's files live below; nothing of it is deleted outside it."""
+        return self._location(self._context())
 
     def _committed_record(self, key: str) -> tuple[FileRecord, ...] | None:
         record, _ = read_record(self._record_path())
@@ -738,12 +841,12 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         Args:
             scan: lists the hidden temp-file names in a folder.
         """
-        folder = self._folder()
-        names = scan(folder)
-        mine = {p.name for p in self.owned_paths()} if names else set()
-        for name in names:
-            if temp_owner(name) in mine:
-                (folder / name).unlink(missing_ok=True)
+        for folder in self._folders():
+            names = scan(folder)
+            mine = {p.name for p in self.owned_paths()} if names else set()
+            for name in names:
+                if temp_owner(name) in mine:
+                    (folder / name).unlink(missing_ok=True)
 
     def prepare_run(self) -> None:
         """Before running: uncommit, and remove stale files, so only this run can count."""
@@ -902,7 +1005,9 @@ class TaskPqPandas(TaskData):
 class TaskAggregator(luigi.Task):
     """Groups tasks: ``run()`` yields them; the aggregator is complete when they all are.
 
-    Grouping implies no order among the yielded tasks.
+    Grouping implies no order among the yielded tasks. ``@pipeflow.requires(...)`` on an
+    aggregator passes its parameters on, as in d6tflow's docs; the group is still what
+    ``run()`` yields.
 
     Example:
         >>> class AllModels(TaskAggregator):
@@ -913,9 +1018,13 @@ class TaskAggregator(luigi.Task):
 
     _pipeflow_group: ClassVar[bool] = True
 
+    def members(self) -> list[Any]:
+        """The grouped tasks: what ``run()`` yields, in order."""
+        return list(flatten(list(self.run() or ())))
+
     def requires(self) -> list[Any]:
         """The grouped tasks (what ``run()`` yields)."""
-        return list(flatten(list(self.run())))
+        return self.members()
 
     def run(self) -> Any:
         """Yield the tasks to group; implement this."""
@@ -927,25 +1036,32 @@ class TaskAggregator(luigi.Task):
 
     def complete(self, cascade: bool = True) -> bool:
         """Whether every grouped task is complete."""
-        return build_plan(graph.build([self])).status_of(self) is Status.COMPLETE
+        with layout.at_home(self.members()):
+            return build_plan(graph.build([self])).status_of(self) is Status.COMPLETE
 
     def output(self) -> list[Any]:
         """The grouped tasks' outputs."""
-        return [t.output() for t in self.requires()]
+        return [t.output() for t in self.members()]
 
     def outputLoad(self, keys: Iterable[str] | None = None, as_dict: bool = False,
                    cached: bool = False) -> list[Any]:
         """Load every grouped task's output(s), in the order ``run()`` yields them."""
-        return [t.outputLoad(keys, as_dict, cached) for t in self.requires()]
+        return [t.outputLoad(keys, as_dict, cached) for t in self.members()]
 
-    def invalidate(self, confirm: bool = True) -> None:
-        """Reset every grouped task."""
-        for t in self.requires():
-            t.invalidate(confirm=confirm)
+    def invalidate(self, confirm: bool = True) -> bool:
+        """Reset every grouped task.
 
-    def reset(self, confirm: bool = True) -> None:
+        Returns:
+            True if every grouped task was reset (False if the user declined one).
+        """
+        done = True
+        for t in self.members():
+            done = bool(t.invalidate(confirm=confirm)) and done
+        return done
+
+    def reset(self, confirm: bool = True) -> bool:
         """Same as :meth:`invalidate`."""
-        self.invalidate(confirm=confirm)
+        return self.invalidate(confirm=confirm)
 
 
 # -- declaring requirements ------------------------------------------------------------------

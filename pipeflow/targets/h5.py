@@ -1,0 +1,41 @@
+"""HDF5 storage for DataFrames (needs the ``h5`` extra: PyTables).
+
+d6tflow code imports it as ``d6tflow.targets.h5``; with ``import pipeflow as d6tflow`` the
+same import works.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, ClassVar
+
+import pandas as pd
+
+from pipeflow.targets import _PandasFileTarget, require
+
+
+class H5PandasTarget(_PandasFileTarget):
+    """A DataFrame in an HDF5 file, under the key ``'data'`` (as d6tflow stores it).
+
+    Example:
+        >>> target = H5PandasTarget("data/Prices/Prices__99914b932b-data.hdf5")  # doctest: +SKIP
+    """
+
+    #: the HDF5 key the frame is stored under
+    hdf_key: ClassVar[str] = "data"
+
+    def read(self, path: pathlib.Path, **kwargs: Any) -> pd.DataFrame:
+        """Read the frame stored under :attr:`hdf_key` (``key=`` picks another)."""
+        require("tables", "h5", self)
+        kwargs.setdefault("key", self.hdf_key)
+        return pd.read_hdf(path, **kwargs)
+
+    def write(self, data: pd.DataFrame, path: pathlib.Path, **kwargs: Any) -> None:
+        """Write the frame under :attr:`hdf_key` into a new file."""
+        require("tables", "h5", self)
+        kwargs.setdefault("key", self.hdf_key)
+        kwargs.setdefault("mode", "w")
+        data.to_hdf(path, **kwargs)
+
+
+__all__ = ["H5PandasTarget"]
