@@ -3,7 +3,8 @@
 ``import pipeflow as d6tflow`` lets d6tflow code run unchanged.
 """
 
-from pipeflow import errors, settings, targets, tasks
+# functional and utils too: d6tflow code calls d6tflow.utils... after a plain import d6tflow
+from pipeflow import errors, functional, settings, targets, tasks, utils
 from pipeflow.cache import data
 from pipeflow.engines import CancelToken
 from pipeflow.operations import (
@@ -58,11 +59,12 @@ __all__ = [
     "SecretParameter", "SystemInfo", "TaskParameter", "TimeDeltaParameter", "TupleParameter",
     "Workflow",
     "WorkflowMulti",
-    "YearParameter", "__version__", "adopt", "data", "errors", "history", "inherits",
+    "YearParameter", "__version__", "adopt", "data", "errors", "functional", "history",
+    "inherits",
     "invalidate_all", "last_error", "last_run", "prune_history", "runs",
     "invalidate_downstream", "invalidate_orphans", "invalidate_upstream", "optional",
     "preview", "requires", "run", "set_dir", "settings", "start", "system_info",
     "targets",
     "taskflow_downstream",
-    "taskflow_upstream", "tasks",
+    "taskflow_upstream", "tasks", "utils",
 ]

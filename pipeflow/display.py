@@ -6,6 +6,8 @@ everything else returns objects and logs through the ``pipeflow`` logger.
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from collections.abc import Sequence
 
@@ -19,11 +21,20 @@ def emit(text: str) -> None:
 
 
 def _interactive() -> bool:
+    """Whether someone can answer a prompt: a terminal, a notebook, or piped answers."""
     if sys.stdin is not None and sys.stdin.isatty():
         return True
     # Jupyter: stdin is not a terminal, but the kernel answers input() from the notebook.
     kernel = sys.modules.get("ipykernel")
-    return kernel is not None and "IPython" in sys.modules
+    if kernel is not None and "IPython" in sys.modules:
+        return True
+    # Answers piped in or read from a file (`yes | python flow.py`), as d6tflow reads them;
+    # not /dev/null, a closed stdin or a socket, where nobody answers.
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode if sys.stdin is not None else 0
+    except (OSError, ValueError, AttributeError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
 
 
 def confirm(question: str, items: Sequence[str], how_to_skip: str) -> bool:
@@ -38,14 +49,22 @@ def confirm(question: str, items: Sequence[str], how_to_skip: str) -> bool:
         True when the user answered yes.
 
     Raises:
-        ConfirmationError: nobody can answer (standard input is not a terminal).
+        ConfirmationError: nobody can answer (standard input is neither a terminal, a
+            notebook, nor piped answers), or the piped answers ran out.
     """
     if not _interactive():
         raise ConfirmationError(
-            f"{question} This needs confirmation, but standard input is not a terminal, so "
-            f"nobody can answer the prompt. Pass {how_to_skip} to proceed without asking."
+            f"{question} This needs confirmation, but standard input is not a terminal, a "
+            f"notebook or piped answers, so nobody can answer the prompt. Pass {how_to_skip} "
+            f"to proceed without asking."
             f"{listing(items, 20)}"
         )
     emit("\n".join(items))
-    answer = input(f"{question} (y/n) ")
+    try:
+        answer = input(f"{question} (y/n) ")
+    except EOFError:
+        raise ConfirmationError(
+            f"{question} This needs confirmation, but standard input ended before an answer "
+            f"was given. Pass {how_to_skip} to proceed without asking."
+        ) from None
     return answer.strip().lower() in ("y", "yes")

@@ -62,7 +62,8 @@ def preview(tasks: Any, indent: str = "", last: bool = True, show_params: bool =
         print_it: print the tree (the returned :class:`~pipeflow.plan.Preview` has it too).
     """
     roots = as_list(tasks)
-    plan = build_plan(graph.build(roots))
+    with layout.at_home(roots):
+        plan = build_plan(graph.build(roots))
     _explain_failures(plan)
     result = build_preview(plan, roots, show_params, clip_params, indent, last)
     if print_it:
@@ -118,6 +119,16 @@ def run(tasks: Any, forced: Any = None, forced_all: bool = False,
         the user declined the confirmation.
     """
     roots = as_list(tasks)
+    with layout.at_home(roots):
+        return _run(roots, forced, forced_all, forced_all_upstream, confirm, workers, abort,
+                    execution_summary, executor, cancel, callbacks, progress, engine, if_locked)
+
+
+def _run(roots: list[Any], forced: Any, forced_all: bool, forced_all_upstream: bool,
+         confirm: bool, workers: int, abort: bool, execution_summary: bool | None,
+         executor: str | None, cancel: CancelToken | None,
+         callbacks: Sequence[Callable[[Any], None]], progress: bool | None,
+         engine: Engine | None, if_locked: str) -> RunResult | None:
     g = graph.build(roots)
     forced_tasks = _forced(g, roots, forced, forced_all, forced_all_upstream)
     if forced_tasks and not _delete_outputs(forced_tasks, confirm, "rerun"):
@@ -225,7 +236,8 @@ def start(tasks: Any, **options: Any) -> RunHandle:
         **options: the options of :func:`run` (except ``cancel``: use the handle).
     """
     extra = list(options.pop("callbacks", ()))
-    ctx = layout.current()
+    with layout.at_home(as_list(tasks)):
+        ctx = layout.current()
 
     def go(token: CancelToken, sink: Sink) -> RunResult | None:
         with layout.flow_context(ctx):
@@ -328,8 +340,9 @@ def adopt(tasks: Any) -> list[luigi.Task]:
     Returns:
         The tasks whose outputs were adopted.
     """
-    return [t for t in graph.build(as_list(tasks)).nodes
-            if isinstance(t, TaskData) and t.adopt_outputs()]
+    with layout.at_home(as_list(tasks)):
+        return [t for t in graph.build(as_list(tasks)).nodes
+                if isinstance(t, TaskData) and t.adopt_outputs()]
 
 
 def taskflow_upstream(task: luigi.Task, only_complete: bool = False) -> list[luigi.Task]:
@@ -339,7 +352,8 @@ def taskflow_upstream(task: luigi.Task, only_complete: bool = False) -> list[lui
         task: the task.
         only_complete: keep only complete tasks.
     """
-    plan = build_plan(graph.build([task]))
+    with layout.at_home([task]):
+        plan = build_plan(graph.build([task]))
     return [t for t, s in zip(reversed(plan.graph.nodes), reversed(plan.status))
             if not only_complete or s is Status.COMPLETE]
 
@@ -353,7 +367,8 @@ def taskflow_downstream(task: Any, task_downstream: luigi.Task,
         task_downstream: the downstream task whose flow is searched.
         only_complete: keep only complete tasks.
     """
-    plan = build_plan(graph.build([task_downstream]))
+    with layout.at_home([task_downstream]):
+        plan = build_plan(graph.build([task_downstream]))
     g = plan.graph
     family = task.task_family
     found = g.downstream(i for i, t in enumerate(g.nodes) if t.task_family == family)
@@ -366,7 +381,8 @@ def invalidate_upstream(task: luigi.Task, confirm: bool = True) -> bool:
     Returns:
         False if the user declined, else True.
     """
-    return _delete_outputs(taskflow_upstream(task), confirm, "reset")
+    with layout.at_home([task]):
+        return _delete_outputs(taskflow_upstream(task), confirm, "reset")
 
 
 def invalidate_downstream(task: Any, task_downstream: luigi.Task, confirm: bool = True) -> bool:
@@ -375,7 +391,8 @@ def invalidate_downstream(task: Any, task_downstream: luigi.Task, confirm: bool 
     Returns:
         False if the user declined, else True.
     """
-    return _delete_outputs(taskflow_downstream(task, task_downstream), confirm, "reset")
+    with layout.at_home([task_downstream]):
+        return _delete_outputs(taskflow_downstream(task, task_downstream), confirm, "reset")
 
 
 def _records_under(root: pathlib.Path) -> list[pathlib.Path]:

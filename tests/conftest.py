@@ -51,3 +51,12 @@ def stored(data_dir):
                       and ".pipeflow" not in p.relative_to(root).parts)
 
     return files
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Show the pass count of d6tflow's own suite (tests/test_d6tflow_suite.py) at the end."""
+    for kind in ("passed", "failed"):
+        for report in terminalreporter.getreports(kind):
+            for name, value in getattr(report, "user_properties", ()):
+                if name == "d6tflow_suite":
+                    terminalreporter.write_line(f"d6tflow's own test suite on pipeflow: {value}")

@@ -43,6 +43,8 @@ def test_layers_are_one_way():
 
 
 def test_docs_build_in_strict_mode(tmp_path):
-    proc = _run(_tool("mkdocs"), "build", "--strict", "-q", "-d", str(tmp_path / "site"))
+    # not -q: it silences the warnings --strict is meant to turn into a failure
+    proc = _run(_tool("mkdocs"), "build", "--strict", "-d", str(tmp_path / "site"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "WARNING" not in proc.stderr, proc.stderr
     assert (tmp_path / "site" / "index.html").exists()

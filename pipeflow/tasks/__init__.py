@@ -568,7 +568,11 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         outputs = self._outputs()
         if list(self.persist) == ["data"]:
             return outputs["data"].load(cached=cached)
-        wanted = list(self.persist) if keys is None else list(keys)
+        one = isinstance(keys, str)  # keys='xx': that output itself (d6tflow)
+        if isinstance(keys, str):
+            wanted = [keys]
+        else:
+            wanted = list(self.persist) if keys is None else list(keys)
         unknown = [k for k in wanted if k not in outputs]
         if unknown:
             raise KeyError(
@@ -576,6 +580,8 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                 f"{list(self.persist)}"
             )
         data = {k: outputs[k].load(cached=cached) for k in wanted}
+        if one and not as_dict:
+            return data[wanted[0]]
         return data if as_dict else list(data.values())
 
     @_at_home
@@ -584,7 +590,8 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         """Load this task's output(s).
 
         Args:
-            keys: names of the outputs to load (default: all).
+            keys: names of the outputs to load (default: all); one name as a string loads
+                that output alone (not in a list).
             as_dict: return ``{name: data}`` instead of a list for several outputs.
             cached: keep the loaded data in memory and reuse it.
 
@@ -637,7 +644,9 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         if isinstance(reqs, (luigi.Task, graph.Optional)):
             return _load_outputs(reqs, keys, as_dict, cached)
         if isinstance(reqs, Mapping):
-            names = list(reqs) if keys is None else list(keys)
+            if isinstance(keys, str) and not as_dict:  # one requirement by name (d6tflow)
+                return _load_outputs(reqs[keys], None, as_dict, cached)
+            names = list(reqs) if keys is None else [keys] if isinstance(keys, str) else list(keys)
             return {n: _load_outputs(reqs[n], None, as_dict, cached) for n in names}
         items = list(flatten(reqs))
         if not items:
