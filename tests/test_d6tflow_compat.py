@@ -464,3 +464,17 @@ def test_no_answer_from_dev_null_is_a_clear_error(tmp_path):
     assert out.returncode == 1
     assert "ConfirmationError: Delete the outputs of Prompted()? This needs confirmation" in \
         out.stderr and "Pass confirm=False" in out.stderr
+
+
+def test_positional_values_are_checked_like_keywords():
+    import datetime
+
+    class Dated(d6tflow.tasks.TaskJson):
+        dt_start = d6tflow.DateParameter(default=datetime.date(2020, 1, 1))
+        do_preprocess = d6tflow.BoolParameter(default=True)
+
+    assert Dated(datetime.date(2021, 5, 1)).dt_start == datetime.date(2021, 5, 1)
+    # d6tflow-template code once passed a flag positionally: it lands in dt_start
+    with pytest.raises(ParameterError, match=r"Dated: parameter 'dt_start' must be a date, "
+                                             r"but got False \(bool\)"):
+        Dated(False)

@@ -260,6 +260,10 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                 raise unknown_parameter(typo, [cls], f"{cls.__name__}(...)", meant)
             ignore_undeclared(cls, ignored)
         kwargs = {n: check_value(cls, n, p, kwargs[n]) for n, p in params if n in kwargs}
+        # positional values fill the positional parameters in order, as luigi does
+        slots = [(n, p) for n, p in params if p.positional]
+        args = tuple(check_value(cls, n, p, a) for (n, p), a in zip(slots, args)) + args[
+            len(slots):]
         try:
             return super().get_param_values(params, args, kwargs)
         except (ValueError, TypeError) as exc:  # a parameter's own validation (choices...)
@@ -267,7 +271,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                 f"{cls.__name__}: a parameter value was refused: {exc}\n{accepted([cls])}"
             ) from exc
         except luigi.parameter.MissingParameterException:
-            positional = {n for (n, _), _ in zip(params, args)}
+            positional = {n for (n, _), _ in zip(slots, args)}
             for name, p in params:
                 if (name not in kwargs and name not in positional
                         and not p.has_task_value(cls.get_task_family(), name)):
