@@ -152,6 +152,12 @@ def listing(items: Sequence[str], limit: int = 10, prefix: str = "\n    ") -> st
     return shown + more
 
 
+def first_line(error: BaseException) -> str:
+    """``Type: first non-empty line of the message`` (some messages start with a newline)."""
+    text = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), "")
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """Return `` Did you mean 'x'?`` for the closest candidate, or an empty string."""
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)

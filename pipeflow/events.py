@@ -14,7 +14,7 @@ from typing import Any
 
 import luigi
 
-from pipeflow.errors import listing
+from pipeflow.errors import first_line, listing
 from pipeflow.graph import describe
 
 
@@ -185,7 +185,7 @@ def interactive() -> bool:
 
 def _detail(r: TaskResult) -> str:
     if r.error is not None:
-        return f": {type(r.error).__name__}: {r.error}".split("\n")[0]
+        return f": {first_line(r.error)}"
     if r.state is TaskState.UP_TO_DATE and r.reason:
         return f" ({r.reason})"
     took = "" if r.duration is None else f" in {r.duration:.2f}s"

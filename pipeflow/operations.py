@@ -20,6 +20,7 @@ from pipeflow.errors import (
     RunCancelledError,
     TaskFailedError,
     TaskLockedError,
+    first_line,
     listing,
 )
 from pipeflow.events import ProgressBar, RunResult, Sink, interactive
@@ -249,7 +250,7 @@ def start(tasks: Any, **options: Any) -> RunHandle:
 def _failure(result: RunResult) -> TaskFailedError:
     failed = result.by_state("failed")
     skipped = result.by_state("skipped")
-    lines = [f"    {graph.describe(r.task)}: {type(r.error).__name__}: {r.error}".split("\n")[0]
+    lines = [f"    {graph.describe(r.task)}: {first_line(r.error)}"
              for r in failed]
     message = (
         f"{len(failed)} task(s) failed, so the run did not finish:\n" + "\n".join(lines)

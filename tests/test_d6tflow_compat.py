@@ -478,3 +478,16 @@ def test_positional_values_are_checked_like_keywords():
     with pytest.raises(ParameterError, match=r"Dated: parameter 'dt_start' must be a date, "
                                              r"but got False \(bool\)"):
         Dated(False)
+
+
+def test_a_message_starting_with_a_newline_still_shows_in_the_summary():
+    class LoadsRemovedDataset(d6tflow.tasks.TaskJson):
+        def run(self):  # sklearn's load_boston raises ImportError("\n`load_boston` has...")
+            raise ImportError("\n`load_boston` has been removed from scikit-learn")
+
+    with pytest.raises(pipeflow.errors.TaskFailedError,
+                       match=r"LoadsRemovedDataset\(\): ImportError: `load_boston` has been "
+                             r"removed") as info:
+        pipeflow.run(LoadsRemovedDataset())
+    assert "- LoadsRemovedDataset(): ImportError: `load_boston` has been removed" in \
+        info.value.result.summary()
