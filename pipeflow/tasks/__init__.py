@@ -254,16 +254,17 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
     ) -> list[tuple[str, Any]]:
         """Luigi's parameter resolution, with pipeflow's errors for typos and gaps."""
         names = {n for n, _ in params}
-        if any(key not in names for key in kwargs):
+        if not names.issuperset(kwargs):
             typos, ignored = sort_undeclared(kwargs, names)
             for typo, meant in typos.items():
                 raise unknown_parameter(typo, [cls], f"{cls.__name__}(...)", meant)
             ignore_undeclared(cls, ignored)
         kwargs = {n: check_value(cls, n, p, kwargs[n]) for n, p in params if n in kwargs}
-        # positional values fill the positional parameters in order, as luigi does
-        slots = [(n, p) for n, p in params if p.positional]
-        args = tuple(check_value(cls, n, p, a) for (n, p), a in zip(slots, args)) + args[
-            len(slots):]
+        slots: list[tuple[str, luigi.Parameter]] = []
+        if args:  # positional values fill the positional parameters in order, as in luigi
+            slots = [(n, p) for n, p in params if p.positional]
+            args = tuple(check_value(cls, n, p, a) for (n, p), a in zip(slots, args)) + args[
+                len(slots):]
         try:
             return super().get_param_values(params, args, kwargs)
         except (ValueError, TypeError) as exc:  # a parameter's own validation (choices...)
