@@ -152,8 +152,10 @@ def listing(items: Sequence[str], limit: int = 10, prefix: str = "\n    ") -> st
     return shown + more
 
 
-def first_line(error: BaseException) -> str:
+def first_line(error: BaseException | None) -> str:
     """``Type: first non-empty line of the message`` (some messages start with a newline)."""
+    if error is None:
+        return "no error recorded"
     text = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), "")
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 

@@ -64,7 +64,8 @@ class TaskLock:
     """
 
     def __init__(self, folder: str | pathlib.Path, name: str):
-        self.folder = os.fspath(folder)
+        # absolute: a process that changes directory must keep locking the same file
+        self.folder = os.path.abspath(folder)
         digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
         self.offset = int.from_bytes(digest, "big") >> 2  # a positive off_t
         self.held = False

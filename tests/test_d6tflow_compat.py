@@ -491,3 +491,24 @@ def test_a_message_starting_with_a_newline_still_shows_in_the_summary():
         pipeflow.run(LoadsRemovedDataset())
     assert "- LoadsRemovedDataset(): ImportError: `load_boston` has been removed" in \
         info.value.result.summary()
+
+
+def test_locks_follow_the_folder_not_the_working_directory(tmp_path):
+    from pipeflow.locks import TaskLock
+
+    (tmp_path / "a" / "rel").mkdir(parents=True)
+    (tmp_path / "b" / "rel").mkdir(parents=True)
+    os.chdir(tmp_path / "a")
+    first = TaskLock("rel", ".T.commit.json")
+    assert first.acquire()
+    try:
+        os.chdir(tmp_path / "b")  # same relative folder name, another folder
+        other = TaskLock("rel", ".T.commit.json")
+        assert other.acquire()  # not the lock held in a/rel
+        other.release()
+        os.chdir(tmp_path / "a")
+        assert not TaskLock("rel", ".T.commit.json").acquire()  # this one is held
+    finally:
+        first.release()
+        os.chdir(tmp_path)
+    assert (tmp_path / "b" / "rel" / ".pipeflow.lock").exists()
