@@ -396,23 +396,33 @@ def invalidate_downstream(task: Any, task_downstream: luigi.Task, confirm: bool 
         return _delete_outputs(taskflow_downstream(task, task_downstream), confirm, "reset")
 
 
-def _records_under(root: pathlib.Path) -> list[pathlib.Path]:
-    """Every commit record of the tasks under ``root`` (symlinked folders are not followed)."""
-    out: list[pathlib.Path] = []
-    tree = root / layout.OWN_DIR / layout.RECORDS_DIR
-    for folder, _dirs, files in os.walk(tree, followlinks=False):
-        out.extend(pathlib.Path(folder, f) for f in files
-                   if f.startswith(".") and f.endswith(RECORD_SUFFIX))
-    return sorted(out)
+def _records_under(root: pathlib.Path) -> dict[pathlib.Path, pathlib.Path]:
+    """Every commit record below ``root``, with the location it belongs to.
+
+    A location (the data dir, or a flow's ``path`` inside it) keeps its records in its own
+    ``.pipeflow/commits`` tree; symlinked folders are not followed.
+    """
+    out: dict[pathlib.Path, pathlib.Path] = {}
+    for folder, dirs, _files in os.walk(root, followlinks=False):
+        if os.path.basename(folder) == layout.OWN_DIR:
+            dirs[:] = []  # pipeflow's own folder: its commits tree is read below
+            location = pathlib.Path(folder).parent
+            tree = pathlib.Path(folder, layout.RECORDS_DIR)
+            for sub, _d, files in os.walk(tree, followlinks=False):
+                out.update((pathlib.Path(sub, f), location) for f in files
+                           if f.startswith(".") and f.endswith(RECORD_SUFFIX))
+    return dict(sorted(out.items()))
 
 
-def _remove(records: list[pathlib.Path], root: pathlib.Path, confirm: bool, what: str) -> bool:
-    """Delete what the given commit records list, each task under its lock.
+def _remove(records: dict[pathlib.Path, pathlib.Path], root: pathlib.Path, confirm: bool,
+            what: str) -> bool:
+    """Delete what the given commit records (record -> its location) list, each under its lock.
 
     Only committed files are deleted (the record first); folders, lock files, temp files of
     running tasks and files pipeflow did not commit stay.
     """
-    listed = {rec: (read_record(rec)[0], layout.output_folder(rec, root)) for rec in records}
+    listed = {rec: (read_record(rec)[0], layout.output_folder(rec, where))
+              for rec, where in records.items()}
     files = [str(folder / n) for rec, (r, folder) in listed.items() if r
              for n in r.file_names()]
     if confirm and records and not display.confirm(
@@ -422,7 +432,7 @@ def _remove(records: list[pathlib.Path], root: pathlib.Path, confirm: bool, what
         return False
     busy = []
     for rec, (record, folder) in listed.items():
-        layout.ensure_inside(folder, root)
+        layout.ensure_inside(folder, records[rec])
         lock = TaskLock(rec.parent, rec.name)
         if not lock.acquire():
             busy.append(record.task if record else str(rec))
@@ -449,7 +459,7 @@ def invalidate_all(confirm: bool = True) -> bool:
         False if the user declined, else True.
     """
     root = settings.dirpath
-    records = _records_under(root) if root.exists() else []
+    records = _records_under(root) if root.exists() else {}
     if not _remove(records, root, confirm, "outputs"):
         return False
     cache.data.clear()
@@ -467,14 +477,15 @@ def invalidate_orphans(flows: Any, confirm: bool = True) -> bool:
     Returns:
         False if the user declined, else True.
     """
-    keep: set[pathlib.Path] = set()
+    keep: set[str] = set()  # absolute: flows may name their folders relatively
     for item in as_list(flows):
-        keep |= expected_files(item)
+        keep |= {os.path.abspath(p) for p in expected_files(item)}
     root = settings.dirpath
-    records = [r for r in (_records_under(root) if root.exists() else []) if r not in keep]
+    records = {r: where for r, where in (_records_under(root) if root.exists() else {}).items()
+               if os.path.abspath(r) not in keep}
     if not _remove(records, root, confirm, "orphaned outputs"):
         return False
-    for key in [k for k in cache.data if pathlib.Path(k) not in keep]:
+    for key in [k for k in cache.data if os.path.abspath(k) not in keep]:
         del cache.data[key]
     return True
 

@@ -512,3 +512,18 @@ def test_locks_follow_the_folder_not_the_working_directory(tmp_path):
         first.release()
         os.chdir(tmp_path)
     assert (tmp_path / "b" / "rel" / ".pipeflow.lock").exists()
+
+
+def test_cleaning_the_data_dir_covers_flows_placed_inside_it(data_dir):
+    settings.dir = "data"  # relative, as d6tflow users set it (cwd is the test's tmp dir)
+    inside = d6tflow.Workflow(Raw, path="data/exp")  # a location inside the data dir
+    kept = d6tflow.Workflow(Doubled)
+    inside.run()
+    kept.run()
+    assert inside.complete() and kept.complete()
+    assert d6tflow.invalidate_orphans(kept, confirm=False)
+    assert not inside.complete() and kept.complete()  # the nested flow's outputs were orphans
+    inside.run()
+    assert d6tflow.invalidate_all(confirm=False)
+    assert not inside.complete() and not kept.complete()
+    assert not [p for p in pathlib.Path("data").rglob("*.parquet")]
