@@ -17,7 +17,6 @@ import difflib
 import functools
 import inspect
 import types
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,17 +27,10 @@ from pipeflow import graph, operations
 from pipeflow.errors import (
     IncompleteTaskError,
     ParameterError,
-    UnusedParameterWarning,
     did_you_mean,
 )
 from pipeflow.events import RunResult
-from pipeflow.parameters import (
-    TYPO_CUTOFF,
-    accepted,
-    describe_param,
-    sort_undeclared,
-    unknown_parameter,
-)
+from pipeflow.parameters import TYPO_CUTOFF, check_undeclared, describe_param
 from pipeflow.plan import Preview
 from pipeflow.targets import DataTarget
 from pipeflow.tasks import TaskData
@@ -493,19 +485,8 @@ class Workflow:
             )
         tasks = [self._instantiate(cls, params, where) for cls in classes]
         if check and params:
-            families = graph.build(tasks).families()
-            names = {n for c in families for n, _ in c.get_params()}
-            typos, ignored = sort_undeclared(params, names)
-            for typo, meant in typos.items():
-                raise unknown_parameter(typo, families, where, meant)
-            new = [n for n in ignored if n not in self._ignored]
-            if new:
-                self._ignored.update(new)
-                warnings.warn(
-                    f"{where}: no step of it declares {', '.join(map(repr, new))}, so "
-                    f"{'it is' if len(new) == 1 else 'they are'} ignored (d6tflow code shares "
-                    f"one params dict across steps). If you meant a parameter, check its "
-                    f"name.\n{accepted(families)}", UnusedParameterWarning, stacklevel=3)
+            check_undeclared(params, graph.build(tasks).families(), where, self._ignored,
+                             of="any step of this run")
         return tasks
 
     def _param_sets(self, cls: type[TaskData], params: Any,

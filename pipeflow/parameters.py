@@ -277,20 +277,45 @@ def unknown_parameter(name: str, classes: list[type[luigi.Task]], where: str,
     )
 
 
-_WARNED: set[tuple[type, str]] = set()
+_WARNED: set[tuple[type, str]] = set()  # (class, name) warned about by a direct instantiation
 
 
-def ignore_undeclared(cls: type[luigi.Task], names: Iterable[str]) -> None:
-    """Warn once per class and name that a keyword the class does not declare is ignored."""
-    new = [n for n in names if (cls, n) not in _WARNED]
-    if not new:
-        return
-    _WARNED.update((cls, n) for n in new)
-    listed = ", ".join(repr(n) for n in new)
-    warnings.warn(
-        f"{cls.__name__}(...) was given {listed}, which {cls.__name__} does not declare: "
-        f"ignored (as d6tflow does). If you meant a parameter, check its name. "
-        f"{accepted([cls])}", UnusedParameterWarning, stacklevel=4)
+def check_undeclared(given: Iterable[str], classes: list[type[luigi.Task]], where: str,
+                     warned: set[Any] | None = None, of: str = "any task of this flow") -> None:
+    """Apply the rule for names that none of ``classes`` declares (see :func:`sort_undeclared`).
+
+    Args:
+        given: the parameter names given.
+        classes: the task classes they were given to.
+        where: who gave them, for the messages (``Workflow(Train, params)``).
+        warned: names already warned about by the same giver (updated); None: once per class
+            and name for the whole process (keywords given to a task class directly).
+        of: what the names are not parameters of, for the warning.
+
+    Raises:
+        ParameterError: a name is a near-miss of a declared one (a typo), with "did you mean".
+
+    Warns:
+        UnusedParameterWarning: once per giver for the other undeclared names (ignored).
+    """
+    declared = {n for cls in classes for n, _ in cls.get_params()}
+    typos, ignored = sort_undeclared(given, declared)
+    for typo, meant in typos.items():
+        raise unknown_parameter(typo, classes, where, meant)
+    if warned is None:
+        new = [n for n in ignored if (classes[0], n) not in _WARNED]
+        _WARNED.update((classes[0], n) for n in new)
+    else:
+        new = [n for n in ignored if n not in warned]
+        warned.update(new)
+    if new:
+        one = len(new) == 1
+        what = "is not a parameter" if one else "are not parameters"
+        warnings.warn(
+            f"{where}: {', '.join(repr(n) for n in new)} {what} "
+            f"of {of}, so {'it is' if one else 'they are'} ignored (d6tflow code shares one "
+            f"params dict across flows). If you meant a parameter, check its name.\n"
+            f"{accepted(classes)}", UnusedParameterWarning, stacklevel=4)
 
 
 def missing_parameter(cls: type[luigi.Task], name: str) -> ParameterError:

@@ -12,7 +12,6 @@ import itertools
 import math
 import os
 import pathlib
-import warnings
 import weakref
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
@@ -27,11 +26,10 @@ from pipeflow.errors import (
     MissingTaskError,
     OutputError,
     ParameterError,
-    UnusedParameterWarning,
     listing,
 )
 from pipeflow.events import RunResult
-from pipeflow.parameters import MASK, accepted, is_secret, sort_undeclared, unknown_parameter
+from pipeflow.parameters import MASK, check_undeclared, is_secret
 from pipeflow.plan import Preview
 from pipeflow.tasks import TaskData, located
 
@@ -113,20 +111,8 @@ class Workflow:
         for root in roots:
             for c in graph.build([self._instantiate(root)]).families():
                 classes.setdefault(c, None)
-        declared = {n for c in classes for n, _ in c.get_params()}
-        where = f"Workflow({roots[0].__name__}, params)"
-        typos, ignored = sort_undeclared(self.params, declared)
-        for typo, meant in typos.items():
-            raise unknown_parameter(typo, list(classes), where, meant)
-        new = [n for n in ignored if n not in self._ignored]
-        if new:
-            self._ignored.update(new)
-            listed = ", ".join(repr(n) for n in new)
-            warnings.warn(
-                f"{where}: no task of this flow declares {listed}, so "
-                f"{'it is' if len(new) == 1 else 'they are'} ignored here (d6tflow code "
-                f"shares one params dict across flows). If you meant a parameter, check its "
-                f"name.\n{accepted(list(classes))}", UnusedParameterWarning, stacklevel=3)
+        check_undeclared(self.params, list(classes), f"Workflow({roots[0].__name__}, params)",
+                         self._ignored)
         self._checked.add(cls)
 
     def get_task(self, task: TaskArg = None) -> Any:

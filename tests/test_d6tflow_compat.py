@@ -170,8 +170,8 @@ def test_other_undeclared_parameters_are_ignored_with_one_warning():
         flow.get_task()
     assert len(caught) == 1
     message = str(caught[0].message)
-    assert message.startswith("Workflow(Doubled, params): no task of this flow declares "
-                              "'model', 'n_estimators', so they are ignored here")
+    assert message.startswith("Workflow(Doubled, params): 'model', 'n_estimators' are not "
+                              "parameters of any task of this flow, so they are ignored")
     assert "Doubled accepts: factor (int, default 2)" in message
     assert flow.get_task().factor == 3
 
@@ -180,8 +180,8 @@ def test_direct_instantiation_ignores_an_undeclared_keyword_given_with_its_looka
     class Insignificant(d6tflow.tasks.TaskCache):
         param = d6tflow.IntParameter(significant=False)
 
-    with pytest.warns(UnusedParameterWarning, match="was given 'param2', which Insignificant "
-                                                    "does not declare: ignored"):
+    with pytest.warns(UnusedParameterWarning, match="'param2' is not a parameter of "
+                                                    "Insignificant, so it is ignored"):
         task = Insignificant(param=1, param2=1)  # d6tflow's tests do this
     assert task.param == 1
     with pytest.raises(ParameterError, match="Did you mean 'param'"):

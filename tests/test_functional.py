@@ -448,10 +448,10 @@ def test_parameter_values_are_checked_when_running():
 
 def test_parameters_no_step_declares_are_ignored_with_a_warning_once():
     flow, base, scaled = _counting_flow()
-    with pytest.warns(UnusedParameterWarning, match=r"flow.run\(base\): no step of it "
-                                                    r"declares 'shared_setting', so it is "
-                                                    r"ignored \(d6tflow code shares one "
-                                                    r"params dict across steps\)"):
+    with pytest.warns(UnusedParameterWarning, match=r"flow.run\(base\): 'shared_setting' is "
+                                                    r"not a parameter of any step of this run, "
+                                                    r"so it is ignored \(d6tflow code shares "
+                                                    r"one params dict across flows\)"):
         flow.run(base, params={"shared_setting": 1})
     assert CALLS == ["base"]
     with warnings.catch_warnings():

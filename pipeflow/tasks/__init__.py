@@ -54,14 +54,7 @@ from pipeflow.integrity import (
     write_record,
 )
 from pipeflow.locks import TaskLock
-from pipeflow.parameters import (
-    accepted,
-    check_value,
-    ignore_undeclared,
-    missing_parameter,
-    sort_undeclared,
-    unknown_parameter,
-)
+from pipeflow.parameters import accepted, check_undeclared, check_value, missing_parameter
 from pipeflow.plan import Plan, Status, build_plan
 from pipeflow.targets import (
     CacheTarget,
@@ -254,11 +247,8 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
     ) -> list[tuple[str, Any]]:
         """Luigi's parameter resolution, with pipeflow's errors for typos and gaps."""
         names = {n for n, _ in params}
-        if not names.issuperset(kwargs):
-            typos, ignored = sort_undeclared(kwargs, names)
-            for typo, meant in typos.items():
-                raise unknown_parameter(typo, [cls], f"{cls.__name__}(...)", meant)
-            ignore_undeclared(cls, ignored)
+        if not names.issuperset(kwargs):  # typos raise; the rest is ignored, as in d6tflow
+            check_undeclared(kwargs, [cls], f"{cls.__name__}(...)", of=cls.__name__)
         kwargs = {n: check_value(cls, n, p, kwargs[n]) for n, p in params if n in kwargs}
         slots: list[tuple[str, luigi.Parameter]] = []
         if args:  # positional values fill the positional parameters in order, as in luigi
