@@ -16,6 +16,7 @@ from pipeflow.operations import (
     preview,
     run,
     set_dir,
+    show,
     start,
     taskflow_downstream,
     taskflow_upstream,
@@ -46,7 +47,7 @@ from pipeflow.parameters import (
 from pipeflow.runstore import history, last_error, last_run, prune_history, runs
 from pipeflow.sharing import FlowExport, FlowImport
 from pipeflow.sysinfo import SystemInfo, system_info
-from pipeflow.tasks import inherits, optional, requires
+from pipeflow.tasks import clone_parent, inherits, optional, requires
 from pipeflow.workflow import Workflow, WorkflowMulti
 
 __version__ = "0.1.0"
@@ -59,11 +60,12 @@ __all__ = [
     "SecretParameter", "SystemInfo", "TaskParameter", "TimeDeltaParameter", "TupleParameter",
     "Workflow",
     "WorkflowMulti",
-    "YearParameter", "__version__", "adopt", "data", "errors", "functional", "history",
+    "YearParameter", "__version__", "adopt", "clone_parent", "data", "errors", "functional",
+    "history",
     "inherits",
     "invalidate_all", "last_error", "last_run", "prune_history", "runs",
     "invalidate_downstream", "invalidate_orphans", "invalidate_upstream", "optional",
-    "preview", "requires", "run", "set_dir", "settings", "start", "system_info",
+    "preview", "requires", "run", "set_dir", "settings", "show", "start", "system_info",
     "targets",
     "taskflow_downstream",
     "taskflow_upstream", "tasks", "utils",

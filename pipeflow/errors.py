@@ -8,6 +8,9 @@ parameters) and the file involved where there is one. All derive from
 from __future__ import annotations
 
 import difflib
+import os
+import sys
+import warnings
 from collections.abc import Iterable, Sequence
 
 
@@ -65,6 +68,10 @@ class MissingOutputError(OutputError):
 
 class MissingInputError(OutputError):
     """An external task's output, needed by the flow, does not exist."""
+
+
+class MissingMetadataError(OutputError, RuntimeError):
+    """Metadata was requested from a task whose run did not save any (``saveMeta``)."""
 
 
 class SaveError(OutputError, ValueError):
@@ -164,3 +171,27 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """Return `` Did you mean 'x'?`` for the closest candidate, or an empty string."""
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+#: code whose frames a warning skips, to point at the user's line that caused it
+_INTERNAL = (os.path.dirname(os.path.abspath(__file__)) + os.sep,)
+
+
+def warn(message: str, category: type[Warning]) -> None:
+    """Issue a warning attributed to the first caller outside pipeflow and luigi.
+
+    A warning raised deep in pipeflow (a run, a task's instantiation through luigi) then
+    names the line of the user's script or notebook cell, not pipeflow's internals.
+    """
+    internal: tuple[str, ...] = _INTERNAL
+    luigi_file = getattr(sys.modules.get("luigi"), "__file__", None)
+    if luigi_file:
+        internal = (*internal, os.path.dirname(os.path.abspath(luigi_file)) + os.sep)
+    frame = sys._getframe(1)
+    level = 2
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+            internal):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
+

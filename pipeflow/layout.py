@@ -115,18 +115,26 @@ def at_home(tasks: Iterable[object]) -> Iterator[None]:
     if current() is not DEFAULT:
         yield
         return
-    homes = {home.key: home for t in tasks if (home := home_of(t)) is not None}
-    if not homes:
+    homes: dict[tuple[object, ...], FlowContext] = {}
+    for task in tasks:
+        if not hasattr(task, "data_root"):
+            continue  # not a pipeflow task: it has no location
+        home = home_of(task) or DEFAULT
+        if home.key not in homes or home.flows:
+            homes[home.key] = home
+    if len(homes) > 1:
+        where = "; ".join(f"({describe_context(h)})" for h in homes.values())
+        raise ParameterError(
+            f"these tasks come from places with different locations: {where}. Where the "
+            f"tasks they require live would be ambiguous, so they cannot run or load together "
+            f"outside a flow. Run or load them through their own Workflows (flow.run(), "
+            f"flow.outputLoad()), or one location at a time."
+        )
+    home = next(iter(homes.values()), DEFAULT)
+    if home is DEFAULT:
         yield
         return
-    if len(homes) > 1:
-        where = ", ".join(describe_context(h) for h in homes.values())
-        raise ParameterError(
-            f"these tasks come from Workflows with different locations ({where}), so where "
-            f"the tasks they require live is ambiguous. Run or load them through their own "
-            f"Workflows (flow.run(), flow.outputLoad()) or one location at a time."
-        )
-    with flow_context(next(iter(homes.values()))):
+    with flow_context(home):
         yield
 
 

@@ -359,6 +359,11 @@ def taskflow_upstream(task: luigi.Task, only_complete: bool = False) -> list[lui
             if not only_complete or s is Status.COMPLETE]
 
 
+def show(tasks: Any) -> Preview:
+    """Print the status tree of one or more tasks: d6tflow's name for :func:`preview`."""
+    return preview(tasks)
+
+
 def taskflow_downstream(task: Any, task_downstream: luigi.Task,
                         only_complete: bool = False) -> set[luigi.Task]:
     """Tasks of ``task``'s family in ``task_downstream``'s flow, and everything between.
@@ -376,8 +381,12 @@ def taskflow_downstream(task: Any, task_downstream: luigi.Task,
     return {g.nodes[i] for i in found if not only_complete or plan.status[i] is Status.COMPLETE}
 
 
-def invalidate_upstream(task: luigi.Task, confirm: bool = True) -> bool:
+def invalidate_upstream(task: luigi.Task, confirm: bool = False) -> bool:
     """Delete the outputs of ``task`` and of every task upstream of it.
+
+    Args:
+        task: the task.
+        confirm: ask first (d6tflow's default, False, does not).
 
     Returns:
         False if the user declined, else True.
@@ -386,8 +395,14 @@ def invalidate_upstream(task: luigi.Task, confirm: bool = True) -> bool:
         return _delete_outputs(taskflow_upstream(task), confirm, "reset")
 
 
-def invalidate_downstream(task: Any, task_downstream: luigi.Task, confirm: bool = True) -> bool:
+def invalidate_downstream(task: Any, task_downstream: luigi.Task,
+                          confirm: bool = False) -> bool:
     """Delete the outputs of ``task`` and of every task between it and ``task_downstream``.
+
+    Args:
+        task: a task (or class); its family is what is looked for.
+        task_downstream: the downstream task whose flow is searched.
+        confirm: ask first (d6tflow's default, False, does not).
 
     Returns:
         False if the user declined, else True.

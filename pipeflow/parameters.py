@@ -9,7 +9,6 @@ Example:
 
 import datetime
 import difflib
-import warnings
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -37,7 +36,7 @@ from luigi.parameter import (
     YearParameter,
 )
 
-from pipeflow.errors import ParameterError, UnusedParameterWarning, did_you_mean
+from pipeflow.errors import ParameterError, UnusedParameterWarning, did_you_mean, warn
 
 __all__ = [
     "BoolParameter",
@@ -311,11 +310,11 @@ def check_undeclared(given: Iterable[str], classes: list[type[luigi.Task]], wher
     if new:
         one = len(new) == 1
         what = "is not a parameter" if one else "are not parameters"
-        warnings.warn(
+        warn(
             f"{where}: {', '.join(repr(n) for n in new)} {what} "
             f"of {of}, so {'it is' if one else 'they are'} ignored (d6tflow code shares one "
             f"params dict across flows). If you meant a parameter, check its name.\n"
-            f"{accepted(classes)}", UnusedParameterWarning, stacklevel=4)
+            f"{accepted(classes)}", UnusedParameterWarning)
 
 
 def missing_parameter(cls: type[luigi.Task], name: str) -> ParameterError:

@@ -28,7 +28,7 @@ import sys
 import types
 from typing import Any
 
-from pipeflow.errors import did_you_mean
+from pipeflow.errors import did_you_mean, warn
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -43,6 +43,12 @@ fsync: bool = True
 history: bool | str = True
 detect_code_changes: bool = True
 detect_data_changes: bool = True
+
+#: d6tflow settings pipeflow has no use for (d6tpipe, its CRC check...): accepted, with a
+#: warning, so that d6tflow code setting them runs
+D6TFLOW_ONLY = frozenset(["check_crc", "isinit", "isinitpipe", "db", "uri", "api",
+                          "pipe_default_name", "pipes"])
+_warned: set[str] = set()
 
 _NAMES = frozenset(
     ["dir", "dirpath", "cached", "save_with_param", "check_dependencies", "execution_summary",
@@ -60,6 +66,13 @@ class _SettingsModule(types.ModuleType):
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_") or name in ("__class__",):
+            super().__setattr__(name, value)
+            return
+        if name in D6TFLOW_ONLY:
+            if name not in _warned:
+                _warned.add(name)
+                warn(f"pipeflow.settings.{name} is a d6tflow setting that has no effect in "
+                     f"pipeflow; the value is kept but not used.", UserWarning)
             super().__setattr__(name, value)
             return
         if name not in _NAMES:

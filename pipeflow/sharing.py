@@ -215,6 +215,7 @@ class FlowImport:
                         f"read another project's data dir."
                     )
                 cls.path = _moved(cls.path, producer, self.dirpath)  # type: ignore[misc]
+                cls._pinned = True  # a consumer flow's path/env does not move it
 
     def __getattr__(self, name: str) -> type[TaskData]:
         try:

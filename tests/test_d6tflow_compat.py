@@ -102,8 +102,13 @@ def test_task_instance_path_places_that_instance(tmp_path):
 def test_tasks_from_flows_with_other_locations_cannot_share_a_run():
     a = d6tflow.Workflow(Doubled, path="a").get_task()
     b = d6tflow.Workflow(Doubled, {"factor": 5}, path="b").get_task()
-    with pytest.raises(ParameterError, match="come from Workflows with different locations"):
+    with pytest.raises(ParameterError, match=r"come from places with different locations: "
+                                             r"\(path='a'\); \(path='b'\)"):
         pipeflow.run([a, b])
+    # a task of the data dir with one of a flow's: its location would be taken over
+    with pytest.raises(ParameterError, match=r"\(path='a'\); \(the data dir\)"):
+        pipeflow.run([a, Raw()])
+    assert not (pathlib.Path("a") / "Raw").exists()
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -527,3 +532,69 @@ def test_cleaning_the_data_dir_covers_flows_placed_inside_it(data_dir):
     assert d6tflow.invalidate_all(confirm=False)
     assert not inside.complete() and not kept.complete()
     assert not [p for p in pathlib.Path("data").rglob("*.parquet")]
+
+
+def test_warnings_name_the_users_line_not_pipeflows():
+    class Quiet(d6tflow.tasks.TaskJson):
+        n = d6tflow.IntParameter(default=1)
+
+        def run(self):
+            pass
+
+    with pytest.warns(UnusedParameterWarning) as direct:
+        Quiet(n=2, unrelated_setting=1)
+    with pytest.warns(UnusedParameterWarning) as flow:
+        d6tflow.Workflow(Quiet, {"other_knob": 1}).get_task()
+    with pytest.warns(pipeflow.errors.NoOutputWarning) as ran:
+        d6tflow.Workflow(Quiet).run()
+    for caught in (direct, flow, ran):
+        assert [pathlib.Path(w.filename).name for w in caught] == ["test_d6tflow_compat.py"]
+
+
+def test_located_instances_say_where_they_are_like_d6tflow():
+    assert Raw(path="inst").path == "inst"
+    assert d6tflow.Workflow(Doubled, path="wf", env="dev").get_task().path == \
+        os.fspath(pathlib.Path("wf/env=dev"))
+    assert Raw().path is None  # luigi's shared instance is left alone
+
+
+def test_imported_stubs_stay_where_the_producer_wrote_them(data_dir, tmp_path):
+    producer = d6tflow.Workflow(Raw)
+    producer.run()
+    export = tmp_path / "export" / "stubs.py"
+    export.parent.mkdir()
+    d6tflow.FlowExport(flows=producer, save=True, path_export=export).generate()
+    shared = d6tflow.FlowImport(export, module="stubs_pinned", path_data=data_dir)
+
+    @d6tflow.requires(shared.Raw)
+    class Consumer(d6tflow.tasks.TaskJson):
+        def run(self):
+            self.save({"rows": len(self.inputLoad())})
+
+    flow = d6tflow.Workflow(Consumer, path="mine", env="x")  # the consumer's own folder
+    flow.run()
+    assert flow.outputLoad() == {"rows": 10}
+    assert flow.outputPath().parent == pathlib.Path("mine/env=x/Consumer")
+
+
+def test_d6tflow_leftovers_work():
+    with pytest.warns(UserWarning, match="settings.check_crc is a d6tflow setting that has no "
+                                         "effect"):
+        settings.check_crc = True
+    with pytest.raises(AttributeError, match="Did you mean 'check_dependencies'"):
+        settings.check_dependecies = False
+    printed = d6tflow.show(Doubled())
+    assert printed.counts()["PENDING"] == 2
+    with pytest.raises(RuntimeError, match="has no metadata"):  # d6tflow: a RuntimeError too
+        pipeflow.run(Raw())
+        Raw().outputLoadMeta()
+
+    @d6tflow.inherits(Raw)
+    class Child(d6tflow.tasks.TaskJson):
+        def run(self):
+            self.save({"n": len(self.inputLoad())})
+
+    with pytest.warns(DeprecationWarning, match="replaced by @pipeflow.requires"):
+        d6tflow.clone_parent(Child)
+    pipeflow.run(Child())
+    assert Child().outputLoad() == {"n": 10}

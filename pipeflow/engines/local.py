@@ -28,7 +28,6 @@ import threading
 import time
 import traceback
 import uuid
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -48,6 +47,7 @@ from pipeflow.errors import (
     TaskFailedError,
     TaskLockedError,
     TaskTimeoutError,
+    warn,
 )
 from pipeflow.events import Event, EventKind, RunResult, Sink
 from pipeflow.graph import is_group
@@ -285,10 +285,9 @@ class _Run:
             reason = None
             if not out.saved:
                 reason = NO_OUTPUT
-                warnings.warn(f"{graphs.describe(task)}: run() finished without saving any of "
-                              f"its outputs, so it stays incomplete and runs again next time. "
-                              f"If it should produce data, call self.save(...) in run().",
-                              NoOutputWarning, stacklevel=2)
+                warn(f"{graphs.describe(task)}: run() finished without saving any of its "
+                     f"outputs, so it stays incomplete and runs again next time. If it should "
+                     f"produce data, call self.save(...) in run().", NoOutputWarning)
             self.emit(EventKind.TASK_COMPLETED, task, usage=out.usage, reason=reason)
             self._release(i)
             return

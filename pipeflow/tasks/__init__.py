@@ -33,13 +33,14 @@ from luigi.task_register import Register
 from pipeflow import cache, display, graph, layout, settings
 from pipeflow.errors import (
     IncompleteTaskError,
-    OutputError,
+    MissingMetadataError,
     ParameterError,
     PipeflowError,
     SaveError,
     StaleOutputWarning,
     TaskLockedError,
     listing,
+    warn,
 )
 from pipeflow.fingerprint import fingerprint_of, remember
 from pipeflow.graph import optional
@@ -141,6 +142,8 @@ def located(cls: type[luigi.Task], home: layout.FlowContext, args: tuple[Any, ..
     if hit is None:
         hit = type.__call__(cls, *args, **kwargs)  # luigi's construction, without its cache
         hit.__dict__[layout.HOME] = home
+        if home.places:  # d6tflow code reads self.path (this instance is nobody else's)
+            hit.path = os.fspath(home.base())
         if key is not None and cache is not None and not args:
             cache[key] = hit
     return hit
@@ -229,6 +232,9 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
     detect_code_changes: ClassVar[bool | None] = None
     detect_data_changes: ClassVar[bool | None] = None
     metadata: Any = None
+    #: its ``path`` is where another project's outputs are (set by FlowImport): a flow's
+    #: path or env does not move it
+    _pinned: ClassVar[bool] = False
 
     # -- parameters ------------------------------------------------------------------------
     @classmethod
@@ -303,7 +309,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
     def _location(self, ctx: layout.FlowContext) -> pathlib.Path:
         """The folder this task's outputs go below (see :mod:`pipeflow.layout`)."""
-        if ctx.places:
+        if ctx.places and not self._pinned:
             return ctx.base()
         own = layout.location(self.path, "path", _Owner(self))
         return settings.dirpath if own is None else own
@@ -601,10 +607,10 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         if status is Status.PENDING or not plan.own[pos]:
             raise _incomplete(self, plan)
         if status is Status.STALE:
-            warnings.warn(
+            warn(
                 f"{graph.describe(self)} is stale ({plan.reasons.get(pos)})"
                 f": these outputs were made before that change. Run the flow to bring them "
-                f"up to date: flow.run().", StaleOutputWarning, stacklevel=2)
+                f"up to date: flow.run().", StaleOutputWarning)
         return self._load_own(keys, as_dict, cached)
 
     @_at_home
@@ -669,7 +675,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             raise _incomplete(self, build_plan(graph.build([self])))
         meta = self._meta_target()
         if self._committed_record(META_KEY) is None:
-            raise OutputError(
+            raise MissingMetadataError(
                 f"{graph.describe(self)} has no metadata at {str(meta.path)!r}: its run() did "
                 f"not call self.saveMeta(...). Add that call and reset the task to rerun it."
             )
@@ -1109,6 +1115,22 @@ def inherits(*tasks: Any, **kw_tasks: type[luigi.Task]) -> Any:
     return luigi.util.inherits(*tasks, **kw_tasks)
 
 
+def clone_parent(cls: type[luigi.Task]) -> type[luigi.Task]:
+    """d6tflow's older decorator: ``requires()`` returns ``self.clone_parent()``.
+
+    Kept for d6tflow code; the class must also be decorated with ``@inherits(Parent)``.
+    Prefer ``@pipeflow.requires(Parent)``, which does both.
+    """
+    warnings.warn("clone_parent is replaced by @pipeflow.requires(...)", DeprecationWarning,
+                  stacklevel=2)
+
+    def requires_(self_: luigi.Task) -> luigi.Task:
+        return self_.clone_parent()  # type: ignore[attr-defined, no-any-return]
+
+    cls.requires = requires_  # type: ignore[method-assign]
+    return cls
+
+
 def requires(*tasks: Any, **kw_tasks: type[luigi.Task]) -> Any:
     """Class decorator: the class inherits the parameters of, and requires, the given tasks.
 
@@ -1135,6 +1157,6 @@ def requires(*tasks: Any, **kw_tasks: type[luigi.Task]) -> Any:
 
 __all__ = [
     "TaskAggregator", "TaskCSVGZPandas", "TaskCSVPandas", "TaskCache", "TaskCachePandas",
-    "TaskData", "TaskExcelPandas", "TaskJson", "TaskPickle", "TaskPqPandas", "inherits",
-    "optional", "requires",
+    "TaskData", "TaskExcelPandas", "TaskJson", "TaskPickle", "TaskPqPandas", "clone_parent",
+    "inherits", "optional", "requires",
 ]
