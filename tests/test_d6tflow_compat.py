@@ -341,7 +341,8 @@ def test_hdf5_without_pytables_says_what_to_install(monkeypatch):
 
     monkeypatch.setitem(__import__("sys").modules, "tables", None)  # import tables fails
     with pytest.raises(MissingDependencyError, match=r"H5PandasTarget needs the package "
-                                                     r"'tables'.*pip install 'pipeflow\[h5\]'"):
+                                                     r"'tables'.*'h5' extra: pip install "
+                                                     r"'tables'"):
         H5PandasTarget("x.hdf5").write(pd.DataFrame({"a": [1]}), pathlib.Path("x.hdf5"))
 
 

@@ -647,6 +647,10 @@ class CSVGZPandasTarget(CSVPandasTarget):
     compression = "gzip"
 
 
+#: the package to pip install for an importable module
+_PACKAGES = {"tables": "tables", "openpyxl": "openpyxl"}
+
+
 def require(module: str, extra: str, target: object) -> None:
     """Check that an optional package a format needs is installed.
 
@@ -658,7 +662,8 @@ def require(module: str, extra: str, target: object) -> None:
     except ImportError as exc:
         raise MissingDependencyError(
             f"{type(target).__name__} needs the package {module!r}, which is not installed. "
-            f"Install it with: pip install 'pipeflow[{extra}]'"
+            f"Install it (pipeflow's {extra!r} extra: pip install {_PACKAGES[module]!r}, or "
+            f"pip install -e '.[{extra}]' in a clone of pipeflow)."
         ) from exc
 
 
