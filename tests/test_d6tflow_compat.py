@@ -414,6 +414,7 @@ def test_in_memory_output_paths_are_strings_and_keys_pick_one_output():
 
 def test_instance_layout_attributes_are_honoured():
     task = Raw()
+    assert task.output().path.parent == settings.dirpath / "Raw"  # remembered, then changed
     try:
         task.target_dir, task.target_ext = "elsewhere", "pq"
         assert task.output().path == settings.dirpath / "elsewhere" / f"{task.task_id}-data.pq"

@@ -276,13 +276,16 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             raise
 
     # -- where outputs live -------------------------------------------------------------------
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        if name in _LAYOUT_ATTRS:  # d6tflow code sets e.g. task.target_dir on an instance
-            d = self.__dict__
-            d["_pipeflow_own_layout"] = True
-            for memo in ("_pipeflow_targets", "_pipeflow_names", "_pipeflow_record"):
-                d.pop(memo, None)
+    def _overrides(self) -> tuple[tuple[str, Any], ...] | None:
+        """Layout attributes set on this instance (d6tflow code sets ``task.target_dir``).
+
+        Looked up where outputs are placed rather than caught when set: a ``__setattr__``
+        would slow every task's instantiation (luigi sets its attributes one by one).
+        """
+        d = self.__dict__
+        if _LAYOUT_ATTRS.isdisjoint(d):
+            return None
+        return tuple((k, d[k]) for k in sorted(_LAYOUT_ATTRS.intersection(d)))
 
     def _context(self) -> layout.FlowContext:
         """The flow context placing this task: its home if it has one, else the current one."""
@@ -297,7 +300,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         """The folder of the outputs, and the one of the commit record and lock."""
         # They depend on the class and the flow context, never on parameter values.
         ctx = self._context()
-        if "_pipeflow_own_layout" in self.__dict__:
+        if self._overrides() is not None:
             return self._compute_folders(ctx)
         key = (type(self), ctx.key, settings.dirpath, _TaskMeta.generation)
         folders = _FOLDERS.get(key)
@@ -332,7 +335,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
     def _targets(self) -> dict[str, DataTarget]:
         """The output targets by name, for the flow context in force (memoized)."""
         key = (self._context().key, settings.dirpath, settings.save_with_param,
-               _TaskMeta.generation)
+               _TaskMeta.generation, self._overrides())
         memo = self.__dict__.get("_pipeflow_targets")
         if memo is not None and memo[0] == key:
             return memo[1]
@@ -480,7 +483,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         objects.
         """
         key = (self._context().key, settings.dirpath, settings.save_with_param,
-               _TaskMeta.generation)
+               _TaskMeta.generation, self._overrides())
         memo = self.__dict__.get("_pipeflow_names")
         if memo is not None and memo[0] == key:
             return memo[1]  # type: ignore[no-any-return]
