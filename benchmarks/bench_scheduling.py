@@ -60,7 +60,8 @@ LUIGI_AUTO_MAX_N = 2000  # --luigi defaults to on up to this N (luigi's schedule
 OP_ORDER = [
     "preview, all pending", "run, all pending", "no-op re-run, all complete",
     "preview, all complete", "graph.build only (no file access)",
-    "atomic write loop (floor)", "os.stat loop (floor)", "instantiate N luigi.Tasks (floor)",
+    "atomic write loop (floor)", "2 atomic writes per task (floor)", "os.stat loop (floor)",
+    "instantiate N luigi.Tasks (floor)",
     "luigi.build, all pending", "luigi.build, all complete",
 ]
 
@@ -166,11 +167,12 @@ def measure_pipeflow(bench: Bench, shape: str, tasks: int) -> None:
 
         row = bench.row(shape, tasks, "preview, all pending", baseline="os.stat loop (floor)")
         p = bench.timed(row, lambda: pipeflow.preview(root(), print_it=False))
-        if p.counts() != {"COMPLETE": 0, "PENDING": tasks}:
+        if p.counts() != {"COMPLETE": 0, "PENDING": tasks, "STALE": 0}:
             raise BenchFailure(f"{shape}: fresh preview counts {p.counts()}, expected "
                                f"{tasks} pending")
 
-        row = bench.row(shape, tasks, "run, all pending", baseline="atomic write loop (floor)")
+        row = bench.row(shape, tasks, "run, all pending",
+                        baseline="2 atomic writes per task (floor)")
         result = bench.timed(row, lambda: pipeflow.run(root(), execution_summary=False))
         if not result or len(result.by_state("completed")) != tasks:
             raise BenchFailure(f"{shape}: run did not complete {tasks} tasks: {result!r}")
@@ -186,7 +188,7 @@ def measure_pipeflow(bench: Bench, shape: str, tasks: int) -> None:
 
         row = bench.row(shape, tasks, "preview, all complete", baseline="os.stat loop (floor)")
         p = bench.timed(row, lambda: pipeflow.preview(root(), print_it=False))
-        if p.counts() != {"COMPLETE": tasks, "PENDING": 0}:
+        if p.counts() != {"COMPLETE": tasks, "PENDING": 0, "STALE": 0}:
             raise BenchFailure(f"{shape}: preview after the run counts {p.counts()}")
 
         row = bench.row(shape, tasks, "graph.build only (no file access)",
@@ -201,19 +203,32 @@ def measure_pipeflow(bench: Bench, shape: str, tasks: int) -> None:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def write_floor(folder: str, tasks: int, shape: str, fsync: bool) -> None:
-    """Write ``tasks`` tiny pickles atomically, the way a target publishes one file."""
+def _write_atomic(folder: str, name: str, data: bytes, fsync: bool) -> None:
+    final = os.path.join(folder, name)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.tmp-")
+    try:
+        os.write(fd, data)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+
+
+def write_floor(folder: str, tasks: int, shape: str, fsync: bool, record: bool = False) -> None:
+    """Write ``tasks`` tiny pickles atomically, the way a target publishes one file.
+
+    With ``record``, each also gets a small JSON commit record written atomically beside it:
+    the least a committed task must do (issue 10's floor).
+    """
     os.makedirs(folder, exist_ok=True)
     for i in range(tasks):
-        final = os.path.join(folder, f"BenchTask_{shape}_{i}_0123456789-data.pkl")
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(final)}.tmp-")
-        try:
-            os.write(fd, pickle.dumps(i, protocol=pickle.HIGHEST_PROTOCOL))
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
+        name = f"BenchTask_{shape}_{i}_0123456789-data.pkl"
+        _write_atomic(folder, name, pickle.dumps(i, protocol=pickle.HIGHEST_PROTOCOL), fsync)
+        if record:
+            _write_atomic(folder, f".{name}.commit.json",
+                          b'{"v":1,"files":{"data":[["%s",5,0,0,"0"]]}}' % name.encode(),
+                          fsync)
 
 
 def measure_floor(bench: Bench, shape: str, tasks: int) -> None:
@@ -229,6 +244,11 @@ def measure_floor(bench: Bench, shape: str, tasks: int) -> None:
                         note=f"mkstemp+write+{'fsync+' if fsync else ''}replace")
         bench.timed(row, lambda: write_floor(os.path.join(data, "BenchTask"), tasks, shape,
                                              fsync))
+        row = bench.row(shape, tasks, "2 atomic writes per task (floor)",
+                        note="output + commit record, each mkstemp+write+"
+                             f"{'fsync+' if fsync else ''}replace")
+        bench.timed(row, lambda: write_floor(os.path.join(data, "BenchTask2"), tasks, shape,
+                                             fsync, record=True))
     finally:
         shutil.rmtree(data, ignore_errors=True)
 

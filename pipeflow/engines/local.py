@@ -15,29 +15,31 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import heapq
 import inspect
 import multiprocessing
 import os
 import pathlib
-import pickle
-import queue
-import sys
-import threading
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from dataclasses import dataclass
 from typing import Any
 
 import luigi
 from luigi.task import flatten, getpaths
 
-from pipeflow import cache, fingerprint, layout
+from pipeflow import cache, fingerprint
 from pipeflow import graph as graphs
+from pipeflow.engines.executors import (
+    EXECUTORS,
+    CancelToken,
+    NotRetried,
+    Outcome,
+    Work,
+    make_executor,
+)
 from pipeflow.errors import (
     MissingOutputError,
     NoOutputWarning,
@@ -55,7 +57,6 @@ from pipeflow.parameters import redact, secret_values
 from pipeflow.plan import Plan, Status, build_plan
 from pipeflow.targets import CacheTarget, os_fix, os_reason, staging
 
-EXECUTORS = ("process", "thread")
 IF_LOCKED = ("wait", "fail")
 #: seconds between attempts to take the lock of a task running elsewhere
 LOCK_POLL = 0.05
@@ -63,80 +64,10 @@ LOCK_POLL = 0.05
 NO_OUTPUT = "run() saved no output: it stays incomplete and runs again next time"
 
 
-class CancelToken:
-    """Cancels a run from another thread, a callback or a second notebook cell.
-
-    Example:
-        >>> token = CancelToken()                              # doctest: +SKIP
-        >>> threading.Timer(5, token.cancel).start()            # doctest: +SKIP
-        >>> pipeflow.run(Train(), cancel=token)                 # doctest: +SKIP
-    """
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._lock = threading.Lock()
-        self._inline_thread: int | None = None  # thread running a task in-process
-
-    @property
-    def cancelled(self) -> bool:
-        """Whether cancellation was requested."""
-        return self._event.is_set()
-
-    def cancel(self) -> None:
-        """Request cancellation: no new task starts and running tasks are stopped."""
-        self._event.set()
-        with self._lock:
-            if self._inline_thread is not None:
-                _raise_in_thread(self._inline_thread, _Interrupted)
-
-    def wait(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; return True early if cancelled."""
-        return self._event.wait(seconds)
-
-    @contextlib.contextmanager
-    def _inline(self) -> Any:
-        """Mark the current thread as running a task in-process (interruptible)."""
-        me = threading.get_ident()
-        with self._lock:
-            self._inline_thread = me
-        try:
-            if self.cancelled:
-                raise _Interrupted()
-            yield
-        finally:
-            # After this no interruption is sent; one sent just before is delivered at the
-            # thread's next Python call, still inside the executor's try block.
-            with self._lock:
-                self._inline_thread = None
-
-
-class _Interrupted(BaseException):
-    """Raised inside an in-process task to stop it (cancellation or timeout)."""
-
-
-def _raise_in_thread(ident: int, exc: type[BaseException]) -> None:
-    # CPython raises it in that thread at its next check (a call or a loop iteration).
-    # Never pass NULL to clear: under a profiler or tracer CPython 3.11 then spins.
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc))
-
-
-@dataclass
-class _Outcome:
-    """How one attempt ended."""
-
-    error: BaseException | None = None
-    traceback: str | None = None
-    cancelled: bool = False
-    saved: bool = True  # False: run() saved no output (the task stays incomplete)
-    memory: dict[Any, Any] = field(default_factory=dict)  # cache outputs made in a worker
-    usage: dict[str, float] = field(default_factory=dict)  # cpu_time (s), peak_memory (bytes)
-
-
 @dataclass
 class _Running:
     pos: int
     deadline: float | None
-    handle: Any = None
 
 
 def task_priority(task: luigi.Task) -> int:
@@ -248,7 +179,7 @@ class _Run:
         self.attempts: dict[int, int] = {}
         self.finished: set[int] = set()
         self.running: dict[int, _Running] = {}
-        self.executor = _make_executor(engine)
+        self.executor = make_executor(engine.executor, _WORK, engine.cancel)
         self.locks: dict[int, Any] = {}  # task locks held, by position
         self.waited: set[int] = set()  # tasks that found their lock taken
         self.temps: dict[pathlib.Path, list[str]] = {}  # temp files per folder, listed once
@@ -269,7 +200,7 @@ class _Run:
                 if self.waiting[j] == 0:
                     heapq.heappush(self.ready, (self.priority[j], j))
 
-    def _finish(self, i: int, out: _Outcome) -> None:
+    def _finish(self, i: int, out: Outcome) -> None:
         task = self.g.nodes[i]
         self.running.pop(i, None)
         lock = self.locks.pop(i, None)
@@ -293,7 +224,7 @@ class _Run:
             return
         retries = int(getattr(task, "retries", 0) or 0)
         tried = self.attempts.get(i, 0)  # 0: it failed before run() was called
-        if 0 < tried <= retries and not isinstance(out.error, (_NotRetried, TaskLockedError)):
+        if 0 < tried <= retries and not isinstance(out.error, (NotRetried, TaskLockedError)):
             delay = float(getattr(task, "retry_delay", 0) or 0)
             self.emit(EventKind.TASK_RETRYING, task, error=out.error, traceback=out.traceback,
                       usage=out.usage,
@@ -378,12 +309,12 @@ class _Run:
         stale = self.plan.status[i] is Status.STALE
         self.emit(EventKind.TASK_STARTED, task,
                   reason=f"stale: {self.plan.reasons.get(i)}" if stale else None)
-        run.handle = self.executor.start(task, run)
+        self.executor.start(i, task, run.deadline)
 
     def _cancel_rest(self) -> None:
-        for i, run in list(self.running.items()):
-            self.executor.stop(run.handle, self.g.nodes[i])
-            self._finish(i, _Outcome(cancelled=True))
+        for i in list(self.running):
+            self.executor.stop(i, self.g.nodes[i])
+            self._finish(i, Outcome(cancelled=True))
         for i in sorted(self.to_run - self.finished):
             self.finished.add(i)
             self.emit(EventKind.TASK_CANCELLED, self.g.nodes[i])
@@ -421,7 +352,7 @@ class _Run:
                 for i, run in list(self.running.items()):
                     if run.deadline is not None and now >= run.deadline:
                         task = self.g.nodes[i]
-                        self.executor.stop(run.handle, task)
+                        self.executor.stop(i, task)
                         self._finish(i, _failure(_timeout_error(task)))
         except KeyboardInterrupt:
             token._event.set()
@@ -431,10 +362,6 @@ class _Run:
             self.executor.close()
             for lock in self.locks.values():
                 lock.release()
-
-
-class _NotRetried(PipeflowError):
-    """A failure that retrying cannot fix."""
 
 
 # -- executing one task ------------------------------------------------------------------------
@@ -510,23 +437,6 @@ def _missing_message(task: luigi.Task, missing: list[Any]) -> str:
             f"The task is marked failed.")
 
 
-def _usage(cpu_time: float | None) -> dict[str, float]:
-    """CPU seconds of an attempt (None: this whole process) and the process's peak memory."""
-    try:
-        import resource
-
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        peak = ru.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-        cpu = ru.ru_utime + ru.ru_stime if cpu_time is None else cpu_time
-    except ImportError:  # Windows: psutil knows the peak working set
-        import psutil
-
-        proc = psutil.Process()
-        peak = getattr(proc.memory_info(), "peak_wset", proc.memory_info().rss)
-        cpu = sum(proc.cpu_times()[:2]) if cpu_time is None else cpu_time
-    return {"cpu_time": cpu, "peak_memory": float(peak)}
-
-
 def _signature(task: luigi.Task) -> tuple[int, int] | None:
     """Identity of a task's commit record (None if it has none)."""
     names = getattr(task, "_file_names", None)
@@ -547,11 +457,11 @@ def _timeout_error(task: luigi.Task) -> TaskTimeoutError:
     )
 
 
-def _failure(exc: BaseException, task: luigi.Task | None = None) -> _Outcome:
+def _failure(exc: BaseException, task: luigi.Task | None = None) -> Outcome:
     """The outcome of a failed attempt; secret parameter values are blotted out of it."""
     text = "".join(traceback.format_exception(exc))
     if task is None or not secret_values(task):
-        return _Outcome(exc, text)
+        return Outcome(exc, text)
     # The task's own message may quote a secret (say, a failed login): redact the exception
     # itself, so no summary, record or printed traceback shows it.
     seen: set[int] = set()
@@ -560,7 +470,7 @@ def _failure(exc: BaseException, task: luigi.Task | None = None) -> _Outcome:
         seen.add(id(err))
         err.args = tuple(redact(a, task) if isinstance(a, str) else a for a in err.args)
         err = err.__cause__ or err.__context__
-    return _Outcome(exc, redact(text, task))
+    return Outcome(exc, redact(text, task))
 
 
 def _clean_temp_files(task: luigi.Task) -> None:
@@ -574,210 +484,8 @@ def _clean_temp_files(task: luigi.Task) -> None:
         abort()
 
 
-# -- executors -----------------------------------------------------------------------------------
-
-def _make_executor(engine: LocalEngine) -> Any:
-    if engine.executor == "process":
-        return _ProcessExecutor(engine)
-    if engine.executor == "thread":
-        return _ThreadExecutor(engine)
-    return _InlineExecutor(engine)
-
-
-class _InlineExecutor:
-    """Runs each task right away in the calling thread (workers=1)."""
-
-    def __init__(self, engine: LocalEngine):
-        self.engine = engine
-        self.done: list[tuple[int, _Outcome]] = []
-
-    def start(self, task: luigi.Task, run: _Running) -> None:
-        token = self.engine.cancel
-        cpu = time.process_time()
-        timer = None
-        if run.deadline is not None:
-            me = threading.get_ident()
-            timer = threading.Timer(run.deadline - time.monotonic(),
-                                    lambda: _raise_in_thread(me, _Interrupted))
-        try:
-            with token._inline():
-                if timer is not None:
-                    timer.start()
-                try:
-                    saved = execute(task)
-                finally:
-                    if timer is not None:  # a timer that fired delivers here, not later
-                        timer.cancel()
-                        timer.join()
-            out = _Outcome(saved=saved)
-        except _Interrupted:
-            _clean_temp_files(task)
-            if token.cancelled:
-                out = _Outcome(cancelled=True)
-            else:
-                out = _failure(_timeout_error(task))
-        except Exception as exc:
-            out = _failure(exc, task)
-        out.usage = _usage(time.process_time() - cpu)
-        self.done.append((run.pos, out))
-
-    def collect(self, timeout: float) -> list[tuple[int, _Outcome]]:
-        done, self.done = self.done, []
-        return done
-
-    def stop(self, handle: Any, task: luigi.Task) -> None:
-        pass  # an inline task has already ended when the loop sees it
-
-    def close(self) -> None:
-        pass
-
-
-class _ThreadExecutor:
-    """Runs tasks on threads (executor='thread')."""
-
-    def __init__(self, engine: LocalEngine):
-        self.engine = engine
-        self.results: queue.Queue[tuple[int, _Outcome]] = queue.Queue()
-        self.threads: dict[int, threading.Thread] = {}
-        self.stopped: set[int] = set()
-
-    def start(self, task: luigi.Task, run: _Running) -> int:
-        import contextvars
-
-        ctx = contextvars.copy_context()
-
-        def work() -> None:
-            cpu = time.thread_time()
-            try:
-                out = _Outcome(saved=ctx.run(execute, task))
-            except _Interrupted:
-                _clean_temp_files(task)
-                out = _Outcome(cancelled=True)
-            except Exception as exc:
-                out = _failure(exc, task)
-            except BaseException as exc:  # noqa: BLE001 - reported, never lost
-                out = _failure(exc, task)
-            out.usage = _usage(time.thread_time() - cpu)
-            self.results.put((run.pos, out))
-
-        t = threading.Thread(target=work, name=f"pipeflow-{task.task_family}", daemon=True)
-        self.threads[run.pos] = t
-        t.start()
-        return run.pos
-
-    def collect(self, timeout: float) -> list[tuple[int, _Outcome]]:
-        out = []
-        try:
-            item = self.results.get(timeout=timeout) if timeout > 0 else self.results.get_nowait()
-            out.append(item)
-            while True:
-                out.append(self.results.get_nowait())
-        except queue.Empty:
-            pass
-        return [(i, o) for i, o in out if i not in self.stopped]
-
-    def stop(self, handle: int, task: luigi.Task) -> None:
-        t = self.threads.get(handle)
-        if t is not None and t.is_alive() and t.ident is not None:
-            self.stopped.add(handle)
-            _raise_in_thread(t.ident, _Interrupted)
-            t.join(1.0)
-
-    def close(self) -> None:
-        for t in self.threads.values():
-            t.join(0.1)
-
-
-class _ProcessExecutor:
-    """Runs each task in a forked worker process (executor='process')."""
-
-    def __init__(self, engine: LocalEngine):
-        self.engine = engine
-        self.ctx = multiprocessing.get_context("fork")
-        self.procs: dict[int, tuple[Any, Connection]] = {}
-        self.flow = layout.current()
-
-    def start(self, task: luigi.Task, run: _Running) -> int:
-        recv, send = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(target=_worker_main, args=(task, send, self.flow),
-                                name=f"pipeflow-{task.task_family}", daemon=True)
-        proc.start()
-        send.close()
-        self.procs[run.pos] = (proc, recv)
-        return run.pos
-
-    def collect(self, timeout: float) -> list[tuple[int, _Outcome]]:
-        if not self.procs:
-            return []
-        by_conn = {conn: pos for pos, (_p, conn) in self.procs.items()}
-        by_sentinel = {p.sentinel: pos for pos, (p, _c) in self.procs.items()}
-        ready = wait([*by_conn, *by_sentinel], timeout=timeout)
-        done: dict[int, _Outcome] = {}
-        for obj in ready:
-            pos = by_conn.get(obj) if isinstance(obj, Connection) else by_sentinel.get(obj)
-            if pos is None or pos in done:
-                continue
-            proc, conn = self.procs[pos]
-            try:
-                out = conn.recv() if conn.poll() else None
-            except (EOFError, OSError):
-                out = None
-            if out is None:
-                proc.join(1.0)
-                if proc.exitcode is None:
-                    continue  # still running: the pipe just has nothing yet
-                err = PipeflowError(
-                    f"the worker process running a task died with exit code {proc.exitcode} "
-                    f"before reporting (killed, out of memory, or os._exit in the task)."
-                )
-                out = _failure(err)
-            proc.join(5.0)
-            conn.close()
-            del self.procs[pos]
-            done[pos] = out
-        return list(done.items())
-
-    def stop(self, handle: int, task: luigi.Task) -> None:
-        proc, conn = self.procs.pop(handle, (None, None))
-        if proc is None or conn is None:
-            return
-        proc.terminate()
-        proc.join(1.0)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(1.0)
-        conn.close()
-        _clean_temp_files(task)
-
-    def close(self) -> None:
-        for pos in list(self.procs):
-            proc, conn = self.procs.pop(pos)
-            proc.kill()
-            proc.join(1.0)
-            conn.close()
-
-
-def _worker_main(task: luigi.Task, send: Connection, flow: layout.FlowContext) -> None:
-    """Body of a worker process: run the task, report the outcome through the pipe."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us on Ctrl-C
-    with layout.flow_context(flow):
-        try:
-            saved = execute(task)
-            out = _Outcome(saved=saved, memory=_memory_outputs(task))
-        except BaseException as exc:  # noqa: BLE001 - everything is reported
-            out = _failure(exc, task)
-    out.usage = _usage(None)  # the worker process ran only this task
-    try:
-        send.send(_picklable(out, task))
-    finally:
-        send.close()
-    os._exit(0)  # skip the parent's atexit handlers, inherited by fork
-
-
 def _memory_outputs(task: luigi.Task) -> dict[Any, Any]:
-    """In-memory outputs made in the worker, to hand back to the parent process."""
+    """In-memory outputs made in a worker process, to hand back to the parent process."""
     outputs = getattr(task, "_outputs", None)
     if outputs is None:
         return {}
@@ -785,20 +493,7 @@ def _memory_outputs(task: luigi.Task) -> dict[Any, Any]:
             if isinstance(t, CacheTarget) and t.path in cache.data}
 
 
-def _picklable(out: _Outcome, task: luigi.Task) -> _Outcome:
-    try:
-        pickle.dumps(out)
-        return out
-    except Exception as exc:  # noqa: BLE001 - fall back to a description
-        if out.error is None:
-            err: BaseException = _NotRetried(
-                f"{graphs.describe(task)} produced an in-memory (cache) output that cannot "
-                f"be sent back from its worker process: {exc}. Use a file format "
-                f"(e.g. TaskPickle), or run with executor='thread' or workers=1."
-            )
-            return _failure(err)
-        remote = PipeflowError(f"{type(out.error).__name__}: {out.error}")
-        return _Outcome(remote, out.traceback)
-
+_WORK = Work(run=execute, fail=lambda exc, task: _failure(exc, task),
+             stopped=_clean_temp_files, timed_out=_timeout_error, memory=_memory_outputs)
 
 __all__ = ["CancelToken", "LocalEngine", "RunCancelledError", "execute", "task_priority"]
