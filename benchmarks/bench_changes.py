@@ -10,7 +10,7 @@ Measured side by side in one process:
   most 2x.
 * ``hash``: :func:`pipeflow.integrity.hash_file` of a large file against reading it
   (``readinto`` a reused buffer, the floor for any hash), GB/s. Goal: at least 1 GB/s.
-* ``status of a large output``: ``own_state()`` of a task whose output is that file, as
+* ``status of a large output``: ``_store.complete()`` of a task whose output is that file, as
   committed (size, mtime and inode compared: no hashing), against after a ``touch``
   (re-hashed once, then recorded as still the same).
 
@@ -106,7 +106,7 @@ def bench_big_status(path: str, repeat: int) -> tuple[float, float]:
     pipeflow.run(task, progress=False)
     out = task.output().path
     os.replace(path, out)  # the big file becomes the committed output
-    record = task._record_path()
+    record = task._store.record_file()
     doc = integrity.read_record(record)[0]
     assert doc is not None
     files = {"data": (integrity.FileRecord.of(out),)}
@@ -114,11 +114,11 @@ def bench_big_status(path: str, repeat: int) -> tuple[float, float]:
     plain, touched = [], []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        assert task.own_state()[0]
+        assert task._store.complete()
         plain.append(time.perf_counter() - t0)
         os.utime(out)
         t0 = time.perf_counter()
-        assert task.own_state()[0]
+        assert task._store.complete()
         touched.append(time.perf_counter() - t0)
     return statistics.median(plain), statistics.median(touched)
 

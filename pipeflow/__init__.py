@@ -46,8 +46,9 @@ from pipeflow.parameters import (
 )
 from pipeflow.runstore import history, last_error, last_run, prune_history, runs
 from pipeflow.sharing import FlowExport, FlowImport
-from pipeflow.sysinfo import SystemInfo, system_info
+from pipeflow.sysinfo import system_info
 from pipeflow.tasks import clone_parent, inherits, optional, requires
+from pipeflow.tasks.system import SystemInfo
 from pipeflow.workflow import Workflow, WorkflowMulti
 
 __version__ = "0.1.0"

@@ -44,6 +44,7 @@ from typing import Any
 import luigi
 import xxhash
 
+from pipeflow.contract import adapt
 from pipeflow.graph import describe, requirement_edges
 from pipeflow.integrity import read_record
 
@@ -59,7 +60,7 @@ _NOT_CODE = frozenset(["priority", "retries", "retry_delay", "timeout", "resourc
 #: most reasons listed in one message
 _SHOWN = 3
 
-_code_cache: dict[type, dict[str, str]] = {}
+_code_cache: dict[tuple[type, str | None], dict[str, str]] = {}
 _module_kind: dict[str, bool] = {}
 #: record path -> (its stat, the outputs digest it gives)
 _digests: dict[str, tuple[tuple[int, int, int], str | None]] = {}
@@ -212,16 +213,21 @@ def _is_task_class(obj: Any) -> bool:
     return isinstance(obj, type) and issubclass(obj, luigi.Task)
 
 
-def code_fingerprint(cls: type) -> dict[str, str]:
+def code_fingerprint(cls: type, version: str | None = None) -> dict[str, str]:
     """Hashes of the project code a task class runs, by name (see the module docstring).
+
+    With a ``version`` pin, the pin stands for the code, which is not looked at.
 
     Names are ``Class.method`` for the task class and its project base classes,
     ``helper module.function`` (or ``helper module.Class.method``) for what they use, and
     ``constant module.NAME`` for simple module-level values.
     """
-    hit = _code_cache.get(cls)
+    hit = _code_cache.get((cls, version))
     if hit is not None:
         return hit
+    if version is not None:  # the pin stands for the code
+        result = _code_cache[(cls, version)] = {"version": version}
+        return result
     items: dict[str, str] = {}
     seen: set[int] = set()
     todo: list[types.FunctionType] = []
@@ -283,10 +289,8 @@ def code_fingerprint(cls: type) -> dict[str, str]:
                 continue
             if isinstance(value, types.FunctionType):
                 add_function(f"helper {_label(value)}", value)
-    version = _version(cls)
-    result = ({"version": version} if version is not None
-              else {"python": _PYTHON, **dict(sorted(items.items()))})
-    _code_cache[cls] = result
+    result = {"python": _PYTHON, **dict(sorted(items.items()))}
+    _code_cache[(cls, version)] = result
     return result
 
 
@@ -349,13 +353,6 @@ def _members(value: Any) -> Iterator[Any]:
             yield from _members(v)
 
 
-def _version(cls: type) -> str | None:
-    version = getattr(cls, "version", None)
-    if version is None or isinstance(version, luigi.Parameter):
-        return None
-    return str(version)
-
-
 def params_fingerprint(task: luigi.Task) -> dict[str, str]:
     """The task's significant parameter values, serialized (secrets are never significant)."""
     kwargs = task.param_kwargs
@@ -388,9 +385,9 @@ def upstream_digests(task: luigi.Task) -> dict[str, str]:
 
 
 def _digest_now(task: luigi.Task) -> str | None:
-    names = getattr(task, "_file_names", None)
-    if names is not None:
-        path = names()[2]
+    c = adapt(task)
+    path = c.record_path()
+    if path is not None:
         try:
             st = os.stat(path)
         except OSError:
@@ -404,7 +401,7 @@ def _digest_now(task: luigi.Task) -> str | None:
         digest = None if record is None else outputs_digest(record.files)
         _digests[path] = (key, digest)
         return digest
-    if getattr(task, "_pipeflow_group", False) or isinstance(task, luigi.WrapperTask):
+    if c.group:
         return combine([_digest_now(d) for d, _ in requirement_edges(task)])
     return None
 
@@ -425,27 +422,21 @@ def fingerprint_of(task: luigi.Task) -> dict[str, Any]:
     """The fingerprint to store in ``task``'s commit record now."""
     fp: dict[str, Any] = {"params": params_fingerprint(task),
                           "up": upstream_digests(task)}
-    if tracks_code(type(task)):
-        fp["code"] = code_fingerprint(type(task))
+    changes = adapt(task).changes
+    if changes.tracks_code:
+        fp["code"] = code_fingerprint(type(task), changes.version)
     return fp
-
-
-def tracks_code(cls: type) -> bool:
-    """Whether the commit records of ``cls`` keep a code fingerprint (not opted out)."""
-    return getattr(cls, "detect_code_changes", None) is not False
 
 
 # -- comparing --------------------------------------------------------------------------------
 
-def detects(task: luigi.Task, kind: str, enabled: bool) -> bool:
-    """Whether changes of ``kind`` ('code' or 'data') are checked for ``task``.
+def detects(own: bool | None, enabled: bool) -> bool:
+    """Whether a kind of change is checked: the task class's choice, else the setting.
 
     Args:
-        task: the task.
-        kind: ``'code'`` or ``'data'``.
+        own: the task class's ``detect_code_changes``/``detect_data_changes`` (None: unset).
         enabled: the global setting for that kind.
     """
-    own = getattr(task, f"detect_{kind}_changes", None)
     return enabled if own is None else bool(own)
 
 
@@ -465,7 +456,8 @@ def changes(stored: Mapping[str, Any], task: luigi.Task,
     reasons: list[str] = []
     if code:
         reasons += _param_changes(stored.get("params"), params_fingerprint(task))
-        reasons += _code_changes(stored.get("code"), code_fingerprint(type(task)))
+        code_now = code_fingerprint(type(task), adapt(task).changes.version)
+        reasons += _code_changes(stored.get("code"), code_now)
     if data and isinstance(stored.get("up"), dict):
         before = stored["up"]
         for dep, now in upstream:
@@ -536,4 +528,4 @@ def _code_changes(before: Any, now: dict[str, str]) -> list[str]:
 
 __all__ = ["changes", "code_fingerprint", "combine", "detects", "fingerprint_of",
            "is_project_module", "outputs_digest", "params_fingerprint", "refresh", "remember",
-           "tracks_code", "upstream_digests"]
+           "upstream_digests"]

@@ -18,20 +18,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import luigi
-from luigi.task import flatten
 
+from pipeflow.contract import adapt, describe
 from pipeflow.errors import CycleError, RequirementError
-
-
-def describe(task: luigi.Task) -> str:
-    """Human name of a task with its significant parameters: ``Train(model='xgb')``."""
-    params = task.param_kwargs
-    shown = ", ".join(
-        f"{name}={params[name]!r}"
-        for name, p in task.get_params()
-        if p.significant and name in params
-    )
-    return f"{task.task_family}({shown})"
 
 
 class Optional:
@@ -76,15 +65,6 @@ def unwrap(struct: object) -> object:
     return struct
 
 
-def is_group(task: luigi.Task) -> bool:
-    """Whether the task only groups others (an aggregator or luigi WrapperTask).
-
-    A group has nothing of its own to run or store: it is complete when its upstream
-    tasks are, whatever ``check_dependencies`` says. Grouping implies no order among them.
-    """
-    return bool(getattr(task, "_pipeflow_group", False)) or isinstance(task, luigi.WrapperTask)
-
-
 def requirement_edges(task: luigi.Task) -> list[tuple[luigi.Task, bool]]:
     """(upstream task, is optional) for each requirement of ``task``, flattened.
 
@@ -96,9 +76,7 @@ def requirement_edges(task: luigi.Task) -> list[tuple[luigi.Task, bool]]:
         RequirementError: something that is not a task instance was returned.
     """
     out = []
-    deps = flatten(task.requires())
-    if is_group(task) and hasattr(task, "members"):
-        deps = [*deps, *(m for m in task.members() if m not in deps)]
+    deps = adapt(task).requirements()
     for dep in deps:
         if isinstance(dep, Optional):
             out.append((dep.task, True))

@@ -57,10 +57,8 @@ class TaskLock:
         name: a name unique to the task within the folder.
 
     Example:
-        >>> lock = TaskLock(folder, ".Train_x_123.commit.json")   # doctest: +SKIP
-        >>> if lock.acquire():                                    # doctest: +SKIP
-        ...     try: ...
-        ...     finally: lock.release()
+        >>> with TaskLock(folder, ".Train_x_123.commit.json") as held:  # doctest: +SKIP
+        ...     if held: ...                       # released when the block ends
     """
 
     def __init__(self, folder: str | pathlib.Path, name: str):
@@ -82,6 +80,13 @@ class TaskLock:
             _held.add(key)
         self.held = True
         return True
+
+    def __enter__(self) -> bool:
+        """Try to take the lock (never waits); whether it was taken."""
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
     def release(self) -> None:
         """Give the lock back (no-op when not held)."""

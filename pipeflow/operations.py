@@ -14,6 +14,7 @@ from typing import Any
 import luigi
 
 from pipeflow import cache, display, graph, layout, runstore, settings
+from pipeflow.contract import adapt
 from pipeflow.engines import CancelToken, Engine, LocalEngine
 from pipeflow.errors import (
     MissingInputError,
@@ -293,7 +294,8 @@ def _matching(g: graph.Graph, item: Any) -> set[int]:
 
 def _deletable(tasks: Iterable[luigi.Task]) -> list[TaskData]:
     """The tasks whose outputs pipeflow may delete and that have some."""
-    return [t for t in tasks if isinstance(t, TaskData) and not t.external and t.has_outputs()]
+    return [t for t in tasks
+            if isinstance(t, TaskData) and not t.external and t._store.has_outputs()]
 
 
 def _delete_outputs(tasks: Iterable[luigi.Task], confirm: bool, verb: str) -> bool:
@@ -306,13 +308,13 @@ def _delete_outputs(tasks: Iterable[luigi.Task], confirm: bool, verb: str) -> bo
     ):
         return False
     for t in doomed:
-        t.delete_outputs()
+        t._store.delete_outputs()
     return True
 
 
 def _check_external_inputs(plan: Any) -> None:
     missing = [t for t, s in zip(plan.graph.nodes, plan.status)
-               if s is Status.PENDING and getattr(t, "external", False)
+               if s is Status.PENDING and adapt(t).external
                and not plan.own[plan.graph.position(t)]]
     if missing:
         lines = []
@@ -343,7 +345,7 @@ def adopt(tasks: Any) -> list[luigi.Task]:
     """
     with layout.at_home(as_list(tasks)):
         return [t for t in graph.build(as_list(tasks)).nodes
-                if isinstance(t, TaskData) and t.adopt_outputs()]
+                if isinstance(t, TaskData) and t._store.adopt()]
 
 
 def taskflow_upstream(task: luigi.Task, only_complete: bool = False) -> list[luigi.Task]:
@@ -513,6 +515,6 @@ def expected_files(item: Any) -> set[pathlib.Path]:
     out: set[pathlib.Path] = set()
     for t in graph.build([item]).nodes:
         if isinstance(t, TaskData):
-            out.update(t.owned_paths())
+            out.update(t._store.owned_paths())
     return out
 

@@ -21,11 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import luigi
-from luigi.task import flatten
 
 from pipeflow import fingerprint, settings
-from pipeflow.graph import Graph, describe, is_group
-from pipeflow.integrity import CommitRecord
+from pipeflow.contract import adapt
+from pipeflow.graph import Graph, describe
 
 
 class Status(str, enum.Enum):
@@ -37,26 +36,6 @@ class Status(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-def output_state(task: luigi.Task) -> tuple[bool, str | None, CommitRecord | None]:
-    """Whether the task's own outputs are complete (upstream ignored), why not, its record.
-
-    The record is the task's commit record (None: it has none). pipeflow tasks answer
-    through ``output_state()``; a plain luigi task through its own ``complete()`` if it
-    overrides it, else through its outputs (none: never complete, as in luigi).
-    """
-    check = getattr(task, "output_state", None)
-    if check is not None:
-        done, reason, record = check()
-        return bool(done), reason, record
-    check = getattr(task, "own_complete", None)
-    if check is not None:
-        return bool(check()), None, None
-    if type(task).complete is not luigi.Task.complete:
-        return bool(task.complete()), None, None
-    outputs = flatten(task.output())
-    return bool(outputs) and all(o.exists() for o in outputs), None, None
 
 
 @dataclass
@@ -104,19 +83,19 @@ def build_plan(graph: Graph, check_dependencies: bool | None = None) -> Plan:
     reasons: dict[int, str] = {}
     digests: list[str | None] = []  # each node's outputs, for its dependents' data checks
     for pos, task in enumerate(nodes):
-        external = getattr(task, "external", False)
-        group = is_group(task)
+        c = adapt(task)
+        external, group = c.external, c.group
         if group:
             mine, reason, record = True, None, None
             digests.append(fingerprint.combine([digests[d] for d in graph.deps[pos]]))
         else:
-            mine, reason, record = output_state(task)
+            mine, reason, record = c.output_state()
             digests.append(None if record is None or not graph.dependents[pos]
                            else fingerprint.outputs_digest(record.files))
         state = Status.COMPLETE if mine else Status.STALE if record else Status.PENDING
         if mine and record is not None and record.fingerprint and not external:
-            code = fingerprint.detects(task, "code", code_on)
-            data = fingerprint.detects(task, "data", data_on)
+            code = fingerprint.detects(c.changes.code, code_on)
+            data = fingerprint.detects(c.changes.data, data_on)
             if code or data:
                 reason = fingerprint.changes(
                     record.fingerprint, task,
@@ -343,4 +322,4 @@ def use_color() -> bool:
 
 
 __all__ = ["Plan", "Preview", "PreviewRow", "Status", "build_plan", "build_preview",
-           "describe", "is_group", "output_state"]
+           "describe"]

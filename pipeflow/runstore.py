@@ -34,17 +34,20 @@ import sqlite3
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import luigi
-import pandas as pd
 
 from pipeflow import settings
+from pipeflow.contract import adapt
 from pipeflow.events import Event, EventKind
 from pipeflow.graph import describe
 from pipeflow.integrity import read_record
 from pipeflow.parameters import MASK, is_secret, redact
 from pipeflow.sysinfo import system_info
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: seconds between two writes of buffered rows during a run
 FLUSH_EVERY = 0.5
@@ -146,10 +149,10 @@ def _params(task: luigi.Task) -> str:
 
 
 def _outputs(task: luigi.Task) -> str | None:
-    names = getattr(task, "_file_names", None)
-    if names is None:
+    path = adapt(task).record_path()
+    if path is None:
         return None
-    record, _ = read_record(names()[2])
+    record, _ = read_record(path)
     if record is None:
         return None
     return json.dumps({k: [{"file": r.name, "size": r.size, "hash": r.digest} for r in recs]
@@ -284,19 +287,25 @@ class HistorySink:
 
 # -- queries ------------------------------------------------------------------------------------
 
+def _pandas() -> Any:
+    import pandas  # only when the history is queried: pipeflow imports without pandas
+
+    return pandas
+
+
 def _query(sql: str, args: Sequence[Any]) -> pd.DataFrame:
     path = history_path()
     if path is None or not path.exists():
         with contextlib.closing(sqlite3.connect(":memory:")) as conn:
             conn.executescript(_SCHEMA)
-            return pd.read_sql_query(sql, conn, params=list(args))
+            return _pandas().read_sql_query(sql, conn, params=list(args))
     with _connect(path, create=False) as conn:
-        return pd.read_sql_query(sql, conn, params=list(args))
+        return _pandas().read_sql_query(sql, conn, params=list(args))
 
 
 def _times(df: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
     for col in columns:
-        df[col] = pd.to_datetime(df[col], unit="s", utc=True)
+        df[col] = _pandas().to_datetime(df[col], unit="s", utc=True)
     return df
 
 
@@ -367,7 +376,7 @@ def runs(last: int | None = None) -> pd.DataFrame:
     df = _times(_query(sql, [int(last)] if last else []), ["started", "finished"])
     if "system" not in df.columns:  # a file from before the column, not written to since
         df["system"] = None
-    df["system"] = [None if pd.isna(s) else json.loads(s) for s in df["system"]]
+    df["system"] = [None if _pandas().isna(s) else json.loads(s) for s in df["system"]]
     return df
 
 

@@ -26,7 +26,7 @@ import luigi
 from pipeflow import display, graph, layout, parameters, settings
 from pipeflow import tasks as task_classes
 from pipeflow.errors import PipeflowError
-from pipeflow.targets import write_atomic
+from pipeflow.publishing import write_atomic
 from pipeflow.tasks import TaskData
 
 

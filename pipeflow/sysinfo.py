@@ -1,8 +1,9 @@
 """What the machine running pipeflow has: CPUs, memory, disk space, platform.
 
 :func:`system_info` reads it with psutil into a plain, JSON-ready dict; the built-in task
-:class:`SystemInfo` saves it as a JSON output, and every run recorded in the run history
-keeps a snapshot of it (the ``system`` column of :func:`pipeflow.runs`).
+:class:`pipeflow.SystemInfo` (:mod:`pipeflow.tasks.system`) saves it as a JSON output, and
+every run recorded in the run history keeps a snapshot of it (the ``system`` column of
+:func:`pipeflow.runs`).
 
 Reading it is cheap (well under a millisecond on a typical machine): nothing here waits or
 samples over an interval, so CPU *utilisation* is not included; the load average says how
@@ -23,8 +24,6 @@ import psutil
 
 from pipeflow import settings
 from pipeflow.errors import ParameterError
-from pipeflow.parameters import ChoiceParameter
-from pipeflow.tasks import TaskJson
 
 #: what :func:`system_info` can report
 RESOURCES = ("all", "cpu", "memory", "disk")
@@ -74,29 +73,6 @@ def system_info(resource: str = "all") -> dict[str, Any]:
     if name == "disk":
         return _disk()
     return {"cpu": _cpu(), "memory": _memory(), "disk": _disk(), "platform": _platform()}
-
-
-class SystemInfo(TaskJson):
-    """A built-in task that saves :func:`system_info` as its JSON output.
-
-    Add it to a flow to keep, next to the results, a record of the machine that made them.
-    Like any task it runs once: reset it (or force it) to take a new reading.
-
-    Attributes:
-        resource: ``'all'`` (default), ``'cpu'``, ``'memory'`` or ``'disk'``.
-
-    Example:
-        >>> flow = pipeflow.Workflow(pipeflow.SystemInfo, {"resource": "memory"})
-        >>> flow.run()                                   # doctest: +SKIP
-        >>> flow.outputLoad()["total"]                   # doctest: +SKIP
-        33370968064
-    """
-
-    resource = ChoiceParameter(choices=list(RESOURCES), default="all")
-
-    def run(self) -> None:
-        """Read the system information and save it."""
-        self.save(system_info(self.resource))
 
 
 # -- internals ----------------------------------------------------------------------------------
@@ -179,4 +155,4 @@ def _platform() -> dict[str, Any]:
             "pid": os.getpid()}
 
 
-__all__ = ["RESOURCES", "SystemInfo", "system_info"]
+__all__ = ["RESOURCES", "system_info"]

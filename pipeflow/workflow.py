@@ -14,10 +14,9 @@ import os
 import pathlib
 import weakref
 from collections.abc import Collection, Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import luigi
-import pandas as pd
 
 from pipeflow import display, graph, layout, operations, runstore
 from pipeflow.engines import CancelToken
@@ -32,6 +31,9 @@ from pipeflow.events import RunResult
 from pipeflow.parameters import MASK, check_undeclared, is_secret
 from pipeflow.plan import Preview
 from pipeflow.tasks import TaskData, located
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TaskArg = Any  # a task class, a task instance, or None for the default task
 
@@ -367,6 +369,8 @@ def _flatten(data: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
 
 def _as_row(data: Any, name: str, prefix: str = "") -> dict[str, Any] | None:
     """``data`` as the columns of one row (a scalar in column ``name``), or None if it cannot be."""
+    import pandas as pd
+
     if isinstance(data, pd.DataFrame):
         if len(data) != 1:
             return None
@@ -401,6 +405,8 @@ def _no_row(flow: Any, task: luigi.Task, key: str | None, data: Any,
 
 def _column(values: list[Any], index: pd.Index) -> pd.Series:
     """A parameter column; ints with gaps stay ints (nullable ``Int64``), not floats."""
+    import pandas as pd
+
     present = [v for v in values if v is not None]
     ints = all(isinstance(v, int) and not isinstance(v, bool) for v in present)
     gaps = 0 < len(present) < len(values)
@@ -622,7 +628,8 @@ class WorkflowMulti:
         scalar = family if "output" in params else "output"
         rows: dict[Any, dict[str, Any]] = {}
         for name, data in loaded.items():
-            persist = list(getattr(tasks[name], "persist", ["data"]))
+            task = tasks[name]
+            persist = task._store.persist() if isinstance(task, TaskData) else ["data"]
             prefixed = len(persist) > 1 and len(data) != 1  # not one output chosen by keys=
             rows[name] = {}
             for key, value in data.items() if len(persist) > 1 else [(None, data)]:
@@ -631,6 +638,8 @@ class WorkflowMulti:
                     raise _no_row(name, tasks[name], key, value, persist)
                 rows[name].update(row)
         names = [n for n in selected if n in rows or missing == "nan"]
+        import pandas as pd
+
         index = pd.Index(names, name="flow", tupleize_cols=False)
         frame = {k: _column([(MASK if k in secret else self.params[n][k])
                              if k in self.params[n] else None for n in names], index)

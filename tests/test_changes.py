@@ -121,13 +121,13 @@ def test_a_fresh_run_is_complete_and_records_what_it_was_made_from(project):
     mod, flow = setup_flow(project)
     assert states(flow) == {"Train": ("COMPLETE", None), "Prepare": ("COMPLETE", None)}
     train = flow.get_task()
-    record = json.loads(train._record_path().read_text())
+    record = json.loads(train._store.record_file().read_text())
     fp = record["fp"]
     assert fp["params"] == {"factor": "2"}
     assert set(fp["code"]) == {"python", "Train.run"}
     prepare = mod.Prepare()
     assert list(fp["up"]) == [prepare.task_id]
-    code = json.loads(prepare._record_path().read_text())["fp"]["code"]
+    code = json.loads(prepare._store.record_file().read_text())["fp"]["code"]
     helpers = project.name("helpers")
     assert set(code) == {"python", "Prepare.run", f"helper {helpers}.make_lags",
                          f"helper {helpers}.shift", f"constant {helpers}.WINDOW"}
@@ -190,7 +190,7 @@ def test_editing_a_library_function_is_not_a_change(project, tmp_path):
         tasks = TASKS.replace("import pipeflow\n", "import pipeflow\nimport {p}_fakelib\n")
         tasks = tasks.replace("helpers.make_lags(1)", "{p}_fakelib.scale(1)")
         mod, flow = setup_flow(project, tasks=tasks)
-        code = json.loads(mod.Prepare()._record_path().read_text())["fp"]["code"]
+        code = json.loads(mod.Prepare()._store.record_file().read_text())["fp"]["code"]
         assert list(code) == ["python", "Prepare.run"]  # the library is not project code
         project.write("fakelib", "def scale(x):\n    return x * 3\n", folder=site)
         project.load("fakelib")
@@ -216,7 +216,7 @@ def test_pipeflow_pandas_and_the_standard_library_are_not_project_code():
 
 def test_an_upstream_task_class_is_not_code_of_its_downstream(project):
     mod, _ = setup_flow(project)
-    code = json.loads(mod.Train()._record_path().read_text())["fp"]["code"]
+    code = json.loads(mod.Train()._store.record_file().read_text())["fp"]["code"]
     assert not any("Prepare" in item for item in code)
 
 
@@ -283,7 +283,7 @@ def test_a_class_can_opt_out_of_code_checks(project):
                           "class Prepare(pipeflow.tasks.TaskPickle):\n"
                           "    detect_code_changes = False\n")
     mod, flow = setup_flow(project, tasks=opted)
-    assert "code" not in json.loads(mod.Prepare()._record_path().read_text())["fp"]
+    assert "code" not in json.loads(mod.Prepare()._store.record_file().read_text())["fp"]
     project.edit("helpers", HELPERS.replace("x * 10", "x * 11"))
     assert states(flow)["Prepare"] == ("COMPLETE", None)
 
@@ -323,7 +323,7 @@ def test_preview_shows_stale_tasks_and_counts_them(project):
 def test_records_from_before_change_detection_still_count(project):
     mod, flow = setup_flow(project)
     for task in (mod.Prepare(), mod.Train()):
-        path = task._record_path()
+        path = task._store.record_file()
         doc = json.loads(path.read_text())
         del doc["fp"]
         path.write_text(json.dumps(doc))
@@ -406,17 +406,17 @@ def test_a_touched_output_is_hashed_once_then_compared_by_stat_again(project, mo
     hashed = []
     real = pipeflow.integrity.hash_file
     monkeypatch.setattr(pipeflow.integrity, "hash_file", lambda p: hashed.append(p) or real(p))
-    assert task.own_state() == (True, None)
+    assert task._store.output_state()[:2] == (True, None)
     assert len(hashed) == 1  # the touch made it look, once
-    record = json.loads(task._record_path().read_text())
+    record = json.loads(task._store.record_file().read_text())
     assert record["files"]["data"][0][2] == before.st_mtime_ns + 5_000_000_000
     hashed.clear()
-    assert task.own_state() == (True, None)
+    assert task._store.output_state()[:2] == (True, None)
     assert hashed == []
     # an edit is still seen
     path.write_bytes(path.read_bytes()[:-1] + b"\x01")
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 9_000_000_000))
-    assert task.own_state()[0] is False
+    assert task._store.complete() is False
 
 
 FLAKY = textwrap.dedent("""
@@ -491,7 +491,7 @@ def test_worker_processes_reuse_the_code_fingerprints_of_the_run(project, monkey
     flow.run(workers=2, executor="process")
     assert flow.outputLoad() == 6
     assert set(log.read_text().split()) == {str(os.getpid())}  # never in a worker
-    record = json.loads(mod.Leaf(i=0)._record_path().read_text())
+    record = json.loads(mod.Leaf(i=0)._store.record_file().read_text())
     assert set(record["fp"]["code"]) == {"python", "Leaf.run"}
 
 
@@ -507,7 +507,7 @@ def test_a_module_edited_on_disk_but_not_reloaded_is_judged_by_the_code_that_run
 
 def test_a_python_upgrade_is_a_code_change_that_says_so(project):
     mod, flow = setup_flow(project)
-    path = mod.Prepare()._record_path()
+    path = mod.Prepare()._store.record_file()
     doc = json.loads(path.read_text())
     doc["fp"]["code"]["python"] = "3.9"
     path.write_text(json.dumps(doc))
@@ -544,7 +544,7 @@ def test_registries_and_constants_are_code_but_lists_changed_in_place_are_not(pr
     flow.run()
     assert flow.outputLoad() == 2.0
     name = project.name("registry")
-    code = json.loads(mod.Fit()._record_path().read_text())["fp"]["code"]
+    code = json.loads(mod.Fit()._store.record_file().read_text())["fp"]["code"]
     assert {f"constant {name}.MODELS", f"constant {name}.WEIGHTS",
             f"helper {name}.base"} <= set(code)  # base() is reached through the lambdas
     assert mod.LOG == ["small"]

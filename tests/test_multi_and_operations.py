@@ -251,7 +251,7 @@ def test_cli_preview_run_reset(tmp_path, monkeypatch):
     import cli_tasks
 
     pipeflow.set_dir(tmp_path / "d")
-    lock = cli_tasks.Hello(n=3).task_lock()
+    lock = cli_tasks.Hello(n=3)._store.lock()
     assert lock.acquire()  # as if another process were running it
     try:
         out = runner.invoke(main, ["run", *args, "--if-locked", "fail"])

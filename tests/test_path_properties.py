@@ -176,7 +176,7 @@ def fresh():
 
 
 def owned(task):
-    return set(task.owned_paths())
+    return set(task._store.owned_paths())
 
 
 def assert_disjoint(t1, t2):
@@ -199,7 +199,7 @@ def assert_disjoint(t1, t2):
 @example(cls=PathPropLong, a="é" * 3000, b="")
 def test_text_parameter_values_stay_inside_and_fit(cls, a, b):
     fresh()
-    assert_safe(make(cls, a, b).owned_paths())
+    assert_safe(make(cls, a, b)._store.owned_paths())
 
 
 @FAST
@@ -208,12 +208,12 @@ def test_text_parameter_values_stay_inside_and_fit(cls, a, b):
 @example(n=0, x=float("-inf"))
 def test_typed_parameter_values_stay_inside_and_fit(n, x):
     fresh()
-    assert_safe(PathPropTyped(n=n, x=x).owned_paths())
+    assert_safe(PathPropTyped(n=n, x=x)._store.owned_paths())
 
 
 def test_owned_paths_cover_outputs_sidecars_metadata_and_commit_record():
     task = PathPropPair(p="a", q="b")
-    names = {p.name for p in task.owned_paths()}
+    names = {p.name for p in task._store.owned_paths()}
     data = {f"{task.task_id}-train.csv", f"{task.task_id}-test.csv"}
     assert data <= names
     assert {f".{n}.index.json" for n in data} <= names
@@ -267,11 +267,11 @@ def test_distinct_typed_values_own_disjoint_paths(first, second):
 def test_explicit_long_values_differing_only_at_the_end(cls):
     t1, t2 = cls(p="x" * 2000 + "a"), cls(p="x" * 2000 + "b")
     assert t1.task_id != t2.task_id
-    assert_safe(t1.owned_paths())
-    assert_safe(t2.owned_paths())
+    assert_safe(t1._store.owned_paths())
+    assert_safe(t2._store.owned_paths())
     assert_disjoint(t1, t2)
     if cls is PathPropLong:  # the names were shortened: only the digest tells them apart
-        for p in t1.owned_paths():
+        for p in t1._store.owned_paths():
             assert "~" in p.name
             assert len(p.name.encode()) <= layout.OUTPUT_NAME_MAX
 
@@ -304,7 +304,7 @@ def test_workflow_outputs_stay_below_its_path_and_env(path, env, as_path, value)
     try:
         flow = pipeflow.Workflow(PathPropTask, {"p": value}, path=place(path, as_path), env=env)
         files = flow.expected_files()
-        mine = flow.get_task().owned_paths()  # the task carries the flow's location
+        mine = flow.get_task()._store.owned_paths()  # the task carries the flow's location
     except Exception as exc:  # noqa: BLE001 - which exception is exactly what is checked
         assert_clear_refusal(exc, "path", "env")
         assert not single_name(env) or "\x00" in (path or "") or len(os.fsencode(
@@ -338,7 +338,7 @@ def test_class_level_locations_are_refused_or_stay_inside(path, task_group, targ
         for where in ("class", "workflow"):
             try:
                 if where == "class":
-                    paths = PathPropAttrs().owned_paths()
+                    paths = PathPropAttrs()._store.owned_paths()
                     root = location_of(values["path"])
                 else:
                     paths = pipeflow.Workflow(PathPropAttrs, env=env).expected_files()
@@ -362,7 +362,7 @@ def test_undecodable_names_are_refused_cleanly_or_stay_inside(setting):
     try:
         if setting == "task_group":
             PathPropAttrs.task_group = value
-            paths = PathPropAttrs().owned_paths()
+            paths = PathPropAttrs()._store.owned_paths()
         else:
             paths = pipeflow.Workflow(PathPropTask, {"p": "v"}, **{setting: value}).expected_files()
     except Exception as exc:  # noqa: BLE001 - which exception is exactly what is checked
@@ -395,8 +395,8 @@ def test_without_params_in_names_paths_still_stay_inside(cls, a, b, path, env):
     pipeflow.settings.save_with_param = False  # restored by the conftest fixture
     fresh()
     task = make(cls, a, b)
-    assert_safe(task.owned_paths())
-    names = {p.name for p in task.owned_paths()}
+    assert_safe(task._store.owned_paths())
+    names = {p.name for p in task._store.owned_paths()}
     ext = task.target_ext
     assert {f"{k}.{ext}" for k in task.persist} <= names  # just {key}.{ext}
     assert "meta.pickle" in names

@@ -48,3 +48,30 @@ def test_docs_build_in_strict_mode(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "WARNING" not in proc.stderr, proc.stderr
     assert (tmp_path / "site" / "index.html").exists()
+
+
+#: what only the task contract (pipeflow/contract.py) and the tasks package may probe
+TASK_ATTRIBUTES = {"_file_names", "own_complete", "output_state", "task_lock", "_pipeflow_group",
+                   "external", "priority", "retries", "retry_delay", "timeout", "prepare_run",
+                   "commit_run", "abort_run", "owned_paths", "missing_outputs",
+                   "describe_outputs", "_outputs", "members", "version",
+                   "detect_code_changes", "detect_data_changes", "persist", "target_class",
+                   "_store", "clean_orphans", "record_path"}
+
+
+def test_only_the_task_contract_probes_task_attributes():
+    """The engine, plan, graph, history... reach tasks through pipeflow.contract.adapt only."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "pipeflow").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel == "pipeflow/contract.py" or rel.startswith("pipeflow/tasks/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), rel)):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in ("getattr", "hasattr") and len(node.args) >= 2
+                    and isinstance(node.args[1], ast.Constant)
+                    and node.args[1].value in TASK_ATTRIBUTES):
+                offenders.append(f"{rel}:{node.lineno}: {ast.unparse(node)}")
+    assert not offenders, "\n".join(offenders)

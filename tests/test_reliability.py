@@ -141,7 +141,7 @@ def test_outputs_without_a_commit_record_do_not_count(data_dir):
 
 def test_damaged_commit_record_means_not_complete():
     pipeflow.run(JsonOut())
-    record = JsonOut()._record_path()
+    record = JsonOut()._store.record_file()
     record.write_text('{"v": 1, "files": {"data": [["x"')
     assert not JsonOut().complete()
     assert "commit record is damaged" in str(pipeflow.preview(JsonOut(), print_it=False))
@@ -194,7 +194,7 @@ def test_planted_metadata_pickle_is_refused(tmp_path):
 
     pipeflow.run(WithMeta())
     assert WithMeta().outputLoadMeta() == {"rows": 1}
-    WithMeta()._meta_target().path.write_bytes(pickle.dumps(_Payload(marker)))
+    WithMeta()._store.meta_target().path.write_bytes(pickle.dumps(_Payload(marker)))
     with pytest.raises(CorruptOutputError):
         WithMeta().outputLoadMeta()
     assert not marker.exists()
@@ -277,7 +277,7 @@ def open_data_dir():
 def test_permission_denied_names_the_folder_and_the_fix(open_data_dir, stored):
     folder = JsonOut().output().path.parent
     folder.mkdir(parents=True)
-    records = JsonOut()._record_path().parent  # its lock and record: writable
+    records = JsonOut()._store.record_file().parent  # its lock and record: writable
     records.mkdir(parents=True)
     records.chmod(0o777)
     (records / ".pipeflow.lock").touch(mode=0o666)
@@ -343,7 +343,7 @@ def test_tasks_shared_by_two_threads_run_once(tmp_path):
 
 
 def test_if_locked_fail_fails_fast_and_reset_refuses_while_running():
-    lock = JsonOut().task_lock()
+    lock = JsonOut()._store.lock()
     assert lock.acquire()
     try:
         started = time.monotonic()
@@ -367,7 +367,7 @@ def test_if_locked_fail_fails_fast_and_reset_refuses_while_running():
 
 
 def test_waiting_run_proceeds_when_the_holder_lets_go():
-    lock = JsonOut().task_lock()
+    lock = JsonOut()._store.lock()
     assert lock.acquire()
     events = []
     threading.Timer(0.3, lock.release).start()
@@ -402,7 +402,7 @@ def test_temp_files_of_a_crashed_run_are_cleaned_by_the_next_run(data_dir, store
     folder = JsonOut().output().path.parent
     folder.mkdir(parents=True)
     mine = folder / f".{JsonOut().output().path.name}.tmp-crashed1"
-    record_tmp = folder / f".{JsonOut()._record_path().name}.tmp-crashed2"
+    record_tmp = folder / f".{JsonOut()._store.record_file().name}.tmp-crashed2"
     other = folder / ".SomebodyElse-data.json.tmp-running"
     for p in (mine, record_tmp, other):
         p.write_text("partial")
@@ -506,7 +506,7 @@ def test_secret_never_appears_in_names_ids_previews_errors_or_records(data_dir, 
     assert task.token == SECRET  # the task itself sees it
     assert task.task_id == Login().task_id  # not significant: not in the id
     shown = [task.task_id, repr(task), str(pipeflow.preview(task, print_it=False)),
-             *map(str, task.owned_paths())]
+             *map(str, task._store.owned_paths())]
     with pytest.raises(TaskFailedError) as info:
         pipeflow.run(task, execution_summary=True)
     result = info.value.result
@@ -562,7 +562,8 @@ def test_changing_a_location_attribute_after_instantiation_moves_the_outputs(dat
     Moved.task_group = "group"
     try:
         assert task.output().path == data_dir / "group" / "Moved" / before.name
-        assert task._record_path().parent == data_dir / ".pipeflow" / "commits" / "group" / "Moved"
+        assert task._store.record_file().parent == (
+            data_dir / ".pipeflow" / "commits" / "group" / "Moved")
     finally:
         del Moved.task_group
     assert task.output().path == before
@@ -613,7 +614,7 @@ def test_commit_record_that_cannot_be_written_fails_the_task_cleanly(monkeypatch
     def disk_full(path, record):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pipeflow.tasks, "write_record", disk_full)
+    monkeypatch.setattr(pipeflow.tasks.store, "write_record", disk_full)
     with pytest.raises(TaskFailedError) as info:
         pipeflow.run(JsonOut())
     msg = str(info.value.__cause__)
@@ -627,7 +628,7 @@ def test_commit_record_that_cannot_be_written_fails_the_task_cleanly(monkeypatch
 def test_aborting_a_run_that_already_committed_removes_the_record_first(stored):
     """A worker stopped after writing its record but before reporting success."""
     pipeflow.run(JsonOut())
-    assert JsonOut()._record_path().exists()
-    JsonOut().abort_run()
+    assert JsonOut()._store.record_file().exists()
+    JsonOut()._store.abort_run()
     assert not JsonOut().complete()
     assert not stored()

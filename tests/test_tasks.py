@@ -221,7 +221,7 @@ def test_metadata_save_load_and_reset_removes_it():
     pipeflow.run(Child())
     assert WithMeta().outputLoadMeta() == {"rows": 10}
     assert Child().outputLoadAllMeta() == {"WithMeta": {"rows": 10}, "Child": {"child": True}}
-    meta_path = WithMeta()._meta_target().path
+    meta_path = WithMeta()._store.meta_target().path
     assert meta_path.name == f"{WithMeta().task_id}-meta.pickle"
     WithMeta().reset(confirm=False)
     assert not meta_path.exists()

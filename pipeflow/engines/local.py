@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import inspect
 import multiprocessing
@@ -32,6 +31,7 @@ from luigi.task import flatten, getpaths
 
 from pipeflow import cache, fingerprint
 from pipeflow import graph as graphs
+from pipeflow.contract import TaskContract, adapt
 from pipeflow.engines.executors import (
     EXECUTORS,
     CancelToken,
@@ -41,7 +41,6 @@ from pipeflow.engines.executors import (
     make_executor,
 )
 from pipeflow.errors import (
-    MissingOutputError,
     NoOutputWarning,
     PipeflowError,
     RunCancelledError,
@@ -52,10 +51,9 @@ from pipeflow.errors import (
     warn,
 )
 from pipeflow.events import Event, EventKind, RunResult, Sink
-from pipeflow.graph import is_group
 from pipeflow.parameters import redact, secret_values
 from pipeflow.plan import Plan, Status, build_plan
-from pipeflow.targets import CacheTarget, os_fix, os_reason, staging
+from pipeflow.publishing import os_fix, os_reason, staging
 
 IF_LOCKED = ("wait", "fail")
 #: seconds between attempts to take the lock of a task running elsewhere
@@ -68,19 +66,6 @@ NO_OUTPUT = "run() saved no output: it stays incomplete and runs again next time
 class _Running:
     pos: int
     deadline: float | None
-
-
-def task_priority(task: luigi.Task) -> int:
-    """The scheduling priority of a task: 0 urgent, 1 high, 2 normal (default), 3 low."""
-    if not hasattr(task, "own_complete") or getattr(task, "_pipeflow_group", False):
-        return 2  # plain luigi tasks: luigi's own priority means something else
-    value = getattr(task, "priority", 2)
-    if isinstance(value, bool) or value not in (0, 1, 2, 3):
-        raise PipeflowError(
-            f"{graphs.describe(task)} has priority={value!r}; priorities are 0 (urgent), "
-            f"1 (high), 2 (normal, the default) or 3 (low)."
-        )
-    return int(value)
 
 
 class LocalEngine:
@@ -167,10 +152,12 @@ class _Run:
                     stack.append(d)
         # Code fingerprints for the commit records, once, here: forked workers inherit
         # them instead of each hashing its task class's code again
-        for cls in {type(g.nodes[i]) for i in self.to_run}:
-            if hasattr(cls, "_file_names") and fingerprint.tracks_code(cls):
-                fingerprint.code_fingerprint(cls)
-        self.priority = {i: task_priority(g.nodes[i]) for i in self.to_run}
+        self.contracts = {i: adapt(g.nodes[i]) for i in self.to_run}
+        firsts = {type(c.task): c for c in self.contracts.values() if c.record_path()}
+        for cls, c in firsts.items():
+            if c.changes.tracks_code:
+                fingerprint.code_fingerprint(cls, c.changes.version)
+        self.priority = {i: c.priority for i, c in self.contracts.items()}
         self.waiting = {i: sum(1 for d in g.deps[i] if d in self.to_run) for i in self.to_run}
         self.ready: list[tuple[int, int]] = [(self.priority[i], i)
                                              for i, n in self.waiting.items() if n == 0]
@@ -187,7 +174,7 @@ class _Run:
         # because an upstream task does), as it was when planned: if it has changed when
         # the task is about to start, another process has rerun the task meanwhile. A task
         # planned without a valid record that has one by then was run elsewhere too.
-        self.records = {i: _signature(g.nodes[i]) for i in self.to_run if plan.own[i]}
+        self.records = {i: _signature(self.contracts[i]) for i in self.to_run if plan.own[i]}
 
     # -- transitions ------------------------------------------------------------------------
     def _release(self, i: int, only_optional: bool = False) -> None:
@@ -222,10 +209,11 @@ class _Run:
             self.emit(EventKind.TASK_COMPLETED, task, usage=out.usage, reason=reason)
             self._release(i)
             return
-        retries = int(getattr(task, "retries", 0) or 0)
+        c = self.contracts[i]
+        retries = c.retries
         tried = self.attempts.get(i, 0)  # 0: it failed before run() was called
         if 0 < tried <= retries and not isinstance(out.error, (NotRetried, TaskLockedError)):
-            delay = float(getattr(task, "retry_delay", 0) or 0)
+            delay = c.retry_delay
             self.emit(EventKind.TASK_RETRYING, task, error=out.error, traceback=out.traceback,
                       usage=out.usage,
                       reason=f"attempt {self.attempts[i]} of {retries + 1} failed; "
@@ -247,10 +235,11 @@ class _Run:
 
     def _lock(self, i: int) -> bool:
         """Take the task's lock; False if it must wait (or failed: it is then finished)."""
-        task: Any = self.g.nodes[i]
-        if not hasattr(task, "task_lock") or is_group(task):
+        task = self.g.nodes[i]
+        c = self.contracts[i]
+        lock = c.lock()
+        if lock is None:
             return True
-        lock = task.task_lock()
         try:
             taken = lock.acquire()
         except OSError as exc:  # its folder cannot be created or written
@@ -274,8 +263,8 @@ class _Run:
             return False
         self.locks[i] = lock
         # Another process may have run it meanwhile: reuse its output.
-        now = _signature(task)
-        if now is not None and now != self.records.get(i) and task.own_complete():
+        now = _signature(c)
+        if now is not None and now != self.records.get(i) and c.output_state()[0]:
             lock.release()
             del self.locks[i]
             self.finished.add(i)
@@ -283,7 +272,7 @@ class _Run:
                       reason="completed by another process while this run waited")
             self._release(i)
             return False
-        task.clean_orphans(self._temp_files)
+        c.clean_orphans(self._temp_files)
         return True
 
     def _temp_files(self, folder: pathlib.Path) -> list[str]:
@@ -303,8 +292,8 @@ class _Run:
         if not self._lock(i):
             return
         self.attempts[i] = self.attempts.get(i, 0) + 1
-        timeout = getattr(task, "timeout", None)
-        run = _Running(i, time.monotonic() + float(timeout) if timeout else None)
+        timeout = self.contracts[i].timeout
+        run = _Running(i, time.monotonic() + timeout if timeout else None)
         self.running[i] = run
         stale = self.plan.status[i] is Status.STALE
         self.emit(EventKind.TASK_STARTED, task,
@@ -367,7 +356,7 @@ class _Run:
 # -- executing one task ------------------------------------------------------------------------
 
 def execute(task: luigi.Task) -> bool:
-    """Run one task: stale outputs removed, saves staged, outputs checked, then published.
+    """Run one attempt: stale outputs removed, saves staged, outputs checked, published.
 
     Returns:
         False when ``run()`` saved none of the task's outputs (d6tflow's tests write such
@@ -378,35 +367,18 @@ def execute(task: luigi.Task) -> bool:
         MissingOutputError: ``run()`` saved some but not all of the outputs (nothing is
             published).
     """
-    if is_group(task):
+    c = adapt(task)
+    if c.group:
         return True  # groups have nothing of their own to run
-    prepare = getattr(task, "prepare_run", None)
-    if prepare is not None:
-        prepare()
-    owned = set(task.owned_paths()) if hasattr(task, "owned_paths") else set()
+    owned = c.prepare_run()
     try:
         with staging(owned) as stg:
             ret = task.run()
             if inspect.isgenerator(ret):
                 _run_dynamic(ret)
-            missing = (
-                task.missing_outputs(stg) if hasattr(task, "missing_outputs")
-                else [o for o in flatten(task.output()) if not o.exists()]
-            )
-            if missing and len(missing) == len(flatten(task.output())):
-                stg.rollback()  # metadata saved without any output is not kept either
-                return False
-            if missing:
-                raise MissingOutputError(_missing_message(task, missing))
-            published = stg.commit()
-            commit = getattr(task, "commit_run", None)
-            if commit is not None:
-                commit(published)  # the commit record, last
-            return True
+            return c.finish_run(stg)
     except BaseException:
-        abort = getattr(task, "abort_run", None)
-        if abort is not None:
-            abort()
+        c.abort_run()
         raise
 
 
@@ -428,22 +400,13 @@ def _run_dynamic(gen: Any) -> None:
         send = getpaths(req)
 
 
-def _missing_message(task: luigi.Task, missing: list[Any]) -> str:
-    describe = getattr(task, "describe_outputs", None)
-    if describe is not None:
-        return str(describe(missing))
-    paths = ", ".join(str(getattr(m, "path", m)) for m in missing)
-    return (f"{graphs.describe(task)} finished run() but did not write its outputs: {paths}. "
-            f"The task is marked failed.")
-
-
-def _signature(task: luigi.Task) -> tuple[int, int] | None:
+def _signature(c: TaskContract) -> tuple[int, int] | None:
     """Identity of a task's commit record (None if it has none)."""
-    names = getattr(task, "_file_names", None)
-    if names is None:
+    path = c.record_path()
+    if path is None:
         return None
     try:
-        st = os.stat(names()[2])
+        st = os.stat(path)
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_ino)
@@ -451,9 +414,9 @@ def _signature(task: luigi.Task) -> tuple[int, int] | None:
 
 def _timeout_error(task: luigi.Task) -> TaskTimeoutError:
     return TaskTimeoutError(
-        f"{graphs.describe(task)} ran longer than its timeout of "
-        f"{getattr(task, 'timeout', None)}s and was stopped; its partial outputs were removed. "
-        f"Raise {type(task).__name__}.timeout if it needs longer."
+        f"{graphs.describe(task)} ran longer than its timeout of {adapt(task).timeout:g}s and "
+        f"was stopped; its partial outputs were removed. Raise "
+        f"{type(task).__name__}.timeout if it needs longer."
     )
 
 
@@ -473,27 +436,8 @@ def _failure(exc: BaseException, task: luigi.Task | None = None) -> Outcome:
     return Outcome(exc, redact(text, task))
 
 
-def _clean_temp_files(task: luigi.Task) -> None:
-    """Remove what a stopped task left: staged temp files and partial outputs."""
-    for path in task.owned_paths() if hasattr(task, "owned_paths") else []:
-        with contextlib.suppress(OSError):
-            for tmp in path.parent.glob(f".{path.name}.tmp-*"):
-                tmp.unlink(missing_ok=True)
-    abort = getattr(task, "abort_run", None)
-    if abort is not None:
-        abort()
-
-
-def _memory_outputs(task: luigi.Task) -> dict[Any, Any]:
-    """In-memory outputs made in a worker process, to hand back to the parent process."""
-    outputs = getattr(task, "_outputs", None)
-    if outputs is None:
-        return {}
-    return {t.path: cache.data[t.path] for t in outputs().values()
-            if isinstance(t, CacheTarget) and t.path in cache.data}
-
-
 _WORK = Work(run=execute, fail=lambda exc, task: _failure(exc, task),
-             stopped=_clean_temp_files, timed_out=_timeout_error, memory=_memory_outputs)
+             stopped=lambda task: adapt(task).clean_stopped(), timed_out=_timeout_error,
+             memory=lambda task: adapt(task).memory_outputs())
 
-__all__ = ["CancelToken", "LocalEngine", "RunCancelledError", "execute", "task_priority"]
+__all__ = ["CancelToken", "LocalEngine", "RunCancelledError", "execute"]

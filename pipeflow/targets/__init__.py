@@ -1,10 +1,8 @@
-"""Targets: where and how one output is stored, with atomic publishing.
+"""Targets: how one output is stored (parquet, CSV, JSON, pickle, memory, your own format).
 
-Every file is written to a temp file beside its final path (``.{name}.tmp-XXXX``, created
-exclusively), fsynced (``settings.fsync``), then ``os.replace``-d into place, so a reader
-never sees half a file. While a task runs under the engine its saves are *staged*: the temp
-files are published only after ``run()`` returned and every declared output was saved, so a
-``run()`` that raises after ``save()`` leaves nothing that looks complete.
+A target reads and writes one format; publishing its files atomically (temp file, staging
+while the task runs, the move into place) is :mod:`pipeflow.publishing`'s. pandas is
+imported when a DataFrame format first reads or writes, not when pipeflow is imported.
 
 Write your own format by subclassing :class:`DataTarget` and implementing ``read`` and
 ``write`` (and optionally ``check``).
@@ -13,89 +11,33 @@ Write your own format by subclassing :class:`DataTarget` and implementing ``read
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import errno
 import importlib
 import json
 import os
 import pathlib
 import pickle
-import re
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-import pandas as pd
-
-from pipeflow import cache, settings
+from pipeflow import cache, publishing, settings
 from pipeflow.errors import (
     CorruptOutputError,
     IncompleteTaskError,
     MissingDependencyError,
     SaveError,
 )
-from pipeflow.integrity import FileRecord, hash_bytes, seal
+from pipeflow.integrity import FileRecord, hash_bytes
 from pipeflow.layout import ensure_inside
+from pipeflow.publishing import Writer
 
-Writer = Callable[[pathlib.Path], None]
+if TYPE_CHECKING:
+    import pandas as pd
 
 
-class Staging:
-    """The outputs one running task has saved so far, published together by :meth:`commit`.
+def _pandas() -> Any:
+    import pandas
 
-    Attributes:
-        owned: final paths of the running task's outputs; saves to other paths publish at once.
-        files: final path -> staged temp file (``None``: delete the final path at commit).
-        records: final path -> size and hash of the staged temp file.
-        memory: the in-memory targets' objects, by their key in ``pipeflow.data``.
-    """
-
-    def __init__(self, owned: set[pathlib.Path]):
-        self.owned = owned
-        self.files: dict[pathlib.Path, pathlib.Path | None] = {}
-        self.records: dict[pathlib.Path, FileRecord] = {}
-        self.memory: dict[pathlib.Path | str, Any] = {}
-
-    def owns(self, path: pathlib.Path) -> bool:
-        """Whether a save to ``path`` belongs to the running task (and is staged)."""
-        return path in self.owned
-
-    def saved(self, path: pathlib.Path | str) -> bool:
-        """Whether ``path`` was saved during this run."""
-        return path in self.files or path in self.memory
-
-    def stage_file(self, final: pathlib.Path, tmp: pathlib.Path | None,
-                   record: FileRecord | None) -> None:
-        """Stage ``tmp`` to become ``final`` (replacing an earlier save of the same output)."""
-        old = self.files.get(final)
-        if old is not None:
-            old.unlink(missing_ok=True)
-        self.files[final] = tmp
-        self.records.pop(final, None)
-        if record is not None:
-            self.records[final] = record
-
-    def commit(self) -> dict[pathlib.Path, FileRecord]:
-        """Publish every staged file and in-memory object; return the published files."""
-        for final, tmp in self.files.items():
-            if tmp is None:
-                final.unlink(missing_ok=True)
-            else:
-                os.replace(tmp, final)
-            cache.data.pop(final, None)
-        published = self.records
-        self.files, self.records = {}, {}
-        cache.data.update(self.memory)
-        self.memory.clear()
-        return published
-
-    def rollback(self) -> None:
-        """Delete every staged temp file; nothing of this run is published."""
-        for tmp in self.files.values():
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-        self.files.clear()
-        self.records.clear()
-        self.memory.clear()
+    return pandas
 
 
 class Owner(Protocol):
@@ -113,25 +55,6 @@ class Owner(Protocol):
     def record_save(self, target: DataTarget,
                     publish: Callable[[], list[FileRecord]]) -> None:
         """Publish a save made outside a run (``task.save()`` by hand) and record it."""
-
-
-_STAGING: contextvars.ContextVar[Staging | None] = contextvars.ContextVar(
-    "pipeflow_staging", default=None
-)
-
-
-@contextlib.contextmanager
-def staging(owned: set[pathlib.Path]) -> Iterator[Staging]:
-    """Stage saves to ``owned`` paths for the duration of the block (used by the engine)."""
-    stg = Staging(owned)
-    token = _STAGING.set(stg)
-    try:
-        yield stg
-    except BaseException:
-        stg.rollback()
-        raise
-    finally:
-        _STAGING.reset(token)
 
 
 class DataTarget:
@@ -314,124 +237,19 @@ class DataTarget:
         return {self.path: writer}
 
     def _publish(self, writers: dict[pathlib.Path, Writer | None]) -> None:
-        staged: dict[pathlib.Path, tuple[pathlib.Path, FileRecord] | None] = {}
-        try:
-            for final, writer in writers.items():
-                staged[final] = None if writer is None else self._write_temp(final, writer)
-        except BaseException:
-            for item in staged.values():
-                if item is not None:
-                    item[0].unlink(missing_ok=True)
-            raise
-        stg = _STAGING.get()
+        staged = publishing.stage(writers, self._who())
+        stg = publishing.current()
         if stg is not None and stg.owns(self.path):
-            for final, item in staged.items():
-                stg.stage_file(final, *(item or (None, None)))
+            stg.take(staged)
             return
-
-        def publish() -> list[FileRecord]:
-            # The main file goes last (and is listed first in the record).
-            for final in sorted(staged, key=lambda f: f == self.path):
-                item = staged[final]
-                if item is None:
-                    final.unlink(missing_ok=True)
-                else:
-                    os.replace(item[0], final)
-                cache.data.pop(final, None)
-            return [item[1] for f, item in sorted(staged.items(), key=lambda x: x[0] != self.path)
-                    if item is not None]
-
         if self.owner is None:
-            publish()
+            publishing.publish(staged, self.path)
             return
         try:
-            self.owner.record_save(self, publish)
+            self.owner.record_save(self, lambda: publishing.publish(staged, self.path))
         except BaseException:
-            for item in staged.values():
-                if item is not None:
-                    item[0].unlink(missing_ok=True)
+            publishing.discard(staged)
             raise
-
-    def _write_temp(self, final: pathlib.Path, writer: Writer) -> tuple[pathlib.Path, FileRecord]:
-        """Write a temp file beside ``final`` with ``writer``; return it and its record.
-
-        Raises:
-            SaveError: the disk is full, permission is denied, or another OS error; no
-                temp file is left behind.
-        """
-        parent = final.parent
-        tmp = None
-        try:
-            tmp = _new_temp(final)
-            writer(tmp)
-            return tmp, seal(tmp, final.name, settings.fsync)
-        except OSError as exc:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-            raise SaveError(
-                f"{self._who()}could not write {str(final)!r}: {os_reason(exc)}. Nothing was "
-                f"published and no partial file was left. {os_fix(exc, parent)}"
-            ) from exc
-        except BaseException:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-            raise
-
-
-def _new_temp(final: pathlib.Path) -> pathlib.Path:
-    """Create an empty temp file ``.{name}.tmp-XXXXXXXXXXXX`` beside ``final``, exclusively.
-
-    Created with the normal file mode (what the umask allows), so no chmod is needed when
-    it is published.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    for attempt in range(100):
-        tmp = final.with_name(f".{final.name}.tmp-{os.urandom(6).hex()}")
-        try:
-            os.close(os.open(tmp, flags, 0o666))
-            return tmp
-        except FileExistsError:
-            continue
-        except FileNotFoundError:
-            if attempt:
-                raise
-            final.parent.mkdir(parents=True, exist_ok=True)  # first output in this folder
-    raise FileExistsError(f"no free temp-file name beside {str(final)!r}")
-
-
-def write_atomic(path: str | os.PathLike[str], writer: Writer) -> None:
-    """Write a file that belongs to no task atomically (temp file beside it, then rename)."""
-    final = pathlib.Path(path)
-    DataTarget(final)._publish({final: writer})
-
-
-def _errno(exc: OSError) -> int | None:
-    """The errno of an OS error, also when a library only put it in the message (pyarrow)."""
-    if exc.errno is not None:
-        return exc.errno
-    match = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)
-    return int(match.group(1)) if match else None
-
-
-def os_reason(exc: OSError) -> str:
-    """What an OS error means, in words (``No space left on device``)."""
-    code = _errno(exc)
-    return os.strerror(code) if code is not None else str(exc)
-
-
-def os_fix(exc: OSError, folder: pathlib.Path) -> str:
-    """How to fix an OS error met while writing in ``folder``."""
-    code = _errno(exc)
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return ("The disk (or your quota) is full: free some space, or move the data dir "
-                "with pipeflow.set_dir(...).")
-    if code == errno.EFBIG:
-        return ("The file is larger than this process or file system allows (see "
-                "'ulimit -f'): raise the limit or save smaller outputs.")
-    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return (f"This process may not write in {str(folder)!r}: fix the folder's "
-                f"permissions, or choose a data dir you can write with pipeflow.set_dir(...).")
-    return "Check the data dir's file system, then run the task again."
 
 
 class CacheTarget(DataTarget):
@@ -482,7 +300,7 @@ class CacheTarget(DataTarget):
         """
         self._check(data)
         kept = cache.fresh(data)
-        stg = _STAGING.get()
+        stg = publishing.current()
         if stg is not None and stg.owns(pathlib.Path(self.path)):
             stg.memory[self.path] = kept
         else:
@@ -502,7 +320,7 @@ class PdCacheTarget(CacheTarget):
 
     def check(self, data: Any) -> None:
         """Accept only DataFrames."""
-        if not isinstance(data, pd.DataFrame):
+        if not isinstance(data, _pandas().DataFrame):
             raise TypeError("Expected a pandas.DataFrame.")
 
 
@@ -511,7 +329,7 @@ class _PandasFileTarget(DataTarget):
 
     def check(self, data: Any) -> None:
         """Accept only DataFrames."""
-        if not isinstance(data, pd.DataFrame):
+        if not isinstance(data, _pandas().DataFrame):
             raise TypeError("Expected a pandas.DataFrame.")
 
 
@@ -526,7 +344,7 @@ class PqPandasTarget(_PandasFileTarget):
 
     def read(self, path: pathlib.Path, **kwargs: Any) -> pd.DataFrame:
         """Read the parquet file."""
-        return pd.read_parquet(path, engine="pyarrow", **kwargs)
+        return _pandas().read_parquet(path, engine="pyarrow", **kwargs)
 
     def write(self, data: pd.DataFrame, path: pathlib.Path, **kwargs: Any) -> None:
         """Write the parquet file."""
@@ -586,7 +404,8 @@ class _IndexedTextTarget(_PandasFileTarget):
 def _split_index(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any] | None]:
     """Turn a non-default index into columns; return the frame and how to restore it."""
     idx = df.index
-    if isinstance(idx, pd.RangeIndex) and idx.start == 0 and idx.step == 1 and idx.name is None:
+    default = isinstance(idx, _pandas().RangeIndex) and idx.start == 0 and idx.step == 1
+    if default and idx.name is None:
         return df, None
     columns: list[str] = []
     taken = {str(c) for c in df.columns}
@@ -615,7 +434,7 @@ def _restore_index(df: pd.DataFrame, spec: dict[str, Any]) -> pd.DataFrame:
         if col not in df.columns:
             return df
         if dtype.startswith("datetime64"):
-            df[col] = pd.to_datetime(df[col])
+            df[col] = _pandas().to_datetime(df[col])
         elif dtype not in ("object", "str", "string"):
             with contextlib.suppress(TypeError, ValueError):
                 df[col] = df[col].astype(dtype)
@@ -632,7 +451,7 @@ class CSVPandasTarget(_IndexedTextTarget):
     def read_frame(self, path: pathlib.Path, **kwargs: Any) -> pd.DataFrame:
         """Read the CSV file."""
         kwargs.setdefault("compression", self.compression)
-        return pd.read_csv(path, **kwargs)
+        return _pandas().read_csv(path, **kwargs)
 
     def write(self, data: pd.DataFrame, path: pathlib.Path, **kwargs: Any) -> None:
         """Write the CSV file."""
@@ -673,7 +492,7 @@ class ExcelPandasTarget(_IndexedTextTarget):
     def read_frame(self, path: pathlib.Path, **kwargs: Any) -> pd.DataFrame:
         """Read the first sheet."""
         require("openpyxl", "excel", self)
-        return pd.read_excel(path, engine="openpyxl", **kwargs)
+        return _pandas().read_excel(path, engine="openpyxl", **kwargs)
 
     def write(self, data: pd.DataFrame, path: pathlib.Path, **kwargs: Any) -> None:
         """Write one sheet."""

@@ -17,12 +17,11 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import pathlib
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import luigi
@@ -30,7 +29,7 @@ import luigi.util
 from luigi.task import flatten
 from luigi.task_register import Register
 
-from pipeflow import cache, display, graph, layout, settings
+from pipeflow import contract, display, graph, layout
 from pipeflow.errors import (
     IncompleteTaskError,
     MissingMetadataError,
@@ -38,23 +37,11 @@ from pipeflow.errors import (
     PipeflowError,
     SaveError,
     StaleOutputWarning,
-    TaskLockedError,
     listing,
     warn,
 )
-from pipeflow.fingerprint import fingerprint_of, remember
 from pipeflow.graph import optional
-from pipeflow.integrity import (
-    META_KEY,
-    RECORD_SUFFIX,
-    CommitRecord,
-    FileRecord,
-    read_record,
-    temp_owner,
-    uncommit,
-    write_record,
-)
-from pipeflow.locks import TaskLock
+from pipeflow.integrity import META_KEY
 from pipeflow.parameters import accepted, check_undeclared, check_value, missing_parameter
 from pipeflow.plan import Plan, Status, build_plan
 from pipeflow.targets import (
@@ -67,10 +54,8 @@ from pipeflow.targets import (
     PdCacheTarget,
     PickleTarget,
     PqPandasTarget,
-    Staging,
-    os_fix,
-    os_reason,
 )
+from pipeflow.tasks.store import TaskStore
 
 
 class _TaskMeta(Register):
@@ -150,10 +135,6 @@ def located(cls: type[luigi.Task], home: layout.FlowContext, args: tuple[Any, ..
 
 
 _PARAMS: dict[type, tuple[int, list[tuple[str, luigi.Parameter]]]] = {}
-#: attributes that decide where a task's outputs go, also when set on an instance
-_LAYOUT_ATTRS = frozenset({"path", "target_dir", "target_ext", "task_group", "save_attrib",
-                           "persist", "target_class"})
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -172,17 +153,6 @@ def _at_home(method: F) -> F:
             return method(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
-_FOLDERS: dict[tuple[object, ...], tuple[pathlib.Path, pathlib.Path]] = {}
-
-
-class _Owner:
-    """Names a task in an error message, computed only when a message is built."""
-
-    def __init__(self, task: luigi.Task):
-        self.task = task
-
-    def __str__(self) -> str:
-        return graph.describe(self.task)
 
 
 class TaskData(luigi.Task, metaclass=_TaskMeta):
@@ -276,124 +246,22 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             raise
 
     # -- where outputs live -------------------------------------------------------------------
-    def _overrides(self) -> tuple[tuple[str, Any], ...] | None:
-        """Layout attributes set on this instance (d6tflow code sets ``task.target_dir``).
-
-        Looked up where outputs are placed rather than caught when set: a ``__setattr__``
-        would slow every task's instantiation (luigi sets its attributes one by one).
-        """
-        d = self.__dict__
-        if _LAYOUT_ATTRS.isdisjoint(d):
-            return None
-        return tuple((k, d[k]) for k in sorted(_LAYOUT_ATTRS.intersection(d)))
-
-    def _context(self) -> layout.FlowContext:
-        """The flow context placing this task: its home if it has one, else the current one."""
-        home = self.__dict__.get(layout.HOME)
-        return layout.current() if home is None else home
-
-    def _folder(self) -> pathlib.Path:
-        """The folder of this task's outputs."""
-        return self._folders()[0]
-
-    def _folders(self) -> tuple[pathlib.Path, pathlib.Path]:
-        """The folder of the outputs, and the one of the commit record and lock."""
-        # They depend on the class and the flow context, never on parameter values.
-        ctx = self._context()
-        if self._overrides() is not None:
-            return self._compute_folders(ctx)
-        key = (type(self), ctx.key, settings.dirpath, _TaskMeta.generation)
-        folders = _FOLDERS.get(key)
-        if folders is None:
-            if len(_FOLDERS) > 4096:  # stale keys (old data dirs, generations) pile up
-                _FOLDERS.clear()
-            folders = _FOLDERS[key] = self._compute_folders(ctx)
-        return folders
-
-    def _location(self, ctx: layout.FlowContext) -> pathlib.Path:
-        """The folder this task's outputs go below (see :mod:`pipeflow.layout`)."""
-        if ctx.places and not self._pinned:
-            return ctx.base()
-        own = layout.location(self.path, "path", _Owner(self))
-        return settings.dirpath if own is None else own
-
-    def _compute_folders(self, ctx: layout.FlowContext) -> tuple[pathlib.Path, pathlib.Path]:
-        owner = _Owner(self)
-        parts: list[str] = []
-        group = layout.folder_name(self.task_group, "task_group", owner)
-        if group is not None:
-            parts.append(group)
-        parts += layout.safe_parts(self.target_dir or self.task_family, "target_dir", owner)
-        where = self._location(ctx)
-        return where.joinpath(*parts), layout.records_folder(where, parts)
-
-    def _stem(self, key: str) -> str:
-        if settings.save_with_param and getattr(self, "save_attrib", True):
-            return f"{self.task_id}-{key}"
-        return key
-
-    def _targets(self) -> dict[str, DataTarget]:
-        """The output targets by name, for the flow context in force (memoized)."""
-        key = (self._context().key, settings.dirpath, settings.save_with_param,
-               _TaskMeta.generation, self._overrides())
-        memo = self.__dict__.get("_pipeflow_targets")
-        if memo is not None and memo[0] == key:
-            return memo[1]
-        persist = self._persist()
-        folder = self._folder()
-        ext = f".{self.target_ext}" if self.target_ext else ""
-        targets = {k: self.target_class(folder / layout.fit_name(self._stem(k), ext))
-                   for k in persist}
-        targets[META_KEY] = PickleTarget(folder / layout.fit_name(self._stem("meta"), ".pickle"))
-        for k, t in targets.items():
-            t.owner, t.key = self, k
-        self.__dict__["_pipeflow_targets"] = (key, targets)
-        return targets
-
-    def _persist(self) -> list[str]:
-        """The output names, checked: distinct plain names."""
-        persist = self.persist
-        if (not isinstance(persist, (list, tuple)) or not persist
-                or not all(isinstance(k, str) and k and not k.startswith(".")
-                           and not set(k) & {"/", "\\", "\0"} for k in persist)
-                or len(set(persist)) != len(persist)):
-            raise PipeflowError(
-                f"{type(self).__name__}.persist = {persist!r} is not a list of distinct output "
-                f"names (plain names: no '/', '\\' or NUL, not starting with '.'). Write e.g. "
-                f"persist = ['data'] or persist = ['model', 'scores']."
-            )
-        return list(persist)
-
-    def _outputs(self) -> dict[str, DataTarget]:
-        return {k: t for k, t in self._targets().items() if k != META_KEY}
-
-    def _meta_target(self) -> DataTarget:
-        return self._targets()[META_KEY]
-
-    def _record_path(self) -> pathlib.Path:
-        """The commit record: a hidden file beside the outputs, written last by a run."""
-        path = self._file_names()[2]
-        memo = self.__dict__.get("_pipeflow_record")
-        if memo is None or memo[0] is not path:
-            memo = self.__dict__["_pipeflow_record"] = (path, pathlib.Path(path))
-        return memo[1]  # type: ignore[no-any-return]
-
-    def _file_backed(self) -> bool:
-        """Whether the outputs are files (checked against the commit record)."""
-        return self.target_class.exists is DataTarget.exists
-
-    def task_lock(self) -> TaskLock:
-        """The lock held while this task runs or its outputs are reset or saved by hand."""
-        record = self._file_names()[2]
-        return TaskLock(os.path.dirname(record), os.path.basename(record))
+    @property
+    def _store(self) -> TaskStore:
+        """This task's outputs, commit record and lock (see :mod:`pipeflow.tasks.store`)."""
+        return contract.adapt(self)  # type: ignore[return-value]
 
     def display_name(self) -> str:
         """The task with its parameters, as shown in messages: ``Train(model='xgb')``."""
         return graph.describe(self)
 
+    def data_root(self) -> pathlib.Path:
+        """The folder this task's outputs go below: its flow's ``path``, its own or the data dir."""
+        return self._store.data_root()
+
     def output(self) -> DataTarget | dict[str, DataTarget]:
         """The output target, or a dict of them by name when ``persist`` has several."""
-        outputs = self._outputs()
+        outputs = self._store.outputs()
         return outputs["data"] if list(self.persist) == ["data"] else outputs
 
     @_at_home
@@ -404,103 +272,9 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
     @property
     def flows(self) -> Mapping[str, Any]:
         """Workflows attached with ``Workflow.attach_flow``, by name."""
-        return self._context().flows
+        return self._store.context().flows
 
     # -- status ------------------------------------------------------------------------------
-    def own_state(self) -> tuple[bool, str | None]:
-        """Whether this task's own outputs are complete, and if not, why (when notable).
-
-        File outputs count only when the task's commit record lists them and each file is
-        still the one committed (size, mtime and inode compared; re-hashed when they
-        differ). Upstream tasks and change detection are not considered.
-
-        Returns:
-            ``(complete, reason)``; the reason is None when there is nothing to explain
-            (e.g. the task never ran).
-        """
-        done, reason, _record = self.output_state()
-        return done, reason
-
-    def output_state(self) -> tuple[bool, str | None, CommitRecord | None]:
-        """:meth:`own_state` plus the commit record (None if there is no valid one)."""
-        if (not self._file_backed()
-                or (self.external and not os.path.exists(self._file_names()[2]))):
-            return all(t.exists() for t in self._outputs().values()), None, None
-        # Plain files: string paths, no target objects (the hot path on large graphs).
-        folder, names, record_path = self._file_names()
-        record, problem = read_record(record_path)
-        if record is None:
-            if problem is None and os.path.exists(os.path.join(folder, names[0][1])):
-                problem = ("its output files exist but no successful pipeflow run committed "
-                           "them (left by a crashed run, or written by another tool): it "
-                           "runs again")
-            return False, problem, None
-        touched: dict[str, FileRecord] = {}
-        for k, name in names:
-            recs = record.files.get(k)
-            if not recs or recs[0].name != name:
-                return False, f"output {k!r} is not in its commit record", record
-            for rec in recs:
-                problem, now = rec.verify(folder, rehash=False)
-                if problem is not None:
-                    return False, f"output {k!r}: {problem}", record
-                if now is not rec:
-                    touched[rec.name] = now
-        if touched:
-            self._restat(record, touched)
-        return True, None, record
-
-    def _restat(self, record: CommitRecord, touched: dict[str, FileRecord]) -> None:
-        """Record the new mtime and inode of files touched (or copied) with the same content.
-
-        The next status check then compares them without hashing them again. Best
-        effort: skipped while the task runs (its lock is taken) or if anything changed
-        meanwhile; the record is only ever rewritten with files that hash the same.
-        """
-        lock = self.task_lock()
-        if not lock.acquire():
-            return
-        try:
-            path = self._record_path()
-            if read_record(path)[0] != record:
-                return
-            folder = self._file_names()[0]
-            # unchanged since they were hashed (their new stat still matches): no rehash
-            if any(now.problem(folder, rehash=False) for now in touched.values()):
-                return
-            files = {key: tuple(touched.get(r.name, r) for r in recs)
-                     for key, recs in record.files.items()}
-            write_record(path, CommitRecord(record.task, files, record.fingerprint))
-        except OSError:
-            return  # a read-only data dir: hash again next time
-        finally:
-            lock.release()
-
-    def _file_names(self) -> tuple[str, list[tuple[str, str]], str]:
-        """Folder, (output name, file name) pairs and commit record, as strings (memoized).
-
-        The hot path of status checks and runs on large graphs: plain strings, no target
-        objects.
-        """
-        key = (self._context().key, settings.dirpath, settings.save_with_param,
-               _TaskMeta.generation, self._overrides())
-        memo = self.__dict__.get("_pipeflow_names")
-        if memo is not None and memo[0] == key:
-            return memo[1]  # type: ignore[no-any-return]
-        ext = f".{self.target_ext}" if self.target_ext else ""
-        ident = (self.task_id if settings.save_with_param and getattr(self, "save_attrib", True)
-                 else self.task_family)
-        out, own = self._folders()
-        folder = os.fspath(out)
-        value = (folder, [(k, layout.fit_name(self._stem(k), ext)) for k in self._persist()],
-                 os.path.join(own, layout.fit_name(f".{ident}", RECORD_SUFFIX)))
-        self.__dict__["_pipeflow_names"] = (key, value)
-        return value
-
-    def own_complete(self) -> bool:
-        """Whether every output of this task is committed and intact (upstream ignored)."""
-        return self.own_state()[0]
-
     @_at_home
     def complete(self, cascade: bool = True) -> bool:
         """Whether the task is complete.
@@ -510,7 +284,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                 task to be complete (checked in one linear pass over the graph).
         """
         if not cascade or self.external:
-            return self.own_complete()
+            return self._store.complete()
         plan = build_plan(graph.build([self]))
         return plan.status_of(self) is Status.COMPLETE
 
@@ -527,12 +301,13 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             SaveError: keys do not match ``persist`` or a value has a type its target
                 cannot store; nothing is written in either case.
         """
-        outputs = self._outputs()
+        store = self._store
+        outputs = store.outputs()
         if list(self.persist) == ["data"]:
             outputs["data"].save(data, **kwargs)
             return
         expected = list(self.persist)
-        example = self._save_call()[len("self.save("):-1]
+        example = store.save_call()[len("self.save("):-1]
         if not isinstance(data, Mapping):
             raise SaveError(
                 f"{graph.describe(self)}: persist = {expected}, so save() takes a dict "
@@ -554,7 +329,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
     def metaSave(self, data: Any) -> None:
         """Store metadata (any picklable object) beside the outputs; reset removes it too."""
         self.metadata = data
-        self._meta_target().save(data)
+        self._store.meta_target().save(data)
 
     def saveMeta(self, data: Any) -> None:
         """Same as :meth:`metaSave`."""
@@ -565,11 +340,11 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
         Kept because d6tflow code (its own tests among it) reads metadata files with it.
         """
-        return (self if task is None else task)._meta_target().path  # type: ignore[no-any-return]
+        return (self if task is None else task)._store.meta_target().path  # type: ignore[no-any-return]
 
     # -- loading -------------------------------------------------------------------------------
     def _load_own(self, keys: Iterable[str] | None, as_dict: bool, cached: bool) -> Any:
-        outputs = self._outputs()
+        outputs = self._store.outputs()
         if list(self.persist) == ["data"]:
             return outputs["data"].load(cached=cached)
         one = isinstance(keys, str)  # keys='xx': that output itself (d6tflow)
@@ -674,10 +449,11 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
     @_at_home
     def outputLoadMeta(self) -> Any:
         """Load the metadata this task saved with ``saveMeta``."""
-        if not self.own_complete():
+        store = self._store
+        if not store.complete():
             raise _incomplete(self, build_plan(graph.build([self])))
-        meta = self._meta_target()
-        if self._committed_record(META_KEY) is None:
+        meta = store.meta_target()
+        if store.committed(META_KEY) is None:
             raise MissingMetadataError(
                 f"{graph.describe(self)} has no metadata at {str(meta.path)!r}: its run() did "
                 f"not call self.saveMeta(...). Add that call and reset the task to rerun it."
@@ -689,8 +465,8 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         """Metadata of this task and every upstream task that saved some, by task family."""
         out: dict[str, Any] = {}
         for t in graph.build([self]).nodes:
-            if isinstance(t, TaskData) and t._committed_record(META_KEY) is not None:
-                out[t.task_family] = t._meta_target().load()
+            if isinstance(t, TaskData) and t._store.committed(META_KEY) is not None:
+                out[t.task_family] = t._store.meta_target().load()
         return out
 
     # -- resetting -----------------------------------------------------------------------------
@@ -708,227 +484,20 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                 f"{graph.describe(self)} is external: its outputs are made outside this flow, "
                 f"so pipeflow does not delete them. Delete the files by hand if you mean to."
             )
-        record, _ = read_record(self._record_path())
-        folder = self._folder()
-        files = [str(folder / n) for n in record.file_names()] if record else []
-        files += [str(t.path) for t in self._outputs().values()
-                  if isinstance(t, CacheTarget) and t.exists()]
         if confirm and not display.confirm(
-            f"Delete the outputs of {graph.describe(self)}?", files, "confirm=False"
+            f"Delete the outputs of {graph.describe(self)}?", self._store.stored_files(),
+            "confirm=False"
         ):
             return False
-        self.delete_outputs()
+        self._store.delete_outputs()
         return True
 
     def reset(self, confirm: bool = True) -> bool:
         """Same as :meth:`invalidate`."""
         return self.invalidate(confirm=confirm)
 
-    def delete_outputs(self) -> None:
-        """Delete the committed outputs and metadata, without asking.
 
-        Only files this task's commit record lists are deleted (the record first, so the
-        task is never left looking complete), never a symlink's target and never a folder.
-
-        Raises:
-            TaskLockedError: the task is running right now, here or in another process.
-        """
-        with self._locked(f"reset {graph.describe(self)}"):
-            self._uncommit()
-            for t in self._outputs().values():
-                if isinstance(t, CacheTarget):
-                    t.invalidate()
-
-    @contextlib.contextmanager
-    def _locked(self, doing: str) -> Iterator[None]:
-        """Hold the task's lock for the block, or raise at once if it is taken."""
-        lock = self.task_lock()
-        if not lock.acquire():
-            raise TaskLockedError(
-                f"cannot {doing}: the task is being run (or reset) by another process or "
-                f"thread right now. Wait for that to finish, then try again."
-            )
-        try:
-            yield
-        finally:
-            lock.release()
-
-    def adopt_outputs(self) -> bool:
-        """Commit output files that exist but no pipeflow run committed (d6tflow data dirs).
-
-        Use it once, after switching from d6tflow, for outputs you know are whole: a file
-        at the output path may be a partial write, and pipeflow cannot tell. Outputs that
-        are already committed are left as they are.
-
-        Returns:
-            True if the outputs were adopted; False if there was nothing to adopt (already
-            committed, or some output file is missing).
-
-        Raises:
-            TaskLockedError: the task is running right now.
-        """
-        if self.external or not self._file_backed() or self._record_path().exists():
-            return False
-        targets = {k: t for k, t in self._targets().items() if t.path.exists()}
-        if any(k not in targets for k in self.persist):
-            return False
-        with self._locked(f"adopt the outputs of {graph.describe(self)}"):
-            files = {k: tuple(FileRecord.of(p) for p in t.files() if p.exists())
-                     for k, t in targets.items()}
-            write_record(self._record_path(), self._record(files))
-        return True
-
-    def has_outputs(self) -> bool:
-        """Whether anything of this task is stored: a commit record or an in-memory output."""
-        return self._record_path().exists() or any(
-            isinstance(t, CacheTarget) and t.exists() for t in self._outputs().values())
-
-    def _uncommit(self) -> None:
-        """Delete the commit record, then the files it lists (the task's lock is held)."""
-        path = self._file_names()[2]
-        if not os.path.lexists(path):
-            return
-        folder = layout.ensure_inside(self._folder(), self.data_root())
-        for file in uncommit(path, folder):
-            cache.data.pop(file, None)
-
-    def data_root(self) -> pathlib.Path:
-        """The location this task's files live below; nothing of it is deleted outside it."""
-        return self._location(self._context())
-
-    def _committed_record(self, key: str) -> tuple[FileRecord, ...] | None:
-        record, _ = read_record(self._record_path())
-        return record.files.get(key) if record is not None else None
-
-    # -- the target's side: commit records ----------------------------------------------------
-    def committed_files(self, target: DataTarget) -> tuple[FileRecord, ...] | None:
-        """The files of one of this task's outputs as last committed.
-
-        None for an external task's output without a commit record (files made outside
-        pipeflow): it is read as it is.
-
-        Raises:
-            IncompleteTaskError: no successful run committed that output.
-        """
-        record, problem = read_record(self._record_path())
-        recs = record.files.get(target.key) if record is not None else None
-        if record is None and problem is None and self.external:
-            return None  # made outside pipeflow, with no record to check against
-        if not recs:
-            what = "its metadata" if target.key == META_KEY else f"output {target.key!r}"
-            raise IncompleteTaskError(
-                f"cannot load {what} of {graph.describe(self)} ({str(target.path)!r}): "
-                f"{problem or 'no successful run of the task committed it'}. Run the flow "
-                f"first: flow.run() (or pipeflow.run({graph.describe(self)}))."
-            )
-        return recs
-
-    def record_save(self, target: DataTarget, publish: Any) -> None:
-        """Publish a save made by hand (outside a run) and add it to the commit record.
-
-        Args:
-            target: the output saved.
-            publish: puts the staged files in place and returns their records.
-
-        Raises:
-            TaskLockedError: the task is running right now.
-        """
-        with self._locked(f"save {str(target.path)!r} of {graph.describe(self)} by hand"):
-            path = self._record_path()
-            record, _ = read_record(path)
-            files = dict(record.files) if record is not None else {}
-            files.pop(target.key, None)
-            fp = fingerprint_of(self)
-            write_record(path, CommitRecord(graph.describe(self), files, fp))
-            files[target.key] = tuple(publish())
-            write_record(path, CommitRecord(graph.describe(self), files, fp))
-
-    # -- the engine's side (see pipeflow.engines.local) ----------------------------------------
-    def owned_paths(self) -> list[pathlib.Path]:
-        """Paths this task's run publishes (saves to them are staged until success)."""
-        return [p for t in self._targets().values() for p in t.files()] + [self._record_path()]
-
-    def clean_orphans(self, scan: Callable[[pathlib.Path], list[str]]) -> None:
-        """Delete temp files a crashed run of this task left (its lock is held).
-
-        Args:
-            scan: lists the hidden temp-file names in a folder.
-        """
-        for folder in self._folders():
-            names = scan(folder)
-            mine = {p.name for p in self.owned_paths()} if names else set()
-            for name in names:
-                if temp_owner(name) in mine:
-                    (folder / name).unlink(missing_ok=True)
-
-    def prepare_run(self) -> None:
-        """Before running: uncommit, and remove stale files, so only this run can count."""
-        self.abort_run()
-
-    def abort_run(self) -> None:
-        """After a failed or stopped run: uncommit, and remove what it wrote to final paths.
-
-        A worker stopped between writing the commit record and reporting success leaves a
-        record the engine did not accept: it is removed first.
-        """
-        self._uncommit()
-        for t in self._targets().values():
-            if isinstance(t, CacheTarget) or any(os.path.lexists(p) for p in t.files()):
-                t.invalidate()
-
-    def commit_run(self, published: dict[pathlib.Path, FileRecord]) -> None:
-        """After a successful run published its files: write the commit record, last."""
-        files: dict[str, tuple[FileRecord, ...]] = {}
-        file_backed = self._file_backed()
-        for key, t in self._targets().items():
-            if key != META_KEY and not file_backed:
-                continue
-            recs = [published[p] for p in t.files() if p in published]
-            if not recs and key != META_KEY and t.path.exists():
-                recs = [FileRecord.of(t.path)]  # written by run() straight to the path
-            if recs:
-                files[key] = tuple(recs)
-        if not files:
-            return
-        path = self._record_path()
-        try:
-            write_record(path, self._record(files))
-            remember(os.fspath(path), files)
-        except OSError as exc:
-            raise SaveError(
-                f"{graph.describe(self)}: could not write its commit record {str(path)!r}: "
-                f"{os_reason(exc)}. The run's outputs do not count and were removed. "
-                f"{os_fix(exc, path.parent)}"
-            ) from exc
-
-    def _record(self, files: dict[str, tuple[FileRecord, ...]]) -> CommitRecord:
-        """The commit record of ``files``, with what they are made from now."""
-        return CommitRecord(graph.describe(self), files, fingerprint_of(self))
-
-    def missing_outputs(self, stg: Staging) -> list[DataTarget]:
-        """Outputs the run neither saved nor wrote."""
-        return [t for t in self._outputs().values() if not (stg.saved(t.path) or t.exists())]
-
-    def _save_call(self) -> str:
-        """The ``self.save(...)`` call run() must make, for error messages."""
-        if list(self.persist) == ["data"]:
-            return "self.save(data)"
-        return "self.save({" + ", ".join(f"'{k}': ..." for k in self.persist) + "})"
-
-    def describe_outputs(self, missing: list[DataTarget]) -> str:
-        """The MissingOutputError message: which outputs are there and which are not."""
-        outputs = self._outputs()
-        lines = []
-        for k, t in outputs.items():
-            lines.append(f"    {'missing' if t in missing else 'ok     '}  {k}: {t.path}")
-        n = len(missing)
-        call = self._save_call()
-        return (
-            f"{graph.describe(self)} finished run() but did not write {n} of its "
-            f"{len(outputs)} output{'s' if len(outputs) > 1 else ''}:\n" + "\n".join(lines)
-            + f"\n{type(self).__name__}.persist = {list(self.persist)}, so run() must call "
-            f"{call}. The task is marked failed."
-        )
+contract.register(TaskData, TaskStore)
 
 
 def _incomplete(task: luigi.Task, plan: Plan) -> IncompleteTaskError:
@@ -947,7 +516,7 @@ def _load_outputs(task: Any, keys: Iterable[str] | None, as_dict: bool, cached: 
     if isinstance(task, graph.Optional):
         # an optional upstream task that failed (or was skipped) left no output: None
         inner = task.task
-        done = inner.own_complete() if hasattr(inner, "own_complete") else inner.complete()
+        done = contract.adapt(inner).output_state()[0]
         return _load_outputs(inner, keys, as_dict, cached) if done else None
     if isinstance(task, TaskData):
         return task._load_own(keys, as_dict, cached)
@@ -1042,10 +611,6 @@ class TaskAggregator(luigi.Task):
     def run(self) -> Any:
         """Yield the tasks to group; implement this."""
         return iter(())
-
-    def own_complete(self) -> bool:
-        """A group has no outputs of its own."""
-        return True
 
     def complete(self, cascade: bool = True) -> bool:
         """Whether every grouped task is complete."""

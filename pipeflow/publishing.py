@@ -1,0 +1,238 @@
+"""Publishing files atomically: temp files, staging during a run, the move into place.
+
+Every file is written to a temp file beside its final path (``.{name}.tmp-XXXX``, created
+exclusively), fsynced (``settings.fsync``), then ``os.replace``-d into place, so a reader
+never sees half a file. While a task runs under the engine its saves are *staged*: the temp
+files are published only after ``run()`` returned and every declared output was saved
+(:class:`Staging`), so a ``run()`` that raises after ``save()`` leaves nothing that looks
+complete. The engine needs only this module, never the formats of :mod:`pipeflow.targets`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import errno
+import os
+import pathlib
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pipeflow import cache, settings
+from pipeflow.errors import SaveError
+from pipeflow.integrity import FileRecord, seal
+
+#: writes one file: called with the temp file's path
+Writer = Callable[[pathlib.Path], None]
+#: final path -> (temp file, its record), or None to delete the final path at publication
+Staged = dict[pathlib.Path, "tuple[pathlib.Path, FileRecord] | None"]
+
+
+class Staging:
+    """The outputs one running task has saved so far, published together by :meth:`commit`.
+
+    Attributes:
+        owned: final paths of the running task's outputs; saves to other paths publish at once.
+        files: final path -> staged temp file (``None``: delete the final path at commit).
+        records: final path -> size and hash of the staged temp file.
+        memory: the in-memory targets' objects, by their key in ``pipeflow.data``.
+    """
+
+    def __init__(self, owned: set[pathlib.Path]):
+        self.owned = owned
+        self.files: dict[pathlib.Path, pathlib.Path | None] = {}
+        self.records: dict[pathlib.Path, FileRecord] = {}
+        self.memory: dict[pathlib.Path | str, Any] = {}
+
+    def owns(self, path: pathlib.Path) -> bool:
+        """Whether a save to ``path`` belongs to the running task (and is staged)."""
+        return path in self.owned
+
+    def saved(self, path: pathlib.Path | str) -> bool:
+        """Whether ``path`` was saved during this run."""
+        return path in self.files or path in self.memory
+
+    def take(self, staged: Staged) -> None:
+        """Keep ``staged`` files until :meth:`commit` (replacing earlier saves of them)."""
+        for final, item in staged.items():
+            old = self.files.get(final)
+            if old is not None:
+                old.unlink(missing_ok=True)
+            self.files[final] = None if item is None else item[0]
+            self.records.pop(final, None)
+            if item is not None:
+                self.records[final] = item[1]
+
+    def commit(self) -> dict[pathlib.Path, FileRecord]:
+        """Publish every staged file and in-memory object; return the published files."""
+        for final, tmp in self.files.items():
+            if tmp is None:
+                final.unlink(missing_ok=True)
+            else:
+                os.replace(tmp, final)
+            cache.data.pop(final, None)
+        published = self.records
+        self.files, self.records = {}, {}
+        cache.data.update(self.memory)
+        self.memory.clear()
+        return published
+
+    def rollback(self) -> None:
+        """Delete every staged temp file; nothing of this run is published."""
+        for tmp in self.files.values():
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+        self.files.clear()
+        self.records.clear()
+        self.memory.clear()
+
+
+_STAGING: contextvars.ContextVar[Staging | None] = contextvars.ContextVar(
+    "pipeflow_staging", default=None
+)
+
+
+def current() -> Staging | None:
+    """The staging of the task running in this context (None outside a run)."""
+    return _STAGING.get()
+
+
+@contextlib.contextmanager
+def staging(owned: set[pathlib.Path]) -> Iterator[Staging]:
+    """Stage saves to ``owned`` paths for the duration of the block (used by the engine)."""
+    stg = Staging(owned)
+    token = _STAGING.set(stg)
+    try:
+        yield stg
+    except BaseException:
+        stg.rollback()
+        raise
+    finally:
+        _STAGING.reset(token)
+
+
+def stage(writers: dict[pathlib.Path, Writer | None], who: str = "") -> Staged:
+    """Write every file to a temp file beside its final path: all of them, or none.
+
+    Args:
+        writers: final path -> writer (None: the final path is to be deleted).
+        who: the task, for error messages (``"Train(): "``).
+
+    Raises:
+        SaveError: a file cannot be written; no temp file is left behind.
+    """
+    staged: Staged = {}
+    try:
+        for final, writer in writers.items():
+            staged[final] = None if writer is None else write_temp(final, writer, who)
+    except BaseException:
+        discard(staged)
+        raise
+    return staged
+
+
+def discard(staged: Staged) -> None:
+    """Delete the temp files of ``staged``."""
+    for item in staged.values():
+        if item is not None:
+            item[0].unlink(missing_ok=True)
+
+
+def publish(staged: Staged, main: pathlib.Path) -> list[FileRecord]:
+    """Move staged files into place, ``main`` last; return their records, ``main``'s first."""
+    for final in sorted(staged, key=lambda f: f == main):
+        item = staged[final]
+        if item is None:
+            final.unlink(missing_ok=True)
+        else:
+            os.replace(item[0], final)
+        cache.data.pop(final, None)
+    return [item[1] for _f, item in sorted(staged.items(), key=lambda x: x[0] != main)
+            if item is not None]
+
+
+def write_temp(final: pathlib.Path, writer: Writer, who: str = "") -> tuple[pathlib.Path,
+                                                                          FileRecord]:
+    """Write a temp file beside ``final`` with ``writer``; return it and its record.
+
+    Raises:
+        SaveError: the disk is full, permission is denied, or another OS error; no temp
+            file is left behind.
+    """
+    tmp = None
+    try:
+        tmp = _new_temp(final)
+        writer(tmp)
+        return tmp, seal(tmp, final.name, settings.fsync)
+    except OSError as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise SaveError(
+            f"{who}could not write {str(final)!r}: {os_reason(exc)}. Nothing was published "
+            f"and no partial file was left. {os_fix(exc, final.parent)}"
+        ) from exc
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _new_temp(final: pathlib.Path) -> pathlib.Path:
+    """Create an empty temp file ``.{name}.tmp-XXXXXXXXXXXX`` beside ``final``, exclusively.
+
+    Created with the normal file mode (what the umask allows), so no chmod is needed when
+    it is published.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for attempt in range(100):
+        tmp = final.with_name(f".{final.name}.tmp-{os.urandom(6).hex()}")
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            if attempt:
+                raise
+            final.parent.mkdir(parents=True, exist_ok=True)  # first output in this folder
+    raise FileExistsError(f"no free temp-file name beside {str(final)!r}")
+
+
+def write_atomic(path: str | os.PathLike[str], writer: Writer) -> None:
+    """Write a file that belongs to no task atomically (temp file beside it, then rename).
+
+    Raises:
+        SaveError: it cannot be written (nothing is left behind).
+    """
+    final = pathlib.Path(path)
+    publish(stage({final: writer}), final)
+
+
+def _errno(exc: OSError) -> int | None:
+    """The errno of an OS error, also when a library only put it in the message (pyarrow)."""
+    if exc.errno is not None:
+        return exc.errno
+    match = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)
+    return int(match.group(1)) if match else None
+
+
+def os_reason(exc: OSError) -> str:
+    """What an OS error means, in words (``No space left on device``)."""
+    code = _errno(exc)
+    return os.strerror(code) if code is not None else str(exc)
+
+
+def os_fix(exc: OSError, folder: pathlib.Path) -> str:
+    """How to fix an OS error met while writing in ``folder``."""
+    code = _errno(exc)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return ("The disk (or your quota) is full: free some space, or move the data dir "
+                "with pipeflow.set_dir(...).")
+    if code == errno.EFBIG:
+        return ("The file is larger than this process or file system allows (see "
+                "'ulimit -f'): raise the limit or save smaller outputs.")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"This process may not write in {str(folder)!r}: fix the folder's "
+                f"permissions, or choose a data dir you can write with pipeflow.set_dir(...).")
+    return "Check the data dir's file system, then run the task again."

@@ -1,0 +1,592 @@
+"""Where a data task's outputs live, and its side of the commit protocol.
+
+A :class:`TaskStore` is a data task's answer to :class:`pipeflow.contract.TaskContract`:
+its folders, file names and commit record (in the flow context in force, or the task's
+home), whether its outputs are committed and intact, its lock, and what a run does before
+and after ``run()``. It is also the *owner* of the task's targets: they ask it for the files
+a load may read and hand it the saves made by hand.
+
+``TaskData`` keeps the user's API (``save``, ``outputLoad``, ``inputLoad``, ``reset``...) and
+reaches all of this through ``task._store``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from pipeflow import cache, graph, layout, settings
+from pipeflow.contract import Changes, changes_of
+from pipeflow.errors import (
+    IncompleteTaskError,
+    MissingOutputError,
+    PipeflowError,
+    SaveError,
+    TaskLockedError,
+)
+from pipeflow.fingerprint import fingerprint_of, remember
+from pipeflow.integrity import (
+    META_KEY,
+    RECORD_SUFFIX,
+    CommitRecord,
+    FileRecord,
+    read_record,
+    temp_owner,
+    uncommit,
+    write_record,
+)
+from pipeflow.locks import TaskLock
+from pipeflow.publishing import Staging, os_fix, os_reason
+from pipeflow.targets import CacheTarget, DataTarget, PickleTarget
+
+if TYPE_CHECKING:
+    from pipeflow.tasks import TaskData
+
+#: attributes that decide where a task's outputs go, also when set on an instance
+LAYOUT_ATTRS = frozenset({"path", "target_dir", "target_ext", "task_group", "save_attrib",
+                          "persist", "target_class"})
+
+#: (class, context, data dir, generation) -> (output folder, records folder)
+_FOLDERS: dict[tuple[object, ...], tuple[pathlib.Path, pathlib.Path]] = {}
+
+
+class _Owner:
+    """Names a task in an error message, computed only when a message is built."""
+
+    def __init__(self, task: Any):
+        self.task = task
+
+    def __str__(self) -> str:
+        return graph.describe(self.task)
+
+
+class TaskStore:
+    """A data task's outputs, commit record and lock: the engine-facing side of the task.
+
+    Attributes:
+        task: the task.
+    """
+
+    group = False
+
+    def __init__(self, task: TaskData):
+        self.task = task
+        self._names: tuple[tuple[Any, ...], tuple[str, list[tuple[str, str]], str]] | None = None
+        self._targets_memo: tuple[tuple[Any, ...], dict[str, DataTarget]] | None = None
+        self._record: tuple[str, pathlib.Path] | None = None
+
+    # -- the contract's settings --------------------------------------------------------------
+    @property
+    def external(self) -> bool:
+        """Its outputs are made outside the flow."""
+        return bool(self.task.external)
+
+    @property
+    def priority(self) -> int:
+        """0 urgent .. 3 low (a class attribute or a parameter).
+
+        Raises:
+            PipeflowError: any other value.
+        """
+        value = self.task.priority
+        if isinstance(value, bool) or value not in (0, 1, 2, 3):
+            raise PipeflowError(
+                f"{graph.describe(self.task)} has priority={value!r}; priorities are 0 "
+                f"(urgent), 1 (high), 2 (normal, the default) or 3 (low)."
+            )
+        return int(value)
+
+    @property
+    def retries(self) -> int:
+        """Retries of a failed attempt within a run."""
+        return int(self.task.retries or 0)
+
+    @property
+    def retry_delay(self) -> float:
+        """Seconds before each retry."""
+        return float(self.task.retry_delay or 0)
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds an attempt may run (None: no limit)."""
+        timeout = self.task.timeout
+        return None if timeout is None else float(timeout)
+
+    @property
+    def changes(self) -> Changes:
+        """How change detection treats the task."""
+        return changes_of(type(self.task))
+
+    def requirements(self) -> list[Any]:
+        """``requires()`` flattened."""
+        from luigi.task import flatten
+
+        return list(flatten(self.task.requires()))
+
+    # -- where outputs live -------------------------------------------------------------------
+    def overrides(self) -> tuple[tuple[str, Any], ...] | None:
+        """Layout attributes set on the task instance (d6tflow code sets ``task.target_dir``).
+
+        Looked up where outputs are placed rather than caught when set: a ``__setattr__``
+        would slow every task's instantiation (luigi sets its attributes one by one).
+        """
+        d = self.task.__dict__
+        if LAYOUT_ATTRS.isdisjoint(d):
+            return None
+        return tuple((k, d[k]) for k in sorted(LAYOUT_ATTRS.intersection(d)))
+
+    def context(self) -> layout.FlowContext:
+        """The flow context placing the task: its home if it has one, else the current one."""
+        home = self.task.__dict__.get(layout.HOME)
+        return layout.current() if home is None else home
+
+    def _key(self) -> tuple[Any, ...]:
+        from pipeflow.tasks import _TaskMeta
+
+        return (self.context().key, settings.dirpath, settings.save_with_param,
+                _TaskMeta.generation, self.overrides())
+
+    def folder(self) -> pathlib.Path:
+        """The folder of the task's outputs."""
+        return self.folders()[0]
+
+    def folders(self) -> tuple[pathlib.Path, pathlib.Path]:
+        """The folder of the outputs, and the one of the commit record and lock."""
+        # They depend on the class and the flow context, never on parameter values.
+        from pipeflow.tasks import _TaskMeta
+
+        ctx = self.context()
+        if self.overrides() is not None:
+            return self._compute_folders(ctx)
+        key = (type(self.task), ctx.key, settings.dirpath, _TaskMeta.generation)
+        folders = _FOLDERS.get(key)
+        if folders is None:
+            if len(_FOLDERS) > 4096:  # stale keys (old data dirs, generations) pile up
+                _FOLDERS.clear()
+            folders = _FOLDERS[key] = self._compute_folders(ctx)
+        return folders
+
+    def location(self, ctx: layout.FlowContext | None = None) -> pathlib.Path:
+        """The folder the task's outputs go below (see :mod:`pipeflow.layout`)."""
+        ctx = self.context() if ctx is None else ctx
+        task = self.task
+        if ctx.places and not task._pinned:
+            return ctx.base()
+        own = layout.location(task.path, "path", _Owner(task))
+        return settings.dirpath if own is None else own
+
+    def _compute_folders(self, ctx: layout.FlowContext) -> tuple[pathlib.Path, pathlib.Path]:
+        task = self.task
+        owner = _Owner(task)
+        parts: list[str] = []
+        group = layout.folder_name(task.task_group, "task_group", owner)
+        if group is not None:
+            parts.append(group)
+        parts += layout.safe_parts(task.target_dir or task.task_family, "target_dir", owner)
+        where = self.location(ctx)
+        return where.joinpath(*parts), layout.records_folder(where, parts)
+
+    def _stem(self, key: str) -> str:
+        task = self.task
+        if settings.save_with_param and getattr(task, "save_attrib", True):
+            return f"{task.task_id}-{key}"
+        return key
+
+    def persist(self) -> list[str]:
+        """The output names, checked: distinct plain names.
+
+        Raises:
+            PipeflowError: ``persist`` is not a list of distinct plain names.
+        """
+        persist = self.task.persist
+        if (not isinstance(persist, (list, tuple)) or not persist
+                or not all(isinstance(k, str) and k and not k.startswith(".")
+                           and not set(k) & {"/", "\\", "\0"} for k in persist)
+                or len(set(persist)) != len(persist)):
+            raise PipeflowError(
+                f"{type(self.task).__name__}.persist = {persist!r} is not a list of distinct "
+                f"output names (plain names: no '/', '\\' or NUL, not starting with '.'). Write "
+                f"e.g. persist = ['data'] or persist = ['model', 'scores']."
+            )
+        return list(persist)
+
+    def targets(self) -> dict[str, DataTarget]:
+        """The output targets by name (and the metadata's), for the context in force."""
+        key = self._key()
+        memo = self._targets_memo
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        task = self.task
+        folder = self.folder()
+        ext = f".{task.target_ext}" if task.target_ext else ""
+        targets = {k: task.target_class(folder / layout.fit_name(self._stem(k), ext))
+                   for k in self.persist()}
+        targets[META_KEY] = PickleTarget(folder / layout.fit_name(self._stem("meta"), ".pickle"))
+        for k, t in targets.items():
+            t.owner, t.key = self, k
+        self._targets_memo = (key, targets)
+        return targets
+
+    def outputs(self) -> dict[str, DataTarget]:
+        """The output targets by name (no metadata)."""
+        return {k: t for k, t in self.targets().items() if k != META_KEY}
+
+    def meta_target(self) -> DataTarget:
+        """The target of the metadata (``saveMeta``)."""
+        return self.targets()[META_KEY]
+
+    def file_names(self) -> tuple[str, list[tuple[str, str]], str]:
+        """Folder, (output name, file name) pairs and commit record, as strings (memoized).
+
+        The hot path of status checks and runs on large graphs: plain strings, no target
+        objects.
+        """
+        key = self._key()
+        memo = self._names
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        task = self.task
+        ext = f".{task.target_ext}" if task.target_ext else ""
+        ident = (task.task_id if settings.save_with_param and getattr(task, "save_attrib", True)
+                 else task.task_family)
+        out, own = self.folders()
+        folder = os.fspath(out)
+        value = (folder, [(k, layout.fit_name(self._stem(k), ext)) for k in self.persist()],
+                 os.path.join(own, layout.fit_name(f".{ident}", RECORD_SUFFIX)))
+        self._names = (key, value)
+        return value
+
+    def record_path(self) -> str:
+        """The commit record's path (written last by a successful run)."""
+        return self.file_names()[2]
+
+    def record_file(self) -> pathlib.Path:
+        """The commit record's path as a :class:`pathlib.Path`."""
+        path = self.file_names()[2]
+        memo = self._record
+        if memo is None or memo[0] is not path:
+            memo = self._record = (path, pathlib.Path(path))
+        return memo[1]
+
+    def file_backed(self) -> bool:
+        """Whether the outputs are files (checked against the commit record)."""
+        return self.task.target_class.exists is DataTarget.exists
+
+    def data_root(self) -> pathlib.Path:
+        """The location the task's files live below; nothing of it is deleted outside it."""
+        return self.location()
+
+    def display_name(self) -> str:
+        """The task with its parameters, as shown in messages."""
+        return graph.describe(self.task)
+
+    # -- status ---------------------------------------------------------------------------------
+    def output_state(self) -> tuple[bool, str | None, CommitRecord | None]:
+        """Whether the task's own outputs are complete, why not (when notable), its record.
+
+        File outputs count only when the commit record lists them and each file is still the
+        one committed (size, mtime and inode compared; re-hashed when they differ).
+        """
+        if (not self.file_backed()
+                or (self.task.external and not os.path.exists(self.record_path()))):
+            return all(t.exists() for t in self.outputs().values()), None, None
+        # Plain files: string paths, no target objects (the hot path on large graphs).
+        folder, names, record_path = self.file_names()
+        record, problem = read_record(record_path)
+        if record is None:
+            if problem is None and os.path.exists(os.path.join(folder, names[0][1])):
+                problem = ("its output files exist but no successful pipeflow run committed "
+                           "them (left by a crashed run, or written by another tool): it "
+                           "runs again")
+            return False, problem, None
+        touched: dict[str, FileRecord] = {}
+        for k, name in names:
+            recs = record.files.get(k)
+            if not recs or recs[0].name != name:
+                return False, f"output {k!r} is not in its commit record", record
+            for rec in recs:
+                problem, now = rec.verify(folder, rehash=False)
+                if problem is not None:
+                    return False, f"output {k!r}: {problem}", record
+                if now is not rec:
+                    touched[rec.name] = now
+        if touched:
+            self._restat(record, touched)
+        return True, None, record
+
+    def complete(self) -> bool:
+        """Whether every output is committed and intact (upstream tasks not considered)."""
+        return self.output_state()[0]
+
+    def _restat(self, record: CommitRecord, touched: dict[str, FileRecord]) -> None:
+        """Record the new mtime and inode of files touched (or copied) with the same content.
+
+        The next status check then compares them without hashing them again. Best
+        effort: skipped while the task runs (its lock is taken) or if anything changed
+        meanwhile; the record is only ever rewritten with files that hash the same.
+        """
+        with self.lock() as held:
+            if not held:
+                return
+            path = self.record_file()
+            if read_record(path)[0] != record:
+                return
+            folder = self.file_names()[0]
+            # unchanged since they were hashed (their new stat still matches): no rehash
+            if any(now.problem(folder, rehash=False) for now in touched.values()):
+                return
+            files = {key: tuple(touched.get(r.name, r) for r in recs)
+                     for key, recs in record.files.items()}
+            with contextlib.suppress(OSError):  # a read-only data dir: hash again next time
+                write_record(path, CommitRecord(record.task, files, record.fingerprint))
+
+    def committed(self, key: str) -> tuple[FileRecord, ...] | None:
+        """The files of output ``key`` (or :data:`META_KEY`) as committed, if any."""
+        record, _ = read_record(self.record_file())
+        return record.files.get(key) if record is not None else None
+
+    def has_outputs(self) -> bool:
+        """Whether anything of the task is stored: a commit record or an in-memory output."""
+        return self.record_file().exists() or any(
+            isinstance(t, CacheTarget) and t.exists() for t in self.outputs().values())
+
+    def stored_files(self) -> list[str]:
+        """What a reset would delete, for the confirmation prompt."""
+        record, _ = read_record(self.record_file())
+        folder = self.folder()
+        files = [str(folder / n) for n in record.file_names()] if record else []
+        return files + [str(t.path) for t in self.outputs().values()
+                        if isinstance(t, CacheTarget) and t.exists()]
+
+    # -- locks and deleting ---------------------------------------------------------------------
+    def lock(self) -> TaskLock:
+        """The lock held while the task runs or its outputs are reset or saved by hand."""
+        record = self.record_path()
+        return TaskLock(os.path.dirname(record), os.path.basename(record))
+
+    @contextlib.contextmanager
+    def locked(self, doing: str) -> Iterator[None]:
+        """Hold the task's lock for the block, or raise at once if it is taken.
+
+        Raises:
+            TaskLockedError: the task is being run (or reset) elsewhere right now.
+        """
+        with self.lock() as held:
+            if not held:
+                raise TaskLockedError(
+                    f"cannot {doing}: the task is being run (or reset) by another process or "
+                    f"thread right now. Wait for that to finish, then try again."
+                )
+            yield
+
+    def delete_outputs(self) -> None:
+        """Delete the committed outputs and metadata, without asking.
+
+        Only files the commit record lists are deleted (the record first, so the task is
+        never left looking complete), never a symlink's target and never a folder.
+
+        Raises:
+            TaskLockedError: the task is running right now, here or in another process.
+        """
+        with self.locked(f"reset {graph.describe(self.task)}"):
+            self._uncommit()
+            for t in self.outputs().values():
+                if isinstance(t, CacheTarget):
+                    t.invalidate()
+
+    def _uncommit(self) -> None:
+        """Delete the commit record, then the files it lists (the task's lock is held)."""
+        path = self.record_path()
+        if not os.path.lexists(path):
+            return
+        folder = layout.ensure_inside(self.folder(), self.data_root())
+        for file in uncommit(path, folder):
+            cache.data.pop(file, None)
+
+    def adopt(self) -> bool:
+        """Commit output files that exist but no pipeflow run committed (d6tflow data dirs).
+
+        Returns:
+            True if the outputs were adopted; False if there was nothing to adopt.
+
+        Raises:
+            TaskLockedError: the task is running right now.
+        """
+        if self.task.external or not self.file_backed() or self.record_file().exists():
+            return False
+        targets = {k: t for k, t in self.targets().items() if t.path.exists()}
+        if any(k not in targets for k in self.persist()):
+            return False
+        with self.locked(f"adopt the outputs of {graph.describe(self.task)}"):
+            files = {k: tuple(FileRecord.of(p) for p in t.files() if p.exists())
+                     for k, t in targets.items()}
+            write_record(self.record_file(), self._commit_record(files))
+        return True
+
+    # -- the targets' side: commit records -----------------------------------------------------
+    def committed_files(self, target: DataTarget) -> tuple[FileRecord, ...] | None:
+        """The files of one of the task's outputs as last committed.
+
+        None for an external task's output without a commit record (files made outside
+        pipeflow): it is read as it is.
+
+        Raises:
+            IncompleteTaskError: no successful run committed that output.
+        """
+        record, problem = read_record(self.record_file())
+        recs = record.files.get(target.key) if record is not None else None
+        if record is None and problem is None and self.task.external:
+            return None  # made outside pipeflow, with no record to check against
+        if not recs:
+            who = graph.describe(self.task)
+            what = "its metadata" if target.key == META_KEY else f"output {target.key!r}"
+            raise IncompleteTaskError(
+                f"cannot load {what} of {who} ({str(target.path)!r}): "
+                f"{problem or 'no successful run of the task committed it'}. Run the flow "
+                f"first: flow.run() (or pipeflow.run({who}))."
+            )
+        return recs
+
+    def record_save(self, target: DataTarget, publish: Any) -> None:
+        """Publish a save made by hand (outside a run) and add it to the commit record.
+
+        Args:
+            target: the output saved.
+            publish: puts the staged files in place and returns their records.
+
+        Raises:
+            TaskLockedError: the task is running right now.
+        """
+        who = graph.describe(self.task)
+        with self.locked(f"save {str(target.path)!r} of {who} by hand"):
+            path = self.record_file()
+            record, _ = read_record(path)
+            files = dict(record.files) if record is not None else {}
+            files.pop(target.key, None)
+            fp = fingerprint_of(self.task)
+            write_record(path, CommitRecord(who, files, fp))
+            files[target.key] = tuple(publish())
+            write_record(path, CommitRecord(who, files, fp))
+
+    # -- a run ----------------------------------------------------------------------------------
+    def owned_paths(self) -> list[pathlib.Path]:
+        """Paths the task's run publishes (saves to them are staged until success)."""
+        return [p for t in self.targets().values() for p in t.files()] + [self.record_file()]
+
+    def clean_orphans(self, scan: Callable[[pathlib.Path], list[str]]) -> None:
+        """Delete temp files a crashed run of the task left (its lock is held).
+
+        Args:
+            scan: lists the hidden temp-file names in a folder.
+        """
+        for folder in self.folders():
+            names = scan(folder)
+            mine = {p.name for p in self.owned_paths()} if names else set()
+            for name in names:
+                if temp_owner(name) in mine:
+                    (folder / name).unlink(missing_ok=True)
+
+    def prepare_run(self) -> set[pathlib.Path]:
+        """Before an attempt: uncommit and remove stale files, so only this run can count.
+
+        Returns:
+            The paths the attempt's saves are staged for.
+        """
+        self.abort_run()
+        return set(self.owned_paths())
+
+    def abort_run(self) -> None:
+        """After a failed or stopped attempt: uncommit, remove what it wrote to final paths.
+
+        A worker stopped between writing the commit record and reporting success leaves a
+        record the engine did not accept: it is removed first.
+        """
+        self._uncommit()
+        for t in self.targets().values():
+            if isinstance(t, CacheTarget) or any(os.path.lexists(p) for p in t.files()):
+                t.invalidate()
+
+    def clean_stopped(self) -> None:
+        """After an attempt stopped midway: its staged temp files, then as :meth:`abort_run`."""
+        for path in self.owned_paths():
+            with contextlib.suppress(OSError):
+                for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+                    tmp.unlink(missing_ok=True)
+        self.abort_run()
+
+    def finish_run(self, staged: Staging) -> bool:
+        """After ``run()`` returned: publish what it saved and write the commit record, last.
+
+        Returns:
+            False when ``run()`` saved none of the outputs (nothing is published, the
+            metadata neither: the task stays incomplete); True once committed.
+
+        Raises:
+            MissingOutputError: it saved some outputs but not all (nothing is published).
+            SaveError: the commit record cannot be written.
+        """
+        outputs = self.outputs()
+        missing = [t for t in outputs.values() if not (staged.saved(t.path) or t.exists())]
+        if missing and len(missing) == len(outputs):
+            staged.rollback()
+            return False
+        if missing:
+            raise MissingOutputError(self.describe_missing(missing))
+        self._commit(staged.commit())
+        return True
+
+    def _commit(self, published: dict[pathlib.Path, FileRecord]) -> None:
+        files: dict[str, tuple[FileRecord, ...]] = {}
+        file_backed = self.file_backed()
+        for key, t in self.targets().items():
+            if key != META_KEY and not file_backed:
+                continue
+            recs = [published[p] for p in t.files() if p in published]
+            if not recs and key != META_KEY and t.path.exists():
+                recs = [FileRecord.of(t.path)]  # written by run() straight to the path
+            if recs:
+                files[key] = tuple(recs)
+        if not files:
+            return
+        path = self.record_file()
+        try:
+            write_record(path, self._commit_record(files))
+            remember(os.fspath(path), files)
+        except OSError as exc:
+            raise SaveError(
+                f"{graph.describe(self.task)}: could not write its commit record "
+                f"{str(path)!r}: {os_reason(exc)}. The run's outputs do not count and were "
+                f"removed. {os_fix(exc, path.parent)}"
+            ) from exc
+
+    def _commit_record(self, files: dict[str, tuple[FileRecord, ...]]) -> CommitRecord:
+        """The commit record of ``files``, with what they are made from now."""
+        return CommitRecord(graph.describe(self.task), files, fingerprint_of(self.task))
+
+    def memory_outputs(self) -> dict[Any, Any]:
+        """The in-memory outputs made in this process (handed back from a worker)."""
+        return {t.path: cache.data[t.path] for t in self.outputs().values()
+                if isinstance(t, CacheTarget) and t.path in cache.data}
+
+    def save_call(self) -> str:
+        """The ``self.save(...)`` call run() must make, for error messages."""
+        persist = self.persist()
+        if persist == ["data"]:
+            return "self.save(data)"
+        return "self.save({" + ", ".join(f"'{k}': ..." for k in persist) + "})"
+
+    def describe_missing(self, missing: list[DataTarget]) -> str:
+        """The MissingOutputError message: which outputs are there and which are not."""
+        outputs = self.outputs()
+        lines = [f"    {'missing' if t in missing else 'ok     '}  {k}: {t.path}"
+                 for k, t in outputs.items()]
+        persist = self.persist()
+        return (
+            f"{graph.describe(self.task)} finished run() but did not write {len(missing)} of "
+            f"its {len(outputs)} output{'s' if len(outputs) > 1 else ''}:\n" + "\n".join(lines)
+            + f"\n{type(self.task).__name__}.persist = {persist}, so run() must call "
+            f"{self.save_call()}. The task is marked failed."
+        )
