@@ -147,14 +147,18 @@ def adapt(task: Any) -> TaskContract:
 
 
 def describe(task: luigi.Task) -> str:
-    """Human name of a task with its significant parameters: ``Train(model='xgb')``."""
-    params = task.param_kwargs
-    shown = ", ".join(
-        f"{name}={params[name]!r}"
-        for name, p in task.get_params()
-        if p.significant and name in params
-    )
-    return f"{task.task_family}({shown})"
+    """Human name of a task with its significant parameters: ``Train(model='xgb')``.
+
+    Made once per task instance (its parameters never change).
+    """
+    d = task.__dict__
+    name = d.get("_pipeflow_name")
+    if name is None:
+        params = task.param_kwargs
+        shown = ", ".join(f"{n}={params[n]!r}" for n, p in task.get_params()
+                          if p.significant and n in params)
+        name = d["_pipeflow_name"] = f"{task.task_family}({shown})"
+    return name  # type: ignore[no-any-return]
 
 
 def is_group(task: Any) -> bool:

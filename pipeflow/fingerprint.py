@@ -45,8 +45,8 @@ import luigi
 import xxhash
 
 from pipeflow.contract import adapt
-from pipeflow.graph import describe, requirement_edges
-from pipeflow.integrity import read_record
+from pipeflow.graph import describe, requirement_edges, upstream_of
+from pipeflow.integrity import CommitRecord, known_record
 
 #: folders that hold installed libraries
 _LIB_PARTS = frozenset(["site-packages", "dist-packages"])
@@ -63,7 +63,7 @@ _SHOWN = 3
 _code_cache: dict[tuple[type, str | None], dict[str, str]] = {}
 _module_kind: dict[str, bool] = {}
 #: record path -> (its stat, the outputs digest it gives)
-_digests: dict[str, tuple[tuple[int, int, int], str | None]] = {}
+_digests: dict[str, tuple[CommitRecord, str]] = {}
 #: id -> (list, dict or set, its text when first looked at): kept for the process
 _first_seen: dict[int, tuple[Any, str]] = {}
 
@@ -377,7 +377,7 @@ def combine(digests: Sequence[str | None]) -> str | None:
 def upstream_digests(task: luigi.Task) -> dict[str, str]:
     """task_id -> outputs digest of each upstream task that has committed outputs now."""
     out = {}
-    for dep, _ in requirement_edges(task):
+    for dep in upstream_of(task):
         digest = _digest_now(dep)
         if digest is not None:
             out[dep.task_id] = digest
@@ -388,34 +388,19 @@ def _digest_now(task: luigi.Task) -> str | None:
     c = adapt(task)
     path = c.record_path()
     if path is not None:
-        try:
-            st = os.stat(path)
-        except OSError:
+        # a diamond's task has many upstream tasks: each record is read once per version
+        record = known_record(path)
+        if record is None:
             return None
-        # a diamond's task has many upstream tasks: read each record once per version
-        key = (st.st_mtime_ns, st.st_ino, st.st_size)
         hit = _digests.get(path)
-        if hit is not None and hit[0] == key:
+        if hit is not None and hit[0] is record:
             return hit[1]
-        record, _ = read_record(path)
-        digest = None if record is None else outputs_digest(record.files)
-        _digests[path] = (key, digest)
+        digest = outputs_digest(record.files)
+        _digests[path] = (record, digest)
         return digest
     if c.group:
         return combine([_digest_now(d) for d, _ in requirement_edges(task)])
     return None
-
-
-def remember(path: str, files: Mapping[str, Any]) -> None:
-    """Keep the outputs digest of a commit record just written at ``path``.
-
-    The tasks downstream then need not read the record back when they commit.
-    """
-    try:
-        st = os.stat(path)
-    except OSError:
-        return
-    _digests[path] = ((st.st_mtime_ns, st.st_ino, st.st_size), outputs_digest(files))
 
 
 def fingerprint_of(task: luigi.Task) -> dict[str, Any]:
@@ -527,5 +512,5 @@ def _code_changes(before: Any, now: dict[str, str]) -> list[str]:
 
 
 __all__ = ["changes", "code_fingerprint", "combine", "detects", "fingerprint_of",
-           "is_project_module", "outputs_digest", "params_fingerprint", "refresh", "remember",
+           "is_project_module", "outputs_digest", "params_fingerprint", "refresh",
            "upstream_digests"]

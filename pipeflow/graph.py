@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -243,3 +245,31 @@ def _cycle_error(path: list[luigi.Task], back_to: luigi.Task) -> CycleError:
         f"on {describe(last)}. Remove one of these requirements.",
         [t.task_id for t in chain],
     )
+
+
+_RUNNING: contextvars.ContextVar[Graph | None] = contextvars.ContextVar(
+    "pipeflow_running_graph", default=None)
+
+
+@contextlib.contextmanager
+def running(graph: Graph) -> Iterator[None]:
+    """Make ``graph`` the graph of the run in progress (see :func:`upstream_of`)."""
+    token = _RUNNING.set(graph)
+    try:
+        yield
+    finally:
+        _RUNNING.reset(token)
+
+
+def upstream_of(task: luigi.Task) -> list[luigi.Task]:
+    """The tasks ``task`` requires.
+
+    From the graph of the run in progress when the task is in it (``requires()`` is not
+    called again), else from ``requires()``.
+    """
+    graph = _RUNNING.get()
+    if graph is not None:
+        pos = graph.index.get(task.task_id)
+        if pos is not None and graph.nodes[pos] is task:
+            return [graph.nodes[d] for d in graph.deps[pos]]
+    return list(dict.fromkeys(dep for dep, _ in requirement_edges(task)))

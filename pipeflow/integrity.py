@@ -229,6 +229,37 @@ def read_record(path: str | os.PathLike[str]) -> tuple[CommitRecord | None, str 
         return None, "its commit record is damaged (a crash during a write, or an edit)"
 
 
+#: records this process wrote or read, by path: ((size, mtime, inode), record)
+_KNOWN: dict[str, tuple[tuple[int, int, int], CommitRecord]] = {}
+
+
+def known_record(path: str | os.PathLike[str]) -> CommitRecord | None:
+    """The valid record at ``path`` (None: none), read at most once per version of the file.
+
+    One ``stat`` when this process wrote or read that very version already: the run
+    history and change detection ask for the records of tasks a run has just committed.
+    """
+    key = os.fspath(path)
+    try:
+        st = os.stat(key)
+    except OSError:
+        return None
+    version = (st.st_size, st.st_mtime_ns, st.st_ino)
+    hit = _KNOWN.get(key)
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    record, _ = read_record(key)
+    if record is not None:
+        _know(key, version, record)
+    return record
+
+
+def _know(path: str, version: tuple[int, int, int], record: CommitRecord) -> None:
+    if len(_KNOWN) > 65536:  # a long-lived process working through many data dirs
+        _KNOWN.clear()
+    _KNOWN[path] = (version, record)
+
+
 def write_record(path: pathlib.Path, record: CommitRecord) -> None:
     """Write ``record`` at ``path``; the caller holds the task's lock.
 
@@ -239,37 +270,42 @@ def write_record(path: pathlib.Path, record: CommitRecord) -> None:
     name can be fixed: the lock is held, so any file of that name is a crashed writer's).
     """
     data = record.to_json().encode()
+    where = os.fspath(path)
     try:
-        _write_new(os.fspath(path), data, os.O_EXCL)
+        _know(where, _write_new(where, data, os.O_EXCL), record)
         return
     except FileExistsError:
         pass
     except FileNotFoundError:  # its folder was removed since the lock file was made
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        _write_new(os.fspath(path), data, os.O_EXCL)
+        os.makedirs(os.path.dirname(where), exist_ok=True)
+        _know(where, _write_new(where, data, os.O_EXCL), record)
         return
     tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-commit")
     try:
-        _write_new(tmp, data, os.O_TRUNC)
+        version = _write_new(tmp, data, os.O_TRUNC)
         os.replace(tmp, path)
+        _know(where, version, record)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
 
-def _write_new(path: str, data: bytes, flag: int) -> None:
+def _write_new(path: str, data: bytes, flag: int) -> tuple[int, int, int]:
+    """Write ``data`` to a new file; return its (size, mtime, inode)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | flag | _CLOEXEC, 0o666)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+        st = os.fstat(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(path)
         raise
     os.close(fd)
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def uncommit(path: str | os.PathLike[str], folder: pathlib.Path) -> list[pathlib.Path]:

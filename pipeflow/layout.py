@@ -58,11 +58,12 @@ class FlowContext:
     root: pathlib.Path | None = None
     env: str | None = None
     flows: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    #: hashable identity of the places this context puts outputs (computed once: it is
+    #: part of every output path lookup)
+    key: tuple[object, ...] = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> tuple[object, ...]:
-        """Hashable identity of the places this context puts outputs."""
-        return (self.root, self.env)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.root, self.env))
 
     @property
     def places(self) -> bool:

@@ -42,7 +42,7 @@ from pipeflow import settings
 from pipeflow.contract import adapt
 from pipeflow.events import Event, EventKind
 from pipeflow.graph import describe
-from pipeflow.integrity import read_record
+from pipeflow.integrity import known_record
 from pipeflow.parameters import MASK, is_secret, redact
 from pipeflow.sysinfo import system_info
 
@@ -139,20 +139,24 @@ def _write(conn: sqlite3.Connection, statements: Sequence[tuple[str, list[tuple[
 
 
 def _params(task: luigi.Task) -> str:
-    """The task's parameters as JSON, secrets as ``***``."""
-    out = {}
-    for name, param in task.get_params():
-        if name in task.param_kwargs:
-            value = task.param_kwargs[name]
-            out[name] = MASK if is_secret(param) else param.serialize(value)
-    return json.dumps(out)
+    """The task's parameters as JSON, secrets as ``***`` (made once per task instance)."""
+    d = task.__dict__
+    hit = d.get("_pipeflow_params_json")
+    if hit is None:
+        out = {}
+        for name, param in task.get_params():
+            if name in task.param_kwargs:
+                value = task.param_kwargs[name]
+                out[name] = MASK if is_secret(param) else param.serialize(value)
+        hit = d["_pipeflow_params_json"] = json.dumps(out)
+    return hit  # type: ignore[no-any-return]
 
 
 def _outputs(task: luigi.Task) -> str | None:
     path = adapt(task).record_path()
     if path is None:
         return None
-    record, _ = read_record(path)
+    record = known_record(path)  # committed by this process a moment ago: no read
     if record is None:
         return None
     return json.dumps({k: [{"file": r.name, "size": r.size, "hash": r.digest} for r in recs]

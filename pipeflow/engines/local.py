@@ -119,7 +119,8 @@ class LocalEngine:
         run = _Run(self, plan, emit)
         emit(EventKind.RUN_STARTED, total=len(run.to_run))
         try:
-            run.loop()
+            with graphs.running(plan.graph):  # the commits read their upstream tasks here
+                run.loop()
         finally:
             emit(EventKind.RUN_FINISHED)
         return result

@@ -13,10 +13,13 @@ reaches all of this through ``task._store``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pathlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+
+from luigi.task import flatten
 
 from pipeflow import cache, graph, layout, settings
 from pipeflow.contract import Changes, changes_of
@@ -27,7 +30,7 @@ from pipeflow.errors import (
     SaveError,
     TaskLockedError,
 )
-from pipeflow.fingerprint import fingerprint_of, remember
+from pipeflow.fingerprint import fingerprint_of
 from pipeflow.integrity import (
     META_KEY,
     RECORD_SUFFIX,
@@ -63,6 +66,59 @@ class _Owner:
         return graph.describe(self.task)
 
 
+class _Layout:
+    """Every path of a task in one flow context: computed once, then read.
+
+    The strings (status checks of large graphs need only those) are made at once; the
+    target objects and the paths a run publishes on first use.
+
+    Attributes:
+        folder: the output folder.
+        names: (output name, file name) pairs.
+        record: the commit record's path.
+    """
+
+    def __init__(self, store: TaskStore, out: pathlib.Path, folder: str,
+                 names: list[tuple[str, str]], record: str):
+        self._store = store
+        self._out = out
+        self.folder = folder
+        self.names = names
+        self.record = record
+
+    @functools.cached_property
+    def record_file(self) -> pathlib.Path:
+        """The commit record's path as a Path."""
+        return pathlib.Path(self.record)
+
+    @functools.cached_property
+    def targets(self) -> dict[str, DataTarget]:
+        """Output name (and META_KEY) -> target."""
+        store = self._store
+        task = store.task
+        targets = {k: task.target_class(self._out / name) for k, name in self.names}
+        targets[META_KEY] = PickleTarget(
+            self._out / layout.fit_name(store._stem("meta"), ".pickle"))
+        for k, t in targets.items():
+            t.owner, t.key = store, k
+        return targets
+
+    @functools.cached_property
+    def outputs(self) -> dict[str, DataTarget]:
+        """The targets of the outputs (no metadata)."""
+        return {k: t for k, t in self.targets.items() if k != META_KEY}
+
+    @functools.cached_property
+    def files(self) -> dict[str, list[str]]:
+        """Output name -> its files' paths, as strings."""
+        return {k: [os.fspath(p) for p in t.files()] for k, t in self.targets.items()}
+
+    @functools.cached_property
+    def owned(self) -> set[pathlib.Path]:
+        """Every path a run publishes: outputs, sidecars, metadata, commit record."""
+        return {p for t in self.targets.values() for p in t.files()} | {self.record_file}
+
+
 class TaskStore:
     """A data task's outputs, commit record and lock: the engine-facing side of the task.
 
@@ -74,9 +130,7 @@ class TaskStore:
 
     def __init__(self, task: TaskData):
         self.task = task
-        self._names: tuple[tuple[Any, ...], tuple[str, list[tuple[str, str]], str]] | None = None
-        self._targets_memo: tuple[tuple[Any, ...], dict[str, DataTarget]] | None = None
-        self._record: tuple[str, pathlib.Path] | None = None
+        self._memo: tuple[tuple[Any, ...], _Layout] | None = None
 
     # -- the contract's settings --------------------------------------------------------------
     @property
@@ -122,8 +176,6 @@ class TaskStore:
 
     def requirements(self) -> list[Any]:
         """``requires()`` flattened."""
-        from luigi.task import flatten
-
         return list(flatten(self.task.requires()))
 
     # -- where outputs live -------------------------------------------------------------------
@@ -144,10 +196,13 @@ class TaskStore:
         return layout.current() if home is None else home
 
     def _key(self) -> tuple[Any, ...]:
-        from pipeflow.tasks import _TaskMeta
-
-        return (self.context().key, settings.dirpath, settings.save_with_param,
-                _TaskMeta.generation, self.overrides())
+        """What the memoized paths depend on (checked at every lookup: kept cheap)."""
+        task = self.task
+        home = task.__dict__.get(layout.HOME)
+        ctx = layout.current() if home is None else home
+        # the generation of task classes (bumped by any class change), on their metaclass
+        return (ctx.key, settings.dirpath, settings.save_with_param,
+                type(type(task)).generation, self.overrides())
 
     def folder(self) -> pathlib.Path:
         """The folder of the task's outputs."""
@@ -156,12 +211,11 @@ class TaskStore:
     def folders(self) -> tuple[pathlib.Path, pathlib.Path]:
         """The folder of the outputs, and the one of the commit record and lock."""
         # They depend on the class and the flow context, never on parameter values.
-        from pipeflow.tasks import _TaskMeta
-
         ctx = self.context()
         if self.overrides() is not None:
             return self._compute_folders(ctx)
-        key = (type(self.task), ctx.key, settings.dirpath, _TaskMeta.generation)
+        cls = type(self.task)
+        key = (cls, ctx.key, settings.dirpath, type(cls).generation)
         folders = _FOLDERS.get(key)
         if folders is None:
             if len(_FOLDERS) > 4096:  # stale keys (old data dirs, generations) pile up
@@ -213,63 +267,50 @@ class TaskStore:
             )
         return list(persist)
 
-    def targets(self) -> dict[str, DataTarget]:
-        """The output targets by name (and the metadata's), for the context in force."""
+    def _layout(self) -> _Layout:
+        """Every path of the task, for the flow context in force (memoized)."""
         key = self._key()
-        memo = self._targets_memo
+        memo = self._memo
         if memo is not None and memo[0] == key:
             return memo[1]
         task = self.task
-        folder = self.folder()
+        out, own = self.folders()
         ext = f".{task.target_ext}" if task.target_ext else ""
-        targets = {k: task.target_class(folder / layout.fit_name(self._stem(k), ext))
-                   for k in self.persist()}
-        targets[META_KEY] = PickleTarget(folder / layout.fit_name(self._stem("meta"), ".pickle"))
-        for k, t in targets.items():
-            t.owner, t.key = self, k
-        self._targets_memo = (key, targets)
-        return targets
+        names = [(k, layout.fit_name(self._stem(k), ext)) for k in self.persist()]
+        ident = (task.task_id if settings.save_with_param and getattr(task, "save_attrib", True)
+                 else task.task_family)
+        record = os.path.join(own, layout.fit_name(f".{ident}", RECORD_SUFFIX))
+        lay = _Layout(self, out, os.fspath(out), names, record)
+        self._memo = (key, lay)
+        return lay
+
+    def targets(self) -> dict[str, DataTarget]:
+        """The output targets by name (and the metadata's), for the context in force."""
+        return self._layout().targets
 
     def outputs(self) -> dict[str, DataTarget]:
         """The output targets by name (no metadata)."""
-        return {k: t for k, t in self.targets().items() if k != META_KEY}
+        return self._layout().outputs
 
     def meta_target(self) -> DataTarget:
         """The target of the metadata (``saveMeta``)."""
-        return self.targets()[META_KEY]
+        return self._layout().targets[META_KEY]
 
     def file_names(self) -> tuple[str, list[tuple[str, str]], str]:
-        """Folder, (output name, file name) pairs and commit record, as strings (memoized).
+        """Folder, (output name, file name) pairs and commit record, as strings.
 
-        The hot path of status checks and runs on large graphs: plain strings, no target
-        objects.
+        The hot path of status checks on large graphs: plain strings, no target objects.
         """
-        key = self._key()
-        memo = self._names
-        if memo is not None and memo[0] == key:
-            return memo[1]
-        task = self.task
-        ext = f".{task.target_ext}" if task.target_ext else ""
-        ident = (task.task_id if settings.save_with_param and getattr(task, "save_attrib", True)
-                 else task.task_family)
-        out, own = self.folders()
-        folder = os.fspath(out)
-        value = (folder, [(k, layout.fit_name(self._stem(k), ext)) for k in self.persist()],
-                 os.path.join(own, layout.fit_name(f".{ident}", RECORD_SUFFIX)))
-        self._names = (key, value)
-        return value
+        lay = self._layout()
+        return lay.folder, lay.names, lay.record
 
     def record_path(self) -> str:
         """The commit record's path (written last by a successful run)."""
-        return self.file_names()[2]
+        return self._layout().record
 
     def record_file(self) -> pathlib.Path:
         """The commit record's path as a :class:`pathlib.Path`."""
-        path = self.file_names()[2]
-        memo = self._record
-        if memo is None or memo[0] is not path:
-            memo = self._record = (path, pathlib.Path(path))
-        return memo[1]
+        return self._layout().record_file
 
     def file_backed(self) -> bool:
         """Whether the outputs are files (checked against the commit record)."""
@@ -474,7 +515,7 @@ class TaskStore:
     # -- a run ----------------------------------------------------------------------------------
     def owned_paths(self) -> list[pathlib.Path]:
         """Paths the task's run publishes (saves to them are staged until success)."""
-        return [p for t in self.targets().values() for p in t.files()] + [self.record_file()]
+        return list(self._layout().owned)
 
     def clean_orphans(self, scan: Callable[[pathlib.Path], list[str]]) -> None:
         """Delete temp files a crashed run of the task left (its lock is held).
@@ -496,7 +537,7 @@ class TaskStore:
             The paths the attempt's saves are staged for.
         """
         self.abort_run()
-        return set(self.owned_paths())
+        return self._layout().owned
 
     def abort_run(self) -> None:
         """After a failed or stopped attempt: uncommit, remove what it wrote to final paths.
@@ -504,9 +545,12 @@ class TaskStore:
         A worker stopped between writing the commit record and reporting success leaves a
         record the engine did not accept: it is removed first.
         """
-        self._uncommit()
-        for t in self.targets().values():
-            if isinstance(t, CacheTarget) or any(os.path.lexists(p) for p in t.files()):
+        lay = self._layout()
+        if os.path.lexists(lay.record):
+            self._uncommit()
+        for k, files in lay.files.items():
+            t = lay.targets[k]
+            if isinstance(t, CacheTarget) or any(os.path.lexists(f) for f in files):
                 t.invalidate()
 
     def clean_stopped(self) -> None:
@@ -554,7 +598,6 @@ class TaskStore:
         path = self.record_file()
         try:
             write_record(path, self._commit_record(files))
-            remember(os.fspath(path), files)
         except OSError as exc:
             raise SaveError(
                 f"{graph.describe(self.task)}: could not write its commit record "
