@@ -50,6 +50,16 @@ class ParameterError(PipeflowError, ValueError):
     """A parameter name or value does not fit the tasks it is given to."""
 
 
+class UnknownNameError(ParameterError, KeyError):
+    """A name given does not exist: an output of a task, an entry of its ``requires()``.
+
+    Also a ``KeyError``, so code catching one (as for a dict) keeps working.
+    """
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)  # not KeyError's quoted repr
+
+
 class UnsafePathError(PipeflowError, ValueError):
     """A folder name (env, task_group, target_dir) would climb out of its flow's folder.
 

@@ -18,6 +18,7 @@ from pipeflow.contract import adapt
 from pipeflow.engines import CancelToken, Engine, LocalEngine
 from pipeflow.errors import (
     MissingInputError,
+    ParameterError,
     RunCancelledError,
     TaskFailedError,
     TaskLockedError,
@@ -27,6 +28,7 @@ from pipeflow.errors import (
 from pipeflow.events import ProgressBar, RunResult, Sink, interactive
 from pipeflow.integrity import RECORD_SUFFIX, read_record, uncommit
 from pipeflow.locks import TaskLock
+from pipeflow.options import RunOptions
 from pipeflow.plan import Plan, Preview, Status, build_plan, build_preview, use_color
 from pipeflow.tasks import TaskData
 
@@ -120,34 +122,45 @@ def run(tasks: Any, forced: Any = None, forced_all: bool = False,
         The :class:`~pipeflow.events.RunResult`, truthy when everything succeeded; None if
         the user declined the confirmation.
     """
-    roots = as_list(tasks)
+    options = RunOptions(
+        forced=forced, forced_all=forced_all, forced_all_upstream=forced_all_upstream,
+        confirm=confirm, workers=workers, abort=abort, execution_summary=execution_summary,
+        executor=executor, cancel=cancel, callbacks=callbacks, progress=progress,
+        engine=engine, if_locked=if_locked)
+    return run_with(as_list(tasks), options)
+
+
+def run_with(roots: list[Any], options: RunOptions) -> RunResult | None:
+    """Run ``roots`` and what they need: :func:`run` with its options in one object.
+
+    Raises:
+        TaskFailedError: a task failed (with ``options.abort``).
+        RunCancelledError: the run was cancelled (with ``options.abort``).
+    """
     with layout.at_home(roots):
-        return _run(roots, forced, forced_all, forced_all_upstream, confirm, workers, abort,
-                    execution_summary, executor, cancel, callbacks, progress, engine, if_locked)
+        return _run(roots, options)
 
 
-def _run(roots: list[Any], forced: Any, forced_all: bool, forced_all_upstream: bool,
-         confirm: bool, workers: int, abort: bool, execution_summary: bool | None,
-         executor: str | None, cancel: CancelToken | None,
-         callbacks: Sequence[Callable[[Any], None]], progress: bool | None,
-         engine: Engine | None, if_locked: str) -> RunResult | None:
+def _run(roots: list[Any], o: RunOptions) -> RunResult | None:
     g = graph.build(roots)
-    forced_tasks = _forced(g, roots, forced, forced_all, forced_all_upstream)
-    if forced_tasks and not _delete_outputs(forced_tasks, confirm, "rerun"):
+    forced_tasks = _forced(g, roots, o.forced, o.forced_all, o.forced_all_upstream)
+    if forced_tasks and not _delete_outputs(forced_tasks, o.confirm, "rerun"):
         return None
     plan = build_plan(g)
     _check_external_inputs(plan)
-    sinks: list[Sink] = list(callbacks)
-    if progress or (progress is None and interactive()):
+    sinks: list[Sink] = list(o.callbacks)
+    if o.progress or (o.progress is None and interactive()):
         sinks.append(ProgressBar())
     store = runstore.history_path()
     if store is not None:
         sinks.append(runstore.HistorySink(roots, store))
-    result = (engine or LocalEngine(workers, executor, cancel, if_locked)).run(plan, sinks)
-    summary = settings.execution_summary if execution_summary is None else execution_summary
+    engine = o.engine or LocalEngine(o.workers, o.executor, o.cancel, o.if_locked)
+    result = engine.run(plan, sinks)
+    summary = (settings.execution_summary if o.execution_summary is None
+               else o.execution_summary)
     if summary:
         display.emit(result.summary())
-    if abort and not result:
+    if o.abort and not result:
         if result.by_state("cancelled") and not result.by_state("failed"):
             n = len(result.by_state("cancelled"))
             raise RunCancelledError(
@@ -241,9 +254,11 @@ def start(tasks: Any, **options: Any) -> RunHandle:
     with layout.at_home(as_list(tasks)):
         ctx = layout.current()
 
+    opts = RunOptions.of(**options)  # a misspelt option fails here, not in the thread
+
     def go(token: CancelToken, sink: Sink) -> RunResult | None:
         with layout.flow_context(ctx):
-            return run(tasks, cancel=token, callbacks=[sink, *extra], **options)
+            return run_with(as_list(tasks), opts.but(cancel=token, callbacks=[sink, *extra]))
 
     return RunHandle(go)
 
@@ -276,9 +291,10 @@ def _forced(g: graph.Graph, roots: list[luigi.Task], forced: Any, forced_all: bo
     for f in as_list(forced) if forced is not None else []:
         matched = _matching(g, f)
         if not matched:
-            raise ValueError(
-                f"forced={getattr(f, '__name__', f)!r} is not a task of this flow; the flow "
-                f"has: {', '.join(sorted({t.task_family for t in g.nodes}))}"
+            raise ParameterError(
+                f"forced={getattr(f, '__name__', f)!r} is not a task of this flow, so there "
+                f"is nothing to rerun. The flow has: "
+                f"{', '.join(sorted({t.task_family for t in g.nodes}))}."
             )
         start |= matched
     return [g.nodes[i] for i in sorted(g.downstream(start))]

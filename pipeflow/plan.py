@@ -48,12 +48,22 @@ class Plan:
         status: for each node, COMPLETE, STALE or PENDING.
         reasons: node -> why its outputs do not count (changed outside pipeflow, code
             changed...), for the nodes where there is something to explain.
+        to_run: the nodes a run executes: walking down from the roots, every task that is
+            not complete, stopping at complete ones (as luigi does: with
+            ``check_dependencies`` off, a complete task's upstream is left alone).
+        up_to_date: the complete nodes that walk reached (a run reports them done).
     """
 
     graph: Graph
     own: list[bool]
     status: list[Status]
     reasons: dict[int, str] = field(default_factory=dict)
+    to_run: frozenset[int] = frozenset()
+    up_to_date: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.to_run and not self.up_to_date:
+            self.to_run, self.up_to_date = _what_runs(self.graph, self.status)
 
     def status_of(self, task: luigi.Task) -> Status:
         """Status of a task of the graph."""
@@ -63,6 +73,25 @@ class Plan:
         """Tasks upstream of (or equal to) ``task`` whose own outputs are missing."""
         up = self.graph.upstream([self.graph.position(task)])
         return [self.graph.nodes[i] for i in sorted(up) if not self.own[i]]
+
+
+def _what_runs(graph: Graph, status: list[Status]) -> tuple[frozenset[int], tuple[int, ...]]:
+    """What a run of ``graph`` executes, and the complete tasks it meets on the way."""
+    to_run: set[int] = set()
+    up_to_date: list[int] = []
+    seen: set[int] = set(graph.roots)
+    stack = list(graph.roots)
+    while stack:
+        i = stack.pop()
+        if status[i] is Status.COMPLETE:
+            up_to_date.append(i)
+            continue
+        to_run.add(i)
+        for d in graph.deps[i]:
+            if d not in seen:
+                seen.add(d)
+                stack.append(d)
+    return frozenset(to_run), tuple(sorted(up_to_date))
 
 
 def build_plan(graph: Graph, check_dependencies: bool | None = None) -> Plan:
@@ -122,6 +151,9 @@ def build_plan(graph: Graph, check_dependencies: bool | None = None) -> Plan:
 
 _COLORS = {"COMPLETE": "\033[92m", "PENDING": "\033[94m", "STALE": "\033[93m"}
 _END = "\033[0m"
+#: why a task that is not complete does not run (check_dependencies off)
+NOT_RUN = ("not run: the tasks that need it are complete, and check_dependencies is off "
+           "(pipeflow.settings.check_dependencies = True reruns it)")
 #: deeper levels are not indented further, so a 10,000-task chain stays readable
 MAX_INDENT_DEPTH = 30
 
@@ -291,8 +323,11 @@ def build_preview(
             branch = "└─--" if is_last else "|--"
             shown_ind = ind if depth <= MAX_INDENT_DEPTH else ind + f"[{depth}]"
             ref = pos in drawn
+            why = None if ref else plan.reasons.get(pos)
+            if not ref and plan.status[pos] is not Status.COMPLETE and pos not in plan.to_run:
+                why = NOT_RUN + (f"; {why}" if why else "")
             rows.append(PreviewRow(task, plan.status[pos], depth, is_last, params, ref,
-                                   shown_ind + branch, None if ref else plan.reasons.get(pos)))
+                                   shown_ind + branch, why))
             if ref:
                 continue
             drawn.add(pos)

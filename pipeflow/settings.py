@@ -28,7 +28,7 @@ import sys
 import types
 from typing import Any
 
-from pipeflow.errors import did_you_mean, warn
+from pipeflow.errors import ParameterError, did_you_mean, warn
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -88,7 +88,7 @@ class _SettingsModule(types.ModuleType):
         if name == "log_level":
             level = str(value).upper()
             if level not in _LEVELS:
-                raise ValueError(
+                raise ParameterError(
                     f"pipeflow.settings.log_level must be one of {', '.join(_LEVELS)}, "
                     f"not {value!r}"
                 )

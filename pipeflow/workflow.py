@@ -28,6 +28,7 @@ from pipeflow.errors import (
     listing,
 )
 from pipeflow.events import RunResult
+from pipeflow.options import RunOptions
 from pipeflow.parameters import MASK, check_undeclared, is_secret
 from pipeflow.plan import Preview
 from pipeflow.tasks import TaskData, located
@@ -170,27 +171,25 @@ class Workflow:
             return operations.preview(self._tasks(tasks), indent, last, show_params,
                                       clip_params, print_it)
 
-    def run(self, tasks: TaskArg = None, *, forced: Any = None, forced_all: bool = False,
-            forced_all_upstream: bool = False, confirm: bool = False, workers: int = 1,
-            abort: bool = True, execution_summary: bool | None = None,
-            executor: str | None = None, callbacks: Any = (),
-            progress: bool | None = None, if_locked: str = "wait") -> RunResult | None:
+    def run(self, tasks: TaskArg = None, **options: Any) -> RunResult | None:
         """Run the flow: every task upstream of ``tasks`` that is not complete.
 
-        See :func:`pipeflow.run` for the options; ``forced`` takes task classes. Another
-        thread (or a callback) can stop the run with :meth:`cancel`.
+        Args:
+            tasks: the task class (or list of them) to run; default: the default task.
+            **options: the options of :func:`pipeflow.run` (``forced`` takes task classes,
+                ``workers``, ``executor``, ``if_locked``, ``callbacks``...); a misspelt
+                one raises :class:`~pipeflow.errors.ParameterError`. Another thread (or a
+                callback) can stop the run with :meth:`cancel`.
+
+        Returns:
+            The :class:`~pipeflow.events.RunResult` (None if a confirmation was declined).
         """
+        opts = RunOptions.of(**options)
         token = CancelToken()
         self._tokens.add(token)
         try:
             with self._active():
-                return operations.run(
-                    self._tasks(tasks), forced=forced, forced_all=forced_all,
-                    forced_all_upstream=forced_all_upstream, confirm=confirm,
-                    workers=workers, abort=abort, execution_summary=execution_summary,
-                    executor=executor, cancel=token, callbacks=callbacks, progress=progress,
-                    if_locked=if_locked,
-                )
+                return operations.run_with(self._tasks(tasks), opts.but(cancel=token))
         finally:
             self._tokens.discard(token)
 
@@ -494,17 +493,19 @@ class WorkflowMulti:
             out[name] = wf.preview(tasks, indent, last, show_params, clip_params, print_it)
         return out if flow is None or isinstance(flow, list) else out[flow]
 
-    def run(self, tasks: TaskArg = None, flow: Any = None, *, forced: Any = None,
-            forced_all: bool = False, forced_all_upstream: bool = False, confirm: bool = False,
-            workers: int = 1, abort: bool = True, execution_summary: bool | None = None,
-            executor: str | None = None, callbacks: Any = (),
-            progress: bool | None = None, if_locked: str = "wait") -> Any:
+    def run(self, tasks: TaskArg = None, flow: Any = None, **options: Any) -> Any:
         """Run the selected flows (all by default) as one run, so shared tasks run once.
+
+        Args:
+            tasks: the task class (or list of them) to run; default: the default task.
+            flow: a flow name or a list of names (default: every flow).
+            **options: the options of :func:`pipeflow.run`.
 
         Returns:
             ``{flow_name: RunResult}`` (each restricted to that flow's tasks), or one
             RunResult when ``flow`` names a single flow.
         """
+        opts = RunOptions.of(**options)
         selected = self._select(flow)
         first = next(iter(selected.values()))
         roots: dict[Any, list[luigi.Task]] = {}
@@ -514,13 +515,8 @@ class WorkflowMulti:
             with first._active():
                 for name, wf in selected.items():
                     roots[name] = wf._tasks(tasks)
-                result = operations.run(
-                    [t for ts in roots.values() for t in ts], forced=forced,
-                    forced_all=forced_all, forced_all_upstream=forced_all_upstream,
-                    confirm=confirm, workers=workers, abort=abort,
-                    execution_summary=execution_summary, executor=executor, cancel=token,
-                    callbacks=callbacks, progress=progress, if_locked=if_locked,
-                )
+                result = operations.run_with([t for ts in roots.values() for t in ts],
+                                             opts.but(cancel=token))
         finally:
             self._tokens.discard(token)
         if result is None:

@@ -459,3 +459,32 @@ def test_tasks_defined_in_main_run_on_process_workers(tmp_path):
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["3", "True"]
+
+
+def test_preview_says_what_run_leaves_alone_with_check_dependencies_off():
+    """One plan answer: preview, run, summary and progress agree on what runs (issue 10)."""
+    import pipeflow
+
+    class Up(pipeflow.tasks.TaskJson):
+        def run(self):
+            self.save({"a": 1})
+
+    @pipeflow.requires(Up)
+    class Down(pipeflow.tasks.TaskJson):
+        def run(self):
+            self.save(self.inputLoad())
+
+    pipeflow.run(Down())
+    Up().reset(confirm=False)
+    pipeflow.settings.check_dependencies = False  # restored by the conftest fixture
+    preview = pipeflow.preview(Down(), print_it=False)
+    up_row = next(r for r in preview.rows if r.task.task_family == "Up")
+    assert str(up_row.status) == "PENDING"
+    assert up_row.reason.startswith("not run: the tasks that need it are complete")
+    assert preview.plan.to_run == frozenset()
+    events = []
+    result = pipeflow.run(Down(), callbacks=[events.append])
+    assert [e.total for e in events if e.kind.value == "run_started"] == [0]
+    assert not result.by_state("completed") and not Up().complete()
+    pipeflow.settings.check_dependencies = True
+    assert pipeflow.preview(Down(), print_it=False).plan.to_run == frozenset({0, 1})

@@ -33,7 +33,6 @@ from pipeflow import cache, fingerprint
 from pipeflow import graph as graphs
 from pipeflow.contract import TaskContract, adapt
 from pipeflow.engines.executors import (
-    EXECUTORS,
     CancelToken,
     NotRetried,
     Outcome,
@@ -51,11 +50,11 @@ from pipeflow.errors import (
     warn,
 )
 from pipeflow.events import Event, EventKind, RunResult, Sink
+from pipeflow.options import RunOptions
 from pipeflow.parameters import redact, secret_values
 from pipeflow.plan import Plan, Status, build_plan
 from pipeflow.publishing import os_fix, os_reason, staging
 
-IF_LOCKED = ("wait", "fail")
 #: seconds between attempts to take the lock of a task running elsewhere
 LOCK_POLL = 0.05
 #: the reason on the completed event of a task whose run() saved nothing
@@ -87,12 +86,7 @@ class LocalEngine:
 
     def __init__(self, workers: int = 1, executor: str | None = None,
                  cancel: CancelToken | None = None, if_locked: str = "wait") -> None:
-        if isinstance(workers, bool) or int(workers) < 1:
-            raise ValueError(f"workers must be a whole number of at least 1, not {workers!r}")
-        if executor is not None and executor not in EXECUTORS:
-            raise ValueError(f"executor must be one of {EXECUTORS} or None, not {executor!r}")
-        if if_locked not in IF_LOCKED:
-            raise ValueError(f"if_locked must be one of {IF_LOCKED}, not {if_locked!r}")
+        RunOptions(workers=workers, executor=executor, if_locked=if_locked)  # checks them
         self.if_locked = if_locked
         self.workers = int(workers)
         if executor is None:
@@ -135,22 +129,9 @@ class _Run:
         self.g = plan.graph
         self.emit = emit
         g = self.g
-        # Walk down from the roots, stopping at complete tasks (as luigi does): with
-        # check_dependencies off, a complete task's upstream is not rebuilt.
-        self.to_run: set[int] = set()
-        seen: set[int] = set(g.roots)
-        stack = list(g.roots)
-        self.up_to_date: list[int] = []
-        while stack:
-            i = stack.pop()
-            if plan.status[i] is Status.COMPLETE:
-                self.up_to_date.append(i)
-                continue
-            self.to_run.add(i)
-            for d in g.deps[i]:
-                if d not in seen:
-                    seen.add(d)
-                    stack.append(d)
+        # The plan says what runs (preview, the summary and the progress bar say the same)
+        self.to_run: set[int] = set(plan.to_run)
+        self.up_to_date: list[int] = list(plan.up_to_date)
         # Code fingerprints for the commit records, once, here: forked workers inherit
         # them instead of each hashing its task class's code again
         self.contracts = {i: adapt(g.nodes[i]) for i in self.to_run}

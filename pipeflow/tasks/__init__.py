@@ -37,6 +37,7 @@ from pipeflow.errors import (
     PipeflowError,
     SaveError,
     StaleOutputWarning,
+    UnknownNameError,
     listing,
     warn,
 )
@@ -354,7 +355,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             wanted = list(self.persist) if keys is None else list(keys)
         unknown = [k for k in wanted if k not in outputs]
         if unknown:
-            raise KeyError(
+            raise UnknownNameError(
                 f"{graph.describe(self)} has no output {unknown[0]!r}; its outputs are "
                 f"{list(self.persist)}"
             )
@@ -415,7 +416,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             except (KeyError, IndexError, TypeError):
                 names = list(reqs) if isinstance(reqs, Mapping) else (
                     list(range(len(reqs))) if isinstance(reqs, (list, tuple)) else [])
-                raise KeyError(
+                raise UnknownNameError(
                     f"{graph.describe(self)}.inputLoad(task={task!r}): requires() has no such "
                     f"entry; it has {names}."
                 ) from None
