@@ -10,11 +10,10 @@ import enum
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import luigi
 
-from pipeflow.errors import first_line, listing
+from pipeflow.errors import ParameterError, did_you_mean, first_line, listing
 from pipeflow.graph import describe
 
 
@@ -31,12 +30,18 @@ class EventKind(str, enum.Enum):
     TASK_RETRYING = "task_retrying"
     TASK_CANCELLED = "task_cancelled"
     TASK_WAITING = "task_waiting"
+    TASK_ADDED = "task_added"
 
 
 class TaskState(str, enum.Enum):
-    """Where a task of a run ended up (or is)."""
+    """Where a task of a run ended up (or is).
 
-    PENDING = "pending"
+    ``QUEUED``: waiting for its turn (for a worker, a retry, a lock held elsewhere, or the
+    requirements its ``run()`` yielded). Not the plan's ``Status.PENDING``, which says a
+    task's outputs are missing.
+    """
+
+    QUEUED = "queued"
     IN_PROGRESS = "in_progress"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -51,9 +56,10 @@ _STATE_OF = {
     EventKind.TASK_COMPLETED: TaskState.COMPLETED,
     EventKind.TASK_FAILED: TaskState.FAILED,
     EventKind.TASK_SKIPPED: TaskState.SKIPPED,
-    EventKind.TASK_RETRYING: TaskState.PENDING,
+    EventKind.TASK_RETRYING: TaskState.QUEUED,
     EventKind.TASK_CANCELLED: TaskState.CANCELLED,
-    EventKind.TASK_WAITING: TaskState.PENDING,
+    EventKind.TASK_WAITING: TaskState.QUEUED,
+    EventKind.TASK_ADDED: TaskState.QUEUED,
 }
 
 
@@ -68,8 +74,10 @@ class Event:
         task: the task concerned (None for run events).
         error: the exception of a failed task.
         traceback: its formatted traceback.
-        reason: why a task was skipped, is retried, or (when it starts) runs again.
-        total: with RUN_STARTED, how many tasks the run will try to run.
+        reason: why a task was skipped, is retried, waits, joined the run (TASK_ADDED: the
+            task whose ``run()`` yielded it) or (when it starts) runs again.
+        total: with RUN_STARTED, how many tasks the run will try to run; with TASK_ADDED,
+            how many now (a ``run()`` that yields requirements adds tasks to its run).
         usage: when an attempt ends, ``cpu_time`` (seconds) and ``peak_memory`` (bytes, of
             the process that ran it).
     """
@@ -124,7 +132,7 @@ class TaskResult:
     """
 
     task: luigi.Task
-    state: TaskState = TaskState.PENDING
+    state: TaskState = TaskState.QUEUED
     started: float | None = None
     finished: float | None = None
     error: BaseException | None = None
@@ -140,47 +148,6 @@ class TaskResult:
         if self.started is None or self.finished is None:
             return None
         return self.finished - self.started
-
-
-class ProgressBar:
-    """An event sink drawing a progress bar (tqdm; a widget in notebooks).
-
-    Example:
-        >>> pipeflow.run(Train(), progress=True)  # doctest: +SKIP
-    """
-
-    _DONE = (EventKind.TASK_COMPLETED, EventKind.TASK_FAILED, EventKind.TASK_SKIPPED,
-             EventKind.TASK_CANCELLED)
-
-    def __init__(self) -> None:
-        self.bar: Any = None
-
-    def __call__(self, event: Event) -> None:
-        """Advance the bar."""
-        if event.kind is EventKind.RUN_STARTED:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=event.total, unit="task", desc="pipeflow", leave=True)
-        elif self.bar is None:
-            return
-        elif event.kind is EventKind.TASK_STARTED:
-            self.bar.set_postfix_str(describe(event.task) if event.task else "", refresh=True)
-        elif event.kind in self._DONE or (
-                event.kind is EventKind.TASK_UP_TO_DATE and event.reason is not None):
-            self.bar.update(1)  # (up to date with a reason: done by another process)
-        elif event.kind is EventKind.RUN_FINISHED:
-            self.bar.set_postfix_str("", refresh=False)
-            self.bar.close()
-            self.bar = None
-
-
-def interactive() -> bool:
-    """Whether a person is watching: a terminal on stderr, or a notebook."""
-    import sys
-
-    if "ipykernel" in sys.modules:
-        return True
-    return sys.stderr is not None and sys.stderr.isatty()
 
 
 def _detail(r: TaskResult) -> str:
@@ -223,6 +190,9 @@ class RunResult:
             res = self.tasks.setdefault(event.task.task_id, TaskResult(event.task))
             res.state = _STATE_OF[event.kind]
             if event.kind is EventKind.TASK_STARTED:
+                # listed by last start: a task starts after its upstream tasks (also those
+                # its run() yielded, which it runs again after), so upstream stays first
+                self.tasks[event.task.task_id] = self.tasks.pop(event.task.task_id)
                 res.started = event.time
                 res.attempts += 1
                 res.reason = event.reason
@@ -232,20 +202,27 @@ class RunResult:
                 res.usage = event.usage or {}
                 res.reason = event.reason or res.reason
             elif event.kind in (EventKind.TASK_SKIPPED, EventKind.TASK_CANCELLED,
-                                EventKind.TASK_UP_TO_DATE, EventKind.TASK_WAITING):
+                                EventKind.TASK_UP_TO_DATE, EventKind.TASK_WAITING,
+                                EventKind.TASK_ADDED):
                 res.reason = event.reason
             elif event.kind is EventKind.TASK_RETRYING and event.error is not None:
                 res.retried_errors.append((event.error, event.traceback))
 
     def by_state(self, state: TaskState | str) -> list[TaskResult]:
         """The results of tasks that ended in ``state``."""
-        want = TaskState(state)
+        try:
+            want = TaskState(state)
+        except ValueError:
+            names = [s.value for s in TaskState]
+            raise ParameterError(
+                f"by_state() takes one of {', '.join(names)}, not {state!r}."
+                f"{did_you_mean(str(state), names)}") from None
         return [r for r in self.tasks.values() if r.state is want]
 
     @property
     def success(self) -> bool:
         """True when no task failed, was skipped or was cancelled."""
-        bad = (TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED, TaskState.PENDING)
+        bad = (TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED, TaskState.QUEUED)
         return not any(r.state in bad for r in self.tasks.values())
 
     #: luigi's name for the same thing (d6tflow code reads it)

@@ -24,6 +24,7 @@ from typing import Any
 import luigi
 
 from pipeflow import graph, operations
+from pipeflow.display.preview import Preview
 from pipeflow.errors import (
     IncompleteTaskError,
     ParameterError,
@@ -31,7 +32,6 @@ from pipeflow.errors import (
 )
 from pipeflow.events import RunResult
 from pipeflow.parameters import TYPO_CUTOFF, check_undeclared, describe_param
-from pipeflow.plan import Preview
 from pipeflow.targets import DataTarget
 from pipeflow.tasks import TaskData
 from pipeflow.tasks import requires as _requires
@@ -616,7 +616,7 @@ class Workflow:
             print_it: print the tree (it is returned either way).
 
         Returns:
-            The :class:`~pipeflow.plan.Preview`, one tree per parameter set.
+            The :class:`~pipeflow.display.preview.Preview`, one tree per parameter set.
         """
         classes = self._steps(func_to_preview, "flow.preview")
         where = f"flow.preview({', '.join(c.__name__ for c in classes)})"

@@ -172,6 +172,67 @@ class Graph:
             seen.setdefault(type(t), None)
         return list(seen)
 
+    def extend(self, tasks: Iterable[luigi.Task]) -> list[int]:
+        """Add ``tasks`` and everything upstream of them that is not in the graph yet.
+
+        New tasks are appended, each after its upstream tasks, so the order stays
+        topological and existing positions keep their meaning (a run adds the tasks a
+        ``run()`` yields this way). Returns the positions of ``tasks``, in order.
+
+        Raises:
+            CycleError: ``requires()`` loops back to a task already on the path.
+            RequirementError: a ``requires()`` returned something that is not a task.
+        """
+        nodes, index, deps, optional = self.nodes, self.index, self.deps, self.optional
+        before = len(nodes)
+        on_path: dict[str, int] = {}  # task_id -> depth on the DFS stack
+        wanted: list[str] = []
+        try:
+            for root in tasks:
+                if not isinstance(root, luigi.Task):
+                    raise RequirementError(
+                        f"expected a task instance, got {root!r} (type "
+                        f"{type(root).__name__}). Pass e.g. Train() rather than Train, or "
+                        f"use pipeflow.Workflow(Train).")
+                wanted.append(root.task_id)
+                if root.task_id in index:
+                    continue
+                # Each frame: (task, its requirement edges, next requirement to visit)
+                stack: list[tuple[luigi.Task, list[tuple[luigi.Task, bool]], int]] = [
+                    (root, requirement_edges(root), 0)]
+                on_path[root.task_id] = 0
+                while stack:
+                    task, reqs, i = stack[-1]
+                    if i < len(reqs):
+                        stack[-1] = (task, reqs, i + 1)
+                        dep = reqs[i][0]
+                        tid = dep.task_id
+                        if tid in index:
+                            continue
+                        if tid in on_path:
+                            raise _cycle_error([f[0] for f in stack[on_path[tid]:]], dep)
+                        on_path[tid] = len(stack)
+                        stack.append((dep, requirement_edges(dep), 0))
+                        continue
+                    stack.pop()
+                    del on_path[task.task_id]
+                    index[task.task_id] = len(nodes)
+                    nodes.append(task)
+                    deps.append(tuple(dict.fromkeys(index[r.task_id] for r, _ in reqs)))
+                    required = {index[r.task_id] for r, opt in reqs if not opt}
+                    optional.append(frozenset(index[r.task_id] for r, opt in reqs if opt)
+                                    - required)
+        except BaseException:
+            # Leave the graph as it was: a failed extension adds nothing.
+            for task in nodes[before:]:
+                del index[task.task_id]
+            del nodes[before:], deps[before:], optional[before:]
+            raise
+        if len(nodes) > before:
+            for name in ("dependents", "required_dependents"):
+                self.__dict__.pop(name, None)  # derived from the edges: recomputed on use
+        return [index[t] for t in wanted]
+
 
 def closure(starts: Iterable[int], edges: Sequence[Sequence[int]]) -> set[int]:
     """The ``starts`` and every position reachable from them along ``edges``."""
@@ -192,47 +253,9 @@ def build(roots: Iterable[luigi.Task]) -> Graph:
         CycleError: ``requires()`` loops back to a task already on the path.
         RequirementError: a ``requires()`` returned something that is not a task.
     """
-    nodes: list[luigi.Task] = []
-    index: dict[str, int] = {}
-    deps: list[tuple[int, ...]] = []
-    optional: list[frozenset[int]] = []
-    on_path: dict[str, int] = {}  # task_id -> depth on the DFS stack
-    root_ids: list[str] = []
-
-    for root in roots:
-        if not isinstance(root, luigi.Task):
-            raise RequirementError(
-                f"expected a task instance, got {root!r} (type {type(root).__name__}). Pass "
-                f"e.g. Train() rather than Train, or use pipeflow.Workflow(Train)."
-            )
-        root_ids.append(root.task_id)
-        if root.task_id in index:
-            continue
-        # Each frame: (task, its requirement edges, next requirement to visit)
-        stack: list[tuple[luigi.Task, list[tuple[luigi.Task, bool]], int]] = [
-            (root, requirement_edges(root), 0)]
-        on_path[root.task_id] = 0
-        while stack:
-            task, reqs, i = stack[-1]
-            if i < len(reqs):
-                stack[-1] = (task, reqs, i + 1)
-                dep = reqs[i][0]
-                tid = dep.task_id
-                if tid in index:
-                    continue
-                if tid in on_path:
-                    raise _cycle_error([f[0] for f in stack[on_path[tid]:]], dep)
-                on_path[tid] = len(stack)
-                stack.append((dep, requirement_edges(dep), 0))
-                continue
-            stack.pop()
-            del on_path[task.task_id]
-            index[task.task_id] = len(nodes)
-            nodes.append(task)
-            deps.append(tuple(dict.fromkeys(index[r.task_id] for r, _ in reqs)))
-            required = {index[r.task_id] for r, opt in reqs if not opt}
-            optional.append(frozenset(index[r.task_id] for r, opt in reqs if opt) - required)
-    return Graph(nodes, index, deps, list(dict.fromkeys(index[r] for r in root_ids)), optional)
+    graph = Graph([], {}, [])
+    graph.roots = list(dict.fromkeys(graph.extend(roots)))
+    return graph
 
 
 def _cycle_error(path: list[luigi.Task], back_to: luigi.Task) -> CycleError:

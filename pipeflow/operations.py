@@ -15,6 +15,8 @@ import luigi
 
 from pipeflow import cache, display, graph, layout, runstore, settings
 from pipeflow.contract import adapt
+from pipeflow.display.preview import Preview, build_preview, use_color
+from pipeflow.display.progress import ProgressBar
 from pipeflow.engines import CancelToken, Engine, LocalEngine
 from pipeflow.errors import (
     MissingInputError,
@@ -25,11 +27,11 @@ from pipeflow.errors import (
     first_line,
     listing,
 )
-from pipeflow.events import ProgressBar, RunResult, Sink, interactive
-from pipeflow.integrity import RECORD_SUFFIX, read_record, uncommit
-from pipeflow.locks import TaskLock
+from pipeflow.events import RunResult, Sink
+from pipeflow.integrity import RECORD_SUFFIX, read_record
 from pipeflow.options import RunOptions
-from pipeflow.plan import Plan, Preview, Status, build_plan, build_preview, use_color
+from pipeflow.plan import Plan, Status, build_plan
+from pipeflow.publishing import unpublish
 from pipeflow.tasks import TaskData
 
 
@@ -63,7 +65,8 @@ def preview(tasks: Any, indent: str = "", last: bool = True, show_params: bool =
         last: draw the roots as last children.
         show_params: show parameters.
         clip_params: show only one parameter per task.
-        print_it: print the tree (the returned :class:`~pipeflow.plan.Preview` has it too).
+        print_it: print the tree (the returned
+            :class:`~pipeflow.display.preview.Preview` has it too).
     """
     roots = as_list(tasks)
     with layout.at_home(roots):
@@ -149,7 +152,7 @@ def _run(roots: list[Any], o: RunOptions) -> RunResult | None:
     plan = build_plan(g)
     _check_external_inputs(plan)
     sinks: list[Sink] = list(o.callbacks)
-    if o.progress or (o.progress is None and interactive()):
+    if o.progress or (o.progress is None and display.watched()):
         sinks.append(ProgressBar())
     store = runstore.history_path()
     if store is not None:
@@ -466,15 +469,8 @@ def _remove(records: dict[pathlib.Path, pathlib.Path], root: pathlib.Path, confi
     busy = []
     for rec, (record, folder) in listed.items():
         layout.ensure_inside(folder, records[rec])
-        lock = TaskLock(rec.parent, rec.name)
-        if not lock.acquire():
+        if not unpublish(rec, folder):
             busy.append(record.task if record else str(rec))
-            continue
-        try:
-            for file in uncommit(rec, folder):  # re-read under the lock: a run may have committed
-                cache.data.pop(file, None)
-        finally:
-            lock.release()
     if busy:
         raise TaskLockedError(
             f"{len(busy)} task(s) are running right now, so their outputs were kept:"

@@ -1,9 +1,12 @@
-"""The status of every task in a graph, computed in one pass, and the preview built on it.
+"""The status of every task in a graph, computed in one pass, and what a run executes.
 
 Each task's own outputs are checked once; ``check_dependencies`` is applied by propagating
 along the topological order, never by recursion, so status checks are linear in the size of
 the graph (d6tflow re-checks shared upstream tasks once per path: exponential on stacked
-diamonds).
+diamonds). A :class:`Plan` says what a run executes (preview, run, summary and progress
+bar all read that one answer) and grows when a run adds the tasks a ``run()`` yields;
+:func:`assess` judges one task without building its graph. How a plan is shown is
+:mod:`pipeflow.display.preview`'s business.
 
 A task is COMPLETE when a successful run committed its outputs, they are intact, and
 nothing they were made from has changed since (see :mod:`pipeflow.fingerprint`); STALE
@@ -15,16 +18,15 @@ PENDING when nothing valid was committed.
 from __future__ import annotations
 
 import enum
-import html
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import luigi
 
 from pipeflow import fingerprint, settings
-from pipeflow.contract import adapt
-from pipeflow.graph import Graph, describe
+from pipeflow.contract import TaskContract, adapt
+from pipeflow.graph import Graph, build, describe, requirement_edges
 
 
 class Status(str, enum.Enum):
@@ -52,18 +54,18 @@ class Plan:
             not complete, stopping at complete ones (as luigi does: with
             ``check_dependencies`` off, a complete task's upstream is left alone).
         up_to_date: the complete nodes that walk reached (a run reports them done).
+        cascade: whether ``check_dependencies`` applied.
     """
 
     graph: Graph
-    own: list[bool]
-    status: list[Status]
+    own: list[bool] = field(default_factory=list)
+    status: list[Status] = field(default_factory=list)
     reasons: dict[int, str] = field(default_factory=dict)
     to_run: frozenset[int] = frozenset()
     up_to_date: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.to_run and not self.up_to_date:
-            self.to_run, self.up_to_date = _what_runs(self.graph, self.status)
+    cascade: bool = True
+    _digests: list[str | None] = field(default_factory=list, repr=False)
+    _ran: set[int] = field(default_factory=set, repr=False)
 
     def status_of(self, task: luigi.Task) -> Status:
         """Status of a task of the graph."""
@@ -74,13 +76,229 @@ class Plan:
         up = self.graph.upstream([self.graph.position(task)])
         return [self.graph.nodes[i] for i in sorted(up) if not self.own[i]]
 
+    def extend(self, tasks: Sequence[luigi.Task], taken: Collection[int] = ()
+               ) -> tuple[list[int], set[int], list[int]]:
+        """Add ``tasks`` (and their upstream tasks) to the graph and assess the new ones.
 
-def _what_runs(graph: Graph, status: list[Status]) -> tuple[frozenset[int], tuple[int, ...]]:
-    """What a run of ``graph`` executes, and the complete tasks it meets on the way."""
+        A run calls this with the requirements a ``run()`` yields: they join the run.
+
+        Args:
+            tasks: the tasks to add (those already in the graph keep their position).
+            taken: positions the run has already dealt with (to run, or reported done):
+                the walk below does not enter them.
+
+        Returns:
+            The positions of ``tasks``; what a run must now execute (walking down from
+            ``tasks`` as from the roots); and the complete tasks that walk met.
+        """
+        known = len(self.status)
+        positions = self.graph.extend(tasks)
+        self._assess(known)
+        run, done = _what_runs(self.graph, self.status,
+                               [p for p in positions if p not in taken], taken)
+        return positions, set(run), list(done)
+
+    def ran(self, pos: int) -> None:
+        """Note that the task at ``pos`` ran in the run using this plan.
+
+        Its status is looked at again if tasks added later depend on it.
+        """
+        self._ran.add(pos)
+
+    def _assess(self, start: int) -> None:
+        """Compute the status of every node from position ``start`` on (one pass)."""
+        graph = self.graph
+        if self._ran:  # tasks that ran since: fresh statuses for the new tasks using them
+            used = {d for pos in range(start, len(graph.nodes)) for d in graph.deps[pos]}
+            for pos in sorted(used & self._ran):
+                self._ran.discard(pos)
+                self.own[pos], self.status[pos], reason, self._digests[pos] = self._one(pos)
+                self.reasons.pop(pos, None)
+                if reason is not None:
+                    self.reasons[pos] = reason
+        for pos in range(start, len(graph.nodes)):
+            mine, state, reason, digest = self._one(pos)
+            if reason is not None:
+                self.reasons[pos] = reason
+            self.own.append(mine)
+            self.status.append(state)
+            self._digests.append(digest)
+
+    def _one(self, pos: int) -> tuple[bool, Status, str | None, str | None]:
+        """Own outputs intact, status, reason and outputs digest of the node at ``pos``."""
+        graph, status, digests = self.graph, self.status, self._digests
+        nodes, deps = graph.nodes, graph.deps[pos]
+        task = nodes[pos]
+        c = adapt(task)
+        if c.group:
+            mine, reason, record = True, None, None
+            digest = fingerprint.combine([digests[d] for d in deps])
+        else:
+            mine, reason, record = c.output_state()
+            digest = (None if record is None or not graph.dependents[pos]
+                      else fingerprint.outputs_digest(record.files))
+        state, reason = _own_status(c, mine, reason, record,
+                                    lambda: [(nodes[d], digests[d]) for d in deps])
+        required = graph.required(pos)
+        if state is Status.COMPLETE and required and _cascades(c, self.cascade):
+            state, reason = _behind(
+                [(nodes[d], status[d]) for d in required]) or (state, reason)
+        return mine, state, reason, digest
+
+
+def _own_status(c: TaskContract, mine: bool, reason: str | None, record: Any,
+                upstream: Callable[[], list[tuple[luigi.Task, str | None]]]
+                ) -> tuple[Status, str | None]:
+    """A task's status from its own outputs (and, for change detection, its inputs')."""
+    state = Status.COMPLETE if mine else Status.STALE if record else Status.PENDING
+    if mine and record is not None and record.fingerprint and not c.external:
+        code = fingerprint.detects(c.changes.code, settings.detect_code_changes)
+        data = fingerprint.detects(c.changes.data, settings.detect_data_changes)
+        if code or data:
+            reason = fingerprint.changes(record.fingerprint, c.task, upstream(), code, data)
+            if reason is not None:
+                state = Status.STALE
+    return state, reason
+
+
+def _cascades(c: TaskContract, cascade: bool) -> bool:
+    """Whether an upstream task out of date makes this task out of date too."""
+    return c.group or (cascade and not c.external)
+
+
+def _behind(required: list[tuple[luigi.Task, Status]]) -> tuple[Status, str | None] | None:
+    """The status a complete task takes from its required tasks (None: they are complete)."""
+    behind = [(t, s) for t, s in required if s is not Status.COMPLETE]
+    if not behind:
+        return None
+    if any(s is Status.PENDING for _, s in behind):
+        return Status.PENDING, None
+    return Status.STALE, f"upstream {describe(behind[0][0])} is out of date"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The status of one task (see :func:`assess`).
+
+    Attributes:
+        own: its own outputs are committed and intact.
+        status: COMPLETE, STALE or PENDING, as a plan of its graph would say.
+        reason: why its outputs do not count, when there is something to explain.
+    """
+
+    own: bool
+    status: Status
+    reason: str | None
+
+
+def assess(task: luigi.Task, check_dependencies: bool | None = None) -> Verdict:
+    """The status of one task, looking upstream only as far as that status depends on.
+
+    The same answer as ``build_plan(graph.build([task])).status_of(task)``, without
+    building the graph: a task whose own outputs do not count is not looked past, and
+    upstream tasks are visited only below complete ones (with ``check_dependencies``) or
+    one level up (their outputs, for change detection). ``complete()`` and
+    ``outputLoad()`` use it.
+
+    Raises:
+        CycleError: ``requires()`` loops back (found by building the graph, as a plan would).
+        RequirementError: a ``requires()`` returned something that is not a task.
+    """
+    cascade = settings.check_dependencies if check_dependencies is None else check_dependencies
+    fingerprint.refresh()
+    own: dict[str, tuple[bool, str | None, Any]] = {}
+    digests: dict[str, str | None] = {}
+    edges: dict[str, list[tuple[luigi.Task, bool]]] = {}
+    done: dict[str, tuple[Status, str | None]] = {}
+
+    def own_of(t: luigi.Task) -> tuple[bool, str | None, Any]:
+        tid = t.task_id
+        if tid not in own:
+            c = adapt(t)
+            own[tid] = (True, None, None) if c.group else c.output_state()
+        return own[tid]
+
+    def edges_of(t: luigi.Task) -> list[tuple[luigi.Task, bool]]:
+        if t.task_id not in edges:
+            edges[t.task_id] = list(dict.fromkeys(requirement_edges(t)))
+        return edges[t.task_id]
+
+    def digest_of(t: luigi.Task) -> str | None:
+        # a group's digest combines its members' (a short walk through groups only)
+        stack, order = [t], []
+        while stack:
+            u = stack.pop()
+            if u.task_id in digests or u in order:
+                continue
+            order.append(u)
+            if adapt(u).group:
+                stack.extend(d for d, _ in edges_of(u))
+        for u in reversed(order):
+            if u.task_id in digests:
+                continue
+            if adapt(u).group:
+                digests[u.task_id] = fingerprint.combine(
+                    [digests[d.task_id] for d in _distinct(edges_of(u))])
+            else:
+                record = own_of(u)[2]
+                digests[u.task_id] = (None if record is None
+                                      else fingerprint.outputs_digest(record.files))
+        return digests[t.task_id]
+
+    # Depth first; a task is judged once the required tasks its status depends on are.
+    stack: list[luigi.Task] = [task]
+    on_stack: set[str] = set()
+    while stack:
+        t = stack[-1]
+        tid = t.task_id
+        if tid in done:
+            stack.pop()
+            continue
+        c = adapt(t)
+        mine, reason, record = own_of(t)
+        state, reason = _own_status(
+            c, mine, reason, record,
+            lambda t=t: [(d, digest_of(d)) for d in _distinct(edges_of(t))])  # type: ignore[misc]
+        required = [d for d, opt in edges_of(t) if not opt] \
+            if state is Status.COMPLETE and _cascades(c, cascade) else []
+        waiting = [d for d in required if d.task_id not in done]
+        if waiting:
+            if tid in on_stack:  # came back to it with its requirements not judged: a cycle
+                return _full(task, cascade)
+            on_stack.add(tid)
+            stack.extend(waiting)
+            continue
+        stack.pop()
+        on_stack.discard(tid)
+        if required:
+            state, reason = _behind([(d, done[d.task_id][0]) for d in required]) or (state, reason)
+        done[tid] = (state, reason)
+    state, reason = done[task.task_id]
+    return Verdict(own_of(task)[0], state, reason)
+
+
+def _distinct(edges: list[tuple[luigi.Task, bool]]) -> list[luigi.Task]:
+    """The upstream tasks of ``edges``, each once, in order (as a graph's ``deps``)."""
+    return list({d.task_id: d for d, _ in edges}.values())
+
+
+def _full(task: luigi.Task, cascade: bool) -> Verdict:
+    """The verdict from a whole plan (which raises the cycle error, if there is one)."""
+    plan = build_plan(build([task]), cascade)
+    pos = plan.graph.position(task)
+    return Verdict(plan.own[pos], plan.status[pos], plan.reasons.get(pos))
+
+
+def _what_runs(graph: Graph, status: list[Status], starts: Sequence[int],
+               taken: Collection[int] = ()) -> tuple[frozenset[int], tuple[int, ...]]:
+    """What a run from ``starts`` executes, and the complete tasks it meets on the way.
+
+    Positions in ``taken`` are not entered (a run already has them).
+    """
     to_run: set[int] = set()
     up_to_date: list[int] = []
-    seen: set[int] = set(graph.roots)
-    stack = list(graph.roots)
+    seen: set[int] = set(taken) | set(starts)
+    stack = list(dict.fromkeys(starts))
     while stack:
         i = stack.pop()
         if status[i] is Status.COMPLETE:
@@ -104,257 +322,11 @@ def build_plan(graph: Graph, check_dependencies: bool | None = None) -> Plan:
             always follow their upstream tasks; external tasks never do.
     """
     cascade = settings.check_dependencies if check_dependencies is None else check_dependencies
-    code_on, data_on = settings.detect_code_changes, settings.detect_data_changes
     fingerprint.refresh()
-    nodes = graph.nodes
-    own: list[bool] = []
-    status: list[Status] = []
-    reasons: dict[int, str] = {}
-    digests: list[str | None] = []  # each node's outputs, for its dependents' data checks
-    for pos, task in enumerate(nodes):
-        c = adapt(task)
-        external, group = c.external, c.group
-        if group:
-            mine, reason, record = True, None, None
-            digests.append(fingerprint.combine([digests[d] for d in graph.deps[pos]]))
-        else:
-            mine, reason, record = c.output_state()
-            digests.append(None if record is None or not graph.dependents[pos]
-                           else fingerprint.outputs_digest(record.files))
-        state = Status.COMPLETE if mine else Status.STALE if record else Status.PENDING
-        if mine and record is not None and record.fingerprint and not external:
-            code = fingerprint.detects(c.changes.code, code_on)
-            data = fingerprint.detects(c.changes.data, data_on)
-            if code or data:
-                reason = fingerprint.changes(
-                    record.fingerprint, task,
-                    [(nodes[d], digests[d]) for d in graph.deps[pos]], code, data)
-                if reason is not None:
-                    state = Status.STALE
-        deps = graph.required(pos)
-        if (state is Status.COMPLETE and deps
-                and (group or (cascade and not external))):
-            behind = [d for d in deps if status[d] is not Status.COMPLETE]
-            if any(status[d] is Status.PENDING for d in behind):
-                state = Status.PENDING
-            elif behind:
-                state = Status.STALE
-                reason = f"upstream {describe(nodes[behind[0]])} is out of date"
-        if reason is not None:
-            reasons[pos] = reason
-        own.append(mine)
-        status.append(state)
-    return Plan(graph, own, status, reasons)
+    plan = Plan(graph, cascade=cascade)
+    plan._assess(0)
+    plan.to_run, plan.up_to_date = _what_runs(graph, plan.status, graph.roots)
+    return plan
 
 
-# -- preview -------------------------------------------------------------------------------
-
-_COLORS = {"COMPLETE": "\033[92m", "PENDING": "\033[94m", "STALE": "\033[93m"}
-_END = "\033[0m"
-#: why a task that is not complete does not run (check_dependencies off)
-NOT_RUN = ("not run: the tasks that need it are complete, and check_dependencies is off "
-           "(pipeflow.settings.check_dependencies = True reruns it)")
-#: deeper levels are not indented further, so a 10,000-task chain stays readable
-MAX_INDENT_DEPTH = 30
-
-
-@dataclass(frozen=True)
-class PreviewRow:
-    """One line of a preview.
-
-    Attributes:
-        task: the task.
-        status: its status.
-        depth: distance from the root of its tree.
-        last: whether it is the last requirement of its parent.
-        params: the parameters shown (those differing from the parent's).
-        reference: the task was drawn above already (shared by several parents).
-        prefix: the tree-drawing characters before the task.
-        reason: why its outputs do not count, when notable (e.g. changed outside pipeflow).
-    """
-
-    task: luigi.Task
-    status: Status
-    depth: int
-    last: bool
-    params: dict[str, str]
-    reference: bool
-    prefix: str
-    reason: str | None = None
-
-    def text(self, color: bool = False) -> str:
-        """The line, d6tflow style: ``└─--[Train-{'model': 'xgb'} (PENDING)]``."""
-        name = f"{self.task.task_family}-{self.params}"
-        if self.reference:
-            return f"{self.prefix}[{name} (see above)]"
-        word = str(self.status)
-        if color:
-            word = _COLORS[word] + word + _END
-        why = f" - {self.reason}" if self.reason else ""
-        return f"{self.prefix}[{name} ({word})]{why}"
-
-
-class Preview:
-    """What ``preview()`` shows: a tree of tasks with their status, usable in code.
-
-    ``preview.text()`` is the text tree (also ``str(preview)`` unless ``preview()`` already
-    printed it), ``preview._repr_html_()`` its notebook rendering.
-
-    Attributes:
-        rows: one :class:`PreviewRow` per line, in display order.
-        plan: the plan the preview was made from.
-        printed: ``preview()`` printed the tree; ``str()`` then gives the one-line
-            :meth:`summary`, so ``print(flow.preview())`` shows the tree once.
-
-    Example:
-        >>> p = flow.preview()        # doctest: +SKIP
-        >>> p.counts()                # doctest: +SKIP
-        {'COMPLETE': 1, 'PENDING': 2}
-        >>> [describe(t) for t in p.tasks("PENDING")]  # doctest: +SKIP
-    """
-
-    def __init__(self, rows: list[PreviewRow], plan: Plan):
-        self.rows = rows
-        self.plan = plan
-        self._printed = False  # printed by preview(), not yet shown again in a notebook
-        self.printed = False  # preview() printed the tree: str() gives the summary line
-
-    def tasks(self, status: Status | str | None = None) -> list[luigi.Task]:
-        """The distinct tasks shown, optionally only those with ``status``."""
-        want = None if status is None else Status(str(status))
-        return [r.task for r in self.rows if not r.reference and want in (None, r.status)]
-
-    def status(self) -> dict[str, Status]:
-        """task_id -> status for every task shown."""
-        return {r.task.task_id: r.status for r in self.rows if not r.reference}
-
-    def counts(self) -> dict[str, int]:
-        """Number of distinct tasks per status."""
-        out = {s.value: 0 for s in Status}
-        for r in self.rows:
-            if not r.reference:
-                out[r.status.value] += 1
-        return out
-
-    def text(self, color: bool = False) -> str:
-        """The tree as text, one line per task."""
-        return "\n".join(r.text(color) for r in self.rows)
-
-    def summary(self) -> str:
-        """One line of counts: ``3 tasks: 1 complete, 0 stale, 2 pending``."""
-        c = self.counts()
-        n = len(self.tasks())
-        return (f"{n} task{'s' if n != 1 else ''}: {c['COMPLETE']} complete, {c['STALE']} "
-                f"stale, {c['PENDING']} pending")
-
-    def __str__(self) -> str:
-        # ``print(flow.preview())`` (a d6tflow idiom) would otherwise draw the tree twice:
-        # once printed, the preview stringifies as its summary; .text() is always the tree.
-        return self.summary() if self.printed else self.text()
-
-    def __repr__(self) -> str:
-        c = self.counts()
-        n = len(self.tasks())
-        return (f"<Preview of {n} tasks: {c['COMPLETE']} done, {c['STALE']} stale, "
-                f"{c['PENDING']} to run>")
-
-    def _repr_html_(self) -> str:
-        colors = {Status.COMPLETE: "#1a7f37", Status.PENDING: "#0969da",
-                  Status.STALE: "#9a6700"}
-        lines = []
-        for r in self.rows:
-            plain = html.escape(r.text())
-            if not r.reference:
-                word = str(r.status)
-                plain = plain.replace(
-                    f"({word})]", f'(<b style="color:{colors[r.status]}">{word}</b>)]'
-                )
-            lines.append(plain)
-        return "<pre>" + "\n".join(lines) + "</pre>"
-
-    def _ipython_display_(self) -> None:
-        # preview() has already printed the tree; showing the returned object as the
-        # cell's result would draw it twice. Later displays (``p`` in a new cell) show it.
-        if self._printed:
-            self._printed = False
-            return
-        from IPython.display import HTML, display  # only reached inside IPython
-
-        display(HTML(self._repr_html_()))
-
-
-def build_preview(
-    plan: Plan,
-    roots: Sequence[luigi.Task],
-    show_params: bool = True,
-    clip_params: bool = False,
-    indent: str = "",
-    last: bool = True,
-) -> Preview:
-    """Lay out the tree of each root: a task shared by several parents is drawn once.
-
-    Args:
-        plan: statuses of the graph containing ``roots``.
-        roots: the tasks whose trees to draw.
-        show_params: show parameters at all.
-        clip_params: show only the first parameter of each task.
-        indent: prefix of every line (d6tflow compatibility).
-        last: draw the roots as last children (d6tflow compatibility).
-    """
-    graph = plan.graph
-    rows: list[PreviewRow] = []
-    drawn: set[int] = set()
-    str_params: dict[int, dict[str, str]] = {}  # each task's parameters, computed once
-
-    def params_of(pos: int) -> dict[str, str]:
-        if pos not in str_params:
-            str_params[pos] = graph.nodes[pos].to_str_params(only_significant=True)
-        return str_params[pos]
-
-    for root in roots:
-        # Each frame: (position, depth, is last child, prefix indent, parent's params)
-        stack: list[tuple[int, int, bool, str, dict[str, str] | None]] = [
-            (graph.position(root), 0, last, indent, None)
-        ]
-        while stack:
-            pos, depth, is_last, ind, parent_params = stack.pop()
-            task = graph.nodes[pos]
-            params = _shown_params(params_of(pos), parent_params, show_params, clip_params)
-            branch = "└─--" if is_last else "|--"
-            shown_ind = ind if depth <= MAX_INDENT_DEPTH else ind + f"[{depth}]"
-            ref = pos in drawn
-            why = None if ref else plan.reasons.get(pos)
-            if not ref and plan.status[pos] is not Status.COMPLETE and pos not in plan.to_run:
-                why = NOT_RUN + (f"; {why}" if why else "")
-            rows.append(PreviewRow(task, plan.status[pos], depth, is_last, params, ref,
-                                   shown_ind + branch, why))
-            if ref:
-                continue
-            drawn.add(pos)
-            child_ind = ind + ("   " if is_last else "|  ") if depth < MAX_INDENT_DEPTH else ind
-            children = graph.deps[pos]
-            for k in range(len(children) - 1, -1, -1):
-                stack.append((children[k], depth + 1, k == len(children) - 1, child_ind,
-                              params_of(pos)))
-    return Preview(rows, plan)
-
-
-def _shown_params(
-    params: dict[str, str], parent: dict[str, str] | None, show: bool, clip: bool
-) -> dict[str, str]:
-    if not show:
-        return {}
-    if parent is not None:
-        params = {k: v for k, v in params.items() if parent.get(k) != v}
-    if clip and len(params) > 1:
-        params = dict([next(iter(params.items()))])
-    return params
-
-
-def use_color() -> bool:
-    """Colour codes only when standard output is a terminal."""
-    return sys.stdout.isatty()
-
-
-__all__ = ["Plan", "Preview", "PreviewRow", "Status", "build_plan", "build_preview",
-           "describe"]
+__all__ = ["Plan", "Status", "Verdict", "assess", "build_plan"]

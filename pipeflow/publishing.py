@@ -21,7 +21,8 @@ from typing import Any
 
 from pipeflow import cache, settings
 from pipeflow.errors import SaveError
-from pipeflow.integrity import FileRecord, seal
+from pipeflow.integrity import FileRecord, seal, uncommit
+from pipeflow.locks import TaskLock
 
 #: writes one file: called with the temp file's path
 Writer = Callable[[pathlib.Path], None]
@@ -207,6 +208,40 @@ def write_atomic(path: str | os.PathLike[str], writer: Writer) -> None:
     """
     final = pathlib.Path(path)
     publish(stage({final: writer}), final)
+
+
+def task_lock(record: str | os.PathLike[str]) -> TaskLock:
+    """The lock of the task whose commit record is (or will be) at ``record``.
+
+    The record's path names the task within its folder: the one place a lock's identity
+    is decided, for runs and resets alike.
+    """
+    path = os.fspath(record)
+    return TaskLock(os.path.dirname(path), os.path.basename(path))
+
+
+def unpublish(record: str | os.PathLike[str], folder: pathlib.Path) -> bool:
+    """Under the task's lock, delete its commit record, then the files it lists.
+
+    The record is read under the lock (a run may just have committed). In-memory copies
+    of the deleted files are dropped. ``folder`` must have been checked to lie inside the
+    task's location.
+
+    Returns:
+        False, deleting nothing, when the task's lock is held elsewhere (it is running).
+    """
+    with task_lock(record) as held:
+        if not held:
+            return False
+        withdraw(record, folder)
+    return True
+
+
+def withdraw(record: str | os.PathLike[str], folder: pathlib.Path) -> None:
+    """As :func:`unpublish`, for a caller that holds the task's lock already."""
+    if os.path.lexists(record):
+        for file in uncommit(record, folder):
+            cache.data.pop(file, None)
 
 
 def _errno(exc: OSError) -> int | None:

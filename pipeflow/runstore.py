@@ -75,7 +75,7 @@ _ENDS = {EventKind.TASK_COMPLETED: "completed", EventKind.TASK_FAILED: "failed",
          EventKind.TASK_RETRYING: "retried", EventKind.TASK_CANCELLED: "cancelled",
          EventKind.TASK_SKIPPED: "skipped", EventKind.TASK_UP_TO_DATE: "up_to_date"}
 _STATES = {**_ENDS, EventKind.TASK_STARTED: "in_progress", EventKind.TASK_WAITING: "waiting",
-           EventKind.TASK_RETRYING: "pending"}
+           EventKind.TASK_RETRYING: "queued", EventKind.TASK_ADDED: "queued"}
 
 
 def history_path() -> pathlib.Path | None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import luigi
 
 from pipeflow import display, graph, layout, operations, runstore
+from pipeflow.display.preview import Preview
 from pipeflow.engines import CancelToken
 from pipeflow.errors import (
     IncompleteTaskError,
@@ -30,7 +31,6 @@ from pipeflow.errors import (
 from pipeflow.events import RunResult
 from pipeflow.options import RunOptions
 from pipeflow.parameters import MASK, check_undeclared, is_secret
-from pipeflow.plan import Preview
 from pipeflow.tasks import TaskData, located
 
 if TYPE_CHECKING:

@@ -255,6 +255,31 @@ def test_cancel_from_another_thread(workers, executor, log, stored):
     assert not stored()  # no output, no temp file
 
 
+@pytest.mark.parametrize(("workers", "executor"), [(1, None), (2, "thread"), (2, "process")])
+def test_cancelling_the_last_running_task_reports_the_tasks_waiting_for_it(workers, executor):
+    """Regression: when the only running task was stopped, the loop ended with nothing
+    ready, and the tasks waiting for it were missing from the result and the summary."""
+    token = pipeflow.CancelToken()
+    threading.Timer(0.3, token.cancel).start()
+
+    class Slow(pipeflow.tasks.TaskPickle):
+        def run(self):
+            time.sleep(5)
+            self.save(1)
+
+    @pipeflow.requires(Slow)
+    class After(pipeflow.tasks.TaskPickle):
+        def run(self):
+            self.save(2)
+
+    with pytest.raises(RunCancelledError) as info:
+        pipeflow.run(After(), cancel=token, workers=workers, executor=executor)
+    result = info.value.result
+    assert {r.task.task_family: r.state.value for r in result.tasks.values()} == {
+        "Slow": "cancelled", "After": "cancelled"}
+    assert "Scheduled 2 tasks" in result.summary()
+
+
 def test_workflow_cancel_from_a_callback(log):
     class Step(pipeflow.tasks.TaskPickle):
         n = pipeflow.IntParameter()

@@ -135,3 +135,122 @@ def test_random_dags_on_threads(spec):
 @given(dags())
 def test_random_dags_on_processes(spec):
     _check(spec, "process", 2)
+
+
+# -- requirements yielded by run() -------------------------------------------------------------
+
+class DynNode(pipeflow.tasks.TaskPickle):
+    """As Node, and its run() first yields the nodes listed in ``yields``."""
+
+    key = pipeflow.Parameter()
+    i = pipeflow.IntParameter()
+
+    def requires(self):
+        spec = SPECS[self.key]
+        return [pipeflow.optional(DynNode(key=self.key, i=d)) if opt
+                else DynNode(key=self.key, i=d) for d, opt in spec["deps"][self.i]]
+
+    def run(self):
+        spec = SPECS[self.key]
+        with open(spec["log"], "a") as fh:
+            fh.write(f"call {self.i}\n")
+        wanted = spec["yields"][self.i]
+        if wanted:
+            yield [DynNode(key=self.key, i=d) for d in wanted]
+        with open(spec["log"], "a") as fh:
+            fh.write(f"start {self.i}\n")
+        ok = self.i not in spec["fail"]
+        if ok:
+            self.save(self.i)
+        with open(spec["log"], "a") as fh:
+            fh.write(f"end {self.i} {'ok' if ok else 'fail'}\n")
+        if not ok:
+            raise RuntimeError(f"node {self.i} fails")
+
+
+@st.composite
+def dynamic_dags(draw):
+    spec = draw(dags())
+    n = len(spec["deps"])
+    spec["yields"] = [
+        draw(st.lists(st.sampled_from([d for d in range(i) if d not in
+                                       {e for e, _ in spec["deps"][i]}] or [None]),
+                      unique=True, max_size=2)) if i else []
+        for i in range(n)]
+    spec["yields"] = [[d for d in ys if d is not None] for ys in spec["yields"]]
+    return spec
+
+
+def _expected_dynamic(spec):
+    """Independent model: a node's yields join the run once it gets to run; a failed or
+    skipped yield skips the node, like a failed required dependency."""
+    needed: set[int] = set()
+    grow = list(spec["roots"])
+    while True:
+        while grow:
+            i = grow.pop()
+            if i not in needed:
+                needed.add(i)
+                grow.extend(d for d, _ in spec["deps"][i])
+        state = {}
+        for i in sorted(needed):
+            if any(state[d] in ("failed", "skipped") for d, opt in spec["deps"][i] if not opt):
+                state[i] = "skipped"
+                continue
+            ys = spec["yields"][i]
+            missing = [d for d in ys if d not in needed]
+            if missing:
+                grow.extend(missing)
+                break
+            if any(state[d] in ("failed", "skipped") for d in ys):
+                state[i] = "skipped"
+            else:
+                state[i] = "failed" if i in spec["fail"] else "completed"
+        else:
+            return state
+
+
+def _check_dynamic(spec, executor, workers):
+    key = f"dyn{next(_keys)}"
+    tmp = pathlib.Path(tempfile.mkdtemp())
+    spec = {**spec, "log": tmp / "log"}
+    SPECS[key] = spec
+    pipeflow.set_dir(tmp / "data")
+    result = pipeflow.run([DynNode(key=key, i=r) for r in spec["roots"]], workers=workers,
+                          executor=executor, abort=False, execution_summary=False)
+    states = {r.task.i: r.state.value for r in result.tasks.values()}
+    assert states == _expected_dynamic(spec)
+    lines = spec["log"].read_text().splitlines() if spec["log"].exists() else []
+    starts = [int(ln.split()[1]) for ln in lines if ln.startswith("start")]
+    assert len(starts) == len(set(starts)), "a task ran to its end twice"
+    for i in starts:
+        before = lines[:lines.index(f"start {i}")]
+        for d in spec["yields"][i]:
+            assert f"end {d} ok" in before, f"{i} went past its yield before {d} completed"
+        for d, opt in spec["deps"][i]:
+            if not opt:
+                assert f"end {d} ok" in before, f"{i} started before required {d} completed"
+    calls = [int(ln.split()[1]) for ln in lines if ln.startswith("call")]
+    for i in set(calls):  # run() is called again once, after its yields are done
+        assert calls.count(i) <= (2 if spec["yields"][i] else 1), (i, calls)
+    assert result.success == all(s == "completed" for s in states.values())
+    del SPECS[key]
+
+
+@common
+@given(dynamic_dags())
+def test_random_dags_with_yields_in_process(spec):
+    _check_dynamic(spec, None, 1)
+
+
+@common
+@given(dynamic_dags())
+def test_random_dags_with_yields_on_threads(spec):
+    _check_dynamic(spec, "thread", 3)
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dynamic_dags())
+def test_random_dags_with_yields_on_processes(spec):
+    _check_dynamic(spec, "process", 2)

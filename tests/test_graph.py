@@ -177,3 +177,38 @@ def test_graph_of_plain_luigi_tasks(tmp_path):
             return Plain()
 
     assert [t.task_family for t in graph.build([Uses()]).nodes] == ["Plain", "Uses"]
+
+
+def test_extend_appends_new_tasks_in_order_and_keeps_positions():
+    g = graph.build([Features()])
+    before = list(g.nodes)
+    assert g.dependents[0] == (1,)  # computed now: must be recomputed after extending
+    positions = g.extend([Train(), Load()])
+    assert g.nodes[:2] == before  # existing positions keep their meaning
+    assert [t.task_family for t in g.nodes] == ["Load", "Features", "Train"]
+    assert positions == [2, 0]
+    assert g.dependents[0] == (1, 2) and g.dependents[1] == (2,)
+    assert g.required_dependents[1] == (2,)
+    assert g.roots == [1]  # extending adds tasks, not roots
+    assert g.extend([Load()]) == [0] and len(g) == 3  # nothing new: nothing added
+
+
+def test_a_failed_extend_leaves_the_graph_as_it_was():
+    class Bad(pipeflow.tasks.TaskPickle):
+        def requires(self):
+            return [Load(), "not a task"]
+
+    class Extra(pipeflow.tasks.TaskPickle):  # new, added before Bad fails
+        def requires(self):
+            return Load()
+
+    class Top(pipeflow.tasks.TaskPickle):
+        def requires(self):
+            return [Extra(), Features(), Bad()]
+
+    g = graph.build([Train()])
+    snapshot = (list(g.nodes), dict(g.index), list(g.deps), list(g.optional))
+    with pytest.raises(RequirementError):
+        g.extend([Top()])
+    assert "Extra" not in str(g.index)
+    assert (list(g.nodes), dict(g.index), list(g.deps), list(g.optional)) == snapshot

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import ctypes
+import io
 import multiprocessing
 import os
 import pickle
@@ -23,11 +24,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
-from pipeflow import layout
+from pipeflow import cache, layout
 from pipeflow.errors import PipeflowError
-
-#: the kinds of executor ``LocalEngine(executor=...)`` takes; "inline" is workers=1's default
-EXECUTORS = ("process", "thread")
 
 
 class CancelToken:
@@ -96,8 +94,16 @@ class Outcome:
     traceback: str | None = None
     cancelled: bool = False
     saved: bool = True  # False: run() saved no output (the task stays incomplete)
+    needs: list[Any] = field(default_factory=list)  # yielded by run(), not complete yet
     memory: dict[Any, Any] = field(default_factory=dict)  # cache outputs made in a worker
     usage: dict[str, float] = field(default_factory=dict)  # cpu_time (s), peak_memory (bytes)
+
+    @classmethod
+    def of(cls, ran: bool | list[Any], **kw: Any) -> Outcome:
+        """The outcome of an attempt whose :attr:`Work.run` returned ``ran``."""
+        if isinstance(ran, list):
+            return cls(needs=ran, **kw)
+        return cls(saved=ran, **kw)
 
 
 
@@ -106,14 +112,16 @@ class Work:
     """What an executor does with a task, supplied by the engine.
 
     Attributes:
-        run: one attempt of the task; returns False when it saved no output.
+        run: one attempt of the task; returns False when it saved no output, or the
+            tasks its ``run()`` yielded when they are not complete yet (see
+            :meth:`Outcome.of`).
         fail: the outcome of an attempt that raised (secrets redacted).
         stopped: clean up after an attempt that was stopped midway (partial outputs).
         timed_out: the error of an attempt stopped by its timeout.
         memory: the in-memory outputs a worker process made, to hand back.
     """
 
-    run: Callable[[Any], bool]
+    run: Callable[[Any], bool | list[Any]]
     fail: Callable[[BaseException, Any], Outcome]
     stopped: Callable[[Any], None]
     timed_out: Callable[[Any], BaseException]
@@ -193,7 +201,7 @@ class InlineExecutor:
                     if timer is not None:  # a timer that fired delivers here, not later
                         timer.cancel()
                         timer.join()
-            out = Outcome(saved=saved)
+            out = Outcome.of(saved)
         except Interrupted:
             self.work.stopped(task)
             out = (Outcome(cancelled=True) if self.cancel.cancelled
@@ -232,7 +240,7 @@ class ThreadExecutor:
         def body() -> None:
             cpu = time.thread_time()
             try:
-                out = Outcome(saved=ctx.run(work.run, task))
+                out = Outcome.of(ctx.run(work.run, task))
             except Interrupted:
                 work.stopped(task)
                 out = Outcome(cancelled=True)
@@ -272,111 +280,418 @@ class ThreadExecutor:
 
 
 class ProcessExecutor:
-    """Runs each attempt in a forked worker process (``executor='process'``)."""
+    """Runs attempts in a pool of long-lived forked worker processes (``executor='process'``).
+
+    * **The pool.** Workers are forked lazily, from the engine's thread, when an attempt
+      starts and no worker is idle: the pool grows to as many workers as attempts run at
+      once (the engine's ``workers``), and a run that starts none forks none. Each worker
+      runs attempt after attempt until :meth:`close` kills it. Workers are daemon processes,
+      ignore SIGINT (the engine handles Ctrl-C) and, on Linux, are killed by the OS if the
+      thread that forked them dies; each also exits when its pipe to the parent closes.
+    * **Handing a task over.** A worker is a fork of this process, so it holds every task
+      instance that luigi's instance cache held when it was forked (and the task that
+      forked it): such a task is named by its ``id()`` (the executor keeps those instances
+      alive, so no other object can take their address meanwhile). Any other task is
+      pickled (a class defined in a function by identity, as the worker has it too if it
+      was defined before the fork). One that does not pickle here, or does not unpickle
+      there (its class was defined in ``__main__``, a notebook cell or a function after
+      the worker was forked), goes to a newly forked worker, which inherits it, in place of
+      an idle one.
+    * **In-memory outputs** (cache targets) made in a worker come back with the outcome
+      (``Work.memory``) and are forwarded to every other worker with its next attempt, so
+      downstream tasks find them wherever they run.
+    * **Stopping and crashes.** Stopping an attempt (cancel, timeout) kills its worker and
+      cleans up after it (``Work.stopped``); a worker that dies (killed, out of memory,
+      ``os._exit``) fails only the attempt it was running. A new worker is forked when one
+      is next needed.
+    * **Usage** is per attempt: the CPU time of the attempt and, where the OS can reset a
+      process's peak (Linux), the worker's peak memory during the attempt; elsewhere the
+      worker's peak so far.
+    """
 
     def __init__(self, work: Work):
         self.work = work
         self.ctx = multiprocessing.get_context("fork")
-        self.procs: dict[int, tuple[Any, Connection]] = {}
         self.flow = layout.current()
+        self.idle: list[_Worker] = []
+        self.running: dict[int, _Worker] = {}  # position -> the worker running it
+        self.shared: list[_Shared] = []  # in-memory outputs sent back, in order
+        self.pruned = 0  # shared[:pruned] no longer keep their pickle
+        self.done: list[tuple[int, Outcome]] = []  # attempts that ended without a worker
+        self.forked = 0
 
+    # -- the Executor interface -----------------------------------------------------------
     def start(self, pos: int, task: Any, deadline: float | None) -> None:
-        """Fork a worker for the attempt."""
-        recv, send = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(target=_worker_main, args=(self.work, task, send, self.flow),
-                                name=f"pipeflow-{task.task_family}", daemon=True)
-        proc.start()
-        send.close()
-        self.procs[pos] = (proc, recv)
+        """Hand the attempt to an idle worker, or to a new one forked for it."""
+        self._hand(pos, task, fork=False)
 
     def collect(self, timeout: float) -> list[tuple[int, Outcome]]:
         """The attempts whose worker reported or died, waiting up to ``timeout``."""
-        if not self.procs:
-            return []
-        by_conn = {conn: pos for pos, (_p, conn) in self.procs.items()}
-        by_sentinel = {p.sentinel: pos for pos, (p, _c) in self.procs.items()}
-        ready = wait([*by_conn, *by_sentinel], timeout=timeout)
-        done: dict[int, Outcome] = {}
-        for obj in ready:
-            pos = by_conn.get(obj) if isinstance(obj, Connection) else by_sentinel.get(obj)
-            if pos is None or pos in done:
+        done, self.done = self.done, []
+        if not self.running:
+            return done
+        by_obj: dict[Any, _Worker] = {}
+        for w in self.running.values():
+            by_obj[w.conn] = w
+            by_obj[w.proc.sentinel] = w
+        handled: set[int] = set()
+        for obj in wait(list(by_obj), timeout=0 if done else timeout):
+            w = by_obj[obj]
+            if id(w) in handled or w.pos is None or self.running.get(w.pos) is not w:
                 continue
-            proc, conn = self.procs[pos]
-            try:
-                out = conn.recv() if conn.poll() else None
-            except (EOFError, OSError):
-                out = None
-            if out is None:
-                proc.join(1.0)
-                if proc.exitcode is None:
-                    continue  # still running: the pipe just has nothing yet
-                err = PipeflowError(
-                    f"the worker process running a task died with exit code {proc.exitcode} "
-                    f"before reporting (killed, out of memory, or os._exit in the task)."
-                )
-                out = self.work.fail(err, None)
-            proc.join(5.0)
-            conn.close()
-            del self.procs[pos]
-            done[pos] = out
-        return list(done.items())
+            handled.add(id(w))
+            pos = w.pos
+            out = self._receive(w)
+            if out is not None:
+                done.append((pos, out))
+        return done
 
     def stop(self, pos: int, task: Any) -> None:
-        """Terminate (then kill) the attempt's worker and clean up after it."""
-        proc, conn = self.procs.pop(pos, (None, None))
-        if proc is None or conn is None:
+        """Kill the worker running the attempt (a new one is forked when needed), clean up."""
+        self.done = [(i, o) for i, o in self.done if i != pos]
+        w = self.running.pop(pos, None)
+        if w is None:
             return
-        proc.terminate()
-        proc.join(1.0)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(1.0)
-        conn.close()
+        self._discard(w, terminate=True)
         self.work.stopped(task)
 
     def close(self) -> None:
-        """Kill the workers still running."""
-        for pos in list(self.procs):
-            proc, conn = self.procs.pop(pos)
-            proc.kill()
-            proc.join(1.0)
-            conn.close()
+        """Kill every worker, busy or idle, and reap them."""
+        workers = [*self.running.values(), *self.idle]
+        self.running.clear()
+        self.idle.clear()
+        for w in workers:
+            with contextlib.suppress(Exception):
+                if w.proc.exitcode is None:
+                    w.proc.kill()
+        for w in workers:
+            self._discard(w)
+        self.shared.clear()
+        self.done.clear()
+
+    # -- handing attempts over ------------------------------------------------------------
+    def _hand(self, pos: int, task: Any, fork: bool) -> None:
+        while True:
+            worker, handle = (None, None) if fork else self._pick(task)
+            new = worker is None
+            if worker is None or handle is None:
+                worker, handle = self._fork(task), (_REF, id(task))
+            worker.pos, worker.task = pos, task
+            self.running[pos] = worker  # before sending: stop(pos) finds it if interrupted
+            if self._send(worker, handle):
+                return
+            del self.running[pos]
+            self._discard(worker)  # it died while idle
+            if new:
+                self.done.append((pos, self.work.fail(PipeflowError(
+                    "a new worker process died before it could be handed its task."), None)))
+                return
+
+    def _pick(self, task: Any) -> tuple[_Worker | None, tuple[str, Any] | None]:
+        """An idle worker and how to name ``task`` to it; (None, None): fork a new one."""
+        ref = id(task)
+        for k in range(len(self.idle) - 1, -1, -1):
+            if self.idle[k].inherited.get(ref) is task:
+                return self.idle.pop(k), (_REF, ref)
+        if not self.idle:
+            return None, None
+        try:
+            payload = _dumps(task)  # a class defined in a function: by identity
+        except Exception:  # noqa: BLE001 - e.g. an attribute that does not pickle
+            self._discard(self.idle.pop(0))  # a fork inheriting the task takes its place
+            return None, None
+        return self.idle.pop(), (_PICKLED, payload)
+
+    def _fork(self, task: Any) -> _Worker:
+        inherited = _inherited_tasks(task)
+        conn, child = self.ctx.Pipe(duplex=True)
+        # the child closes the parent's ends of every pipe, so that each worker sees its
+        # pipe close when the parent goes
+        ends = [w.conn for w in (*self.idle, *self.running.values())] + [conn]
+        self.forked += 1
+        proc = self.ctx.Process(
+            target=_serve, name=f"pipeflow-worker-{self.forked}", daemon=True,
+            args=(child, ends, self.work, self.flow, inherited,
+                  [s.memory for s in self.shared], os.getpid()))
+        proc.start()
+        child.close()
+        return _Worker(proc, conn, inherited, len(self.shared))
+
+    def _send(self, w: _Worker, handle: tuple[str, Any]) -> bool:
+        """Send the attempt and the in-memory outputs it lacks; False if it is dead."""
+        fresh = [s for s in self.shared[w.seen:] if s.origin is not w]
+        try:
+            if not w.proc.is_alive():
+                return False
+            w.conn.send_bytes(pickle.dumps((*handle, len(fresh))))
+            for s in fresh:
+                assert s.blob is not None  # kept until every live worker has it
+                w.conn.send_bytes(s.blob)
+        except OSError:
+            return False
+        w.seen = len(self.shared)
+        low = min(x.seen for x in (*self.idle, *self.running.values()))
+        for s in self.shared[self.pruned:low]:
+            s.blob = None
+        self.pruned = max(self.pruned, low)
+        return True
+
+    # -- what comes back ------------------------------------------------------------------
+    def _receive(self, w: _Worker) -> Outcome | None:
+        """The outcome ``w`` reports or its death means; None: nothing ended yet."""
+        pos, task = w.pos, w.task
+        assert pos is not None
+        try:
+            header = pickle.loads(w.conn.recv_bytes()) if w.conn.poll() else None
+            blob = w.conn.recv_bytes() if header and header[0] == _DONE and header[2] else None
+        except (EOFError, OSError):
+            header = None
+        if header is None:
+            w.proc.join(1.0)
+            if w.proc.exitcode is None:
+                return None  # still running: the pipe just has nothing yet
+            del self.running[pos]
+            code = w.proc.exitcode
+            self._discard(w)
+            return self.work.fail(PipeflowError(
+                f"the worker process running a task died with exit code {code} "
+                f"before reporting (killed, out of memory, or os._exit in the task)."), None)
+        del self.running[pos]
+        if header[0] != _DONE:  # it cannot load the task or the outputs it was sent
+            self._discard(w)
+            self._hand(pos, task, fork=True)  # a new fork inherits both
+            return None
+        w.pos = w.task = None
+        self.idle.append(w)
+        try:
+            out: Outcome = pickle.loads(header[1])
+        except Exception as exc:  # noqa: BLE001 - e.g. an exception class only it knows
+            return self.work.fail(PipeflowError(
+                f"the outcome of a task could not be read back from its worker process: "
+                f"{type(exc).__name__}: {exc}"), None)
+        if blob is not None:
+            try:
+                out.memory = pickle.loads(blob)
+            except Exception as exc:  # noqa: BLE001 - e.g. a class only it knows
+                return _unsendable(exc, task, self.work)
+            self.shared.append(_Shared(w, out.memory, blob))
+        return out
+
+    def _discard(self, w: _Worker, terminate: bool = False) -> None:
+        """Kill ``w`` (``terminate``: SIGTERM first) and reap it."""
+        if w in self.idle:
+            self.idle.remove(w)
+        proc = w.proc
+        with contextlib.suppress(Exception):
+            if proc.exitcode is None and terminate:
+                proc.terminate()
+                proc.join(1.0)
+            if proc.exitcode is None:
+                proc.kill()
+            proc.join(5.0)
+        w.conn.close()
+        with contextlib.suppress(ValueError):
+            proc.close()  # its sentinel; ValueError if it somehow still runs
+
+
+#: how a task is named to a worker: its id() (inherited) or its pickle
+_REF, _PICKLED = "ref", "pickled"
+#: what a worker answers: the attempt's outcome, or that it cannot load the task (then
+#: the pool forks a new worker for it) or the in-memory outputs it was sent (it then exits)
+_DONE, _UNLOADABLE, _UNSYNCED = "done", "unloadable", "unsynced"
+
+
+@dataclass(eq=False)
+class _Worker:
+    """A worker process of a :class:`ProcessExecutor`, as the parent sees it."""
+
+    proc: Any  # multiprocessing's Process
+    conn: Connection  # the parent's end of its pipe
+    inherited: dict[int, Any]  # id -> task instance it inherited (kept alive here)
+    seen: int  # how many of the executor's shared outputs it holds
+    pos: int | None = None  # the attempt it runs, if any
+    task: Any = None
+
+
+@dataclass(eq=False)
+class _Shared:
+    """In-memory outputs a worker sent back, to forward to the other workers."""
+
+    origin: _Worker
+    memory: dict[Any, Any]
+    blob: bytes | None  # their pickle, dropped once every live worker has them
+
+
+def _inherited_tasks(task: Any) -> dict[int, Any]:
+    """The task instances a worker forked now inherits, by id.
+
+    Those of luigi's instance cache (every task made through its class) and ``task``.
+    """
+    from luigi.task_register import Register
+
+    caches = {id(c): c for c in (getattr(Register, "_Register__instance_cache", None),
+                                 getattr(type(task), "_Register__instance_cache", None))
+              if c}
+    found = {id(t): t for c in caches.values() for t in list(c.values())}
+    found[id(task)] = task
+    return found
 
 
 class NotRetried(PipeflowError):
     """A failure that retrying cannot fix."""
 
 
-def _worker_main(work: Work, task: Any, send: Connection, flow: layout.FlowContext) -> None:
-    """Body of a worker process: run the task, report the outcome through the pipe."""
-    import signal
+# -- inside a worker process ------------------------------------------------------------------
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us on Ctrl-C
-    with layout.flow_context(flow):
-        try:
-            saved = work.run(task)
-            out = Outcome(saved=saved, memory=work.memory(task))
-        except BaseException as exc:  # noqa: BLE001 - everything is reported
-            out = work.fail(exc, task)
-    out.usage = usage(None)  # the worker process ran only this task
+def _serve(conn: Connection, ends: list[Connection], work: Work, flow: layout.FlowContext,
+           inherited: dict[int, Any], memories: list[dict[Any, Any]], parent: int) -> None:
+    """Body of a worker process: run the attempts the parent sends until its pipe closes."""
     try:
-        send.send(_picklable(out, task, work))
-    finally:
-        send.close()
+        _detach(ends, parent)
+        for memory in memories:  # outputs the parent received, maybe not yet in its cache
+            cache.data.update(memory)
+        while True:
+            try:
+                kind, payload, count = pickle.loads(conn.recv_bytes())
+                blobs = [conn.recv_bytes() for _ in range(count)]
+            except (EOFError, OSError):
+                break  # the parent closed the pool, or died
+            try:
+                for blob in blobs:
+                    cache.data.update(pickle.loads(blob))
+            except Exception as exc:  # noqa: BLE001 - its cache can no longer be kept whole
+                conn.send_bytes(pickle.dumps((_UNSYNCED, repr(exc))))
+                break
+            try:
+                task = inherited[payload] if kind == _REF else pickle.loads(payload)
+            except Exception as exc:  # noqa: BLE001 - e.g. a class it never saw
+                conn.send_bytes(pickle.dumps((_UNLOADABLE, repr(exc))))
+                continue
+            out, outputs = _attempt(work, task, flow)
+            conn.send_bytes(pickle.dumps((_DONE, out, outputs is not None)))
+            if outputs is not None:
+                conn.send_bytes(outputs)
+            del task
+    except BaseException:  # noqa: BLE001 - the parent reports the death of a busy worker
+        with contextlib.suppress(BaseException):
+            import traceback
+
+            traceback.print_exc()
+        os._exit(1)
     os._exit(0)  # skip the parent's atexit handlers, inherited by fork
 
 
-def _picklable(out: Outcome, task: Any, work: Work) -> Outcome:
-    try:
-        pickle.dumps(out)
-        return out
-    except Exception as exc:  # noqa: BLE001 - fall back to a description
-        if out.error is None:
-            from pipeflow.graph import describe
+def _detach(ends: list[Connection], parent: int) -> None:
+    """Make a new worker independent of its parent's signals and pipes."""
+    import signal
 
-            return work.fail(NotRetried(
-                f"{describe(task)} produced an in-memory (cache) output that cannot be sent "
-                f"back from its worker process: {exc}. Use a file format (e.g. TaskPickle), "
-                f"or run with executor='thread' or workers=1."), None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us on Ctrl-C
+    for end in ends:  # the parent's ends: EOF reaches each worker when the parent goes
+        end.close()
+    if sys.platform.startswith("linux"):  # and SIGKILL when the thread that forked us dies
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before that took effect
+        os._exit(0)
+
+
+def _attempt(work: Work, task: Any, flow: layout.FlowContext) -> tuple[bytes, bytes | None]:
+    """Run one attempt; its outcome and in-memory outputs, pickled."""
+    reset = _reset_peak()
+    cpu = time.process_time()
+    with layout.flow_context(flow):
+        try:
+            saved = work.run(task)
+            out = Outcome.of(saved, memory=work.memory(task))
+        except BaseException as exc:  # noqa: BLE001 - everything is reported
+            out = work.fail(exc, task)
+    out.usage = usage(time.process_time() - cpu)  # this attempt's, not the worker's
+    peak = _peak_memory() if reset else None
+    if peak is not None:
+        out.usage["peak_memory"] = peak
+    return _encode(out, task, work)
+
+
+def _encode(out: Outcome, task: Any, work: Work) -> tuple[bytes, bytes | None]:
+    """The pickles of an outcome and of its in-memory outputs (None: it has none)."""
+    memory, out.memory = out.memory, {}
+    blob = None
+    if memory:
+        try:
+            blob = pickle.dumps(memory, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - the task fails, clearly
+            out = _unsendable(exc, task, work, out.usage)
+    try:
+        data = _dumps(out)
+        if out.error is not None:
+            pickle.loads(data)  # an exception that pickles may still not unpickle
+        return data, blob
+    except Exception:  # noqa: BLE001 - fall back to a description
+        if out.error is None:
+            raise
         remote = PipeflowError(f"{type(out.error).__name__}: {out.error}")
-        return Outcome(remote, out.traceback)
+        return pickle.dumps(Outcome(remote, out.traceback, usage=out.usage)), blob
+
+
+class _ForkPickler(pickle.Pickler):
+    """Pickles task classes defined in a function by identity (for the parent to read).
+
+    A worker is a fork of the parent: a class the parent defined before the fork is the
+    same object at the same address in both, though pickle cannot name it. The tasks a
+    ``run()`` yields are sent back this way.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, type) and "<locals>" in obj.__qualname__:
+            return _class_by_id, (id(obj), obj.__qualname__)
+        return NotImplemented
+
+
+def _dumps(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    _ForkPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
+def _class_by_id(ident: int, qualname: str) -> type:
+    """In the parent: the task class a worker named by identity."""
+    from luigi.task_register import Register
+
+    for cls in Register._reg:
+        if id(cls) == ident:
+            return cls
+    raise pickle.UnpicklingError(
+        f"the worker process named the task class {qualname}, which this process does not "
+        f"have (defined in the worker after it started?)")
+
+
+def _unsendable(exc: BaseException, task: Any, work: Work,
+                used: dict[str, float] | None = None) -> Outcome:
+    from pipeflow.graph import describe
+
+    out = work.fail(NotRetried(
+        f"{describe(task)} produced an in-memory (cache) output that cannot be sent "
+        f"back from its worker process: {exc}. Use a file format (e.g. TaskPickle), "
+        f"or run with executor='thread' or workers=1."), None)
+    out.usage = dict(used or {})
+    return out
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak memory (Linux); whether it could."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_memory() -> float | None:
+    """This process's peak memory since the last reset (Linux), in bytes."""
+    with contextlib.suppress(OSError, ValueError, IndexError), \
+            open("/proc/self/status", "rb") as fh:
+        for line in fh:
+            if line.startswith(b"VmHWM:"):
+                return float(int(line.split()[1]) * 1024)
+    return None

@@ -7,6 +7,9 @@
 * ``workers=1`` runs tasks in this process, one at a time (breakpoints work). With more
   workers, tasks run in forked worker processes by default (real CPU parallelism), or in
   threads with ``executor='thread'``.
+* A ``run()`` that yields requirements (luigi's dynamic dependencies) is suspended when
+  they are not complete: they join the run as ordinary tasks (events, summary, history,
+  workers, locks), and the task runs again from the start once they are done.
 * A run can be cancelled (:class:`CancelToken`, Ctrl-C); running tasks are stopped, their
   partial outputs removed. Tasks may be retried (``retries``/``retry_delay``) and timed
   out (``timeout``).
@@ -40,11 +43,12 @@ from pipeflow.engines.executors import (
     make_executor,
 )
 from pipeflow.errors import (
+    CycleError,
     NoOutputWarning,
     PipeflowError,
+    RequirementError,
     RunCancelledError,
     SaveError,
-    TaskFailedError,
     TaskLockedError,
     TaskTimeoutError,
     warn,
@@ -52,7 +56,7 @@ from pipeflow.errors import (
 from pipeflow.events import Event, EventKind, RunResult, Sink
 from pipeflow.options import RunOptions
 from pipeflow.parameters import redact, secret_values
-from pipeflow.plan import Plan, Status, build_plan
+from pipeflow.plan import Plan, Status
 from pipeflow.publishing import os_fix, os_reason, staging
 
 #: seconds between attempts to take the lock of a task running elsewhere
@@ -147,7 +151,13 @@ class _Run:
         self.delayed: list[tuple[float, int]] = []  # (when, pos) retries waiting
         self.attempts: dict[int, int] = {}
         self.finished: set[int] = set()
+        self.done: set[int] = set(self.up_to_date)  # finished well (or found complete)
         self.running: dict[int, _Running] = {}
+        # Requirements yielded by run(): what each suspended task waits for, who waits
+        # for each requirement, and how often a task found its requirements done already
+        self.yielded: dict[int, set[int]] = {}
+        self.yielders: dict[int, list[int]] = {}
+        self.resumed: dict[int, int] = {}
         self.executor = make_executor(engine.executor, _WORK, engine.cancel)
         self.locks: dict[int, Any] = {}  # task locks held, by position
         self.waited: set[int] = set()  # tasks that found their lock taken
@@ -159,8 +169,25 @@ class _Run:
         self.records = {i: _signature(self.contracts[i]) for i in self.to_run if plan.own[i]}
 
     # -- transitions ------------------------------------------------------------------------
+    def _join(self, pos: int) -> None:
+        """Make the task at ``pos`` (new in the graph) one of this run's tasks to run."""
+        c = self.contracts[pos] = adapt(self.g.nodes[pos])
+        self.priority[pos] = c.priority
+        self.to_run.add(pos)
+        if self.plan.own[pos]:
+            self.records[pos] = _signature(c)
+
     def _release(self, i: int, only_optional: bool = False) -> None:
         """``i`` has finished: its dependents wait for one task less."""
+        if not only_optional:
+            for j in self.yielders.pop(i, ()):
+                waits = self.yielded.get(j)
+                if waits is None:  # skipped meanwhile: another of its yields failed
+                    continue
+                waits.discard(i)
+                if not waits:
+                    del self.yielded[j]
+                    heapq.heappush(self.ready, (self.priority[j], j))
         for j in self.g.dependents[i]:
             if only_optional and i not in self.g.optional[j]:
                 continue
@@ -179,9 +206,14 @@ class _Run:
             self.finished.add(i)
             self.emit(EventKind.TASK_CANCELLED, task)
             return
+        if out.error is None and out.needs:
+            self._suspend(i, out.needs)
+            return
         if out.error is None:
             cache.data.update(out.memory)
             self.finished.add(i)
+            self.done.add(i)
+            self.plan.ran(i)
             reason = None
             if not out.saved:
                 reason = NO_OUTPUT
@@ -202,18 +234,131 @@ class _Run:
                              f"retrying in {delay:g}s")
             heapq.heappush(self.delayed, (time.monotonic() + delay, i))
             return
+        self._fail(i, out)
+
+    def _fail(self, i: int, out: Outcome) -> None:
+        """``i`` failed for good: report it and skip what requires it."""
+        task = self.g.nodes[i]
         self.finished.add(i)
         self.emit(EventKind.TASK_FAILED, task, error=out.error, traceback=out.traceback,
                   usage=out.usage)
-        doomed = [j for j in sorted(graphs.closure([i], self.g.required_dependents) - {i})
-                  if j in self.to_run and j not in self.finished]
+        self._doom(i, f"upstream task {graphs.describe(task)} failed")
+
+    def _doom(self, i: int, reason: str) -> None:
+        """``i`` did not finish well: skip every task that requires it, transitively.
+
+        A task whose ``run()`` yielded ``i`` requires it too.
+        """
+        g, yielders = self.g, self.yielders
+        seen, stack = {i}, [i]
+        while stack:
+            k = stack.pop()
+            for j in (*g.required_dependents[k], *yielders.get(k, ())):
+                if j not in seen:
+                    seen.add(j)
+                    stack.append(j)
+        doomed = [j for j in sorted(seen - {i}) if j in self.to_run and j not in self.finished]
         for j in doomed:
             self.finished.add(j)
-            self.emit(EventKind.TASK_SKIPPED, self.g.nodes[j],
-                      reason=f"upstream task {graphs.describe(task)} failed")
+            self.yielded.pop(j, None)
+            self.emit(EventKind.TASK_SKIPPED, g.nodes[j], reason=reason)
         # Tasks needing these only optionally go on without them (each released once).
         for j in [i, *doomed]:
             self._release(j, only_optional=True)
+
+    def _suspend(self, i: int, needs: list[Any]) -> None:
+        """``run()`` of ``i`` yielded requirements that are not complete: they join the run.
+
+        ``i`` waits for them and then runs again from the start (as in luigi).
+        """
+        task = self.g.nodes[i]
+        self.attempts[i] -= 1  # not a failed attempt: retries are not used up
+        try:
+            positions, new, complete = self.plan.extend(needs, self.to_run | self.done)
+        except PipeflowError as exc:  # a cycle, or a requires() returning a non-task
+            self._fail(i, _failure(exc, task))  # retrying cannot fix either
+            return
+        name = graphs.describe(task)
+        for p in sorted(new):
+            self._join(p)
+        for p in sorted(new):
+            self.emit(EventKind.TASK_ADDED, self.g.nodes[p], total=len(self.to_run),
+                      reason=f"required by {name} (yielded by its run())")
+        for p in complete:
+            if p not in self.done:
+                self.done.add(p)
+                self.emit(EventKind.TASK_UP_TO_DATE, self.g.nodes[p])
+        for p in sorted(new):
+            self.waiting[p] = sum(1 for d in self.g.deps[p]
+                                  if d in self.to_run and d not in self.finished)
+        for p in sorted(new):
+            bad = [d for d in self.g.required(p)
+                   if d in self.finished and d not in self.done]
+            if bad:
+                self._finish_skipped(p, bad[0])
+            elif self.waiting[p] == 0:
+                heapq.heappush(self.ready, (self.priority[p], p))
+        failed = [p for p in positions if p in self.finished and p not in self.done]
+        if failed:
+            self._finish_skipped(i, failed[0])
+            return
+        waits = {p for p in positions if p not in self.done}
+        if not waits:
+            # The run has them all done, but run() found one incomplete: once may be a
+            # race with another process; twice is a task whose complete() disagrees.
+            self.resumed[i] = self.resumed.get(i, 0) + 1
+            if self.resumed[i] > 1:
+                self._fail(i, _failure(RequirementError(
+                    f"{name}: its run() yields {_listed(self.g.nodes[p] for p in positions)}, "
+                    f"which this run completed, yet complete() still says one is not "
+                    f"complete. Check its complete() (or output()), or yield tasks "
+                    f"whose outputs their run() saves."), task))
+                return
+            heapq.heappush(self.ready, (self.priority[i], i))
+            return
+        loop = self._path_back(i, waits)
+        if loop:
+            names = " -> ".join(graphs.describe(self.g.nodes[p]) for p in [i, *loop])
+            self._fail(i, _failure(CycleError(
+                f"the tasks have a cycle through what run() yields, so no run order exists:"
+                f"\n    {names}\n{name}.run() yields a task that needs {name} done first. "
+                f"Remove one of these requirements.",
+                [self.g.nodes[p].task_id for p in [i, *loop]]), task))
+            return
+        self.yielded[i] = waits
+        for p in waits:
+            self.yielders.setdefault(p, []).append(i)
+        self.emit(EventKind.TASK_WAITING, task,
+                  reason=f"waiting for what its run() yielded: "
+                         f"{_listed(self.g.nodes[p] for p in sorted(waits))}")
+
+    def _path_back(self, i: int, starts: set[int]) -> list[int]:
+        """A path from ``starts`` back to ``i`` through unfinished requirements, if any."""
+        g, yielded = self.g, self.yielded
+        parent: dict[int, int | None] = {p: None for p in starts}
+        stack = list(starts)
+        while stack:
+            k = stack.pop()
+            if k == i:
+                path: list[int] = []
+                at: int | None = k
+                while at is not None:
+                    path.append(at)
+                    at = parent[at]
+                return path[::-1]
+            for d in (*g.deps[k], *yielded.get(k, ())):
+                if d not in parent and d not in self.finished and d not in self.done:
+                    parent[d] = k
+                    stack.append(d)
+        return []
+
+    def _finish_skipped(self, i: int, because: int) -> None:
+        """Skip ``i`` (and what requires it): the task at ``because`` did not finish well."""
+        self.finished.add(i)
+        self.yielded.pop(i, None)
+        reason = f"upstream task {graphs.describe(self.g.nodes[because])} failed"
+        self.emit(EventKind.TASK_SKIPPED, self.g.nodes[i], reason=reason)
+        self._doom(i, reason)
 
     def _lock(self, i: int) -> bool:
         """Take the task's lock; False if it must wait (or failed: it is then finished)."""
@@ -250,6 +395,7 @@ class _Run:
             lock.release()
             del self.locks[i]
             self.finished.add(i)
+            self.done.add(i)
             self.emit(EventKind.TASK_UP_TO_DATE, task,
                       reason="completed by another process while this run waited")
             self._release(i)
@@ -325,6 +471,8 @@ class _Run:
                         task = self.g.nodes[i]
                         self.executor.stop(i, task)
                         self._finish(i, _failure(_timeout_error(task)))
+            if token.cancelled:  # the last running task was stopped: report what waited
+                self._cancel_rest()
         except KeyboardInterrupt:
             token._event.set()
             self._cancel_rest()
@@ -337,13 +485,15 @@ class _Run:
 
 # -- executing one task ------------------------------------------------------------------------
 
-def execute(task: luigi.Task) -> bool:
+def execute(task: luigi.Task) -> bool | list[luigi.Task]:
     """Run one attempt: stale outputs removed, saves staged, outputs checked, published.
 
     Returns:
         False when ``run()`` saved none of the task's outputs (d6tflow's tests write such
         tasks to check their inputs): nothing is published and the task stays incomplete,
-        so it runs again next time. True otherwise.
+        so it runs again next time. The tasks ``run()`` yielded, when they are not all
+        complete: nothing is published; the engine runs them, then this task again.
+        True otherwise.
 
     Raises:
         MissingOutputError: ``run()`` saved some but not all of the outputs (nothing is
@@ -357,28 +507,42 @@ def execute(task: luigi.Task) -> bool:
         with staging(owned) as stg:
             ret = task.run()
             if inspect.isgenerator(ret):
-                _run_dynamic(ret)
+                needs = _serve(ret)
+                if needs:
+                    stg.rollback()
+                    c.abort_run()
+                    return needs
             return c.finish_run(stg)
     except BaseException:
         c.abort_run()
         raise
 
 
-def _run_dynamic(gen: Any) -> None:
-    """Serve a ``run()`` that yields requirements (luigi's dynamic dependencies)."""
+def _serve(gen: Any) -> list[luigi.Task]:
+    """Drive a ``run()`` that yields requirements (luigi's dynamic dependencies).
+
+    Each yield gets the outputs of what it yielded, once all of it is complete.
+
+    Returns:
+        The yielded tasks, when some are not complete: the engine runs them and then this
+        task again (``run()`` starts over, as in luigi). An empty list when ``run()``
+        finished.
+    """
     send = None
     while True:
         try:
             req = gen.send(send)
         except StopIteration:
-            return
-        sub = build_plan(graphs.build(flatten(req)))
-        result = LocalEngine(1).run(sub, sinks=[])
-        if not result:
-            failed = [graphs.describe(r.task) for r in result.by_state("failed")]
-            raise TaskFailedError(
-                f"dynamic requirements failed: {', '.join(failed)}", result
-            ) from next((r.error for r in result.by_state("failed")), None)
+            return []
+        tasks = flatten(req)
+        odd = next((t for t in tasks if not isinstance(t, luigi.Task)), None)
+        if odd is not None:
+            raise RequirementError(
+                f"run() yielded {odd!r} (type {type(odd).__name__}), which is not a task. "
+                f"Yield a task instance, or a list, tuple or dict of task instances.")
+        if not all(t.complete() for t in tasks):
+            gen.close()
+            return list(dict.fromkeys(tasks))
         send = getpaths(req)
 
 
@@ -392,6 +556,11 @@ def _signature(c: TaskContract) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_ino)
+
+
+def _listed(tasks: Any) -> str:
+    names = [graphs.describe(t) for t in tasks]
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def _timeout_error(task: luigi.Task) -> TaskTimeoutError:

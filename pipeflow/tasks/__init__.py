@@ -44,7 +44,7 @@ from pipeflow.errors import (
 from pipeflow.graph import optional
 from pipeflow.integrity import META_KEY
 from pipeflow.parameters import accepted, check_undeclared, check_value, missing_parameter
-from pipeflow.plan import Plan, Status, build_plan
+from pipeflow.plan import Plan, Status, assess, build_plan
 from pipeflow.targets import (
     CacheTarget,
     CSVGZPandasTarget,
@@ -286,8 +286,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         """
         if not cascade or self.external:
             return self._store.complete()
-        plan = build_plan(graph.build([self]))
-        return plan.status_of(self) is Status.COMPLETE
+        return assess(self).status is Status.COMPLETE
 
     # -- saving --------------------------------------------------------------------------------
     def save(self, data: Any, **kwargs: Any) -> None:
@@ -380,14 +379,12 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                 is pending; the message lists what is missing. The outputs of a stale task
                 are loaded, with a :class:`~pipeflow.errors.StaleOutputWarning`.
         """
-        plan = build_plan(graph.build([self]))
-        pos = plan.graph.position(self)
-        status = plan.status[pos]
-        if status is Status.PENDING or not plan.own[pos]:
-            raise _incomplete(self, plan)
-        if status is Status.STALE:
+        verdict = assess(self)
+        if verdict.status is Status.PENDING or not verdict.own:
+            raise _incomplete(self, build_plan(graph.build([self])))
+        if verdict.status is Status.STALE:
             warn(
-                f"{graph.describe(self)} is stale ({plan.reasons.get(pos)})"
+                f"{graph.describe(self)} is stale ({verdict.reason})"
                 f": these outputs were made before that change. Run the flow to bring them "
                 f"up to date: flow.run().", StaleOutputWarning)
         return self._load_own(keys, as_dict, cached)
@@ -616,7 +613,7 @@ class TaskAggregator(luigi.Task):
     def complete(self, cascade: bool = True) -> bool:
         """Whether every grouped task is complete."""
         with layout.at_home(self.members()):
-            return build_plan(graph.build([self])).status_of(self) is Status.COMPLETE
+            return assess(self).status is Status.COMPLETE
 
     def output(self) -> list[Any]:
         """The grouped tasks' outputs."""

@@ -38,11 +38,10 @@ from pipeflow.integrity import (
     FileRecord,
     read_record,
     temp_owner,
-    uncommit,
     write_record,
 )
 from pipeflow.locks import TaskLock
-from pipeflow.publishing import Staging, os_fix, os_reason
+from pipeflow.publishing import Staging, os_fix, os_reason, task_lock, unpublish, withdraw
 from pipeflow.targets import CacheTarget, DataTarget, PickleTarget
 
 if TYPE_CHECKING:
@@ -79,12 +78,25 @@ class _Layout:
     """
 
     def __init__(self, store: TaskStore, out: pathlib.Path, folder: str,
-                 names: list[tuple[str, str]], record: str):
+                 names: list[tuple[str, str]], meta: str, record: str):
         self._store = store
         self._out = out
         self.folder = folder
         self.names = names
+        self.meta = meta
         self.record = record
+
+    @functools.cached_property
+    def paths(self) -> list[tuple[str, str]] | None:
+        """(name, path) of each output and of the metadata, as strings.
+
+        None when the format keeps more than one file per output (then ask :attr:`files`).
+        """
+        if self._store.task.target_class.files is not DataTarget.files:
+            return None
+        join = os.path.join
+        return [*((k, join(self.folder, n)) for k, n in self.names),
+                (META_KEY, join(self.folder, self.meta))]
 
     @functools.cached_property
     def record_file(self) -> pathlib.Path:
@@ -97,8 +109,7 @@ class _Layout:
         store = self._store
         task = store.task
         targets = {k: task.target_class(self._out / name) for k, name in self.names}
-        targets[META_KEY] = PickleTarget(
-            self._out / layout.fit_name(store._stem("meta"), ".pickle"))
+        targets[META_KEY] = PickleTarget(self._out / self.meta)
         for k, t in targets.items():
             t.owner, t.key = store, k
         return targets
@@ -130,7 +141,8 @@ class TaskStore:
 
     def __init__(self, task: TaskData):
         self.task = task
-        self._memo: tuple[tuple[Any, ...], _Layout] | None = None
+        # (identities for the hot path, the full key, the layout)
+        self._memo: tuple[tuple[Any, ...], tuple[Any, ...], _Layout] | None = None
 
     # -- the contract's settings --------------------------------------------------------------
     @property
@@ -269,10 +281,28 @@ class TaskStore:
 
     def _layout(self) -> _Layout:
         """Every path of the task, for the flow context in force (memoized)."""
-        key = self._key()
         memo = self._memo
-        if memo is not None and memo[0] == key:
-            return memo[1]
+        task = self.task
+        d = task.__dict__
+        home = d.get(layout.HOME)
+        ctx = layout.current() if home is None else home
+        if memo is not None:
+            # The hot path (a dozen lookups per task in a run): the very objects of last
+            # time, compared by identity, and no layout attribute set on the instance.
+            fast = memo[0]
+            if (fast[0] is ctx and fast[1] is settings.dirpath
+                    and fast[2] is settings.save_with_param
+                    and fast[3] == type(type(task)).generation
+                    and fast[4] and LAYOUT_ATTRS.isdisjoint(d)):
+                return memo[2]
+        key = self._key()
+        lay = memo[2] if memo is not None and memo[1] == key else self._make_layout()
+        fast = (ctx, settings.dirpath, settings.save_with_param, type(type(task)).generation,
+                key[-1] is None)  # (the hot path needs no override, then and now)
+        self._memo = (fast, key, lay)
+        return lay
+
+    def _make_layout(self) -> _Layout:
         task = self.task
         out, own = self.folders()
         ext = f".{task.target_ext}" if task.target_ext else ""
@@ -280,9 +310,8 @@ class TaskStore:
         ident = (task.task_id if settings.save_with_param and getattr(task, "save_attrib", True)
                  else task.task_family)
         record = os.path.join(own, layout.fit_name(f".{ident}", RECORD_SUFFIX))
-        lay = _Layout(self, out, os.fspath(out), names, record)
-        self._memo = (key, lay)
-        return lay
+        meta = layout.fit_name(self._stem("meta"), ".pickle")
+        return _Layout(self, out, os.fspath(out), names, meta, record)
 
     def targets(self) -> dict[str, DataTarget]:
         """The output targets by name (and the metadata's), for the context in force."""
@@ -405,8 +434,7 @@ class TaskStore:
     # -- locks and deleting ---------------------------------------------------------------------
     def lock(self) -> TaskLock:
         """The lock held while the task runs or its outputs are reset or saved by hand."""
-        record = self.record_path()
-        return TaskLock(os.path.dirname(record), os.path.basename(record))
+        return task_lock(self.record_path())
 
     @contextlib.contextmanager
     def locked(self, doing: str) -> Iterator[None]:
@@ -417,10 +445,7 @@ class TaskStore:
         """
         with self.lock() as held:
             if not held:
-                raise TaskLockedError(
-                    f"cannot {doing}: the task is being run (or reset) by another process or "
-                    f"thread right now. Wait for that to finish, then try again."
-                )
+                raise _locked(doing)
             yield
 
     def delete_outputs(self) -> None:
@@ -432,20 +457,18 @@ class TaskStore:
         Raises:
             TaskLockedError: the task is running right now, here or in another process.
         """
-        with self.locked(f"reset {graph.describe(self.task)}"):
-            self._uncommit()
-            for t in self.outputs().values():
-                if isinstance(t, CacheTarget):
-                    t.invalidate()
+        folder = layout.ensure_inside(self.folder(), self.data_root())
+        if not unpublish(self.record_path(), folder):
+            raise _locked(f"reset {graph.describe(self.task)}")
+        for t in self.outputs().values():
+            if isinstance(t, CacheTarget):
+                t.invalidate()
 
     def _uncommit(self) -> None:
         """Delete the commit record, then the files it lists (the task's lock is held)."""
         path = self.record_path()
-        if not os.path.lexists(path):
-            return
-        folder = layout.ensure_inside(self.folder(), self.data_root())
-        for file in uncommit(path, folder):
-            cache.data.pop(file, None)
+        if os.path.lexists(path):
+            withdraw(path, layout.ensure_inside(self.folder(), self.data_root()))
 
     def adopt(self) -> bool:
         """Commit output files that exist but no pipeflow run committed (d6tflow data dirs).
@@ -548,6 +571,12 @@ class TaskStore:
         lay = self._layout()
         if os.path.lexists(lay.record):
             self._uncommit()
+        paths = lay.paths
+        if paths is not None and self.file_backed():  # strings only: no target objects
+            for k, path in paths:
+                if os.path.lexists(path):
+                    lay.targets[k].invalidate()
+            return
         for k, files in lay.files.items():
             t = lay.targets[k]
             if isinstance(t, CacheTarget) or any(os.path.lexists(f) for f in files):
@@ -633,3 +662,9 @@ class TaskStore:
             + f"\n{type(self.task).__name__}.persist = {persist}, so run() must call "
             f"{self.save_call()}. The task is marked failed."
         )
+
+
+def _locked(doing: str) -> TaskLockedError:
+    return TaskLockedError(
+        f"cannot {doing}: the task is being run (or reset) by another process or thread "
+        f"right now. Wait for that to finish, then try again.")

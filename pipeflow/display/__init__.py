@@ -1,7 +1,9 @@
-"""User-facing output: the one place pipeflow writes to the terminal, and confirmations.
+"""What a person sees: terminal output, prompts, and renderings of domain objects.
 
+:mod:`.preview` draws the status tree, :mod:`.progress` the progress bar.
 ``preview()`` and the execution summary print here (a d6tflow habit users rely on);
-everything else returns objects and logs through the ``pipeflow`` logger.
+everything else returns objects and logs through the ``pipeflow`` logger. The domain
+modules (plan, events) know nothing of how they are shown.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ def emit(text: str) -> None:
     """Write user-facing text (a preview, a summary) to standard output."""
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+def watched() -> bool:
+    """Whether a person is watching (a progress bar helps): a terminal on stderr, a notebook."""
+    if "ipykernel" in sys.modules:
+        return True
+    return sys.stderr is not None and sys.stderr.isatty()
 
 
 def _interactive() -> bool:
