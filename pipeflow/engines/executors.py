@@ -658,7 +658,7 @@ def _class_by_id(ident: int, qualname: str) -> type:
     from luigi.task_register import Register
 
     for cls in Register._reg:
-        if id(cls) == ident:
+        if id(cls) == ident and cls.__qualname__ == qualname:
             return cls
     raise pickle.UnpicklingError(
         f"the worker process named the task class {qualname}, which this process does not "

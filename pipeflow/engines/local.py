@@ -5,8 +5,8 @@
 * When a task fails, every task that requires it (transitively) is skipped; a task that
   requires it only optionally runs anyway; tasks that do not depend on it still run.
 * ``workers=1`` runs tasks in this process, one at a time (breakpoints work). With more
-  workers, tasks run in forked worker processes by default (real CPU parallelism), or in
-  threads with ``executor='thread'``.
+  workers, tasks run in a pool of forked worker processes by default (real CPU
+  parallelism), or in threads with ``executor='thread'``.
 * A ``run()`` that yields requirements (luigi's dynamic dependencies) is suspended when
   they are not complete: they join the run as ordinary tasks (events, summary, history,
   workers, locks), and the task runs again from the start once they are done.
@@ -76,8 +76,8 @@ class LocalEngine:
 
     Args:
         workers: how many tasks may run at the same time.
-        executor: ``'process'`` (default with several workers: forked worker processes)
-            or ``'thread'``; with ``workers=1`` tasks run in this process unless
+        executor: ``'process'`` (default with several workers: a pool of forked worker
+            processes) or ``'thread'``; with ``workers=1`` tasks run in this process unless
             ``executor='process'`` is asked for.
         cancel: a token to cancel the run with.
         if_locked: what to do when a task is being run by another process (or thread):
