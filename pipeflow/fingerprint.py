@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dis
 import inspect
-import json
 import os
 import sys
 import sysconfig
@@ -46,7 +45,7 @@ import xxhash
 
 from pipeflow.contract import adapt
 from pipeflow.graph import describe, requirement_edges, upstream_of
-from pipeflow.integrity import CommitRecord, known_record
+from pipeflow.integrity import COMPACT_JSON, CommitRecord, known_record
 
 #: folders that hold installed libraries
 _LIB_PARTS = frozenset(["site-packages", "dist-packages"])
@@ -354,17 +353,24 @@ def _members(value: Any) -> Iterator[Any]:
 
 
 def params_fingerprint(task: luigi.Task) -> dict[str, str]:
-    """The task's significant parameter values, serialized (secrets are never significant)."""
-    kwargs = task.param_kwargs
-    return {name: str(p.serialize(kwargs[name])) for name, p in task.get_params()
+    """The task's significant parameter values, serialized (secrets are never significant).
+
+    Made once per task instance (its parameters never change).
+    """
+    d = task.__dict__
+    hit = d.get("_pipeflow_params_fp")
+    if hit is None:
+        kwargs = task.param_kwargs
+        hit = d["_pipeflow_params_fp"] = {
+            name: str(p.serialize(kwargs[name])) for name, p in task.get_params()
             if p.significant and name in kwargs}
+    return dict(hit)
 
 
 def outputs_digest(files: Mapping[str, Any]) -> str:
     """One hash for a commit record's files (output name -> file records with digests)."""
-    return _short(json.dumps(
-        {k: [r.digest for r in recs] for k, recs in sorted(files.items())},
-        separators=(",", ":")))
+    return _short(COMPACT_JSON.encode(
+        {k: [r.digest for r in recs] for k, recs in sorted(files.items())}))
 
 
 def combine(digests: Sequence[str | None]) -> str | None:

@@ -36,6 +36,8 @@ META_KEY = "/meta"
 _VERSION = 1
 _CHUNK = 1 << 20
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: compact JSON (one encoder, not one per call as json.dumps makes for non-default options)
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 def hash_bytes(data: bytes | bytearray | memoryview) -> str:
@@ -62,6 +64,40 @@ def _hash_fd(fd: int, size: int) -> str:
         while n := fh.readinto(view):
             h.update(view[:n])
     return h.hexdigest()
+
+
+class HashingFile:
+    """A write-only binary file on an open descriptor that hashes what is written to it.
+
+    Formats that write to a file object (pickle) or produce bytes (JSON) write through it,
+    so a new output is opened once and never read back to be hashed. Only ``write`` is
+    offered: what ``pickle.dump`` needs.
+    """
+
+    __slots__ = ("_fd", "_hash")
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._hash = xxhash.xxh3_128()
+
+    def write(self, data: Any) -> int:
+        """Write all of ``data`` (bytes-like) and hash it."""
+        view = memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        self._hash.update(view)
+        size = len(view)
+        done = os.write(self._fd, view)
+        while done < size:
+            done += os.write(self._fd, view[done:])
+        return size
+
+    def record(self, name: str, fsync: bool) -> FileRecord:
+        """Flush (``fsync``) and describe the file written, under the final ``name``."""
+        if fsync:
+            os.fsync(self._fd)
+        st = os.fstat(self._fd)
+        return FileRecord(name, st.st_size, st.st_mtime_ns, st.st_ino, self._hash.hexdigest())
 
 
 def seal(path: pathlib.Path, name: str, fsync: bool) -> FileRecord:
@@ -176,7 +212,7 @@ class CommitRecord:
         doc: dict[str, Any] = {"v": _VERSION, "task": self.task, "files": files}
         if self.fingerprint is not None:
             doc["fp"] = self.fingerprint
-        return json.dumps(doc, separators=(",", ":"))
+        return COMPACT_JSON.encode(doc)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> CommitRecord:

@@ -16,6 +16,7 @@ two holders in at once.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import pathlib
@@ -63,9 +64,9 @@ class TaskLock:
 
     def __init__(self, folder: str | pathlib.Path, name: str):
         # absolute: a process that changes directory must keep locking the same file
-        self.folder = os.path.abspath(folder)
-        digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
-        self.offset = int.from_bytes(digest, "big") >> 2  # a positive off_t
+        folder = os.fspath(folder)
+        self.folder = folder if _plain_absolute(folder) else os.path.abspath(folder)
+        self.offset = _offset(name)
         self.held = False
 
     def acquire(self) -> bool:
@@ -99,6 +100,20 @@ class TaskLock:
                 _range_lock(fd, self.offset, take=False)
             _held.discard(key)
         self.held = False
+
+
+def _plain_absolute(folder: str) -> bool:
+    """Whether ``folder`` is absolute and normalized already (abspath would return it)."""
+    return (os.sep == "/" and folder.startswith("/") and "//" not in folder
+            and not folder.endswith(("/", "/.", "/..")) and "/./" not in folder
+            and "/../" not in folder)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _offset(name: str) -> int:
+    """The byte a task's lock takes in its folder's lock file: derived from its name."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 2  # a positive off_t
 
 
 def _lock_file(folder: str) -> int | None:

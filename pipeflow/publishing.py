@@ -17,17 +17,38 @@ import os
 import pathlib
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 from pipeflow import cache, settings
 from pipeflow.errors import SaveError
-from pipeflow.integrity import FileRecord, seal, uncommit
+from pipeflow.integrity import FileRecord, HashingFile, seal, uncommit
 from pipeflow.locks import TaskLock
 
-#: writes one file: called with the temp file's path
-Writer = Callable[[pathlib.Path], None]
+
+class Stream:
+    """Writes one file to an open binary file object instead of a path.
+
+    The temp file is then opened once, and hashed as it is written instead of being read
+    back (what pickle and JSON outputs use).
+
+    Args:
+        dump: called with a writable binary file object.
+    """
+
+    __slots__ = ("dump",)
+
+    def __init__(self, dump: Callable[[BinaryIO], None]):
+        self.dump = dump
+
+
+#: writes one file: called with the temp file's path, or a :class:`Stream`
+Writer = Callable[[pathlib.Path], None] | Stream
+#: a temp file (a string for streams, a Path for writers given a path)
+Temp = str | pathlib.Path
 #: final path -> (temp file, its record), or None to delete the final path at publication
-Staged = dict[pathlib.Path, "tuple[pathlib.Path, FileRecord] | None"]
+Staged = dict[pathlib.Path, "tuple[Temp, FileRecord] | None"]
+#: the task saving, for error messages (``"Train(): "``), or a function that gives it
+Who = str | Callable[[], str]
 
 
 class Staging:
@@ -42,7 +63,7 @@ class Staging:
 
     def __init__(self, owned: set[pathlib.Path]):
         self.owned = owned
-        self.files: dict[pathlib.Path, pathlib.Path | None] = {}
+        self.files: dict[pathlib.Path, Temp | None] = {}
         self.records: dict[pathlib.Path, FileRecord] = {}
         self.memory: dict[pathlib.Path | str, Any] = {}
 
@@ -59,7 +80,7 @@ class Staging:
         for final, item in staged.items():
             old = self.files.get(final)
             if old is not None:
-                old.unlink(missing_ok=True)
+                _unlink(old)
             self.files[final] = None if item is None else item[0]
             self.records.pop(final, None)
             if item is not None:
@@ -83,7 +104,7 @@ class Staging:
         """Delete every staged temp file; nothing of this run is published."""
         for tmp in self.files.values():
             if tmp is not None:
-                tmp.unlink(missing_ok=True)
+                _unlink(tmp)
         self.files.clear()
         self.records.clear()
         self.memory.clear()
@@ -113,12 +134,12 @@ def staging(owned: set[pathlib.Path]) -> Iterator[Staging]:
         _STAGING.reset(token)
 
 
-def stage(writers: dict[pathlib.Path, Writer | None], who: str = "") -> Staged:
+def stage(writers: dict[pathlib.Path, Writer | None], who: Who = "") -> Staged:
     """Write every file to a temp file beside its final path: all of them, or none.
 
     Args:
         writers: final path -> writer (None: the final path is to be deleted).
-        who: the task, for error messages (``"Train(): "``).
+        who: the task, for error messages (``"Train(): "``), or a function giving it.
 
     Raises:
         SaveError: a file cannot be written; no temp file is left behind.
@@ -137,7 +158,12 @@ def discard(staged: Staged) -> None:
     """Delete the temp files of ``staged``."""
     for item in staged.values():
         if item is not None:
-            item[0].unlink(missing_ok=True)
+            _unlink(item[0])
+
+
+def _unlink(path: Temp) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def publish(staged: Staged, main: pathlib.Path) -> list[FileRecord]:
@@ -153,50 +179,73 @@ def publish(staged: Staged, main: pathlib.Path) -> list[FileRecord]:
             if item is not None]
 
 
-def write_temp(final: pathlib.Path, writer: Writer, who: str = "") -> tuple[pathlib.Path,
-                                                                          FileRecord]:
+def write_temp(final: pathlib.Path, writer: Writer, who: Who = "") -> tuple[Temp, FileRecord]:
     """Write a temp file beside ``final`` with ``writer``; return it and its record.
+
+    Args:
+        final: where the file is to be published.
+        writer: writes it (given the temp file's path, or a file object for a Stream).
+        who: the task, for error messages (or a function giving it, called on error).
 
     Raises:
         SaveError: the disk is full, permission is denied, or another OS error; no temp
             file is left behind.
     """
-    tmp = None
+    tmp: Temp | None = None
     try:
-        tmp = _new_temp(final)
-        writer(tmp)
-        return tmp, seal(tmp, final.name, settings.fsync)
+        if isinstance(writer, Stream):
+            # strings, not Paths: a stream needs no path object (a hot path)
+            where = os.fspath(final)
+            name = os.path.basename(where)
+            tmp, fd = _new_temp(where, keep_open=True)
+            try:
+                fh = HashingFile(fd)
+                writer.dump(fh)  # type: ignore[arg-type]
+                return tmp, fh.record(name, settings.fsync)
+            finally:
+                os.close(fd)
+        tmp = path = pathlib.Path(_new_temp(os.fspath(final))[0])
+        writer(path)
+        return path, seal(path, final.name, settings.fsync)
     except OSError as exc:
         if tmp is not None:
-            tmp.unlink(missing_ok=True)
+            _unlink(tmp)
         raise SaveError(
-            f"{who}could not write {str(final)!r}: {os_reason(exc)}. Nothing was published "
-            f"and no partial file was left. {os_fix(exc, final.parent)}"
+            f"{_who(who)}could not write {str(final)!r}: {os_reason(exc)}. Nothing was "
+            f"published and no partial file was left. {os_fix(exc, final.parent)}"
         ) from exc
     except BaseException:
         if tmp is not None:
-            tmp.unlink(missing_ok=True)
+            _unlink(tmp)
         raise
 
 
-def _new_temp(final: pathlib.Path) -> pathlib.Path:
+def _who(who: Who) -> str:
+    return who() if callable(who) else who
+
+
+def _new_temp(final: str, keep_open: bool = False) -> tuple[str, int]:
     """Create an empty temp file ``.{name}.tmp-XXXXXXXXXXXX`` beside ``final``, exclusively.
 
     Created with the normal file mode (what the umask allows), so no chmod is needed when
-    it is published.
+    it is published. Returns it, and its open descriptor with ``keep_open`` (else -1).
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    folder, name = os.path.split(final)
     for attempt in range(100):
-        tmp = final.with_name(f".{final.name}.tmp-{os.urandom(6).hex()}")
+        tmp = os.path.join(folder, f".{name}.tmp-{os.urandom(6).hex()}")
         try:
-            os.close(os.open(tmp, flags, 0o666))
-            return tmp
+            fd = os.open(tmp, flags, 0o666)
+            if keep_open:
+                return tmp, fd
+            os.close(fd)
+            return tmp, -1
         except FileExistsError:
             continue
         except FileNotFoundError:
             if attempt:
                 raise
-            final.parent.mkdir(parents=True, exist_ok=True)  # first output in this folder
+            os.makedirs(folder, exist_ok=True)  # the first output in this folder
     raise FileExistsError(f"no free temp-file name beside {str(final)!r}")
 
 

@@ -42,13 +42,14 @@ from pipeflow import settings
 from pipeflow.contract import adapt
 from pipeflow.events import Event, EventKind
 from pipeflow.graph import describe
-from pipeflow.integrity import known_record
+from pipeflow.integrity import CommitRecord, known_record
 from pipeflow.parameters import MASK, is_secret, redact
 from pipeflow.sysinfo import system_info
 
 if TYPE_CHECKING:
     import pandas as pd
 
+_encode_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 #: seconds between two writes of buffered rows during a run
 FLUSH_EVERY = 0.5
 #: how long a writer waits for another process's transaction before giving up
@@ -157,10 +158,19 @@ def _outputs(task: luigi.Task) -> str | None:
     if path is None:
         return None
     record = known_record(path)  # committed by this process a moment ago: no read
-    if record is None:
-        return None
-    return json.dumps({k: [{"file": r.name, "size": r.size, "hash": r.digest} for r in recs]
-                       for k, recs in record.files.items()})
+    return None if record is None else outputs_json(record)
+
+
+def outputs_json(record: CommitRecord) -> str:
+    """The history's ``outputs`` column: each output's files with size and hash, as JSON."""
+    # written out by hand (one row per task of a run): json.dumps of the same dict is
+    # several times slower; the names are escaped by json's own string encoder
+    enc = _encode_string
+    return "{" + ", ".join(
+        enc(k) + ": [" + ", ".join(
+            f'{{"file": {enc(r.name)}, "size": {int(r.size)}, "hash": {enc(r.digest)}}}'
+            for r in recs) + "]"
+        for k, recs in record.files.items()) + "}"
 
 
 def _system() -> str | None:

@@ -7,8 +7,10 @@ import multiprocessing
 import os
 import threading
 
+import hypothesis
 import pandas as pd
 import pytest
+from hypothesis import strategies as st
 
 import pipeflow
 from pipeflow import runstore
@@ -214,3 +216,24 @@ def test_cli_history_lists_attempts_with_filters(tmp_path, monkeypatch):
     assert "KeyError: 'no such column'" in out.output  # the traceback
     out = runner.invoke(main, ["history", *where, "--family", "HistOk"])
     assert "HistBad" not in out.output and "HistOk()" in out.output
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(
+    files=st.dictionaries(
+        st.text(min_size=1, max_size=12),
+        st.lists(st.tuples(st.text(min_size=1, max_size=20), st.integers(0, 2**62),
+                           st.text(alphabet="0123456789abcdef", max_size=32)),
+                 min_size=1, max_size=3),
+        max_size=4))
+def test_outputs_column_is_the_json_of_the_record_files(files):
+    """The hand-written JSON of the outputs column is json.dumps's, for any names."""
+    from pipeflow.integrity import CommitRecord, FileRecord
+    from pipeflow.runstore import outputs_json
+
+    record = CommitRecord("T()", {k: tuple(FileRecord(n, size, 0, 0, d) for n, size, d in recs)
+                                  for k, recs in files.items()})
+    expected = json.dumps({k: [{"file": r.name, "size": r.size, "hash": r.digest} for r in recs]
+                           for k, recs in record.files.items()})
+    assert outputs_json(record) == expected
+    assert json.loads(outputs_json(record)) == json.loads(expected)

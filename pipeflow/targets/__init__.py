@@ -17,7 +17,7 @@ import os
 import pathlib
 import pickle
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Protocol
 
 from pipeflow import cache, publishing, settings
 from pipeflow.errors import (
@@ -57,6 +57,9 @@ class Owner(Protocol):
         """Publish a save made outside a run (``task.save()`` by hand) and record it."""
 
 
+_PATH = type(pathlib.Path())  # this platform's concrete Path class
+
+
 class DataTarget:
     """Base class of every output format: a path plus ``read``/``write``.
 
@@ -82,7 +85,7 @@ class DataTarget:
     accepts: ClassVar[str] = "any object"
 
     def __init__(self, path: str | os.PathLike[str]):
-        self.path = pathlib.Path(path)
+        self.path = path if type(path) is _PATH else pathlib.Path(path)
         #: the task whose output this is (set by the task), and the output's name
         self.owner: Owner | None = None
         self.key = "data"
@@ -237,7 +240,7 @@ class DataTarget:
         return {self.path: writer}
 
     def _publish(self, writers: dict[pathlib.Path, Writer | None]) -> None:
-        staged = publishing.stage(writers, self._who())
+        staged = publishing.stage(writers, self._who)
         stg = publishing.current()
         if stg is not None and stg.owns(self.path):
             stg.take(staged)
@@ -523,6 +526,18 @@ class JsonTarget(DataTarget):
             doc = json.load(fh, **kwargs)
         return doc["data"] if isinstance(doc, dict) and list(doc) == ["data"] else doc
 
+    def _writers(self, data: Any, **kwargs: Any) -> dict[pathlib.Path, Writer | None]:
+        if type(self).write is not JsonTarget.write:  # a subclass writes its own way
+            return super()._writers(data, **kwargs)
+        kwargs.setdefault("indent", 4)
+        # JSON is small next to the objects it is made from: encoded at once, written once
+        body = json.dumps({"data": data}, **kwargs).encode("utf-8")
+
+        def dump(fh: BinaryIO) -> None:
+            fh.write(body)
+
+        return {self.path: publishing.Stream(dump)}
+
     def write(self, data: Any, path: pathlib.Path, **kwargs: Any) -> None:
         """Write ``{"data": obj}`` as indented UTF-8 JSON."""
         kwargs.setdefault("indent", 4)
@@ -554,6 +569,12 @@ class PickleTarget(DataTarget):
                 f"{rec.name} was changed outside pipeflow (its content no longer matches the "
                 f"hash recorded when it was committed; it was not unpickled)")
         return pickle.loads(data, **kwargs)
+
+    def _writers(self, data: Any, **kwargs: Any) -> dict[pathlib.Path, Writer | None]:
+        if type(self).write is not PickleTarget.write:  # a subclass writes its own way
+            return super()._writers(data, **kwargs)
+        kwargs.setdefault("protocol", pickle.HIGHEST_PROTOCOL)
+        return {self.path: publishing.Stream(lambda fh: pickle.dump(data, fh, **kwargs))}
 
     def read(self, path: pathlib.Path, **kwargs: Any) -> Any:
         """Unpickle the file."""

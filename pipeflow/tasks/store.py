@@ -104,12 +104,20 @@ class _Layout:
         return pathlib.Path(self.record)
 
     @functools.cached_property
+    def main(self) -> dict[str, pathlib.Path]:
+        """Output name (and META_KEY) -> the path of its main file (the target's ``path``)."""
+        out = self._out
+        main = {k: _child(out, name) for k, name in self.names}
+        main[META_KEY] = _child(out, self.meta)
+        return main
+
+    @functools.cached_property
     def targets(self) -> dict[str, DataTarget]:
         """Output name (and META_KEY) -> target."""
         store = self._store
-        task = store.task
-        targets = {k: task.target_class(self._out / name) for k, name in self.names}
-        targets[META_KEY] = PickleTarget(self._out / self.meta)
+        make = store.task.target_class
+        targets = {k: (PickleTarget if k == META_KEY else make)(path)
+                   for k, path in self.main.items()}
         for k, t in targets.items():
             t.owner, t.key = store, k
         return targets
@@ -127,6 +135,8 @@ class _Layout:
     @functools.cached_property
     def owned(self) -> set[pathlib.Path]:
         """Every path a run publishes: outputs, sidecars, metadata, commit record."""
+        if self.paths is not None:  # one file per output: no target objects needed
+            return {*self.main.values(), self.record_file}
         return {p for t in self.targets.values() for p in t.files()} | {self.record_file}
 
 
@@ -614,14 +624,23 @@ class TaskStore:
     def _commit(self, published: dict[pathlib.Path, FileRecord]) -> None:
         files: dict[str, tuple[FileRecord, ...]] = {}
         file_backed = self.file_backed()
-        for key, t in self.targets().items():
-            if key != META_KEY and not file_backed:
-                continue
-            recs = [published[p] for p in t.files() if p in published]
-            if not recs and key != META_KEY and t.path.exists():
-                recs = [FileRecord.of(t.path)]  # written by run() straight to the path
-            if recs:
-                files[key] = tuple(recs)
+        lay = self._layout()
+        if file_backed and lay.paths is not None:  # one file per output: no targets needed
+            for key, path in lay.main.items():
+                rec = published.get(path)
+                if rec is not None:
+                    files[key] = (rec,)
+                elif key != META_KEY and path.exists():
+                    files[key] = (FileRecord.of(path),)  # written by run() to the path
+        else:
+            for key, t in self.targets().items():
+                if key != META_KEY and not file_backed:
+                    continue
+                recs = [published[p] for p in t.files() if p in published]
+                if not recs and key != META_KEY and t.path.exists():
+                    recs = [FileRecord.of(t.path)]  # written by run() straight to the path
+                if recs:
+                    files[key] = tuple(recs)
         if not files:
             return
         path = self.record_file()
@@ -668,3 +687,9 @@ def _locked(doing: str) -> TaskLockedError:
     return TaskLockedError(
         f"cannot {doing}: the task is being run (or reset) by another process or thread "
         f"right now. Wait for that to finish, then try again.")
+
+
+def _child(folder: pathlib.Path, name: str) -> pathlib.Path:
+    """``folder / name`` for a plain file name, without parsing it again (a hot path)."""
+    make = getattr(folder, "_make_child_relpath", None)  # pathlib's own, for iterdir()
+    return make(name) if make is not None else folder / name  # type: ignore[no-any-return]
