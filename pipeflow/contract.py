@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -89,7 +89,7 @@ class TaskContract(Protocol):
     def lock(self) -> TaskLock | None:
         """The lock held while it runs (None: it is not locked)."""
 
-    def prepare_run(self) -> set[pathlib.Path]:
+    def prepare_run(self) -> Container[pathlib.Path]:
         """Before an attempt: uncommit and remove stale files; return the paths it owns."""
 
     def finish_run(self, staged: Any) -> bool:
@@ -196,9 +196,9 @@ class _Base:
         """None: not locked."""
         return None
 
-    def prepare_run(self) -> set[pathlib.Path]:
+    def prepare_run(self) -> Container[pathlib.Path]:
         """Nothing to prepare; no path is staged."""
-        return set()
+        return ()
 
     def abort_run(self) -> None:
         """Nothing of pipeflow's to undo."""

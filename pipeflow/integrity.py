@@ -239,12 +239,34 @@ class CommitRecord:
 
 
 def read_record(path: str | os.PathLike[str]) -> tuple[CommitRecord | None, str | None]:
-    """Read the commit record at ``path``.
+    """Read the commit record at ``path``, at most once per version of the file.
+
+    A record this process wrote or read already, unchanged since (same size, mtime and
+    inode), costs one ``stat``: status checks in a session that ran the flow, the run
+    history and change detection all ask for records a run has just committed.
 
     Returns:
         ``(record, None)``; ``(None, None)`` when there is none; ``(None, reason)`` when
         it exists but cannot be used.
     """
+    key = os.fspath(path)
+    try:
+        st = os.stat(key)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"its commit record cannot be read ({exc.strerror})"
+    version = (st.st_size, st.st_mtime_ns, st.st_ino)
+    hit = _KNOWN.get(key)
+    if hit is not None and hit[0] == version:
+        return hit[1], None
+    record, problem = _read_record(key)
+    if record is not None:
+        _know(key, version, record)
+    return record, problem
+
+
+def _read_record(path: str) -> tuple[CommitRecord | None, str | None]:
     try:
         # os-level calls: a status check reads one record per task, and io.open's buffered
         # file object costs several times the read itself
@@ -270,24 +292,8 @@ _KNOWN: dict[str, tuple[tuple[int, int, int], CommitRecord]] = {}
 
 
 def known_record(path: str | os.PathLike[str]) -> CommitRecord | None:
-    """The valid record at ``path`` (None: none), read at most once per version of the file.
-
-    One ``stat`` when this process wrote or read that very version already: the run
-    history and change detection ask for the records of tasks a run has just committed.
-    """
-    key = os.fspath(path)
-    try:
-        st = os.stat(key)
-    except OSError:
-        return None
-    version = (st.st_size, st.st_mtime_ns, st.st_ino)
-    hit = _KNOWN.get(key)
-    if hit is not None and hit[0] == version:
-        return hit[1]
-    record, _ = read_record(key)
-    if record is not None:
-        _know(key, version, record)
-    return record
+    """The valid record at ``path`` (None: none or unusable); see :func:`read_record`."""
+    return read_record(path)[0]
 
 
 def _know(path: str, version: tuple[int, int, int], record: CommitRecord) -> None:
@@ -296,7 +302,7 @@ def _know(path: str, version: tuple[int, int, int], record: CommitRecord) -> Non
     _KNOWN[path] = (version, record)
 
 
-def write_record(path: pathlib.Path, record: CommitRecord) -> None:
+def write_record(path: str | os.PathLike[str], record: CommitRecord) -> None:
     """Write ``record`` at ``path``; the caller holds the task's lock.
 
     A new record (the usual case: a run deletes the old one before it starts) is written
@@ -316,10 +322,10 @@ def write_record(path: pathlib.Path, record: CommitRecord) -> None:
         os.makedirs(os.path.dirname(where), exist_ok=True)
         _know(where, _write_new(where, data, os.O_EXCL), record)
         return
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-commit")
+    tmp = os.path.join(os.path.dirname(where), f".{os.path.basename(where)}.tmp-commit")
     try:
         version = _write_new(tmp, data, os.O_TRUNC)
-        os.replace(tmp, path)
+        os.replace(tmp, where)
         _know(where, version, record)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -16,7 +16,7 @@ import errno
 import os
 import pathlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from typing import Any, BinaryIO
 
 from pipeflow import cache, settings
@@ -61,7 +61,7 @@ class Staging:
         memory: the in-memory targets' objects, by their key in ``pipeflow.data``.
     """
 
-    def __init__(self, owned: set[pathlib.Path]):
+    def __init__(self, owned: Container[pathlib.Path]):
         self.owned = owned
         self.files: dict[pathlib.Path, Temp | None] = {}
         self.records: dict[pathlib.Path, FileRecord] = {}
@@ -121,7 +121,7 @@ def current() -> Staging | None:
 
 
 @contextlib.contextmanager
-def staging(owned: set[pathlib.Path]) -> Iterator[Staging]:
+def staging(owned: Container[pathlib.Path]) -> Iterator[Staging]:
     """Stage saves to ``owned`` paths for the duration of the block (used by the engine)."""
     stg = Staging(owned)
     token = _STAGING.set(stg)

@@ -193,6 +193,24 @@ def test_failed_run_after_save_leaves_nothing_complete(stored):
     assert not stored()
 
 
+def test_save_through_another_target_of_the_same_path_is_staged_too(stored):
+    # A run() that builds its own target for its output path (not the task's target object)
+    # is staged all the same: a failure after it publishes nothing.
+    class OwnTarget(pipeflow.tasks.TaskPickle):
+        fail = pipeflow.BoolParameter(default=True)
+
+        def run(self):
+            pipeflow.targets.PickleTarget(pathlib.Path(str(self.output().path))).save({"a": 1})
+            if self.fail:
+                raise ValueError("after the save")
+
+    with pytest.raises(pipeflow.errors.TaskFailedError):
+        pipeflow.run(OwnTarget())
+    assert not stored()
+    assert pipeflow.run(OwnTarget(fail=False))
+    assert OwnTarget(fail=False).outputLoad() == {"a": 1}
+
+
 def test_failed_run_after_direct_write_to_output_path_leaves_nothing():
     class DirectWrite(pipeflow.tasks.TaskCSVPandas):
         def run(self):

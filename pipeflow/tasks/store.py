@@ -13,11 +13,10 @@ reaches all of this through ``task._store``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import pathlib
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Container, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from luigi.task import flatten
 
@@ -47,12 +46,38 @@ from pipeflow.targets import CacheTarget, DataTarget, PickleTarget
 if TYPE_CHECKING:
     from pipeflow.tasks import TaskData
 
+_T = TypeVar("_T")
+
 #: attributes that decide where a task's outputs go, also when set on an instance
 LAYOUT_ATTRS = frozenset({"path", "target_dir", "target_ext", "task_group", "save_attrib",
                           "persist", "target_class"})
 
 #: (class, context, data dir, generation) -> (output folder, records folder)
 _FOLDERS: dict[tuple[object, ...], tuple[pathlib.Path, pathlib.Path]] = {}
+
+
+class _lazy(Generic[_T]):
+    """A value computed on first access, then kept in the instance's ``__dict__``.
+
+    ``functools.cached_property`` without its lock: Python 3.11 takes an RLock on every
+    first access, a tenth of a run's cost on trivial tasks. Two threads computing the same
+    value at once both store an equal one.
+    """
+
+    def __init__(self, func: Callable[[Any], _T]):
+        self.func = func
+        self.name = func.__name__
+        self.__doc__ = func.__doc__
+
+    @overload
+    def __get__(self, obj: None, cls: type | None = None) -> _lazy[_T]: ...
+    @overload
+    def __get__(self, obj: object, cls: type | None = None) -> _T: ...
+    def __get__(self, obj: object | None, cls: type | None = None) -> _T | _lazy[_T]:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.func(obj)
+        return value
 
 
 class _Owner:
@@ -77,16 +102,18 @@ class _Layout:
         record: the commit record's path.
     """
 
-    def __init__(self, store: TaskStore, out: pathlib.Path, folder: str,
-                 names: list[tuple[str, str]], meta: str, record: str):
+    def __init__(self, store: TaskStore, out: pathlib.Path, own: pathlib.Path,
+                 names: list[tuple[str, str]], meta: str, record_name: str):
         self._store = store
         self._out = out
-        self.folder = folder
+        self._own = own
+        self._record_name = record_name
+        self.folder = os.fspath(out)
         self.names = names
         self.meta = meta
-        self.record = record
+        self.record = os.path.join(os.fspath(own), record_name)
 
-    @functools.cached_property
+    @_lazy
     def paths(self) -> list[tuple[str, str]] | None:
         """(name, path) of each output and of the metadata, as strings.
 
@@ -98,12 +125,12 @@ class _Layout:
         return [*((k, join(self.folder, n)) for k, n in self.names),
                 (META_KEY, join(self.folder, self.meta))]
 
-    @functools.cached_property
+    @_lazy
     def record_file(self) -> pathlib.Path:
         """The commit record's path as a Path."""
-        return pathlib.Path(self.record)
+        return _child(self._own, self._record_name)
 
-    @functools.cached_property
+    @_lazy
     def main(self) -> dict[str, pathlib.Path]:
         """Output name (and META_KEY) -> the path of its main file (the target's ``path``)."""
         out = self._out
@@ -111,7 +138,7 @@ class _Layout:
         main[META_KEY] = _child(out, self.meta)
         return main
 
-    @functools.cached_property
+    @_lazy
     def targets(self) -> dict[str, DataTarget]:
         """Output name (and META_KEY) -> target."""
         store = self._store
@@ -122,22 +149,40 @@ class _Layout:
             t.owner, t.key = store, k
         return targets
 
-    @functools.cached_property
+    @_lazy
     def outputs(self) -> dict[str, DataTarget]:
         """The targets of the outputs (no metadata)."""
         return {k: t for k, t in self.targets.items() if k != META_KEY}
 
-    @functools.cached_property
+    @_lazy
     def files(self) -> dict[str, list[str]]:
         """Output name -> its files' paths, as strings."""
         return {k: [os.fspath(p) for p in t.files()] for k, t in self.targets.items()}
 
-    @functools.cached_property
+    @_lazy
     def owned(self) -> set[pathlib.Path]:
         """Every path a run publishes: outputs, sidecars, metadata, commit record."""
         if self.paths is not None:  # one file per output: no target objects needed
             return {*self.main.values(), self.record_file}
         return {p for t in self.targets.values() for p in t.files()} | {self.record_file}
+
+
+class _Owned:
+    """The paths a run of the task publishes, as a container: ``path in owned``.
+
+    A save through one of the task's own targets is recognised by its path object, with
+    no path hashed and no set built; any other path is looked up in :attr:`_Layout.owned`.
+    """
+
+    __slots__ = ("_lay",)
+
+    def __init__(self, lay: _Layout):
+        self._lay = lay
+
+    def __contains__(self, path: object) -> bool:
+        lay = self._lay
+        main = lay.main
+        return any(p is path for p in main.values()) or path in lay.owned
 
 
 class TaskStore:
@@ -319,9 +364,8 @@ class TaskStore:
         names = [(k, layout.fit_name(self._stem(k), ext)) for k in self.persist()]
         ident = (task.task_id if settings.save_with_param and getattr(task, "save_attrib", True)
                  else task.task_family)
-        record = os.path.join(own, layout.fit_name(f".{ident}", RECORD_SUFFIX))
         meta = layout.fit_name(self._stem("meta"), ".pickle")
-        return _Layout(self, out, os.fspath(out), names, meta, record)
+        return _Layout(self, out, own, names, meta, layout.fit_name(f".{ident}", RECORD_SUFFIX))
 
     def targets(self) -> dict[str, DataTarget]:
         """The output targets by name (and the metadata's), for the context in force."""
@@ -563,14 +607,14 @@ class TaskStore:
                 if temp_owner(name) in mine:
                     (folder / name).unlink(missing_ok=True)
 
-    def prepare_run(self) -> set[pathlib.Path]:
+    def prepare_run(self) -> Container[pathlib.Path]:
         """Before an attempt: uncommit and remove stale files, so only this run can count.
 
         Returns:
             The paths the attempt's saves are staged for.
         """
         self.abort_run()
-        return self._layout().owned
+        return _Owned(self._layout())
 
     def abort_run(self) -> None:
         """After a failed or stopped attempt: uncommit, remove what it wrote to final paths.
@@ -643,10 +687,10 @@ class TaskStore:
                     files[key] = tuple(recs)
         if not files:
             return
-        path = self.record_file()
         try:
-            write_record(path, self._commit_record(files))
+            write_record(lay.record, self._commit_record(files))
         except OSError as exc:
+            path = self.record_file()
             raise SaveError(
                 f"{graph.describe(self.task)}: could not write its commit record "
                 f"{str(path)!r}: {os_reason(exc)}. The run's outputs do not count and were "
