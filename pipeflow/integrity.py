@@ -220,15 +220,21 @@ class CommitRecord:
 
         Raises:
             ValueError: the text is not a record this version understands.
+            KeyError, TypeError, OverflowError, RecursionError: fields of the wrong shape,
+                infinite numbers, or nesting deeper than the JSON parser goes.
         """
         doc = json.loads(text)
         if not isinstance(doc, dict) or doc.get("v") != _VERSION:
             raise ValueError("not a pipeflow commit record of a known version")
+        listed = doc.get("files")
+        if not isinstance(listed, dict):
+            raise ValueError("the record lists no files")
         files = {}
-        for key, recs in doc["files"].items():
+        for key, recs in listed.items():
             files[key] = tuple(FileRecord(str(n), int(s), int(m), int(i), str(d))
                                for n, s, m, i, d in recs)
-            if any(os.sep in r.name or r.name in ("", ".", "..") for r in files[key]):
+            if any(os.sep in r.name or "\0" in r.name or r.name in ("", ".", "..")
+                   for r in files[key]):
                 raise ValueError("a file name in the record is not a plain name")
         fp = doc.get("fp")
         return cls(str(doc.get("task", "")), files, fp if isinstance(fp, dict) else None)
@@ -283,7 +289,8 @@ def _read_record(path: str) -> tuple[CommitRecord | None, str | None]:
         return None, f"its commit record cannot be read ({exc.strerror})"
     try:
         return CommitRecord.from_json(b"".join(chunks).decode()), None
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
+        # (infinite numbers overflow int(); deeply nested text exhausts json's recursion)
         return None, "its commit record is damaged (a crash during a write, or an edit)"
 
 
