@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import functools
 import os
 import pathlib
 import re
@@ -265,8 +266,13 @@ def task_lock(record: str | os.PathLike[str]) -> TaskLock:
     The record's path names the task within its folder: the one place a lock's identity
     is decided, for runs and resets alike.
     """
-    path = os.fspath(record)
-    return TaskLock(os.path.dirname(path), os.path.basename(path))
+    return TaskLock(*_lock_place(os.fspath(record)))
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _lock_place(record: str) -> tuple[str, str]:
+    """(folder, name) of the lock of the task whose record is at ``record`` (a hot path)."""
+    return os.path.dirname(record), os.path.basename(record)
 
 
 def unpublish(record: str | os.PathLike[str], folder: pathlib.Path) -> bool:
