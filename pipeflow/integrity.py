@@ -367,6 +367,7 @@ def uncommit(path: str | os.PathLike[str], folder: pathlib.Path) -> list[pathlib
     record, _ = read_record(path)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+    _KNOWN.pop(os.fspath(path), None)  # a new record may reuse the inode: never mistake it
     removed = [folder / name for name in (record.file_names() if record else [])]
     for file in removed:
         file.unlink(missing_ok=True)

@@ -618,6 +618,32 @@ def test_uncommit_removes_the_record_then_its_files(tmp_path):
     assert uncommit(path, folder) == []  # again: nothing left
 
 
+def test_after_uncommit_a_new_record_is_read_even_if_its_stat_matches(tmp_path, monkeypatch):
+    # A file system may give the next record the deleted one's inode, and a coarse clock the
+    # same mtime: the record this process knew must not be taken for the new one.
+    path = tmp_path / ".T.commit.json"
+    old = CommitRecord("T()", {"a": (FileRecord("a.csv", 1, 2, 3, "1" * 32),)})
+    new = CommitRecord("T()", {"a": (FileRecord("a.csv", 1, 2, 3, "2" * 32),)})
+    assert len(old.to_json()) == len(new.to_json())
+    write_record(path, old)
+    st = os.stat(path)
+    uncommit(path, tmp_path)
+    path.write_text(new.to_json())  # another process's record
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    real_stat = os.stat
+
+    def same_inode(p, *a, **k):
+        out = real_stat(p, *a, **k)
+        if os.fspath(p) == str(path):  # as if the inode number had been reused
+            values = list(out)
+            values[1] = st.st_ino
+            return os.stat_result(values, {"st_mtime_ns": out.st_mtime_ns})
+        return out
+
+    monkeypatch.setattr(os, "stat", same_inode)
+    assert read_record(path) == (new, None)
+
+
 def test_uncommit_of_a_damaged_record_removes_only_the_record(tmp_path):
     _write(tmp_path / "a.csv", b"a")
     path = _write(tmp_path / ".T.commit.json", b"{damaged")
