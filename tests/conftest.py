@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
+import pathlib
+import traceback
+from collections.abc import Iterator
+
 import luigi
 import pytest
 
 import pipeflow
 from pipeflow import cache, settings
+from pipeflow.locks import TaskLock
 
 _DEFAULTS = {
     "cached": False,
@@ -60,3 +68,44 @@ def pytest_terminal_summary(terminalreporter):
             for name, value in getattr(report, "user_properties", ()):
                 if name == "d6tflow_suite":
                     terminalreporter.write_line(f"d6tflow's own test suite on pipeflow: {value}")
+
+
+@contextlib.contextmanager
+def _held_by_child(folder: str | pathlib.Path, name: str) -> Iterator[bool]:
+    """A forked child tries to take the lock and keeps it until the block ends.
+
+    Yields whether the child took it.
+    """
+    ours, theirs = multiprocessing.get_context("fork").Pipe()
+
+    def target() -> None:
+        try:
+            lock = TaskLock(folder, name)
+            theirs.send(lock.acquire())
+            with contextlib.suppress(EOFError):
+                theirs.recv()  # until told, or the parent is gone
+            lock.release()
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(0)
+
+    proc = multiprocessing.get_context("fork").Process(target=target)
+    proc.start()
+    try:
+        assert ours.poll(30), "the child never answered"
+        yield ours.recv()
+    finally:
+        with contextlib.suppress(OSError):
+            ours.send("release")
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        ours.close()
+
+
+@pytest.fixture
+def held_by_child():
+    """``with held_by_child(folder, name) as took:``: a forked process holds that task lock."""
+    return _held_by_child

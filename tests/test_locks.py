@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -65,39 +65,6 @@ def _child_acquires(folder: str | pathlib.Path, name: str) -> bool:
     return _in_child(lambda: 1 if TaskLock(folder, name).acquire() else 0) == 1
 
 
-@contextlib.contextmanager
-def _held_by_child(folder: str | pathlib.Path, name: str) -> Iterator[bool]:
-    """A forked child tries to take the lock and keeps it until the block ends.
-
-    Yields whether the child took it.
-    """
-    ours, theirs = FORK.Pipe()
-
-    def target() -> None:
-        try:
-            lock = TaskLock(folder, name)
-            theirs.send(lock.acquire())
-            with contextlib.suppress(EOFError):
-                theirs.recv()  # until told, or the parent is gone
-            lock.release()
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(0)
-
-    proc = FORK.Process(target=target)
-    proc.start()
-    try:
-        assert ours.poll(TIMEOUT), "the child never answered"
-        yield ours.recv()
-    finally:
-        with contextlib.suppress(OSError):
-            ours.send("release")
-        proc.join(TIMEOUT)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-        ours.close()
 
 
 def test_the_two_names_used_take_different_bytes():
@@ -341,14 +308,14 @@ def test_another_process_cannot_take_a_held_lock_until_released(tmp_path):
     assert _child_acquires(tmp_path, NAME_A)
 
 
-def test_a_lock_held_by_another_process_blocks_this_one(tmp_path):
-    with _held_by_child(tmp_path, NAME_A) as took:
+def test_a_lock_held_by_another_process_blocks_this_one(tmp_path, held_by_child):
+    with held_by_child(tmp_path, NAME_A) as took:
         assert took is True
         mine = TaskLock(tmp_path, NAME_A)
         assert mine.acquire() is False
         assert not mine.held
         assert TaskLock(tmp_path, NAME_B).acquire() is True
-        with _held_by_child(tmp_path, NAME_A) as second:
+        with held_by_child(tmp_path, NAME_A) as second:
             assert second is False  # nor any third process
     # the child released it
     assert mine.acquire() is True

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import itertools
-import multiprocessing
 import os
 import pathlib
-import traceback
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -47,7 +44,6 @@ from pipeflow.publishing import (
 FIXTURES = [HealthCheck.function_scoped_fixture]
 #: characters of file names: any but "/" and NUL (and lone surrogates, not encodable)
 NAME_CHARS = st.characters(exclude_categories=("Cs",), exclude_characters="/\x00")
-FORK = multiprocessing.get_context("fork")
 _counter = itertools.count()
 
 
@@ -537,37 +533,17 @@ def test_unpublish_while_the_task_runs_here_deletes_nothing(tmp_path):
     assert _names(folder) == ["a.csv"]
 
 
-def test_unpublish_while_another_process_holds_the_lock_deletes_nothing(tmp_path):
+def test_unpublish_while_another_process_holds_the_lock_deletes_nothing(tmp_path,
+                                                                       held_by_child):
     folder = tmp_path / "task"
     record_path = tmp_path / "commits" / ".T.commit.json"
     record = _commit(folder, record_path, ["a.csv", "b.csv"])
-    ours, theirs = FORK.Pipe()
-
-    def target() -> None:
-        try:
-            lock = task_lock(record_path)
-            theirs.send(lock.acquire())
-            with contextlib.suppress(EOFError):
-                theirs.recv()
-            lock.release()
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(0)
-
-    proc = FORK.Process(target=target)
-    proc.start()
-    try:
-        assert ours.poll(30) and ours.recv() is True
+    lock = task_lock(record_path)
+    with held_by_child(lock.folder, record_path.name) as took:  # the lock task_lock names
+        assert took is True
         assert unpublish(record_path, folder) is False
         assert read_record(record_path) == (record, None)
         assert _names(folder) == ["a.csv", "b.csv"]
-        ours.send("release")
-        proc.join(30)
-    finally:
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
     assert unpublish(record_path, folder) is True
     assert not record_path.exists()
     assert _names(folder) == []
