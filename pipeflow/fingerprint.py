@@ -45,7 +45,7 @@ import xxhash
 
 from pipeflow.contract import adapt
 from pipeflow.graph import describe, requirement_edges, upstream_of
-from pipeflow.integrity import COMPACT_JSON, CommitRecord, known_record
+from pipeflow.integrity import COMPACT_JSON, CommitRecord, committed_record
 
 #: folders that hold installed libraries
 _LIB_PARTS = frozenset(["site-packages", "dist-packages"])
@@ -394,8 +394,9 @@ def _digest_now(task: luigi.Task) -> str | None:
     c = adapt(task)
     path = c.record_path()
     if path is not None:
-        # a diamond's task has many upstream tasks: each record is read once per version
-        record = known_record(path)
+        # a diamond's task has many upstream tasks: each record is read once per version,
+        # and not even stat-ed when this process has just committed it
+        record = committed_record(path)
         if record is None:
             return None
         hit = _digests.get(path)

@@ -259,6 +259,7 @@ def read_record(path: str | os.PathLike[str]) -> tuple[CommitRecord | None, str 
     try:
         st = os.stat(key)
     except FileNotFoundError:
+        _WRITTEN.pop(key, None)
         return None, None
     except OSError as exc:
         return None, f"its commit record cannot be read ({exc.strerror})"
@@ -266,6 +267,7 @@ def read_record(path: str | os.PathLike[str]) -> tuple[CommitRecord | None, str 
     hit = _KNOWN.get(key)
     if hit is not None and hit[0] == version:
         return hit[1], None
+    _WRITTEN.pop(key, None)  # someone else's version now
     record, problem = _read_record(key)
     if record is not None:
         _know(key, version, record)
@@ -296,17 +298,34 @@ def _read_record(path: str) -> tuple[CommitRecord | None, str | None]:
 
 #: records this process wrote or read, by path: ((size, mtime, inode), record)
 _KNOWN: dict[str, tuple[tuple[int, int, int], CommitRecord]] = {}
+#: records this process wrote, by path, until it sees another version there
+_WRITTEN: dict[str, CommitRecord] = {}
 
 
-def known_record(path: str | os.PathLike[str]) -> CommitRecord | None:
-    """The valid record at ``path`` (None: none or unusable); see :func:`read_record`."""
-    return read_record(path)[0]
+def committed_record(path: str | os.PathLike[str]) -> CommitRecord | None:
+    """The record this process last committed at ``path``, else the one there now.
+
+    No ``stat`` for a record this process wrote and has not seen replaced since (every
+    run's plan reads the records of its tasks first): what the run history lists for the
+    attempt that wrote it, and the upstream digests a downstream task's commit record
+    keeps. Should another process replace it meanwhile, the digest kept is the one of
+    what this process made, so the downstream task is found stale, never wrongly current.
+    """
+    key = os.fspath(path)
+    record = _WRITTEN.get(key)
+    return record if record is not None else read_record(key)[0]
 
 
 def _know(path: str, version: tuple[int, int, int], record: CommitRecord) -> None:
     if len(_KNOWN) > 65536:  # a long-lived process working through many data dirs
         _KNOWN.clear()
+        _WRITTEN.clear()
     _KNOWN[path] = (version, record)
+
+
+def _wrote(path: str, version: tuple[int, int, int], record: CommitRecord) -> None:
+    _know(path, version, record)
+    _WRITTEN[path] = record
 
 
 def write_record(path: str | os.PathLike[str], record: CommitRecord) -> None:
@@ -321,19 +340,19 @@ def write_record(path: str | os.PathLike[str], record: CommitRecord) -> None:
     data = record.to_json().encode()
     where = os.fspath(path)
     try:
-        _know(where, _write_new(where, data, os.O_EXCL), record)
+        _wrote(where, _write_new(where, data, os.O_EXCL), record)
         return
     except FileExistsError:
         pass
     except FileNotFoundError:  # its folder was removed since the lock file was made
         os.makedirs(os.path.dirname(where), exist_ok=True)
-        _know(where, _write_new(where, data, os.O_EXCL), record)
+        _wrote(where, _write_new(where, data, os.O_EXCL), record)
         return
     tmp = os.path.join(os.path.dirname(where), f".{os.path.basename(where)}.tmp-commit")
     try:
         version = _write_new(tmp, data, os.O_TRUNC)
         os.replace(tmp, where)
-        _know(where, version, record)
+        _wrote(where, version, record)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -368,6 +387,7 @@ def uncommit(path: str | os.PathLike[str], folder: pathlib.Path) -> list[pathlib
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     _KNOWN.pop(os.fspath(path), None)  # a new record may reuse the inode: never mistake it
+    _WRITTEN.pop(os.fspath(path), None)
     removed = [folder / name for name in (record.file_names() if record else [])]
     for file in removed:
         file.unlink(missing_ok=True)

@@ -19,9 +19,9 @@ from pipeflow.integrity import (
     CommitRecord,
     FileRecord,
     HashingFile,
+    committed_record,
     hash_bytes,
     hash_file,
-    known_record,
     read_record,
     seal,
     temp_owner,
@@ -477,7 +477,7 @@ def test_read_record_of_a_record_of_exactly_one_read(tmp_path):
     assert read_record(path) == (rec, None)
 
 
-# -- write_record and known_record -------------------------------------------------------------
+# -- write_record, read_record's memory, committed_record ------------------------------------
 
 @settings(max_examples=50, deadline=None, suppress_health_check=FIXTURES)
 @given(COMMIT_RECORDS, COMMIT_RECORDS)
@@ -543,14 +543,14 @@ def test_a_record_just_written_is_known_without_reading_it(tmp_path, monkeypatch
     path = tmp_path / ".T.commit.json"
     write_record(path, GOOD)
     opened = _count_opens(monkeypatch, path, fail=True)
-    assert known_record(path) is GOOD
-    assert known_record(str(path)) is GOOD
+    assert read_record(path)[0] is GOOD
+    assert read_record(str(path))[0] is GOOD
     assert opened == []
     monkeypatch.undo()
     other = CommitRecord("U()", {"out": (FileRecord("o", 1, 2, 3, "4" * 32),)})
     write_record(path, other)  # replaced by this process: known too
     opened = _count_opens(monkeypatch, path, fail=True)
-    assert known_record(path) is other
+    assert read_record(path)[0] is other
     assert opened == []
 
 
@@ -558,42 +558,76 @@ def test_a_record_is_read_once_per_version(tmp_path, monkeypatch):
     path = tmp_path / ".T.commit.json"
     path.write_text(GOOD.to_json())  # written by another process
     opened = _count_opens(monkeypatch, path)
-    first = known_record(path)
+    first = read_record(path)[0]
     assert first == GOOD
-    assert known_record(path) is first
+    assert read_record(path)[0] is first
     assert len(opened) == 1
     # another writer replaces it: a new version, read again
     newer = CommitRecord("T()", {"out": (FileRecord("out.csv", 9, 9, 9, "e" * 32),)})
     tmp = tmp_path / "other-writer"
     tmp.write_text(newer.to_json())
     tmp.replace(path)
-    assert known_record(path) == newer
+    assert read_record(path)[0] == newer
     assert len(opened) == 2
-    assert known_record(path) == newer
+    assert read_record(path)[0] == newer
     assert len(opened) == 2
 
 
-def test_known_record_after_a_write_by_another_writer(tmp_path):
+def test_read_record_after_a_write_by_another_writer(tmp_path):
     path = tmp_path / ".T.commit.json"
     write_record(path, GOOD)
-    assert known_record(path) is GOOD
+    assert read_record(path)[0] is GOOD
     newer = CommitRecord("V()", {})
     (tmp_path / "w").write_text(newer.to_json())
     (tmp_path / "w").replace(path)
-    assert known_record(path) == newer
+    assert read_record(path)[0] == newer
     path.unlink()
-    assert known_record(path) is None
+    assert read_record(path)[0] is None
     path.write_text("damaged")
-    assert known_record(path) is None
+    assert read_record(path)[0] is None
 
 
-def test_known_record_of_a_damaged_record_is_none_and_not_remembered(tmp_path):
+def test_a_damaged_record_is_none_and_not_remembered(tmp_path):
     path = tmp_path / ".T.commit.json"
     path.write_text("{")
-    assert known_record(path) is None
+    assert read_record(path)[0] is None
     (tmp_path / "w").write_text(GOOD.to_json())
     (tmp_path / "w").replace(path)
-    assert known_record(path) == GOOD
+    assert read_record(path)[0] == GOOD
+
+
+def test_a_record_this_process_committed_needs_no_io(tmp_path, monkeypatch):
+    path = tmp_path / ".T.commit.json"
+    write_record(path, GOOD)
+
+    def no_io(*args, **kwargs):
+        raise AssertionError("file system touched")
+
+    monkeypatch.setattr(os, "stat", no_io)
+    monkeypatch.setattr(os, "open", no_io)
+    assert committed_record(path) is GOOD
+    assert committed_record(str(path)) is GOOD
+
+
+def test_committed_record_follows_what_this_process_has_seen_since(tmp_path):
+    path = tmp_path / ".T.commit.json"
+    assert committed_record(path) is None
+    path.write_text(GOOD.to_json())  # another process's record: read from the file
+    assert committed_record(path) == GOOD
+    write_record(path, GOOD)
+    newer = CommitRecord("T()", {"out": (FileRecord("out.csv", 9, 9, 9, "e" * 32),)})
+    (tmp_path / "w").write_text(newer.to_json())
+    (tmp_path / "w").replace(path)  # replaced by another process ...
+    assert committed_record(path) is GOOD  # ... unseen: still what this process made
+    assert read_record(path) == (newer, None)  # a status check sees the new version
+    assert committed_record(path) == newer
+    write_record(path, GOOD)
+    path.unlink()  # deleted by another process, seen by a status check
+    assert read_record(path) == (None, None)
+    assert committed_record(path) is None
+    write_record(path, GOOD)
+    uncommit(path, tmp_path)  # deleted by this process
+    assert committed_record(path) is None
 
 
 # -- uncommit -------------------------------------------------------------------------------
