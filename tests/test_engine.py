@@ -423,6 +423,24 @@ def test_progress_bar_counts_tasks(capsys):
     assert "2/2" in err and "pipeflow" in err
 
 
+def test_progress_bar_in_a_notebook_without_ipywidgets_is_text_without_a_warning(monkeypatch):
+    # Regression: tqdm.auto in a Jupyter kernel without ipywidgets warned "IProgress not
+    # found" at every first run before falling back to text.
+    import importlib.util
+
+    import tqdm.auto
+    import tqdm.std
+
+    from pipeflow.display.progress import bar_class
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ipywidgets" else real(name, *a))
+    assert bar_class() is tqdm.std.tqdm
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert bar_class() is tqdm.auto.tqdm
+
+
 def test_invalid_workers_and_executor():
     with pytest.raises(ValueError, match="workers must be"):
         pipeflow.run(Source(), workers=0)

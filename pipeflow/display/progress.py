@@ -1,7 +1,8 @@
-"""The progress bar of a run: an event sink (tqdm; a widget in notebooks)."""
+"""The progress bar of a run: an event sink (tqdm; a widget in notebooks with ipywidgets)."""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from pipeflow.events import Event, EventKind
@@ -9,7 +10,7 @@ from pipeflow.graph import describe
 
 
 class ProgressBar:
-    """An event sink drawing a progress bar (tqdm; a widget in notebooks).
+    """An event sink drawing a progress bar (tqdm; a widget in notebooks with ipywidgets).
 
     Example:
         >>> pipeflow.run(Train(), progress=True)  # doctest: +SKIP
@@ -24,9 +25,7 @@ class ProgressBar:
     def __call__(self, event: Event) -> None:
         """Advance the bar."""
         if event.kind is EventKind.RUN_STARTED:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=event.total, unit="task", desc="pipeflow", leave=True)
+            self.bar = bar_class()(total=event.total, unit="task", desc="pipeflow", leave=True)
         elif self.bar is None:
             return
         elif event.kind is EventKind.TASK_ADDED and event.total is not None:
@@ -43,4 +42,18 @@ class ProgressBar:
             self.bar = None
 
 
-__all__ = ["ProgressBar"]
+def bar_class() -> Any:
+    """The progress bar class: tqdm's widget in a notebook with ipywidgets, else text.
+
+    ``tqdm.auto`` picks the widget in any notebook and, without ipywidgets, warns
+    ("IProgress not found") before falling back to text: a notebook without ipywidgets gets
+    the text bar straight away, with no warning.
+    """
+    if importlib.util.find_spec("ipywidgets") is None:
+        from tqdm.std import tqdm
+    else:
+        from tqdm.auto import tqdm
+    return tqdm
+
+
+__all__ = ["ProgressBar", "bar_class"]
