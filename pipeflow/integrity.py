@@ -298,18 +298,22 @@ def _read_record(path: str) -> tuple[CommitRecord | None, str | None]:
 
 #: records this process wrote or read, by path: ((size, mtime, inode), record)
 _KNOWN: dict[str, tuple[tuple[int, int, int], CommitRecord]] = {}
-#: records this process wrote, by path, until it sees another version there
+#: records this process wrote, by path, until it sees another version there (a forked
+#: worker starts with none: its parent's may be replaced by other workers meanwhile)
 _WRITTEN: dict[str, CommitRecord] = {}
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_WRITTEN.clear)
 
 
 def committed_record(path: str | os.PathLike[str]) -> CommitRecord | None:
     """The record this process last committed at ``path``, else the one there now.
 
     No ``stat`` for a record this process wrote and has not seen replaced since (every
-    run's plan reads the records of its tasks first): what the run history lists for the
-    attempt that wrote it, and the upstream digests a downstream task's commit record
-    keeps. Should another process replace it meanwhile, the digest kept is the one of
-    what this process made, so the downstream task is found stale, never wrongly current.
+    run's plan reads the records of its tasks first, a task's inputs are checked against
+    their records when loaded, and a forked worker starts knowing none): the upstream
+    digests a downstream task's commit record keeps. Should another process replace it
+    meanwhile, the digest kept is the one of what this process made, so the downstream
+    task is found stale, never wrongly current.
     """
     key = os.fspath(path)
     record = _WRITTEN.get(key)

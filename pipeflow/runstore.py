@@ -42,7 +42,7 @@ from pipeflow import settings
 from pipeflow.contract import adapt
 from pipeflow.events import Event, EventKind
 from pipeflow.graph import describe
-from pipeflow.integrity import CommitRecord, committed_record
+from pipeflow.integrity import CommitRecord, read_record
 from pipeflow.parameters import MASK, is_secret, redact
 from pipeflow.sysinfo import system_info
 
@@ -157,7 +157,8 @@ def _outputs(task: luigi.Task) -> str | None:
     path = adapt(task).record_path()
     if path is None:
         return None
-    record = committed_record(path)  # committed by this process a moment ago: no I/O
+    # committed a moment ago, by this process (known: one stat) or by a worker (read once)
+    record = read_record(path)[0]
     return None if record is None else outputs_json(record)
 
 

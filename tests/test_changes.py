@@ -638,3 +638,43 @@ def test_class_attributes_are_code_but_scheduling_attributes_are_not(project):
     mod = project.edit("attrs", ATTRS.replace('["age", "bmi"]', '["age", "bmi", "bp"]'))
     assert states(pipeflow.Workflow(mod.Select))["Select"] == (
         "STALE", "code changed: Select.columns")
+
+
+# Regression: a record this process had committed in an inline run was trusted in the
+# next run (by the history, and by forked workers that inherited it) after a worker had
+# replaced it: the history listed the old outputs, and a downstream task's commit kept
+# the old upstream digest, so it was found stale right after a successful run.
+class _Edited(pipeflow.tasks.TaskJson):
+    def run(self):
+        self.save({"made": "by run()", "pid": os.getpid()})
+
+
+class _Slow(pipeflow.tasks.TaskJson):
+    def run(self):
+        import time
+
+        time.sleep(0.3)
+        self.save({"x": 1})
+
+
+@pipeflow.requires(_Edited, _Slow)
+class _Uses(pipeflow.tasks.TaskJson):
+    def run(self):
+        self.save({"d": 1})  # does not load its inputs
+
+
+def _edit(task):
+    with open(task.output().path, "w") as fh:
+        fh.write('{"edited": "by hand, and longer than before"}')
+
+
+def test_records_replaced_by_workers_are_not_taken_from_memory():
+    pipeflow.run(_Uses())  # inline: this process commits every record
+    _edit(_Edited())
+    _edit(_Slow())
+    assert pipeflow.plan.assess(_Uses()).status is Status.STALE
+    assert pipeflow.run(_Uses(), workers=2, executor="process")
+    assert pipeflow.plan.assess(_Uses()).status is Status.COMPLETE
+    on_disk = pipeflow.integrity.read_record(_Edited()._store.record_path())[0]
+    listed = json.loads(pipeflow.last_run(_Edited())["outputs"])
+    assert listed["data"][0]["hash"] == on_disk.files["data"][0].digest
