@@ -67,10 +67,6 @@ class Plan:
     _digests: list[str | None] = field(default_factory=list, repr=False)
     _ran: set[int] = field(default_factory=set, repr=False)
 
-    def status_of(self, task: luigi.Task) -> Status:
-        """Status of a task of the graph."""
-        return self.status[self.graph.position(task)]
-
     def missing_upstream(self, task: luigi.Task) -> list[luigi.Task]:
         """Tasks upstream of (or equal to) ``task`` whose own outputs are missing."""
         up = self.graph.upstream([self.graph.position(task)])
@@ -194,7 +190,7 @@ class Verdict:
 def assess(task: luigi.Task, check_dependencies: bool | None = None) -> Verdict:
     """The status of one task, looking upstream only as far as that status depends on.
 
-    The same answer as ``build_plan(graph.build([task])).status_of(task)``, without
+    The same answer as ``build_plan(graph.build([task]))`` gives for ``task``, without
     building the graph: a task whose own outputs do not count is not looked past, and
     upstream tasks are visited only below complete ones (with ``check_dependencies``) or
     one level up (their outputs, for change detection). ``complete()`` and

@@ -90,10 +90,7 @@ class Staging:
     def commit(self) -> dict[pathlib.Path, FileRecord]:
         """Publish every staged file and in-memory object; return the published files."""
         for final, tmp in self.files.items():
-            if tmp is None:
-                final.unlink(missing_ok=True)
-            else:
-                os.replace(tmp, final)
+            _move(tmp, final)
             cache.data.pop(final, None)
         published = self.records
         self.files, self.records = {}, {}
@@ -171,13 +168,28 @@ def publish(staged: Staged, main: pathlib.Path) -> list[FileRecord]:
     """Move staged files into place, ``main`` last; return their records, ``main``'s first."""
     for final in sorted(staged, key=lambda f: f == main):
         item = staged[final]
-        if item is None:
-            final.unlink(missing_ok=True)
-        else:
-            os.replace(item[0], final)
+        _move(None if item is None else item[0], final)
         cache.data.pop(final, None)
     return [item[1] for _f, item in sorted(staged.items(), key=lambda x: x[0] != main)
             if item is not None]
+
+
+def _move(tmp: Temp | None, final: pathlib.Path) -> None:
+    """Put ``tmp`` at ``final`` (None: delete ``final``).
+
+    Raises:
+        SaveError: the file system refused (say, a folder is in the way).
+    """
+    try:
+        if tmp is None:
+            final.unlink(missing_ok=True)
+        else:
+            os.replace(tmp, final)
+    except OSError as exc:
+        raise SaveError(
+            f"cannot publish {str(final)!r}: {os_reason(exc)}. Nothing of this save counts. "
+            f"{os_fix(exc, final.parent)}"
+        ) from exc
 
 
 def write_temp(final: pathlib.Path, writer: Writer, who: Who = "") -> tuple[Temp, FileRecord]:

@@ -630,3 +630,32 @@ def test_workers_do_not_outlive_a_killed_parent(tmp_path, busy):
     while not all(_gone(p) for p in pids):
         assert time.monotonic() < deadline, "a worker outlived its parent"
         time.sleep(0.05)
+
+
+def test_thread_attempt_that_timed_out_neither_hides_nor_undoes_its_retry(tmp_path):
+    # Regression: a stopped thread's position stayed marked stopped, so the retry's result
+    # (same position) was dropped and reported as a second timeout; and a thread still
+    # blocked when the engine moved on cleaned up later, without the lock, withdrawing the
+    # retry's committed outputs.
+    marker = tmp_path / "attempts"
+
+    class SlowFirst(pipeflow.tasks.TaskJson):
+        timeout = 0.3
+        retries = 1
+
+        def run(self):
+            n = int(marker.read_text()) if marker.exists() else 0
+            marker.write_text(str(n + 1))
+            if n == 0:
+                time.sleep(1.5)  # one C call: the interruption lands when it returns
+            self.save({"attempt": n})
+
+    result = pipeflow.run(SlowFirst(), workers=2, executor="thread")
+    assert result
+    (res,) = result.tasks.values()
+    assert res.state.value == "completed" and res.attempts == 2
+    assert len(res.retried_errors) == 1
+    assert isinstance(res.retried_errors[0][0], TaskTimeoutError)
+    time.sleep(0.2)
+    assert SlowFirst().complete()
+    assert SlowFirst().outputLoad() == {"attempt": 1}

@@ -476,3 +476,15 @@ def test_instance_cache_fast_path_keeps_luigi_semantics():
     assert Keyed(d={"x": 1}) is Keyed(d={"x": 1})  # unhashable value: luigi's own path
     luigi.task_register.Register.clear_instance_cache()
     assert Keyed(a=2) is not first  # cleared together with luigi's cache
+
+
+def test_save_by_hand_onto_a_folder_is_a_save_error_and_leaves_no_temp():
+    # Regression: the move into place raised a raw IsADirectoryError from task.save().
+    class Blocked(pipeflow.tasks.TaskJson):
+        pass
+
+    path = Blocked().output().path
+    path.mkdir(parents=True)
+    with pytest.raises(pipeflow.errors.SaveError, match=r"cannot publish .*Is a directory"):
+        Blocked().save({"a": 1})
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left

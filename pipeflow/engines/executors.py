@@ -228,9 +228,10 @@ class ThreadExecutor:
 
     def __init__(self, work: Work):
         self.work = work
-        self.results: queue.Queue[tuple[int, Outcome]] = queue.Queue()
+        self.results: queue.Queue[tuple[int, Outcome, threading.Thread]] = queue.Queue()
         self.threads: dict[int, threading.Thread] = {}
-        self.stopped: set[int] = set()
+        # the threads of stopped attempts (not their positions: a retry reuses the position)
+        self.stopped: set[threading.Thread] = set()
 
     def start(self, pos: int, task: Any, deadline: float | None) -> None:
         """Start the attempt on a new daemon thread."""
@@ -247,7 +248,7 @@ class ThreadExecutor:
             except BaseException as exc:  # noqa: BLE001 - reported, never lost
                 out = work.fail(exc, task)
             out.usage = usage(time.thread_time() - cpu)
-            self.results.put((pos, out))
+            self.results.put((pos, out, threading.current_thread()))
 
         t = threading.Thread(target=body, name=f"pipeflow-{task.task_family}", daemon=True)
         self.threads[pos] = t
@@ -263,15 +264,20 @@ class ThreadExecutor:
                 out.append(self.results.get_nowait())
         except queue.Empty:
             pass
-        return [(i, o) for i, o in out if i not in self.stopped]
+        return [(i, o) for i, o, t in out if t not in self.stopped]
 
     def stop(self, pos: int, task: Any) -> None:
-        """Interrupt the attempt's thread and give it a second to end."""
+        """Interrupt the attempt's thread and wait until it has ended.
+
+        A thread cannot be killed: one blocked in a long C call ends when that call
+        returns. Until then the task's lock stays held, so its cleanup (staged files,
+        what it wrote) cannot touch the outputs of a retry or of another run.
+        """
         t = self.threads.get(pos)
         if t is not None and t.is_alive() and t.ident is not None:
-            self.stopped.add(pos)
+            self.stopped.add(t)
             raise_in_thread(t.ident, Interrupted)
-            t.join(1.0)
+            t.join()
 
     def close(self) -> None:
         """Give running threads a moment (they are daemons)."""

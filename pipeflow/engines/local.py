@@ -67,7 +67,6 @@ NO_OUTPUT = "run() saved no output: it stays incomplete and runs again next time
 
 @dataclass
 class _Running:
-    pos: int
     deadline: float | None
 
 
@@ -78,7 +77,7 @@ class LocalEngine:
         workers: how many tasks may run at the same time.
         executor: ``'process'`` (default with several workers: a pool of forked worker
             processes) or ``'thread'``; with ``workers=1`` tasks run in this process unless
-            ``executor='process'`` is asked for.
+            an executor is given.
         cancel: a token to cancel the run with.
         if_locked: what to do when a task is being run by another process (or thread):
             ``'wait'`` (default) for it to finish and reuse its output, or ``'fail'`` the
@@ -421,7 +420,7 @@ class _Run:
             return
         self.attempts[i] = self.attempts.get(i, 0) + 1
         timeout = self.contracts[i].timeout
-        run = _Running(i, time.monotonic() + timeout if timeout else None)
+        run = _Running(time.monotonic() + timeout if timeout else None)
         self.running[i] = run
         stale = self.plan.status[i] is Status.STALE
         self.emit(EventKind.TASK_STARTED, task,
