@@ -96,7 +96,8 @@ def run(tasks: Any, forced: Any = None, forced_all: bool = False,
         abort: bool = True, execution_summary: bool | None = None, *,
         executor: str | None = None, cancel: CancelToken | None = None,
         callbacks: Sequence[Callable[[Any], None]] = (), progress: bool | None = None,
-        engine: Engine | None = None, if_locked: str = "wait") -> RunResult | None:
+        engine: Engine | None = None, if_locked: str = "wait", **unknown: Any
+        ) -> RunResult | None:
     """Run one or more tasks and everything upstream of them that is not complete.
 
     Args:
@@ -120,11 +121,17 @@ def run(tasks: Any, forced: Any = None, forced_all: bool = False,
         if_locked: when a task is being run by another process (another notebook or
             terminal): ``'wait'`` for it and reuse its output (default), or ``'fail'`` that
             task at once with :class:`~pipeflow.errors.TaskLockedError`.
+        **unknown: nothing: a misspelt option is refused with a "did you mean".
 
     Returns:
         The :class:`~pipeflow.events.RunResult`, truthy when everything succeeded; None if
         the user declined the confirmation.
+
+    Raises:
+        ParameterError: an option that does not exist (with a "did you mean").
     """
+    if unknown:
+        RunOptions.of(**unknown)  # raises, naming the misspelt option
     options = RunOptions(
         forced=forced, forced_all=forced_all, forced_all_upstream=forced_all_upstream,
         confirm=confirm, workers=workers, abort=abort, execution_summary=execution_summary,
@@ -258,6 +265,10 @@ def start(tasks: Any, **options: Any) -> RunHandle:
         ctx = layout.current()
 
     opts = RunOptions.of(**options)  # a misspelt option fails here, not in the thread
+    if opts.cancel is not None:
+        raise ParameterError(
+            "start() makes its own cancel token: call handle.cancel() (or flow.cancel()) "
+            "on what it returns instead of passing cancel=.")
 
     def go(token: CancelToken, sink: Sink) -> RunResult | None:
         with layout.flow_context(ctx):

@@ -12,7 +12,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,10 +61,15 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         workers = self.workers
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        try:
+            count = None if isinstance(workers, bool) else operator.index(workers)
+        except TypeError:  # (numpy integers are whole numbers too)
+            count = None
+        if count is None or count < 1:
             raise ParameterError(
                 f"workers must be a whole number of at least 1, not {workers!r}: it is how "
                 f"many tasks run at the same time. Pass e.g. workers=2.")
+        object.__setattr__(self, "workers", count)
         if self.executor is not None and self.executor not in EXECUTORS:
             raise ParameterError(
                 f"executor must be one of {', '.join(map(repr, EXECUTORS))} or None, not "
@@ -94,10 +100,6 @@ class RunOptions:
     def but(self, **changes: Any) -> RunOptions:
         """A copy with some options changed."""
         return dataclasses.replace(self, **changes)
-
-    def as_dict(self) -> Mapping[str, Any]:
-        """The options by name."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 __all__ = ["EXECUTORS", "IF_LOCKED", "RunOptions"]

@@ -185,7 +185,7 @@ class Workflow:
             The :class:`~pipeflow.events.RunResult` (None if a confirmation was declined).
         """
         opts = RunOptions.of(**options)
-        token = CancelToken()
+        token = opts.cancel or CancelToken()  # flow.cancel() stops it too
         self._tokens.add(token)
         try:
             with self._active():
@@ -509,7 +509,7 @@ class WorkflowMulti:
         selected = self._select(flow)
         first = next(iter(selected.values()))
         roots: dict[Any, list[luigi.Task]] = {}
-        token = CancelToken()
+        token = opts.cancel or CancelToken()  # flows.cancel() stops it too
         self._tokens.add(token)
         try:
             with first._active():

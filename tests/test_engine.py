@@ -109,6 +109,52 @@ def test_optional_upstream_failure_still_runs_downstream_with_none():
     assert not result  # a task failed, even though the downstream ran
 
 
+def test_preview_says_why_a_failed_optional_input_of_a_complete_task_does_not_run():
+    # Regression: it said check_dependencies was off (and to turn it on) while it was on.
+    class Report2(pipeflow.tasks.TaskJson):
+        def requires(self):
+            return {"main": Source(), "extra": pipeflow.optional(Source(fail=True))}
+
+        def run(self):
+            self.save({"ok": 1})
+
+    pipeflow.run(Report2(), abort=False)
+    assert pipeflow.settings.check_dependencies
+    (row,) = [r for r in pipeflow.preview(Report2(), print_it=False).rows
+              if r.task == Source(fail=True)]
+    assert row.reason.startswith("not run: only complete tasks need it, as an optional input")
+    assert "check_dependencies" not in row.reason
+    pipeflow.settings.check_dependencies = False
+    (row,) = [r for r in pipeflow.preview(Report2(), print_it=False).rows
+              if r.task == Source(fail=True)]
+    assert "check_dependencies is off" in row.reason
+
+
+def test_every_way_to_start_a_run_takes_the_same_options():
+    # Regressions: pipeflow.run raised a raw TypeError for a misspelt option; numpy integers
+    # were refused as workers; flow.run(cancel=token) ignored the token; start(cancel=)
+    # ignored it too (start makes its own token).
+    import numpy as np
+
+    from pipeflow.engines import CancelToken
+    from pipeflow.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="Did you mean 'workers'"):
+        pipeflow.run(Source(), worker=2)
+    assert pipeflow.run(Source(), workers=np.int64(2))
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(RunCancelledError):
+        pipeflow.Workflow(Source, {"fail": False}).run(forced_all=True, cancel=token)
+    with pytest.raises(RunCancelledError):
+        pipeflow.WorkflowMulti(Source, {"a": {"fail": False}}).run(forced_all=True,
+                                                                  cancel=token)
+    with pytest.raises(ParameterError, match="handle.cancel"):
+        pipeflow.start(Source(), cancel=CancelToken())
+    with pytest.raises(ParameterError, match="handle.cancel"):
+        pipeflow.Workflow(Source).start(cancel=CancelToken())
+
+
 def test_optional_upstream_success_is_loaded_and_runs_first(log):
     class Enrich(pipeflow.tasks.TaskJson):
         def run(self):

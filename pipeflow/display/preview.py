@@ -16,6 +16,9 @@ _END = "\033[0m"
 #: why a task that is not complete does not run (check_dependencies off)
 NOT_RUN = ("not run: the tasks that need it are complete, and check_dependencies is off "
            "(pipeflow.settings.check_dependencies = True reruns it)")
+#: why a pending optional input of complete tasks does not run (check_dependencies on)
+OPTIONAL_NOT_RUN = ("not run: only complete tasks need it, as an optional input (it runs "
+                    "with the next run of a task that needs it)")
 #: deeper levels are not indented further, so a 10,000-task chain stays readable
 MAX_INDENT_DEPTH = 30
 
@@ -187,7 +190,8 @@ def build_preview(
             ref = pos in drawn
             why = None if ref else plan.reasons.get(pos)
             if not ref and plan.status[pos] is not Status.COMPLETE and pos not in plan.to_run:
-                why = NOT_RUN + (f"; {why}" if why else "")
+                why = ((NOT_RUN if not plan.cascade else OPTIONAL_NOT_RUN)
+                       + (f"; {why}" if why else ""))
             rows.append(PreviewRow(task, plan.status[pos], depth, is_last, params, ref,
                                    shown_ind + branch, why))
             if ref:
@@ -218,4 +222,4 @@ def use_color() -> bool:
     return sys.stdout.isatty()
 
 
-__all__ = ["NOT_RUN", "Preview", "PreviewRow", "build_preview", "use_color"]
+__all__ = ["NOT_RUN", "OPTIONAL_NOT_RUN", "Preview", "PreviewRow", "build_preview", "use_color"]
