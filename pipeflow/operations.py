@@ -15,7 +15,7 @@ import luigi
 
 from pipeflow import cache, display, graph, layout, runstore, settings
 from pipeflow.contract import adapt
-from pipeflow.display.preview import Preview, build_preview, use_color
+from pipeflow.display.preview import Preview, build_preview, cell_number, use_color
 from pipeflow.display.progress import ProgressBar
 from pipeflow.engines import CancelToken, Engine, LocalEngine
 from pipeflow.errors import (
@@ -75,7 +75,8 @@ def preview(tasks: Any, indent: str = "", last: bool = True, show_params: bool =
     result = build_preview(plan, roots, show_params, clip_params, indent, last)
     if print_it:
         display.emit(result.text(color=use_color()))
-        result._printed = result.printed = True
+        result.printed = True
+        result._printed_in = cell_number()
     return result
 
 

@@ -62,6 +62,36 @@ def test_preview_text_matches_d6tflow(capsys):
     assert "<b" in p._repr_html_()
 
 
+def test_a_preview_kept_in_a_variable_shows_in_the_next_notebook_cell(monkeypatch, capsys):
+    # Regression: `p = flow.preview()` in one cell, then `p` in the next showed nothing the
+    # first time (the "printed already" flag waited for a display that never came).
+    import sys
+    import types
+
+    shown = []
+    shell = types.SimpleNamespace(execution_count=1)
+    ipython = types.ModuleType("IPython")
+    ipython.get_ipython = lambda: shell
+    display_mod = types.ModuleType("IPython.display")
+    display_mod.HTML = lambda text: text
+    display_mod.display = shown.append
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    monkeypatch.setitem(sys.modules, "IPython.display", display_mod)
+
+    class Shown(pipeflow.tasks.TaskJson):
+        def run(self):
+            self.save({"a": 1})
+
+    p = pipeflow.Workflow(Shown).preview()  # cell 1: `p = flow.preview()` prints the tree
+    assert "Shown" in capsys.readouterr().out
+    shell.execution_count = 2  # cell 2: `p`
+    p._ipython_display_()
+    assert len(shown) == 1 and "Shown" in shown[0]
+    shell.execution_count = 3  # cell 3: `flow.preview()` as the cell's last line prints
+    pipeflow.Workflow(Shown).preview()._ipython_display_()  # ... and is not drawn twice
+    assert len(shown) == 1
+
+
 def test_preview_colours_only_on_a_terminal(monkeypatch, capsys):
     class Tty(io.StringIO):
         def isatty(self):

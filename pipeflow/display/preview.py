@@ -81,7 +81,8 @@ class Preview:
     def __init__(self, rows: list[PreviewRow], plan: Plan):
         self.rows = rows
         self.plan = plan
-        self._printed = False  # printed by preview(), not yet shown again in a notebook
+        #: the notebook cell (IPython's execution count) in which preview() printed it
+        self._printed_in: int | None = None
         self.printed = False  # preview() printed the tree: str() gives the summary line
 
     def tasks(self, status: Status | str | None = None) -> list[luigi.Task]:
@@ -138,14 +139,21 @@ class Preview:
         return "<pre>" + "\n".join(lines) + "</pre>"
 
     def _ipython_display_(self) -> None:
-        # preview() has already printed the tree; showing the returned object as the
-        # cell's result would draw it twice. Later displays (``p`` in a new cell) show it.
-        if self._printed:
-            self._printed = False
+        # preview() has already printed the tree in this cell; showing the returned object
+        # as the cell's result would draw it twice. Any later cell (``p``) shows it.
+        if self._printed_in is not None and self._printed_in == cell_number():
             return
         from IPython.display import HTML, display  # only reached inside IPython
 
         display(HTML(self._repr_html_()))
+
+
+def cell_number() -> int | None:
+    """IPython's execution count (the notebook cell running now), None outside IPython."""
+    ipython = sys.modules.get("IPython")
+    get = getattr(ipython, "get_ipython", None)
+    shell = get() if get is not None else None
+    return getattr(shell, "execution_count", None)
 
 
 def build_preview(
@@ -222,4 +230,5 @@ def use_color() -> bool:
     return sys.stdout.isatty()
 
 
-__all__ = ["NOT_RUN", "OPTIONAL_NOT_RUN", "Preview", "PreviewRow", "build_preview", "use_color"]
+__all__ = ["NOT_RUN", "OPTIONAL_NOT_RUN", "Preview", "PreviewRow", "build_preview", "cell_number",
+           "use_color"]
