@@ -77,17 +77,27 @@ def _expected(spec):
     return state
 
 
-def _check(spec, executor, workers):
-    key = f"ex{next(_keys)}"
+def _run_spec(node, prefix, spec, executor, workers):
+    """Run ``spec``'s roots as ``node`` tasks; (spec with its log, result, states, log lines).
+
+    The caller deletes ``SPECS[key]`` (the returned spec's ``"key"``) when done.
+    """
+    key = f"{prefix}{next(_keys)}"
     tmp = pathlib.Path(tempfile.mkdtemp())
-    spec = {**spec, "log": tmp / "log"}
+    spec = {**spec, "log": tmp / "log", "key": key}
     SPECS[key] = spec
     pipeflow.set_dir(tmp / "data")
-    result = pipeflow.run([Node(key=key, i=r) for r in spec["roots"]], workers=workers,
+    result = pipeflow.run([node(key=key, i=r) for r in spec["roots"]], workers=workers,
                           executor=executor, abort=False, execution_summary=False)
     states = {r.task.i: r.state.value for r in result.tasks.values()}
-    assert states == _expected(spec)
     lines = spec["log"].read_text().splitlines() if spec["log"].exists() else []
+    return spec, result, states, lines
+
+
+def _check(spec, executor, workers):
+    spec, result, states, lines = _run_spec(Node, "ex", spec, executor, workers)
+    key = spec["key"]
+    assert states == _expected(spec)
     starts = [int(ln.split()[1]) for ln in lines if ln.startswith("start")]
     assert len(starts) == len(set(starts)), "a task ran twice"
     assert set(starts) == {i for i, s in states.items() if s != "skipped"}
@@ -211,16 +221,9 @@ def _expected_dynamic(spec):
 
 
 def _check_dynamic(spec, executor, workers):
-    key = f"dyn{next(_keys)}"
-    tmp = pathlib.Path(tempfile.mkdtemp())
-    spec = {**spec, "log": tmp / "log"}
-    SPECS[key] = spec
-    pipeflow.set_dir(tmp / "data")
-    result = pipeflow.run([DynNode(key=key, i=r) for r in spec["roots"]], workers=workers,
-                          executor=executor, abort=False, execution_summary=False)
-    states = {r.task.i: r.state.value for r in result.tasks.values()}
+    spec, result, states, lines = _run_spec(DynNode, "dyn", spec, executor, workers)
+    key = spec["key"]
     assert states == _expected_dynamic(spec)
-    lines = spec["log"].read_text().splitlines() if spec["log"].exists() else []
     starts = [int(ln.split()[1]) for ln in lines if ln.startswith("start")]
     assert len(starts) == len(set(starts)), "a task ran to its end twice"
     for i in starts:
