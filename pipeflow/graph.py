@@ -23,6 +23,7 @@ import luigi
 
 from pipeflow.contract import adapt, describe
 from pipeflow.errors import CycleError, RequirementError
+from pipeflow.parameters import redact
 
 
 class Optional:
@@ -96,10 +97,9 @@ def _bad_requirement(task: luigi.Task, dep: object) -> str:
             f"{where} the class {dep.__name__} instead of a task instance. Write "
             f"{dep.__name__}() (or self.clone({dep.__name__}) to pass parameters on)."
         )
-    return (
+    return redact(
         f"{where} {dep!r} (type {type(dep).__name__}), which is not a task. requires() must "
-        f"return a task instance, or a list, tuple or dict of task instances."
-    )
+        f"return a task instance, or a list, tuple or dict of task instances.", task)
 
 
 @dataclass

@@ -7,8 +7,12 @@ Example:
     ...     alpha = pipeflow.FloatParameter(default=0.1)
 """
 
+import contextlib
 import datetime
 import difflib
+import json
+import traceback
+import urllib.parse
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -95,21 +99,231 @@ def is_secret(param: luigi.Parameter) -> bool:
     return isinstance(param, SecretParameter)
 
 
-def secret_values(task: luigi.Task) -> list[str]:
-    """The non-empty string values of ``task``'s secret parameters (to redact from text)."""
-    values = []
-    for name, param in task.get_params():
-        value = task.param_kwargs.get(name)
-        if is_secret(param) and value is not None and str(value):
-            values.append(str(value))
-    return values
+def secret_forms(task: luigi.Task) -> tuple[str, ...]:
+    """Every text form of ``task``'s secret parameter values, longest first (to redact).
+
+    For each value (for a dict, list, tuple or set: each leaf value, recursively; keys are
+    not secret): its ``str`` and ``repr``, ``ascii()``, JSON, URL-encoded and
+    ``unicode_escape`` forms, and how it shows inside a longer quoted string. Empty
+    strings, ``None`` and booleans are no secrets. Made once per task instance.
+    """
+    d = task.__dict__
+    hit = d.get("_pipeflow_secret_forms")
+    if hit is None:
+        found: set[str] = set()
+        for name, param in task.get_params():
+            if is_secret(param) and name in task.param_kwargs:
+                for leaf in _leaves(task.param_kwargs[name]):
+                    found |= _forms(leaf)
+        found = {f for f in found if f.strip("*")}  # the mask itself hides nothing
+        hit = d["_pipeflow_secret_forms"] = tuple(sorted(found, key=lambda f: (-len(f), f)))
+    return hit  # type: ignore[no-any-return]
+
+
+def _leaves(value: Any, depth: int = 0) -> Iterable[Any]:
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, Mapping) and depth < 20:
+        for v in value.values():
+            yield from _leaves(v, depth + 1)
+    elif isinstance(value, (list, tuple, set, frozenset)) and depth < 20:
+        for v in value:
+            yield from _leaves(v, depth + 1)
+    else:
+        yield value
+
+
+def _forms(value: Any) -> set[str]:
+    """The ways ``value`` can show in text."""
+    if isinstance(value, bytes):
+        out = {repr(value), repr(value)[2:-1]}
+        value = value.decode("utf-8", "backslashreplace")
+    else:
+        out = {_safe(repr, value)}
+    text = _safe(str, value)
+    if not text:
+        return set()
+    out.add(text)
+    quoted = [repr(text), ascii(text), json.dumps(text), json.dumps(text, ensure_ascii=False),
+              repr(text.encode("utf-8", "surrogatepass"))[1:]]
+    for q in quoted:
+        inner = q[1:-1]
+        out |= {q, inner}
+        if q[0] == "'":  # inside a longer string whose repr is in double quotes
+            out.add(inner.replace("\\'", "'"))
+        else:  # ... or in single quotes
+            out.add(inner.replace("'", "\\'"))
+    out |= {urllib.parse.quote(text, safe=""), urllib.parse.quote(text),
+            urllib.parse.quote_plus(text), text.encode("unicode_escape").decode("ascii")}
+    return {f for f in out if f}
+
+
+def _safe(show: Any, value: Any) -> str:
+    try:
+        return str(show(value))
+    except Exception:  # noqa: BLE001 - a value that cannot show itself shows nothing
+        return ""
 
 
 def redact(text: str, task: luigi.Task) -> str:
-    """``text`` with every secret parameter value of ``task`` replaced by ``***``."""
-    for value in secret_values(task):
-        text = text.replace(value, MASK)
-    return text
+    """``text`` with every form of each secret parameter value of ``task`` as ``***``.
+
+    Repeats until no form is left (masking one occurrence can join text around it into
+    another), so the result never contains one.
+    """
+    forms = secret_forms(task)
+    while True:
+        found = [f for f in forms if f in text]
+        if not found:
+            return text
+        for f in found:
+            text = text.replace(f, MASK)
+
+
+def redact_error(exc: BaseException, task: luigi.Task) -> BaseException:
+    """``exc`` as users may see it: without ``task``'s secret parameter values.
+
+    When anything ``exc`` shows (its str, repr, args, notes, ``OSError.filename``,
+    ``SyntaxError.text`` and other attributes, its cause, context or group members)
+    contains a secret, the result is a copy of the same type (``isinstance`` and the type's
+    name hold) whose every text is redacted; its other attributes become their redacted
+    ``repr``. The traceback is kept, but the local variables of its finished frames are
+    cleared (they may hold the secret). Without a secret in it, ``exc`` itself is returned.
+    """
+    if not secret_forms(task):
+        return exc
+    return _Scrubber(task).error(exc, {})
+
+
+#: attributes builtin exceptions show in their text (OSError, SyntaxError, ImportError...)
+_SHOWN_ATTRS = ("errno", "strerror", "filename", "filename2", "msg", "lineno", "offset",
+                "text", "end_lineno", "end_offset", "name", "path", "obj", "encoding",
+                "object", "start", "end", "reason", "code", "value")
+
+
+class _Scrubber:
+    def __init__(self, task: luigi.Task):
+        self.task = task
+        self.forms = secret_forms(task)
+
+    def leaks(self, text: str) -> bool:
+        return any(f in text for f in self.forms)
+
+    def text(self, text: str) -> str:
+        return redact(text, self.task)
+
+    def value(self, value: Any) -> Any:
+        """An attribute or arg of an exception that is being copied."""
+        if value is None or isinstance(value, (bool, int, float)):
+            return MASK if self.leaks(repr(value)) else value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, BaseException):
+            return self.error(value, {})
+        shown = _safe(repr, value)
+        if isinstance(value, bytes) and not self.leaks(shown):
+            return value
+        return self.text(shown)
+
+    def error(self, exc: BaseException, done: dict[int, BaseException]) -> BaseException:
+        """``exc``, or a redacted copy; ``done``: what was already scrubbed, by id."""
+        if id(exc) in done:
+            return done[id(exc)]
+        done[id(exc)] = exc  # a chain that loops back to it
+        with contextlib.suppress(Exception):
+            traceback.clear_frames(exc.__traceback__)
+        members = getattr(exc, "exceptions", None) if isinstance(exc, BaseExceptionGroup) \
+            else None
+        scrubbed = None if members is None else [self.error(e, done) for e in members]
+        shown = [*exc.args, *vars(exc).values(), *(getattr(exc, a, None) for a in _SHOWN_ATTRS)]
+        own = [_safe(str, exc), _safe(repr, exc), *map(str, getattr(exc, "__notes__", ())),
+               *(_safe(f, v) for v in shown for f in (str, repr))]
+        out = exc
+        if any(map(self.leaks, own)) or (members is not None and scrubbed != list(members)):
+            out = done[id(exc)] = self.copy(exc, scrubbed)
+        for link in ("__cause__", "__context__"):
+            old = getattr(exc, link)
+            if old is not None:
+                new = self.error(old, done)
+                if new is not old or out is not exc:
+                    setattr(out, link, new)
+        if out is not exc:
+            out.__suppress_context__ = exc.__suppress_context__
+        return out
+
+    def copy(self, exc: BaseException, members: list[BaseException] | None) -> BaseException:
+        cls = type(exc)
+        args = tuple(self.value(a) for a in exc.args)
+        try:
+            kind = _redacted_class(cls)
+            if members is not None:
+                out = kind.__new__(kind, args[0] if args else "", members)
+            else:
+                out = kind.__new__(kind)
+            out.args = args
+        except Exception:  # noqa: BLE001 - a type that cannot be copied: describe it
+            from pipeflow.errors import PipeflowError
+
+            out = PipeflowError(self.text(f"{cls.__name__}: {_safe(str, exc)}"))
+            out.__traceback__ = exc.__traceback__
+            return out
+        for name in _SHOWN_ATTRS:
+            if name in vars(cls) or any(name in vars(b) for b in cls.__mro__
+                                        if b.__module__ == "builtins"):
+                with contextlib.suppress(Exception):
+                    setattr(out, name, self.value(getattr(exc, name)))
+        for name, value in vars(exc).items():
+            if name == "__notes__":
+                value = [self.text(str(n)) for n in value]
+            else:
+                value = self.value(value)
+            with contextlib.suppress(Exception):
+                setattr(out, name, value)
+        out._pipeflow_str = self.text(_safe(str, exc))  # type: ignore[attr-defined]
+        out._pipeflow_repr = self.text(_safe(repr, exc))  # type: ignore[attr-defined]
+        out.__traceback__ = exc.__traceback__
+        return out
+
+
+_REDACTED: dict[type, type] = {}
+
+
+def _redacted_class(cls: type[BaseException]) -> type[BaseException]:
+    """A subclass of ``cls`` of the same name that shows the texts it was given."""
+    kind = _REDACTED.get(cls)
+    if kind is None:
+        ns = {"__str__": lambda self: self._pipeflow_str,
+              "__repr__": lambda self: self._pipeflow_repr,
+              "__reduce__": _reduce_redacted,
+              "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+              "__doc__": cls.__doc__, "_pipeflow_redacted_of": cls}
+        kind = _REDACTED[cls] = type(cls)(cls.__name__, (cls,), ns)
+    return kind
+
+
+def _reduce_redacted(self: BaseException) -> tuple[Any, ...]:
+    """Pickle a redacted copy (to send it back from a worker process) by its texts."""
+    state = {k: v for k, v in vars(self).items()}
+    members = getattr(self, "exceptions", None) if isinstance(self, BaseExceptionGroup) \
+        else None
+    attrs = {a: getattr(self, a) for a in _SHOWN_ATTRS
+             if a not in state and hasattr(self, a) and not isinstance(getattr(self, a),
+                                                                        BaseException)}
+    return (_rebuild_redacted, (self._pipeflow_redacted_of, self.args,  # type: ignore
+                                None if members is None else list(members), {**attrs, **state}))
+
+
+def _rebuild_redacted(cls: type[BaseException], args: tuple[Any, ...],
+                      members: list[BaseException] | None,
+                      state: dict[str, Any]) -> BaseException:
+    kind = _redacted_class(cls)
+    out = kind.__new__(kind, args[0] if args else "", members) if members is not None \
+        else kind.__new__(kind)
+    out.args = args
+    for name, value in state.items():
+        with contextlib.suppress(Exception):
+            setattr(out, name, value)
+    return out
 
 
 # -- checking parameter values ---------------------------------------------------------------

@@ -55,7 +55,7 @@ from pipeflow.errors import (
 )
 from pipeflow.events import Event, EventKind, RunResult, Sink
 from pipeflow.options import RunOptions
-from pipeflow.parameters import redact, secret_values
+from pipeflow.parameters import redact, redact_error
 from pipeflow.plan import Plan, Status
 from pipeflow.publishing import os_fix, os_reason, staging
 
@@ -571,19 +571,15 @@ def _timeout_error(task: luigi.Task) -> TaskTimeoutError:
 
 
 def _failure(exc: BaseException, task: luigi.Task | None = None) -> Outcome:
-    """The outcome of a failed attempt; secret parameter values are blotted out of it."""
-    text = "".join(traceback.format_exception(exc))
-    if task is None or not secret_values(task):
-        return Outcome(exc, text)
-    # The task's own message may quote a secret (say, a failed login): redact the exception
-    # itself, so no summary, record or printed traceback shows it.
-    seen: set[int] = set()
-    err: BaseException | None = exc
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        err.args = tuple(redact(a, task) if isinstance(a, str) else a for a in err.args)
-        err = err.__cause__ or err.__context__
-    return Outcome(exc, redact(text, task))
+    """The outcome of a failed attempt: no text of it shows a secret parameter value.
+
+    The error itself is replaced by a redacted copy when it (or its chain) quotes one, so
+    the summary, the history, the result and the error the user catches are all clean.
+    """
+    if task is None:
+        return Outcome(exc, "".join(traceback.format_exception(exc)))
+    exc = redact_error(exc, task)
+    return Outcome(exc, redact("".join(traceback.format_exception(exc)), task))
 
 
 _WORK = Work(run=execute, fail=lambda exc, task: _failure(exc, task),
