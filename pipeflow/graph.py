@@ -23,7 +23,7 @@ import luigi
 
 from pipeflow.contract import adapt, describe
 from pipeflow.errors import CycleError, RequirementError
-from pipeflow.parameters import redact
+from pipeflow.parameters import redact, redact_error
 
 
 class Optional:
@@ -78,8 +78,18 @@ def requirement_edges(task: luigi.Task) -> list[tuple[luigi.Task, bool]]:
     Raises:
         RequirementError: something that is not a task instance was returned.
     """
-    out = []
-    deps = adapt(task).requirements()
+    out: list[tuple[luigi.Task, bool]] = []
+    shown: BaseException | None
+    try:
+        deps = adapt(task).requirements()
+    except Exception as exc:
+        shown = redact_error(exc, task)
+        if shown is exc:
+            raise
+    else:
+        shown = None
+    if shown is not None:  # raised here, not above: it must not chain the original
+        raise shown
     for dep in deps:
         if isinstance(dep, Optional):
             out.append((dep.task, True))

@@ -7,6 +7,7 @@ Example:
     ...     alpha = pipeflow.FloatParameter(default=0.1)
 """
 
+import builtins
 import contextlib
 import datetime
 import difflib
@@ -136,19 +137,19 @@ def _leaves(value: Any, depth: int = 0) -> Iterable[Any]:
 def _forms(value: Any) -> set[str]:
     """The ways ``value`` can show in text."""
     if isinstance(value, bytes):
-        out = {repr(value), repr(value)[2:-1]}
+        out = {repr(value)[2:-1]}
         value = value.decode("utf-8", "backslashreplace")
     else:
-        out = {_safe(repr, value)}
+        out = set() if isinstance(value, str) else {_safe(repr, value)}
     text = _safe(str, value)
     if not text:
         return set()
     out.add(text)
     quoted = [repr(text), ascii(text), json.dumps(text), json.dumps(text, ensure_ascii=False),
               repr(text.encode("utf-8", "surrogatepass"))[1:]]
-    for q in quoted:
+    for q in quoted:  # masking what is inside the quotes keeps them: KeyError('***')
         inner = q[1:-1]
-        out |= {q, inner}
+        out.add(inner)
         if q[0] == "'":  # inside a longer string whose repr is in double quotes
             out.add(inner.replace("\\'", "'"))
         else:  # ... or in single quotes
@@ -192,8 +193,17 @@ def redact_error(exc: BaseException, task: luigi.Task) -> BaseException:
     """
     if not secret_forms(task):
         return exc
-    return _Scrubber(task).error(exc, {})
+    try:
+        return _Scrubber(task).error(exc, {})
+    except Exception:  # noqa: BLE001 - never let the secret out: describe it instead
+        from pipeflow.errors import PipeflowError
 
+        return PipeflowError(redact(f"{type(exc).__name__}: {_safe(str, exc)}", task))
+
+
+#: exception groups (Python 3.11+)
+_GROUPS: tuple[type, ...] = tuple(
+    g for g in [getattr(builtins, "BaseExceptionGroup", None)] if g is not None)
 
 #: attributes builtin exceptions show in their text (OSError, SyntaxError, ImportError...)
 _SHOWN_ATTRS = ("errno", "strerror", "filename", "filename2", "msg", "lineno", "offset",
@@ -232,10 +242,9 @@ class _Scrubber:
         done[id(exc)] = exc  # a chain that loops back to it
         with contextlib.suppress(Exception):
             traceback.clear_frames(exc.__traceback__)
-        members = getattr(exc, "exceptions", None) if isinstance(exc, BaseExceptionGroup) \
-            else None
+        members = getattr(exc, "exceptions", None) if isinstance(exc, _GROUPS) else None
         scrubbed = None if members is None else [self.error(e, done) for e in members]
-        shown = [*exc.args, *vars(exc).values(), *(getattr(exc, a, None) for a in _SHOWN_ATTRS)]
+        shown = [*exc.args, *vars(exc).values(), *(_attr(exc, a) for a in _SHOWN_ATTRS)]
         own = [_safe(str, exc), _safe(repr, exc), *map(str, getattr(exc, "__notes__", ())),
                *(_safe(f, v) for v in shown for f in (str, repr))]
         out = exc
@@ -252,15 +261,12 @@ class _Scrubber:
         return out
 
     def copy(self, exc: BaseException, members: list[BaseException] | None) -> BaseException:
-        cls = type(exc)
+        cls = getattr(type(exc), "_pipeflow_redacted_of", type(exc))
         args = tuple(self.value(a) for a in exc.args)
+        if members is not None:
+            args = (self.text(str(exc.args[0]) if exc.args else ""), tuple(members))
         try:
-            kind = _redacted_class(cls)
-            if members is not None:
-                out = kind.__new__(kind, args[0] if args else "", members)
-            else:
-                out = kind.__new__(kind)
-            out.args = args
+            out = _new(_redacted_class(cls), args, members)
         except Exception:  # noqa: BLE001 - a type that cannot be copied: describe it
             from pipeflow.errors import PipeflowError
 
@@ -285,6 +291,27 @@ class _Scrubber:
         return out
 
 
+def _attr(exc: BaseException, name: str) -> Any:
+    try:
+        return getattr(exc, name, None)
+    except Exception:  # noqa: BLE001 - a property that raises shows nothing
+        return None
+
+
+def _new(kind: type[BaseException], args: tuple[Any, ...],
+         members: list[BaseException] | None) -> BaseException:
+    """An instance of ``kind`` (a redacted copy's class) with ``args``; no ``__init__``."""
+    if members is not None:
+        out = kind.__new__(kind, args[0], members)
+    else:
+        try:
+            out = kind.__new__(kind)
+        except TypeError:  # a __new__ that wants the arguments
+            out = kind.__new__(kind, *args)
+    out.args = args
+    return out
+
+
 _REDACTED: dict[type, type] = {}
 
 
@@ -297,15 +324,15 @@ def _redacted_class(cls: type[BaseException]) -> type[BaseException]:
               "__reduce__": _reduce_redacted,
               "__module__": cls.__module__, "__qualname__": cls.__qualname__,
               "__doc__": cls.__doc__, "_pipeflow_redacted_of": cls}
-        kind = _REDACTED[cls] = type(cls)(cls.__name__, (cls,), ns)
+        meta: Any = type(cls)
+        kind = _REDACTED[cls] = meta(cls.__name__, (cls,), ns)
     return kind
 
 
 def _reduce_redacted(self: BaseException) -> tuple[Any, ...]:
     """Pickle a redacted copy (to send it back from a worker process) by its texts."""
-    state = {k: v for k, v in vars(self).items()}
-    members = getattr(self, "exceptions", None) if isinstance(self, BaseExceptionGroup) \
-        else None
+    state = dict(vars(self))
+    members = getattr(self, "exceptions", None) if isinstance(self, _GROUPS) else None
     attrs = {a: getattr(self, a) for a in _SHOWN_ATTRS
              if a not in state and hasattr(self, a) and not isinstance(getattr(self, a),
                                                                         BaseException)}
@@ -316,10 +343,7 @@ def _reduce_redacted(self: BaseException) -> tuple[Any, ...]:
 def _rebuild_redacted(cls: type[BaseException], args: tuple[Any, ...],
                       members: list[BaseException] | None,
                       state: dict[str, Any]) -> BaseException:
-    kind = _redacted_class(cls)
-    out = kind.__new__(kind, args[0] if args else "", members) if members is not None \
-        else kind.__new__(kind)
-    out.args = args
+    out = _new(_redacted_class(cls), args, members)
     for name, value in state.items():
         with contextlib.suppress(Exception):
             setattr(out, name, value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import traceback
 import urllib.parse
 import warnings
@@ -96,7 +97,7 @@ def _context(token):
 
 def _note(token):
     exc = ValueError("refused")
-    exc.add_note(f"token was {token}")
+    exc.__notes__ = [f"token was {token}"]  # what exc.add_note() does (Python 3.11+)
     raise exc
 
 
@@ -210,6 +211,10 @@ def test_a_failing_task_never_shows_its_secret(data_dir, capfd, caplog, form, ex
     assert isinstance(cause, {"keyerror": KeyError, "custom_str": Custom,
                               "two_arg_init": TwoArgs}.get(form, Exception))
     assert MASK in "".join(texts)
+    if form == "keyerror":
+        assert str(cause) == "'***'" and repr(cause) == "KeyError('***')"
+    if form == "oserror_filename":
+        assert cause.filename == "/vault/***/k" and cause.errno == 2
 
 
 @pytest.mark.parametrize("executor", list(EXECUTORS))
@@ -313,3 +318,65 @@ def test_redact_removes_every_form_of_any_secret(secret, before, after, how):
     }[how]
     text = redact(before + shown + after, T(token=secret))
     assert not leaks(secret, [text])
+
+
+# -- more places a secret could surface --------------------------------------------------
+
+class InGroup(pipeflow.tasks.TaskJson):
+    token = pipeflow.SecretParameter()
+
+    def run(self):
+        members = [ValueError(f"call 1 with {self.token}"), KeyError(self.token)]
+        raise ExceptionGroup("several calls failed", members)  # noqa: F821 - Python 3.11+
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception groups are Python 3.11+")
+@pytest.mark.parametrize("executor", list(EXECUTORS))
+def test_an_exception_group_hides_the_secret_in_its_members(data_dir, capfd, caplog, executor):
+    err, texts = _everything_shown(data_dir, EXECUTORS[executor], InGroup(token=TOKEN),
+                                   capfd, caplog)
+    group = err.__cause__
+    assert isinstance(group, ExceptionGroup)  # noqa: F821 - Python 3.11+
+    assert [type(e).__name__ for e in group.exceptions] == ["ValueError", "KeyError"]
+    assert isinstance(group.exceptions[1], KeyError)
+    texts += [repr(e) for e in group.exceptions]
+    assert not leaks(TOKEN, texts)
+    assert "call 1 with ***" in "".join(texts)
+
+
+class RequiresRaises(pipeflow.tasks.TaskJson):
+    token = pipeflow.SecretParameter()
+
+    def requires(self):
+        raise LookupError(f"no upstream for {self.token}")
+
+    def run(self):
+        self.save({})
+
+
+def test_requires_raising_with_the_secret_does_not_show_it(data_dir):
+    for call in (lambda t: pipeflow.run(t), lambda t: pipeflow.preview(t, print_it=False)):
+        with pytest.raises(LookupError) as info:
+            call(RequiresRaises(token=TOKEN))
+        err = info.value
+        texts = ["".join(traceback.format_exception(err)), repr(err), repr(err.__context__),
+                 repr(err.__cause__)]
+        assert "no upstream for ***" in str(err)
+        assert not leaks(TOKEN, texts)
+
+
+def test_the_cli_never_shows_the_secret(data_dir):
+    target = f"{Leaky.__module__}:Leaky"
+    runner = CliRunner()
+    texts = []
+    for args in (["run", target, "-p", "form=keyerror", "-p", f"token={TOKEN}"],
+                 ["run", target, "-p", "form=note", "-p", f"token={TOKEN}", "--workers", "2"],
+                 ["run", target, "-p", "form=keyerror", "-p", f"tokn={TOKEN}"],
+                 ["preview", target, "-p", "form=keyerror", "-p", f"token={TOKEN}"],
+                 ["history", "--errors", "--last", "0"]):
+        shown = runner.invoke(cli.main, [*args, "--dir", str(data_dir)])
+        texts += [shown.output, "".join(traceback.format_exception(shown.exception))
+                  if shown.exception is not None and not isinstance(shown.exception, SystemExit)
+                  else ""]
+    assert "KeyError" in texts[0]
+    assert not leaks(TOKEN, texts)
