@@ -73,9 +73,13 @@ class SecretParameter(luigi.Parameter):
 
     Its value is given to ``run()`` as usual, but it never appears in file names, task ids,
     previews, logs, error messages, the execution summary or any record pipeflow writes
-    (it is shown as ``***``). It is not *significant*: it does not change which outputs a
-    task has, so two runs differing only in a secret share their outputs. If the secret
-    selects different data (say, another account), add a plain parameter naming that data.
+    (it is shown as ``***``). That holds for every form of the value: ``str``, ``repr``,
+    ``ascii()``, JSON, URL-encoded and backslash-escaped, and for each leaf of a dict, list
+    or tuple value. An exception of a failed task that quotes it (in its message, args,
+    notes, file name, chain...) reaches you as a redacted copy of the same type. It is not
+    *significant*: it does not change which outputs a task has, so two runs differing only
+    in a secret share their outputs. If the secret selects different data (say, another
+    account), add a plain parameter naming that data.
 
     Example:
         >>> class Fetch(pipeflow.tasks.TaskPqPandas):          # doctest: +SKIP
@@ -170,7 +174,8 @@ def redact(text: str, task: luigi.Task) -> str:
     """``text`` with every form of each secret parameter value of ``task`` as ``***``.
 
     Repeats until no form is left (masking one occurrence can join text around it into
-    another), so the result never contains one.
+    another), so the result never contains one. Values of any length are masked: a very
+    short one (a few characters) also masks unrelated text that happens to contain it.
     """
     forms = secret_forms(task)
     while True:
