@@ -24,6 +24,7 @@ from pipeflow import cache, graph, layout, settings
 from pipeflow.contract import Changes, changes_of
 from pipeflow.errors import (
     IncompleteTaskError,
+    MetadataError,
     MissingOutputError,
     PipeflowError,
     SaveError,
@@ -137,6 +138,13 @@ class _Layout:
         main = {k: _child(out, name) for k, name in self.names}
         main[META_KEY] = _child(out, self.meta)
         return main
+
+    @_lazy
+    def own_names(self) -> frozenset[str]:
+        """The names of the task's files in its output folder: all a record may list."""
+        if self.paths is not None:
+            return frozenset([*(n for _k, n in self.names), self.meta])
+        return frozenset(p.name for p in self.owned if p.parent == self._out)
 
     @_lazy
     def targets(self) -> dict[str, DataTarget]:
@@ -426,6 +434,9 @@ class TaskStore:
                            "them (left by a crashed run, or written by another tool): it "
                            "runs again")
             return False, problem, None
+        foreign = self._foreign(record)
+        if foreign is not None:
+            return False, foreign, record
         touched: dict[str, FileRecord] = {}
         for k, name in names:
             recs = record.files.get(k)
@@ -440,6 +451,20 @@ class TaskStore:
         if touched:
             self._restat(record, touched)
         return True, None, record
+
+    def _foreign(self, record: CommitRecord) -> str | None:
+        """Why ``record`` cannot be the task's: it lists a file that is not one of its own.
+
+        Such a record was edited or forged; nothing it lists outside the task's outputs is
+        ever deleted (see :func:`pipeflow.integrity.uncommit`).
+        """
+        own = self._layout().own_names
+        for recs in record.files.values():
+            for rec in recs:
+                if rec.name not in own:
+                    return (f"its commit record is damaged: it lists {rec.name!r}, which is "
+                            f"not one of its outputs (an edited record?): it runs again")
+        return None
 
     def complete(self) -> bool:
         """Whether every output is committed and intact (upstream tasks not considered)."""
@@ -512,7 +537,7 @@ class TaskStore:
             TaskLockedError: the task is running right now, here or in another process.
         """
         folder = layout.ensure_inside(self.folder(), self.data_root())
-        if not unpublish(self.record_path(), folder):
+        if not unpublish(self.record_path(), folder, self._layout().own_names):
             raise _locked(f"reset {graph.describe(self.task)}")
         for t in self.outputs().values():
             if isinstance(t, CacheTarget):
@@ -522,7 +547,8 @@ class TaskStore:
         """Delete the commit record, then the files it lists (the task's lock is held)."""
         path = self.record_path()
         if os.path.lexists(path):
-            withdraw(path, layout.ensure_inside(self.folder(), self.data_root()))
+            withdraw(path, layout.ensure_inside(self.folder(), self.data_root()),
+                     self._layout().own_names)
 
     def adopt(self) -> bool:
         """Commit output files that exist but no pipeflow run committed (d6tflow data dirs).
@@ -613,14 +639,23 @@ class TaskStore:
         Returns:
             The paths the attempt's saves are staged for.
         """
-        self.abort_run()
+        self.abort_run(starting=True)
         return _Owned(self._layout())
 
-    def abort_run(self) -> None:
+    def abort_run(self, starting: bool = False) -> None:
         """After a failed or stopped attempt: uncommit, remove what it wrote to final paths.
 
         A worker stopped between writing the commit record and reporting success leaves a
         record the engine did not accept: it is removed first.
+
+        Args:
+            starting: called before an attempt (by :meth:`prepare_run`): a folder in the
+                place of an output is an error then (it is never deleted, and nothing
+                could be published there).
+
+        Raises:
+            MetadataError: a folder is in the place of the commit record, or (``starting``)
+                of an output.
         """
         lay = self._layout()
         if os.path.lexists(lay.record):
@@ -629,12 +664,25 @@ class TaskStore:
         if paths is not None and self.file_backed():  # strings only: no target objects
             for k, path in paths:
                 if os.path.lexists(path):
+                    if starting:
+                        self._no_folder(path)
                     lay.targets[k].invalidate()
             return
         for k, files in lay.files.items():
             t = lay.targets[k]
             if isinstance(t, CacheTarget) or any(os.path.lexists(f) for f in files):
+                if starting:
+                    for f in files:
+                        self._no_folder(f)
                 t.invalidate()
+
+    def _no_folder(self, path: str) -> None:
+        """Raise if a folder (not a symlink to one) is where the output ``path`` goes."""
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise MetadataError(
+                f"{graph.describe(self.task)} cannot run: a folder is in the place of its "
+                f"output {path!r}. Pipeflow never deletes a folder it did not make: move or "
+                f"delete it, then run the task again.")
 
     def clean_stopped(self) -> None:
         """After an attempt stopped midway: its staged temp files, then as :meth:`abort_run`."""
