@@ -258,3 +258,217 @@ def test_output_replaced_by_a_fifo_never_hangs():
     assert _in_thread(lambda: Empty().complete()) is False
     with pytest.raises(PipeflowError):
         _in_thread(lambda: Empty().outputLoad())
+
+
+# -- the run history: damaged, half-made, read-only ---------------------------------------------
+
+class Boom(pipeflow.tasks.TaskJson):
+    def run(self):
+        raise ValueError("boom")
+
+
+def _queries():
+    """Every public history query, each as a callable."""
+    return {
+        "history": lambda: pipeflow.history(),
+        "runs": lambda: pipeflow.runs(),
+        "last_error": lambda: pipeflow.last_error(Out()),
+        "last_run": lambda: pipeflow.last_run(Out()),
+        "prune": lambda: pipeflow.prune_history(keep=1),
+    }
+
+
+def _cli_history(data_dir):
+    from click.testing import CliRunner
+
+    from pipeflow.cli import main
+
+    return CliRunner().invoke(main, ["history", "--dir", str(data_dir)])
+
+
+def _damage(path: pathlib.Path, how: str) -> None:
+    if how == "garbage":
+        path.write_bytes(b"\x13\x37 this is not SQLite " * 500)
+    elif how == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+        for extra in ("-wal", "-shm"):
+            pathlib.Path(f"{path}{extra}").unlink(missing_ok=True)
+    elif how == "header":  # right magic, garbage after it
+        data = bytearray(path.read_bytes())
+        data[16:] = os.urandom(len(data) - 16)
+        path.write_bytes(bytes(data))
+        for extra in ("-wal", "-shm"):
+            pathlib.Path(f"{path}{extra}").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated", "header"])
+def test_damaged_history_is_a_clear_error_and_never_fails_a_run(how, data_dir):
+    for n in range(3):
+        pipeflow.run(Out(n=n))
+    path = runstore.history_path()
+    _damage(path, how)
+    for name, query in _queries().items():
+        with pytest.raises(HistoryError) as info:
+            query()
+        assert str(path) in str(info.value), name
+        assert "settings.history = False" in str(info.value), name
+        assert "Move it away" in str(info.value), name
+    out = _cli_history(data_dir)
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    assert "HistoryError" in out.output and str(path) in out.output, out.output
+    with pytest.warns(RuntimeWarning, match="cannot be written"):
+        assert pipeflow.run(Out(n=9))
+    assert Out(n=9).complete()
+
+
+def test_garbage_history_error_names_the_file():
+    pipeflow.run(Out())
+    path = runstore.history_path()
+    _damage(path, "garbage")
+    with pytest.raises(HistoryError, match="history"):
+        pipeflow.history()
+    with pytest.raises(HistoryError):
+        pipeflow.runs()
+
+
+@pytest.mark.parametrize("how", ["empty", "no-tables", "other-tables"])
+def test_half_made_history_reads_as_empty_and_runs_record_in_it(how):
+    path = runstore.history_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if how == "empty":
+        path.write_bytes(b"")
+    else:
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE unrelated (x)" if how == "other-tables"
+                         else "PRAGMA user_version = 1")
+        conn.close()
+    assert pipeflow.history().empty
+    assert pipeflow.runs().empty
+    assert pipeflow.last_error(Out()) is None
+    assert pipeflow.last_run(Out()) is None
+    assert pipeflow.prune_history(keep=0) == 0
+    pipeflow.run(Out())
+    assert len(pipeflow.runs()) == 1 and len(pipeflow.history()) == 1
+
+
+def test_older_history_without_the_system_column_is_read():
+    path = runstore.history_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as conn:
+        conn.executescript(runstore._SCHEMA.replace(", system TEXT", ""))
+        conn.execute("INSERT INTO runs (run_id, started, status) VALUES ('old', 1, 'success')")
+    conn.close()
+    df = pipeflow.runs()
+    assert list(df["run_id"]) == ["old"] and df["system"].iloc[0] is None
+    pipeflow.run(Out())
+    assert len(pipeflow.runs()) == 2
+
+
+def test_damaged_system_snapshot_is_none():
+    pipeflow.run(Out())
+    with sqlite3.connect(runstore.history_path()) as conn:
+        conn.execute("UPDATE runs SET system = '{not json'")
+    conn.close()
+    assert pipeflow.runs()["system"].iloc[0] is None
+
+
+def test_history_file_replaced_by_a_folder_is_a_clear_error():
+    pipeflow.run(Out())
+    path = runstore.history_path()
+    for extra in ("", "-wal", "-shm"):
+        pathlib.Path(f"{path}{extra}").unlink(missing_ok=True)
+    path.mkdir()
+    with pytest.raises(HistoryError, match="folder"):
+        pipeflow.history()
+    with pytest.warns(RuntimeWarning, match="cannot be written"):
+        assert pipeflow.run(Out(n=2))
+
+
+# -- prune_history ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("keep", [-1, True, False, "2", 1.5, None, [2]])
+def test_prune_history_refuses_a_bad_keep_and_deletes_nothing(keep):
+    for n in range(3):
+        pipeflow.run(Out(n=n))
+    with pytest.raises(ParameterError, match="keep"):
+        pipeflow.prune_history(keep=keep)
+    assert len(pipeflow.runs()) == 3 and len(pipeflow.history()) == 3
+
+
+def test_prune_history_takes_numpy_integers_and_zero():
+    np = pytest.importorskip("numpy")
+    for n in range(3):
+        pipeflow.run(Out(n=n))
+    assert pipeflow.prune_history(keep=np.int64(2)) == 1
+    assert pipeflow.prune_history(keep=0) == 2
+    assert pipeflow.runs().empty and pipeflow.history().empty
+
+
+class Slow(pipeflow.tasks.TaskJson):
+    gate = pipeflow.Parameter()
+
+    def run(self):
+        time.sleep(0.7)  # the history flushes at the next event after 0.5 s
+        self.save({"slow": 1})
+
+
+@pipeflow.requires(Slow)
+class Held(pipeflow.tasks.TaskJson):
+    def run(self):
+        deadline = time.monotonic() + 60
+        while not os.path.exists(self.gate) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.save({"held": 1})
+
+
+def test_prune_history_never_removes_a_run_still_going(tmp_path):
+    for n in range(3):
+        pipeflow.run(Out(n=n))
+    gate = tmp_path / "gate"
+    worker = threading.Thread(target=lambda: pipeflow.run(Held(gate=str(gate))), daemon=True)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            df = pipeflow.runs()
+            if (df["status"] == "running").any():
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the run never showed as running in the history")
+        running = df.loc[df["status"] == "running", "run_id"].iloc[0]
+        assert pipeflow.prune_history(keep=0) == 3
+        assert list(pipeflow.runs()["run_id"]) == [running]
+    finally:
+        gate.touch()
+        worker.join(60)
+    assert not worker.is_alive()
+    df = pipeflow.runs()
+    assert list(df["run_id"]) == [running] and df["status"].iloc[0] == "success"
+    assert set(pipeflow.history(run=running)["family"]) == {"Slow", "Held"}
+
+
+def test_prune_history_keeps_a_stored_running_row_whatever_its_age():
+    for n in range(4):
+        pipeflow.run(Out(n=n))
+    oldest = pipeflow.runs()["run_id"].iloc[-1]
+    with sqlite3.connect(runstore.history_path()) as conn:
+        conn.execute("UPDATE runs SET status = 'running' WHERE run_id = ?", (oldest,))
+    conn.close()
+    assert pipeflow.prune_history(keep=1) == 2
+    assert set(pipeflow.runs()["run_id"]) == {oldest, pipeflow.runs()["run_id"].iloc[0]}
+
+
+def test_invalidate_all_never_deletes_hidden_names_a_record_lists():
+    pipeflow.run(Out())
+    folder = Out()._store.folder()
+    rec = _record(Out())
+    hidden = [".pipeflow.lock", rec.name, ".Out.json.tmp-abcdef"]
+    for name in hidden:
+        (folder / name).write_text("pipeflow's own, never an output")
+    _list_in_record(Out(), hidden)
+    pipeflow.invalidate_all(confirm=False)
+    for name in hidden:
+        assert (folder / name).exists(), name
+    assert not Out().output().path.exists() and not rec.exists()
