@@ -288,7 +288,7 @@ def _lock_place(record: str) -> tuple[str, str]:
 
 
 def unpublish(record: str | os.PathLike[str], folder: pathlib.Path,
-              allowed: Container[str] | None = None) -> bool:
+              allowed: Container[str] | None = None, who: Who = "") -> bool:
     """Under the task's lock, delete its commit record, then the files it lists.
 
     The record is read under the lock (a run may just have committed). In-memory copies
@@ -298,11 +298,20 @@ def unpublish(record: str | os.PathLike[str], folder: pathlib.Path,
 
     Returns:
         False, deleting nothing, when the task's lock is held elsewhere (it is running).
+
+    Raises:
+        SaveError: the file system refused (a read-only data dir, say).
     """
-    with task_lock(record) as held:
-        if not held:
-            return False
-        withdraw(record, folder, allowed)
+    try:
+        with task_lock(record) as held:
+            if not held:
+                return False
+            withdraw(record, folder, allowed)
+    except OSError as exc:
+        raise SaveError(
+            f"{_who(who)}cannot delete the outputs committed by {os.fspath(record)!r}: "
+            f"{os_reason(exc)}. {os_fix(exc, folder)}"
+        ) from exc
     return True
 
 

@@ -16,7 +16,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 
@@ -472,3 +471,111 @@ def test_invalidate_all_never_deletes_hidden_names_a_record_lists():
     for name in hidden:
         assert (folder / name).exists(), name
     assert not Out().output().path.exists() and not rec.exists()
+
+
+# -- a read-only data dir ---------------------------------------------------------------------
+
+_RO_TASKS = '''
+import pipeflow
+
+class RoA(pipeflow.tasks.TaskJson):
+    def run(self):
+        self.save({"a": 1})
+
+@pipeflow.requires(RoA)
+class RoB(pipeflow.tasks.TaskPickle):
+    persist = ["x", "y"]
+    def run(self):
+        self.save({"x": self.inputLoad()["a"], "y": 2})
+        self.saveMeta({"m": 3})
+
+class RoNew(pipeflow.tasks.TaskJson):
+    def run(self):
+        self.save({"new": 1})
+'''
+
+_RO_CHECK = '''
+import json, os, sys, time, warnings
+sys.path.insert(0, sys.argv[2])
+import pipeflow
+from ro_tasks import RoA, RoB, RoNew
+pipeflow.settings.execution_summary = False
+pipeflow.set_dir(sys.argv[1])
+out = {}
+def attempt(name, func):
+    try:
+        out[name] = ["ok", repr(func())]
+    except pipeflow.errors.PipeflowError as exc:
+        out[name] = ["pipeflow", type(exc).__name__, str(exc)]
+    except BaseException as exc:
+        out[name] = ["raw", type(exc).__name__, str(exc)]
+try:
+    open(os.path.join(sys.argv[1], "probe"), "w")
+    out["writable"] = True
+except OSError as exc:
+    out["writable"] = exc.errno
+flow = pipeflow.Workflow(RoB)
+attempt("complete", lambda: RoB().complete())
+attempt("flow.complete", lambda: flow.complete())
+attempt("preview", lambda: str(pipeflow.preview(RoB())))
+attempt("outputLoad", lambda: RoB().outputLoad())
+attempt("outputLoadMeta", lambda: RoB().outputLoadMeta())
+attempt("inputLoad", lambda: RoB().inputLoad())
+attempt("history", lambda: len(pipeflow.history()))
+attempt("runs", lambda: len(pipeflow.runs()))
+attempt("last_run", lambda: pipeflow.last_run(RoA())["status"])
+attempt("new.complete", lambda: RoNew().complete())
+attempt("new.preview", lambda: str(pipeflow.preview(RoNew())))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    attempt("run", lambda: pipeflow.run(RoNew()))
+out["warnings"] = [str(w.message) for w in caught]
+attempt("reset", lambda: RoA().reset(confirm=False))
+attempt("after.complete", lambda: RoB().complete())
+print("RESULT" + json.dumps(out))
+'''
+
+
+def _read_only_check(tmp_path, data_dir):
+    """Run _RO_CHECK on ``data_dir`` mounted read-only (a real EROFS, in a mount namespace)."""
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("needs unshare(1) and mount(8) to make a read-only mount")
+    (tmp_path / "ro_check.py").write_text(_RO_CHECK)
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a mount namespace here: {probe.stderr.decode()}")
+    d = str(data_dir)
+    script = (f"mount --bind {d} {d} && mount -o remount,ro,bind {d} && "
+              f"exec {sys.executable} {tmp_path / 'ro_check.py'} {d} {tmp_path}")
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=300)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert line, proc.stdout + proc.stderr
+    return json.loads(line[0][len("RESULT"):])
+
+
+def test_read_only_data_dir_reads_and_refuses_writes_clearly(tmp_path, data_dir, monkeypatch):
+    import errno
+
+    (tmp_path / "ro_tasks.py").write_text(_RO_TASKS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import ro_tasks
+
+    pipeflow.run(ro_tasks.RoB())
+    path = ro_tasks.RoA().output().path
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched: same content
+    res = _read_only_check(tmp_path, data_dir)
+    assert res["writable"] == errno.EROFS, res
+    for name in ["complete", "flow.complete", "outputLoad", "outputLoadMeta", "inputLoad",
+                 "history", "runs", "last_run", "new.complete", "preview", "new.preview"]:
+        assert res[name][0] == "ok", (name, res[name])
+    assert res["complete"][1] == res["flow.complete"][1] == "True"
+    assert res["outputLoad"][1] == "[1, 2]"
+    assert res["outputLoadMeta"][1] == "{'m': 3}"
+    assert res["history"][1] == "2" and res["runs"][1] == "1"
+    assert res["new.complete"][1] == "False"
+    for name in ["run", "reset"]:
+        assert res[name][0] == "pipeflow", (name, res[name])
+        assert "read-only" in res[name][2].lower() or "Read-only" in res[name][2], res[name]
+    assert res["after.complete"] == ["ok", "True"]

@@ -475,12 +475,18 @@ class TaskStore:
 
         The next status check then compares them without hashing them again. Best
         effort: skipped while the task runs (its lock is taken) or if anything changed
-        meanwhile; the record is only ever rewritten with files that hash the same.
+        meanwhile, or in a read-only data dir (no lock file can be opened there); the record
+        is only ever rewritten with files that hash the same.
         """
-        with self.lock() as held:
-            if not held:
-                return
-            path = self.record_file()
+        lock = self.lock()
+        try:
+            held = lock.acquire()
+        except OSError:  # a read-only data dir: hash them again next time
+            return
+        if not held:
+            return
+        path = self.record_file()
+        try:
             if read_record(path)[0] != record:
                 return
             folder = self.file_names()[0]
@@ -489,8 +495,10 @@ class TaskStore:
                 return
             files = {key: tuple(touched.get(r.name, r) for r in recs)
                      for key, recs in record.files.items()}
-            with contextlib.suppress(OSError):  # a read-only data dir: hash again next time
+            with contextlib.suppress(OSError):  # a read-only record: hash again next time
                 write_record(path, CommitRecord(record.task, files, record.fingerprint))
+        finally:
+            lock.release()
 
     def committed(self, key: str) -> tuple[FileRecord, ...] | None:
         """The files of output ``key`` (or :data:`META_KEY`) as committed, if any."""
@@ -521,11 +529,22 @@ class TaskStore:
 
         Raises:
             TaskLockedError: the task is being run (or reset) elsewhere right now.
+            SaveError: its lock file cannot be opened (a read-only data dir, say).
         """
-        with self.lock() as held:
-            if not held:
-                raise _locked(doing)
+        lock = self.lock()
+        try:
+            held = lock.acquire()
+        except OSError as exc:
+            folder = pathlib.Path(lock.folder)
+            raise SaveError(
+                f"cannot {doing}: its lock file in {lock.folder!r} cannot be opened: "
+                f"{os_reason(exc)}. Nothing was changed. {os_fix(exc, folder)}") from exc
+        if not held:
+            raise _locked(doing)
+        try:
             yield
+        finally:
+            lock.release()
 
     def delete_outputs(self) -> None:
         """Delete the committed outputs and metadata, without asking.
@@ -537,7 +556,8 @@ class TaskStore:
             TaskLockedError: the task is running right now, here or in another process.
         """
         folder = layout.ensure_inside(self.folder(), self.data_root())
-        if not unpublish(self.record_path(), folder, self._layout().own_names):
+        if not unpublish(self.record_path(), folder, self._layout().own_names,
+                         f"{graph.describe(self.task)}: "):
             raise _locked(f"reset {graph.describe(self.task)}")
         for t in self.outputs().values():
             if isinstance(t, CacheTarget):
