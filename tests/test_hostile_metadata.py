@@ -579,3 +579,15 @@ def test_read_only_data_dir_reads_and_refuses_writes_clearly(tmp_path, data_dir,
         assert res[name][0] == "pipeflow", (name, res[name])
         assert "read-only" in res[name][2].lower() or "Read-only" in res[name][2], res[name]
     assert res["after.complete"] == ["ok", "True"]
+
+
+def test_record_listing_foreign_files_is_not_loaded_nor_offered_for_deletion(monkeypatch):
+    pipeflow.run(Out())
+    folder = Out()._store.folder()
+    (folder / "notes.txt").write_text("x")
+    _list_in_record(Out(), ["notes.txt"])
+    with pytest.raises(PipeflowError, match="not one of its outputs"):
+        Out().outputLoad()
+    listed = Out()._store.stored_files()
+    assert str(folder / "notes.txt") not in listed
+    assert str(Out().output().path) in listed

@@ -514,7 +514,8 @@ class TaskStore:
         """What a reset would delete, for the confirmation prompt."""
         record, _ = read_record(self.record_file())
         folder = self.folder()
-        files = [str(folder / n) for n in record.file_names()] if record else []
+        own = self._layout().own_names  # what a reset may delete, whatever the record lists
+        files = [str(folder / n) for n in record.file_names() if n in own] if record else []
         return files + [str(t.path) for t in self.outputs().values()
                         if isinstance(t, CacheTarget) and t.exists()]
 
@@ -601,6 +602,10 @@ class TaskStore:
             IncompleteTaskError: no successful run committed that output.
         """
         record, problem = read_record(self.record_file())
+        if record is not None:
+            problem = self._foreign(record)
+            if problem is not None:
+                record = None
         recs = record.files.get(target.key) if record is not None else None
         if record is None and problem is None and self.task.external:
             return None  # made outside pipeflow, with no record to check against
