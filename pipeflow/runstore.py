@@ -32,6 +32,7 @@ import os
 import pathlib
 import socket
 import sqlite3
+import stat
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -91,12 +92,28 @@ def history_path() -> pathlib.Path | None:
     return pathlib.Path(where)
 
 
+def _regular(path: pathlib.Path) -> None:
+    """Refuse a history path that is not a regular file (SQLite would block on a FIFO).
+
+    A symlink is followed: the history may be a link to a file shared by data dirs.
+
+    Raises:
+        sqlite3.OperationalError: it is a folder, a FIFO, a socket or a device.
+    """
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise sqlite3.OperationalError("a folder is in its place")
+    if not stat.S_ISREG(mode):
+        raise sqlite3.OperationalError("not a regular file (a FIFO, a socket or a device)")
+
+
 @contextlib.contextmanager
 def _connect(path: pathlib.Path, create: bool) -> Iterator[sqlite3.Connection]:
     if create and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         # private from the start: SQLite gives its -wal/-shm files the same permissions
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    _regular(path)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -318,8 +335,7 @@ def _reader(path: pathlib.Path) -> Iterator[sqlite3.Connection]:
     A file in WAL mode whose ``-shm`` file cannot be made there is read as it is on disk
     (``immutable``: the part of the last run still in its ``-wal`` file is not seen).
     """
-    if path.is_dir():
-        raise sqlite3.OperationalError("a folder is in its place")
+    _regular(path)
     uri = path.absolute().as_uri()
     conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
     try:

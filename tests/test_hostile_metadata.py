@@ -591,3 +591,21 @@ def test_record_listing_foreign_files_is_not_loaded_nor_offered_for_deletion(mon
     listed = Out()._store.stored_files()
     assert str(folder / "notes.txt") not in listed
     assert str(Out().output().path) in listed
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink-to-fifo"])
+def test_history_that_is_not_a_regular_file_never_hangs(kind, tmp_path):
+    pipeflow.run(Out())
+    path = runstore.history_path()
+    for extra in ("", "-wal", "-shm"):
+        pathlib.Path(f"{path}{extra}").unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.mkfifo(tmp_path / "fifo")
+        path.symlink_to(tmp_path / "fifo")
+    for query in _queries().values():
+        with pytest.raises(HistoryError, match="not a regular file"):
+            _in_thread(query)
+    with pytest.warns(RuntimeWarning, match="cannot be written"):
+        assert _in_thread(lambda: pipeflow.run(Out(n=3)))
