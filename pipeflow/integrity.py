@@ -445,8 +445,8 @@ def uncommit(path: str | os.PathLike[str], folder: pathlib.Path,
         path: the commit record.
         folder: the task's output folder.
         allowed: the file names the task owns there (its outputs and metadata); a listed
-            name outside them (a damaged or forged record) is left alone, and so is a
-            hidden name (a lock, a record or a temp file: never an output) in any case.
+            name outside them (a damaged or forged record) is left alone, and so is the
+            name of a lock, a record or a temp file (:func:`pipeflows_own`) in any case.
 
     Raises:
         MetadataError: a folder is in the place of the record.
@@ -468,13 +468,23 @@ def uncommit(path: str | os.PathLike[str], folder: pathlib.Path,
     _KNOWN.pop(key, None)  # a new record may reuse the inode: never mistake it
     _WRITTEN.pop(key, None)
     names = record.file_names() if record else []
-    # outputs are never hidden files: a hidden name is a lock, a record or a temp file
     removed = [folder / n for n in names
-               if not n.startswith(".") and (allowed is None or n in allowed)]
+               if not pipeflows_own(n) and (allowed is None or n in allowed)]
     for file in removed:
         with contextlib.suppress(IsADirectoryError):  # never a folder (see the run's check)
             file.unlink(missing_ok=True)
     return removed
+
+
+def pipeflows_own(name: str) -> bool:
+    """Whether ``name`` is one pipeflow gives its own files: never an output's.
+
+    Lock files (``.pipeflow.lock``), commit records and temp files; a record listing one
+    is damaged or forged, and it is never deleted as an output.
+    """
+    # (locks.LOCK_FILE and layout.OWN_DIR, spelt out: those modules are independent of this)
+    return (name in (".pipeflow.lock", ".pipeflow") or name.endswith(RECORD_SUFFIX)
+            or temp_owner(name) is not None)
 
 
 def temp_owner(name: str) -> str | None:

@@ -459,7 +459,7 @@ def test_prune_history_keeps_a_stored_running_row_whatever_its_age():
     assert set(pipeflow.runs()["run_id"]) == {oldest, pipeflow.runs()["run_id"].iloc[0]}
 
 
-def test_invalidate_all_never_deletes_hidden_names_a_record_lists():
+def test_invalidate_all_never_deletes_pipeflows_own_files_a_record_lists():
     pipeflow.run(Out())
     folder = Out()._store.folder()
     rec = _record(Out())
@@ -609,3 +609,30 @@ def test_history_that_is_not_a_regular_file_never_hangs(kind, tmp_path):
             _in_thread(query)
     with pytest.warns(RuntimeWarning, match="cannot be written"):
         assert _in_thread(lambda: pipeflow.run(Out(n=3)))
+
+
+def test_reset_still_deletes_a_hidden_sidecar_the_format_owns():
+    pd = pytest.importorskip("pandas")
+
+    class Frame(pipeflow.tasks.TaskCSVPandas):
+        def run(self):
+            self.save(pd.DataFrame({"a": [1, 2]}).set_index("a"))
+
+    pipeflow.run(Frame())
+    target = Frame().output()
+    assert target.path.exists() and target.sidecar().exists()
+    Frame().reset(confirm=False)
+    assert not target.path.exists() and not target.sidecar().exists()
+    pipeflow.run(Frame())
+    assert Frame().complete()
+    pipeflow.invalidate_all(confirm=False)
+    assert not target.path.exists() and not target.sidecar().exists()
+
+
+def test_pipeflows_own_names_match_the_lock_file_and_own_dir():
+    from pipeflow import layout, locks
+    from pipeflow.integrity import pipeflows_own
+
+    assert pipeflows_own(locks.LOCK_FILE) and pipeflows_own(layout.OWN_DIR)
+    assert pipeflows_own(".T_1.commit.json") and pipeflows_own(".T-data.csv.tmp-0a1b2c3d4e5f")
+    assert not pipeflows_own(".T-data.csv.index.json") and not pipeflows_own("T-data.csv")
