@@ -341,8 +341,10 @@ def _reader(path: pathlib.Path) -> Iterator[sqlite3.Connection]:
     try:
         try:
             conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-        except sqlite3.OperationalError:  # no -shm file, and none can be made
-            conn.close()
+        except sqlite3.OperationalError as exc:
+            if "unable to open" not in str(exc):
+                raise
+            conn.close()  # a WAL file with no -shm file, and none can be made (read-only)
             conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=BUSY_TIMEOUT)
         yield conn
     finally:
