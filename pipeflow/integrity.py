@@ -274,15 +274,14 @@ def read_record(path: str | os.PathLike[str]) -> tuple[CommitRecord | None, str 
         return None, None
     except OSError as exc:
         return None, f"its commit record cannot be read ({exc.strerror})"
-    odd = _odd(st)
-    if odd is not None:
-        _WRITTEN.pop(key, None)
-        return None, odd
     version = (st.st_size, st.st_mtime_ns, st.st_ino)
     hit = _KNOWN.get(key)
-    if hit is not None and hit[0] == version:
+    if hit is not None and hit[0] == version:  # (a regular file when it was read)
         return hit[1], None
     _WRITTEN.pop(key, None)  # someone else's version now
+    odd = _odd(st)
+    if odd is not None:
+        return None, odd
     record, problem = _read_record(key)
     if record is not None:
         _know(key, version, record)

@@ -113,6 +113,9 @@ class _Layout:
         self.names = names
         self.meta = meta
         self.record = os.path.join(os.fspath(own), record_name)
+        #: the last commit record found to list only the task's own files (read_record
+        #: returns the same object while the file is unchanged: checked once per version)
+        self.sound: CommitRecord | None = None
 
     @_lazy
     def paths(self) -> list[tuple[str, str]] | None:
@@ -426,17 +429,19 @@ class TaskStore:
                 or (self.task.external and not os.path.exists(self.record_path()))):
             return all(t.exists() for t in self.outputs().values()), None, None
         # Plain files: string paths, no target objects (the hot path on large graphs).
-        folder, names, record_path = self.file_names()
-        record, problem = read_record(record_path)
+        lay = self._layout()
+        folder, names = lay.folder, lay.names
+        record, problem = read_record(lay.record)
         if record is None:
             if problem is None and os.path.exists(os.path.join(folder, names[0][1])):
                 problem = ("its output files exist but no successful pipeflow run committed "
                            "them (left by a crashed run, or written by another tool): it "
                            "runs again")
             return False, problem, None
-        foreign = self._foreign(record)
-        if foreign is not None:
-            return False, foreign, record
+        if lay.sound is not record:
+            foreign = self._foreign(record)
+            if foreign is not None:
+                return False, foreign, record
         touched: dict[str, FileRecord] = {}
         for k, name in names:
             recs = record.files.get(k)
@@ -458,12 +463,16 @@ class TaskStore:
         Such a record was edited or forged; nothing it lists outside the task's outputs is
         ever deleted (see :func:`pipeflow.integrity.uncommit`).
         """
-        own = self._layout().own_names
+        lay = self._layout()
+        if lay.sound is record:
+            return None
+        own = lay.own_names
         for recs in record.files.values():
             for rec in recs:
                 if rec.name not in own:
                     return (f"its commit record is damaged: it lists {rec.name!r}, which is "
                             f"not one of its outputs (an edited record?): it runs again")
+        lay.sound = record
         return None
 
     def complete(self) -> bool:
