@@ -16,6 +16,9 @@ the file without "database is locked" errors. A history that cannot be written n
 a run: pipeflow warns once and goes on.
 
 Query it with :func:`history` and :func:`runs` (pandas DataFrames), or ``flow.history()``.
+Queries open the file read-only (a read-only data dir can be queried); a file that is
+damaged or not a history is a :class:`~pipeflow.errors.HistoryError` naming it, and one
+without pipeflow's tables (empty, half made) reads as an empty history.
 
 Files written before the ``system`` column existed gain it (empty for their old runs) the
 first time a run is recorded in them; until then :func:`runs` shows it as None.
