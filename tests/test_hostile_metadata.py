@@ -250,10 +250,8 @@ def test_output_replaced_by_a_fifo_never_hangs():
 
     pipeflow.run(Empty())
     path = Empty().output().path
-    size = path.stat().st_size
     path.unlink()
     os.mkfifo(path)
-    assert size >= 0
     assert _in_thread(lambda: Empty().complete()) is False
     with pytest.raises(PipeflowError):
         _in_thread(lambda: Empty().outputLoad())
@@ -581,7 +579,7 @@ def test_read_only_data_dir_reads_and_refuses_writes_clearly(tmp_path, data_dir,
     assert res["after.complete"] == ["ok", "True"]
 
 
-def test_record_listing_foreign_files_is_not_loaded_nor_offered_for_deletion(monkeypatch):
+def test_record_listing_foreign_files_is_not_loaded_nor_offered_for_deletion():
     pipeflow.run(Out())
     folder = Out()._store.folder()
     (folder / "notes.txt").write_text("x")
