@@ -121,8 +121,11 @@ def history(data_dir: str | None, family: tuple[str, ...], status: str | None,
     """Show the task attempts recorded in the run history, newest first."""
     if data_dir:
         operations.set_dir(data_dir)
-    df = runstore.history(family=list(family) or None, status=status, run=run_id,
-                          last=last or None)
+    try:
+        df = runstore.history(family=list(family) or None, status=status, run=run_id,
+                              last=last or None)
+    except PipeflowError as exc:  # a damaged history file: say which, and what to do
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
     if df.empty:
         where = runstore.history_path()
         click.echo(f"no recorded attempts match (history: {where or 'off'})")

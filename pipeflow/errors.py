@@ -100,6 +100,23 @@ class CorruptOutputError(OutputError):
     """
 
 
+class MetadataError(OutputError):
+    """Pipeflow's own record of a task's outputs is in the way or cannot be used.
+
+    Something that is not a file pipeflow wrote sits where a task's commit record or one of
+    its outputs goes (a folder, say). Pipeflow never deletes what it does not own: move or
+    delete it, then run the task again.
+    """
+
+
+class HistoryError(PipeflowError):
+    """The run history file is damaged, not a pipeflow history, or cannot be read.
+
+    The message names the file and how to fix it (move it away, or turn the history off
+    with ``pipeflow.settings.history = False``).
+    """
+
+
 class MissingDependencyError(PipeflowError, ImportError):
     """A format needs an optional package that is not installed (its extra names it)."""
 

@@ -20,14 +20,18 @@ runs again; torn, it is unreadable and the task runs again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pathlib
-from collections.abc import Mapping
+import stat
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import xxhash
+
+from pipeflow.errors import MetadataError
 
 #: suffix of commit records (hidden files: their names start with a dot)
 RECORD_SUFFIX = ".commit.json"
@@ -36,6 +40,11 @@ META_KEY = "/meta"
 _VERSION = 1
 _CHUNK = 1 << 20
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: how a record is opened: never through a symlink, never blocking (a FIFO in its place)
+_READ_FLAGS = (os.O_RDONLY | _CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+               | getattr(os, "O_NONBLOCK", 0))
+#: the largest commit record read (records of tasks with 100,000 inputs take a few MB)
+MAX_RECORD = 1 << 28
 #: compact JSON (one encoder, not one per call as json.dumps makes for non-default options)
 COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
@@ -172,6 +181,8 @@ class FileRecord:
             return f"{self.name} was deleted outside pipeflow", self
         except OSError as exc:
             return f"{self.name} cannot be read ({exc.strerror})", self
+        if not stat.S_ISREG(st.st_mode):
+            return f"{self.name} was replaced outside pipeflow by {_kind(st.st_mode)}", self
         if st.st_size != self.size:
             return (f"{self.name} was changed outside pipeflow (size {self.size:,} bytes "
                     f"when committed, now {st.st_size:,})"), self
@@ -257,7 +268,7 @@ def read_record(path: str | os.PathLike[str]) -> tuple[CommitRecord | None, str 
     """
     key = os.fspath(path)
     try:
-        st = os.stat(key)
+        st = os.lstat(key)
     except FileNotFoundError:
         _WRITTEN.pop(key, None)
         return None, None
@@ -265,29 +276,69 @@ def read_record(path: str | os.PathLike[str]) -> tuple[CommitRecord | None, str 
         return None, f"its commit record cannot be read ({exc.strerror})"
     version = (st.st_size, st.st_mtime_ns, st.st_ino)
     hit = _KNOWN.get(key)
-    if hit is not None and hit[0] == version:
+    if hit is not None and hit[0] == version:  # (a regular file when it was read)
         return hit[1], None
     _WRITTEN.pop(key, None)  # someone else's version now
+    odd = _odd(st)
+    if odd is not None:
+        return None, odd
     record, problem = _read_record(key)
     if record is not None:
         _know(key, version, record)
     return record, problem
 
 
+def _odd(st: os.stat_result) -> str | None:
+    """Why what is at a record's path cannot be a record pipeflow wrote (None: it may be)."""
+    if stat.S_ISREG(st.st_mode):
+        if st.st_size > MAX_RECORD:
+            return (f"its commit record is too large to be one pipeflow wrote "
+                    f"({st.st_size:,} bytes): it was replaced outside pipeflow")
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return ("a folder is in the place of its commit record (pipeflow never deletes a "
+                "folder: move or delete it)")
+    return (f"its commit record is not a regular file but {_kind(st.st_mode)} (pipeflow "
+            f"never writes one there, nor reads through one)")
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+
+
 def _read_record(path: str) -> tuple[CommitRecord | None, str | None]:
     try:
         # os-level calls: a status check reads one record per task, and io.open's buffered
-        # file object costs several times the read itself
-        fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+        # file object costs several times the read itself. Never through a symlink, never
+        # blocking on a FIFO swapped in since the lstat, never more than MAX_RECORD bytes.
+        fd = os.open(path, _READ_FLAGS)
         try:
+            odd = _odd(os.fstat(fd))
+            if odd is not None:
+                return None, odd
             chunks = [os.read(fd, 1 << 16)]
+            size = len(chunks[0])
             while len(chunks[-1]) == 1 << 16 and (chunk := os.read(fd, 1 << 16)):
                 chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_RECORD:
+                    return None, "its commit record is too large to be one pipeflow wrote"
         finally:
             os.close(fd)
     except FileNotFoundError:
         return None, None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink swapped in since the lstat
+            return None, "its commit record is a symlink (pipeflow never writes one there)"
         return None, f"its commit record cannot be read ({exc.strerror})"
     try:
         return CommitRecord.from_json(b"".join(chunks).decode()), None
@@ -380,22 +431,59 @@ def _write_new(path: str, data: bytes, flag: int) -> tuple[int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def uncommit(path: str | os.PathLike[str], folder: pathlib.Path) -> list[pathlib.Path]:
+def uncommit(path: str | os.PathLike[str], folder: pathlib.Path,
+             allowed: Container[str] | None = None) -> list[pathlib.Path]:
     """Delete a commit record, then the files it lists in ``folder``; return their paths.
 
     The record goes first, so the task is never left looking complete with part of its
     files. The caller holds the task's lock and has checked that ``folder`` lies inside
-    the task's location; ``unlink`` removes a symlink itself, never its target.
+    the task's location; ``unlink`` removes a symlink itself, never its target, and a
+    folder is never deleted.
+
+    Args:
+        path: the commit record.
+        folder: the task's output folder.
+        allowed: the file names the task owns there (its outputs and metadata); a listed
+            name outside them (a damaged or forged record) is left alone, and so is the
+            name of a lock, a record or a temp file (:func:`pipeflows_own`) in any case.
+
+    Raises:
+        MetadataError: a folder is in the place of the record.
     """
-    record, _ = read_record(path)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    _KNOWN.pop(os.fspath(path), None)  # a new record may reuse the inode: never mistake it
-    _WRITTEN.pop(os.fspath(path), None)
-    removed = [folder / name for name in (record.file_names() if record else [])]
+    key = os.fspath(path)
+    record, _ = read_record(key)
+    try:
+        os.unlink(key)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if not os.path.isdir(key) or os.path.islink(key):
+            raise
+        raise MetadataError(
+            f"cannot remove the commit record {key!r}: a folder is in its place. Pipeflow "
+            f"never deletes a folder it did not make: move or delete it yourself, then run "
+            f"the task again."
+        ) from exc
+    _KNOWN.pop(key, None)  # a new record may reuse the inode: never mistake it
+    _WRITTEN.pop(key, None)
+    names = record.file_names() if record else []
+    removed = [folder / n for n in names
+               if not pipeflows_own(n) and (allowed is None or n in allowed)]
     for file in removed:
-        file.unlink(missing_ok=True)
+        with contextlib.suppress(IsADirectoryError):  # never a folder (see the run's check)
+            file.unlink(missing_ok=True)
     return removed
+
+
+def pipeflows_own(name: str) -> bool:
+    """Whether ``name`` is one pipeflow gives its own files: never an output's.
+
+    Lock files (``.pipeflow.lock``), commit records and temp files; a record listing one
+    is damaged or forged, and it is never deleted as an output.
+    """
+    # (locks.LOCK_FILE and layout.OWN_DIR, spelt out: those modules are independent of this)
+    return (name in (".pipeflow.lock", ".pipeflow") or name.endswith(RECORD_SUFFIX)
+            or temp_owner(name) is not None)
 
 
 def temp_owner(name: str) -> str | None:

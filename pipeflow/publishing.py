@@ -287,27 +287,39 @@ def _lock_place(record: str) -> tuple[str, str]:
     return os.path.dirname(record), os.path.basename(record)
 
 
-def unpublish(record: str | os.PathLike[str], folder: pathlib.Path) -> bool:
+def unpublish(record: str | os.PathLike[str], folder: pathlib.Path,
+              allowed: Container[str] | None = None, who: Who = "") -> bool:
     """Under the task's lock, delete its commit record, then the files it lists.
 
     The record is read under the lock (a run may just have committed). In-memory copies
     of the deleted files are dropped. ``folder`` must have been checked to lie inside the
-    task's location.
+    task's location; only names in ``allowed`` (the task's own files, when given) are
+    deleted, whatever the record lists.
 
     Returns:
         False, deleting nothing, when the task's lock is held elsewhere (it is running).
+
+    Raises:
+        SaveError: the file system refused (a read-only data dir, say).
     """
-    with task_lock(record) as held:
-        if not held:
-            return False
-        withdraw(record, folder)
+    try:
+        with task_lock(record) as held:
+            if not held:
+                return False
+            withdraw(record, folder, allowed)
+    except OSError as exc:
+        raise SaveError(
+            f"{_who(who)}cannot delete the outputs committed by {os.fspath(record)!r}: "
+            f"{os_reason(exc)}. {os_fix(exc, folder)}"
+        ) from exc
     return True
 
 
-def withdraw(record: str | os.PathLike[str], folder: pathlib.Path) -> None:
+def withdraw(record: str | os.PathLike[str], folder: pathlib.Path,
+             allowed: Container[str] | None = None) -> None:
     """As :func:`unpublish`, for a caller that holds the task's lock already."""
     if os.path.lexists(record):
-        for file in uncommit(record, folder):
+        for file in uncommit(record, folder, allowed):
             cache.data.pop(file, None)
 
 
@@ -334,6 +346,9 @@ def os_fix(exc: OSError, folder: pathlib.Path) -> str:
     if code == errno.EFBIG:
         return ("The file is larger than this process or file system allows (see "
                 "'ulimit -f'): raise the limit or save smaller outputs.")
+    if code in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+        return ("A folder is in the way of the file: pipeflow never deletes a folder it did "
+                "not make. Move or delete it, then try again.")
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
         return (f"This process may not write in {str(folder)!r}: fix the folder's "
                 f"permissions, or choose a data dir you can write with pipeflow.set_dir(...).")

@@ -16,6 +16,9 @@ the file without "database is locked" errors. A history that cannot be written n
 a run: pipeflow warns once and goes on.
 
 Query it with :func:`history` and :func:`runs` (pandas DataFrames), or ``flow.history()``.
+Queries open the file read-only (a read-only data dir can be queried); a file that is
+damaged or not a history is a :class:`~pipeflow.errors.HistoryError` naming it, and one
+without pipeflow's tables (empty, half made) reads as an empty history.
 
 Files written before the ``system`` column existed gain it (empty for their old runs) the
 first time a run is recorded in them; until then :func:`runs` shows it as None.
@@ -27,10 +30,12 @@ import contextlib
 import getpass
 import importlib.metadata
 import json
+import numbers
 import os
 import pathlib
 import socket
 import sqlite3
+import stat
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,6 +45,7 @@ import luigi
 
 from pipeflow import settings
 from pipeflow.contract import adapt
+from pipeflow.errors import HistoryError, ParameterError
 from pipeflow.events import Event, EventKind
 from pipeflow.graph import describe
 from pipeflow.integrity import CommitRecord, read_record
@@ -89,12 +95,28 @@ def history_path() -> pathlib.Path | None:
     return pathlib.Path(where)
 
 
+def _regular(path: pathlib.Path) -> None:
+    """Refuse a history path that is not a regular file (SQLite would block on a FIFO).
+
+    A symlink is followed: the history may be a link to a file shared by data dirs.
+
+    Raises:
+        sqlite3.OperationalError: it is a folder, a FIFO, a socket or a device.
+    """
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise sqlite3.OperationalError("a folder is in its place")
+    if not stat.S_ISREG(mode):
+        raise sqlite3.OperationalError("not a regular file (a FIFO, a socket or a device)")
+
+
 @contextlib.contextmanager
 def _connect(path: pathlib.Path, create: bool) -> Iterator[sqlite3.Connection]:
     if create and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         # private from the start: SQLite gives its -wal/-shm files the same permissions
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    _regular(path)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -308,14 +330,61 @@ def _pandas() -> Any:
     return pandas
 
 
-def _query(sql: str, args: Sequence[Any]) -> pd.DataFrame:
+@contextlib.contextmanager
+def _reader(path: pathlib.Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the history: a query never writes, nor creates a file.
+
+    So the history of a read-only data dir (a copy, a read-only mount) can be queried.
+    A file in WAL mode whose ``-shm`` file cannot be made there is read as it is on disk
+    (``immutable``: the part of the last run still in its ``-wal`` file is not seen).
+    """
+    _regular(path)
+    uri = path.absolute().as_uri()
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+    try:
+        try:
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.OperationalError as exc:
+            if "unable to open" not in str(exc):
+                raise
+            conn.close()  # a WAL file with no -shm file, and none can be made (read-only)
+            conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=BUSY_TIMEOUT)
+        yield conn
+    finally:
+        conn.close()
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {r for (r,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _unreadable(path: pathlib.Path, exc: BaseException, doing: str = "read") -> HistoryError:
+    """The error of a history file that cannot be used (damaged, not SQLite, a folder)."""
+    reason = str(exc.__cause__ or exc)  # pandas wraps SQLite's error: the SQL is noise
+    return HistoryError(
+        f"the run history {str(path)!r} cannot be {doing} ({reason}): it is damaged, or not a "
+        f"pipeflow run history. Move it away (the next run starts a new one), or turn the "
+        f"history off with pipeflow.settings.history = False.")
+
+
+def _query(sql: str, args: Sequence[Any], table: str) -> pd.DataFrame:
+    """Run a query on ``table`` of the history (empty when there is none).
+
+    Raises:
+        HistoryError: the history file cannot be read (damaged, not SQLite, a folder).
+    """
+    pd = _pandas()
     path = history_path()
-    if path is None or not path.exists():
-        with contextlib.closing(sqlite3.connect(":memory:")) as conn:
-            conn.executescript(_SCHEMA)
-            return _pandas().read_sql_query(sql, conn, params=list(args))
-    with _connect(path, create=False) as conn:
-        return _pandas().read_sql_query(sql, conn, params=list(args))
+    try:
+        if path is not None and os.path.lexists(path):
+            with _reader(path) as conn:
+                if table in _tables(conn):  # a half-made file has none: nothing recorded
+                    return pd.read_sql_query(sql, conn, params=list(args))
+    except (sqlite3.Error, pd.errors.DatabaseError, OSError) as exc:
+        raise _unreadable(path, exc) from exc  # type: ignore[arg-type]
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        conn.executescript(_SCHEMA)
+        return pd.read_sql_query(sql, conn, params=list(args))
 
 
 def _times(df: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
@@ -366,7 +435,7 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
     if last is not None:
         sql += " LIMIT ?"
         args.append(int(last))
-    df = _query(sql, args).drop(columns=["id"])
+    df = _query(sql, args, "attempts").drop(columns=["id"])
     return _times(df, ["started", "finished"])
 
 
@@ -388,11 +457,21 @@ def runs(last: int | None = None) -> pd.DataFrame:
         22589730816
     """
     sql = "SELECT * FROM runs ORDER BY started DESC" + (" LIMIT ?" if last else "")
-    df = _times(_query(sql, [int(last)] if last else []), ["started", "finished"])
+    df = _times(_query(sql, [int(last)] if last else [], "runs"), ["started", "finished"])
     if "system" not in df.columns:  # a file from before the column, not written to since
         df["system"] = None
-    df["system"] = [None if _pandas().isna(s) else json.loads(s) for s in df["system"]]
+    df["system"] = [_snapshot(s) for s in df["system"]]
     return df
+
+
+def _snapshot(text: Any) -> Any:
+    """A stored machine snapshot, parsed (None: none, or not JSON)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def last_run(task: luigi.Task) -> dict[str, Any] | None:
@@ -418,7 +497,7 @@ def last_failures(task_ids: Sequence[str]) -> dict[str, str]:
     if path is None or not path.exists() or not task_ids:
         return out
     ids = list(task_ids)
-    with contextlib.suppress(sqlite3.Error, OSError), _connect(path, create=False) as conn:
+    with contextlib.suppress(sqlite3.Error, OSError), _reader(path) as conn:
         for start in range(0, len(ids), 500):  # SQLite's limit on bound values
             chunk = ids[start:start + 500]
             # SQLite: the bare columns come from the row holding MAX(finished)
@@ -434,15 +513,43 @@ def last_failures(task_ids: Sequence[str]) -> dict[str, str]:
 
 
 def prune_history(keep: int) -> int:
-    """Keep only the ``keep`` most recent runs; return how many runs were removed."""
+    """Keep only the ``keep`` most recent runs, and every run still going.
+
+    A run still going (status ``running`` in :func:`runs`) is never removed, however old:
+    its rows are still being written.
+
+    Args:
+        keep: how many of the most recent runs to keep (0: remove every finished run).
+
+    Returns:
+        How many runs were removed.
+
+    Raises:
+        ParameterError: ``keep`` is not a non-negative whole number.
+        HistoryError: the history file is damaged or cannot be written.
+
+    Example:
+        >>> pipeflow.prune_history(keep=100)  # doctest: +SKIP
+        3
+    """
+    if isinstance(keep, bool) or not isinstance(keep, numbers.Integral) or keep < 0:
+        raise ParameterError(
+            f"prune_history(keep={keep!r}): keep is how many of the most recent runs to keep, "
+            f"a whole number >= 0 (0 removes every finished run), e.g. "
+            f"pipeflow.prune_history(keep=100).")
     path = history_path()
-    if path is None or not path.exists():
+    if path is None or not os.path.lexists(path):
         return 0
-    with _connect(path, create=True) as conn:
-        old = [r for (r,) in conn.execute(
-            "SELECT run_id FROM runs ORDER BY started DESC LIMIT -1 OFFSET ?", (int(keep),))]
-        _write(conn, [(f"DELETE FROM {table} WHERE run_id = ?", [(r,) for r in old])
-                      for table in ("changes", "attempts", "runs")])
+    try:
+        with _connect(path, create=True) as conn:
+            # the newest first; a run still going stays, whatever its place
+            old = [r for (r, status) in conn.execute(
+                "SELECT run_id, status FROM runs ORDER BY started DESC LIMIT -1 OFFSET ?",
+                (int(keep),)) if status != "running"]
+            _write(conn, [(f"DELETE FROM {table} WHERE run_id = ?", [(r,) for r in old])
+                          for table in ("changes", "attempts", "runs")])
+    except (sqlite3.Error, OSError) as exc:
+        raise _unreadable(path, exc, "pruned") from exc
     return len(old)
 
 

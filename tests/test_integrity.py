@@ -261,12 +261,12 @@ def test_a_replaced_file_with_other_content_is_found(tmp_path):
 
 
 def test_an_unreadable_file_is_a_problem_not_an_error(tmp_path):
-    # a folder where the file was, of the recorded size: stat works, reading does not
+    # a folder where the file was, of the recorded size: stat works, it is not a file
     (tmp_path / "out.bin").mkdir()
     size = (tmp_path / "out.bin").stat().st_size
     rec = FileRecord("out.bin", size, 0, 0, "0" * 32)
     problem, now = rec.verify(str(tmp_path), rehash=True)
-    assert problem.startswith("out.bin cannot be read (")
+    assert problem == "out.bin was replaced outside pipeflow by a folder"
     assert now is rec
     # the folder given is a file: stat fails with another error than "not found"
     _write(tmp_path / "plain", b"x")
@@ -454,7 +454,7 @@ def test_read_record_missing_and_unreadable(tmp_path):
     (tmp_path / "dir.commit.json").mkdir()
     record, problem = read_record(tmp_path / "dir.commit.json")
     assert record is None
-    assert problem.startswith("its commit record cannot be read (")
+    assert problem.startswith("a folder is in the place of its commit record")
 
 
 def test_read_record_reads_records_larger_than_one_read(tmp_path):

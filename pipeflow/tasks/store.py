@@ -24,6 +24,7 @@ from pipeflow import cache, graph, layout, settings
 from pipeflow.contract import Changes, changes_of
 from pipeflow.errors import (
     IncompleteTaskError,
+    MetadataError,
     MissingOutputError,
     PipeflowError,
     SaveError,
@@ -112,6 +113,9 @@ class _Layout:
         self.names = names
         self.meta = meta
         self.record = os.path.join(os.fspath(own), record_name)
+        #: the last commit record found to list only the task's own files (read_record
+        #: returns the same object while the file is unchanged: checked once per version)
+        self.sound: CommitRecord | None = None
 
     @_lazy
     def paths(self) -> list[tuple[str, str]] | None:
@@ -137,6 +141,13 @@ class _Layout:
         main = {k: _child(out, name) for k, name in self.names}
         main[META_KEY] = _child(out, self.meta)
         return main
+
+    @_lazy
+    def own_names(self) -> frozenset[str]:
+        """The names of the task's files in its output folder: all a record may list."""
+        if self.paths is not None:
+            return frozenset([*(n for _k, n in self.names), self.meta])
+        return frozenset(p.name for p in self.owned if p.parent == self._out)
 
     @_lazy
     def targets(self) -> dict[str, DataTarget]:
@@ -418,14 +429,19 @@ class TaskStore:
                 or (self.task.external and not os.path.exists(self.record_path()))):
             return all(t.exists() for t in self.outputs().values()), None, None
         # Plain files: string paths, no target objects (the hot path on large graphs).
-        folder, names, record_path = self.file_names()
-        record, problem = read_record(record_path)
+        lay = self._layout()
+        folder, names = lay.folder, lay.names
+        record, problem = read_record(lay.record)
         if record is None:
             if problem is None and os.path.exists(os.path.join(folder, names[0][1])):
                 problem = ("its output files exist but no successful pipeflow run committed "
                            "them (left by a crashed run, or written by another tool): it "
                            "runs again")
             return False, problem, None
+        if lay.sound is not record:
+            foreign = self._foreign(record)
+            if foreign is not None:
+                return False, foreign, record
         touched: dict[str, FileRecord] = {}
         for k, name in names:
             recs = record.files.get(k)
@@ -441,6 +457,24 @@ class TaskStore:
             self._restat(record, touched)
         return True, None, record
 
+    def _foreign(self, record: CommitRecord) -> str | None:
+        """Why ``record`` cannot be the task's: it lists a file that is not one of its own.
+
+        Such a record was edited or forged; nothing it lists outside the task's outputs is
+        ever deleted (see :func:`pipeflow.integrity.uncommit`).
+        """
+        lay = self._layout()
+        if lay.sound is record:
+            return None
+        own = lay.own_names
+        for recs in record.files.values():
+            for rec in recs:
+                if rec.name not in own:
+                    return (f"its commit record is damaged: it lists {rec.name!r}, which is "
+                            f"not one of its outputs (an edited record?): it runs again")
+        lay.sound = record
+        return None
+
     def complete(self) -> bool:
         """Whether every output is committed and intact (upstream tasks not considered)."""
         return self.output_state()[0]
@@ -450,12 +484,18 @@ class TaskStore:
 
         The next status check then compares them without hashing them again. Best
         effort: skipped while the task runs (its lock is taken) or if anything changed
-        meanwhile; the record is only ever rewritten with files that hash the same.
+        meanwhile, or in a read-only data dir (no lock file can be opened there); the record
+        is only ever rewritten with files that hash the same.
         """
-        with self.lock() as held:
-            if not held:
-                return
-            path = self.record_file()
+        lock = self.lock()
+        try:
+            held = lock.acquire()
+        except OSError:  # a read-only data dir: hash them again next time
+            return
+        if not held:
+            return
+        path = self.record_file()
+        try:
             if read_record(path)[0] != record:
                 return
             folder = self.file_names()[0]
@@ -464,8 +504,10 @@ class TaskStore:
                 return
             files = {key: tuple(touched.get(r.name, r) for r in recs)
                      for key, recs in record.files.items()}
-            with contextlib.suppress(OSError):  # a read-only data dir: hash again next time
+            with contextlib.suppress(OSError):  # a read-only record: hash again next time
                 write_record(path, CommitRecord(record.task, files, record.fingerprint))
+        finally:
+            lock.release()
 
     def committed(self, key: str) -> tuple[FileRecord, ...] | None:
         """The files of output ``key`` (or :data:`META_KEY`) as committed, if any."""
@@ -481,7 +523,8 @@ class TaskStore:
         """What a reset would delete, for the confirmation prompt."""
         record, _ = read_record(self.record_file())
         folder = self.folder()
-        files = [str(folder / n) for n in record.file_names()] if record else []
+        own = self._layout().own_names  # what a reset may delete, whatever the record lists
+        files = [str(folder / n) for n in record.file_names() if n in own] if record else []
         return files + [str(t.path) for t in self.outputs().values()
                         if isinstance(t, CacheTarget) and t.exists()]
 
@@ -496,11 +539,22 @@ class TaskStore:
 
         Raises:
             TaskLockedError: the task is being run (or reset) elsewhere right now.
+            SaveError: its lock file cannot be opened (a read-only data dir, say).
         """
-        with self.lock() as held:
-            if not held:
-                raise _locked(doing)
+        lock = self.lock()
+        try:
+            held = lock.acquire()
+        except OSError as exc:
+            folder = pathlib.Path(lock.folder)
+            raise SaveError(
+                f"cannot {doing}: its lock file in {lock.folder!r} cannot be opened: "
+                f"{os_reason(exc)}. Nothing was changed. {os_fix(exc, folder)}") from exc
+        if not held:
+            raise _locked(doing)
+        try:
             yield
+        finally:
+            lock.release()
 
     def delete_outputs(self) -> None:
         """Delete the committed outputs and metadata, without asking.
@@ -512,7 +566,8 @@ class TaskStore:
             TaskLockedError: the task is running right now, here or in another process.
         """
         folder = layout.ensure_inside(self.folder(), self.data_root())
-        if not unpublish(self.record_path(), folder):
+        if not unpublish(self.record_path(), folder, self._layout().own_names,
+                         f"{graph.describe(self.task)}: "):
             raise _locked(f"reset {graph.describe(self.task)}")
         for t in self.outputs().values():
             if isinstance(t, CacheTarget):
@@ -522,7 +577,8 @@ class TaskStore:
         """Delete the commit record, then the files it lists (the task's lock is held)."""
         path = self.record_path()
         if os.path.lexists(path):
-            withdraw(path, layout.ensure_inside(self.folder(), self.data_root()))
+            withdraw(path, layout.ensure_inside(self.folder(), self.data_root()),
+                     self._layout().own_names)
 
     def adopt(self) -> bool:
         """Commit output files that exist but no pipeflow run committed (d6tflow data dirs).
@@ -555,6 +611,10 @@ class TaskStore:
             IncompleteTaskError: no successful run committed that output.
         """
         record, problem = read_record(self.record_file())
+        if record is not None:
+            problem = self._foreign(record)
+            if problem is not None:
+                record = None
         recs = record.files.get(target.key) if record is not None else None
         if record is None and problem is None and self.task.external:
             return None  # made outside pipeflow, with no record to check against
@@ -613,14 +673,23 @@ class TaskStore:
         Returns:
             The paths the attempt's saves are staged for.
         """
-        self.abort_run()
+        self.abort_run(starting=True)
         return _Owned(self._layout())
 
-    def abort_run(self) -> None:
+    def abort_run(self, starting: bool = False) -> None:
         """After a failed or stopped attempt: uncommit, remove what it wrote to final paths.
 
         A worker stopped between writing the commit record and reporting success leaves a
         record the engine did not accept: it is removed first.
+
+        Args:
+            starting: called before an attempt (by :meth:`prepare_run`): a folder in the
+                place of an output is an error then (it is never deleted, and nothing
+                could be published there).
+
+        Raises:
+            MetadataError: a folder is in the place of the commit record, or (``starting``)
+                of an output.
         """
         lay = self._layout()
         if os.path.lexists(lay.record):
@@ -629,12 +698,25 @@ class TaskStore:
         if paths is not None and self.file_backed():  # strings only: no target objects
             for k, path in paths:
                 if os.path.lexists(path):
+                    if starting:
+                        self._no_folder(path)
                     lay.targets[k].invalidate()
             return
         for k, files in lay.files.items():
             t = lay.targets[k]
             if isinstance(t, CacheTarget) or any(os.path.lexists(f) for f in files):
+                if starting:
+                    for f in files:
+                        self._no_folder(f)
                 t.invalidate()
+
+    def _no_folder(self, path: str) -> None:
+        """Raise if a folder (not a symlink to one) is where the output ``path`` goes."""
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise MetadataError(
+                f"{graph.describe(self.task)} cannot run: a folder is in the place of its "
+                f"output {path!r}. Pipeflow never deletes a folder it did not make: move or "
+                f"delete it, then run the task again.")
 
     def clean_stopped(self) -> None:
         """After an attempt stopped midway: its staged temp files, then as :meth:`abort_run`."""
