@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
 from pipeflow import cache, layout
-from pipeflow.errors import PipeflowError
+from pipeflow.errors import PipeflowError, WorkerTaskError
 
 
 class CancelToken:
@@ -471,10 +471,8 @@ class ProcessExecutor:
         self.idle.append(w)
         try:
             out: Outcome = pickle.loads(header[1])
-        except Exception as exc:  # noqa: BLE001 - e.g. an exception class only it knows
-            return self.work.fail(PipeflowError(
-                f"the outcome of a task could not be read back from its worker process: "
-                f"{type(exc).__name__}: {exc}"), None)
+        except Exception as exc:  # noqa: BLE001 - e.g. a class only the worker has
+            return _unreadable(exc, header[3], task, self.work)
         if blob is not None:
             try:
                 out.memory = pickle.loads(blob)
@@ -573,8 +571,8 @@ def _serve(conn: Connection, ends: list[Connection], work: Work, flow: layout.Fl
             except Exception as exc:  # noqa: BLE001 - e.g. a class it never saw
                 conn.send_bytes(pickle.dumps((_UNLOADABLE, repr(exc))))
                 continue
-            out, outputs = _attempt(work, task, flow)
-            conn.send_bytes(pickle.dumps((_DONE, out, outputs is not None)))
+            out, outputs, failure = _attempt(work, task, flow)
+            conn.send_bytes(pickle.dumps((_DONE, out, outputs is not None, failure)))
             if outputs is not None:
                 conn.send_bytes(outputs)
             del task
@@ -601,8 +599,9 @@ def _detach(ends: list[Connection], parent: int) -> None:
         os._exit(0)
 
 
-def _attempt(work: Work, task: Any, flow: layout.FlowContext) -> tuple[bytes, bytes | None]:
-    """Run one attempt; its outcome and in-memory outputs, pickled."""
+def _attempt(work: Work, task: Any, flow: layout.FlowContext
+             ) -> tuple[bytes, bytes | None, tuple[str, str | None] | None]:
+    """Run one attempt; its outcome and in-memory outputs, pickled (see :func:`_encode`)."""
     reset = _reset_peak()
     cpu = time.process_time()
     with layout.flow_context(flow):
@@ -618,8 +617,14 @@ def _attempt(work: Work, task: Any, flow: layout.FlowContext) -> tuple[bytes, by
     return _encode(out, task, work)
 
 
-def _encode(out: Outcome, task: Any, work: Work) -> tuple[bytes, bytes | None]:
-    """The pickles of an outcome and of its in-memory outputs (None: it has none)."""
+def _encode(out: Outcome, task: Any, work: Work
+            ) -> tuple[bytes, bytes | None, tuple[str, str | None] | None]:
+    """The pickles of an outcome and of its in-memory outputs (None: it has none).
+
+    And, for a failed attempt, its error as text (``Type: message`` and the traceback):
+    the parent falls back on it if it cannot unpickle the error (a class only this worker
+    has). An error that does not pickle, or not back, is sent as that text right away.
+    """
     memory, out.memory = out.memory, {}
     blob = None
     if memory:
@@ -627,16 +632,27 @@ def _encode(out: Outcome, task: Any, work: Work) -> tuple[bytes, bytes | None]:
             blob = pickle.dumps(memory, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # noqa: BLE001 - the task fails, clearly
             out = _unsendable(exc, task, work, out.usage)
+    failure = None if out.error is None else (_described(out.error), out.traceback)
     try:
         data = _dumps(out)
         if out.error is not None:
             pickle.loads(data)  # an exception that pickles may still not unpickle
-        return data, blob
-    except Exception:  # noqa: BLE001 - fall back to a description
-        if out.error is None:
-            raise
-        remote = PipeflowError(f"{type(out.error).__name__}: {out.error}")
-        return pickle.dumps(Outcome(remote, out.traceback, usage=out.usage)), blob
+        return data, blob, failure
+    except Exception as exc:  # noqa: BLE001 - fall back to a description
+        if failure is None:  # what run() yielded does not pickle
+            out = _unsendable(exc, task, work, out.usage, what="yielded tasks")
+        else:
+            out = Outcome(WorkerTaskError(failure[0]), failure[1], usage=out.usage)
+        return pickle.dumps(out), blob, None
+
+
+def _described(error: BaseException) -> str:
+    """``Type: message`` of an exception (one whose ``str()`` fails too)."""
+    try:
+        text = str(error)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the failure
+        text = "(its message cannot be shown: str() failed)"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class _ForkPickler(pickle.Pickler):
@@ -672,15 +688,39 @@ def _class_by_id(ident: int, qualname: str) -> type:
 
 
 def _unsendable(exc: BaseException, task: Any, work: Work,
-                used: dict[str, float] | None = None) -> Outcome:
+                used: dict[str, float] | None = None, what: str = "in-memory outputs"
+                ) -> Outcome:
+    """The failure of a task whose in-memory outputs (or yielded tasks) do not pickle."""
     from pipeflow.graph import describe
 
-    out = work.fail(NotRetried(
-        f"{describe(task)} produced an in-memory (cache) output that cannot be sent "
-        f"back from its worker process: {exc}. Use a file format (e.g. TaskPickle), "
-        f"or run with executor='thread' or workers=1."), None)
+    if what == "yielded tasks":
+        text = (f"{describe(task)}: the tasks its run() yielded cannot be sent back from its "
+                f"worker process: {type(exc).__name__}: {exc}. Yield tasks whose classes "
+                f"and parameters pickle, or run with executor='thread' or workers=1.")
+    else:
+        text = (f"{describe(task)} produced an in-memory (cache) output that cannot be sent "
+                f"back from its worker process: {exc}. Use a file format (e.g. TaskPickle), "
+                f"or run with executor='thread' or workers=1.")
+    out = work.fail(NotRetried(text), None)
     out.usage = dict(used or {})
     return out
+
+
+def _unreadable(exc: BaseException, failure: tuple[str, str | None] | None, task: Any,
+                work: Work) -> Outcome:
+    """In the parent: the failure of an attempt whose outcome it cannot unpickle."""
+    from pipeflow.graph import describe
+
+    if failure is not None:  # the task raised an exception of a class only its worker has
+        out = work.fail(WorkerTaskError(failure[0]), task)
+        out.traceback = failure[1]
+        return out
+    return work.fail(NotRetried(
+        f"{describe(task)}: what its run() yielded cannot be read back from its worker "
+        f"process ({type(exc).__name__}: {exc}). A task class defined after the run "
+        f"started (in a function, a notebook cell, or run() itself) is unknown to this "
+        f"process: define it at module level, or run with executor='thread' or "
+        f"workers=1."), None)
 
 
 def _reset_peak() -> bool:
