@@ -293,7 +293,8 @@ class ProcessExecutor:
       once (the engine's ``workers``), and a run that starts none forks none. Each worker
       runs attempt after attempt until :meth:`close` kills it. Workers are daemon processes,
       ignore SIGINT (the engine handles Ctrl-C) and, on Linux, are killed by the OS if the
-      thread that forked them dies; each also exits when its pipe to the parent closes.
+      thread that forked them dies (elsewhere a thread of each worker exits it within
+      0.2 s of the parent's death); each also exits when its pipe to the parent closes.
     * **Handing a task over.** A worker is a fork of this process, so it holds every task
       instance that luigi's instance cache held when it was forked (and the task that
       forked it): such a task is named by its ``id()`` (the executor keeps those instances
@@ -592,11 +593,21 @@ def _detach(ends: list[Connection], parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us on Ctrl-C
     for end in ends:  # the parent's ends: EOF reaches each worker when the parent goes
         end.close()
-    if sys.platform.startswith("linux"):  # and SIGKILL when the thread that forked us dies
+    signalled = False  # SIGKILL when the thread that forked us dies (Linux)
+    if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
-            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            signalled = ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0
     if os.getppid() != parent:  # it died before that took effect
         os._exit(0)
+    if not signalled:  # elsewhere (macOS): a thread watches for the parent's death
+        threading.Thread(target=_orphaned, args=(parent,), daemon=True).start()
+
+
+def _orphaned(parent: int) -> None:
+    """In a worker without a parent-death signal: exit within 0.2 s of the parent."""
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(1)
 
 
 def _attempt(work: Work, task: Any, flow: layout.FlowContext
