@@ -238,7 +238,7 @@ class HistorySink:
             elif event.kind is EventKind.RUN_FINISHED:
                 self.pending.append((
                     "UPDATE runs SET finished = ?, status = ? WHERE run_id = ?",
-                    [(event.time, self._status(), event.run_id)]))
+                    [(event.time, self._status(event.error), event.run_id)]))
             elif event.task is not None:
                 self._task_event(event)
         if event.kind is EventKind.RUN_STARTED:
@@ -260,8 +260,10 @@ class HistorySink:
                 self._flush()
 
     # -- internals ------------------------------------------------------------------------
-    def _status(self) -> str:
-        if "failed" in self.ended or "skipped" in self.ended:
+    def _status(self, error: BaseException | None) -> str:
+        if isinstance(error, KeyboardInterrupt):
+            return "cancelled"
+        if error is not None or "failed" in self.ended or "skipped" in self.ended:
             return "failed"
         return "cancelled" if "cancelled" in self.ended else "success"
 

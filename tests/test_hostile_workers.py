@@ -400,3 +400,18 @@ def test_crashed_is_a_status_the_cli_accepts(data_dir):
     out = CliRunner().invoke(cli, ["history", "--status", "crashed"])
     assert out.exit_code == 0, out.output
     assert "no recorded attempts match" in out.output
+
+
+def test_a_run_that_dies_of_an_error_is_not_recorded_as_a_success():
+    # a callback that raises ends the run with its error: the history must not say success
+    class Fine2(pipeflow.tasks.TaskJson):
+        def run(self):
+            self.save({})
+
+    def boom(event):
+        if event.kind.value == "task_completed":
+            raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        pipeflow.run(Fine2(), callbacks=[boom])
+    assert pipeflow.runs()["status"].tolist() == ["failed"]
