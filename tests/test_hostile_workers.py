@@ -415,3 +415,26 @@ def test_a_run_that_dies_of_an_error_is_not_recorded_as_a_success():
     with pytest.raises(RuntimeError, match="callback failed"):
         pipeflow.run(Fine2(), callbacks=[boom])
     assert pipeflow.runs()["status"].tolist() == ["failed"]
+
+
+def test_a_run_that_dies_leaves_no_thread_running_a_task_without_its_lock():
+    # the run ends with an error while a thread still runs a task: the thread is stopped
+    # and waited for before the locks are released (else it could commit unlocked)
+    class Sleeper(pipeflow.tasks.TaskJson):
+        def run(self):
+            time.sleep(1.5)  # one C call
+            self.save({})
+
+    class Trigger(pipeflow.tasks.TaskJson):
+        def run(self):
+            self.save({})
+
+    def boom(event):
+        if event.kind.value == "task_completed" and event.family == "Trigger":
+            raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        pipeflow.run([Sleeper(), Trigger()], workers=2, executor="thread", callbacks=[boom])
+    assert not [t for t in threading.enumerate() if t.name == "pipeflow-Sleeper"]
+    time.sleep(0.1)
+    assert not Sleeper().complete()  # stopped: it committed nothing after the run ended

@@ -241,14 +241,17 @@ class ThreadExecutor:
         def body() -> None:
             cpu = time.thread_time()
             try:
-                out = Outcome.of(ctx.run(work.run, task))
-            except Interrupted:
-                work.stopped(task)
-                out = Outcome(cancelled=True)
-            except BaseException as exc:  # noqa: BLE001 - reported, never lost
-                out = work.fail(exc, task)
-            out.usage = usage(time.thread_time() - cpu)
-            self.results.put((pos, out, threading.current_thread()))
+                try:
+                    out = Outcome.of(ctx.run(work.run, task))
+                except Interrupted:
+                    work.stopped(task)
+                    out = Outcome(cancelled=True)
+                except BaseException as exc:  # noqa: BLE001 - reported, never lost
+                    out = work.fail(exc, task)
+                out.usage = usage(time.thread_time() - cpu)
+                self.results.put((pos, out, threading.current_thread()))
+            except Interrupted:  # stopped (close) just after its attempt ended
+                pass
 
         t = threading.Thread(target=body, name=f"pipeflow-{task.task_family}", daemon=True)
         self.threads[pos] = t
@@ -280,9 +283,16 @@ class ThreadExecutor:
             t.join()
 
     def close(self) -> None:
-        """Give running threads a moment (they are daemons)."""
+        """Stop the threads still running (the run ended early) and wait until they end.
+
+        The engine releases the task locks after this: a thread still running could
+        otherwise publish or clean up without its task's lock.
+        """
         for t in self.threads.values():
-            t.join(0.1)
+            if t.is_alive() and t.ident is not None:
+                raise_in_thread(t.ident, Interrupted)
+        for t in self.threads.values():
+            t.join()
 
 
 class ProcessExecutor:
