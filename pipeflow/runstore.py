@@ -339,7 +339,8 @@ class HistorySink:
                 with _connect(self.path, create=True) as conn:
                     if not self.settled:
                         self.settled = True
-                        _settle(conn)
+                        with contextlib.suppress(Exception):  # best effort, never fatal
+                            _settle(conn)
                     _write(conn, statements)
             except (sqlite3.Error, OSError) as exc:
                 self.broken = True
@@ -359,30 +360,39 @@ _HOST = socket.gethostname()
 _me: tuple[int, str] | None = None  # (pid, owner JSON) of this process
 
 
+def _pid_space() -> str | None:
+    """This process's PID namespace (Linux): containers sharing a host name differ here."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _owner() -> str:
-    """Who owns a run started in this process: host, pid and process start time (JSON)."""
+    """Who owns a run started in this process: host, PID namespace, pid, start time (JSON)."""
     global _me
     pid = os.getpid()
     if _me is None or _me[0] != pid:  # once per process (a fork is another process)
         import psutil
 
         since = psutil.Process(pid).create_time()
-        _me = (pid, json.dumps({"host": _HOST, "pid": pid, "since": since}))
+        _me = (pid, json.dumps({"host": _HOST, "ns": _pid_space(), "pid": pid,
+                                "since": since}))
     return _me[1]
 
 
 def _gone(owner: str | None) -> bool:
     """Whether the process that owned a run has ended (False when it cannot be told).
 
-    Only a process of this host can be checked; a pid now used by another process (its
-    start time differs) counts as gone.
+    Only a process of this host and PID namespace can be checked; a pid now used by
+    another process (its start time differs) counts as gone.
     """
     try:
         who = json.loads(owner or "")
         host, pid, since = who["host"], int(who["pid"]), float(who["since"])
     except (ValueError, KeyError, TypeError):
         return False  # recorded before owners were, or unreadable
-    if host != _HOST:
+    if host != _HOST or who.get("ns") != _pid_space():
         return False
     import psutil
 

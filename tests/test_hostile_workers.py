@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -438,3 +439,34 @@ def test_a_run_that_dies_leaves_no_thread_running_a_task_without_its_lock():
     assert not [t for t in threading.enumerate() if t.name == "pipeflow-Sleeper"]
     time.sleep(0.1)
     assert not Sleeper().complete()  # stopped: it committed nothing after the run ended
+
+
+def test_only_runs_whose_owner_is_surely_gone_are_marked_crashed():
+    import sqlite3
+
+    from pipeflow import runstore
+
+    pipeflow.run(Fine())  # creates the history
+    me = json.loads(runstore._owner())
+    owners = {
+        "mine": me,  # this very process: alive
+        "reused": {**me, "since": me["since"] - 1000},  # the pid is another process now
+        "dead": {**me, "pid": _a_dead_pid()},
+        "elsewhere": {**me, "host": me["host"] + "-other", "pid": _a_dead_pid()},
+        "other-ns": {**me, "ns": "pid:[1]", "pid": _a_dead_pid()},
+        "unknown": None,  # recorded before owners were
+    }
+    with contextlib.closing(sqlite3.connect(runstore.history_path())) as conn, conn:
+        conn.executemany(
+            "INSERT INTO runs (run_id, started, status, owner) VALUES (?, ?, 'running', ?)",
+            [(k, time.time(), None if o is None else json.dumps(o)) for k, o in owners.items()])
+    status = dict(zip(pipeflow.runs()["run_id"], pipeflow.runs()["status"]))
+    assert {k: status[k] for k in owners} == {
+        "mine": "running", "reused": "crashed", "dead": "crashed", "elsewhere": "running",
+        "other-ns": "running", "unknown": "running"}
+
+
+def _a_dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
