@@ -196,6 +196,29 @@ def _system() -> str | None:
         return None
 
 
+#: held while a history is written: writes go one at a time, in order, and a worker
+#: process is never forked in the middle of one (it would inherit SQLite's locks held)
+_writing = threading.Lock()
+
+
+def _before_fork() -> None:
+    _writing.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _writing.release()
+
+
+def _after_fork_in_child() -> None:
+    global _writing
+    _writing = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
+
+
 class HistorySink:
     """An event sink writing one run's history (see the module docstring).
 
@@ -224,7 +247,6 @@ class HistorySink:
         self.ended: set[str] = set()  # how attempts of this run ended
         self.settled = False  # crashed runs of others marked (at the first write)
         self.buffer_lock = threading.Lock()  # the buffers: the run's thread and the timer
-        self.write_lock = threading.Lock()  # one write at a time, in order
         self.stopped = threading.Event()
         self.timer: threading.Thread | None = None
 
@@ -254,8 +276,16 @@ class HistorySink:
             self._flush()
 
     def _tick(self) -> None:
-        """The timer thread: write what is buffered when no event came for a while."""
-        while not self.stopped.wait(max(FLUSH_EVERY, 0.05)):
+        """The timer thread: write rows left waiting, half a second after the last write.
+
+        Rows that arrive later than that after a write are written by the event itself.
+        """
+        while True:
+            with self.buffer_lock:
+                waiting = bool(self.pending or self.attempts or self.changes)
+            wait = self.last_flush + FLUSH_EVERY - time.monotonic() if waiting else FLUSH_EVERY
+            if self.stopped.wait(max(wait, 0.01)):
+                return
             if time.monotonic() - self.last_flush >= FLUSH_EVERY:
                 self._flush()
 
@@ -321,7 +351,7 @@ class HistorySink:
         ))
 
     def _flush(self) -> None:
-        with self.write_lock:
+        with _writing:
             with self.buffer_lock:
                 if self.broken or not (self.pending or self.attempts or self.changes):
                     return
