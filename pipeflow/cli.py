@@ -105,7 +105,8 @@ def reset(target: str, params: tuple[str, ...], data_dir: str | None, yes: bool)
     _guard(lambda: _flow(target, params, data_dir).reset(confirm=not yes))
 
 
-_STATUSES = ["completed", "failed", "retried", "cancelled", "skipped", "up_to_date"]
+_STATUSES = ["completed", "failed", "retried", "cancelled", "skipped", "up_to_date",
+             "crashed"]
 
 
 @main.command()

@@ -179,6 +179,17 @@ class TaskTimeoutError(PipeflowError):
     """A task ran longer than its ``timeout`` and was stopped."""
 
 
+class WorkerTaskError(PipeflowError):
+    """A task failed in a worker process with an exception that cannot be sent back as is.
+
+    Some exceptions do not survive the trip from a worker process (``executor='process'``)
+    to the run: one whose ``__init__`` takes other arguments than its message, one holding
+    a lock, a lambda or a generator, one of a class the parent process does not have. The
+    task fails with this error instead: its message is the original's ``Type: message``,
+    its traceback the original's, as text.
+    """
+
+
 def listing(items: Sequence[str], limit: int = 10, prefix: str = "\n    ") -> str:
     """Items one per line (each after ``prefix``), the ones past ``limit`` counted."""
     shown = "".join(f"{prefix}{item}" for item in items[:limit])

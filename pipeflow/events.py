@@ -72,7 +72,8 @@ class Event:
         run_id: the run it belongs to.
         time: when (``time.time()``).
         task: the task concerned (None for run events).
-        error: the exception of a failed task.
+        error: the exception of a failed task; with RUN_FINISHED, the exception the run
+            ended with, if any (Ctrl-C, or an error in a callback).
         traceback: its formatted traceback.
         reason: why a task was skipped, is retried, waits, joined the run (TASK_ADDED: the
             task whose ``run()`` yielded it) or (when it starts) runs again.

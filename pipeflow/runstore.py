@@ -10,15 +10,21 @@ committed outputs with size and hash), plus each state change with its time. A s
 that cannot be read is stored as NULL: it never fails a run.
 
 It is a consumer of the run's events like the progress bar: rows are buffered and written
-in short ``BEGIN IMMEDIATE`` transactions (at most every half second, and when the run
-ends), with a busy timeout, so parallel workers and several processes on one machine share
-the file without "database is locked" errors. A history that cannot be written never fails
+in short ``BEGIN IMMEDIATE`` transactions (every half second while there are rows to
+write, also during one long task, and when the run ends), with a busy timeout, so parallel
+workers and several processes on one machine share the file without "database is locked"
+errors. A history that cannot be written never fails
 a run: pipeflow warns once and goes on.
 
 Query it with :func:`history` and :func:`runs` (pandas DataFrames), or ``flow.history()``.
 Queries open the file read-only (a read-only data dir can be queried); a file that is
 damaged or not a history is a :class:`~pipeflow.errors.HistoryError` naming it, and one
 without pipeflow's tables (empty, half made) reads as an empty history.
+
+A run whose process died without finishing it (``kill -9``, power loss) would stay
+``running`` forever: each run records the process that owns it (host, pid, process start
+time), and the next run or query on the same host marks a ``running`` run whose owner is
+gone ``crashed``, with a ``crashed`` attempt for each task it had in progress.
 
 Files written before the ``system`` column existed gain it (empty for their old runs) the
 first time a run is recorded in them; until then :func:`runs` shows it as None.
@@ -36,6 +42,7 @@ import pathlib
 import socket
 import sqlite3
 import stat
+import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -64,7 +71,7 @@ BUSY_TIMEOUT = 30.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, started REAL, finished REAL, status TEXT, host TEXT,
-    user TEXT, pipeflow_version TEXT, roots TEXT, params TEXT, system TEXT);
+    user TEXT, pipeflow_version TEXT, roots TEXT, params TEXT, system TEXT, owner TEXT);
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, task_id TEXT NOT NULL,
     family TEXT, task TEXT, params TEXT, attempt INTEGER, status TEXT, started REAL,
@@ -72,11 +79,13 @@ CREATE TABLE IF NOT EXISTS attempts (
     error_message TEXT, traceback TEXT, reason TEXT, outputs TEXT);
 CREATE TABLE IF NOT EXISTS changes (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, task_id TEXT NOT NULL,
-    state TEXT, time REAL);
+    state TEXT, time REAL, task TEXT);
 CREATE INDEX IF NOT EXISTS attempts_run ON attempts (run_id);
 CREATE INDEX IF NOT EXISTS attempts_task ON attempts (task_id, finished);
 CREATE INDEX IF NOT EXISTS changes_run ON changes (run_id);
 """
+#: columns added since the first version: files made before gain them
+_ADDED = {"runs": ["system", "owner"], "changes": ["task"]}
 
 _ENDS = {EventKind.TASK_COMPLETED: "completed", EventKind.TASK_FAILED: "failed",
          EventKind.TASK_RETRYING: "retried", EventKind.TASK_CANCELLED: "cancelled",
@@ -130,17 +139,22 @@ def _connect(path: pathlib.Path, create: bool) -> Iterator[sqlite3.Connection]:
 
 
 def _upgrade(conn: sqlite3.Connection) -> None:
-    """Add the columns that files made by earlier versions lack (``runs.system``)."""
-    if "system" in _columns(conn, "runs"):
+    """Add the columns that files made by earlier versions lack (see ``_ADDED``)."""
+    if not _missing(conn):
         return
     conn.execute("BEGIN IMMEDIATE")  # another process may be upgrading the same file
     try:
-        if "system" not in _columns(conn, "runs"):
-            conn.execute("ALTER TABLE runs ADD COLUMN system TEXT")
+        for table, column in _missing(conn):
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _missing(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    return [(table, column) for table, columns in _ADDED.items()
+            for column in set(columns) - _columns(conn, table)]
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
@@ -204,8 +218,35 @@ def _system() -> str | None:
         return None
 
 
+#: held while a history is written: writes go one at a time, in order, and a worker
+#: process is never forked in the middle of one (it would inherit SQLite's locks held)
+_writing = threading.Lock()
+
+
+def _before_fork() -> None:
+    _writing.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _writing.release()
+
+
+def _after_fork_in_child() -> None:
+    global _writing
+    _writing = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
+
+
 class HistorySink:
     """An event sink writing one run's history (see the module docstring).
+
+    Events are buffered as they come; the buffer is written when an event arrives half a
+    second or more after the last write, by a timer thread when none arrives for that long
+    (one long task), and when the run ends.
 
     Args:
         roots: the tasks the run was asked for.
@@ -226,26 +267,55 @@ class HistorySink:
         self.last_flush = time.monotonic()
         self.broken = False
         self.ended: set[str] = set()  # how attempts of this run ended
+        self.settled = False  # crashed runs of others marked (at the first write)
+        self.buffer_lock = threading.Lock()  # the buffers: the run's thread and the timer
+        self.stopped = threading.Event()
+        self.timer: threading.Thread | None = None
 
     def __call__(self, event: Event) -> None:
         """Record an event; write the buffered rows now and then."""
         if self.broken:
             return
+        with self.buffer_lock:
+            if event.kind is EventKind.RUN_STARTED:
+                self._run_row(event, "running")
+            elif event.kind is EventKind.RUN_FINISHED:
+                self.pending.append((
+                    "UPDATE runs SET finished = ?, status = ? WHERE run_id = ?",
+                    [(event.time, self._status(event.error), event.run_id)]))
+            elif event.task is not None:
+                self._task_event(event)
         if event.kind is EventKind.RUN_STARTED:
-            self._run_row(event, "running")
+            self.timer = threading.Thread(target=self._tick, name="pipeflow-history",
+                                          daemon=True)
+            self.timer.start()
         elif event.kind is EventKind.RUN_FINISHED:
-            self.pending.append(("UPDATE runs SET finished = ?, status = ? WHERE run_id = ?",
-                                 [(event.time, self._status(), event.run_id)]))
+            self.stopped.set()
+            if self.timer is not None:
+                self.timer.join()
             self._flush()
-            return
-        elif event.task is not None:
-            self._task_event(event)
-        if time.monotonic() - self.last_flush >= FLUSH_EVERY:
+        elif time.monotonic() - self.last_flush >= FLUSH_EVERY:
             self._flush()
 
+    def _tick(self) -> None:
+        """The timer thread: write rows left waiting, half a second after the last write.
+
+        Rows that arrive later than that after a write are written by the event itself.
+        """
+        while True:
+            with self.buffer_lock:
+                waiting = bool(self.pending or self.attempts or self.changes)
+            wait = self.last_flush + FLUSH_EVERY - time.monotonic() if waiting else FLUSH_EVERY
+            if self.stopped.wait(max(wait, 0.01)):
+                return
+            if time.monotonic() - self.last_flush >= FLUSH_EVERY:
+                self._flush()
+
     # -- internals ------------------------------------------------------------------------
-    def _status(self) -> str:
-        if "failed" in self.ended or "skipped" in self.ended:
+    def _status(self, error: BaseException | None) -> str:
+        if isinstance(error, KeyboardInterrupt):
+            return "cancelled"
+        if error is not None or "failed" in self.ended or "skipped" in self.ended:
             return "failed"
         return "cancelled" if "cancelled" in self.ended else "success"
 
@@ -262,17 +332,21 @@ class HistorySink:
         params = json.dumps([json.loads(_params(t)) for t in self.roots])
         self.pending.append((
             "INSERT OR REPLACE INTO runs (run_id, started, finished, status, host, user, "
-            "pipeflow_version, roots, params, system) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(event.run_id, event.time, None, status, socket.gethostname(), user,
-              version, roots, params, _system())]))
+            "pipeflow_version, roots, params, system, owner) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(event.run_id, event.time, None, status, _HOST, user,
+              version, roots, params, _system(), _owner())]))
 
     def _task_event(self, event: Event) -> None:
         task = event.task
         assert task is not None
         tid = task.task_id
         state = _STATES.get(event.kind)
-        if state is not None:
-            self.changes.append((event.run_id, tid, state, event.time))
+        if event.kind is EventKind.TASK_STARTED:  # what a crashed attempt is recorded with
+            self.changes.append((event.run_id, tid, state, event.time, json.dumps(
+                [task.task_family, describe(task), _params(task)])))
+        elif state is not None:
+            self.changes.append((event.run_id, tid, state, event.time, None))
         if event.kind is EventKind.TASK_STARTED:
             self.started[tid] = event.time
             self.tries[tid] = self.tries.get(tid, 0) + 1
@@ -299,27 +373,134 @@ class HistorySink:
         ))
 
     def _flush(self) -> None:
-        statements = [*self.pending,
-                      ("INSERT INTO attempts (run_id, task_id, family, task, params, attempt, "
-                       "status, started, finished, duration, cpu_time, peak_memory, "
-                       "error_type, error_message, traceback, reason, outputs) VALUES "
-                       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.attempts),
-                      ("INSERT INTO changes (run_id, task_id, state, time) VALUES (?, ?, ?, ?)",
-                       self.changes)]
-        self.pending, self.attempts, self.changes = [], [], []
-        self.last_flush = time.monotonic()
-        try:
-            with _connect(self.path, create=True) as conn:
-                _write(conn, statements)
-        except (sqlite3.Error, OSError) as exc:
-            self.broken = True
-            key = str(self.path)
-            if key not in HistorySink._warned:
-                HistorySink._warned.add(key)
-                warnings.warn(
-                    f"pipeflow: the run history {key!r} cannot be written ({exc}); runs go "
-                    f"on without it. Fix the file or its folder, or turn the history off "
-                    f"with pipeflow.settings.history = False.", RuntimeWarning, stacklevel=2)
+        with _writing:
+            with self.buffer_lock:
+                if self.broken or not (self.pending or self.attempts or self.changes):
+                    return
+                statements = [
+                    *self.pending,
+                    ("INSERT INTO attempts (run_id, task_id, family, task, params, attempt, "
+                     "status, started, finished, duration, cpu_time, peak_memory, "
+                     "error_type, error_message, traceback, reason, outputs) VALUES "
+                     "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.attempts),
+                    ("INSERT INTO changes (run_id, task_id, state, time, task) "
+                     "VALUES (?, ?, ?, ?, ?)", self.changes)]
+                self.pending, self.attempts, self.changes = [], [], []
+                self.last_flush = time.monotonic()
+            try:
+                with _connect(self.path, create=True) as conn:
+                    if not self.settled:
+                        self.settled = True
+                        with contextlib.suppress(Exception):  # best effort, never fatal
+                            _settle(conn)
+                    _write(conn, statements)
+            except (sqlite3.Error, OSError) as exc:
+                self.broken = True
+                key = str(self.path)
+                if key not in HistorySink._warned:
+                    HistorySink._warned.add(key)
+                    warnings.warn(
+                        f"pipeflow: the run history {key!r} cannot be written ({exc}); runs "
+                        f"go on without it. Fix the file or its folder, or turn the history "
+                        f"off with pipeflow.settings.history = False.", RuntimeWarning,
+                        stacklevel=2)
+
+
+# -- runs whose process died -------------------------------------------------------------------
+
+_HOST = socket.gethostname()
+_me: tuple[int, str] | None = None  # (pid, owner JSON) of this process
+
+
+def _pid_space() -> str | None:
+    """This process's PID namespace (Linux): containers sharing a host name differ here."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def _owner() -> str:
+    """Who owns a run started in this process: host, PID namespace, pid, start time (JSON)."""
+    global _me
+    pid = os.getpid()
+    if _me is None or _me[0] != pid:  # once per process (a fork is another process)
+        import psutil
+
+        since = psutil.Process(pid).create_time()
+        _me = (pid, json.dumps({"host": _HOST, "ns": _pid_space(), "pid": pid,
+                                "since": since}))
+    return _me[1]
+
+
+def _gone(owner: str | None) -> bool:
+    """Whether the process that owned a run has ended (False when it cannot be told).
+
+    Only a process of this host and PID namespace can be checked; a pid now used by
+    another process (its start time differs) counts as gone.
+    """
+    try:
+        who = json.loads(owner or "")
+        host, pid, since = who["host"], int(who["pid"]), float(who["since"])
+    except (ValueError, KeyError, TypeError):
+        return False  # recorded before owners were, or unreadable
+    if host != _HOST or who.get("ns") != _pid_space():
+        return False
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() == psutil.STATUS_ZOMBIE or abs(proc.create_time() - since) > 1.0
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # not ours to inspect
+        return False
+
+
+def _settle(conn: sqlite3.Connection) -> None:
+    """Mark ``crashed`` the ``running`` runs whose owner is gone, and their tasks in progress.
+
+    A task in progress (its last change ``in_progress``) gets a ``crashed`` attempt, with
+    the family, description and parameters recorded when it started.
+    """
+    rows = conn.execute("SELECT run_id, owner FROM runs WHERE status = 'running'").fetchall()
+    dead = [(run_id, owner) for run_id, owner in rows if _gone(owner)]
+    if not dead:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for run_id, owner in dead:
+            cur = conn.execute("UPDATE runs SET status = 'crashed' WHERE run_id = ? AND "
+                               "status = 'running'", (run_id,))
+            if cur.rowcount == 0:  # another process settled it meanwhile
+                continue
+            who = json.loads(owner)
+            reason = (f"the process running it (pid {who['pid']} on {who['host']}) ended "
+                      f"without finishing the run: it was killed or crashed")
+            states = conn.execute("SELECT task_id, state, time, task FROM changes WHERE "
+                                  "run_id = ? ORDER BY id", (run_id,)).fetchall()
+            last: dict[str, tuple[str, float, str | None]] = {}
+            tries: dict[str, int] = {}
+            for tid, state, when, task in states:
+                last[tid] = (state, when, task)
+                tries[tid] = tries.get(tid, 0) + (state == "in_progress")
+            crashed = []
+            for tid, (state, when, task) in last.items():
+                if state != "in_progress":
+                    continue
+                try:
+                    family, name, params = json.loads(task or "")
+                except (ValueError, TypeError):
+                    family = name = params = None
+                crashed.append((run_id, tid, family, name, params, tries[tid], "crashed",
+                                when, reason))
+            conn.executemany(
+                "INSERT INTO attempts (run_id, task_id, family, task, params, attempt, "
+                "status, started, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", crashed)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 # -- queries ------------------------------------------------------------------------------------
@@ -377,6 +558,7 @@ def _query(sql: str, args: Sequence[Any], table: str) -> pd.DataFrame:
     path = history_path()
     try:
         if path is not None and os.path.lexists(path):
+            _settle_if_writable(path)
             with _reader(path) as conn:
                 if table in _tables(conn):  # a half-made file has none: nothing recorded
                     return pd.read_sql_query(sql, conn, params=list(args))
@@ -385,6 +567,20 @@ def _query(sql: str, args: Sequence[Any], table: str) -> pd.DataFrame:
     with contextlib.closing(sqlite3.connect(":memory:")) as conn:
         conn.executescript(_SCHEMA)
         return pd.read_sql_query(sql, conn, params=list(args))
+
+
+def _settle_if_writable(path: pathlib.Path) -> None:
+    """Mark crashed runs before a query, where the file can be written (best effort).
+
+    A read-only, damaged or half-made history is left as it is: the query that follows
+    reads it read-only and says what is wrong with it.
+    """
+    if not os.access(path, os.W_OK):
+        return
+    with contextlib.suppress(sqlite3.Error, OSError, HistoryError):
+        with _connect(path, create=False) as conn:
+            if "runs" in _tables(conn):
+                _settle(conn)
 
 
 def _times(df: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
@@ -401,7 +597,8 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
     Args:
         family: only these task families (a name, a task class, or a list of them).
         status: only attempts that ended so: ``'completed'``, ``'failed'``, ``'retried'``,
-            ``'cancelled'``, ``'skipped'`` or ``'up_to_date'``.
+            ``'cancelled'``, ``'skipped'``, ``'up_to_date'`` or ``'crashed'`` (in progress
+            when the process running it died; no ``finished`` time).
         run: only this run (its ``run_id``).
         last: only the ``last`` most recent attempts.
         tasks: only these task instances.
@@ -431,7 +628,7 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
         where.append(f"task_id IN ({', '.join('?' * len(ids))})")
         args += ids
     sql = "SELECT * FROM attempts" + (" WHERE " + " AND ".join(where) if where else "")
-    sql += " ORDER BY finished DESC, id DESC"
+    sql += " ORDER BY COALESCE(finished, started) DESC, id DESC"  # crashed: no finish
     if last is not None:
         sql += " LIMIT ?"
         args.append(int(last))
@@ -450,7 +647,9 @@ def runs(last: int | None = None) -> pd.DataFrame:
         roots (JSON), params (JSON), system. ``system`` is the machine snapshot taken when
         the run started, already parsed: the dict :func:`pipeflow.system_info` returns
         for ``'all'``, or None when it could not be read (and for runs recorded before
-        pipeflow kept it).
+        pipeflow kept it). ``status`` is ``'running'``, ``'success'``, ``'failed'``,
+        ``'cancelled'``, or ``'crashed'``: the process running it on this host ended
+        without finishing it (killed, out of memory); ``finished`` is then empty.
 
     Example:
         >>> pipeflow.runs(last=1).iloc[0]["system"]["memory"]["available"]  # doctest: +SKIP
@@ -460,6 +659,7 @@ def runs(last: int | None = None) -> pd.DataFrame:
     df = _times(_query(sql, [int(last)] if last else [], "runs"), ["started", "finished"])
     if "system" not in df.columns:  # a file from before the column, not written to since
         df["system"] = None
+    df = df.drop(columns=["owner"], errors="ignore")  # kept to tell crashed runs
     df["system"] = [_snapshot(s) for s in df["system"]]
     return df
 
@@ -516,7 +716,8 @@ def prune_history(keep: int) -> int:
     """Keep only the ``keep`` most recent runs, and every run still going.
 
     A run still going (status ``running`` in :func:`runs`) is never removed, however old:
-    its rows are still being written.
+    its rows are still being written. A run whose process on this host is gone is marked
+    ``crashed`` first, and pruned as a finished run.
 
     Args:
         keep: how many of the most recent runs to keep (0: remove every finished run).
@@ -542,6 +743,7 @@ def prune_history(keep: int) -> int:
         return 0
     try:
         with _connect(path, create=True) as conn:
+            _settle(conn)  # a run whose process is gone is crashed, not still going
             # the newest first; a run still going stays, whatever its place
             old = [r for (r, status) in conn.execute(
                 "SELECT run_id, status FROM runs ORDER BY started DESC LIMIT -1 OFFSET ?",

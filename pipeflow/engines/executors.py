@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
 from pipeflow import cache, layout
-from pipeflow.errors import PipeflowError
+from pipeflow.errors import PipeflowError, WorkerTaskError
 
 
 class CancelToken:
@@ -241,14 +241,17 @@ class ThreadExecutor:
         def body() -> None:
             cpu = time.thread_time()
             try:
-                out = Outcome.of(ctx.run(work.run, task))
-            except Interrupted:
-                work.stopped(task)
-                out = Outcome(cancelled=True)
-            except BaseException as exc:  # noqa: BLE001 - reported, never lost
-                out = work.fail(exc, task)
-            out.usage = usage(time.thread_time() - cpu)
-            self.results.put((pos, out, threading.current_thread()))
+                try:
+                    out = Outcome.of(ctx.run(work.run, task))
+                except Interrupted:
+                    work.stopped(task)
+                    out = Outcome(cancelled=True)
+                except BaseException as exc:  # noqa: BLE001 - reported, never lost
+                    out = work.fail(exc, task)
+                out.usage = usage(time.thread_time() - cpu)
+                self.results.put((pos, out, threading.current_thread()))
+            except Interrupted:  # stopped (close) just after its attempt ended
+                pass
 
         t = threading.Thread(target=body, name=f"pipeflow-{task.task_family}", daemon=True)
         self.threads[pos] = t
@@ -280,9 +283,16 @@ class ThreadExecutor:
             t.join()
 
     def close(self) -> None:
-        """Give running threads a moment (they are daemons)."""
+        """Stop the threads still running (the run ended early) and wait until they end.
+
+        The engine releases the task locks after this: a thread still running could
+        otherwise publish or clean up without its task's lock.
+        """
         for t in self.threads.values():
-            t.join(0.1)
+            if t.is_alive() and t.ident is not None:
+                raise_in_thread(t.ident, Interrupted)
+        for t in self.threads.values():
+            t.join()
 
 
 class ProcessExecutor:
@@ -293,7 +303,8 @@ class ProcessExecutor:
       once (the engine's ``workers``), and a run that starts none forks none. Each worker
       runs attempt after attempt until :meth:`close` kills it. Workers are daemon processes,
       ignore SIGINT (the engine handles Ctrl-C) and, on Linux, are killed by the OS if the
-      thread that forked them dies; each also exits when its pipe to the parent closes.
+      thread that forked them dies (elsewhere a thread of each worker exits it within
+      0.2 s of the parent's death); each also exits when its pipe to the parent closes.
     * **Handing a task over.** A worker is a fork of this process, so it holds every task
       instance that luigi's instance cache held when it was forked (and the task that
       forked it): such a task is named by its ``id()`` (the executor keeps those instances
@@ -471,10 +482,8 @@ class ProcessExecutor:
         self.idle.append(w)
         try:
             out: Outcome = pickle.loads(header[1])
-        except Exception as exc:  # noqa: BLE001 - e.g. an exception class only it knows
-            return self.work.fail(PipeflowError(
-                f"the outcome of a task could not be read back from its worker process: "
-                f"{type(exc).__name__}: {exc}"), None)
+        except Exception as exc:  # noqa: BLE001 - e.g. a class only the worker has
+            return _unreadable(exc, header[3], task, self.work)
         if blob is not None:
             try:
                 out.memory = pickle.loads(blob)
@@ -573,8 +582,8 @@ def _serve(conn: Connection, ends: list[Connection], work: Work, flow: layout.Fl
             except Exception as exc:  # noqa: BLE001 - e.g. a class it never saw
                 conn.send_bytes(pickle.dumps((_UNLOADABLE, repr(exc))))
                 continue
-            out, outputs = _attempt(work, task, flow)
-            conn.send_bytes(pickle.dumps((_DONE, out, outputs is not None)))
+            out, outputs, failure = _attempt(work, task, flow)
+            conn.send_bytes(pickle.dumps((_DONE, out, outputs is not None, failure)))
             if outputs is not None:
                 conn.send_bytes(outputs)
             del task
@@ -594,15 +603,26 @@ def _detach(ends: list[Connection], parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us on Ctrl-C
     for end in ends:  # the parent's ends: EOF reaches each worker when the parent goes
         end.close()
-    if sys.platform.startswith("linux"):  # and SIGKILL when the thread that forked us dies
+    signalled = False  # SIGKILL when the thread that forked us dies (Linux)
+    if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
-            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            signalled = ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0
     if os.getppid() != parent:  # it died before that took effect
         os._exit(0)
+    if not signalled:  # elsewhere (macOS): a thread watches for the parent's death
+        threading.Thread(target=_orphaned, args=(parent,), daemon=True).start()
 
 
-def _attempt(work: Work, task: Any, flow: layout.FlowContext) -> tuple[bytes, bytes | None]:
-    """Run one attempt; its outcome and in-memory outputs, pickled."""
+def _orphaned(parent: int) -> None:
+    """In a worker without a parent-death signal: exit within 0.2 s of the parent."""
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(1)
+
+
+def _attempt(work: Work, task: Any, flow: layout.FlowContext
+             ) -> tuple[bytes, bytes | None, tuple[str, str | None] | None]:
+    """Run one attempt; its outcome and in-memory outputs, pickled (see :func:`_encode`)."""
     reset = _reset_peak()
     cpu = time.process_time()
     with layout.flow_context(flow):
@@ -618,8 +638,14 @@ def _attempt(work: Work, task: Any, flow: layout.FlowContext) -> tuple[bytes, by
     return _encode(out, task, work)
 
 
-def _encode(out: Outcome, task: Any, work: Work) -> tuple[bytes, bytes | None]:
-    """The pickles of an outcome and of its in-memory outputs (None: it has none)."""
+def _encode(out: Outcome, task: Any, work: Work
+            ) -> tuple[bytes, bytes | None, tuple[str, str | None] | None]:
+    """The pickles of an outcome and of its in-memory outputs (None: it has none).
+
+    And, for a failed attempt, its error as text (``Type: message`` and the traceback):
+    the parent falls back on it if it cannot unpickle the error (a class only this worker
+    has). An error that does not pickle, or not back, is sent as that text right away.
+    """
     memory, out.memory = out.memory, {}
     blob = None
     if memory:
@@ -627,16 +653,27 @@ def _encode(out: Outcome, task: Any, work: Work) -> tuple[bytes, bytes | None]:
             blob = pickle.dumps(memory, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # noqa: BLE001 - the task fails, clearly
             out = _unsendable(exc, task, work, out.usage)
+    failure = None if out.error is None else (_described(out.error), out.traceback)
     try:
         data = _dumps(out)
         if out.error is not None:
             pickle.loads(data)  # an exception that pickles may still not unpickle
-        return data, blob
-    except Exception:  # noqa: BLE001 - fall back to a description
-        if out.error is None:
-            raise
-        remote = PipeflowError(f"{type(out.error).__name__}: {out.error}")
-        return pickle.dumps(Outcome(remote, out.traceback, usage=out.usage)), blob
+        return data, blob, failure
+    except Exception as exc:  # noqa: BLE001 - fall back to a description
+        if failure is None:  # what run() yielded does not pickle
+            out = _unsendable(exc, task, work, out.usage, what="yielded tasks")
+        else:
+            out = Outcome(WorkerTaskError(failure[0]), failure[1], usage=out.usage)
+        return pickle.dumps(out), blob, None
+
+
+def _described(error: BaseException) -> str:
+    """``Type: message`` of an exception (one whose ``str()`` fails too)."""
+    try:
+        text = str(error)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the failure
+        text = "(its message cannot be shown: str() failed)"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class _ForkPickler(pickle.Pickler):
@@ -672,15 +709,39 @@ def _class_by_id(ident: int, qualname: str) -> type:
 
 
 def _unsendable(exc: BaseException, task: Any, work: Work,
-                used: dict[str, float] | None = None) -> Outcome:
+                used: dict[str, float] | None = None, what: str = "in-memory outputs"
+                ) -> Outcome:
+    """The failure of a task whose in-memory outputs (or yielded tasks) do not pickle."""
     from pipeflow.graph import describe
 
-    out = work.fail(NotRetried(
-        f"{describe(task)} produced an in-memory (cache) output that cannot be sent "
-        f"back from its worker process: {exc}. Use a file format (e.g. TaskPickle), "
-        f"or run with executor='thread' or workers=1."), None)
+    if what == "yielded tasks":
+        text = (f"{describe(task)}: the tasks its run() yielded cannot be sent back from its "
+                f"worker process: {type(exc).__name__}: {exc}. Yield tasks whose classes "
+                f"and parameters pickle, or run with executor='thread' or workers=1.")
+    else:
+        text = (f"{describe(task)} produced an in-memory (cache) output that cannot be sent "
+                f"back from its worker process: {exc}. Use a file format (e.g. TaskPickle), "
+                f"or run with executor='thread' or workers=1.")
+    out = work.fail(NotRetried(text), None)
     out.usage = dict(used or {})
     return out
+
+
+def _unreadable(exc: BaseException, failure: tuple[str, str | None] | None, task: Any,
+                work: Work) -> Outcome:
+    """In the parent: the failure of an attempt whose outcome it cannot unpickle."""
+    from pipeflow.graph import describe
+
+    if failure is not None:  # the task raised an exception of a class only its worker has
+        out = work.fail(WorkerTaskError(failure[0]), task)
+        out.traceback = failure[1]
+        return out
+    return work.fail(NotRetried(
+        f"{describe(task)}: what its run() yielded cannot be read back from its worker "
+        f"process ({type(exc).__name__}: {exc}). A task class defined after the run "
+        f"started (in a function, a notebook cell, or run() itself) is unknown to this "
+        f"process: define it at module level, or run with executor='thread' or "
+        f"workers=1."), None)
 
 
 def _reset_peak() -> bool:

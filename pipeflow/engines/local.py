@@ -115,11 +115,15 @@ class LocalEngine:
 
         run = _Run(self, plan, emit)
         emit(EventKind.RUN_STARTED, total=len(run.to_run))
+        died: BaseException | None = None
         try:
             with graphs.running(plan.graph):  # the commits read their upstream tasks here
                 run.loop()
+        except BaseException as exc:  # the run ends with it: its history must say so
+            died = exc
+            raise
         finally:
-            emit(EventKind.RUN_FINISHED)
+            emit(EventKind.RUN_FINISHED, error=died)
         return result
 
 
