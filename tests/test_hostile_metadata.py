@@ -457,6 +457,26 @@ def test_prune_history_keeps_a_stored_running_row_whatever_its_age():
     assert set(pipeflow.runs()["run_id"]) == {oldest, pipeflow.runs()["run_id"].iloc[0]}
 
 
+def test_prune_history_removes_a_running_row_whose_process_is_gone():
+    import json
+    import subprocess
+    import sys
+
+    for n in range(3):
+        pipeflow.run(Out(n=n))
+    oldest = pipeflow.runs()["run_id"].iloc[-1]
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    dead = json.dumps({"host": runstore._HOST, "ns": runstore._pid_space(),
+                       "pid": int(child.stdout), "since": 0.0})
+    with sqlite3.connect(runstore.history_path()) as conn:
+        conn.execute("UPDATE runs SET status = 'running', owner = ? WHERE run_id = ?",
+                     (dead, oldest))
+    conn.close()
+    assert pipeflow.prune_history(keep=1) == 2  # the dead run counts as finished
+    assert oldest not in set(pipeflow.runs()["run_id"])
+
+
 def test_invalidate_all_never_deletes_pipeflows_own_files_a_record_lists():
     pipeflow.run(Out())
     folder = Out()._store.folder()
