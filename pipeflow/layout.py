@@ -160,6 +160,8 @@ def location(value: object, what: str, owner: object) -> pathlib.Path | None:
     Raises:
         UnsafePathError: it contains a NUL byte or cannot be encoded as a file name, or a
             folder name longer than the file system allows.
+        ParameterError: it is a URL (remote storage is not supported yet); a local
+            ``file://`` URL gives the folder it names.
     """
     if value is None or value == "":
         return None
@@ -172,7 +174,7 @@ def location(value: object, what: str, owner: object) -> pathlib.Path | None:
     if isinstance(text, bytes):
         text = os.fsdecode(text)
     _check_encodable(text, what, owner)
-    path = pathlib.Path(text)
+    path = settings.local_path(text, what, owner)
     for part in path.parts:
         if len(os.fsencode(part)) > NAME_MAX:
             raise UnsafePathError(

@@ -23,9 +23,12 @@ suggestion instead of being silently ignored.
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
+import re
 import sys
 import types
+import urllib.parse
 from typing import Any
 
 from pipeflow.errors import ParameterError, did_you_mean, warn
@@ -56,6 +59,39 @@ _NAMES = frozenset(
 )
 
 
+#: ``scheme://``: a URL, not a folder name
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def local_path(value: str | os.PathLike[str], what: str, who: object = "") -> pathlib.Path:
+    """The local folder or file ``value`` names; a URL is refused when it is given.
+
+    Remote storage (``s3://``, ``gs://``...) is not supported yet: such a URL would
+    otherwise become a local folder named ``s3:``. A ``file://`` URL (no host, or
+    ``localhost``) names the local absolute path it spells, percent-escapes decoded.
+
+    Args:
+        value: a path, or a URL.
+        what: the setting or argument, for the error message.
+        who: who gave it (a task, a Workflow), for the error message.
+
+    Raises:
+        ParameterError: ``value`` is a URL other than a local ``file://`` one.
+    """
+    text = os.fspath(value)
+    if isinstance(text, bytes) or not _URL.match(text):
+        return pathlib.Path(os.fsdecode(text))
+    url = urllib.parse.urlsplit(text)
+    if url.scheme.lower() == "file" and url.netloc in ("", "localhost") and not (
+            url.query or url.fragment):
+        return pathlib.Path(urllib.parse.unquote(url.path))
+    raise ParameterError(
+        f"{f'{who}: ' if who else ''}{what}={text!r} is a URL: remote storage is not supported yet, and pipeflow does "
+        f"not turn a URL into a local folder. Use a local folder (a mounted bucket works), "
+        f"e.g. {what}='data'; file:///absolute/path URLs name local folders."
+    )
+
+
 def _apply_log_level(level: str) -> None:
     for name in ("pipeflow", "luigi", "luigi-interface"):
         logging.getLogger(name).setLevel(level)
@@ -81,10 +117,13 @@ class _SettingsModule(types.ModuleType):
                 f"Settings: {', '.join(sorted(_NAMES))}"
             )
         if name in ("dir", "dirpath"):
-            path = pathlib.Path(value)
-            super().__setattr__("dir", str(value))
+            path = local_path(value, f"pipeflow.settings.{name}")
+            given = str(value)
+            super().__setattr__("dir", str(path) if _URL.match(given) else given)
             super().__setattr__("dirpath", path)
             return
+        if name == "history" and isinstance(value, (str, os.PathLike)):
+            local_path(value, "pipeflow.settings.history")
         if name == "log_level":
             level = str(value).upper()
             if level not in _LEVELS:
