@@ -481,7 +481,7 @@ def _remove(records: dict[pathlib.Path, pathlib.Path], root: pathlib.Path, confi
     busy = []
     for rec, (record, folder) in listed.items():
         layout.ensure_inside(folder, records[rec])
-        if not unpublish(rec, folder):
+        if not unpublish(rec, folder, record.task if record else None):
             busy.append(record.task if record else str(rec))
     if busy:
         raise TaskLockedError(

@@ -28,6 +28,7 @@ from pipeflow.errors import (
     PipeflowError,
     SaveError,
     TaskLockedError,
+    UnsafePathError,
 )
 from pipeflow.fingerprint import fingerprint_of
 from pipeflow.integrity import (
@@ -452,7 +453,8 @@ class TaskStore:
         effort: skipped while the task runs (its lock is taken) or if anything changed
         meanwhile; the record is only ever rewritten with files that hash the same.
         """
-        with self.lock() as held:
+        # (a lock file that is not a plain file: no restat; the run or reset says why)
+        with contextlib.suppress(UnsafePathError), self.lock() as held:
             if not held:
                 return
             path = self.record_file()
@@ -488,7 +490,7 @@ class TaskStore:
     # -- locks and deleting ---------------------------------------------------------------------
     def lock(self) -> TaskLock:
         """The lock held while the task runs or its outputs are reset or saved by hand."""
-        return task_lock(self.record_path())
+        return task_lock(self.record_path(), _Owner(self.task))
 
     @contextlib.contextmanager
     def locked(self, doing: str) -> Iterator[None]:
@@ -512,7 +514,7 @@ class TaskStore:
             TaskLockedError: the task is running right now, here or in another process.
         """
         folder = layout.ensure_inside(self.folder(), self.data_root())
-        if not unpublish(self.record_path(), folder):
+        if not unpublish(self.record_path(), folder, _Owner(self.task)):
             raise _locked(f"reset {graph.describe(self.task)}")
         for t in self.outputs().values():
             if isinstance(t, CacheTarget):
