@@ -70,9 +70,13 @@ class FlowContext:
         """Whether this context decides where its tasks' outputs go."""
         return self.root is not None or bool(self.env)
 
+    def top(self) -> pathlib.Path:
+        """The location named by the user (its ``path``, else the data dir), env left out."""
+        return settings.dirpath if self.root is None else self.root
+
     def base(self) -> pathlib.Path:
         """The folder outputs go below (env folder included) when :attr:`places` is set."""
-        root = settings.dirpath if self.root is None else self.root
+        root = self.top()
         return root / f"env={self.env}" if self.env else root
 
 
@@ -301,17 +305,103 @@ def fit_name(stem: str, suffix: str) -> str:
     return f"{short}~{digest}{suffix}"
 
 
-def ensure_inside(path: pathlib.Path, root: pathlib.Path | None = None) -> pathlib.Path:
+def ensure_inside(path: pathlib.Path, root: pathlib.Path | None = None,
+                  owner: object = None) -> pathlib.Path:
     """Check that ``path`` (symlinks resolved) lies inside ``root`` (default: the data dir).
+
+    ``root`` itself may be a symlink (the location a user names is trusted); what lies
+    below it must resolve inside its real path. Relative and absolute spellings of the same
+    folders give the same answer.
+
+    Args:
+        path: a folder below ``root``.
+        root: the location (default: the data dir).
+        owner: the task, named in the error message.
 
     Raises:
         UnsafePathError: when it does not, e.g. a folder symlinked out of its location.
     """
-    root_resolved = (settings.dirpath if root is None else root).resolve()
-    resolved = path.resolve()
-    if resolved != root_resolved and root_resolved not in resolved.parents:
-        raise UnsafePathError(
-            f"{str(path)!r} resolves to {str(resolved)!r}, outside {str(root_resolved)!r} "
-            f"(a symlink?). pipeflow never deletes there; remove the link or move the folder."
-        )
-    return path
+    root = settings.dirpath if root is None else root
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep):
+        return path
+    who = f"{owner}: " if owner is not None else ""
+    raise UnsafePathError(
+        f"{who}its folder {str(path)!r} resolves to {real!r}, outside its location "
+        f"{str(root)!r} (real path {real_root!r}){_link(path, root)}. pipeflow reads, "
+        f"writes and deletes a task's files only below its location, so nothing was written "
+        f"or deleted. Remove the link (or make it point inside the "
+        f"location), or name the folder it points to as the location (pipeflow.set_dir(...) "
+        f"or path=...)."
+    )
+
+
+def _link(path: pathlib.Path, root: pathlib.Path) -> str:
+    """``: 'data/x' is a symlink to '/elsewhere'`` for the first link below ``root``."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return ": a symlink?"
+    here = root
+    for part in parts:
+        here = here / part
+        if here.is_symlink():
+            return f": {str(here)!r} is a symlink to {os.readlink(here)!r}"
+    return ": a symlink?"
+
+
+#: (location, folder, working directory if they are relative) found inside since recheck()
+_INSIDE: set[tuple[str, str, str]] = set()
+#: bumped by :func:`recheck`: task layouts check their folders again
+generation = 0
+
+
+def recheck() -> None:
+    """Check every folder against its location again (each run starts with this).
+
+    A folder found inside its location is not resolved again until then: a run checks each
+    folder once, however many tasks live in it.
+    """
+    global generation
+    generation += 1
+    _INSIDE.clear()
+
+
+def check_inside(root: pathlib.Path, folders: Iterable[pathlib.Path], owner: object) -> None:
+    """:func:`ensure_inside` for folders a task writes in, resolved once per :func:`recheck`.
+
+    Raises:
+        UnsafePathError: a folder resolves outside ``root`` (a symlink out of it).
+    """
+    top = os.fspath(root)
+    cwd = "" if os.path.isabs(top) else os.getcwd()
+    for folder in folders:
+        key = (top, os.fspath(folder), cwd)
+        if key not in _INSIDE:
+            ensure_inside(folder, root, owner)
+            if len(_INSIDE) > 1 << 14:
+                _INSIDE.clear()
+            _INSIDE.add(key)
+
+
+def family_name(family: str, namespace: object, owner: object) -> str:
+    """Check a task family: it names the task's folder and starts its file names.
+
+    Args:
+        family: the family (``namespace.ClassName``, or what ``get_task_family`` returns).
+        namespace: the class's ``task_namespace``, for the error message.
+        owner: the task, for the error message.
+
+    Raises:
+        UnsafePathError: it contains a separator or NUL, or is ``.`` or ``..``.
+    """
+    if not ("/" in family or "\\" in family or "\0" in family or family in (".", "..")):
+        return family
+    given = f"task_namespace={namespace!r}" if namespace else "get_task_family()"
+    raise UnsafePathError(
+        f"{owner}: its task family {family!r} ({given}) names its folder and files, so it "
+        f"may not contain '/', '\\' or NUL or be '.' or '..': it could place files outside "
+        f"the flow's folder. Use a plain or dotted task_namespace such as "
+        f"task_namespace='team.project'."
+    )

@@ -175,10 +175,11 @@ def _not_a_lock_file(path: str, who: object) -> UnsafePathError:
         what = "a directory"
     else:
         what = "not a plain file"
+    named = f"{who}: " if who is not None else ""
     return UnsafePathError(
-        f"{f'{who}: ' if who is not None else ''}the task lock file {path!r} is {what}. pipeflow creates its lock files as plain "
-        f"files and never follows, replaces or deletes one (that could let two runs of a "
-        f"task in at once), so the task was not run, reset or saved. Remove {path!r} by "
+        f"{named}the task lock file {path!r} is {what}. pipeflow creates its lock files as "
+        f"plain files and never follows, replaces or deletes one (that could let two runs of "
+        f"a task in at once), so the task was not run, reset or saved. Remove {path!r} by "
         f"hand when nothing runs; pipeflow creates a fresh one."
     )
 

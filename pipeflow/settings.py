@@ -85,10 +85,11 @@ def local_path(value: str | os.PathLike[str], what: str, who: object = "") -> pa
     if url.scheme.lower() == "file" and url.netloc in ("", "localhost") and not (
             url.query or url.fragment):
         return pathlib.Path(urllib.parse.unquote(url.path))
+    named = f"{who}: " if who else ""
     raise ParameterError(
-        f"{f'{who}: ' if who else ''}{what}={text!r} is a URL: remote storage is not supported yet, and pipeflow does "
-        f"not turn a URL into a local folder. Use a local folder (a mounted bucket works), "
-        f"e.g. {what}='data'; file:///absolute/path URLs name local folders."
+        f"{named}{what}={text!r} is a URL: remote storage is not supported yet, and "
+        f"pipeflow does not turn a URL into a local folder. Use a local folder (a mounted "
+        f"bucket works), e.g. {what}='data'; file:///absolute/path URLs name local folders."
     )
 
 
