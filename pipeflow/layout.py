@@ -351,37 +351,54 @@ def _link(path: pathlib.Path, root: pathlib.Path) -> str:
     return ": a symlink?"
 
 
-#: (location, folder, working directory if they are relative) found inside since recheck()
+#: (location, folder, working directory if they are relative) found inside their location
 _INSIDE: set[tuple[str, str, str]] = set()
-#: bumped by :func:`recheck`: task layouts check their folders again
+#: bumped when a folder checked before must be checked again: task layouts then recheck
 generation = 0
+_cwd = ""
+
+
+def _still_inside(key: tuple[str, str, str]) -> bool:
+    top, folder, cwd = key
+    real_root = os.path.realpath(os.path.join(cwd, top))
+    real = os.path.realpath(os.path.join(cwd, folder))
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
 
 
 def recheck() -> None:
-    """Check every folder against its location again (each run starts with this).
+    """Resolve again every folder found inside its location (each run starts with this).
 
-    A folder found inside its location is not resolved again until then: a run checks each
-    folder once, however many tasks live in it.
+    One ``realpath`` per distinct folder, however many tasks live in it. When one of them
+    now resolves outside (a folder replaced by a symlink since), or the working directory
+    changed, every task checks its folders again before it is read or written.
     """
-    global generation
-    generation += 1
-    _INSIDE.clear()
+    global generation, _cwd
+    moved = [key for key in _INSIDE if not _still_inside(key)]
+    cwd = os.getcwd()
+    if moved or cwd != _cwd:
+        _INSIDE.difference_update(moved)
+        _cwd = cwd
+        generation += 1
 
 
 def check_inside(root: pathlib.Path, folders: Iterable[pathlib.Path], owner: object) -> None:
-    """:func:`ensure_inside` for folders a task writes in, resolved once per :func:`recheck`.
+    """:func:`ensure_inside` for the folders of a task's layout, resolved once.
+
+    Folders found inside are resolved again by :func:`recheck` only, once per run.
 
     Raises:
         UnsafePathError: a folder resolves outside ``root`` (a symlink out of it).
     """
+    global generation
     top = os.fspath(root)
     cwd = "" if os.path.isabs(top) else os.getcwd()
     for folder in folders:
         key = (top, os.fspath(folder), cwd)
         if key not in _INSIDE:
             ensure_inside(folder, root, owner)
-            if len(_INSIDE) > 1 << 14:
+            if len(_INSIDE) > 1 << 14:  # forgotten folders are checked again by every task
                 _INSIDE.clear()
+                generation += 1
             _INSIDE.add(key)
 
 

@@ -400,3 +400,56 @@ def test_names_with_a_colon_that_are_not_urls_stay_folders(tmp_path):
     pipeflow.set_dir("s3:bucket")  # no '//': a plain (odd) folder name
     assert pipeflow.run(HostileOut())
     assert (tmp_path / "s3:bucket" / "HostileOut").is_dir()
+
+
+def test_a_relative_data_dir_is_checked_again_after_a_change_of_directory(tmp_path, outside):
+    (tmp_path / "one").mkdir()
+    os.chdir(tmp_path / "one")
+    pipeflow.set_dir("data")
+    assert pipeflow.run(HostileOut())
+    (tmp_path / "two" / "data").mkdir(parents=True)
+    (tmp_path / "two" / "data" / "HostileOut").symlink_to(outside, target_is_directory=True)
+    os.chdir(tmp_path / "two")
+    with pytest.raises(UnsafePathError):
+        pipeflow.run(HostileOut(), forced=HostileOut())
+    assert files_below(outside) == []
+
+
+def test_folders_are_resolved_once_per_run_not_per_task(data_dir, monkeypatch):
+    tasks = [HostileOut(n=i) for i in range(40)]
+    assert pipeflow.run(tasks)
+    calls: list[str] = []
+    real = os.path.realpath
+
+    def counting(path, *args, **kwargs):
+        if os.fspath(path).startswith(str(data_dir)):
+            calls.append(os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os.path, "realpath", counting)
+    assert pipeflow.run(tasks)  # up to date: one folder pair, 40 tasks
+    assert len(calls) <= 4, calls
+    HostileOut(n=1).reset(confirm=False)
+    calls.clear()
+    assert pipeflow.run(tasks)  # one task runs again
+    assert len(calls) <= 4, calls
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_task_folder_linked_out_of_a_task_or_class_path_is_refused(tmp_path, outside, relative):
+    root = tmp_path / "own"
+    root.mkdir()
+    (root / "HostileOut").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UnsafePathError):
+        pipeflow.run(HostileOut(path=spell(root, relative)))
+
+    class ClassPath(pipeflow.tasks.TaskJson):
+        path = spell(root, relative)
+
+        def run(self):
+            self.save({"a": 1})
+
+    (root / "ClassPath").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UnsafePathError):
+        pipeflow.run(ClassPath())
+    assert files_below(outside) == []
