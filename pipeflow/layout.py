@@ -324,7 +324,7 @@ def ensure_inside(path: pathlib.Path, root: pathlib.Path | None = None,
     root = settings.dirpath if root is None else root
     real_root = os.path.realpath(root)
     real = os.path.realpath(path)
-    if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep):
+    if _within(real, real_root):
         return path
     who = f"{owner}: " if owner is not None else ""
     raise UnsafePathError(
@@ -358,10 +358,7 @@ generation = 0
 _cwd = ""
 
 
-def _still_inside(key: tuple[str, str, str]) -> bool:
-    top, folder, cwd = key
-    real_root = os.path.realpath(os.path.join(cwd, top))
-    real = os.path.realpath(os.path.join(cwd, folder))
+def _within(real: str, real_root: str) -> bool:
     return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
 
 
@@ -373,7 +370,15 @@ def recheck() -> None:
     changed, every task checks its folders again before it is read or written.
     """
     global generation, _cwd
-    moved = [key for key in _INSIDE if not _still_inside(key)]
+    roots: dict[str, str] = {}
+    moved = []
+    for key in _INSIDE:
+        top, folder, cwd = key
+        top = os.path.join(cwd, top)
+        if top not in roots:
+            roots[top] = os.path.realpath(top)
+        if not _within(os.path.realpath(os.path.join(cwd, folder)), roots[top]):
+            moved.append(key)
     cwd = os.getcwd()
     if moved or cwd != _cwd:
         _INSIDE.difference_update(moved)
