@@ -372,7 +372,7 @@ def recheck() -> None:
     global generation, _cwd
     roots: dict[str, str] = {}
     moved = []
-    for key in _INSIDE:
+    for key in list(_INSIDE):  # (a copy: runs started in other threads may add to it)
         top, folder, cwd = key
         top = os.path.join(cwd, top)
         if top not in roots:
