@@ -1,7 +1,9 @@
 """Global settings, d6tflow-compatible: ``pipeflow.settings.check_dependencies = False``.
 
 Attributes:
-    dir: the data directory (str). Every output lives below it. Default ``'data'``.
+    dir: the data directory (str). Every output lives below it. Default ``'data'``. A
+        local folder: a URL (``s3://...``) raises ParameterError, remote storage is not
+        supported yet; a ``file://`` URL is turned into the local path it names.
     dirpath: the same directory as a :class:`pathlib.Path`; setting either updates both.
     cached: keep loaded outputs in memory (``pipeflow.data``) and reuse them.
     save_with_param: put the task id (family, parameters, hash) in output file names.
@@ -124,7 +126,8 @@ class _SettingsModule(types.ModuleType):
             super().__setattr__("dirpath", path)
             return
         if name == "history" and isinstance(value, (str, os.PathLike)):
-            local_path(value, "pipeflow.settings.history")
+            path = local_path(value, "pipeflow.settings.history")
+            value = str(path) if _URL.match(str(value)) else value
         if name == "log_level":
             level = str(value).upper()
             if level not in _LEVELS:

@@ -394,6 +394,10 @@ def test_a_file_url_names_a_local_folder(tmp_path):
     assert (tmp_path / "exp" / "HostileOut").is_dir()
     pipeflow.set_dir("file://localhost" + str(tmp_path / "other"))
     assert settings.dirpath == tmp_path / "other"
+    settings.history = (tmp_path / "runs.db").as_uri()
+    assert settings.history == str(tmp_path / "runs.db")
+    assert pipeflow.run(HostileOut(n=2))
+    assert (tmp_path / "runs.db").is_file()
 
 
 def test_names_with_a_colon_that_are_not_urls_stay_folders(tmp_path):
