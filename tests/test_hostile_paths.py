@@ -469,3 +469,21 @@ def test_the_run_history_is_not_written_through_a_linked_pipeflow_folder(
     assert files_below(outside) == []
     settings.history = False  # no history: nothing to write there
     assert flow.run()
+
+
+def test_a_yielded_task_whose_folder_is_linked_out_fails_its_parent_cleanly(data_dir, outside):
+    class Yielded(pipeflow.tasks.TaskJson):
+        def run(self):
+            self.save({"a": 1})
+
+    class Yielding(pipeflow.tasks.TaskJson):
+        def run(self):
+            yield Yielded()
+            self.save({"b": 2})
+
+    (data_dir / "Yielded").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(TaskFailedError) as info:
+        pipeflow.run(Yielding())
+    assert isinstance(info.value.__cause__, UnsafePathError)
+    assert_names(info.value.__cause__, "Yielded()", str(outside))
+    assert files_below(outside) == []
