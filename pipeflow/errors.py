@@ -61,10 +61,13 @@ class UnknownNameError(ParameterError, KeyError):
 
 
 class UnsafePathError(PipeflowError, ValueError):
-    """A folder name (env, task_group, target_dir) would climb out of its flow's folder.
+    """A task's files would land outside its location, or in a place pipeflow must not use.
 
-    Also raised for names no file system can store, and before deleting through a folder
-    that is a symlink out of the task's location.
+    Raised before anything is read, written or deleted: a name (env, task_group,
+    target_dir, the task family) that would climb out of the location or that no file
+    system can store; a folder below the location (env folder, task folder,
+    ``.pipeflow/commits``) that is a symlink resolving outside it; a task's lock file that
+    is a symlink, a folder or anything but a plain file.
     """
 
 

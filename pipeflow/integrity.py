@@ -405,7 +405,10 @@ def write_record(path: str | os.PathLike[str], record: CommitRecord) -> None:
         return
     tmp = os.path.join(os.path.dirname(where), f".{os.path.basename(where)}.tmp-commit")
     try:
-        version = _write_new(tmp, data, os.O_TRUNC)
+        # a crashed writer's (or a planted link): removed, never written through
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        version = _write_new(tmp, data, os.O_EXCL)
         os.replace(tmp, where)
         _wrote(where, version, record)
     except BaseException:

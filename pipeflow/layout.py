@@ -70,9 +70,13 @@ class FlowContext:
         """Whether this context decides where its tasks' outputs go."""
         return self.root is not None or bool(self.env)
 
+    def top(self) -> pathlib.Path:
+        """The location named by the user (its ``path``, else the data dir), env left out."""
+        return settings.dirpath if self.root is None else self.root
+
     def base(self) -> pathlib.Path:
         """The folder outputs go below (env folder included) when :attr:`places` is set."""
-        root = settings.dirpath if self.root is None else self.root
+        root = self.top()
         return root / f"env={self.env}" if self.env else root
 
 
@@ -160,6 +164,8 @@ def location(value: object, what: str, owner: object) -> pathlib.Path | None:
     Raises:
         UnsafePathError: it contains a NUL byte or cannot be encoded as a file name, or a
             folder name longer than the file system allows.
+        ParameterError: it is a URL (remote storage is not supported yet); a local
+            ``file://`` URL gives the folder it names.
     """
     if value is None or value == "":
         return None
@@ -172,7 +178,7 @@ def location(value: object, what: str, owner: object) -> pathlib.Path | None:
     if isinstance(text, bytes):
         text = os.fsdecode(text)
     _check_encodable(text, what, owner)
-    path = pathlib.Path(text)
+    path = settings.local_path(text, what, owner)
     for part in path.parts:
         if len(os.fsencode(part)) > NAME_MAX:
             raise UnsafePathError(
@@ -299,17 +305,125 @@ def fit_name(stem: str, suffix: str) -> str:
     return f"{short}~{digest}{suffix}"
 
 
-def ensure_inside(path: pathlib.Path, root: pathlib.Path | None = None) -> pathlib.Path:
+def ensure_inside(path: pathlib.Path, root: pathlib.Path | None = None,
+                  owner: object = None) -> pathlib.Path:
     """Check that ``path`` (symlinks resolved) lies inside ``root`` (default: the data dir).
+
+    ``root`` itself may be a symlink (the location a user names is trusted); what lies
+    below it must resolve inside its real path. Relative and absolute spellings of the same
+    folders give the same answer.
+
+    Args:
+        path: a folder below ``root``.
+        root: the location (default: the data dir).
+        owner: the task, named in the error message.
 
     Raises:
         UnsafePathError: when it does not, e.g. a folder symlinked out of its location.
     """
-    root_resolved = (settings.dirpath if root is None else root).resolve()
-    resolved = path.resolve()
-    if resolved != root_resolved and root_resolved not in resolved.parents:
-        raise UnsafePathError(
-            f"{str(path)!r} resolves to {str(resolved)!r}, outside {str(root_resolved)!r} "
-            f"(a symlink?). pipeflow never deletes there; remove the link or move the folder."
-        )
-    return path
+    root = settings.dirpath if root is None else root
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if _within(real, real_root):
+        return path
+    who = f"{owner}: " if owner is not None else ""
+    raise UnsafePathError(
+        f"{who}its folder {str(path)!r} resolves to {real!r}, outside its location "
+        f"{str(root)!r} (real path {real_root!r}){_link(path, root)}. pipeflow reads, "
+        f"writes and deletes a task's files only below its location, so nothing was written "
+        f"or deleted. Remove the link (or make it point inside the "
+        f"location), or name the folder it points to as the location (pipeflow.set_dir(...) "
+        f"or path=...)."
+    )
+
+
+def _link(path: pathlib.Path, root: pathlib.Path) -> str:
+    """``: 'data/x' is a symlink to '/elsewhere'`` for the first link below ``root``."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return ": a symlink?"
+    here = root
+    for part in parts:
+        here = here / part
+        if here.is_symlink():
+            return f": {str(here)!r} is a symlink to {os.readlink(here)!r}"
+    return ": a symlink?"
+
+
+#: (location, folder, working directory if they are relative) found inside their location
+_INSIDE: set[tuple[str, str, str]] = set()
+#: bumped when a folder checked before must be checked again: task layouts then recheck
+generation = 0
+_cwd = ""
+
+
+def _within(real: str, real_root: str) -> bool:
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def recheck() -> None:
+    """Resolve again every folder found inside its location (each run starts with this).
+
+    One ``realpath`` per distinct folder, however many tasks live in it. When one of them
+    now resolves outside (a folder replaced by a symlink since), or the working directory
+    changed, every task checks its folders again before it is read or written.
+    """
+    global generation, _cwd
+    roots: dict[str, str] = {}
+    moved = []
+    for key in list(_INSIDE):  # (a copy: runs started in other threads may add to it)
+        top, folder, cwd = key
+        top = os.path.join(cwd, top)
+        if top not in roots:
+            roots[top] = os.path.realpath(top)
+        if not _within(os.path.realpath(os.path.join(cwd, folder)), roots[top]):
+            moved.append(key)
+    cwd = os.getcwd()
+    if moved or cwd != _cwd:
+        _INSIDE.difference_update(moved)
+        _cwd = cwd
+        generation += 1
+
+
+def check_inside(root: pathlib.Path, folders: Iterable[pathlib.Path], owner: object) -> None:
+    """:func:`ensure_inside` for the folders of a task's layout, resolved once.
+
+    Folders found inside are resolved again by :func:`recheck` only, once per run.
+
+    Raises:
+        UnsafePathError: a folder resolves outside ``root`` (a symlink out of it).
+    """
+    global generation
+    top = os.fspath(root)
+    cwd = "" if os.path.isabs(top) else os.getcwd()
+    for folder in folders:
+        key = (top, os.fspath(folder), cwd)
+        if key not in _INSIDE:
+            ensure_inside(folder, root, owner)
+            if len(_INSIDE) > 1 << 14:  # forgotten folders are checked again by every task
+                _INSIDE.clear()
+                generation += 1
+            _INSIDE.add(key)
+
+
+def family_name(family: str, namespace: object, owner: object) -> str:
+    """Check a task family: it names the task's folder and starts its file names.
+
+    Args:
+        family: the family (``namespace.ClassName``, or what ``get_task_family`` returns).
+        namespace: the class's ``task_namespace``, for the error message.
+        owner: the task, for the error message.
+
+    Raises:
+        UnsafePathError: it contains a separator or NUL, or is ``.`` or ``..``.
+    """
+    if not ("/" in family or "\\" in family or "\0" in family or family in (".", "..")):
+        return family
+    given = f"task_namespace={namespace!r}" if namespace else "get_task_family()"
+    raise UnsafePathError(
+        f"{owner}: its task family {family!r} ({given}) names its folder and files, so it "
+        f"may not contain '/', '\\' or NUL or be '.' or '..': it could place files outside "
+        f"the flow's folder. Use a plain or dotted task_namespace such as "
+        f"task_namespace='team.project'."
+    )

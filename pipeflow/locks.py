@@ -10,7 +10,10 @@ it dies, so a lock never needs removing by hand. Elsewhere POSIX record locks
 (``lockf``) are used, plus a table of the locks held in this process.
 
 The lock file itself is never deleted: deleting a lock file others may hold open would let
-two holders in at once.
+two holders in at once. Nor is it followed: a lock path that is a symlink (which would
+create or lock its target), a folder or anything but a plain file is refused with
+:class:`~pipeflow.errors.UnsafePathError`; it is never replaced, since replacing a lock
+file could also let two holders in at once.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ import functools
 import hashlib
 import os
 import pathlib
+import stat
 import struct
 import threading
 import warnings
+
+from pipeflow.errors import UnsafePathError
 
 try:
     import fcntl
@@ -56,26 +62,33 @@ class TaskLock:
     Args:
         folder: the task's folder (created if missing).
         name: a name unique to the task within the folder.
+        who: the task, named in error messages (anything whose ``str`` names it).
 
     Example:
         >>> with TaskLock(folder, ".Train_x_123.commit.json") as held:  # doctest: +SKIP
         ...     if held: ...                       # released when the block ends
     """
 
-    def __init__(self, folder: str | pathlib.Path, name: str):
+    def __init__(self, folder: str | pathlib.Path, name: str, who: object = None):
         # absolute: a process that changes directory must keep locking the same file
         folder = os.fspath(folder)
         self.folder = folder if _plain_absolute(folder) else os.path.abspath(folder)
         self.offset = _offset(name)
+        self.who = who
         self.held = False
 
     def acquire(self) -> bool:
-        """Take the lock if it is free; return whether it was taken (never waits)."""
+        """Take the lock if it is free; return whether it was taken (never waits).
+
+        Raises:
+            UnsafePathError: the lock file is a symlink, a folder or not a plain file.
+            OSError: its folder cannot be created or the file opened.
+        """
         key = (self.folder, self.offset)
         with _mutex:
             if key in _held:
                 return False
-            fd = _lock_file(self.folder)
+            fd = _lock_file(self.folder, self.who)
             if fd is not None and not _range_lock(fd, self.offset, take=True):
                 return False
             _held.add(key)
@@ -116,7 +129,7 @@ def _offset(name: str) -> int:
     return int.from_bytes(digest, "big") >> 2  # a positive off_t
 
 
-def _lock_file(folder: str) -> int | None:
+def _lock_file(folder: str, who: object = None) -> int | None:
     if fcntl is None:
         return None
     fd = _fds.get(folder)
@@ -127,10 +140,48 @@ def _lock_file(folder: str) -> int | None:
         fd = None
     if fd is None:
         os.makedirs(folder, exist_ok=True)
-        fd = os.open(os.path.join(folder, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                     0o644)
+        fd = _open_lock_file(os.path.join(folder, LOCK_FILE), who)
         _fds[folder] = fd
     return fd
+
+
+#: never follow a symlink, never block on a FIFO
+_OPEN = (os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+         | getattr(os, "O_NONBLOCK", 0))
+
+
+def _open_lock_file(path: str, who: object) -> int:
+    """Open (or create) the lock file at ``path``: a plain file, never a link's target."""
+    try:
+        fd = os.open(path, _OPEN, 0o644)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EOPNOTSUPP):
+            raise
+        raise _not_a_lock_file(path, who) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _not_a_lock_file(path, who)
+    return fd
+
+
+def _not_a_lock_file(path: str, who: object) -> UnsafePathError:
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        mode = 0
+    if stat.S_ISLNK(mode):
+        what = f"a symlink to {os.readlink(path)!r}"
+    elif stat.S_ISDIR(mode):
+        what = "a directory"
+    else:
+        what = "not a plain file"
+    named = f"{who}: " if who is not None else ""
+    return UnsafePathError(
+        f"{named}the task lock file {path!r} is {what}. pipeflow creates its lock files as "
+        f"plain files and never follows, replaces or deletes one (that could let two runs of "
+        f"a task in at once), so the task was not run, reset or saved. Remove {path!r} by "
+        f"hand when nothing runs; pipeflow creates a fresh one."
+    )
 
 
 def _range_lock(fd: int, offset: int, take: bool) -> bool:

@@ -43,9 +43,13 @@ def set_dir(dir: str | os.PathLike[str] | None = None) -> pathlib.Path:
 
     Returns:
         The data directory as a Path.
+
+    Raises:
+        ParameterError: ``dir`` is a URL (``s3://...``): remote storage is not supported
+            yet. A ``file://`` URL names the local folder it spells.
     """
     if dir is not None:
-        settings.dir = os.fspath(dir)
+        settings.dir = os.fspath(settings.local_path(dir, "dir", "pipeflow.set_dir"))
     settings.dirpath.mkdir(parents=True, exist_ok=True)
     return settings.dirpath
 
@@ -153,6 +157,7 @@ def run_with(roots: list[Any], options: RunOptions) -> RunResult | None:
 
 
 def _run(roots: list[Any], o: RunOptions) -> RunResult | None:
+    layout.recheck()  # every folder is checked against its location again, once
     g = graph.build(roots)
     forced_tasks = _forced(g, roots, o.forced, o.forced_all, o.forced_all_upstream)
     if forced_tasks and not _delete_outputs(forced_tasks, o.confirm, "rerun"):
@@ -481,7 +486,7 @@ def _remove(records: dict[pathlib.Path, pathlib.Path], root: pathlib.Path, confi
     busy = []
     for rec, (record, folder) in listed.items():
         layout.ensure_inside(folder, records[rec])
-        if not unpublish(rec, folder):
+        if not unpublish(rec, folder, who=record.task if record else None):
             busy.append(record.task if record else str(rec))
     if busy:
         raise TaskLockedError(

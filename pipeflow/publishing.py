@@ -272,13 +272,13 @@ def write_atomic(path: str | os.PathLike[str], writer: Writer) -> None:
     publish(stage({final: writer}), final)
 
 
-def task_lock(record: str | os.PathLike[str]) -> TaskLock:
+def task_lock(record: str | os.PathLike[str], who: object = None) -> TaskLock:
     """The lock of the task whose commit record is (or will be) at ``record``.
 
     The record's path names the task within its folder: the one place a lock's identity
-    is decided, for runs and resets alike.
+    is decided, for runs and resets alike. ``who`` names the task in error messages.
     """
-    return TaskLock(*_lock_place(os.fspath(record)))
+    return TaskLock(*_lock_place(os.fspath(record)), who)
 
 
 @functools.lru_cache(maxsize=1 << 14)
@@ -288,7 +288,7 @@ def _lock_place(record: str) -> tuple[str, str]:
 
 
 def unpublish(record: str | os.PathLike[str], folder: pathlib.Path,
-              allowed: Container[str] | None = None, who: Who = "") -> bool:
+              allowed: Container[str] | None = None, who: object = None) -> bool:
     """Under the task's lock, delete its commit record, then the files it lists.
 
     The record is read under the lock (a run may just have committed). In-memory copies
@@ -300,17 +300,18 @@ def unpublish(record: str | os.PathLike[str], folder: pathlib.Path,
         False, deleting nothing, when the task's lock is held elsewhere (it is running).
 
     Raises:
+        UnsafePathError: the task's lock file is not a plain file (``who`` names the task).
         SaveError: the file system refused (a read-only data dir, say).
     """
     try:
-        with task_lock(record) as held:
+        with task_lock(record, who) as held:
             if not held:
                 return False
             withdraw(record, folder, allowed)
     except OSError as exc:
         raise SaveError(
-            f"{_who(who)}cannot delete the outputs committed by {os.fspath(record)!r}: "
-            f"{os_reason(exc)}. {os_fix(exc, folder)}"
+            f"{'' if who is None else f'{who}: '}cannot delete the outputs committed by "
+            f"{os.fspath(record)!r}: {os_reason(exc)}. {os_fix(exc, folder)}"
         ) from exc
     return True
 

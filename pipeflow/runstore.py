@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import luigi
 
-from pipeflow import settings
+from pipeflow import layout, settings
 from pipeflow.contract import adapt
 from pipeflow.errors import HistoryError, ParameterError
 from pipeflow.events import Event, EventKind
@@ -95,12 +95,19 @@ _STATES = {**_ENDS, EventKind.TASK_STARTED: "in_progress", EventKind.TASK_WAITIN
 
 
 def history_path() -> pathlib.Path | None:
-    """Where the history is kept (None: ``settings.history`` is off)."""
+    """Where the history is kept (None: ``settings.history`` is off).
+
+    Raises:
+        UnsafePathError: the data dir's ``.pipeflow`` folder is a symlink out of it.
+    """
     where = settings.history
     if where is False or where is None:
         return None
     if where is True:
-        return settings.dirpath / ".pipeflow" / "history.db"
+        # pipeflow's own folder of the data dir: it must not lead out of it (a symlink)
+        own = layout.ensure_inside(settings.dirpath / layout.OWN_DIR, settings.dirpath,
+                                   "the run history")
+        return own / "history.db"
     return pathlib.Path(where)
 
 

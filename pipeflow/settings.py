@@ -1,7 +1,9 @@
 """Global settings, d6tflow-compatible: ``pipeflow.settings.check_dependencies = False``.
 
 Attributes:
-    dir: the data directory (str). Every output lives below it. Default ``'data'``.
+    dir: the data directory (str). Every output lives below it. Default ``'data'``. A
+        local folder: a URL (``s3://...``) raises ParameterError, remote storage is not
+        supported yet; a ``file://`` URL is turned into the local path it names.
     dirpath: the same directory as a :class:`pathlib.Path`; setting either updates both.
     cached: keep loaded outputs in memory (``pipeflow.data``) and reuse them.
     save_with_param: put the task id (family, parameters, hash) in output file names.
@@ -23,9 +25,12 @@ suggestion instead of being silently ignored.
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
+import re
 import sys
 import types
+import urllib.parse
 from typing import Any
 
 from pipeflow.errors import ParameterError, did_you_mean, warn
@@ -56,6 +61,40 @@ _NAMES = frozenset(
 )
 
 
+#: ``scheme://``: a URL, not a folder name
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def local_path(value: str | os.PathLike[str], what: str, who: object = "") -> pathlib.Path:
+    """The local folder or file ``value`` names; a URL is refused when it is given.
+
+    Remote storage (``s3://``, ``gs://``...) is not supported yet: such a URL would
+    otherwise become a local folder named ``s3:``. A ``file://`` URL (no host, or
+    ``localhost``) names the local absolute path it spells, percent-escapes decoded.
+
+    Args:
+        value: a path, or a URL.
+        what: the setting or argument, for the error message.
+        who: who gave it (a task, a Workflow), for the error message.
+
+    Raises:
+        ParameterError: ``value`` is a URL other than a local ``file://`` one.
+    """
+    text = os.fspath(value)
+    if isinstance(text, bytes) or not _URL.match(text):
+        return pathlib.Path(os.fsdecode(text))
+    url = urllib.parse.urlsplit(text)
+    if url.scheme.lower() == "file" and url.netloc in ("", "localhost") and not (
+            url.query or url.fragment):
+        return pathlib.Path(urllib.parse.unquote(url.path))
+    named = f"{who}: " if who else ""
+    raise ParameterError(
+        f"{named}{what}={text!r} is a URL: remote storage is not supported yet, and "
+        f"pipeflow does not turn a URL into a local folder. Use a local folder (a mounted "
+        f"bucket works), e.g. {what}='data'; file:///absolute/path URLs name local folders."
+    )
+
+
 def _apply_log_level(level: str) -> None:
     for name in ("pipeflow", "luigi", "luigi-interface"):
         logging.getLogger(name).setLevel(level)
@@ -81,10 +120,14 @@ class _SettingsModule(types.ModuleType):
                 f"Settings: {', '.join(sorted(_NAMES))}"
             )
         if name in ("dir", "dirpath"):
-            path = pathlib.Path(value)
-            super().__setattr__("dir", str(value))
+            path = local_path(value, f"pipeflow.settings.{name}")
+            given = str(value)
+            super().__setattr__("dir", str(path) if _URL.match(given) else given)
             super().__setattr__("dirpath", path)
             return
+        if name == "history" and isinstance(value, (str, os.PathLike)):
+            path = local_path(value, "pipeflow.settings.history")
+            value = str(path) if _URL.match(str(value)) else value
         if name == "log_level":
             level = str(value).upper()
             if level not in _LEVELS:

@@ -205,7 +205,7 @@ class FlowImport:
         #: where the producer's outputs are read (None: the consumer's data dir)
         self.dirpath: pathlib.Path | None = None
         if path_data is not None:
-            data = pathlib.Path(path_data)
+            data = settings.local_path(path_data, "path_data", "FlowImport")
             self.dirpath = data if data.is_absolute() else file.parent / data
             producer = getattr(mod, "PRODUCER_DATA_DIR", None)
             for cls in self.tasks.values():

@@ -51,6 +51,7 @@ from pipeflow.errors import (
     SaveError,
     TaskLockedError,
     TaskTimeoutError,
+    UnsafePathError,
     warn,
 )
 from pipeflow.events import Event, EventKind, RunResult, Sink
@@ -372,6 +373,9 @@ class _Run:
             return True
         try:
             taken = lock.acquire()
+        except UnsafePathError as exc:  # its lock file is a symlink, a folder...
+            self._finish(i, _failure(exc))
+            return False
         except OSError as exc:  # its folder cannot be created or written
             self._finish(i, _failure(SaveError(
                 f"{graphs.describe(task)} cannot create its lock file in {lock.folder!r}: "

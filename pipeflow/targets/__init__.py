@@ -240,11 +240,13 @@ class DataTarget:
         return {self.path: writer}
 
     def _publish(self, writers: dict[pathlib.Path, Writer | None]) -> None:
-        staged = publishing.stage(writers, self._who)
         stg = publishing.current()
-        if stg is not None and stg.owns(self.path):
-            stg.take(staged)
+        if stg is not None and stg.owns(self.path):  # a run: its folders were checked
+            stg.take(publishing.stage(writers, self._who))
             return
+        if self.owner is not None:  # by hand: checked now, before a temp file is written
+            ensure_inside(self.path.parent, self.owner.data_root(), self.owner.display_name())
+        staged = publishing.stage(writers, self._who)
         if self.owner is None:
             publishing.publish(staged, self.path)
             return

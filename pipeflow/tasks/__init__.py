@@ -283,7 +283,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
     def data_root(self) -> pathlib.Path:
         """The folder this task's outputs go below: its flow's ``path``, its own or the data dir."""
-        return self._store.data_root()
+        return self._store.location()
 
     def output(self) -> DataTarget | dict[str, DataTarget]:
         """The output target, or a dict of them by name when ``persist`` has several."""

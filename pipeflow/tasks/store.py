@@ -29,6 +29,7 @@ from pipeflow.errors import (
     PipeflowError,
     SaveError,
     TaskLockedError,
+    UnsafePathError,
 )
 from pipeflow.fingerprint import fingerprint_of
 from pipeflow.integrity import (
@@ -53,8 +54,8 @@ _T = TypeVar("_T")
 LAYOUT_ATTRS = frozenset({"path", "target_dir", "target_ext", "task_group", "save_attrib",
                           "persist", "target_class"})
 
-#: (class, context, data dir, generation) -> (output folder, records folder)
-_FOLDERS: dict[tuple[object, ...], tuple[pathlib.Path, pathlib.Path]] = {}
+#: (class, context, data dir, generation) -> (output folder, records folder, location)
+_FOLDERS: dict[tuple[object, ...], tuple[pathlib.Path, pathlib.Path, pathlib.Path]] = {}
 
 
 class _lazy(Generic[_T]):
@@ -98,14 +99,16 @@ class _Layout:
     target objects and the paths a run publishes on first use.
 
     Attributes:
+        root: the location (its ``path`` or the data dir) every folder lies below.
         folder: the output folder.
         names: (output name, file name) pairs.
         record: the commit record's path.
     """
 
-    def __init__(self, store: TaskStore, out: pathlib.Path, own: pathlib.Path,
-                 names: list[tuple[str, str]], meta: str, record_name: str):
+    def __init__(self, store: TaskStore, root: pathlib.Path, out: pathlib.Path,
+                 own: pathlib.Path, names: list[tuple[str, str]], meta: str, record_name: str):
         self._store = store
+        self.root = root
         self._out = out
         self._own = own
         self._record_name = record_name
@@ -288,6 +291,11 @@ class TaskStore:
 
     def folders(self) -> tuple[pathlib.Path, pathlib.Path]:
         """The folder of the outputs, and the one of the commit record and lock."""
+        out, own, _root = self._places()
+        return out, own
+
+    def _places(self) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+        """:meth:`folders`, and the location they lie below (its ``path`` or the data dir)."""
         # They depend on the class and the flow context, never on parameter values.
         ctx = self.context()
         if self.overrides() is not None:
@@ -302,24 +310,33 @@ class TaskStore:
         return folders
 
     def location(self, ctx: layout.FlowContext | None = None) -> pathlib.Path:
-        """The folder the task's outputs go below (see :mod:`pipeflow.layout`)."""
+        """The folder the task's outputs go below, env folder included (see :mod:`.layout`)."""
+        return self._locate(ctx)[1]
+
+    def _locate(self, ctx: layout.FlowContext | None = None) -> tuple[pathlib.Path, pathlib.Path]:
+        """The location the user named (trusted, even a symlink), and :meth:`location`."""
         ctx = self.context() if ctx is None else ctx
         task = self.task
         if ctx.places and not task._pinned:
-            return ctx.base()
+            return ctx.top(), ctx.base()
         own = layout.location(task.path, "path", _Owner(task))
-        return settings.dirpath if own is None else own
+        where = settings.dirpath if own is None else own
+        return where, where
 
-    def _compute_folders(self, ctx: layout.FlowContext) -> tuple[pathlib.Path, pathlib.Path]:
+    def _compute_folders(
+            self, ctx: layout.FlowContext) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
         task = self.task
         owner = _Owner(task)
         parts: list[str] = []
         group = layout.folder_name(task.task_group, "task_group", owner)
         if group is not None:
             parts.append(group)
-        parts += layout.safe_parts(task.target_dir or task.task_family, "target_dir", owner)
-        where = self.location(ctx)
-        return where.joinpath(*parts), layout.records_folder(where, parts)
+        namespace = type(task).get_task_namespace()
+        family = layout.family_name(task.task_family, namespace, owner)
+        layout.family_name(type(task).get_task_family(), namespace, owner)  # starts task_id
+        parts += layout.safe_parts(task.target_dir or family, "target_dir", owner)
+        root, where = self._locate(ctx)
+        return where.joinpath(*parts), layout.records_folder(where, parts), root
 
     def _stem(self, key: str) -> str:
         task = self.task
@@ -359,24 +376,29 @@ class TaskStore:
             if (fast[0] is ctx and fast[1] is settings.dirpath
                     and fast[2] is settings.save_with_param
                     and fast[3] == type(type(task)).generation
+                    and fast[5] == layout.generation
                     and fast[4] and LAYOUT_ATTRS.isdisjoint(d)):
                 return memo[2]
         key = self._key()
         lay = memo[2] if memo is not None and memo[1] == key else self._make_layout()
+        # its folders resolve inside its location (once per folder and run: cheap)
+        layout.check_inside(lay.root, (lay._out, lay._own), _Owner(task))
         fast = (ctx, settings.dirpath, settings.save_with_param, type(type(task)).generation,
-                key[-1] is None)  # (the hot path needs no override, then and now)
+                key[-1] is None,  # (the hot path needs no override, then and now)
+                layout.generation)
         self._memo = (fast, key, lay)
         return lay
 
     def _make_layout(self) -> _Layout:
         task = self.task
-        out, own = self.folders()
+        out, own, root = self._places()
         ext = f".{task.target_ext}" if task.target_ext else ""
         names = [(k, layout.fit_name(self._stem(k), ext)) for k in self.persist()]
         ident = (task.task_id if settings.save_with_param and getattr(task, "save_attrib", True)
                  else task.task_family)
         meta = layout.fit_name(self._stem("meta"), ".pickle")
-        return _Layout(self, out, own, names, meta, layout.fit_name(f".{ident}", RECORD_SUFFIX))
+        return _Layout(self, root, out, own, names, meta,
+                       layout.fit_name(f".{ident}", RECORD_SUFFIX))
 
     def targets(self) -> dict[str, DataTarget]:
         """The output targets by name (and the metadata's), for the context in force."""
@@ -411,8 +433,12 @@ class TaskStore:
         return self.task.target_class.exists is DataTarget.exists
 
     def data_root(self) -> pathlib.Path:
-        """The location the task's files live below; nothing of it is deleted outside it."""
-        return self.location()
+        """The location the task's files live below: its ``path`` or the data dir.
+
+        The env folder is left out: it is derived, so checked like the task folders.
+        Nothing is read, written or deleted outside it.
+        """
+        return self._locate()[0]
 
     def display_name(self) -> str:
         """The task with its parameters, as shown in messages."""
@@ -490,8 +516,8 @@ class TaskStore:
         lock = self.lock()
         try:
             held = lock.acquire()
-        except OSError:  # a read-only data dir: hash them again next time
-            return
+        except (OSError, UnsafePathError):  # read-only data dir / a lock that is no plain file:
+            return  # hash them again next time (a run or reset says what is wrong)
         if not held:
             return
         path = self.record_file()
@@ -531,7 +557,7 @@ class TaskStore:
     # -- locks and deleting ---------------------------------------------------------------------
     def lock(self) -> TaskLock:
         """The lock held while the task runs or its outputs are reset or saved by hand."""
-        return task_lock(self.record_path())
+        return task_lock(self.record_path(), _Owner(self.task))
 
     @contextlib.contextmanager
     def locked(self, doing: str) -> Iterator[None]:
@@ -565,9 +591,9 @@ class TaskStore:
         Raises:
             TaskLockedError: the task is running right now, here or in another process.
         """
-        folder = layout.ensure_inside(self.folder(), self.data_root())
+        folder = self._inside()
         if not unpublish(self.record_path(), folder, self._layout().own_names,
-                         f"{graph.describe(self.task)}: "):
+                         _Owner(self.task)):
             raise _locked(f"reset {graph.describe(self.task)}")
         for t in self.outputs().values():
             if isinstance(t, CacheTarget):
@@ -577,8 +603,18 @@ class TaskStore:
         """Delete the commit record, then the files it lists (the task's lock is held)."""
         path = self.record_path()
         if os.path.lexists(path):
-            withdraw(path, layout.ensure_inside(self.folder(), self.data_root()),
-                     self._layout().own_names)
+            withdraw(path, self._inside(), self._layout().own_names)
+
+    def _inside(self) -> pathlib.Path:
+        """The output folder, after checking now that both folders lie inside the location.
+
+        Raises:
+            UnsafePathError: one of them resolves outside it (a symlink out of it).
+        """
+        out, own, root = self._places()
+        owner = _Owner(self.task)
+        layout.ensure_inside(own, root, owner)
+        return layout.ensure_inside(out, root, owner)
 
     def adopt(self) -> bool:
         """Commit output files that exist but no pipeflow run committed (d6tflow data dirs).
@@ -639,6 +675,7 @@ class TaskStore:
             TaskLockedError: the task is running right now.
         """
         who = graph.describe(self.task)
+        self._inside()  # checked now, not as of the last run: nothing is written outside
         with self.locked(f"save {str(target.path)!r} of {who} by hand"):
             path = self.record_file()
             record, _ = read_record(path)
