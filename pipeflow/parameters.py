@@ -185,6 +185,9 @@ def parse_value(cls: type[luigi.Task], name: str, text: str) -> Any:
     return check_value(cls, name, params[name], text)
 
 
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+
+
 def value_key(value: Any) -> Any:
     """A hashable key of ``value`` that tells apart equal values of other types, at any depth.
 
@@ -195,14 +198,25 @@ def value_key(value: Any) -> Any:
         TypeError: ``value`` holds something unhashable (no key: do not cache).
     """
     kind = type(value)
+    if kind in _ATOMS:
+        return kind, value
     if kind is tuple or kind is list:
-        return kind, tuple(value_key(v) for v in value)
-    if isinstance(value, Mapping):
+        return kind, tuple([value_key(v) for v in value])
+    if isinstance(value, Mapping):  # in order: a DictParameter's order is in its task id
         return kind, tuple((value_key(k), value_key(v)) for k, v in value.items())
     if isinstance(value, (set, frozenset)):
         return kind, frozenset(value_key(v) for v in value)
     hash(value)
     return kind, value
+
+
+def kwargs_key(kwargs: Mapping[str, Any]) -> frozenset[tuple[str, Any]]:
+    """:func:`value_key` of keyword arguments, whose order does not matter.
+
+    Raises:
+        TypeError: a value holds something unhashable.
+    """
+    return frozenset([(k, value_key(v)) for k, v in kwargs.items()])
 
 
 _DEFAULTS_OK: dict[int, tuple[Any, Any]] = {}  # id(param) -> (its default, checked value)
@@ -267,9 +281,18 @@ def _check(param: Any, value: Any) -> Any:
     return normalized
 
 
+_KINDS: dict[type, tuple[type, bool]] = {}  # parameter class -> (its kind, own methods)
+
+
 def _kind(param_type: type) -> type:
     """The nearest class of ``param_type`` whose meaning pipeflow knows (luigi's, its own)."""
-    return next(c for c in param_type.__mro__ if c.__module__ in _SHIPPED)
+    hit = _KINDS.get(param_type)
+    if hit is None:
+        kind = next(c for c in param_type.__mro__ if c.__module__ in _SHIPPED)
+        own = all(getattr(param_type, m) is getattr(kind, m)
+                  for m in ("parse", "serialize", "normalize"))
+        hit = _KINDS[param_type] = (kind, own)
+    return hit[0]
 
 
 # plain text: the value is (or is written as) text; None is (OptionalParameter) a legal value
@@ -536,8 +559,8 @@ _UNREADABLE = object()
 
 def _own_methods(param: Any, kind: type) -> bool:
     """Whether ``param`` reads, writes and normalizes values as its shipped ``kind`` does."""
-    return all(getattr(type(param), m) is getattr(kind, m)
-               for m in ("parse", "serialize", "normalize"))
+    _kind(type(param))
+    return _KINDS[type(param)][1]
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -552,7 +575,14 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _expected(param: Any, kind: type) -> str:
-    """What a parameter takes, for messages: ``an int``, ``one of 'a', 'b'``..."""
+    """What a parameter takes, for messages: ``an int``, ``one of 'a', 'b'``... (cached)."""
+    hit = param.__dict__.get("_pipeflow_expected")
+    if hit is None:
+        hit = param.__dict__["_pipeflow_expected"] = _describe_expected(param, kind)
+    return hit  # type: ignore[no-any-return]
+
+
+def _describe_expected(param: Any, kind: type) -> str:
     if issubclass(kind, luigi.parameter.EnumListParameter):
         return f"a list of members of {param._enum.__name__}"
     if issubclass(kind, EnumParameter):

@@ -489,3 +489,11 @@ def test_parse_value_reads_text_with_the_same_rules_and_errors():
     with pytest.raises(ParameterError, match=r"a parameter 'nn' that no task declares\. "
                                              r"Did you mean 'n'\?"):
         parse_value(Hostile, "nn", "3")
+
+
+def test_dict_values_in_another_order_are_other_tasks_not_a_cached_one():
+    first = Hostile(mapping={"a": 1, "b": 2})
+    second = Hostile(mapping={"b": 2, "a": 1})  # luigi's frozen dicts compare equal
+    assert list(second.mapping) == ["b", "a"]
+    assert second.task_id != first.task_id
+    assert Hostile(mapping={"b": 2, "a": 1}) is second

@@ -47,6 +47,7 @@ from pipeflow.parameters import (
     accepted,
     check_undeclared,
     check_value,
+    kwargs_key,
     missing_parameter,
     resolved_value,
     value_key,
@@ -104,7 +105,7 @@ class _TaskMeta(Register):
         if cache is None or args:
             return cls._instance(args, kwargs)
         try:
-            key = (cls, _TaskMeta.generation, value_key(kwargs))
+            key = (cls, _TaskMeta.generation, kwargs_key(kwargs))
             hit = cache.get(key)
         except TypeError:  # unhashable values: luigi's path only
             return cls._instance(args, kwargs)
@@ -146,7 +147,7 @@ def located(cls: type[luigi.Task], home: layout.FlowContext, args: tuple[Any, ..
     kwargs = dict(kwargs or {})
     cache = cls._Register__instance_cache  # type: ignore[attr-defined]
     try:
-        key: Any = (cls, _TaskMeta.generation, value_key(kwargs), "home", home.key,
+        key: Any = (cls, _TaskMeta.generation, kwargs_key(kwargs), "home", home.key,
                     id(home.flows) if home.flows else None)
         hit = cache.get(key) if cache is not None and not args else None
     except TypeError:  # unhashable values: a new instance each time
@@ -256,7 +257,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         cache, then in ``__init__``): the second call reuses the first's answer, once.
         """
         try:
-            key: Any = (cls, _TaskMeta.generation, value_key(args), value_key(kwargs))
+            key: Any = (cls, _TaskMeta.generation, value_key(args), kwargs_key(kwargs))
             hash(key)  # (values that compare oddly, e.g. arrays, are unhashable too)
         except TypeError:  # unhashable values
             key = None
