@@ -616,7 +616,7 @@ _WHAT: list[tuple[type, str]] = [
     (DateParameter, "a date"),
     (DateIntervalParameter, "a date interval"),
     (TimeDeltaParameter, "a timedelta (whole seconds)"),
-    (TaskParameter, "a task class"),
+    (TaskParameter, "a task class (the class, not an instance)"),
     (TupleParameter, "a tuple"),
     (ListParameter, "a list"),
     (DictParameter, "a dict"),
@@ -635,7 +635,7 @@ _EXAMPLES = {
     "a datetime (to the second)": "datetime.datetime(2024, 1, 31, 12, 30, 5)",
     "a date interval": "'2024-01' (a month; or a year, '2024-W05', '2024-01-31')",
     "a timedelta (whole seconds)": "datetime.timedelta(hours=1)",
-    "a task class": "MyTask (the class, not MyTask())", "a path": "'data/in.csv'",
+    "a task class (the class, not an instance)": "MyTask", "a path": "'data/in.csv'",
     "a str": "'abc'",
 }
 

@@ -287,9 +287,11 @@ def _refused(match, **kwargs):
 
 @pytest.mark.parametrize(("kwargs", "match"), [
     # raw errors before (AttributeError, TypeError from json, luigi's own ValueErrors)
-    ({"task": "NamedByTaskParameter2"}, r"'task' must be a task class, but got "
+    ({"task": "NamedByTaskParameter2"}, r"'task' must be a task class \(the class, not an "
+                                        r"instance\), but got "
                                         r"'NamedByTaskParameter2' \(str\)"),
-    ({"task": 3}, r"'task' must be a task class, but got 3 \(int\)"),
+    ({"task": 3}, r"'task' must be a task class \(the class, not an instance\), but got 3 "
+                  r"\(int\)"),
     ({"task": NamedByTaskParameter()}, r"pass the class NamedByTaskParameter, not an instance"),
     ({"items": [{1, 2}]}, r"'items' must be a list, .*it holds a set, which JSON cannot hold "
                           r"\(a set has no order; pass sorted\(\.\.\.\) as a list\)"),
@@ -497,3 +499,16 @@ def test_dict_values_in_another_order_are_other_tasks_not_a_cached_one():
     assert list(second.mapping) == ["b", "a"]
     assert second.task_id != first.task_id
     assert Hostile(mapping={"b": 2, "a": 1}) is second
+
+
+def test_too_many_or_doubled_positional_values_are_parameter_errors():
+    class Few(pipeflow.tasks.TaskJson):  # luigi raised its own ParameterException for these
+        n = pipeflow.IntParameter()
+
+    with pytest.raises(ParameterError, match=r"Few takes at most 1 value\(s\) by position "
+                                             r"\(n\), but got 2\. Pass values by name"):
+        Few(1, 2)
+    with pytest.raises(ParameterError, match=r"Few: parameter 'n' was given twice, by position "
+                                             r"and by name\. Pass it once"):
+        Few(1, n=1)
+    assert Few(4).n == 4 and Few("5").n == 5

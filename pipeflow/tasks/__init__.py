@@ -162,6 +162,22 @@ def located(cls: type[luigi.Task], home: layout.FlowContext, args: tuple[Any, ..
     return hit
 
 
+def _check_positional(cls: type[luigi.Task], slots: list[tuple[str, luigi.Parameter]],
+                      args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """ParameterError for more positional values than slots, or a name given twice."""
+    names = [n for n, _ in slots]
+    if len(args) > len(slots):
+        raise ParameterError(
+            f"{cls.__name__} takes at most {len(slots)} value(s) by position "
+            f"({', '.join(names) or 'none'}), but got {len(args)}. Pass values by name, e.g. "
+            f"{cls.__name__}({names[0] if names else 'name'}=...).\n{accepted([cls])}")
+    twice = [n for n in names[:len(args)] if n in kwargs]
+    if twice:
+        raise ParameterError(
+            f"{cls.__name__}: parameter '{twice[0]}' was given twice, by position and by name. "
+            f"Pass it once, e.g. {cls.__name__}({twice[0]}=...).")
+
+
 _PARAMS: dict[type, tuple[int, list[tuple[str, luigi.Parameter]]]] = {}
 #: the last resolution of parameter values, (key, values), for luigi's second ask
 _LAST_VALUES: list[Any] = [None]
@@ -282,8 +298,8 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         slots: list[tuple[str, luigi.Parameter]] = []
         if args:  # positional values fill the positional parameters in order, as in luigi
             slots = [(n, p) for n, p in params if p.positional]
-            args = tuple(check_value(cls, n, p, a) for (n, p), a in zip(slots, args)) + args[
-                len(slots):]
+            _check_positional(cls, slots, args, kwargs)
+            args = tuple(check_value(cls, n, p, a) for (n, p), a in zip(slots, args))
         given = set(kwargs).union(n for (n, _), _ in zip(slots, args))
         for name, p in params:  # a default or configured value obeys the same rule
             if name not in given:
