@@ -166,6 +166,9 @@ def check_value(cls: type[luigi.Task], name: str, param: luigi.Parameter, value:
         return _check(param, value)
     except _Refused as refused:
         raise wrong_value(cls, name, param, value, refused.expected, refused.why) from None
+    except RecursionError:
+        raise wrong_value(cls, name, param, value, _expected(param, _kind(type(param))),
+                          "it is nested too deeply") from None
 
 
 def parse_value(cls: type[luigi.Task], name: str, text: str) -> Any:
@@ -195,17 +198,25 @@ def value_key(value: Any) -> Any:
     task id), so caches of task instances are keyed by this, not by the values.
 
     Raises:
-        TypeError: ``value`` holds something unhashable (no key: do not cache).
+        TypeError: ``value`` holds something unhashable, or is nested too deeply (no key: do
+            not cache).
     """
+    try:
+        return _value_key(value)
+    except RecursionError:
+        raise TypeError("nested too deeply to key") from None
+
+
+def _value_key(value: Any) -> Any:
     kind = type(value)
     if kind in _ATOMS:
         return kind, value
     if kind is tuple or kind is list:
-        return kind, tuple([value_key(v) for v in value])
+        return kind, tuple([_value_key(v) for v in value])
     if isinstance(value, Mapping):  # in order: a DictParameter's order is in its task id
-        return kind, tuple((value_key(k), value_key(v)) for k, v in value.items())
+        return kind, tuple((_value_key(k), _value_key(v)) for k, v in value.items())
     if isinstance(value, (set, frozenset)):
-        return kind, frozenset(value_key(v) for v in value)
+        return kind, frozenset(_value_key(v) for v in value)
     hash(value)
     return kind, value
 
@@ -249,6 +260,10 @@ def resolved_value(cls: type[luigi.Task], name: str, param: luigi.Parameter) -> 
             return hit[1]
     try:
         checked = _check(param, value)
+    except RecursionError:
+        raise wrong_value(cls, name, param, value, _expected(param, _kind(type(param))),
+                          "it is nested too deeply", "its default is" if default else
+                          "its configured value is") from None
     except _Refused as refused:
         origin = "its default is" if default else "its configured value is"
         raise wrong_value(cls, name, param, value, refused.expected, refused.why,
@@ -622,6 +637,7 @@ _WHAT: list[tuple[type, str]] = [
     (DictParameter, "a dict"),
     (luigi.parameter.PathParameter, "a path"),
     (luigi.parameter.StrParameter, "a str"),
+    (Parameter, "a str"),  # last: every class is one
 ]
 
 #: a value that fits, for the "Pass e.g." of a message

@@ -277,6 +277,14 @@ class Hostile(pipeflow.tasks.TaskJson):
         self.save({"n": self.n})
 
 
+def _nested(depth):
+    outer = inner = []
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]
+    return outer
+
+
 def _refused(match, **kwargs):
     with pytest.raises(ParameterError, match=match) as info:
         Hostile(**kwargs)
@@ -333,6 +341,9 @@ def _refused(match, **kwargs):
     ({"label": np.arange(3)}, r"'label' must be a str.*a ndarray has no text"),
     ({"label": 10 ** 5000}, r"'label' must be a str.*Exceeds the limit"),
     ({"where": 3}, r"'where' must be a path, but got 3 \(int\)"),
+    ({"items": _nested(5000)}, r"'items' must be a list, but got a list: it is nested too deeply"),
+    ({"label": _nested(5000)}, r"'label' must be a str, but got a list: it is nested too deeply"),
+    ({"day": datetime.date(1, 1, 1)}, r"stored as '1-01-01', which cannot be read back"),
 ])
 def test_a_hostile_value_is_a_parameter_error(kwargs, match):
     _refused(match, **kwargs)
