@@ -162,13 +162,20 @@ def check_value(cls: type[luigi.Task], name: str, param: luigi.Parameter, value:
     Raises:
         ParameterError: the value does not fit the parameter, with what was expected and the fix.
     """
+    return _checked(cls, name, param, value, "got")
+
+
+def _checked(cls: type[luigi.Task], name: str, param: luigi.Parameter, value: Any,
+             origin: str) -> Any:
+    """:func:`_check`, with a refusal as the ParameterError (``origin``: see wrong_value)."""
     try:
         return _check(param, value)
     except _Refused as refused:
-        raise wrong_value(cls, name, param, value, refused.expected, refused.why) from None
+        raise wrong_value(cls, name, param, value, refused.expected, refused.why,
+                          origin) from None
     except RecursionError:
         raise wrong_value(cls, name, param, value, _expected(param, _kind(type(param))),
-                          "it is nested too deeply") from None
+                          "it is nested too deeply", origin) from None
 
 
 def parse_value(cls: type[luigi.Task], name: str, text: str) -> Any:
@@ -230,9 +237,6 @@ def kwargs_key(kwargs: Mapping[str, Any]) -> frozenset[tuple[str, Any]]:
     return frozenset([(k, value_key(v)) for k, v in kwargs.items()])
 
 
-_DEFAULTS_OK: dict[int, tuple[Any, Any]] = {}  # id(param) -> (its default, checked value)
-
-
 def resolved_value(cls: type[luigi.Task], name: str, param: luigi.Parameter) -> Any:
     """The value a parameter not given takes (config file, default), checked like a given one.
 
@@ -253,24 +257,13 @@ def resolved_value(cls: type[luigi.Task], name: str, param: luigi.Parameter) -> 
         ) from None
     if value is luigi.parameter._no_value:
         return value
-    default = value is param._default
-    if default:
-        hit = _DEFAULTS_OK.get(id(param))
-        if hit is not None and hit[0] is value:
-            return hit[1]
-    try:
-        checked = _check(param, value)
-    except RecursionError:
-        raise wrong_value(cls, name, param, value, _expected(param, _kind(type(param))),
-                          "it is nested too deeply", "its default is" if default else
-                          "its configured value is") from None
-    except _Refused as refused:
-        origin = "its default is" if default else "its configured value is"
-        raise wrong_value(cls, name, param, value, refused.expected, refused.why,
-                          origin) from None
-    if default:
-        _DEFAULTS_OK[id(param)] = (value, checked)
-    return checked
+    if value is not param._default:
+        return _checked(cls, name, param, value, "its configured value is")
+    hit = param.__dict__.get("_pipeflow_default")  # checked once per parameter object
+    if hit is None or hit[0] is not value:
+        hit = param.__dict__["_pipeflow_default"] = (
+            value, _checked(cls, name, param, value, "its default is"))
+    return hit[1]
 
 
 def _check(param: Any, value: Any) -> Any:

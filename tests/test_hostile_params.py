@@ -523,3 +523,23 @@ def test_too_many_or_doubled_positional_values_are_parameter_errors():
                                              r"and by name\. Pass it once"):
         Few(1, n=1)
     assert Few(4).n == 4 and Few("5").n == 5
+
+
+def test_a_configured_value_obeys_the_same_rules():
+    class Configured(pipeflow.tasks.TaskJson):
+        n = pipeflow.IntParameter(default=1)
+        share = pipeflow.NumericalParameter(default=0.5, var_type=float, min_value=0.0,
+                                            max_value=1.0)
+
+    config = luigi.configuration.get_config()
+    config.add_section("Configured")
+    try:
+        config.set("Configured", "n", "abc")
+        with pytest.raises(ParameterError, match=r"Configured: the configured value of "
+                                                 r"parameter 'n' cannot be read: .*Fix it in "
+                                                 r"the \[Configured\] section"):
+            Configured()
+        config.set("Configured", "n", "7")
+        assert Configured().n == 7
+    finally:
+        config.remove_section("Configured")
