@@ -10,8 +10,15 @@ Example:
 import builtins
 import contextlib
 import datetime
+import decimal
 import difflib
+import enum
+import fractions
 import json
+import math
+import numbers
+import os
+import pathlib
 import traceback
 import urllib.parse
 from collections.abc import Collection, Iterable, Mapping
@@ -356,84 +363,576 @@ def _rebuild_redacted(cls: type[BaseException], args: tuple[Any, ...],
 
 
 # -- checking parameter values ---------------------------------------------------------------
+#
+# The rule, for every parameter class luigi and pipeflow ship (and the classes users derive
+# from them): a value is accepted when it means what the parameter means and survives being
+# stored as text (normalize -> serialize -> parse gives back the same value, so the same
+# task_id); anything else is a ParameterError naming the task class, the parameter, the value
+# (masked when secret), what was expected and how to fix it. Sensible conversions luigi makes
+# (an int for a float, a list for a tuple, a datetime for a date) and a few of pipeflow's own
+# (numpy and pandas scalars to Python's, a string parsed as the command line would) are kept.
 
-# (parameter class, accepted types, how the type is named): subclasses before their bases
-_EXPECTED: list[tuple[type[Any], tuple[type, ...], str]] = [
-    (BoolParameter, (bool,), "a bool"),
-    (IntParameter, (int,), "an int"),
-    (FloatParameter, (int, float), "a float"),
-    (DateHourParameter, (datetime.datetime,), "a datetime"),
-    (DateMinuteParameter, (datetime.datetime,), "a datetime"),
-    (DateSecondParameter, (datetime.datetime,), "a datetime"),
-    (DateParameter, (datetime.date,), "a date"),
-    (MonthParameter, (datetime.date,), "a date"),
-    (YearParameter, (datetime.date,), "a date"),
-    (TimeDeltaParameter, (datetime.timedelta,), "a timedelta"),
-    (ListParameter, (list, tuple), "a list"),
-    (TupleParameter, (list, tuple), "a tuple"),
-    (DictParameter, (Mapping,), "a dict"),
-]
+#: the modules whose parameter classes pipeflow knows the meaning of
+_SHIPPED = ("luigi.parameter", __name__)
+
+
+class _Refused(Exception):
+    """A value does not fit its parameter: ``expected`` (``an int``), ``why`` (or ``''``)."""
+
+    def __init__(self, expected: str, why: str = "") -> None:
+        super().__init__(expected, why)
+        self.expected = expected
+        self.why = why
 
 
 def check_value(cls: type[luigi.Task], name: str, param: luigi.Parameter, value: Any) -> Any:
-    """Check (and, from a string, parse) a value given to a typed parameter.
+    """Check a value given to a parameter and return it normalized, as the task will hold it.
 
-    A string is parsed the way the command line would (``'3'`` for an IntParameter), so
-    values read from files or the CLI work; anything else must already have the type.
+    A string given to a typed parameter is parsed the way the command line would (``'3'`` for
+    an IntParameter), so values read from files or the CLI work; numpy and pandas scalars
+    become Python's. A value is accepted only if it means what the parameter means (its type,
+    range, choices) and round-trips exactly through the text luigi stores it as (the task id).
+
+    Args:
+        cls: the task class the value is given to (named in the error).
+        name: the parameter's name.
+        param: the parameter object of ``cls``.
+        value: the value given.
 
     Returns:
-        The value to use.
+        The normalized value to use.
 
     Raises:
-        ParameterError: the value does not fit the parameter's type.
+        ParameterError: the value does not fit the parameter, with what was expected and the fix.
     """
-    expected = _expected(param)
-    if expected is None:
-        return value  # a plain Parameter takes any value (d6tflow code passes numbers)
-    types, what, optional = expected
-    if type(value) in types or (value is None and (optional or param._default is None)):
-        return value  # default=None declares None a legal value (d6tflow code relies on it)
-    if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+    return _checked(cls, name, param, value, "got")
+
+
+def _checked(cls: type[luigi.Task], name: str, param: luigi.Parameter, value: Any,
+             origin: str) -> Any:
+    """:func:`_check`, with a refusal as the ParameterError (``origin``: see wrong_value)."""
+    try:
+        return _check(param, value)
+    except _Refused as refused:
+        raise wrong_value(cls, name, param, value, refused.expected, refused.why,
+                          origin) from None
+    except RecursionError:
+        raise wrong_value(cls, name, param, value, _expected(param, _kind(type(param))),
+                          "it is nested too deeply", origin) from None
+
+
+def parse_value(cls: type[luigi.Task], name: str, text: str) -> Any:
+    """The value of ``cls``'s parameter ``name`` written as ``text`` (a command line, a file).
+
+    The same rules and errors as :func:`check_value`: ``'3'`` for an IntParameter is ``3``,
+    ``'[1, 2]'`` for a ListParameter is ``(1, 2)``, ``''`` for an optional parameter is None;
+    a plain Parameter takes the text as it is.
+
+    Raises:
+        ParameterError: ``cls`` declares no parameter ``name`` (with a did-you-mean), or the
+            text is not a value of it.
+    """
+    params = dict(cls.get_params())
+    if name not in params:
+        raise unknown_parameter(name, [cls], f"{cls.__name__}")
+    return check_value(cls, name, params[name], text)
+
+
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+
+
+def value_key(value: Any) -> Any:
+    """A hashable key of ``value`` that tells apart equal values of other types, at any depth.
+
+    ``1``, ``1.0`` and ``True`` are equal in Python but other values to a parameter (another
+    task id), so caches of task instances are keyed by this, not by the values.
+
+    Raises:
+        TypeError: ``value`` holds something unhashable, or is nested too deeply (no key: do
+            not cache).
+    """
+    try:
+        return _value_key(value)
+    except RecursionError:
+        raise TypeError("nested too deeply to key") from None
+
+
+def _value_key(value: Any) -> Any:
+    kind = type(value)
+    if kind in _ATOMS:
+        return kind, value
+    if kind is tuple or kind is list:
+        return kind, tuple([_value_key(v) for v in value])
+    if isinstance(value, Mapping):  # in order: a DictParameter's order is in its task id
+        return kind, tuple((_value_key(k), _value_key(v)) for k, v in value.items())
+    if isinstance(value, (set, frozenset)):
+        return kind, frozenset(_value_key(v) for v in value)
+    hash(value)
+    return kind, value
+
+
+def kwargs_key(kwargs: Mapping[str, Any]) -> frozenset[tuple[str, Any]]:
+    """:func:`value_key` of keyword arguments, whose order does not matter.
+
+    Raises:
+        TypeError: a value holds something unhashable.
+    """
+    return frozenset([(k, value_key(v)) for k, v in kwargs.items()])
+
+
+def resolved_value(cls: type[luigi.Task], name: str, param: luigi.Parameter) -> Any:
+    """The value a parameter not given takes (config file, default), checked like a given one.
+
+    Returns:
+        The checked value, or luigi's ``_no_value`` when the parameter has none.
+
+    Raises:
+        ParameterError: the configured value cannot be read, or the value does not fit (the
+            message says it is the default or the configured value).
+    """
+    try:
+        value = param._get_value(cls.get_task_family(), name)
+    except Exception as exc:  # noqa: BLE001 - a config value luigi cannot parse
+        raise ParameterError(
+            f"{cls.__name__}: the configured value of parameter '{name}' cannot be read: "
+            f"{_clip(str(exc), 200)}. Fix it in the [{cls.get_task_family()}] section of the "
+            f"luigi config, or pass {name}=... to {cls.__name__}."
+        ) from None
+    if value is luigi.parameter._no_value:
         return value
-    if isinstance(value, datetime.datetime) and datetime.date in types:
-        return value
+    if value is not param._default:
+        return _checked(cls, name, param, value, "its configured value is")
+    hit = param.__dict__.get("_pipeflow_default")  # checked once per parameter object
+    if hit is None or hit[0] is not value:
+        hit = param.__dict__["_pipeflow_default"] = (
+            value, _checked(cls, name, param, value, "its default is"))
+    return hit[1]
+
+
+def _check(param: Any, value: Any) -> Any:
+    kind = _kind(type(param))
+    optional = issubclass(kind, luigi.parameter.OptionalParameterMixin)
+    if value is None and (optional or param._default is None):
+        return None  # default=None declares None a legal value (d6tflow code relies on it)
+    if kind in _TEXT_KINDS:
+        value = _check_text(param, kind, value, optional)
+        if _own_methods(param, kind):
+            return value
+        normalized = _call(param.normalize, value, _expected(param, kind))
+        _call(param.serialize, normalized, _expected(param, kind))
+        return normalized
     if isinstance(value, str):
-        try:
-            return param.parse(value)
-        except Exception:  # noqa: BLE001 - any parse failure is the same user error
-            pass
-    raise wrong_value(cls, name, param, value, what)
+        value = _parse(param, value, optional)
+        if value is None:
+            return None
+    value = _scalar(value)
+    value = _coerce(param, kind, value)
+    normalized = _call(param.normalize, value, _expected(param, kind))
+    _round_trip(param, kind, normalized)
+    return normalized
 
 
-_EXPECTED_BY_CLASS: dict[type, tuple[tuple[type, ...], str, bool] | None] = {}
+_KINDS: dict[type, tuple[type, bool]] = {}  # parameter class -> (its kind, own methods)
 
 
-def _expected(param: luigi.Parameter) -> tuple[tuple[type, ...], str, bool] | None:
-    """(accepted types, how they are named, None allowed) for a parameter; cached per class."""
-    if isinstance(param, EnumParameter):
-        return (param._enum,), f"a member of {param._enum.__name__}", False
-    kind = type(param)
-    if kind not in _EXPECTED_BY_CLASS:
-        hit = next(((types, what) for base, types, what in _EXPECTED if issubclass(kind, base)),
-                   None)
-        optional = any("Optional" in c.__name__ for c in kind.__mro__)
-        _EXPECTED_BY_CLASS[kind] = None if hit is None else (*hit, optional)
-    return _EXPECTED_BY_CLASS[kind]
+def _kind(param_type: type) -> type:
+    """The nearest class of ``param_type`` whose meaning pipeflow knows (luigi's, its own)."""
+    hit = _KINDS.get(param_type)
+    if hit is None:
+        kind = next(c for c in param_type.__mro__ if c.__module__ in _SHIPPED)
+        own = all(getattr(param_type, m) is getattr(kind, m)
+                  for m in ("parse", "serialize", "normalize"))
+        hit = _KINDS[param_type] = (kind, own)
+    return hit[0]
+
+
+# plain text: the value is (or is written as) text; None is (OptionalParameter) a legal value
+_TEXT_KINDS: tuple[type, ...] = (
+    Parameter, luigi.parameter.StrParameter, OptionalParameter,
+    luigi.parameter.OptionalStrParameter, SecretParameter,
+)
+
+
+def _check_text(param: Any, kind: type, value: Any, optional: bool) -> Any:
+    if optional and isinstance(value, str) and value == "":
+        return None  # what luigi reads '' back as; the task id is the same
+    if isinstance(value, str):
+        return value
+    if kind is luigi.parameter.StrParameter:
+        raise _Refused("a str", "a StrParameter takes text only")
+    if param.significant and not is_secret(param):
+        value = _plain(value)
+    # else not in the task id: any object may be passed (luigi's way to hand one over)
+    try:
+        str(value), repr(value)  # luigi writes every value given into its messages
+    except Exception as exc:  # noqa: BLE001 - e.g. an int too long to write out
+        raise _Refused("a str", _clip(str(exc), 200)) from None
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars made Python's, if its text is the same in every process.
+
+    A plain Parameter's task id is ``str(value)``: a set's order changes from one process to
+    the next, an object's text holds its memory address, a big array's text is abridged. So
+    those would never find their outputs again (or find another value's).
+    """
+    value = _scalar(value)
+    if isinstance(value, (str, bytes, int, float, complex, decimal.Decimal, fractions.Fraction,
+                          datetime.date, datetime.time, datetime.timedelta, enum.Enum,
+                          pathlib.PurePath)) or value is None:
+        return value
+    if isinstance(value, type):
+        return value  # '<class 'module.Name'>': the same in every process
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return items if type(value) is list else tuple(items) if type(value) is tuple else value
+    if isinstance(value, Mapping):
+        plain = {_plain(k): _plain(v) for k, v in value.items()}
+        return plain if type(value) is dict else value
+    if isinstance(value, (set, frozenset)):
+        raise _Refused("a str", "a set is written in a different order by each process, so "
+                                "its task would not find its outputs again; pass sorted(...) "
+                                "as a list")
+    raise _Refused("a str", f"a {type(value).__name__} has no text that identifies it (the task "
+                            f"id is built from str(value)); pass a str that names it, or "
+                            f"declare the parameter significant=False to hand over an object")
+
+
+def _scalar(value: Any) -> Any:
+    """A numpy scalar as the Python scalar it holds; a pandas Timestamp as a datetime."""
+    module = type(value).__module__
+    if module == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        if isinstance(value, numbers.Number) or type(value).__name__ in ("bool_", "bool"):
+            return value.item()
+    if module.startswith("pandas") and isinstance(value, datetime.datetime):
+        if getattr(value, "nanosecond", 0):
+            raise _Refused("a datetime", "it has nanoseconds, which a datetime cannot hold")
+        return datetime.datetime(value.year, value.month, value.day, value.hour, value.minute,
+                                 value.second, value.microsecond, value.tzinfo)
+    if module.startswith("pandas") and isinstance(value, datetime.timedelta):
+        return datetime.timedelta(days=value.days, seconds=value.seconds,
+                                  microseconds=value.microseconds)
+    return value
+
+
+def _parse(param: Any, text: str, optional: bool) -> Any:
+    """A string given to a typed parameter, read as the command line would."""
+    if optional and text == "":
+        return None
+    try:
+        return param.parse(text)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the same user error
+        kind = _kind(type(param))
+        if issubclass(kind, (ChoiceParameter, EnumParameter)):
+            raise _Refused(_expected(param, kind)) from None  # the expected says it all
+        why = f"'{_clip(text)}' cannot be read as one"
+        detail = str(exc).strip()
+        if detail and not detail.startswith(("invalid literal", "could not convert")):
+            why += f" ({_clip(detail)})"
+        raise _Refused(_expected(param, kind), why) from None
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _coerce(param: Any, kind: type, value: Any) -> Any:
+    """``value`` as the type ``kind`` holds, or _Refused: the sensible conversions only."""
+    expected = _expected(param, kind)
+    if issubclass(kind, TaskParameter):
+        if isinstance(value, type) and issubclass(value, luigi.Task):
+            return value
+        why = (f"pass the class {type(value).__name__}, not an instance of it"
+               if isinstance(value, luigi.Task) else "")
+        raise _Refused(expected, why)
+    if issubclass(kind, luigi.parameter.EnumListParameter):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, param._enum)
+                                                           for v in value):
+            raise _Refused(expected)
+        return tuple(value)
+    if issubclass(kind, EnumParameter):
+        if not isinstance(value, param._enum):
+            raise _Refused(expected)
+        return value
+    if issubclass(kind, luigi.parameter.ChoiceListParameter):
+        if not isinstance(value, (list, tuple)):
+            raise _Refused(expected)
+        return tuple(_choice(param, _scalar(v), expected) for v in value)
+    if issubclass(kind, ChoiceParameter):
+        return _choice(param, value, expected)
+    if issubclass(kind, NumericalParameter):
+        number = _number(value, param._var_type, expected)
+        if not (param._left_op(param._min_value, number)
+                and param._right_op(number, param._max_value)):
+            raise _Refused(expected, "it is out of range")
+        return number
+    if issubclass(kind, BoolParameter):
+        if type(value) is not bool:
+            raise _Refused(expected)
+        return value
+    if issubclass(kind, IntParameter):
+        return _number(value, int, expected)
+    if issubclass(kind, FloatParameter):
+        return _number(value, float, expected)
+    if issubclass(kind, DateIntervalParameter):
+        if not isinstance(value, luigi.date_interval.DateInterval):
+            raise _Refused(expected)
+        return value
+    if issubclass(kind, TimeDeltaParameter):
+        if not isinstance(value, datetime.timedelta):
+            raise _Refused(expected)
+        return value
+    if issubclass(kind, luigi.parameter._DatetimeParameterBase):
+        if not isinstance(value, datetime.date):
+            raise _Refused(expected)
+        if isinstance(value, datetime.datetime) and value.tzinfo is not None:
+            raise _Refused(expected, "it has a time zone, and the task id holds none; pass "
+                                     "value.astimezone(datetime.timezone.utc).replace("
+                                     "tzinfo=None)")
+        return value
+    if issubclass(kind, luigi.parameter._DateParameterBase):
+        allowed: tuple[type, ...] = (datetime.date,)
+        if issubclass(kind, MonthParameter):
+            allowed = (datetime.date, luigi.date_interval.Month)
+        elif issubclass(kind, YearParameter):
+            allowed = (datetime.date, luigi.date_interval.Year)
+        if not isinstance(value, allowed):
+            raise _Refused(expected)
+        return value
+    if issubclass(kind, DictParameter):
+        if not isinstance(value, Mapping):
+            raise _Refused(expected)
+        return _json(value, expected)
+    if issubclass(kind, ListParameter):  # TupleParameter too
+        if not isinstance(value, (list, tuple)):
+            raise _Refused(expected)
+        return _json(value, expected)
+    if issubclass(kind, luigi.parameter.PathParameter):
+        if not isinstance(value, (str, os.PathLike)):
+            raise _Refused(expected)
+        return value
+    return value  # a kind this table does not know: its own normalize decides
+
+
+def _choice(param: Any, value: Any, expected: str) -> Any:
+    var_type = param._var_type
+    if var_type in (int, float):
+        value = _number(value, var_type, expected)
+    elif type(value) is not var_type:
+        raise _Refused(expected)
+    if value not in param._choices:
+        raise _Refused(expected)
+    return value
+
+
+def _number(value: Any, var_type: type, expected: str) -> Any:
+    """``value`` as an int or a float, exactly; never a bool, nan or a rounded int."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Refused(expected)
+    if var_type is int:
+        if not isinstance(value, int):
+            whole = math.isfinite(value) and float(value).is_integer()
+            raise _Refused(expected, f"pass int({value!r}) if that is what you mean" if whole
+                           else "")
+        return int(value)
+    if var_type is float:
+        if isinstance(value, int):
+            try:
+                as_float = float(value)
+            except OverflowError:
+                raise _Refused(expected, "it is too large for a float") from None
+            if int(as_float) != value if math.isfinite(as_float) else True:
+                raise _Refused(expected, "a float cannot hold it exactly")
+            return as_float
+        if math.isnan(value):
+            raise _Refused(expected, "nan is not equal to itself, so a task given it could "
+                                     "never be found again; pass None (with default=None) "
+                                     "for a missing value")
+        return float(value)
+    if not isinstance(value, var_type):
+        raise _Refused(expected)
+    return value
+
+
+def _json(value: Any, expected: str) -> Any:
+    """A list or dict value with numpy scalars made Python's; _Refused if JSON cannot hold it."""
+    if isinstance(value, Mapping):
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _Refused(expected, f"its key {key!r} is not a str, and JSON (which the "
+                                         f"task id is written in) has only str keys")
+            out[key] = _json(item, expected)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_json(v, expected) for v in value]
+    value = _scalar(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Refused(expected, f"it holds {value!r}, which JSON cannot hold")
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    what = "a set has no order; pass sorted(...) as a list" if isinstance(
+        value, (set, frozenset)) else "JSON holds str, int, float, bool, None, lists and dicts"
+    raise _Refused(expected, f"it holds a {type(value).__name__}, which JSON cannot hold ({what})")
+
+
+def _call(method: Any, value: Any, expected: str) -> Any:
+    """``method(value)`` with luigi's own refusals (choices, schema, range) as _Refused."""
+    try:
+        return method(value)
+    except _Refused:
+        raise
+    except Exception as exc:  # noqa: BLE001 - luigi's (and jsonschema's) refusals vary
+        raise _Refused(expected, _clip(str(exc).strip() or type(exc).__name__, 200)) from None
+
+
+def _round_trip(param: Any, kind: type, value: Any) -> None:
+    """_Refused unless ``value`` comes back the same from the text luigi stores it as."""
+    expected = _expected(param, kind)
+    text = _call(param.serialize, value, expected)
+    if not isinstance(text, str):
+        raise _Refused(expected, f"it is written as a {type(text).__name__}, not as text")
+    if not _own_methods(param, kind) or issubclass(kind, TaskParameter):
+        return  # a class of the user's own (its methods decide); a task class by family name
+    try:
+        back = param.normalize(param.parse(text))
+    except Exception:  # noqa: BLE001
+        back = _UNREADABLE
+    if not _same(back, value):
+        shown = "cannot be read back" if back is _UNREADABLE else f"reads back as {back!r}"
+        raise _Refused(expected, f"it would be stored as '{_clip(text)}', which {shown}, so the "
+                                 f"task could not be found again")
+
+
+_UNREADABLE = object()
+
+
+def _own_methods(param: Any, kind: type) -> bool:
+    """Whether ``param`` reads, writes and normalizes values as its shipped ``kind`` does."""
+    _kind(type(param))
+    return _KINDS[type(param)][1]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of the same types, at every depth (1, 1.0 and True are not the same)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, Mapping):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def _expected(param: Any, kind: type) -> str:
+    """What a parameter takes, for messages: ``an int``, ``one of 'a', 'b'``... (cached)."""
+    hit = param.__dict__.get("_pipeflow_expected")
+    if hit is None:
+        hit = param.__dict__["_pipeflow_expected"] = _describe_expected(param, kind)
+    return hit  # type: ignore[no-any-return]
+
+
+def _describe_expected(param: Any, kind: type) -> str:
+    if issubclass(kind, luigi.parameter.EnumListParameter):
+        return f"a list of members of {param._enum.__name__}"
+    if issubclass(kind, EnumParameter):
+        return f"a member of {param._enum.__name__}"
+    if issubclass(kind, luigi.parameter.ChoiceListParameter):
+        return f"a list of values from {_choices(param)}"
+    if issubclass(kind, ChoiceParameter):
+        return f"one of {_choices(param)}"
+    if issubclass(kind, NumericalParameter):
+        return f"a number ({param._permitted_range})"
+    for base, what in _WHAT:
+        if issubclass(kind, base):
+            return what
+    return f"a value of {type(param).__name__}"
+
+
+def _choices(param: Any) -> str:
+    return ", ".join(sorted(repr(c) for c in param._choices))
+
+
+# (parameter class, what it takes): subclasses before their bases
+_WHAT: list[tuple[type, str]] = [
+    (BoolParameter, "a bool"),
+    (IntParameter, "an int"),
+    (FloatParameter, "a float"),
+    (DateHourParameter, "a datetime (to the hour)"),
+    (DateMinuteParameter, "a datetime (to the minute)"),
+    (DateSecondParameter, "a datetime (to the second)"),
+    (MonthParameter, "a date (its month)"),
+    (YearParameter, "a date (its year)"),
+    (DateParameter, "a date"),
+    (DateIntervalParameter, "a date interval"),
+    (TimeDeltaParameter, "a timedelta (whole seconds)"),
+    (TaskParameter, "a task class (the class, not an instance)"),
+    (TupleParameter, "a tuple"),
+    (ListParameter, "a list"),
+    (DictParameter, "a dict"),
+    (luigi.parameter.PathParameter, "a path"),
+    (luigi.parameter.StrParameter, "a str"),
+    (Parameter, "a str"),  # last: every class is one
+]
+
+#: a value that fits, for the "Pass e.g." of a message
+_EXAMPLES = {
+    "a bool": "True", "an int": "3", "a float": "0.5", "a list": "[1, 2]", "a tuple": "(1, 2)",
+    "a dict": "{'a': 1}", "a date": "datetime.date(2024, 1, 31)",
+    "a date (its month)": "datetime.date(2024, 1, 1)",
+    "a date (its year)": "datetime.date(2024, 1, 1)",
+    "a datetime (to the hour)": "datetime.datetime(2024, 1, 31, 12)",
+    "a datetime (to the minute)": "datetime.datetime(2024, 1, 31, 12, 30)",
+    "a datetime (to the second)": "datetime.datetime(2024, 1, 31, 12, 30, 5)",
+    "a date interval": "'2024-01' (a month; or a year, '2024-W05', '2024-01-31')",
+    "a timedelta (whole seconds)": "datetime.timedelta(hours=1)",
+    "a task class (the class, not an instance)": "MyTask", "a path": "'data/in.csv'",
+    "a str": "'abc'",
+}
+
+
+def _example(param: Any, what: str) -> str:
+    if isinstance(param, (EnumParameter, luigi.parameter.EnumListParameter)):
+        members = list(param._enum.__members__)
+        if members:
+            one = f"{param._enum.__name__}.{members[0]}"
+            return f"[{one}]" if isinstance(param, luigi.parameter.EnumListParameter) else one
+    if isinstance(param, ChoiceParameter) and param._choices:
+        one = repr(sorted(param._choices, key=repr)[0])
+        return f"[{one}]" if isinstance(param, luigi.parameter.ChoiceListParameter) else one
+    if isinstance(param, NumericalParameter):
+        low = param._min_value
+        return repr(low if param._left_op(low, low) else param._var_type(
+            (low + param._max_value) / 2))
+    return _EXAMPLES.get(what, "...")
 
 
 def wrong_value(cls: type[luigi.Task], name: str, param: luigi.Parameter, value: Any,
-                what: str) -> ParameterError:
-    """The error for a value that does not fit its parameter."""
-    shown = MASK if is_secret(param) else f"{value!r} ({type(value).__name__})"
-    example = {"a bool": "True", "an int": "3", "a float": "0.5", "a list": "[1, 2]",
-               "a tuple": "(1, 2)", "a dict": "{'a': 1}"}.get(what, "...")
-    if isinstance(param, EnumParameter):
-        members = list(param._enum.__members__)
-        example = f"{param._enum.__name__}.{members[0]}" if members else example
+                what: str, why: str = "", origin: str = "got") -> ParameterError:
+    """The error for a value that does not fit its parameter (masked when it is a secret).
+
+    Args:
+        cls: the task class the value was given to.
+        name: the parameter's name.
+        param: the parameter object.
+        value: the value refused.
+        what: what the parameter takes (``an int``).
+        why: the detail ('' for none).
+        origin: where the value came from: ``got`` (given), ``its default is``...
+    """
+    secret = is_secret(param)
+    try:
+        shown = MASK if secret else f"{_clip(repr(value), 200)} ({type(value).__name__})"
+    except Exception:  # noqa: BLE001 - a value whose repr fails is still refused
+        shown = f"a {type(value).__name__}"
+    if secret and why:
+        why = "it does not fit"
     return ParameterError(
-        f"{cls.__name__}: parameter '{name}' must be {what}, but got {shown}. "
-        f"{cls.__name__} declares {describe_param(name, param)}. Pass e.g. "
-        f"{cls.__name__}({name}={example})."
+        f"{cls.__name__}: parameter '{name}' must be {what}, but {origin} {shown}"
+        f"{': ' + why if why else ''}. {cls.__name__} declares {describe_param(name, param)}. "
+        f"{'Pass' if origin == 'got' else 'Fix it in the class, or pass'} e.g. "
+        f"{cls.__name__}({name}={_example(param, what)})."
     )
 
 

@@ -471,7 +471,8 @@ class Typed(pipeflow.tasks.TaskJson):
     ({"rate": "fast"}, "parameter 'rate' must be a float, but got 'fast' (str)"),
     ({"flag": 1}, "parameter 'flag' must be a bool, but got 1 (int)"),
     ({"items": "x"}, "parameter 'items' must be a list, but got 'x' (str)"),
-    ({"kind": "z"}, "Typed: a parameter value was refused: z is not a valid choice"),
+    ({"kind": "z"}, "Typed: parameter 'kind' must be one of 'a', 'b', but got 'z' (str). Typed "
+                    "declares kind (choice, default 'a'). Pass e.g. Typed(kind='a')."),
 ])
 def test_wrong_parameter_value_type_is_explained(kwargs, message):
     with pytest.raises(ParameterError) as info:

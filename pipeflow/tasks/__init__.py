@@ -43,7 +43,15 @@ from pipeflow.errors import (
 )
 from pipeflow.graph import optional
 from pipeflow.integrity import META_KEY
-from pipeflow.parameters import accepted, check_undeclared, check_value, missing_parameter
+from pipeflow.parameters import (
+    accepted,
+    check_undeclared,
+    check_value,
+    kwargs_key,
+    missing_parameter,
+    resolved_value,
+    value_key,
+)
 from pipeflow.plan import Plan, Status, assess, build_plan
 from pipeflow.targets import (
     CacheTarget,
@@ -95,14 +103,33 @@ class _TaskMeta(Register):
                            kwargs)
         cache = cls._Register__instance_cache  # type: ignore[attr-defined]
         if cache is None or args:
-            return super().__call__(*args, **kwargs)
+            return cls._instance(args, kwargs)
         try:
-            key = (cls, _TaskMeta.generation, frozenset(kwargs.items()))
+            key = (cls, _TaskMeta.generation, kwargs_key(kwargs))
             hit = cache.get(key)
         except TypeError:  # unhashable values: luigi's path only
-            return super().__call__(*args, **kwargs)
+            return cls._instance(args, kwargs)
         if hit is None:
-            hit = cache[key] = super().__call__(*args, **kwargs)
+            hit = cache[key] = cls._instance(args, kwargs)
+        return hit
+
+    def _instance(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Luigi's instance cache, keyed by the resolved values *and their types*.
+
+        luigi keys it by the values alone, so ``T(p=True)`` got the cached ``T(p=1)`` (and
+        ``T(p=(1,))`` a ``T(p=(True,))``): equal in Python, other tasks to luigi's task id.
+        """
+        cache = cls._Register__instance_cache  # type: ignore[attr-defined]
+        if cache is None:
+            return super(Register, cls).__call__(*args, **kwargs)
+        values = cls.get_param_values(cls.get_params(), args, kwargs)  # type: ignore[attr-defined]
+        try:
+            key = (cls, "resolved", value_key(tuple(values)))
+            hit = cache.get(key)
+        except TypeError:  # unhashable values: a new instance each time, as in luigi
+            return super(Register, cls).__call__(*args, **kwargs)
+        if hit is None:
+            hit = cache[key] = super(Register, cls).__call__(*args, **kwargs)
         return hit
 
     def _param_names(cls) -> frozenset[str]:
@@ -120,7 +147,7 @@ def located(cls: type[luigi.Task], home: layout.FlowContext, args: tuple[Any, ..
     kwargs = dict(kwargs or {})
     cache = cls._Register__instance_cache  # type: ignore[attr-defined]
     try:
-        key: Any = (cls, _TaskMeta.generation, frozenset(kwargs.items()), "home", home.key,
+        key: Any = (cls, _TaskMeta.generation, kwargs_key(kwargs), "home", home.key,
                     id(home.flows) if home.flows else None)
         hit = cache.get(key) if cache is not None and not args else None
     except TypeError:  # unhashable values: a new instance each time
@@ -133,6 +160,22 @@ def located(cls: type[luigi.Task], home: layout.FlowContext, args: tuple[Any, ..
         if key is not None and cache is not None and not args:
             cache[key] = hit
     return hit
+
+
+def _check_positional(cls: type[luigi.Task], slots: list[tuple[str, luigi.Parameter]],
+                      args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """ParameterError for more positional values than slots, or a name given twice."""
+    names = [n for n, _ in slots]
+    if len(args) > len(slots):
+        raise ParameterError(
+            f"{cls.__name__} takes at most {len(slots)} value(s) by position "
+            f"({', '.join(names) or 'none'}), but got {len(args)}. Pass values by name, e.g. "
+            f"{cls.__name__}({names[0] if names else 'name'}=...).\n{accepted([cls])}")
+    twice = [n for n in names[:len(args)] if n in kwargs]
+    if twice:
+        raise ParameterError(
+            f"{cls.__name__}: parameter '{twice[0]}' was given twice, by position and by name. "
+            f"Pass it once, e.g. {cls.__name__}({twice[0]}=...).")
 
 
 _PARAMS: dict[type, tuple[int, list[tuple[str, luigi.Parameter]]]] = {}
@@ -230,7 +273,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         cache, then in ``__init__``): the second call reuses the first's answer, once.
         """
         try:
-            key: Any = (cls, _TaskMeta.generation, args, frozenset(kwargs.items()))
+            key: Any = (cls, _TaskMeta.generation, value_key(args), kwargs_key(kwargs))
             hash(key)  # (values that compare oddly, e.g. arrays, are unhashable too)
         except TypeError:  # unhashable values
             key = None
@@ -255,8 +298,14 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         slots: list[tuple[str, luigi.Parameter]] = []
         if args:  # positional values fill the positional parameters in order, as in luigi
             slots = [(n, p) for n, p in params if p.positional]
-            args = tuple(check_value(cls, n, p, a) for (n, p), a in zip(slots, args)) + args[
-                len(slots):]
+            _check_positional(cls, slots, args, kwargs)
+            args = tuple(check_value(cls, n, p, a) for (n, p), a in zip(slots, args))
+        given = set(kwargs).union(n for (n, _), _ in zip(slots, args))
+        for name, p in params:  # a default or configured value obeys the same rule
+            if name not in given:
+                value = resolved_value(cls, name, p)
+                if value is not luigi.parameter._no_value:
+                    kwargs[name] = value
         try:
             return super().get_param_values(params, args, kwargs)
         except (ValueError, TypeError) as exc:  # a parameter's own validation (choices...)
