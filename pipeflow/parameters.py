@@ -574,8 +574,9 @@ def _plain(value: Any) -> Any:
     """``value`` with numpy scalars made Python's, if its text is the same in every process.
 
     A plain Parameter's task id is ``str(value)``: a set's order changes from one process to
-    the next, an object's text holds its memory address, a big array's text is abridged. So
-    those would never find their outputs again (or find another value's).
+    the next, a plain object's text holds its memory address, a big array's text is
+    abridged. So those would never find their outputs again (or find another value's).
+    An object whose text is its own (a scikit-learn model's repr, say) is kept, as in d6tflow.
     """
     value = _scalar(value)
     if isinstance(value, (str, bytes, int, float, complex, decimal.Decimal, fractions.Fraction,
@@ -594,9 +595,21 @@ def _plain(value: Any) -> Any:
         raise _Refused("a str", "a set is written in a different order by each process, so "
                                 "its task would not find its outputs again; pass sorted(...) "
                                 "as a list")
-    raise _Refused("a str", f"a {type(value).__name__} has no text that identifies it (the task "
-                            f"id is built from str(value)); pass a str that names it, or "
-                            f"declare the parameter significant=False to hand over an object")
+    try:
+        text = str(value)
+    except Exception:  # noqa: BLE001 - a broken __str__ is the user's; say what it means
+        text = " at 0x"
+    if " at 0x" not in text and "..." not in text:
+        return value  # its own text, the same in every process (a model's repr, say)
+    kind = type(value).__name__
+    raise _Refused("a str", f"{_article(kind)} {kind} has no text that identifies it (its "
+                            f"str() holds a memory address or is abridged, and the task id is "
+                            f"built from it); pass a str that names it, or declare the "
+                            f"parameter significant=False to hand over an object")
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def _scalar(value: Any) -> Any:
