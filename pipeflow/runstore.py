@@ -40,9 +40,11 @@ import luigi
 
 from pipeflow import settings
 from pipeflow.contract import adapt
+from pipeflow.errors import ParameterError, did_you_mean
 from pipeflow.events import Event, EventKind
 from pipeflow.graph import describe
 from pipeflow.integrity import CommitRecord, read_record
+from pipeflow.options import whole_number
 from pipeflow.parameters import MASK, is_secret, redact
 from pipeflow.sysinfo import system_info
 
@@ -75,6 +77,8 @@ CREATE INDEX IF NOT EXISTS changes_run ON changes (run_id);
 _ENDS = {EventKind.TASK_COMPLETED: "completed", EventKind.TASK_FAILED: "failed",
          EventKind.TASK_RETRYING: "retried", EventKind.TASK_CANCELLED: "cancelled",
          EventKind.TASK_SKIPPED: "skipped", EventKind.TASK_UP_TO_DATE: "up_to_date"}
+#: how an attempt can end: the ``status`` column of :func:`history`
+ATTEMPT_STATUSES = tuple(_ENDS.values())
 _STATES = {**_ENDS, EventKind.TASK_STARTED: "in_progress", EventKind.TASK_WAITING: "waiting",
            EventKind.TASK_RETRYING: "queued", EventKind.TASK_ADDED: "queued"}
 
@@ -346,9 +350,20 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
         >>> pipeflow.history(status="failed", last=5)      # doctest: +SKIP
     """
     where, args = [], []
+    last = _count(last, "attempts")
+    if status is not None and status not in ATTEMPT_STATUSES:
+        raise ParameterError(
+            f"status must be one of {', '.join(map(repr, ATTEMPT_STATUSES))}, not "
+            f"{status!r}.{did_you_mean(str(status), ATTEMPT_STATUSES)}")
+    if run is not None and not isinstance(run, str):
+        raise ParameterError(f"run must be a run_id (a str, from pipeflow.runs()), not {run!r}.")
     if family is not None:
         names = [getattr(f, "task_family", getattr(f, "__name__", f))
                  for f in (family if isinstance(family, (list, tuple)) else [family])]
+        if not all(isinstance(n, str) for n in names):
+            raise ParameterError(
+                f"family must be a task family name, a task class or a list of them, not "
+                f"{family!r}.")
         where.append(f"family IN ({', '.join('?' * len(names))})")
         args += names
     if status is not None:
@@ -358,6 +373,9 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
         where.append("run_id = ?")
         args.append(run)
     if tasks is not None:
+        tasks = list(tasks)
+        if not all(isinstance(t, luigi.Task) for t in tasks):
+            raise ParameterError(f"tasks must be task instances, not {tasks!r}.")
         ids = [t.task_id for t in tasks]
         where.append(f"task_id IN ({', '.join('?' * len(ids))})")
         args += ids
@@ -365,9 +383,14 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
     sql += " ORDER BY finished DESC, id DESC"
     if last is not None:
         sql += " LIMIT ?"
-        args.append(int(last))
+        args.append(last)
     df = _query(sql, args).drop(columns=["id"])
     return _times(df, ["started", "finished"])
+
+
+def _count(last: Any, what: str) -> int | None:
+    return None if last is None else whole_number(
+        last, "last", 0, f": it is how many of the most recent {what} to show (None: all).")
 
 
 def runs(last: int | None = None) -> pd.DataFrame:
@@ -387,8 +410,9 @@ def runs(last: int | None = None) -> pd.DataFrame:
         >>> pipeflow.runs(last=1).iloc[0]["system"]["memory"]["available"]  # doctest: +SKIP
         22589730816
     """
-    sql = "SELECT * FROM runs ORDER BY started DESC" + (" LIMIT ?" if last else "")
-    df = _times(_query(sql, [int(last)] if last else []), ["started", "finished"])
+    last = _count(last, "runs")
+    sql = "SELECT * FROM runs ORDER BY started DESC" + (" LIMIT ?" if last is not None else "")
+    df = _times(_query(sql, [] if last is None else [last]), ["started", "finished"])
     if "system" not in df.columns:  # a file from before the column, not written to since
         df["system"] = None
     df["system"] = [None if _pandas().isna(s) else json.loads(s) for s in df["system"]]
