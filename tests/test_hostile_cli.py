@@ -342,12 +342,15 @@ def test_cli_reset_without_yes_tells_how_to_proceed_on_the_command_line(cli, tmp
     assert cli("run", "hostile_cli_tasks:Hello", *where).exit_code == 0
     out = cli("reset", "hostile_cli_tasks:Hello", *where)
     assert out.exit_code == 2, out.output
-    assert "--yes" in out.output and "confirm=False" not in out.output
-    out = cli("reset", "hostile_cli_tasks:Hello", *where, input="n\n")
-    assert out.exit_code == 0, out.output
-    out = cli("reset", "hostile_cli_tasks:Hello", *where, input="")  # answers ran out
-    assert "confirm=False" not in out.output
+    assert "Pass --yes" in _error_line(out) and "confirm=False" not in out.output
+    assert list((tmp_path / "d").rglob("*.json"))  # kept
     assert cli("reset", "hostile_cli_tasks:Hello", *where, "--yes").exit_code == 0
+    assert not list((tmp_path / "d").rglob("*.json"))
+    # the API keeps its own hint
+    pipeflow.set_dir(tmp_path / "d")
+    pipeflow.run(Kept())
+    with pytest.raises(pipeflow.errors.ConfirmationError, match="Pass confirm=False"):
+        Kept().reset(confirm=True)
 
 
 def test_cli_ctrl_c_exits_130_with_one_line(cli, tmp_path):
@@ -377,6 +380,26 @@ def test_console_script_bad_value_exits_2_without_traceback(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "'abc'" in proc.stderr
+
+
+@pytest.mark.parametrize("answers,code,kept", [(None, 2, True), ("n\n", 0, True),
+                                               ("", 2, True), ("y\n", 0, False)])
+def test_console_script_reset_prompt(tmp_path, answers, code, kept):
+    (tmp_path / "hostile_cli_tasks.py").write_text(TASKS)
+    where = ["--dir", str(tmp_path / "d")]
+    run = subprocess.run([_script(), "run", "hostile_cli_tasks:Hello", *where], cwd=tmp_path,
+                         env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    proc = subprocess.run([_script(), "reset", "hostile_cli_tasks:Hello", *where],
+                          cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,
+                          timeout=120, check=False,
+                          **({"stdin": subprocess.DEVNULL} if answers is None
+                             else {"input": answers}))
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr and "confirm=False" not in proc.stderr
+    if code == 2:
+        assert "Pass --yes" in proc.stderr
+    assert bool(list((tmp_path / "d").rglob("*.json"))) is kept
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
