@@ -338,13 +338,16 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
         status: only attempts that ended so: ``'completed'``, ``'failed'``, ``'retried'``,
             ``'cancelled'``, ``'skipped'`` or ``'up_to_date'``.
         run: only this run (its ``run_id``).
-        last: only the ``last`` most recent attempts.
+        last: only the ``last`` most recent attempts (None: all).
         tasks: only these task instances.
 
     Returns:
         One row per attempt: run_id, task_id, family, task, params, attempt, status,
         started, finished, duration, cpu_time, peak_memory, error_type, error_message,
         traceback, reason, outputs.
+
+    Raises:
+        ParameterError: an argument of the wrong type, ``last`` below 0, an unknown status.
 
     Example:
         >>> pipeflow.history(status="failed", last=5)      # doctest: +SKIP
@@ -397,7 +400,7 @@ def runs(last: int | None = None) -> pd.DataFrame:
     """The recorded runs, newest first.
 
     Args:
-        last: only the ``last`` most recent runs.
+        last: only the ``last`` most recent runs (None: all).
 
     Returns:
         One row per run: run_id, started, finished, status, host, user, pipeflow_version,
@@ -405,6 +408,9 @@ def runs(last: int | None = None) -> pd.DataFrame:
         the run started, already parsed: the dict :func:`pipeflow.system_info` returns
         for ``'all'``, or None when it could not be read (and for runs recorded before
         pipeflow kept it).
+
+    Raises:
+        ParameterError: ``last`` is not a whole number of at least 0.
 
     Example:
         >>> pipeflow.runs(last=1).iloc[0]["system"]["memory"]["available"]  # doctest: +SKIP
