@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,7 +29,13 @@ import click
 import luigi
 
 from pipeflow import display, operations, runstore, settings
-from pipeflow.errors import ConfirmationError, ParameterError, PipeflowError, did_you_mean
+from pipeflow.errors import (
+    ConfirmationError,
+    ParameterError,
+    PipeflowError,
+    did_you_mean,
+    first_line,
+)
 from pipeflow.options import IF_LOCKED, RunOptions
 from pipeflow.parameters import MASK, accepted, describe_param, is_secret
 from pipeflow.workflow import Workflow
@@ -53,6 +60,11 @@ def _load_task(target: str) -> type[luigi.Task]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise click.BadParameter(f"cannot import module {module_name!r}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - the user's module failed: say where, briefly
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        raise click.ClickException(
+            f"importing {module_name!r} failed at {where.filename}:{where.lineno}: "
+            f"{first_line(exc)}") from None
     cls = getattr(module, cls_name, None)
     if not (isinstance(cls, type) and issubclass(cls, luigi.Task)):
         raise click.BadParameter(f"{module_name} has no task class {cls_name!r}")
@@ -104,6 +116,8 @@ def _form(param: luigi.Parameter) -> tuple[str, str]:
                 datetime.datetime(2024, 1, 31, 13, 45, 30).strftime(fmt))
     choices = getattr(param, "_choices", None) or list(getattr(
         getattr(param, "_enum", None), "__members__", ()))
+    if isinstance(choices, (set, frozenset)):
+        choices = sorted(choices, key=str)
     if choices:
         return f"one of {', '.join(map(str, choices))}", str(next(iter(choices)))
     for kind, form, example in _FORMS:

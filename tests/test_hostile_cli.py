@@ -310,6 +310,22 @@ def test_cli_dir_that_is_a_file_exits_2(cli, tmp_path, command):
     assert (tmp_path / "afile").read_text() == "mine"
 
 
+def test_cli_choices_are_listed_and_a_broken_module_is_one_error(cli, tmp_path):
+    (tmp_path / "hostile_cli_more.py").write_text(
+        "import pipeflow\n"
+        "class More(pipeflow.tasks.TaskJson):\n"
+        "    c = pipeflow.ChoiceParameter(choices=['b', 'a'], default='a')\n"
+        "    def run(self):\n"
+        "        self.save({})\n")
+    (tmp_path / "hostile_cli_broken.py").write_text("x = 1\nraise NameError('oops')\n")
+    out = cli("run", "hostile_cli_more:More", "-p", "c=z")
+    assert out.exit_code == 2
+    assert "'z', which is not one of a, b" in _error_line(out)
+    out = cli("run", "hostile_cli_broken:X")
+    assert out.exit_code == 1
+    assert "hostile_cli_broken.py:2: NameError: oops" in _error_line(out)
+
+
 def test_cli_queries_of_a_missing_dir_create_nothing(cli, tmp_path):
     missing = tmp_path / "nothere"
     out = cli("history", "--dir", str(missing))
