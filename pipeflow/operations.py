@@ -421,10 +421,13 @@ def taskflow_downstream(task: Any, task_downstream: luigi.Task,
         task_downstream: the downstream task whose flow is searched.
         only_complete: keep only complete tasks.
     """
+    family = getattr(task, "task_family", None)
+    if not isinstance(family, str):
+        raise ParameterError(
+            f"taskflow_downstream() takes a task or a task class to look for, not {task!r}.")
     with layout.at_home([task_downstream]):
         plan = build_plan(graph.build([task_downstream]))
     g = plan.graph
-    family = task.task_family
     found = g.downstream(i for i, t in enumerate(g.nodes) if t.task_family == family)
     return {g.nodes[i] for i in found if not only_complete or plan.status[i] is Status.COMPLETE}
 

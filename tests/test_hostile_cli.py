@@ -162,10 +162,13 @@ def test_good_retries_and_timeouts_work(data_dir, monkeypatch):
     lambda: pipeflow.invalidate_all(confirm="no"),
     lambda: pipeflow.invalidate_orphans([], confirm=False),
     lambda: KeptDown().reset(confirm="no"),
+    lambda: pipeflow.invalidate_downstream("Kept", KeptDown()),
+    lambda: pipeflow.Workflow(KeptDown).reset_downstream(None),
 ], ids=["flow.reset", "flow.reset_upstream", "flow.reset_downstream", "flows.reset",
         "flows.reset_upstream", "flows.reset-bad-list", "flows.run-no-flow",
         "invalidate_upstream", "invalidate_downstream", "invalidate_all",
-        "invalidate_orphans-nothing-kept", "task.reset"])
+        "invalidate_orphans-nothing-kept", "task.reset", "invalidate_downstream-not-a-task",
+        "flow.reset_downstream-None"])
 def test_a_bad_reset_argument_deletes_nothing(committed, call):
     with pytest.raises(PipeflowError):
         call()
