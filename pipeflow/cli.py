@@ -110,7 +110,7 @@ def _form(param: luigi.Parameter) -> tuple[str, str]:
     if isinstance(fmt, str):
         readable = fmt
         for code, shown in (("%Y", "YYYY"), ("%m", "MM"), ("%d", "DD"), ("%H", "HH"),
-                            ("%M", "MM"), ("%S", "SS")):
+                            ("%M", "mm"), ("%S", "ss")):
             readable = readable.replace(code, shown)
         return (f"a date written {readable}",
                 datetime.datetime(2024, 1, 31, 13, 45, 30).strftime(fmt))
@@ -122,7 +122,7 @@ def _form(param: luigi.Parameter) -> tuple[str, str]:
         return f"one of {', '.join(map(str, choices))}", str(next(iter(choices)))
     for kind, form, example in _FORMS:
         if isinstance(param, kind):
-            return form, example
+            return form, str(getattr(param, "_min_value", example))
     return f"a value of a {type(param).__name__}", "..."
 
 
@@ -130,7 +130,7 @@ _FORMS: list[tuple[type, str, str]] = [
     (luigi.BoolParameter, "true or false", "true"),
     (luigi.IntParameter, "a whole number", "3"),
     (luigi.FloatParameter, "a number", "0.5"),
-    (luigi.NumericalParameter, "a number in its range", "1"),
+    (luigi.NumericalParameter, "a number in its range", "0"),
     (luigi.DictParameter, "a JSON object", '\'{"a": 1}\''),
     (luigi.ListParameter, "a JSON list", "'[1, 2]'"),
     (luigi.TupleParameter, "a JSON list", "'[1, 2]'"),
