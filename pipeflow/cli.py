@@ -6,21 +6,49 @@ Example::
     pipeflow run tasks:TaskTrain -p model=gbm -p do_preprocess=False
     pipeflow reset tasks:TaskPreprocess --yes
     pipeflow history --status failed --last 5
+
+Exit codes: 0 done, 1 a task failed (or another error of the run), 2 bad input (an
+argument, a parameter value, a confirmation only ``--yes`` can give), 130 interrupted by
+Ctrl-C, 143 stopped by SIGTERM. Errors are one ``Error:`` message, never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import importlib
 import os
+import signal
 import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 import luigi
 
-from pipeflow import operations, runstore
-from pipeflow.errors import PipeflowError
+from pipeflow import display, operations, runstore, settings
+from pipeflow.errors import (
+    ConfirmationError,
+    ParameterError,
+    PipeflowError,
+    did_you_mean,
+    first_line,
+)
+from pipeflow.options import IF_LOCKED, RunOptions
+from pipeflow.parameters import accepted, parse_value
 from pipeflow.workflow import Workflow
+
+
+class _Refused(click.ClickException):
+    """Bad input: one ``Error:`` line and exit code 2 (click's usage text left out)."""
+
+    exit_code = 2
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: stops a run the way Ctrl-C does."""
 
 
 def _load_task(target: str) -> type[luigi.Task]:
@@ -32,6 +60,11 @@ def _load_task(target: str) -> type[luigi.Task]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise click.BadParameter(f"cannot import module {module_name!r}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - the user's module failed: say where, briefly
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        raise click.ClickException(
+            f"importing {module_name!r} failed at {where.filename}:{where.lineno}: "
+            f"{first_line(exc)}") from None
     cls = getattr(module, cls_name, None)
     if not (isinstance(cls, type) and issubclass(cls, luigi.Task)):
         raise click.BadParameter(f"{module_name} has no task class {cls_name!r}")
@@ -44,22 +77,85 @@ def _params(cls: type[luigi.Task], items: tuple[str, ...]) -> dict[str, Any]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
-            raise click.BadParameter(f"{item!r}: write NAME=VALUE")
-        out[name] = declared[name].parse(value) if name in declared else value
+            raise click.BadParameter(f"{item!r}: write NAME=VALUE", param_hint="'-p'")
+        if name not in declared:
+            raise ParameterError(
+                f"{cls.__name__} has no parameter {name!r} (-p {name}=...)."
+                f"{did_you_mean(name, declared)} {accepted([cls])}.")
+        out[name] = _parse(cls, name, declared[name], value)
     return out
 
 
-def _flow(target: str, params: tuple[str, ...], data_dir: str | None) -> Workflow:
-    if data_dir:
-        operations.set_dir(data_dir)
+def _parse(cls: type[luigi.Task], name: str, param: luigi.Parameter, text: str) -> Any:
+    """The value of ``-p name=text`` for ``cls``: the rules of Python's, a command-line hint.
+
+    Raises:
+        ParameterError: ``text`` is not a value of the parameter: the message names the
+            task class, the parameter, the value (``***`` for a secret) and the form to use.
+    """
+    try:
+        return parse_value(cls, name, text)
+    except ParameterError as exc:
+        form, example = _form(param)
+        raise ParameterError(f"{exc} On the command line: -p {name}={example} ({form})."
+                             ) from None
+
+
+def _form(param: luigi.Parameter) -> tuple[str, str]:
+    """How a value of ``param`` is written on the command line, and an example."""
+    fmt = getattr(param, "date_format", None)
+    if isinstance(fmt, str):
+        readable = fmt
+        for code, shown in (("%Y", "YYYY"), ("%m", "MM"), ("%d", "DD"), ("%H", "HH"),
+                            ("%M", "mm"), ("%S", "ss")):
+            readable = readable.replace(code, shown)
+        return (f"a date written {readable}",
+                datetime.datetime(2024, 1, 31, 13, 45, 30).strftime(fmt))
+    choices = getattr(param, "_choices", None) or list(getattr(
+        getattr(param, "_enum", None), "__members__", ()))
+    if isinstance(choices, (set, frozenset)):
+        choices = sorted(choices, key=str)
+    if choices:
+        return f"one of {', '.join(map(str, choices))}", str(next(iter(choices)))
+    for kind, form, example in _FORMS:
+        if isinstance(param, kind):
+            return form, str(getattr(param, "_min_value", example))
+    return f"a value of a {type(param).__name__}", "..."
+
+
+_FORMS: list[tuple[type, str, str]] = [
+    (luigi.BoolParameter, "true or false", "true"),
+    (luigi.IntParameter, "a whole number", "3"),
+    (luigi.FloatParameter, "a number", "0.5"),
+    (luigi.NumericalParameter, "a number in its range", "0"),
+    (luigi.DictParameter, "a JSON object", '\'{"a": 1}\''),
+    (luigi.ListParameter, "a JSON list", "'[1, 2]'"),
+    (luigi.TupleParameter, "a JSON list", "'[1, 2]'"),
+    (luigi.TimeDeltaParameter, "a duration", "'1 day 2 hours'"),
+]
+
+
+def _flow(target: str, params: tuple[str, ...]) -> Workflow:
     cls = _load_task(target)
     return Workflow(cls, _params(cls, params))
+
+
+def _use_dir(data_dir: str | None, create: bool) -> None:
+    """Make ``data_dir`` the data dir; only commands that write create it."""
+    if data_dir is None:
+        return
+    if create:
+        operations.set_dir(data_dir)
+    else:
+        settings.dir = data_dir
 
 
 _target = click.argument("target")
 _param = click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
                       help="A parameter of the flow (repeatable).")
-_dir = click.option("--dir", "data_dir", default=None, help="The data dir (default: data).")
+_dir = click.option("--dir", "data_dir", default=None,
+                    type=click.Path(file_okay=False, dir_okay=True),
+                    help="The data dir (default: data).")
 
 
 @click.group()
@@ -74,25 +170,33 @@ def main() -> None:
 @_dir
 def preview(target: str, params: tuple[str, ...], data_dir: str | None) -> None:
     """Show the status tree of TARGET's flow."""
-    _guard(lambda: _flow(target, params, data_dir).preview())
+    with _guard(f"pipeflow preview {target}"):
+        flow = _flow(target, params)
+        _use_dir(data_dir, create=False)
+        flow.preview()
 
 
 @main.command()
 @_target
 @_param
 @_dir
-@click.option("--workers", default=1, show_default=True, help="Tasks run at once.")
+@click.option("--workers", default="1", show_default=True, help="Tasks run at once.")
 @click.option("--forced-all", is_flag=True, help="Rerun TARGET itself.")
 @click.option("--summary/--no-summary", default=True, help="Print the execution summary.")
-@click.option("--if-locked", type=click.Choice(["wait", "fail"]), default="wait",
+@click.option("--if-locked", type=click.Choice(IF_LOCKED), default="wait",
               show_default=True,
               help="A task another process is running: wait for it, or fail at once.")
-def run(target: str, params: tuple[str, ...], data_dir: str | None, workers: int,
+def run(target: str, params: tuple[str, ...], data_dir: str | None, workers: str,
         forced_all: bool, summary: bool, if_locked: str) -> None:
     """Run TARGET and everything upstream of it that is not complete."""
-    _guard(lambda: _flow(target, params, data_dir).run(
-        workers=workers, forced_all=forced_all, execution_summary=summary,
-        if_locked=if_locked))
+    with _guard(f"pipeflow run {target}", "; tasks that finished keep their outputs, the "
+                "stopped ones left none: run it again to finish"):
+        options = {"workers": _whole(workers), "forced_all": forced_all,
+                   "execution_summary": summary, "if_locked": if_locked}
+        RunOptions.of(**options)  # checked before anything is loaded or created
+        flow = _flow(target, params)
+        _use_dir(data_dir, create=True)
+        flow.run(**options)
 
 
 @main.command()
@@ -102,17 +206,16 @@ def run(target: str, params: tuple[str, ...], data_dir: str | None, workers: int
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def reset(target: str, params: tuple[str, ...], data_dir: str | None, yes: bool) -> None:
     """Delete TARGET's outputs so that it runs again."""
-    _guard(lambda: _flow(target, params, data_dir).reset(confirm=not yes))
-
-
-_STATUSES = ["completed", "failed", "retried", "cancelled", "skipped", "up_to_date",
-             "crashed"]
+    with _guard(f"pipeflow reset {target}"):
+        flow = _flow(target, params)
+        _use_dir(data_dir, create=False)
+        flow.reset(confirm=not yes)
 
 
 @main.command()
 @_dir
 @click.option("--family", multiple=True, help="Only this task family (repeatable).")
-@click.option("--status", type=click.Choice(_STATUSES), default=None,
+@click.option("--status", type=click.Choice(runstore.ATTEMPT_STATUSES), default=None,
               help="Only attempts that ended so.")
 @click.option("--run", "run_id", default=None, help="Only this run (its run_id).")
 @click.option("--last", default=20, show_default=True, help="How many attempts (0: all).")
@@ -120,32 +223,71 @@ _STATUSES = ["completed", "failed", "retried", "cancelled", "skipped", "up_to_da
 def history(data_dir: str | None, family: tuple[str, ...], status: str | None,
             run_id: str | None, last: int, errors: bool) -> None:
     """Show the task attempts recorded in the run history, newest first."""
-    if data_dir:
-        operations.set_dir(data_dir)
-    try:
+    with _guard("pipeflow history"):
+        _use_dir(data_dir, create=False)  # a query creates nothing
         df = runstore.history(family=list(family) or None, status=status, run=run_id,
-                              last=last or None)
-    except PipeflowError as exc:  # a damaged history file: say which, and what to do
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
-    if df.empty:
-        where = runstore.history_path()
-        click.echo(f"no recorded attempts match (history: {where or 'off'})")
-        return
-    shown = df[["finished", "task", "status", "duration", "cpu_time", "peak_memory",
-                "error_type", "reason"]].copy()
-    shown["finished"] = shown["finished"].dt.strftime("%Y-%m-%d %H:%M:%S")
-    shown["duration"] = shown["duration"].map(lambda s: "" if s != s else f"{s:.2f}s")
-    shown["cpu_time"] = shown["cpu_time"].map(lambda s: "" if s != s else f"{s:.2f}s")
-    shown["peak_memory"] = shown["peak_memory"].map(
-        lambda b: "" if b != b else f"{b / 2**20:,.0f} MiB")
-    click.echo(shown.fillna("").to_string(index=False))
-    if errors:
-        for row in df[df["traceback"].notna()].itertuples():
-            click.echo(f"\n--- {row.task} ({row.run_id}) ---\n{row.traceback}")
+                              last=None if last == 0 else last)
+        if df.empty:
+            where = runstore.history_path()
+            why = ("the history is off" if where is None else
+                   f"no run history at {where}" if not where.exists() else f"history: {where}")
+            click.echo(f"no recorded attempts match ({why})")
+            return
+        click.echo(_table(df))
+        if errors:
+            for row in df[df["traceback"].notna()].itertuples():
+                click.echo(f"\n--- {row.task} ({row.run_id}) ---\n{row.traceback}")
 
 
-def _guard(action: Any) -> None:
+def _table(df: Any) -> str:
+    """The attempts as a text table; a missing time or size shows empty."""
+    import pandas as pd
+
+    def shown(fmt: str, scale: float = 1.0) -> Callable[[Any], str]:
+        return lambda v: "" if pd.isna(v) else fmt.format(v / scale)
+
+    out = df[["finished", "task", "status", "duration", "cpu_time", "peak_memory",
+              "error_type", "reason"]].copy()
+    out["finished"] = out["finished"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    for col in ("duration", "cpu_time"):
+        out[col] = out[col].map(shown("{:.2f}s"))
+    out["peak_memory"] = out["peak_memory"].map(shown("{:,.0f} MiB", 2**20))
+    return str(out.fillna("").to_string(index=False))
+
+
+def _whole(text: str) -> Any:
+    """``--workers`` as an int when it is one, else as given (RunOptions says what is wrong)."""
     try:
-        action()
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _guard(what: str, after: str = "") -> Iterator[None]:
+    """Run a command: its errors become one ``Error:`` line and an exit code, never a traceback.
+
+    Bad input exits 2; any other pipeflow error (a task failed) 1; Ctrl-C 130 and SIGTERM 143,
+    each with one line on standard error saying what was interrupted.
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        with display.skip_hint("--yes"):
+            yield
+    except KeyboardInterrupt as exc:
+        term = isinstance(exc, _Terminated)
+        how = "SIGTERM" if term else "Ctrl-C"
+        click.echo(f"{what}: interrupted by {how}{after}.", err=True)
+        raise click.exceptions.Exit(143 if term else 130) from None
+    except (ParameterError, ConfirmationError, luigi.parameter.ParameterException) as exc:
+        raise _Refused(f"{type(exc).__name__}: {exc}") from None
     except PipeflowError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

@@ -29,7 +29,7 @@ from pipeflow.errors import (
 )
 from pipeflow.events import RunResult, Sink
 from pipeflow.integrity import RECORD_SUFFIX, read_record
-from pipeflow.options import RunOptions
+from pipeflow.options import RunOptions, flag
 from pipeflow.plan import Plan, Status, build_plan
 from pipeflow.publishing import unpublish
 from pipeflow.tasks import TaskData
@@ -160,10 +160,13 @@ def _run(roots: list[Any], o: RunOptions) -> RunResult | None:
     layout.recheck()  # every folder is checked against its location again, once
     g = graph.build(roots)
     forced_tasks = _forced(g, roots, o.forced, o.forced_all, o.forced_all_upstream)
-    if forced_tasks and not _delete_outputs(forced_tasks, o.confirm, "rerun"):
-        return None
+    if forced_tasks:
+        _check_settings(g.nodes)  # before deleting anything
+        if not _delete_outputs(forced_tasks, o.confirm, "rerun"):
+            return None
     plan = build_plan(g)
     _check_external_inputs(plan)
+    _check_settings(t for t, s in zip(g.nodes, plan.status) if s is not Status.COMPLETE)
     sinks: list[Sink] = list(o.callbacks)
     if o.progress or (o.progress is None and display.watched()):
         sinks.append(ProgressBar())
@@ -266,21 +269,32 @@ def start(tasks: Any, **options: Any) -> RunHandle:
         tasks: a task instance or a list of them.
         **options: the options of :func:`run` (except ``cancel``: use the handle).
     """
-    extra = list(options.pop("callbacks", ()))
-    with layout.at_home(as_list(tasks)):
-        ctx = layout.current()
-
-    opts = RunOptions.of(**options)  # a misspelt option fails here, not in the thread
+    opts = RunOptions.of(**options)  # a bad option fails here, not in the thread
     if opts.cancel is not None:
         raise ParameterError(
             "start() makes its own cancel token: call handle.cancel() (or flow.cancel()) "
             "on what it returns instead of passing cancel=.")
+    with layout.at_home(as_list(tasks)):
+        ctx = layout.current()
 
     def go(token: CancelToken, sink: Sink) -> RunResult | None:
         with layout.flow_context(ctx):
-            return run_with(as_list(tasks), opts.but(cancel=token, callbacks=[sink, *extra]))
+            return run_with(as_list(tasks),
+                            opts.but(cancel=token, callbacks=[sink, *opts.callbacks]))
 
     return RunHandle(go)
+
+
+def _check_settings(tasks: Iterable[luigi.Task]) -> None:
+    """Read the run settings of ``tasks`` now, so that a bad one fails before the run starts.
+
+    Raises:
+        PipeflowError: a task's ``priority``, ``retries``, ``retry_delay`` or ``timeout`` is
+            not a value it takes (the error names the class and the setting).
+    """
+    for t in tasks:
+        c = adapt(t)
+        c.priority, c.retries, c.retry_delay, c.timeout  # noqa: B018 - each checks its value
 
 
 def _failure(result: RunResult) -> TaskFailedError:
@@ -335,6 +349,7 @@ def _deletable(tasks: Iterable[luigi.Task]) -> list[TaskData]:
 
 
 def _delete_outputs(tasks: Iterable[luigi.Task], confirm: bool, verb: str) -> bool:
+    confirm = flag(confirm, "confirm")
     doomed = _deletable(tasks)
     if not doomed:
         return True
@@ -411,10 +426,13 @@ def taskflow_downstream(task: Any, task_downstream: luigi.Task,
         task_downstream: the downstream task whose flow is searched.
         only_complete: keep only complete tasks.
     """
+    family = getattr(task, "task_family", None)
+    if not isinstance(family, str):
+        raise ParameterError(
+            f"taskflow_downstream() takes a task or a task class to look for, not {task!r}.")
     with layout.at_home([task_downstream]):
         plan = build_plan(graph.build([task_downstream]))
     g = plan.graph
-    family = task.task_family
     found = g.downstream(i for i, t in enumerate(g.nodes) if t.task_family == family)
     return {g.nodes[i] for i in found if not only_complete or plan.status[i] is Status.COMPLETE}
 
@@ -474,6 +492,7 @@ def _remove(records: dict[pathlib.Path, pathlib.Path], root: pathlib.Path, confi
     Only committed files are deleted (the record first); folders, lock files, temp files of
     running tasks and files pipeflow did not commit stay.
     """
+    confirm = flag(confirm, "confirm")
     listed = {rec: (read_record(rec)[0], layout.output_folder(rec, where))
               for rec, where in records.items()}
     files = [str(folder / n) for rec, (r, folder) in listed.items() if r
@@ -523,6 +542,11 @@ def invalidate_orphans(flows: Any, confirm: bool = True) -> bool:
     Returns:
         False if the user declined, else True.
     """
+    if not as_list(flows):
+        raise ParameterError(
+            "invalidate_orphans() was given no flow to keep, so every output would be "
+            "deleted. Pass the flows whose outputs to keep, or call invalidate_all() to "
+            "delete everything.")
     keep: set[str] = set()  # absolute: flows may name their folders relatively
     for item in as_list(flows):
         keep |= {os.path.abspath(p) for p in expected_files(item)}

@@ -12,6 +12,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,16 +62,10 @@ class RunOptions:
     if_locked: str = "wait"
 
     def __post_init__(self) -> None:
-        workers = self.workers
-        try:
-            count = None if isinstance(workers, bool) else operator.index(workers)
-        except TypeError:  # (numpy integers are whole numbers too)
-            count = None
-        if count is None or count < 1:
-            raise ParameterError(
-                f"workers must be a whole number of at least 1, not {workers!r}: it is how "
-                f"many tasks run at the same time. Pass e.g. workers=2.")
-        object.__setattr__(self, "workers", count)
+        fix = object.__setattr__
+        fix(self, "workers", whole_number(
+            self.workers, "workers", 1,
+            ": it is how many tasks run at the same time. Pass e.g. workers=2."))
         if self.executor is not None and self.executor not in EXECUTORS:
             raise ParameterError(
                 f"executor must be one of {', '.join(map(repr, EXECUTORS))} or None, not "
@@ -79,7 +75,26 @@ class RunOptions:
                 f"if_locked must be one of {', '.join(map(repr, IF_LOCKED))}, not "
                 f"{self.if_locked!r}: 'wait' for a task another process is running, or "
                 f"'fail' it at once.{did_you_mean(str(self.if_locked), IF_LOCKED)}")
-        object.__setattr__(self, "callbacks", tuple(self.callbacks))
+        for name in ("forced_all", "forced_all_upstream", "confirm", "abort"):
+            fix(self, name, flag(getattr(self, name), name))
+        for name in ("execution_summary", "progress"):
+            value = getattr(self, name)
+            fix(self, name, None if value is None else flag(value, name, " or None"))
+        callbacks = self.callbacks
+        if callable(callbacks) or isinstance(callbacks, (str, bytes)) or not all(
+                callable(f) for f in _iterable(callbacks)):
+            shown = getattr(callbacks, "__name__", None) if callable(callbacks) else None
+            raise ParameterError(
+                f"callbacks must be a list of functions taking an event, not {callbacks!r}."
+                + (f" Pass callbacks=[{shown}]." if shown else ""))
+        fix(self, "callbacks", tuple(callbacks))
+        if self.cancel is not None and not callable(getattr(self.cancel, "cancel", None)):
+            raise ParameterError(
+                f"cancel must be a pipeflow.engines.CancelToken or None, not {self.cancel!r}.")
+        if self.engine is not None and not callable(getattr(self.engine, "run", None)):
+            raise ParameterError(
+                f"engine must be an engine (an object with run(plan, sinks)) or None, not "
+                f"{self.engine!r}.")
 
     @classmethod
     def of(cls, **options: Any) -> RunOptions:
@@ -102,4 +117,74 @@ class RunOptions:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["EXECUTORS", "IF_LOCKED", "RunOptions"]
+def _iterable(value: Any) -> list[Any]:
+    try:
+        return list(value)
+    except TypeError:
+        return [None]  # not callable: refused
+
+
+def whole_number(value: Any, name: str, minimum: int, why: str = ".") -> int:
+    """``value`` as an int if it is a whole number of at least ``minimum``.
+
+    Numpy integers are whole numbers; bools, floats and strings are not.
+
+    Args:
+        value: what was given.
+        name: how the caller named it, for the message (``workers``, ``Train.retries``).
+        minimum: the smallest value allowed.
+        why: the end of the message: what it is for and how to fix it.
+
+    Raises:
+        ParameterError: anything else.
+    """
+    try:
+        count = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        count = None
+    if count is None or count < minimum:
+        raise ParameterError(
+            f"{name} must be a whole number of at least {minimum}, not {value!r}{why}")
+    return count
+
+
+def seconds(value: Any, name: str, positive: bool, why: str = ".") -> float | None:
+    """``value`` as a float if it is a finite number of seconds (None stays None).
+
+    Args:
+        value: what was given.
+        name: how the caller named it, for the message.
+        positive: above 0 (a timeout); else 0 or more (a delay).
+        why: the end of the message: what it is for and how to fix it.
+
+    Raises:
+        ParameterError: anything else (a string, a bool, inf, nan, too small).
+    """
+    if value is None:
+        return None
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    number = float(value) if ok else math.nan
+    if not (math.isfinite(number) and (number > 0 if positive else number >= 0)):
+        raise ParameterError(
+            f"{name} must be a number of seconds {'above' if positive else 'of at least'} 0"
+            f", not {value!r}{why}")
+    return number
+
+
+def flag(value: Any, name: str, alternatives: str = "") -> bool:
+    """``value`` as a bool if it is one (numpy bools, 0 and 1 too): never a string.
+
+    ``forced_all="False"`` would be true, and delete outputs: it is refused.
+
+    Raises:
+        ParameterError: anything else.
+    """
+    if isinstance(value, bool) or (type(value).__name__ in ("bool", "bool_")
+                                   and type(value).__module__ == "numpy"):
+        return bool(value)
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ParameterError(f"{name} must be True or False{alternatives}, not {value!r}.")
+
+
+__all__ = ["EXECUTORS", "IF_LOCKED", "RunOptions", "flag", "seconds", "whole_number"]

@@ -539,7 +539,10 @@ def _kind(param_type: type) -> type:
     """The nearest class of ``param_type`` whose meaning pipeflow knows (luigi's, its own)."""
     hit = _KINDS.get(param_type)
     if hit is None:
-        kind = next(c for c in param_type.__mro__ if c.__module__ in _SHIPPED)
+        shipped = [c for c in param_type.__mro__ if c.__module__ in _SHIPPED]
+        # a secret of a type (class SecretInt(SecretParameter, IntParameter)) is checked
+        # as that type; the secret's value is masked in every message
+        kind = next((c for c in shipped if c not in (SecretParameter, Parameter)), shipped[0])
         own = all(getattr(param_type, m) is getattr(kind, m)
                   for m in ("parse", "serialize", "normalize"))
         hit = _KINDS[param_type] = (kind, own)

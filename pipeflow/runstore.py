@@ -52,10 +52,11 @@ import luigi
 
 from pipeflow import layout, settings
 from pipeflow.contract import adapt
-from pipeflow.errors import HistoryError, ParameterError
+from pipeflow.errors import HistoryError, ParameterError, did_you_mean
 from pipeflow.events import Event, EventKind
 from pipeflow.graph import describe
 from pipeflow.integrity import CommitRecord, read_record
+from pipeflow.options import whole_number
 from pipeflow.parameters import MASK, is_secret, redact
 from pipeflow.sysinfo import system_info
 
@@ -90,6 +91,9 @@ _ADDED = {"runs": ["system", "owner"], "changes": ["task"]}
 _ENDS = {EventKind.TASK_COMPLETED: "completed", EventKind.TASK_FAILED: "failed",
          EventKind.TASK_RETRYING: "retried", EventKind.TASK_CANCELLED: "cancelled",
          EventKind.TASK_SKIPPED: "skipped", EventKind.TASK_UP_TO_DATE: "up_to_date"}
+#: how an attempt can end: the ``status`` column of :func:`history` (``crashed``: it was in
+#: progress when the process running it died)
+ATTEMPT_STATUSES = (*_ENDS.values(), "crashed")
 _STATES = {**_ENDS, EventKind.TASK_STARTED: "in_progress", EventKind.TASK_WAITING: "waiting",
            EventKind.TASK_RETRYING: "queued", EventKind.TASK_ADDED: "queued"}
 
@@ -607,7 +611,7 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
             ``'cancelled'``, ``'skipped'``, ``'up_to_date'`` or ``'crashed'`` (in progress
             when the process running it died; no ``finished`` time).
         run: only this run (its ``run_id``).
-        last: only the ``last`` most recent attempts.
+        last: only the ``last`` most recent attempts (None: all).
         tasks: only these task instances.
 
     Returns:
@@ -615,13 +619,27 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
         started, finished, duration, cpu_time, peak_memory, error_type, error_message,
         traceback, reason, outputs.
 
+    Raises:
+        ParameterError: an argument of the wrong type, ``last`` below 0, an unknown status.
+
     Example:
         >>> pipeflow.history(status="failed", last=5)      # doctest: +SKIP
     """
     where, args = [], []
+    last = _count(last, "attempts")
+    if status is not None and status not in ATTEMPT_STATUSES:
+        raise ParameterError(
+            f"status must be one of {', '.join(map(repr, ATTEMPT_STATUSES))}, not "
+            f"{status!r}.{did_you_mean(str(status), ATTEMPT_STATUSES)}")
+    if run is not None and not isinstance(run, str):
+        raise ParameterError(f"run must be a run_id (a str, from pipeflow.runs()), not {run!r}.")
     if family is not None:
         names = [getattr(f, "task_family", getattr(f, "__name__", f))
                  for f in (family if isinstance(family, (list, tuple)) else [family])]
+        if not all(isinstance(n, str) for n in names):
+            raise ParameterError(
+                f"family must be a task family name, a task class or a list of them, not "
+                f"{family!r}.")
         where.append(f"family IN ({', '.join('?' * len(names))})")
         args += names
     if status is not None:
@@ -631,6 +649,9 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
         where.append("run_id = ?")
         args.append(run)
     if tasks is not None:
+        tasks = list(tasks)
+        if not all(isinstance(t, luigi.Task) for t in tasks):
+            raise ParameterError(f"tasks must be task instances, not {tasks!r}.")
         ids = [t.task_id for t in tasks]
         where.append(f"task_id IN ({', '.join('?' * len(ids))})")
         args += ids
@@ -638,16 +659,21 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
     sql += " ORDER BY COALESCE(finished, started) DESC, id DESC"  # crashed: no finish
     if last is not None:
         sql += " LIMIT ?"
-        args.append(int(last))
+        args.append(last)
     df = _query(sql, args, "attempts").drop(columns=["id"])
     return _times(df, ["started", "finished"])
+
+
+def _count(last: Any, what: str) -> int | None:
+    return None if last is None else whole_number(
+        last, "last", 0, f": it is how many of the most recent {what} to show (None: all).")
 
 
 def runs(last: int | None = None) -> pd.DataFrame:
     """The recorded runs, newest first.
 
     Args:
-        last: only the ``last`` most recent runs.
+        last: only the ``last`` most recent runs (None: all).
 
     Returns:
         One row per run: run_id, started, finished, status, host, user, pipeflow_version,
@@ -658,12 +684,16 @@ def runs(last: int | None = None) -> pd.DataFrame:
         ``'cancelled'``, or ``'crashed'``: the process running it on this host ended
         without finishing it (killed, out of memory); ``finished`` is then empty.
 
+    Raises:
+        ParameterError: ``last`` is not a whole number of at least 0.
+
     Example:
         >>> pipeflow.runs(last=1).iloc[0]["system"]["memory"]["available"]  # doctest: +SKIP
         22589730816
     """
-    sql = "SELECT * FROM runs ORDER BY started DESC" + (" LIMIT ?" if last else "")
-    df = _times(_query(sql, [int(last)] if last else [], "runs"), ["started", "finished"])
+    last = _count(last, "runs")
+    sql = "SELECT * FROM runs ORDER BY started DESC" + (" LIMIT ?" if last is not None else "")
+    df = _times(_query(sql, [] if last is None else [last], "runs"), ["started", "finished"])
     if "system" not in df.columns:  # a file from before the column, not written to since
         df["system"] = None
     df = df.drop(columns=["owner"], errors="ignore")  # kept to tell crashed runs

@@ -29,7 +29,7 @@ from pipeflow.errors import (
     listing,
 )
 from pipeflow.events import RunResult
-from pipeflow.options import RunOptions
+from pipeflow.options import RunOptions, flag
 from pipeflow.parameters import MASK, check_undeclared, is_secret
 from pipeflow.tasks import TaskData, located
 
@@ -463,6 +463,10 @@ class WorkflowMulti:
         if flow is None:
             return dict(self.workflow_objs)
         names = flow if isinstance(flow, list) else [flow]
+        if not names:
+            raise ParameterError(
+                f"flow=[] selects no flow; pass a flow name, a list of them, or None for every "
+                f"flow: {list(self.workflow_objs)}.")
         return {n: self.get_flow(n) for n in names}
 
     def _each(self, flow: Any, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -647,17 +651,31 @@ class WorkflowMulti:
 
     def reset(self, task: TaskArg = None, flow: Any = None, confirm: bool = False) -> Any:
         """Delete ``task``'s outputs, per flow."""
+        self._check_reset(flow, task, confirm)
         return self._each(flow, "reset", task, confirm=confirm)
 
     def reset_upstream(self, task: TaskArg = None, flow: Any = None,
                        confirm: bool = False) -> Any:
         """Delete the outputs of ``task`` and its upstream tasks, per flow."""
+        self._check_reset(flow, task, confirm)
         return self._each(flow, "reset_upstream", task, confirm=confirm)
 
     def reset_downstream(self, task: TaskArg, task_downstream: TaskArg = None,
                          flow: Any = None, confirm: bool = False) -> Any:
         """Delete the outputs of ``task`` and everything downstream of it, per flow."""
+        self._check_reset(flow, task_downstream, confirm)
         return self._each(flow, "reset_downstream", task, task_downstream, confirm=confirm)
+
+    def _check_reset(self, flow: Any, tasks: TaskArg, confirm: Any) -> None:
+        """Check a reset's arguments in every flow before any flow deletes anything.
+
+        Raises:
+            ParameterError: ``confirm`` is not a bool, or a task is not one of the flows'.
+        """
+        flag(confirm, "confirm")
+        for wf in self._select(flow).values():
+            with wf._active():
+                wf._tasks(tasks)
 
     def expected_files(self) -> set[pathlib.Path]:
         """Every file the flows write (used by ``invalidate_orphans``)."""

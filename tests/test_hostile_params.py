@@ -563,3 +563,16 @@ def test_an_object_whose_text_is_its_own_is_kept_as_in_d6tflow():
     assert t.model.c == 1 and t.to_str_params()["model"] == "Model(C=1)"
     assert Fit(model=_Model(2)).task_id != t.task_id
     assert Fit(model=np.arange(3)).task_id != t.task_id  # a small array's text is whole
+
+
+def test_a_typed_secret_is_checked_as_its_type_and_masked():
+    class SecretInt(pipeflow.SecretParameter, luigi.IntParameter):
+        pass
+
+    class Login(pipeflow.tasks.TaskJson):
+        pin = SecretInt(default=0)
+
+    assert Login(pin="1234").pin == 1234
+    with pytest.raises(ParameterError, match=r"'pin' must be an int") as info:
+        Login(pin="hunter2")
+    assert "hunter2" not in str(info.value) and "***" in str(info.value)

@@ -246,7 +246,7 @@ def test_cli_preview_run_reset(tmp_path, monkeypatch):
     assert runner.invoke(main, ["preview", *args]).output.count("COMPLETE") == 1
     assert runner.invoke(main, ["reset", *args, "--yes"]).exit_code == 0
     out = runner.invoke(main, ["run", "cli_tasks:Hello", "-p", "nn=3"])
-    assert out.exit_code == 1
+    assert out.exit_code == 2  # bad input
     assert "Did you mean 'n'?" in out.output
     import cli_tasks
 

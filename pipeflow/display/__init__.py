@@ -8,10 +8,12 @@ modules (plan, events) know nothing of how they are shown.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from pipeflow.errors import ConfirmationError, listing
 
@@ -46,13 +48,29 @@ def _interactive() -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
 
 
+#: how the entry point in use skips a confirmation (the ``pipeflow`` command: ``--yes``)
+_SKIP_HINT: contextvars.ContextVar[str | None] = contextvars.ContextVar("skip_hint",
+                                                                        default=None)
+
+
+@contextlib.contextmanager
+def skip_hint(how_to_skip: str) -> Iterator[None]:
+    """Within the block, prompts tell the user to pass ``how_to_skip`` (a CLI flag)."""
+    token = _SKIP_HINT.set(how_to_skip)
+    try:
+        yield
+    finally:
+        _SKIP_HINT.reset(token)
+
+
 def confirm(question: str, items: Sequence[str], how_to_skip: str) -> bool:
     """Ask the user to confirm a destructive operation on ``items``.
 
     Args:
         question: what will happen, e.g. ``"Delete the outputs of 3 tasks?"``.
         items: what it applies to, listed before the question.
-        how_to_skip: the argument that skips the prompt, e.g. ``"confirm=False"``.
+        how_to_skip: the argument that skips the prompt, e.g. ``"confirm=False"`` (inside
+            :func:`skip_hint`, the hint given there instead).
 
     Returns:
         True when the user answered yes.
@@ -61,6 +79,7 @@ def confirm(question: str, items: Sequence[str], how_to_skip: str) -> bool:
         ConfirmationError: nobody can answer (standard input is neither a terminal, a
             notebook, nor piped answers), or the piped answers ran out.
     """
+    how_to_skip = _SKIP_HINT.get() or how_to_skip
     if not _interactive():
         raise ConfirmationError(
             f"{question} This needs confirmation, but standard input is not a terminal, a "

@@ -43,6 +43,7 @@ from pipeflow.errors import (
 )
 from pipeflow.graph import optional
 from pipeflow.integrity import META_KEY
+from pipeflow.options import flag
 from pipeflow.parameters import (
     accepted,
     check_undeclared,
@@ -550,7 +551,11 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
         Returns:
             True if the outputs were deleted, False if the user declined.
+
+        Raises:
+            ParameterError: ``confirm`` is not True or False.
         """
+        confirm = flag(confirm, "confirm")
         if self.external:
             raise PipeflowError(
                 f"{graph.describe(self)} is external: its outputs are made outside this flow, "

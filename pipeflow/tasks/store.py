@@ -26,6 +26,7 @@ from pipeflow.errors import (
     IncompleteTaskError,
     MetadataError,
     MissingOutputError,
+    ParameterError,
     PipeflowError,
     SaveError,
     TaskLockedError,
@@ -42,6 +43,7 @@ from pipeflow.integrity import (
     write_record,
 )
 from pipeflow.locks import TaskLock
+from pipeflow.options import seconds, whole_number
 from pipeflow.publishing import Staging, os_fix, os_reason, task_lock, unpublish, withdraw
 from pipeflow.targets import CacheTarget, DataTarget, PickleTarget
 
@@ -236,19 +238,46 @@ class TaskStore:
 
     @property
     def retries(self) -> int:
-        """Retries of a failed attempt within a run."""
-        return int(self.task.retries or 0)
+        """Retries of a failed attempt within a run.
+
+        Raises:
+            ParameterError: not a whole number of at least 0.
+        """
+        return self._setting("retries", whole_number, 0,  # type: ignore[no-any-return]
+                             ": it is how many times a failed attempt is tried again.")
 
     @property
     def retry_delay(self) -> float:
-        """Seconds before each retry."""
-        return float(self.task.retry_delay or 0)
+        """Seconds before each retry.
+
+        Raises:
+            ParameterError: not a number of seconds of at least 0.
+        """
+        return self._setting("retry_delay", seconds, False,  # type: ignore[no-any-return]
+                             ": it is how long to wait before each retry.")
 
     @property
     def timeout(self) -> float | None:
-        """Seconds an attempt may run (None: no limit)."""
-        timeout = self.task.timeout
-        return None if timeout is None else float(timeout)
+        """Seconds an attempt may run (None: no limit).
+
+        Raises:
+            ParameterError: not None or a number of seconds above 0.
+        """
+        value = self.task.timeout
+        if value is None:
+            return None
+        return self._setting("timeout", seconds, True,  # type: ignore[no-any-return]
+                             ": it is how long an attempt may run (None: no limit).")
+
+    def _setting(self, name: str, check: Callable[..., Any], *args: Any) -> Any:
+        """A run setting of the task's class, checked (``None`` counts as 0)."""
+        value = getattr(self.task, name)
+        try:
+            return check(0 if value is None else value, name, *args)
+        except ParameterError as exc:  # named here: describing the task costs
+            raise ParameterError(
+                f"{type(self.task).__name__}.{exc} Fix it in the class "
+                f"({graph.describe(self.task)} has it).") from None
 
     @property
     def changes(self) -> Changes:
