@@ -784,7 +784,7 @@ def prune_history(keep: int) -> int:
             # the newest first; a run still going stays, whatever its place
             old = [r for (r, status) in conn.execute(
                 "SELECT run_id, status FROM runs ORDER BY started DESC LIMIT -1 OFFSET ?",
-                (int(keep),)) if status != "running"]
+                (min(int(keep), 2**63 - 1),)) if status != "running"]  # SQLite's widest
             _write(conn, [(f"DELETE FROM {table} WHERE run_id = ?", [(r,) for r in old])
                           for table in ("changes", "attempts", "runs")])
     except (sqlite3.Error, OSError) as exc:

@@ -457,6 +457,12 @@ def test_prune_history_keeps_a_stored_running_row_whatever_its_age():
     assert set(pipeflow.runs()["run_id"]) == {oldest, pipeflow.runs()["run_id"].iloc[0]}
 
 
+def test_prune_history_keeps_everything_for_a_keep_beyond_sqlites_integers():
+    pipeflow.run(Out())
+    assert pipeflow.prune_history(keep=10**30) == 0  # was a raw OverflowError
+    assert len(pipeflow.runs()) == 1
+
+
 def test_prune_history_removes_a_running_row_whose_process_is_gone():
     import json
     import subprocess
