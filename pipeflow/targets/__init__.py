@@ -23,7 +23,9 @@ from pipeflow import cache, publishing, settings
 from pipeflow.errors import (
     CorruptOutputError,
     IncompleteTaskError,
+    LoadError,
     MissingDependencyError,
+    PipeflowError,
     SaveError,
 )
 from pipeflow.integrity import FileRecord, hash_bytes
@@ -83,6 +85,10 @@ class DataTarget:
 
     #: what ``check`` accepts, named in error messages
     accepts: ClassVar[str] = "any object"
+    #: how to fix data this format failed to write, for the SaveError message
+    fix: ClassVar[str] = ("Convert the data to what this format stores, or save it with a "
+                          "task class whose format stores it (TaskPickle stores any "
+                          "picklable object).")
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = path if type(path) is _PATH else pathlib.Path(path)
@@ -108,8 +114,21 @@ class DataTarget:
             f"DataTarget must implement read(path, **kwargs) and write(data, path, **kwargs)"
         )
 
+    def verify(self, path: pathlib.Path) -> None:
+        """Check that the file just written at ``path`` (a temp file) reads back.
+
+        Called before it is published; raising refuses the save (a SaveError). The base
+        class checks nothing: formats whose writer can succeed on data their reader then
+        fails on (pickle) read the file here.
+        """
+
     def check(self, data: Any) -> None:
-        """Raise TypeError if ``data`` cannot be stored; called before any byte is written."""
+        """Refuse data this format cannot store; called before any byte is written.
+
+        Raise ``TypeError`` when ``data`` is of a type the format does not store, and
+        ``ValueError`` when its content cannot be stored faithfully (say which part, and how
+        to fix it). Either becomes a :class:`~pipeflow.errors.SaveError`.
+        """
 
     # -- the public API --------------------------------------------------------------------
     def exists(self) -> bool:
@@ -134,6 +153,7 @@ class DataTarget:
 
         Raises:
             IncompleteTaskError: the output does not exist.
+            LoadError: the format could not read the committed file back.
         """
         if isinstance(fun, bool):
             cached, fun = fun, None
@@ -150,7 +170,7 @@ class DataTarget:
                 f"it has not run or was reset. Run the flow first (flow.run())."
             )
         else:
-            obj = fun(self.path, **kwargs) if callable(fun) else self.read(self.path, **kwargs)
+            obj = self._read(fun, kwargs)
         if use_cache:
             cache.data[self.path] = obj
             return obj if cached else cache.fresh(obj)
@@ -169,7 +189,8 @@ class DataTarget:
             The output path.
 
         Raises:
-            SaveError: ``data`` is of a type this target cannot store (nothing is written).
+            SaveError: ``data`` cannot be stored in this format: its type, its content, or
+                the writer failed on it (nothing is written or published).
         """
         if isinstance(fun, str):
             method = fun
@@ -177,10 +198,10 @@ class DataTarget:
             def writer(p: pathlib.Path) -> None:
                 getattr(data, method)(p, **kwargs)
 
-            self._publish({self.path: writer})
+            self._publish(lambda: {self.path: writer}, verify=False)
         else:
             self._check(data)
-            self._publish(self._writers(data, **kwargs))
+            self._publish(lambda: self._writers(data, **kwargs))
         return self.path
 
     def invalidate(self) -> bool:
@@ -206,7 +227,28 @@ class DataTarget:
             problem = rec.problem(folder, rehash=True)
             if problem is not None:
                 raise self._corrupt(problem)
-        return fun(self.path, **kwargs) if callable(fun) else self.read(self.path, **kwargs)
+        return self._read(fun, kwargs)
+
+    def _read(self, fun: Any, kwargs: dict[str, Any]) -> Any:
+        """Read the file with ``fun`` or :meth:`read`; a reader's failure is a LoadError."""
+        try:
+            return fun(self.path, **kwargs) if callable(fun) else self.read(self.path, **kwargs)
+        except PipeflowError:
+            raise
+        except Exception as exc:
+            raise self._unreadable(exc) from exc
+
+    def _unreadable(self, exc: BaseException) -> LoadError:
+        who = self.owner.display_name() if self.owner is not None else "the task"
+        args = "the reader arguments given to load(), or " if not isinstance(
+            exc, (OSError, pickle.UnpicklingError)) else ""
+        return LoadError(
+            f"cannot load output {self.key!r} of {who} with {type(self).__name__}: "
+            f"{_cause(exc)}. The file is the one the task committed, but the format cannot "
+            f"read it back. File: {str(self.path)!r}. Check {args}the code its objects need "
+            f"(classes renamed or removed since it was saved); to write it again: "
+            f"flow.reset({who.split('(')[0]}) then flow.run()."
+        )
 
     def _corrupt(self, problem: str) -> CorruptOutputError:
         who = self.owner.display_name() if self.owner is not None else "the task"
@@ -220,16 +262,31 @@ class DataTarget:
     def _who(self) -> str:
         return f"{self.owner.display_name()}: " if self.owner is not None else ""
 
+    def _what(self) -> str:
+        """``output 'data' of Train(model='x') as PqPandasTarget`` (for messages)."""
+        who = f" of {self.owner.display_name()}" if self.owner is not None else ""
+        return f"output {self.key!r}{who} as {type(self).__name__}"
+
     def _check(self, data: Any) -> None:
         try:
             self.check(data)
         except TypeError as exc:
             raise SaveError(
-                f"{self._who()}cannot save a {type(data).__module__}.{type(data).__qualname__} to "
-                f"{str(self.path)!r}: {type(self).__name__} stores {self.accepts}. {exc} "
-                f"Nothing was written. Convert the data, or pick a task class whose target "
-                f"stores this type (e.g. TaskPickle)."
+                f"cannot save {self._what()} to {str(self.path)!r}: it is a "
+                f"{type(data).__module__}.{type(data).__qualname__}, but {type(self).__name__} "
+                f"stores {self.accepts}. {exc} Nothing was written. Convert the data, or pick "
+                f"a task class whose target stores this type (e.g. TaskPickle)."
             ) from exc
+        except ValueError as exc:
+            raise SaveError(
+                f"cannot save {self._what()} to {str(self.path)!r}: {exc} Nothing was written."
+            ) from exc
+
+    def _unstorable(self, exc: BaseException) -> SaveError:
+        return SaveError(
+            f"cannot save {self._what()} to {str(self.path)!r}: the writer failed: "
+            f"{_cause(exc)}. Nothing was written. {self.fix}"
+        )
 
     def _writers(self, data: Any, **kwargs: Any) -> dict[pathlib.Path, Writer | None]:
         """The files to publish for ``data``: final path -> writer (None: delete it)."""
@@ -239,8 +296,33 @@ class DataTarget:
 
         return {self.path: writer}
 
-    def _publish(self, writers: dict[pathlib.Path, Writer | None]) -> None:
-        staged = publishing.stage(writers, self._who)
+    def _publish(self, writers: Callable[[], dict[pathlib.Path, Writer | None]],
+                 verify: bool = True) -> None:
+        """Write the files (``writers()`` gives them) to temp files, then publish them.
+
+        A writer's failure, or (``verify``) a written file :meth:`verify` cannot read
+        back, is a SaveError naming the task, output, format and fix; the temp files are
+        gone, nothing is published.
+        """
+        try:
+            staged = publishing.stage(writers(), self._who)
+        except PipeflowError:
+            raise
+        except Exception as exc:
+            raise self._unstorable(exc) from exc
+        item = staged.get(self.path)
+        if verify and item is not None:
+            try:
+                self.verify(pathlib.Path(item[0]))
+            except BaseException as exc:
+                publishing.discard(staged)
+                if isinstance(exc, PipeflowError) or not isinstance(exc, Exception):
+                    raise
+                raise SaveError(
+                    f"cannot save {self._what()} to {str(self.path)!r}: it was written, but "
+                    f"reading it back failed ({_cause(exc)}), so it would not load. Nothing "
+                    f"was published. {self.fix}"
+                ) from exc
         stg = publishing.current()
         if stg is not None and stg.owns(self.path):
             stg.take(staged)
@@ -253,6 +335,15 @@ class DataTarget:
         except BaseException:
             publishing.discard(staged)
             raise
+
+
+def _cause(exc: BaseException) -> str:
+    """``Type: message`` of a library's exception, shortened to its first lines."""
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()][:3]
+    text = " ".join(ln.strip() for ln in lines)
+    if len(text) > 500:
+        text = text[:500] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class CacheTarget(DataTarget):
@@ -331,9 +422,34 @@ class _PandasFileTarget(DataTarget):
     accepts = "a pandas DataFrame"
 
     def check(self, data: Any) -> None:
-        """Accept only DataFrames."""
+        """Accept only DataFrames whose content the format stores (see :meth:`check_frame`)."""
         if not isinstance(data, _pandas().DataFrame):
             raise TypeError("Expected a pandas.DataFrame.")
+        self.check_frame(data)
+
+    def check_frame(self, df: pd.DataFrame) -> None:
+        """Raise ValueError (saying how to fix it) for a frame the format would not store."""
+
+
+def _labels(index: pd.Index) -> list[list[Any]]:
+    """The labels of each level of a (Multi)Index."""
+    if index.nlevels == 1:
+        return [list(index)]
+    return [list(index.get_level_values(i)) for i in range(index.nlevels)]
+
+
+def _duplicates(labels: Sequence[Any]) -> list[Any]:
+    seen: set[Any] = set()
+    dups = []
+    for label in labels:
+        if label in seen and label not in dups:
+            dups.append(label)
+        seen.add(label)
+    return dups
+
+
+_RENAME = ("Rename them (e.g. df.columns = [f'col_{i}' for i in range(df.shape[1])]), or "
+           "save the frame with TaskPickle, which stores any DataFrame exactly.")
 
 
 class PqPandasTarget(_PandasFileTarget):
@@ -344,6 +460,34 @@ class PqPandasTarget(_PandasFileTarget):
     """
 
     compression: ClassVar[str | None] = "snappy"
+    fix = ("Parquet stores one type per column: convert a column mixing types "
+           "(df[col] = df[col].astype(str)), or save the frame with TaskPickle, which stores "
+           "any DataFrame exactly.")
+
+    def check_frame(self, df: pd.DataFrame) -> None:
+        """Column names must be distinct and, level by level, all str or all int.
+
+        Others come back changed (``[0, 'a']`` loads as ``['0', 'a']``); a frame with rows
+        but no columns loads with no rows.
+        """
+        for level in _labels(df.columns):
+            if not (all(isinstance(c, str) for c in level)
+                    or all(_is_int(c) for c in level)):
+                odd = next(c for c in level if not isinstance(c, str))
+                raise ValueError(
+                    f"its column names are not all strings (nor all integers), e.g. {odd!r} "
+                    f"({type(odd).__name__}): parquet keeps names as text, so they would load "
+                    f"changed ({odd!r} as {str(odd)!r}). {_RENAME}")
+        dups = _duplicates(list(df.columns))
+        if dups:
+            raise ValueError(
+                f"its column names are not distinct ({dups[:5]!r} appear more than once): "
+                f"parquet stores each column under its name. {_RENAME}")
+        if df.shape[1] == 0 and len(df):
+            raise ValueError(
+                f"it has {len(df)} rows but no columns: parquet counts rows by their column "
+                f"values, so it would load with no rows. Add a column, or save the frame with "
+                f"TaskPickle.")
 
     def read(self, path: pathlib.Path, **kwargs: Any) -> pd.DataFrame:
         """Read the parquet file."""
@@ -360,8 +504,44 @@ class _IndexedTextTarget(_PandasFileTarget):
 
     A default RangeIndex is not written, so the file stays clean. Any other index is
     written as leading columns and described in a small sidecar file
-    (``.{name}.index.json``) so that loading restores it, names and dtypes included.
+    (``.{name}.index.json``) so that loading restores it, names and dtypes included. The
+    sidecar also keeps the number of rows where the file alone would lose some (a frame
+    with no columns; in Excel, trailing rows with no values).
+
+    Values are stored as text (CSV) or cells (Excel): on loading, pandas infers each
+    column's dtype again, as ``read_csv``/``read_excel`` do.
     """
+
+    fix = ("Convert the columns the writer failed on (e.g. df[col] = df[col].astype(str)), "
+           "or save the frame with TaskPqPandas or TaskPickle.")
+
+    def check_frame(self, df: pd.DataFrame) -> None:
+        """One header row of distinct, non-empty names (as text).
+
+        Others would load changed: a second header row read as data, ``['a', 'a']`` as
+        ``['a', 'a.1']``, ``''`` as ``'Unnamed: 0'``.
+        """
+        if df.columns.nlevels > 1:
+            raise ValueError(
+                f"its columns are a MultiIndex ({df.columns.nlevels} levels): "
+                f"{type(self).__name__} writes one header row, so the column names would "
+                f"load as data. Flatten them (df.columns = ['_'.join(map(str, c)) for c in "
+                f"df.columns]), or save the frame with TaskPqPandas or TaskPickle.")
+        # a missing name (None, NaN) is written as an empty one
+        names = ["" if c is None or c != c else str(c) for c in df.columns]
+        dups = _duplicates(names)
+        if dups:
+            raise ValueError(
+                f"its column names are not distinct as text ({dups[:5]!r} appear more than "
+                f"once): they would load renamed ('a', 'a.1'). {_RENAME}")
+        if "" in names:
+            raise ValueError(
+                f"a column name is empty ({df.columns[names.index('')]!r}): it would load as "
+                f"'Unnamed: {names.index('')}'. {_RENAME}")
+
+    def keeps_rows(self, frame: pd.DataFrame) -> bool:
+        """Whether the file alone keeps every row of ``frame`` (as written)."""
+        return frame.shape[1] > 0
 
     def sidecar(self) -> pathlib.Path:
         """The file describing the stored index."""
@@ -373,6 +553,8 @@ class _IndexedTextTarget(_PandasFileTarget):
 
     def _writers(self, data: Any, **kwargs: Any) -> dict[pathlib.Path, Writer | None]:
         frame, spec = _split_index(data)
+        if not self.keeps_rows(frame):
+            spec = {**(spec or {}), "rows": len(frame)}
 
         def write_data(p: pathlib.Path) -> None:
             self.write(frame, p, **kwargs)
@@ -404,6 +586,12 @@ class _IndexedTextTarget(_PandasFileTarget):
         raise NotImplementedError
 
 
+def _is_int(x: Any) -> bool:
+    import numbers
+
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
 def _split_index(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any] | None]:
     """Turn a non-default index into columns; return the frame and how to restore it."""
     idx = df.index
@@ -432,7 +620,13 @@ def _split_index(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any] | None]
 
 
 def _restore_index(df: pd.DataFrame, spec: dict[str, Any]) -> pd.DataFrame:
-    """Inverse of :func:`_split_index`."""
+    """Inverse of :func:`_split_index` (and restores the rows the file did not keep)."""
+    rows = spec.get("rows")
+    if isinstance(rows, int) and len(df) < rows:
+        df = df.reindex(range(rows))
+        df.index = _pandas().RangeIndex(rows)
+    if "columns" not in spec:
+        return df
     for col, dtype in zip(spec["columns"], spec["dtypes"]):
         if col not in df.columns:
             return df
@@ -454,7 +648,14 @@ class CSVPandasTarget(_IndexedTextTarget):
     def read_frame(self, path: pathlib.Path, **kwargs: Any) -> pd.DataFrame:
         """Read the CSV file."""
         kwargs.setdefault("compression", self.compression)
-        return _pandas().read_csv(path, **kwargs)
+        # a line holding only blanks is a row (one column of ' ', or of NaN as older
+        # pandas wrote it), not nothing
+        kwargs.setdefault("skip_blank_lines", False)
+        pandas = _pandas()
+        try:
+            return pandas.read_csv(path, **kwargs)
+        except pandas.errors.EmptyDataError:  # a frame with no columns: nothing to parse
+            return pandas.DataFrame()
 
     def write(self, data: pd.DataFrame, path: pathlib.Path, **kwargs: Any) -> None:
         """Write the CSV file."""
@@ -492,6 +693,60 @@ def require(module: str, extra: str, target: object) -> None:
 class ExcelPandasTarget(_IndexedTextTarget):
     """A DataFrame in an Excel file (needs the ``excel`` extra: openpyxl)."""
 
+    #: the most characters an Excel cell holds (longer strings are cut when written)
+    CELL_MAX: ClassVar[int] = 32767
+    fix = ("Excel cells cannot hold control characters (other than tab and newline) nor "
+           "some types: clean or convert the columns the writer failed on (e.g. "
+           "df[col] = df[col].astype(str)), or save the frame with TaskPqPandas or "
+           "TaskPickle.")
+
+    def check_frame(self, df: pd.DataFrame) -> None:
+        """As for CSV; also no time zones and no string longer than an Excel cell holds.
+
+        Column names are all strings or all integers (a header cell keeps its type, so
+        ``[0, 1.5]`` would load as ``[0.0, 1.5]``).
+        """
+        super().check_frame(df)
+        names = list(df.columns)
+        if not (all(isinstance(c, str) for c in names) or all(_is_int(c) for c in names)):
+            odd = next(c for c in names if not isinstance(c, str))
+            raise ValueError(
+                f"its column names are not all strings (nor all integers), e.g. {odd!r} "
+                f"({type(odd).__name__}): Excel header cells keep numbers as numbers, so "
+                f"mixed names would load changed. {_RENAME}")
+        pandas = _pandas()
+        index = [df.index.get_level_values(i) for i in range(df.index.nlevels)]
+        for name, values in [*((f"index level {i}", v) for i, v in enumerate(index)),
+                             *((f"column {c!r}", df.iloc[:, j])
+                               for j, c in enumerate(df.columns))]:
+            if isinstance(values.dtype, pandas.DatetimeTZDtype):
+                raise ValueError(
+                    f"{name} holds datetimes with a time zone ({values.dtype.tz}), which "
+                    f"Excel cannot store. Convert them to local times first "
+                    f"(.dt.tz_localize(None), or .dt.tz_convert(None) for UTC), or save the "
+                    f"frame with TaskPqPandas or TaskPickle.")
+            if values.dtype.kind in "OSU" or isinstance(values.dtype, pandas.StringDtype):
+                longest = values.map(lambda v: len(v) if isinstance(v, str) else 0).max()
+                if longest is not None and longest > self.CELL_MAX:
+                    raise ValueError(
+                        f"{name} holds a string of {longest} characters; an Excel cell holds "
+                        f"at most {self.CELL_MAX}, so it would be cut. Shorten it, or save "
+                        f"the frame with TaskCSVPandas, TaskPqPandas or TaskPickle.")
+        long_names = [c for c in df.columns if len(str(c)) > self.CELL_MAX]
+        if long_names:
+            raise ValueError(
+                f"a column name has {len(str(long_names[0]))} characters; an Excel cell "
+                f"holds at most {self.CELL_MAX}. {_RENAME}")
+
+    def keeps_rows(self, frame: pd.DataFrame) -> bool:
+        """Excel drops trailing rows of empty cells: then their count goes in the sidecar."""
+        if frame.shape[1] == 0:
+            return False
+        if not len(frame):
+            return True
+        return not all(v is None or v == "" or _pandas().isna(v) is True
+                       for v in frame.iloc[-1])
+
     def read_frame(self, path: pathlib.Path, **kwargs: Any) -> pd.DataFrame:
         """Read the first sheet."""
         require("openpyxl", "excel", self)
@@ -508,7 +763,9 @@ class JsonTarget(DataTarget):
     """A JSON document (dicts, lists, numbers, strings, booleans, None).
 
     The file holds ``{"data": obj}``, d6tflow's layout, so data dirs written by d6tflow load
-    unchanged and files written here load in d6tflow.
+    unchanged and files written here load in d6tflow. As in any JSON, tuples load as lists
+    and dict keys as strings (``{1: 'a'}`` as ``{'1': 'a'}``); a dict whose keys would
+    become the same string is refused.
     """
 
     accepts = "JSON-serializable data (dict, list, str, number, bool, None)"
@@ -517,8 +774,18 @@ class JsonTarget(DataTarget):
         """Serialize once to catch unsupported types before writing."""
         try:
             json.dumps(data)
+        except RecursionError as exc:
+            raise ValueError(
+                "it is nested too deeply to be written as JSON (Python's recursion limit). "
+                "Flatten it, or save it with TaskPickle.") from exc
         except (TypeError, ValueError) as exc:
             raise TypeError(str(exc)) from exc
+        clash = _key_clash(data)
+        if clash is not None:
+            raise ValueError(
+                f"a dict has keys {clash[0]!r} and {clash[1]!r}, which JSON writes as the same "
+                f"string {_json_key(clash[0])!r}, so one value would be lost. Make the keys "
+                f"distinct as strings, or save it with TaskPickle.")
 
     def read(self, path: pathlib.Path, **kwargs: Any) -> Any:
         """Parse the JSON file and unwrap ``{"data": obj}``."""
@@ -545,6 +812,30 @@ class JsonTarget(DataTarget):
             json.dump({"data": data}, fh, **kwargs)
 
 
+def _json_key(key: Any) -> str:
+    """The string ``json`` writes for a dict key."""
+    return next(iter(json.loads(json.dumps({key: 0}))))
+
+
+def _key_clash(data: Any) -> tuple[Any, Any] | None:
+    """Two keys of a dict in ``data`` that JSON writes as the same string, if any."""
+    stack = [data]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, dict):
+            if not all(type(k) is str for k in obj):
+                seen: dict[str, Any] = {}
+                for k in obj:
+                    text = _json_key(k)
+                    if text in seen:
+                        return seen[text], k
+                    seen[text] = k
+            stack.extend([v for v in obj.values() if isinstance(v, (dict, list, tuple))])
+        elif isinstance(obj, (list, tuple)):
+            stack.extend([v for v in obj if isinstance(v, (dict, list, tuple))])
+    return None
+
+
 class PickleTarget(DataTarget):
     """Any picklable Python object (models, dicts, arrays...).
 
@@ -552,6 +843,22 @@ class PickleTarget(DataTarget):
     whose hash matches the one pipeflow recorded when it committed them: a file planted or
     altered outside pipeflow is refused before any of it is unpickled.
     """
+
+    fix = ("Pickle stores objects Python can rebuild by name: not generators, lambdas, "
+           "functions or classes defined inside functions, open files, locks or "
+           "connections, nor exceptions whose __init__ takes other arguments than it passes "
+           "to Exception.__init__. Save their data instead (a list instead of a generator, "
+           "a module-level def instead of a lambda).")
+    #: unpickle each saved file once before publishing it, so that an object that
+    #: pickles but cannot be rebuilt is refused at save() (costs about one load; a
+    #: subclass may turn it off for very large objects)
+    verify_saves: ClassVar[bool] = True
+
+    def verify(self, path: pathlib.Path) -> None:
+        """Unpickle the file just written (``verify_saves``): it must load."""
+        if self.verify_saves:
+            with open(path, "rb") as fh:
+                pickle.load(fh)
 
     def _read_verified(self, records: Sequence[FileRecord], fun: Any,
                        kwargs: dict[str, Any]) -> Any:
@@ -568,7 +875,10 @@ class PickleTarget(DataTarget):
             raise self._corrupt(
                 f"{rec.name} was changed outside pipeflow (its content no longer matches the "
                 f"hash recorded when it was committed; it was not unpickled)")
-        return pickle.loads(data, **kwargs)
+        try:
+            return pickle.loads(data, **kwargs)
+        except Exception as exc:
+            raise self._unreadable(exc) from exc
 
     def _writers(self, data: Any, **kwargs: Any) -> dict[pathlib.Path, Writer | None]:
         if type(self).write is not PickleTarget.write:  # a subclass writes its own way
