@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 
 import pipeflow
 import pipeflow.tasks.h5
-from pipeflow import cache
 from pipeflow.errors import (
     LoadError,
     PipeflowError,
@@ -171,7 +170,7 @@ def _check_typed(fmt: str, saved: pd.DataFrame, loaded: pd.DataFrame) -> None:
     """Columns, index and dtypes kept; object columns: their values (dtype re-inferred)."""
     expected = _typed_form(saved, fmt)
     assert list(loaded.columns) == list(saved.columns)
-    objects = [j for j in range(saved.shape[1]) if saved.dtypes.iloc[j] == object]
+    objects = [j for j, dtype in enumerate(saved.dtypes) if pd.api.types.is_object_dtype(dtype)]
     others = [j for j in range(saved.shape[1]) if j not in objects]
     pd.testing.assert_frame_equal(loaded.iloc[:, others], expected.iloc[:, others],
                                   check_column_type=False, check_index_type="equiv",
@@ -251,7 +250,8 @@ def _check_round_trip(fmt: str, saved: Any, loaded: Any) -> None:
 
 N = st.integers(0, 4)
 LABELS = st.one_of(
-    st.sampled_from(["a", "b", "", " ", "a.1", "x\ny", "Unnamed: 0", "é", "0", "__index_level_0__"]),
+    st.sampled_from(["a", "b", "", " ", "a.1", "x\ny", "Unnamed: 0", "é", "0",
+                     "__index_level_0__"]),
     st.integers(-1, 2), st.sampled_from([1.5, None, True]))
 
 

@@ -340,7 +340,7 @@ class DataTarget:
 def _cause(exc: BaseException) -> str:
     """``Type: message`` of a library's exception, shortened to its first lines."""
     lines = [ln for ln in str(exc).splitlines() if ln.strip()][:3]
-    text = " ".join(ln.strip() for ln in lines)
+    text = " ".join(ln.strip() for ln in lines).rstrip(".")
     if len(text) > 500:
         text = text[:500] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -23,6 +23,9 @@ class H5PandasTarget(_PandasFileTarget):
 
     #: the HDF5 key the frame is stored under
     hdf_key: ClassVar[str] = "data"
+    fix = ("HDF5's default (fixed) format stores no categorical columns and needs distinct "
+           "column names: pass format='table' to save() for categoricals, rename duplicate "
+           "columns, or save the frame with TaskPqPandas or TaskPickle.")
 
     def read(self, path: pathlib.Path, **kwargs: Any) -> pd.DataFrame:
         """Read the frame stored under :attr:`hdf_key` (``key=`` picks another)."""

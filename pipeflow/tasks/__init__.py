@@ -309,7 +309,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
         Nested lists and dicts keep their shape; a ``None`` entry stays ``None``.
         """
-        return _map_requires(self, self.requires(), lambda t: graph.unwrap(t).output())
+        return _map_requires(self, self.requires(), lambda t: _unwrapped(t).output())
 
     @property
     def flows(self) -> Mapping[str, Any]:
@@ -489,7 +489,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
     def metaLoad(self) -> Any:
         """Load the metadata of the tasks this task requires (same shape as requires())."""
         return _map_requires(self, self.requires(),
-                             lambda t: graph.unwrap(t).outputLoadMeta())
+                             lambda t: _unwrapped(t).outputLoadMeta())
 
     @_at_home
     def outputLoadMeta(self) -> Any:
@@ -555,6 +555,11 @@ def _incomplete(task: luigi.Task, plan: Plan) -> IncompleteTaskError:
         f"missing or not intact:{listing(lines)}\nRun the flow first: flow.run() (or "
         f"pipeflow.run({graph.describe(task)}))."
     )
+
+
+def _unwrapped(task: Any) -> Any:
+    """The task of an optional requirement, or the task itself."""
+    return task.task if isinstance(task, graph.Optional) else task
 
 
 def _map_requires(owner: luigi.Task, struct: Any, leaf: Callable[[Any], Any]) -> Any:
