@@ -666,3 +666,17 @@ def test_failures_are_not_raw_when_run_through_the_engine():
     with pytest.raises(TaskFailedError) as info:
         pipeflow.run(Gen())
     assert isinstance(info.value.__cause__, SaveError)
+
+
+def test_several_outputs_saved_by_hand_are_all_published_or_none(stored):
+    """Was: the outputs before the one the writer failed on were published and committed."""
+
+    class Two(pipeflow.tasks.TaskPickle):
+        persist = ["a", "b"]
+
+    with pytest.raises(SaveError, match="output 'b' of Two"):
+        Two().save({"a": 1, "b": lambda: 0})
+    assert stored() == []  # 'a' not published, no temp file of either
+    assert not Two().output()["a"].exists()
+    Two().save({"a": 1, "b": 2})
+    assert Two().outputLoad() == [1, 2]

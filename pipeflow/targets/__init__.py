@@ -192,17 +192,27 @@ class DataTarget:
             SaveError: ``data`` cannot be stored in this format: its type, its content, or
                 the writer failed on it (nothing is written or published).
         """
+        self._publish(self._stage(data, fun, **kwargs))
+        return self.path
+
+    def _stage(self, data: Any, fun: Any = None, **kwargs: Any) -> Any:
+        """First half of :meth:`save`: check and write ``data``, publish nothing yet.
+
+        Returns what :meth:`_publish` publishes (or :meth:`_discard` throws away).
+        """
         if isinstance(fun, str):
             method = fun
 
             def writer(p: pathlib.Path) -> None:
                 getattr(data, method)(p, **kwargs)
 
-            self._publish(lambda: {self.path: writer}, verify=False)
-        else:
-            self._check(data)
-            self._publish(lambda: self._writers(data, **kwargs))
-        return self.path
+            return self._write(lambda: {self.path: writer}, verify=False)
+        self._check(data)
+        return self._write(lambda: self._writers(data, **kwargs))
+
+    def _discard(self, staged: Any) -> None:
+        """Throw away what :meth:`_stage` wrote."""
+        publishing.discard(staged)
 
     def invalidate(self) -> bool:
         """Delete the output (all its files). Returns True when nothing remains.
@@ -296,9 +306,9 @@ class DataTarget:
 
         return {self.path: writer}
 
-    def _publish(self, writers: Callable[[], dict[pathlib.Path, Writer | None]],
-                 verify: bool = True) -> None:
-        """Write the files (``writers()`` gives them) to temp files, then publish them.
+    def _write(self, writers: Callable[[], dict[pathlib.Path, Writer | None]],
+               verify: bool = True) -> publishing.Staged:
+        """Write the files (``writers()`` gives them) to temp files beside their places.
 
         A writer's failure, or (``verify``) a written file :meth:`verify` cannot read
         back, is a SaveError naming the task, output, format and fix; the temp files are
@@ -323,6 +333,10 @@ class DataTarget:
                     f"reading it back failed ({_cause(exc)}), so it would not load. Nothing "
                     f"was published. {self.fix}"
                 ) from exc
+        return staged
+
+    def _publish(self, staged: publishing.Staged) -> None:
+        """Publish files :meth:`_write` staged (or hand them to the running task's staging)."""
         stg = publishing.current()
         if stg is not None and stg.owns(self.path):
             stg.take(staged)
@@ -392,14 +406,24 @@ class CacheTarget(DataTarget):
 
         A copy, so that changing ``data`` afterwards does not change the saved output.
         """
+        self._publish(self._stage(data))
+        return self.path
+
+    def _stage(self, data: Any, fun: Any = None, **kwargs: Any) -> Any:
+        """Check ``data`` and copy it (nothing is kept yet)."""
         self._check(data)
-        kept = cache.fresh(data)
+        return cache.fresh(data)
+
+    def _discard(self, staged: Any) -> None:
+        """Nothing to throw away: the copy is dropped with the last reference to it."""
+
+    def _publish(self, kept: Any) -> None:  # type: ignore[override]
+        """Keep the copy in memory (in the running task's staging during a run)."""
         stg = publishing.current()
         if stg is not None and stg.owns(pathlib.Path(self.path)):
             stg.memory[self.path] = kept
         else:
             cache.data[self.path] = kept
-        return self.path
 
     def invalidate(self) -> bool:
         """Drop the object from memory."""

@@ -362,10 +362,22 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                 f"missing {missing}, unexpected {extra}. Call self.save({example}). "
                 f"Nothing was written."
             )
-        for k in expected:
-            outputs[k]._check(data[k])
-        for k in expected:
-            outputs[k].save(data[k], **kwargs)
+        # every output written (and checked) before any is published: all or nothing
+        staged: list[tuple[DataTarget, Any]] = []
+        try:
+            for k in expected:
+                staged.append((outputs[k], outputs[k]._stage(data[k], **kwargs)))
+        except BaseException:
+            for target, files in staged:
+                target._discard(files)
+            raise
+        for i, (target, files) in enumerate(staged):
+            try:
+                target._publish(files)
+            except BaseException:
+                for later, rest in staged[i + 1:]:
+                    later._discard(rest)
+                raise
 
     def metaSave(self, data: Any) -> None:
         """Store metadata (any picklable object) beside the outputs; reset removes it too."""
