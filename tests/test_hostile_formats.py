@@ -9,6 +9,7 @@ committed output that cannot be loaded.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import itertools
 import math
@@ -172,6 +173,12 @@ def _check_typed(fmt: str, saved: pd.DataFrame, loaded: pd.DataFrame) -> None:
     assert list(loaded.columns) == list(saved.columns)
     objects = [j for j, dtype in enumerate(saved.dtypes) if pd.api.types.is_object_dtype(dtype)]
     others = [j for j in range(saved.shape[1]) if j not in objects]
+    if any(pd.api.types.is_object_dtype(saved.index.get_level_values(i))
+           for i in range(saved.index.nlevels)):  # object index: its values, re-inferred
+        assert list(loaded.index.names) == list(saved.index.names)
+        assert all(_same_value(g, w) for g, w in zip(loaded.index, saved.index))
+        assert len(loaded) == len(saved)
+        loaded = loaded.set_axis(saved.index, axis=0)
     pd.testing.assert_frame_equal(loaded.iloc[:, others], expected.iloc[:, others],
                                   check_column_type=False, check_index_type="equiv",
                                   check_freq=False)
@@ -184,7 +191,12 @@ def _check_typed(fmt: str, saved: pd.DataFrame, loaded: pd.DataFrame) -> None:
 
 
 def _same_value(a: Any, b: Any) -> bool:
-    """Equal values (1 == 1.0), NaN-aware."""
+    """Equal values (1 == 1.0), NaN-aware; parquet's lists as arrays, dicts as structs."""
+    if isinstance(b, (list, tuple)) and isinstance(a, (list, tuple, np.ndarray)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    if isinstance(b, dict) and isinstance(a, dict):  # a struct: every key of the column
+        return all(k in a and _same_value(a[k], v) for k, v in b.items()) and all(
+            v is None for k, v in a.items() if k not in b)
     try:
         return bool(a == b) or (pd.isna(a) is True and pd.isna(b) is True)
     except (TypeError, ValueError):
@@ -200,7 +212,7 @@ def _text_reference(df: pd.DataFrame, kind: str) -> pd.DataFrame:
     """What pandas itself makes of the frame's values written as CSV / Excel cells."""
     flat = df.reset_index(drop=True)
     if kind == "csv":
-        text = flat.to_csv(index=False)
+        text = flat.to_csv(index=False, lineterminator="\r\n")  # every \r, \n quoted
         try:
             return pd.read_csv(io.StringIO(text), skip_blank_lines=False)
         except pd.errors.EmptyDataError:
@@ -281,11 +293,43 @@ def _column(kind: str, n: int) -> st.SearchStrategy[pd.Series]:
         return st.lists(st.one_of(st.integers(-5, 5), st.text(max_size=3), st.none(),
                                   st.floats(allow_nan=True)), min_size=n, max_size=n).map(
             lambda v: pd.Series(v, dtype=object))
+    if kind == "timedelta":
+        days = st.timedeltas(min_value=dt.timedelta(days=-10**5),
+                             max_value=dt.timedelta(days=10**5))
+        return st.lists(st.one_of(days, st.none()), min_size=n, max_size=n).map(
+            lambda v: pd.Series(pd.to_timedelta(v)))
+    if kind == "Int64":
+        return st.lists(st.one_of(st.integers(-10, 10), st.none()), min_size=n,
+                        max_size=n).map(lambda v: pd.Series(v, dtype="Int64"))
+    if kind == "boolean":
+        return st.lists(st.one_of(st.booleans(), st.none()), min_size=n, max_size=n).map(
+            lambda v: pd.Series(v, dtype="boolean"))
+    if kind == "string":
+        return st.lists(st.one_of(st.text(max_size=4), st.none()), min_size=n,
+                        max_size=n).map(lambda v: pd.Series(v, dtype="string"))
+    if kind == "uint":
+        return st.lists(st.integers(0, 2**64 - 1), min_size=n, max_size=n).map(
+            lambda v: pd.Series(v, dtype="uint64"))
+    if kind == "complex":
+        return st.lists(st.complex_numbers(allow_nan=False, allow_infinity=False), min_size=n,
+                        max_size=n).map(lambda v: pd.Series(v, dtype="complex128"))
+    if kind == "bytes":
+        return st.lists(st.binary(max_size=4), min_size=n, max_size=n).map(
+            lambda v: pd.Series(v, dtype=object))
+    if kind == "nested":
+        return st.lists(st.one_of(st.lists(st.integers(0, 3), max_size=2),
+                                  st.dictionaries(st.sampled_from("xy"), st.integers(0, 3))),
+                        min_size=n, max_size=n).map(lambda v: pd.Series(v, dtype=object))
+    if kind == "period":
+        return st.lists(st.integers(0, 100), min_size=n, max_size=n).map(
+            lambda v: pd.Series(pd.PeriodIndex.from_ordinals(v, freq="D")))
     assert kind == "none"
     return st.just(pd.Series([None] * n, dtype=object))
 
 
-KINDS = ["int", "float", "str", "bool", "datetime", "tz", "category", "mixed", "none"]
+KINDS = ["int", "float", "str", "bool", "datetime", "tz", "category", "mixed", "none",
+         "timedelta", "Int64", "boolean", "string", "uint", "complex", "bytes", "nested",
+         "period"]
 
 
 def _index(kind: str, n: int) -> pd.Index | None:
@@ -299,6 +343,12 @@ def _index(kind: str, n: int) -> pd.Index | None:
         return pd.Index([f"r{i}" for i in range(n)], name="key")
     if kind == "dates":
         return pd.DatetimeIndex(pd.date_range("2024-01-01", periods=n), name="day")
+    if kind == "dup":
+        return pd.Index([1] * n, name="id")
+    if kind == "mixed":
+        return pd.Index([1, "a", 2.5, "b"][:n] + ["z"] * max(0, n - 4), dtype=object)
+    if kind == "named_like_column":
+        return pd.Index(np.arange(n), name=0)
     assert kind == "multi"
     return pd.MultiIndex.from_arrays([np.arange(n), [f"s{i}" for i in range(n)]],
                                      names=["i", "s"])
@@ -316,8 +366,8 @@ def frames(draw: st.DrawFn) -> pd.DataFrame:
         df.columns = pd.MultiIndex.from_arrays([["g"] * len(cols), [str(x) for x in labels]])
     else:
         df.columns = pd.Index(labels, dtype=object) if cols else df.columns
-    index = _index(draw(st.sampled_from(["default", "range5", "int", "str", "dates", "multi"])),
-                   n)
+    index = _index(draw(st.sampled_from(["default", "range5", "int", "str", "dates", "multi",
+                                         "dup", "mixed", "named_like_column"])), n)
     if index is not None:
         df.index = index
     return df
@@ -383,7 +433,7 @@ def _save_and_check(fmt: str, data: Any) -> str:
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.filterwarnings("ignore::pandas.errors.PerformanceWarning")
-@settings(max_examples=250, deadline=None,
+@settings(max_examples=400, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(fmt=st.sampled_from(sorted(FUZZ)),
        data=st.one_of(frames(), OBJECTS))
@@ -394,7 +444,7 @@ def test_every_format_round_trips_or_refuses_cleanly(fmt, data):
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.filterwarnings("ignore::pandas.errors.PerformanceWarning")
-@settings(max_examples=120, deadline=None,
+@settings(max_examples=200, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=frames())
 def test_dataframe_formats_round_trip_or_refuse_hostile_frames(data):
@@ -680,3 +730,38 @@ def test_several_outputs_saved_by_hand_are_all_published_or_none(stored):
     assert not Two().output()["a"].exists()
     Two().save({"a": 1, "b": 2})
     assert Two().outputLoad() == [1, 2]
+
+
+# -- found by the property test ---------------------------------------------------------------
+
+def test_csv_string_with_a_carriage_return_stays_one_row():
+    """Was: 'x\\ry' written unquoted, read back as a line break: an extra row."""
+    Csv().save(pd.DataFrame({"a": ["x\ry", "z"], "b": [1, 2]}))
+    loaded = Csv().outputLoad()
+    assert loaded["a"].tolist() == ["x\ry", "z"] and loaded["b"].tolist() == [1, 2]
+
+
+def test_csv_without_carriage_returns_keeps_plain_line_ends():
+    Csv().save(pd.DataFrame({"a": ["x\ny", "z"]}))
+    assert b"\r" not in Csv().output().path.read_bytes()
+
+
+def test_parquet_index_name_that_is_not_a_string_is_a_save_error():
+    """Was: index named 0 beside a column 0 committed, then every load raised ArrowInvalid."""
+    df = pd.DataFrame({0: [1, 2]}, index=pd.Index([5, 6], name=0))
+    _refused(Pq(), df, "index has a name that is not a string")
+
+
+def test_hdf5_column_named_none_and_nullable_dtypes_are_a_save_error():
+    """Was: a column named None loaded as NaN; an empty Int64 column committed unreadable."""
+    class H5(pipeflow.tasks.h5.TaskH5Pandas):
+        n = pipeflow.IntParameter(default=1)
+
+    df = pd.DataFrame([[0.0, 0, 1.0]], columns=pd.Index(["a", "b", None], dtype=object))
+    _refused(H5(), df, "named None")
+    _refused(H5(), pd.DataFrame({"a": pd.Series([], dtype="Int64")}), "nullable dtype Int64")
+
+
+def test_excel_number_beyond_what_a_cell_holds_is_a_save_error():
+    """Was: 1.7e308 committed, then every load raised OverflowError."""
+    _refused(Xl(), pd.DataFrame({"a": [1.7e308]}), "largest number")

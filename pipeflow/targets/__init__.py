@@ -489,10 +489,11 @@ class PqPandasTarget(_PandasFileTarget):
            "any DataFrame exactly.")
 
     def check_frame(self, df: pd.DataFrame) -> None:
-        """Column names must be distinct and, level by level, all str or all int.
+        """Column names distinct and, level by level, all str or all int; index names str.
 
-        Others come back changed (``[0, 'a']`` loads as ``['0', 'a']``); a frame with rows
-        but no columns loads with no rows.
+        Others come back changed (``[0, 'a']`` loads as ``['0', 'a']``) or not at all (an
+        index named ``0`` beside a column ``0``); a frame with rows but no columns loads
+        with no rows.
         """
         for level in _labels(df.columns):
             if not (all(isinstance(c, str) for c in level)
@@ -507,6 +508,13 @@ class PqPandasTarget(_PandasFileTarget):
             raise ValueError(
                 f"its column names are not distinct ({dups[:5]!r} appear more than once): "
                 f"parquet stores each column under its name. {_RENAME}")
+        odd_names = [n for n in df.index.names if n is not None and not isinstance(n, str)]
+        if odd_names:
+            raise ValueError(
+                f"its index has a name that is not a string, {odd_names[0]!r}: parquet keeps "
+                f"index names as text (so it would load as {str(odd_names[0])!r}, or not at "
+                f"all if a column has that name). Rename it (df.index.name = "
+                f"{str(odd_names[0])!r}), or save the frame with TaskPickle.")
         if df.shape[1] == 0 and len(df):
             raise ValueError(
                 f"it has {len(df)} rows but no columns: parquet counts rows by their column "
@@ -682,10 +690,33 @@ class CSVPandasTarget(_IndexedTextTarget):
             return pandas.DataFrame()
 
     def write(self, data: pd.DataFrame, path: pathlib.Path, **kwargs: Any) -> None:
-        """Write the CSV file."""
+        r"""Write the CSV file.
+
+        Lines end with ``\n``; with ``\r\n`` when a string holds a carriage return, so
+        that the string is quoted (unquoted, a reader takes it for a line break).
+        """
         kwargs.setdefault("compression", self.compression)
         kwargs.setdefault("index", False)
+        if "lineterminator" not in kwargs and _holds(data, "\r"):
+            kwargs["lineterminator"] = "\r\n"
         data.to_csv(path, **kwargs)
+
+
+def _holds(df: pd.DataFrame, char: str) -> bool:
+    """Whether a column name or a string value of ``df`` contains ``char``."""
+    pandas = _pandas()
+    if any(isinstance(c, str) and char in c for c in df.columns):
+        return True
+    for j in range(df.shape[1]):
+        col = df.iloc[:, j]
+        if isinstance(col.dtype, pandas.CategoricalDtype):
+            col = pandas.Series(col.dtype.categories)
+        if isinstance(col.dtype, pandas.StringDtype):
+            if col.str.contains(char, regex=False).fillna(False).any():
+                return True
+        elif col.dtype.kind == "O" and any(isinstance(v, str) and char in v for v in col):
+            return True
+    return False
 
 
 class CSVGZPandasTarget(CSVPandasTarget):
@@ -719,6 +750,8 @@ class ExcelPandasTarget(_IndexedTextTarget):
 
     #: the most characters an Excel cell holds (longer strings are cut when written)
     CELL_MAX: ClassVar[int] = 32767
+    #: the largest number an Excel cell holds
+    NUMBER_MAX: ClassVar[float] = 9.99999999999999e307
     fix = ("Excel cells cannot hold control characters (other than tab and newline) nor "
            "some types: clean or convert the columns the writer failed on (e.g. "
            "df[col] = df[col].astype(str)), or save the frame with TaskPqPandas or "
@@ -739,6 +772,7 @@ class ExcelPandasTarget(_IndexedTextTarget):
                 f"({type(odd).__name__}): Excel header cells keep numbers as numbers, so "
                 f"mixed names would load changed. {_RENAME}")
         pandas = _pandas()
+        np = importlib.import_module("numpy")
         index = [df.index.get_level_values(i) for i in range(df.index.nlevels)]
         for name, values in [*((f"index level {i}", v) for i, v in enumerate(index)),
                              *((f"column {c!r}", df.iloc[:, j])
@@ -749,6 +783,14 @@ class ExcelPandasTarget(_IndexedTextTarget):
                     f"Excel cannot store. Convert them to local times first "
                     f"(.dt.tz_localize(None), or .dt.tz_convert(None) for UTC), or save the "
                     f"frame with TaskPqPandas or TaskPickle.")
+            if values.dtype.kind == "f":
+                numbers = np.abs(values.to_numpy(dtype="float64", na_value=0.0))
+                biggest = float(numbers[np.isfinite(numbers)].max(initial=0.0))
+                if biggest > self.NUMBER_MAX:
+                    raise ValueError(
+                        f"{name} holds {biggest!r}, larger than the largest number "
+                        f"an Excel cell holds ({self.NUMBER_MAX!r}). Scale it down, or save "
+                        f"the frame with TaskPqPandas or TaskPickle.")
             if values.dtype.kind in "OSU" or isinstance(values.dtype, pandas.StringDtype):
                 longest = values.map(lambda v: len(v) if isinstance(v, str) else 0).max()
                 if longest is not None and longest > self.CELL_MAX:
