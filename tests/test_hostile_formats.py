@@ -765,3 +765,42 @@ def test_hdf5_column_named_none_and_nullable_dtypes_are_a_save_error():
 def test_excel_number_beyond_what_a_cell_holds_is_a_save_error():
     """Was: 1.7e308 committed, then every load raised OverflowError."""
     _refused(Xl(), pd.DataFrame({"a": [1.7e308]}), "largest number")
+
+
+def test_pickle_is_read_back_only_when_it_holds_objects_of_other_packages(monkeypatch):
+    """The read-back that proves a pickle loads costs a load: only where it can fail."""
+    reads: list[pathlib.Path] = []
+    real = pipeflow.targets.PickleTarget.read
+    monkeypatch.setattr(pipeflow.targets.PickleTarget, "read",
+                        lambda self, path, **kw: (reads.append(path), real(self, path, **kw))[1])
+    Pkl(n=5).save({"frame": pd.DataFrame({"a": [1]}), "array": np.zeros(3), "x": [1, "a"]})
+    assert reads == []
+    Pkl(n=6).save({"error": ValueError("fine"), "obj": Unrebuildable.__mro__[0].__name__})
+    assert reads == []  # builtins' own exception rebuilds
+    Pkl(n=7).save([_deep(3)])
+    assert reads == []
+    Pkl(n=8).save({"mine": Up(k=1).output()})
+    assert len(reads) == 1  # an object of another package: read back with the format's read
+
+
+def test_a_pickle_format_of_your_own_is_read_back_with_its_own_reader():
+    import gzip
+    import pickle
+
+    class GzPickle(pipeflow.targets.PickleTarget):
+        def write(self, data, path, **kwargs):
+            with gzip.open(path, "wb") as fh:
+                pickle.dump(data, fh)
+
+        def read(self, path, **kwargs):
+            with gzip.open(path, "rb") as fh:
+                return pickle.load(fh)
+
+    class Gz(pipeflow.tasks.TaskData):
+        target_class = GzPickle
+        target_ext = "pkl.gz"
+
+    Gz().save({"a": 1})
+    assert Gz().outputLoad() == {"a": 1}
+    with pytest.raises(SaveError, match="reading it back failed"):
+        Gz().save(Unrebuildable(1, "x"))

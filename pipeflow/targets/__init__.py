@@ -902,6 +902,29 @@ def _key_clash(data: Any) -> tuple[Any, Any] | None:
     return None
 
 
+#: packages whose objects always unpickle where they were pickled
+_REBUILDS = frozenset({"builtins", "numpy", "pandas", "pyarrow", "pickle", "datetime",
+                       "decimal", "fractions", "collections", "pathlib", "uuid", "zoneinfo",
+                       "re"})
+
+
+class _Pickler(pickle.Pickler):
+    """A pickler that notes whether it met an object of another package (``foreign``).
+
+    Only such an object can pickle and then fail to unpickle (an ``__init__`` or
+    ``__reduce__`` of its own): a save without any needs no read-back.
+    """
+
+    foreign = False
+
+    def reducer_override(self, obj: Any) -> Any:
+        """Note the object's package; pickle it as usual."""
+        package = type(obj).__module__.partition(".")[0]
+        if not self.foreign and package not in _REBUILDS and not package.startswith("_cython"):
+            self.foreign = True  # (a Cython function is pickled by name, as a def is)
+        return NotImplemented
+
+
 class PickleTarget(DataTarget):
     """Any picklable Python object (models, dicts, arrays...).
 
@@ -915,21 +938,21 @@ class PickleTarget(DataTarget):
            "connections, nor exceptions whose __init__ takes other arguments than it passes "
            "to Exception.__init__. Save their data instead (a list instead of a generator, "
            "a module-level def instead of a lambda).")
-    #: unpickle each saved file once before publishing it, so that an object that
-    #: pickles but cannot be rebuilt is refused at save() (costs about one load; a
-    #: subclass may turn it off for very large objects)
+    #: read each saved file back once before publishing it, so that an object that pickles
+    #: but cannot be rebuilt is refused at save(). Skipped when everything pickled is of
+    #: Python's, NumPy's or pandas' own types (they rebuild); False skips it always.
     verify_saves: ClassVar[bool] = True
 
     def verify(self, path: pathlib.Path) -> None:
-        """Unpickle the file just written (``verify_saves``): it must load."""
-        if self.verify_saves:
-            with open(path, "rb") as fh:
-                pickle.load(fh)
+        """Read the file just written back (see :attr:`verify_saves`): it must load."""
+        sure = self.__dict__.pop("_rebuilds", False)  # set by the pickler just used
+        if self.verify_saves and not sure:
+            self.read(path)
 
     def _read_verified(self, records: Sequence[FileRecord], fun: Any,
                        kwargs: dict[str, Any]) -> Any:
-        if callable(fun) or len(records) != 1:
-            return super()._read_verified(records, fun, kwargs)
+        if callable(fun) or len(records) != 1 or type(self).read is not PickleTarget.read:
+            return super()._read_verified(records, fun, kwargs)  # (a subclass reads its way)
         # Hash and unpickle the very same bytes: a file swapped in between cannot slip through.
         try:
             with open(self.path, "rb") as fh:
@@ -950,7 +973,13 @@ class PickleTarget(DataTarget):
         if type(self).write is not PickleTarget.write:  # a subclass writes its own way
             return super()._writers(data, **kwargs)
         kwargs.setdefault("protocol", pickle.HIGHEST_PROTOCOL)
-        return {self.path: publishing.Stream(lambda fh: pickle.dump(data, fh, **kwargs))}
+
+        def dump(fh: BinaryIO) -> None:
+            pickler = _Pickler(fh, **kwargs)
+            pickler.dump(data)
+            self.__dict__["_rebuilds"] = not pickler.foreign
+
+        return {self.path: publishing.Stream(dump)}
 
     def read(self, path: pathlib.Path, **kwargs: Any) -> Any:
         """Unpickle the file."""
