@@ -457,9 +457,10 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         Returns:
             For one requirement: its data (a list/dict if it has several outputs). For a
             dict ``requires()``: ``{name: data}``. For a list: ``[data, ...]``
-            (``{index: data}`` with ``as_dict``). Lists and dicts nested in ``requires()``
-            load as the same nested lists and dicts; a ``None`` entry (no requirement)
-            loads as ``None``.
+            (``{index: data}`` with ``as_dict``). Lists nested in ``requires()`` load as
+            the same nested lists; a nested dict as a task with several outputs does (a
+            list in order, a dict with ``as_dict``, as in d6tflow); a ``None`` entry (no
+            requirement) loads as ``None``.
         """
         reqs = self.requires()
         if not isinstance(reqs, (luigi.Task, graph.Optional, Mapping, list, tuple, str)) \
@@ -494,8 +495,13 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
     def _load_inputs(self, reqs: Any, keys: Iterable[str] | None, as_dict: bool,
                      cached: bool) -> Any:
-        """Load a requirement, or a nested list/dict of them, keeping its shape."""
-        return _map_requires(self, reqs, lambda t: _load_outputs(t, keys, as_dict, cached))
+        """Load a requirement, or a nested list/dict of them, keeping its shape.
+
+        A nested dict loads as a task with several outputs does, as d6tflow loads it: a
+        list in order, a dict with ``as_dict``.
+        """
+        return _map_requires(self, reqs, lambda t: _load_outputs(t, keys, as_dict, cached),
+                             dicts_as_lists=not as_dict)
 
     @_at_home
     def metaLoad(self) -> Any:
@@ -574,11 +580,13 @@ def _unwrapped(task: Any) -> Any:
     return task.task if isinstance(task, graph.Optional) else task
 
 
-def _map_requires(owner: luigi.Task, struct: Any, leaf: Callable[[Any], Any]) -> Any:
+def _map_requires(owner: luigi.Task, struct: Any, leaf: Callable[[Any], Any],
+                  dicts_as_lists: bool = False) -> Any:
     """``leaf(task)`` for each task of a ``requires()`` result, keeping its shape.
 
-    Dicts stay dicts, lists lists, tuples tuples, however nested; ``None`` (no requirement:
-    the graph skips it too) stays ``None``.
+    Dicts stay dicts (with ``dicts_as_lists``, lists of their values in order), lists
+    lists, tuples tuples, however nested; ``None`` (no requirement: the graph skips it
+    too) stays ``None``.
 
     Raises:
         RequirementError: an entry is neither a task nor a list, tuple, dict or None.
@@ -588,11 +596,13 @@ def _map_requires(owner: luigi.Task, struct: Any, leaf: Callable[[Any], Any]) ->
     if isinstance(struct, (luigi.Task, graph.Optional)):
         return leaf(struct)
     if isinstance(struct, Mapping):
+        if dicts_as_lists:
+            return [_map_requires(owner, v, leaf, True) for v in struct.values()]
         return {k: _map_requires(owner, v, leaf) for k, v in struct.items()}
     if isinstance(struct, tuple):
-        return tuple(_map_requires(owner, v, leaf) for v in struct)
+        return tuple(_map_requires(owner, v, leaf, dicts_as_lists) for v in struct)
     if isinstance(struct, list):
-        return [_map_requires(owner, v, leaf) for v in struct]
+        return [_map_requires(owner, v, leaf, dicts_as_lists) for v in struct]
     what = (f"the class {struct.__name__} instead of a task instance; write {struct.__name__}()"
             if isinstance(struct, type) else f"{struct!r} (type {type(struct).__name__}), "
             f"which is not a task")
