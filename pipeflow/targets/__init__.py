@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import numbers
 import os
 import pathlib
 import pickle
@@ -619,8 +620,7 @@ class _IndexedTextTarget(_PandasFileTarget):
 
 
 def _is_int(x: Any) -> bool:
-    import numbers
-
+    """An integer label (Python's or NumPy's), not a bool."""
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
@@ -771,8 +771,9 @@ class ExcelPandasTarget(_IndexedTextTarget):
                 f"its column names are not all strings (nor all integers), e.g. {odd!r} "
                 f"({type(odd).__name__}): Excel header cells keep numbers as numbers, so "
                 f"mixed names would load changed. {_RENAME}")
+        import numpy as np  # (pandas' own dependency, imported with it)
+
         pandas = _pandas()
-        np = importlib.import_module("numpy")
         index = [df.index.get_level_values(i) for i in range(df.index.nlevels)]
         for name, values in [*((f"index level {i}", v) for i, v in enumerate(index)),
                              *((f"column {c!r}", df.iloc[:, j])
@@ -940,7 +941,7 @@ class PickleTarget(DataTarget):
            "a module-level def instead of a lambda).")
     #: read each saved file back once before publishing it, so that an object that pickles
     #: but cannot be rebuilt is refused at save(). Skipped when everything pickled is of
-    #: Python's, NumPy's or pandas' own types (they rebuild); False skips it always.
+    #: Python's, NumPy's, pandas' or pyarrow's own types (they rebuild); False: never.
     verify_saves: ClassVar[bool] = True
 
     def verify(self, path: pathlib.Path) -> None:
