@@ -808,3 +808,16 @@ def test_a_pickle_format_of_your_own_is_read_back_with_its_own_reader():
     assert Gz().outputLoad() == {"a": 1}
     with pytest.raises(SaveError, match="reading it back failed"):
         Gz().save(Unrebuildable(1, "x"))
+
+
+def test_a_committed_file_that_cannot_be_opened_is_a_corrupt_output_error(monkeypatch):
+    from pipeflow.errors import CorruptOutputError
+
+    Csv(n=9).save(pd.DataFrame({"a": [1]}))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(pd, "read_csv", denied)
+    with pytest.raises(CorruptOutputError, match="cannot be read"):
+        Csv(n=9).outputLoad()

@@ -246,13 +246,17 @@ class DataTarget:
             return fun(self.path, **kwargs) if callable(fun) else self.read(self.path, **kwargs)
         except PipeflowError:
             raise
+        except OSError as exc:
+            if exc.errno is None:  # a library's own error about the content (pyarrow)
+                raise self._unreadable(exc) from exc
+            raise self._corrupt(f"{self.path.name} cannot be read ({exc.strerror})") from exc
         except Exception as exc:
             raise self._unreadable(exc) from exc
 
     def _unreadable(self, exc: BaseException) -> LoadError:
         who = self.owner.display_name() if self.owner is not None else "the task"
-        args = "the reader arguments given to load(), or " if not isinstance(
-            exc, (OSError, pickle.UnpicklingError)) else ""
+        args = "" if isinstance(exc, pickle.UnpicklingError) else (
+            "the reader arguments given to load(), or ")
         return LoadError(
             f"cannot load output {self.key!r} of {who} with {type(self).__name__}: "
             f"{_cause(exc)}. The file is the one the task committed, but the format cannot "
