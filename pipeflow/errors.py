@@ -91,6 +91,16 @@ class SaveError(OutputError, ValueError):
     """``save()`` was called with data or keys the task's targets cannot store."""
 
 
+class LoadError(OutputError):
+    """A committed output could not be read back by its format.
+
+    The file is the one its task committed (its hash matched), but the format's reader
+    failed on it: an object pickle cannot rebuild (its class was renamed or removed, its
+    ``__init__`` takes other arguments), reader arguments the format does not accept, or a
+    file written by another tool in a form the reader does not handle. The cause is chained.
+    """
+
+
 class IncompleteTaskError(OutputError, RuntimeError):
     """Output was requested from a task that is not complete."""
 

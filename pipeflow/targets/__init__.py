@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import numbers
 import os
 import pathlib
 import pickle
@@ -23,7 +24,9 @@ from pipeflow import cache, publishing, settings
 from pipeflow.errors import (
     CorruptOutputError,
     IncompleteTaskError,
+    LoadError,
     MissingDependencyError,
+    PipeflowError,
     SaveError,
 )
 from pipeflow.integrity import FileRecord, hash_bytes
@@ -83,6 +86,10 @@ class DataTarget:
 
     #: what ``check`` accepts, named in error messages
     accepts: ClassVar[str] = "any object"
+    #: how to fix data this format failed to write, for the SaveError message
+    fix: ClassVar[str] = ("Convert the data to what this format stores, or save it with a "
+                          "task class whose format stores it (TaskPickle stores any "
+                          "picklable object).")
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = path if type(path) is _PATH else pathlib.Path(path)
@@ -108,8 +115,21 @@ class DataTarget:
             f"DataTarget must implement read(path, **kwargs) and write(data, path, **kwargs)"
         )
 
+    def verify(self, path: pathlib.Path) -> None:
+        """Check that the file just written at ``path`` (a temp file) reads back.
+
+        Called before it is published; raising refuses the save (a SaveError). The base
+        class checks nothing: formats whose writer can succeed on data their reader then
+        fails on (pickle) read the file here.
+        """
+
     def check(self, data: Any) -> None:
-        """Raise TypeError if ``data`` cannot be stored; called before any byte is written."""
+        """Refuse data this format cannot store; called before any byte is written.
+
+        Raise ``TypeError`` when ``data`` is of a type the format does not store, and
+        ``ValueError`` when its content cannot be stored faithfully (say which part, and how
+        to fix it). Either becomes a :class:`~pipeflow.errors.SaveError`.
+        """
 
     # -- the public API --------------------------------------------------------------------
     def exists(self) -> bool:
@@ -134,6 +154,7 @@ class DataTarget:
 
         Raises:
             IncompleteTaskError: the output does not exist.
+            LoadError: the format could not read the committed file back.
         """
         if isinstance(fun, bool):
             cached, fun = fun, None
@@ -150,7 +171,7 @@ class DataTarget:
                 f"it has not run or was reset. Run the flow first (flow.run())."
             )
         else:
-            obj = fun(self.path, **kwargs) if callable(fun) else self.read(self.path, **kwargs)
+            obj = self._read(fun, kwargs)
         if use_cache:
             cache.data[self.path] = obj
             return obj if cached else cache.fresh(obj)
@@ -169,7 +190,16 @@ class DataTarget:
             The output path.
 
         Raises:
-            SaveError: ``data`` is of a type this target cannot store (nothing is written).
+            SaveError: ``data`` cannot be stored in this format: its type, its content, or
+                the writer failed on it (nothing is written or published).
+        """
+        self._publish(self._stage(data, fun, **kwargs))
+        return self.path
+
+    def _stage(self, data: Any, fun: Any = None, **kwargs: Any) -> Any:
+        """First half of :meth:`save`: check and write ``data``, publish nothing yet.
+
+        Returns what :meth:`_publish` publishes (or :meth:`_discard` throws away).
         """
         if isinstance(fun, str):
             method = fun
@@ -177,11 +207,13 @@ class DataTarget:
             def writer(p: pathlib.Path) -> None:
                 getattr(data, method)(p, **kwargs)
 
-            self._publish({self.path: writer})
-        else:
-            self._check(data)
-            self._publish(self._writers(data, **kwargs))
-        return self.path
+            return self._write(lambda: {self.path: writer}, verify=False)
+        self._check(data)
+        return self._write(lambda: self._writers(data, **kwargs))
+
+    def _discard(self, staged: Any) -> None:
+        """Throw away what :meth:`_stage` wrote."""
+        publishing.discard(staged)
 
     def invalidate(self) -> bool:
         """Delete the output (all its files). Returns True when nothing remains.
@@ -206,7 +238,32 @@ class DataTarget:
             problem = rec.problem(folder, rehash=True)
             if problem is not None:
                 raise self._corrupt(problem)
-        return fun(self.path, **kwargs) if callable(fun) else self.read(self.path, **kwargs)
+        return self._read(fun, kwargs)
+
+    def _read(self, fun: Any, kwargs: dict[str, Any]) -> Any:
+        """Read the file with ``fun`` or :meth:`read`; a reader's failure is a LoadError."""
+        try:
+            return fun(self.path, **kwargs) if callable(fun) else self.read(self.path, **kwargs)
+        except PipeflowError:
+            raise
+        except OSError as exc:
+            if exc.errno is None:  # a library's own error about the content (pyarrow)
+                raise self._unreadable(exc) from exc
+            raise self._corrupt(f"{self.path.name} cannot be read ({exc.strerror})") from exc
+        except Exception as exc:
+            raise self._unreadable(exc) from exc
+
+    def _unreadable(self, exc: BaseException) -> LoadError:
+        who = self.owner.display_name() if self.owner is not None else "the task"
+        args = "" if isinstance(exc, pickle.UnpicklingError) else (
+            "the reader arguments given to load(), or ")
+        return LoadError(
+            f"cannot load output {self.key!r} of {who} with {type(self).__name__}: "
+            f"{_cause(exc)}. The file is the one the task committed, but the format cannot "
+            f"read it back. File: {str(self.path)!r}. Check {args}the code its objects need "
+            f"(classes renamed or removed since it was saved); to write it again: "
+            f"flow.reset({who.split('(')[0]}) then flow.run()."
+        )
 
     def _corrupt(self, problem: str) -> CorruptOutputError:
         who = self.owner.display_name() if self.owner is not None else "the task"
@@ -220,16 +277,31 @@ class DataTarget:
     def _who(self) -> str:
         return f"{self.owner.display_name()}: " if self.owner is not None else ""
 
+    def _what(self) -> str:
+        """``output 'data' of Train(model='x') as PqPandasTarget`` (for messages)."""
+        who = f" of {self.owner.display_name()}" if self.owner is not None else ""
+        return f"output {self.key!r}{who} as {type(self).__name__}"
+
     def _check(self, data: Any) -> None:
         try:
             self.check(data)
         except TypeError as exc:
             raise SaveError(
-                f"{self._who()}cannot save a {type(data).__module__}.{type(data).__qualname__} to "
-                f"{str(self.path)!r}: {type(self).__name__} stores {self.accepts}. {exc} "
-                f"Nothing was written. Convert the data, or pick a task class whose target "
-                f"stores this type (e.g. TaskPickle)."
+                f"cannot save {self._what()} to {str(self.path)!r}: it is a "
+                f"{type(data).__module__}.{type(data).__qualname__}, but {type(self).__name__} "
+                f"stores {self.accepts}. {exc} Nothing was written. Convert the data, or pick "
+                f"a task class whose target stores this type (e.g. TaskPickle)."
             ) from exc
+        except ValueError as exc:
+            raise SaveError(
+                f"cannot save {self._what()} to {str(self.path)!r}: {exc} Nothing was written."
+            ) from exc
+
+    def _unstorable(self, exc: BaseException) -> SaveError:
+        return SaveError(
+            f"cannot save {self._what()} to {str(self.path)!r}: the writer failed: "
+            f"{_cause(exc)}. Nothing was written. {self.fix}"
+        )
 
     def _writers(self, data: Any, **kwargs: Any) -> dict[pathlib.Path, Writer | None]:
         """The files to publish for ``data``: final path -> writer (None: delete it)."""
@@ -239,14 +311,45 @@ class DataTarget:
 
         return {self.path: writer}
 
-    def _publish(self, writers: dict[pathlib.Path, Writer | None]) -> None:
+    def _write(self, writers: Callable[[], dict[pathlib.Path, Writer | None]],
+               verify: bool = True) -> publishing.Staged:
+        """Write the files (``writers()`` gives them) to temp files beside their places.
+
+        A writer's failure, or (``verify``) a written file :meth:`verify` cannot read
+        back, is a SaveError naming the task, output, format and fix; the temp files are
+        gone, nothing is published. Saved by hand (not by a run, whose folders were
+        checked), the folder is checked to lie inside the task's location first.
+        """
         stg = publishing.current()
-        if stg is not None and stg.owns(self.path):  # a run: its folders were checked
-            stg.take(publishing.stage(writers, self._who))
-            return
-        if self.owner is not None:  # by hand: checked now, before a temp file is written
+        if self.owner is not None and not (stg is not None and stg.owns(self.path)):
             ensure_inside(self.path.parent, self.owner.data_root(), self.owner.display_name())
-        staged = publishing.stage(writers, self._who)
+        try:
+            staged = publishing.stage(writers(), self._who)
+        except PipeflowError:
+            raise
+        except Exception as exc:
+            raise self._unstorable(exc) from exc
+        item = staged.get(self.path)
+        if verify and item is not None:
+            try:
+                self.verify(pathlib.Path(item[0]))
+            except BaseException as exc:
+                publishing.discard(staged)
+                if isinstance(exc, PipeflowError) or not isinstance(exc, Exception):
+                    raise
+                raise SaveError(
+                    f"cannot save {self._what()} to {str(self.path)!r}: it was written, but "
+                    f"reading it back failed ({_cause(exc)}), so it would not load. Nothing "
+                    f"was published. {self.fix}"
+                ) from exc
+        return staged
+
+    def _publish(self, staged: publishing.Staged) -> None:
+        """Publish files :meth:`_write` staged (or hand them to the running task's staging)."""
+        stg = publishing.current()
+        if stg is not None and stg.owns(self.path):
+            stg.take(staged)
+            return
         if self.owner is None:
             publishing.publish(staged, self.path)
             return
@@ -255,6 +358,15 @@ class DataTarget:
         except BaseException:
             publishing.discard(staged)
             raise
+
+
+def _cause(exc: BaseException) -> str:
+    """``Type: message`` of a library's exception, shortened to its first lines."""
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()][:3]
+    text = " ".join(ln.strip() for ln in lines).rstrip(".")
+    if len(text) > 500:
+        text = text[:500] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class CacheTarget(DataTarget):
@@ -303,14 +415,24 @@ class CacheTarget(DataTarget):
 
         A copy, so that changing ``data`` afterwards does not change the saved output.
         """
+        self._publish(self._stage(data))
+        return self.path
+
+    def _stage(self, data: Any, fun: Any = None, **kwargs: Any) -> Any:
+        """Check ``data`` and copy it (nothing is kept yet)."""
         self._check(data)
-        kept = cache.fresh(data)
+        return cache.fresh(data)
+
+    def _discard(self, staged: Any) -> None:
+        """Nothing to throw away: the copy is dropped with the last reference to it."""
+
+    def _publish(self, kept: Any) -> None:  # type: ignore[override]
+        """Keep the copy in memory (in the running task's staging during a run)."""
         stg = publishing.current()
         if stg is not None and stg.owns(pathlib.Path(self.path)):
             stg.memory[self.path] = kept
         else:
             cache.data[self.path] = kept
-        return self.path
 
     def invalidate(self) -> bool:
         """Drop the object from memory."""
@@ -333,9 +455,34 @@ class _PandasFileTarget(DataTarget):
     accepts = "a pandas DataFrame"
 
     def check(self, data: Any) -> None:
-        """Accept only DataFrames."""
+        """Accept only DataFrames whose content the format stores (see :meth:`check_frame`)."""
         if not isinstance(data, _pandas().DataFrame):
             raise TypeError("Expected a pandas.DataFrame.")
+        self.check_frame(data)
+
+    def check_frame(self, df: pd.DataFrame) -> None:
+        """Raise ValueError (saying how to fix it) for a frame the format would not store."""
+
+
+def _labels(index: pd.Index) -> list[list[Any]]:
+    """The labels of each level of a (Multi)Index."""
+    if index.nlevels == 1:
+        return [list(index)]
+    return [list(index.get_level_values(i)) for i in range(index.nlevels)]
+
+
+def _duplicates(labels: Sequence[Any]) -> list[Any]:
+    seen: set[Any] = set()
+    dups = []
+    for label in labels:
+        if label in seen and label not in dups:
+            dups.append(label)
+        seen.add(label)
+    return dups
+
+
+_RENAME = ("Rename them (e.g. df.columns = [f'col_{i}' for i in range(df.shape[1])]), or "
+           "save the frame with TaskPickle, which stores any DataFrame exactly.")
 
 
 class PqPandasTarget(_PandasFileTarget):
@@ -346,6 +493,42 @@ class PqPandasTarget(_PandasFileTarget):
     """
 
     compression: ClassVar[str | None] = "snappy"
+    fix = ("Parquet stores one type per column: convert a column mixing types "
+           "(df[col] = df[col].astype(str)), or save the frame with TaskPickle, which stores "
+           "any DataFrame exactly.")
+
+    def check_frame(self, df: pd.DataFrame) -> None:
+        """Column names distinct and, level by level, all str or all int; index names str.
+
+        Others come back changed (``[0, 'a']`` loads as ``['0', 'a']``) or not at all (an
+        index named ``0`` beside a column ``0``); a frame with rows but no columns loads
+        with no rows.
+        """
+        for level in _labels(df.columns):
+            if not (all(isinstance(c, str) for c in level)
+                    or all(_is_int(c) for c in level)):
+                odd = next(c for c in level if not isinstance(c, str))
+                raise ValueError(
+                    f"its column names are not all strings (nor all integers), e.g. {odd!r} "
+                    f"({type(odd).__name__}): parquet keeps names as text, so they would load "
+                    f"changed ({odd!r} as {str(odd)!r}). {_RENAME}")
+        dups = _duplicates(list(df.columns))
+        if dups:
+            raise ValueError(
+                f"its column names are not distinct ({dups[:5]!r} appear more than once): "
+                f"parquet stores each column under its name. {_RENAME}")
+        odd_names = [n for n in df.index.names if n is not None and not isinstance(n, str)]
+        if odd_names:
+            raise ValueError(
+                f"its index has a name that is not a string, {odd_names[0]!r}: parquet keeps "
+                f"index names as text (so it would load as {str(odd_names[0])!r}, or not at "
+                f"all if a column has that name). Rename it (df.index.name = "
+                f"{str(odd_names[0])!r}), or save the frame with TaskPickle.")
+        if df.shape[1] == 0 and len(df):
+            raise ValueError(
+                f"it has {len(df)} rows but no columns: parquet counts rows by their column "
+                f"values, so it would load with no rows. Add a column, or save the frame with "
+                f"TaskPickle.")
 
     def read(self, path: pathlib.Path, **kwargs: Any) -> pd.DataFrame:
         """Read the parquet file."""
@@ -362,8 +545,44 @@ class _IndexedTextTarget(_PandasFileTarget):
 
     A default RangeIndex is not written, so the file stays clean. Any other index is
     written as leading columns and described in a small sidecar file
-    (``.{name}.index.json``) so that loading restores it, names and dtypes included.
+    (``.{name}.index.json``) so that loading restores it, names and dtypes included. The
+    sidecar also keeps the number of rows where the file alone would lose some (a frame
+    with no columns; in Excel, trailing rows with no values).
+
+    Values are stored as text (CSV) or cells (Excel): on loading, pandas infers each
+    column's dtype again, as ``read_csv``/``read_excel`` do.
     """
+
+    fix = ("Convert the columns the writer failed on (e.g. df[col] = df[col].astype(str)), "
+           "or save the frame with TaskPqPandas or TaskPickle.")
+
+    def check_frame(self, df: pd.DataFrame) -> None:
+        """One header row of distinct, non-empty names (as text).
+
+        Others would load changed: a second header row read as data, ``['a', 'a']`` as
+        ``['a', 'a.1']``, ``''`` as ``'Unnamed: 0'``.
+        """
+        if df.columns.nlevels > 1:
+            raise ValueError(
+                f"its columns are a MultiIndex ({df.columns.nlevels} levels): "
+                f"{type(self).__name__} writes one header row, so the column names would "
+                f"load as data. Flatten them (df.columns = ['_'.join(map(str, c)) for c in "
+                f"df.columns]), or save the frame with TaskPqPandas or TaskPickle.")
+        # a missing name (None, NaN) is written as an empty one
+        names = ["" if c is None or c != c else str(c) for c in df.columns]
+        dups = _duplicates(names)
+        if dups:
+            raise ValueError(
+                f"its column names are not distinct as text ({dups[:5]!r} appear more than "
+                f"once): they would load renamed ('a', 'a.1'). {_RENAME}")
+        if "" in names:
+            raise ValueError(
+                f"a column name is empty ({df.columns[names.index('')]!r}): it would load as "
+                f"'Unnamed: {names.index('')}'. {_RENAME}")
+
+    def keeps_rows(self, frame: pd.DataFrame) -> bool:
+        """Whether the file alone keeps every row of ``frame`` (as written)."""
+        return frame.shape[1] > 0
 
     def sidecar(self) -> pathlib.Path:
         """The file describing the stored index."""
@@ -375,6 +594,8 @@ class _IndexedTextTarget(_PandasFileTarget):
 
     def _writers(self, data: Any, **kwargs: Any) -> dict[pathlib.Path, Writer | None]:
         frame, spec = _split_index(data)
+        if not self.keeps_rows(frame):
+            spec = {**(spec or {}), "rows": len(frame)}
 
         def write_data(p: pathlib.Path) -> None:
             self.write(frame, p, **kwargs)
@@ -406,6 +627,11 @@ class _IndexedTextTarget(_PandasFileTarget):
         raise NotImplementedError
 
 
+def _is_int(x: Any) -> bool:
+    """An integer label (Python's or NumPy's), not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
 def _split_index(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any] | None]:
     """Turn a non-default index into columns; return the frame and how to restore it."""
     idx = df.index
@@ -434,7 +660,13 @@ def _split_index(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any] | None]
 
 
 def _restore_index(df: pd.DataFrame, spec: dict[str, Any]) -> pd.DataFrame:
-    """Inverse of :func:`_split_index`."""
+    """Inverse of :func:`_split_index` (and restores the rows the file did not keep)."""
+    rows = spec.get("rows")
+    if isinstance(rows, int) and len(df) < rows:
+        df = df.reindex(range(rows))
+        df.index = _pandas().RangeIndex(rows)
+    if "columns" not in spec:
+        return df
     for col, dtype in zip(spec["columns"], spec["dtypes"]):
         if col not in df.columns:
             return df
@@ -456,13 +688,43 @@ class CSVPandasTarget(_IndexedTextTarget):
     def read_frame(self, path: pathlib.Path, **kwargs: Any) -> pd.DataFrame:
         """Read the CSV file."""
         kwargs.setdefault("compression", self.compression)
-        return _pandas().read_csv(path, **kwargs)
+        # a line holding only blanks is a row (one column of ' ', or of NaN as older
+        # pandas wrote it), not nothing
+        kwargs.setdefault("skip_blank_lines", False)
+        pandas = _pandas()
+        try:
+            return pandas.read_csv(path, **kwargs)
+        except pandas.errors.EmptyDataError:  # a frame with no columns: nothing to parse
+            return pandas.DataFrame()
 
     def write(self, data: pd.DataFrame, path: pathlib.Path, **kwargs: Any) -> None:
-        """Write the CSV file."""
+        r"""Write the CSV file.
+
+        Lines end with ``\n``; with ``\r\n`` when a string holds a carriage return, so
+        that the string is quoted (unquoted, a reader takes it for a line break).
+        """
         kwargs.setdefault("compression", self.compression)
         kwargs.setdefault("index", False)
+        if "lineterminator" not in kwargs and _holds(data, "\r"):
+            kwargs["lineterminator"] = "\r\n"
         data.to_csv(path, **kwargs)
+
+
+def _holds(df: pd.DataFrame, char: str) -> bool:
+    """Whether a column name or a string value of ``df`` contains ``char``."""
+    pandas = _pandas()
+    if any(isinstance(c, str) and char in c for c in df.columns):
+        return True
+    for j in range(df.shape[1]):
+        col = df.iloc[:, j]
+        if isinstance(col.dtype, pandas.CategoricalDtype):
+            col = pandas.Series(col.dtype.categories)
+        if isinstance(col.dtype, pandas.StringDtype):
+            if col.str.contains(char, regex=False).fillna(False).any():
+                return True
+        elif col.dtype.kind == "O" and any(isinstance(v, str) and char in v for v in col):
+            return True
+    return False
 
 
 class CSVGZPandasTarget(CSVPandasTarget):
@@ -494,6 +756,72 @@ def require(module: str, extra: str, target: object) -> None:
 class ExcelPandasTarget(_IndexedTextTarget):
     """A DataFrame in an Excel file (needs the ``excel`` extra: openpyxl)."""
 
+    #: the most characters an Excel cell holds (longer strings are cut when written)
+    CELL_MAX: ClassVar[int] = 32767
+    #: the largest number an Excel cell holds
+    NUMBER_MAX: ClassVar[float] = 9.99999999999999e307
+    fix = ("Excel cells cannot hold control characters (other than tab and newline) nor "
+           "some types: clean or convert the columns the writer failed on (e.g. "
+           "df[col] = df[col].astype(str)), or save the frame with TaskPqPandas or "
+           "TaskPickle.")
+
+    def check_frame(self, df: pd.DataFrame) -> None:
+        """As for CSV; also no time zones and no string longer than an Excel cell holds.
+
+        Column names are all strings or all integers (a header cell keeps its type, so
+        ``[0, 1.5]`` would load as ``[0.0, 1.5]``).
+        """
+        super().check_frame(df)
+        names = list(df.columns)
+        if not (all(isinstance(c, str) for c in names) or all(_is_int(c) for c in names)):
+            odd = next(c for c in names if not isinstance(c, str))
+            raise ValueError(
+                f"its column names are not all strings (nor all integers), e.g. {odd!r} "
+                f"({type(odd).__name__}): Excel header cells keep numbers as numbers, so "
+                f"mixed names would load changed. {_RENAME}")
+        import numpy as np  # (pandas' own dependency, imported with it)
+
+        pandas = _pandas()
+        index = [df.index.get_level_values(i) for i in range(df.index.nlevels)]
+        for name, values in [*((f"index level {i}", v) for i, v in enumerate(index)),
+                             *((f"column {c!r}", df.iloc[:, j])
+                               for j, c in enumerate(df.columns))]:
+            if isinstance(values.dtype, pandas.DatetimeTZDtype):
+                raise ValueError(
+                    f"{name} holds datetimes with a time zone ({values.dtype.tz}), which "
+                    f"Excel cannot store. Convert them to local times first "
+                    f"(.dt.tz_localize(None), or .dt.tz_convert(None) for UTC), or save the "
+                    f"frame with TaskPqPandas or TaskPickle.")
+            if values.dtype.kind == "f":
+                numbers = np.abs(values.to_numpy(dtype="float64", na_value=0.0))
+                biggest = float(numbers[np.isfinite(numbers)].max(initial=0.0))
+                if biggest > self.NUMBER_MAX:
+                    raise ValueError(
+                        f"{name} holds {biggest!r}, larger than the largest number "
+                        f"an Excel cell holds ({self.NUMBER_MAX!r}). Scale it down, or save "
+                        f"the frame with TaskPqPandas or TaskPickle.")
+            if values.dtype.kind in "OSU" or isinstance(values.dtype, pandas.StringDtype):
+                longest = values.map(lambda v: len(v) if isinstance(v, str) else 0).max()
+                if longest is not None and longest > self.CELL_MAX:
+                    raise ValueError(
+                        f"{name} holds a string of {longest} characters; an Excel cell holds "
+                        f"at most {self.CELL_MAX}, so it would be cut. Shorten it, or save "
+                        f"the frame with TaskCSVPandas, TaskPqPandas or TaskPickle.")
+        long_names = [c for c in df.columns if len(str(c)) > self.CELL_MAX]
+        if long_names:
+            raise ValueError(
+                f"a column name has {len(str(long_names[0]))} characters; an Excel cell "
+                f"holds at most {self.CELL_MAX}. {_RENAME}")
+
+    def keeps_rows(self, frame: pd.DataFrame) -> bool:
+        """Excel drops trailing rows of empty cells: then their count goes in the sidecar."""
+        if frame.shape[1] == 0:
+            return False
+        if not len(frame):
+            return True
+        return not all(v is None or v == "" or _pandas().isna(v) is True
+                       for v in frame.iloc[-1])
+
     def read_frame(self, path: pathlib.Path, **kwargs: Any) -> pd.DataFrame:
         """Read the first sheet."""
         require("openpyxl", "excel", self)
@@ -510,7 +838,9 @@ class JsonTarget(DataTarget):
     """A JSON document (dicts, lists, numbers, strings, booleans, None).
 
     The file holds ``{"data": obj}``, d6tflow's layout, so data dirs written by d6tflow load
-    unchanged and files written here load in d6tflow.
+    unchanged and files written here load in d6tflow. As in any JSON, tuples load as lists
+    and dict keys as strings (``{1: 'a'}`` as ``{'1': 'a'}``); a dict whose keys would
+    become the same string is refused.
     """
 
     accepts = "JSON-serializable data (dict, list, str, number, bool, None)"
@@ -519,8 +849,18 @@ class JsonTarget(DataTarget):
         """Serialize once to catch unsupported types before writing."""
         try:
             json.dumps(data)
+        except RecursionError as exc:
+            raise ValueError(
+                "it is nested too deeply to be written as JSON (Python's recursion limit). "
+                "Flatten it, or save it with TaskPickle.") from exc
         except (TypeError, ValueError) as exc:
             raise TypeError(str(exc)) from exc
+        clash = _key_clash(data)
+        if clash is not None:
+            raise ValueError(
+                f"a dict has keys {clash[0]!r} and {clash[1]!r}, which JSON writes as the same "
+                f"string {_json_key(clash[0])!r}, so one value would be lost. Make the keys "
+                f"distinct as strings, or save it with TaskPickle.")
 
     def read(self, path: pathlib.Path, **kwargs: Any) -> Any:
         """Parse the JSON file and unwrap ``{"data": obj}``."""
@@ -547,6 +887,53 @@ class JsonTarget(DataTarget):
             json.dump({"data": data}, fh, **kwargs)
 
 
+def _json_key(key: Any) -> str:
+    """The string ``json`` writes for a dict key."""
+    return next(iter(json.loads(json.dumps({key: 0}))))
+
+
+def _key_clash(data: Any) -> tuple[Any, Any] | None:
+    """Two keys of a dict in ``data`` that JSON writes as the same string, if any."""
+    stack = [data]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, dict):
+            if not all(type(k) is str for k in obj):
+                seen: dict[str, Any] = {}
+                for k in obj:
+                    text = _json_key(k)
+                    if text in seen:
+                        return seen[text], k
+                    seen[text] = k
+            stack.extend([v for v in obj.values() if isinstance(v, (dict, list, tuple))])
+        elif isinstance(obj, (list, tuple)):
+            stack.extend([v for v in obj if isinstance(v, (dict, list, tuple))])
+    return None
+
+
+#: packages whose objects always unpickle where they were pickled
+_REBUILDS = frozenset({"builtins", "numpy", "pandas", "pyarrow", "pickle", "datetime",
+                       "decimal", "fractions", "collections", "pathlib", "uuid", "zoneinfo",
+                       "re"})
+
+
+class _Pickler(pickle.Pickler):
+    """A pickler that notes whether it met an object of another package (``foreign``).
+
+    Only such an object can pickle and then fail to unpickle (an ``__init__`` or
+    ``__reduce__`` of its own): a save without any needs no read-back.
+    """
+
+    foreign = False
+
+    def reducer_override(self, obj: Any) -> Any:
+        """Note the object's package; pickle it as usual."""
+        package = type(obj).__module__.partition(".")[0]
+        if not self.foreign and package not in _REBUILDS and not package.startswith("_cython"):
+            self.foreign = True  # (a Cython function is pickled by name, as a def is)
+        return NotImplemented
+
+
 class PickleTarget(DataTarget):
     """Any picklable Python object (models, dicts, arrays...).
 
@@ -555,10 +942,26 @@ class PickleTarget(DataTarget):
     altered outside pipeflow is refused before any of it is unpickled.
     """
 
+    fix = ("Pickle stores objects Python can rebuild by name: not generators, lambdas, "
+           "functions or classes defined inside functions, open files, locks or "
+           "connections, nor exceptions whose __init__ takes other arguments than it passes "
+           "to Exception.__init__. Save their data instead (a list instead of a generator, "
+           "a module-level def instead of a lambda).")
+    #: read each saved file back once before publishing it, so that an object that pickles
+    #: but cannot be rebuilt is refused at save(). Skipped when everything pickled is of
+    #: Python's, NumPy's, pandas' or pyarrow's own types (they rebuild); False: never.
+    verify_saves: ClassVar[bool] = True
+
+    def verify(self, path: pathlib.Path) -> None:
+        """Read the file just written back (see :attr:`verify_saves`): it must load."""
+        sure = self.__dict__.pop("_rebuilds", False)  # set by the pickler just used
+        if self.verify_saves and not sure:
+            self.read(path)
+
     def _read_verified(self, records: Sequence[FileRecord], fun: Any,
                        kwargs: dict[str, Any]) -> Any:
-        if callable(fun) or len(records) != 1:
-            return super()._read_verified(records, fun, kwargs)
+        if callable(fun) or len(records) != 1 or type(self).read is not PickleTarget.read:
+            return super()._read_verified(records, fun, kwargs)  # (a subclass reads its way)
         # Hash and unpickle the very same bytes: a file swapped in between cannot slip through.
         try:
             with open(self.path, "rb") as fh:
@@ -570,13 +973,22 @@ class PickleTarget(DataTarget):
             raise self._corrupt(
                 f"{rec.name} was changed outside pipeflow (its content no longer matches the "
                 f"hash recorded when it was committed; it was not unpickled)")
-        return pickle.loads(data, **kwargs)
+        try:
+            return pickle.loads(data, **kwargs)
+        except Exception as exc:
+            raise self._unreadable(exc) from exc
 
     def _writers(self, data: Any, **kwargs: Any) -> dict[pathlib.Path, Writer | None]:
         if type(self).write is not PickleTarget.write:  # a subclass writes its own way
             return super()._writers(data, **kwargs)
         kwargs.setdefault("protocol", pickle.HIGHEST_PROTOCOL)
-        return {self.path: publishing.Stream(lambda fh: pickle.dump(data, fh, **kwargs))}
+
+        def dump(fh: BinaryIO) -> None:
+            pickler = _Pickler(fh, **kwargs)
+            pickler.dump(data)
+            self.__dict__["_rebuilds"] = not pickler.foreign
+
+        return {self.path: publishing.Stream(dump)}
 
     def read(self, path: pathlib.Path, **kwargs: Any) -> Any:
         """Unpickle the file."""

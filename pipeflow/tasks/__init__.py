@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pathlib
@@ -35,6 +36,7 @@ from pipeflow.errors import (
     MissingMetadataError,
     ParameterError,
     PipeflowError,
+    RequirementError,
     SaveError,
     StaleOutputWarning,
     UnknownNameError,
@@ -65,7 +67,7 @@ from pipeflow.targets import (
     PickleTarget,
     PqPandasTarget,
 )
-from pipeflow.tasks.store import TaskStore
+from pipeflow.tasks.store import TaskStore, meta_clash
 
 
 class _TaskMeta(Register):
@@ -253,6 +255,17 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
     #: path or env does not move it
     _pinned: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse, at class definition, an output whose file would be the metadata's.
+
+        Raises:
+            PipeflowError: an output named ``meta`` with the extension ``pickle``.
+        """
+        super().__init_subclass__(**kwargs)
+        clash = meta_clash(cls)
+        if clash:
+            raise PipeflowError(clash)
+
     # -- parameters ------------------------------------------------------------------------
     @classmethod
     def get_params(cls) -> list[tuple[str, luigi.Parameter]]:
@@ -342,8 +355,11 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
     @_at_home
     def input(self) -> Any:
-        """The output targets of the required tasks (same shape as ``requires()``)."""
-        return luigi.task.getpaths(graph.unwrap(self.requires()))
+        """The output targets of the required tasks (same shape as ``requires()``).
+
+        Nested lists and dicts keep their shape; a ``None`` entry stays ``None``.
+        """
+        return _map_requires(self, self.requires(), lambda t: _unwrapped(t).output())
 
     @property
     def flows(self) -> Mapping[str, Any]:
@@ -396,10 +412,22 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                 f"missing {missing}, unexpected {extra}. Call self.save({example}). "
                 f"Nothing was written."
             )
-        for k in expected:
-            outputs[k]._check(data[k])
-        for k in expected:
-            outputs[k].save(data[k], **kwargs)
+        # every output written (and checked) before any is published: all or nothing
+        staged: list[tuple[DataTarget, Any]] = []
+        try:
+            for k in expected:
+                staged.append((outputs[k], outputs[k]._stage(data[k], **kwargs)))
+        except BaseException:
+            for target, files in staged:
+                target._discard(files)
+            raise
+        for i, (target, files) in enumerate(staged):
+            try:
+                target._publish(files)
+            except BaseException:
+                for later, rest in staged[i + 1:]:
+                    later._discard(rest)
+                raise
 
     def metaSave(self, data: Any) -> None:
         """Store metadata (any picklable object) beside the outputs; reset removes it too."""
@@ -479,9 +507,16 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         Returns:
             For one requirement: its data (a list/dict if it has several outputs). For a
             dict ``requires()``: ``{name: data}``. For a list: ``[data, ...]``
-            (``{index: data}`` with ``as_dict``).
+            (``{index: data}`` with ``as_dict``). Lists nested in ``requires()`` load as
+            the same nested lists; a nested dict as a task with several outputs does (a
+            list in order, a dict with ``as_dict``, as in d6tflow); a ``None`` entry (no
+            requirement) loads as ``None``.
         """
         reqs = self.requires()
+        if not isinstance(reqs, (luigi.Task, graph.Optional, Mapping, list, tuple, str)) \
+                and reqs is not None:
+            with contextlib.suppress(TypeError):  # a generator or other iterable
+                reqs = list(reqs)
         if task is not None:
             try:
                 req = reqs[task]
@@ -492,32 +527,37 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                     f"{graph.describe(self)}.inputLoad(task={task!r}): requires() has no such "
                     f"entry; it has {names}."
                 ) from None
-            return _load_outputs(req, keys, as_dict, cached)
+            return self._load_inputs(req, keys, as_dict, cached)
         if isinstance(reqs, (luigi.Task, graph.Optional)):
-            return _load_outputs(reqs, keys, as_dict, cached)
+            return self._load_inputs(reqs, keys, as_dict, cached)
         if isinstance(reqs, Mapping):
             if isinstance(keys, str) and not as_dict:  # one requirement by name (d6tflow)
-                return _load_outputs(reqs[keys], None, as_dict, cached)
+                return self._load_inputs(reqs[keys], None, as_dict, cached)
             names = list(reqs) if keys is None else [keys] if isinstance(keys, str) else list(keys)
-            return {n: _load_outputs(reqs[n], None, as_dict, cached) for n in names}
-        items = list(flatten(reqs))
-        if not items:
+            return {n: self._load_inputs(reqs[n], None, as_dict, cached) for n in names}
+        if not flatten(reqs):
             raise PipeflowError(
                 f"{graph.describe(self)}.inputLoad(): this task requires nothing, so there is "
                 f"no input to load. Declare requires() or use @pipeflow.requires(...)."
             )
-        data = [_load_outputs(r, keys, as_dict, cached) for r in items]
+        data = [self._load_inputs(r, keys, as_dict, cached) for r in reqs]
         return dict(enumerate(data)) if as_dict else data
+
+    def _load_inputs(self, reqs: Any, keys: Iterable[str] | None, as_dict: bool,
+                     cached: bool) -> Any:
+        """Load a requirement, or a nested list/dict of them, keeping its shape.
+
+        A nested dict loads as a task with several outputs does, as d6tflow loads it: a
+        list in order, a dict with ``as_dict``.
+        """
+        return _map_requires(self, reqs, lambda t: _load_outputs(t, keys, as_dict, cached),
+                             dicts_as_lists=not as_dict)
 
     @_at_home
     def metaLoad(self) -> Any:
         """Load the metadata of the tasks this task requires (same shape as requires())."""
-        reqs: Any = graph.unwrap(self.requires())
-        if isinstance(reqs, Mapping):
-            return {k: t.outputLoadMeta() for k, t in reqs.items()}
-        if not isinstance(reqs, (list, tuple)):
-            return reqs.outputLoadMeta()
-        return [t.outputLoadMeta() for t in flatten(reqs)]
+        return _map_requires(self, self.requires(),
+                             lambda t: _unwrapped(t).outputLoadMeta())
 
     @_at_home
     def outputLoadMeta(self) -> Any:
@@ -586,6 +626,43 @@ def _incomplete(task: luigi.Task, plan: Plan) -> IncompleteTaskError:
         f"cannot load {graph.describe(task)}: it is not complete. Tasks whose outputs are "
         f"missing or not intact:{listing(lines)}\nRun the flow first: flow.run() (or "
         f"pipeflow.run({graph.describe(task)}))."
+    )
+
+
+def _unwrapped(task: Any) -> Any:
+    """The task of an optional requirement, or the task itself."""
+    return task.task if isinstance(task, graph.Optional) else task
+
+
+def _map_requires(owner: luigi.Task, struct: Any, leaf: Callable[[Any], Any],
+                  dicts_as_lists: bool = False) -> Any:
+    """``leaf(task)`` for each task of a ``requires()`` result, keeping its shape.
+
+    Dicts stay dicts (with ``dicts_as_lists``, lists of their values in order), lists
+    lists, tuples tuples, however nested; ``None`` (no requirement: the graph skips it
+    too) stays ``None``.
+
+    Raises:
+        RequirementError: an entry is neither a task nor a list, tuple, dict or None.
+    """
+    if struct is None:
+        return None
+    if isinstance(struct, (luigi.Task, graph.Optional)):
+        return leaf(struct)
+    if isinstance(struct, Mapping):
+        if dicts_as_lists:
+            return [_map_requires(owner, v, leaf, True) for v in struct.values()]
+        return {k: _map_requires(owner, v, leaf) for k, v in struct.items()}
+    if isinstance(struct, tuple):
+        return tuple(_map_requires(owner, v, leaf, dicts_as_lists) for v in struct)
+    if isinstance(struct, list):
+        return [_map_requires(owner, v, leaf, dicts_as_lists) for v in struct]
+    what = (f"the class {struct.__name__} instead of a task instance; write {struct.__name__}()"
+            if isinstance(struct, type) else f"{struct!r} (type {type(struct).__name__}), "
+            f"which is not a task")
+    raise RequirementError(
+        f"{graph.describe(owner)}.requires() returned {what}. requires() must return a task "
+        f"instance, or a list, tuple or dict of task instances (None entries are skipped)."
     )
 
 

@@ -377,8 +377,12 @@ class TaskStore:
         """The output names, checked: distinct plain names.
 
         Raises:
-            PipeflowError: ``persist`` is not a list of distinct plain names.
+            PipeflowError: ``persist`` is not a list of distinct plain names, or one of them
+                would share its file with the task's metadata.
         """
+        clash = meta_clash(self.task)
+        if clash:
+            raise PipeflowError(clash)
         persist = self.task.persist
         if (not isinstance(persist, (list, tuple)) or not persist
                 or not all(isinstance(k, str) and k and not k.startswith(".")
@@ -425,7 +429,7 @@ class TaskStore:
         names = [(k, layout.fit_name(self._stem(k), ext)) for k in self.persist()]
         ident = (task.task_id if settings.save_with_param and getattr(task, "save_attrib", True)
                  else task.task_family)
-        meta = layout.fit_name(self._stem("meta"), ".pickle")
+        meta = layout.fit_name(self._stem(META_STEM), f".{META_EXT}")
         return _Layout(self, root, out, own, names, meta,
                        layout.fit_name(f".{ident}", RECORD_SUFFIX))
 
@@ -873,6 +877,32 @@ class TaskStore:
             + f"\n{type(self.task).__name__}.persist = {persist}, so run() must call "
             f"{self.save_call()}. The task is marked failed."
         )
+
+
+#: the file name of a task's metadata: ``{stem}`` as for outputs, then this
+META_STEM, META_EXT = "meta", "pickle"
+
+
+def meta_clash(task: Any) -> str | None:
+    """Why ``task`` (a task or task class) has an output whose file is its metadata's.
+
+    Outputs are ``{stem}-{name}.{target_ext}`` and the metadata ``{stem}-meta.pickle``, so
+    an output named ``meta`` of a format with the extension ``pickle`` would share the
+    metadata's file (``saveMeta`` overwriting it, ``outputLoad`` returning the metadata).
+    """
+    persist = getattr(task, "persist", None)
+    if (isinstance(persist, (list, tuple)) and META_STEM in persist
+            and getattr(task, "target_ext", None) == META_EXT):
+        name = task.__name__ if isinstance(task, type) else type(task).__name__
+        return (
+            f"{name} has an output named {META_STEM!r} (persist = {list(persist)!r}) stored "
+            f"with the extension {META_EXT!r}: its file would be the task's metadata file "
+            f"({{task_id}}-{META_STEM}.{META_EXT}, written by saveMeta), so one would "
+            f"overwrite the other. Rename the output (e.g. persist = "
+            f"{[('metadata' if k == META_STEM else k) for k in persist]!r}) or use another "
+            f"target_ext (TaskPickle's is 'pkl')."
+        )
+    return None
 
 
 def _locked(doing: str) -> TaskLockedError:
