@@ -326,11 +326,9 @@ def test_flow_export_writes_values_only_as_literals(tmp_path, data_dir):
 
 
 def test_flow_export_refuses_a_parameter_name_that_is_not_an_identifier(tmp_path):
-    class Named2(pipeflow.tasks.TaskJson):
-        def run(self):
-            self.save({"a": 1})
-
-    setattr(Named2, "x = 1\nimport os; open('PWNED', 'w')\ny", luigi.Parameter(default="v"))
+    body = {"__module__": __name__, "run": lambda self: self.save({"a": 1}),
+            "x = 1\nimport os; open('PWNED', 'w')\ny": luigi.Parameter(default="v")}
+    Named2 = type(pipeflow.tasks.TaskJson)("Named2", (pipeflow.tasks.TaskJson,), body)
     export = tmp_path / "named_export.py"
     with pytest.raises(PipeflowError) as info:
         pipeflow.FlowExport(tasks=Named2(), save=True, path_export=export).generate()
@@ -440,7 +438,7 @@ def test_a_file_in_the_place_of_the_records_folder_is_a_clear_error(data_dir):
         pipeflow.run(Plain2(), forced_all=True)
     err = cause(info.value)
     assert isinstance(err, (SaveError, MetadataError)), f"{type(err).__name__}: {err}"
-    assert_names(err, str(records), "a file is in the place of")
+    assert_names(err, str(records), "file is in the place of the folder")
     assert "A folder is in the way" not in str(err)
     assert records.read_text() == "not a folder"
 

@@ -752,7 +752,18 @@ class TaskStore:
 
         Returns:
             The paths the attempt's saves are staged for.
+
+        Raises:
+            MetadataError: a file is in the place of the task's folder (or a parent's).
         """
+        out = self.folder()
+        blocker = settings.in_the_way(out)  # one stat when the folder is there
+        if blocker is not None:
+            raise MetadataError(
+                f"{graph.describe(self.task)} cannot run: a file is in the place of its task "
+                f"folder {str(blocker)!r} (its outputs go in {str(out)!r}). pipeflow never "
+                f"deletes a file it did not make: move it (or delete it), then run the task "
+                f"again.")
         self.abort_run(starting=True)
         return _Owned(self._layout())
 
