@@ -215,7 +215,7 @@ def name_part(value: object, what: str, owner: object, prefix: str = "",
         The name.
 
     Raises:
-        UnsafePathError: not a str, empty, ``.`` or ``..``, contains ``/``, ``\\`` or NUL,
+        UnsafePathError: not a str, empty, ``.`` or ``..``, contains a slash or backslash or NUL,
             cannot be encoded as a file name, or is longer than ``limit`` bytes.
     """
     if not isinstance(value, str) or not value:
@@ -470,15 +470,16 @@ _FAMILIES: set[str] = set()
 
 def task_parts(group: object, target_dir: object, family: str,
                owner: object) -> tuple[str, ...]:
-    """The folder names of a task's folder below its location (``task_group``, then
-    ``target_dir`` or the family), checked.
+    """The folder names of a task's folder below its location, checked.
+
+    They are ``task_group``, then ``target_dir`` or the task family.
 
     Raises:
         UnsafePathError: one is refused by :func:`name_part`, or the first is pipeflow's own
             folder (``.pipeflow``: its records, locks and history).
     """
     named = folder_name(group, "task_group", owner)
-    parts = (named,) if named is not None else ()
+    parts: tuple[str, ...] = (named,) if named is not None else ()
     parts += safe_parts(target_dir or family, "target_dir", owner)
     if parts and parts[0].casefold() == OWN_DIR:
         what = "task_group" if named is not None else "target_dir"

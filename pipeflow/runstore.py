@@ -432,12 +432,11 @@ class HistorySink:
                 key = str(self.path)
                 if key not in HistorySink._warned:
                     HistorySink._warned.add(key)
-                    why = (f"{exc} Runs go on without it" if isinstance(exc, HistoryError)
-                           else f"the run history {key!r} cannot be written ({exc}); runs go "
-                                f"on without it. Fix the file or its folder")
                     warnings.warn(
-                        f"pipeflow: {why}, or turn the history off with "
-                        f"pipeflow.settings.history = False.", RuntimeWarning, stacklevel=2)
+                        f"pipeflow: the run history {key!r} cannot be written ({exc}); runs "
+                        f"go on without it. Fix the file or its folder, or turn the history "
+                        f"off with pipeflow.settings.history = False.", RuntimeWarning,
+                        stacklevel=2)
 
 
 # -- runs whose process died -------------------------------------------------------------------

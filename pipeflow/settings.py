@@ -96,7 +96,7 @@ def local_path(value: str | os.PathLike[str], what: str, who: object = "") -> pa
                else "starts or ends with white space (a stray space or newline?)")
         raise ParameterError(
             f"{named}{what}={text!r} {why}: no folder is named so on purpose. Name the folder "
-            f"without it, e.g. {what}={text.strip().replace(chr(0), '')!r}.")
+            f"without it, e.g. {what}={text.strip().replace(chr(0), '') or 'data'!r}.")
     if not _URL.match(text):
         first = pathlib.PurePath(text).parts[:1]
         if not (first and _SCHEME.fullmatch(first[0])):
@@ -148,10 +148,11 @@ def check_folder(path: pathlib.Path, what: str, who: object = "") -> pathlib.Pat
     if blocker is None:
         return path
     named = f"{who}: " if who else ""
-    where = "" if blocker == path else f", {str(blocker)!r} is a file"
+    where = "" if blocker == path else f" ({str(blocker)!r} is not)"
     raise ParameterError(
-        f"{named}{what}={str(path)!r} is not a folder{where}: a file is in the place of a "
-        f"folder on its path. Name another folder, or move {str(blocker)!r} away.")
+        f"{named}{what}={str(path)!r} is not a folder{where}: a file (or a link to nothing) "
+        f"is in the place of a folder on its path. Name another folder, or move "
+        f"{str(blocker)!r} away.")
 
 
 def _apply_log_level(level: str) -> None:

@@ -83,7 +83,7 @@ def test_a_target_ext_that_is_not_a_plain_name_is_refused_before_anything_is_wri
     assert_names(info.value, "BadExt", "target_ext")
     assert victim.read_text() == "keep"
     assert sorted(os.listdir(tmp_path)) == ["data", "victim"]
-    assert files_below(tmp_path / "data") in ([], [".pipeflow"], [".pipeflow", ".pipeflow/history.db"])
+    assert not any("BadExt" in p for p in files_below(tmp_path / "data"))
 
 
 class ExtFromParam(pipeflow.tasks.TaskJson):
@@ -468,3 +468,40 @@ def test_a_workflow_path_that_is_a_file_is_a_parameter_error(tmp_path):
             pipeflow.Workflow(Plain2, path=path)
         assert_names(info.value, "afile", "not a folder")
     assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.parametrize("where", ["path", "env"])
+def test_a_file_in_the_place_of_a_location_or_env_folder_is_a_clear_error(tmp_path, data_dir,
+                                                                         where):
+    if where == "path":
+        blocker = tmp_path / "afile"
+        run = lambda: pipeflow.run(Plain2(path="afile"))  # noqa: E731
+    else:
+        blocker = data_dir / "env=prod"
+        run = pipeflow.Workflow(Plain2, env="prod").run
+    blocker.write_text("x")
+    with pytest.raises(TaskFailedError) as info:
+        run()
+    err = cause(info.value)
+    assert isinstance(err, (SaveError, MetadataError)), f"{type(err).__name__}: {err}"
+    assert_names(err, "Plain2()", f"file is in the place of the folder {str(blocker)!r}")
+    assert blocker.read_text() == "x"
+
+
+class Replacer2(pipeflow.tasks.TaskJson):
+    def run(self):
+        records = self._store.folders()[1]
+        shutil.rmtree(records)
+        records.write_text("not a folder")
+        self.save({"a": 1})
+
+
+def test_a_records_folder_replaced_by_a_file_during_the_run_is_a_clear_error(data_dir):
+    with pytest.raises(TaskFailedError) as info:
+        pipeflow.run(Replacer2())
+    err = cause(info.value)
+    assert isinstance(err, (SaveError, MetadataError)), f"{type(err).__name__}: {err}"
+    records = data_dir / layout.OWN_DIR / layout.RECORDS_DIR / "Replacer2"
+    assert_names(err, "Replacer2()", f"file is in the place of the folder {str(records)!r}")
+    assert records.read_text() == "not a folder"
+    assert not Replacer2().complete()

@@ -757,7 +757,8 @@ class TaskStore:
             MetadataError: a file is in the place of the task's folder (or a parent's).
         """
         out = self.folder()
-        blocker = settings.in_the_way(out)  # one stat when the folder is there
+        # one stat when the folder is there (in-memory outputs have no folder)
+        blocker = settings.in_the_way(out) if self.file_backed() else None
         if blocker is not None:
             raise MetadataError(
                 f"{graph.describe(self.task)} cannot run: a file is in the place of its task "
