@@ -187,7 +187,7 @@ def test_a_history_symlink_is_never_written_through(data_dir, outside, dangling)
     if not dangling:
         target.write_bytes(b"")
     (own / "history.db").symlink_to(target)
-    with pytest.warns(RuntimeWarning, match="symlink") as warned:
+    with pytest.warns(RuntimeWarning, match="is a symlink") as warned:
         assert pipeflow.run(Plain2())
         Plain2().reset(confirm=False)
         assert pipeflow.run(Plain2())  # warned once per file
@@ -199,7 +199,7 @@ def test_a_history_symlink_is_never_written_through(data_dir, outside, dangling)
     assert (own / "history.db").is_symlink()  # never replaced or deleted
     with pytest.raises(HistoryError) as info:
         pipeflow.history()
-    assert_names(info.value, "history.db", "symlink")
+    assert_names(info.value, "history.db", "is a symlink")
     with pytest.raises(HistoryError):
         pipeflow.runs()
     with pytest.raises(HistoryError):
@@ -217,11 +217,11 @@ def test_a_symlinked_history_side_file_is_never_written_through(data_dir, outsid
     victim.write_bytes(b"keep")
     side.symlink_to(victim)
     Plain2().reset(confirm=False)
-    with pytest.warns(RuntimeWarning, match="symlink"):
+    with pytest.warns(RuntimeWarning, match="is a symlink"):
         assert pipeflow.run(Plain2())
     assert victim.read_bytes() == b"keep"
     assert files_below(outside) == ["victim"]
-    with pytest.raises(HistoryError, match="symlink"):
+    with pytest.raises(HistoryError, match="is a symlink"):
         pipeflow.history()
     assert victim.read_bytes() == b"keep"
 
@@ -231,7 +231,7 @@ def test_a_history_setting_naming_a_symlink_is_refused_too(tmp_path, outside):
     link = tmp_path / "link.db"
     link.symlink_to(real)
     settings.history = str(link)
-    with pytest.warns(RuntimeWarning, match="symlink"):
+    with pytest.warns(RuntimeWarning, match="is a symlink"):
         assert pipeflow.run(Plain2())
     assert not real.exists()
     settings.history = str(real)  # the real file is fine
