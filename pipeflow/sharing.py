@@ -18,6 +18,7 @@ import os
 import pathlib
 import sys
 import types
+import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
@@ -156,10 +157,14 @@ def _stub(task: TaskData, where: pathlib.Path, imports: set[str]) -> str:
 def _identifier(name: object, what: str, cls: type) -> str:
     """``name``, if it can be written into code as a name (an identifier, no keyword).
 
+    Python reads identifiers back NFKC-normalised (``ﬁt`` as ``fit``): a name that is not
+    would name another class or parameter, so it is refused too.
+
     Raises:
         PipeflowError: it cannot.
     """
-    if isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name):
+    if (isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
+            and unicodedata.normalize("NFKC", name) == name):  # as Python reads it back
         return str.__str__(name)  # an exact str, whatever its class
     raise PipeflowError(
         f"FlowExport: the {what} {name!r} (of task class {cls.__qualname__!r}) is not a "

@@ -505,3 +505,11 @@ def test_a_records_folder_replaced_by_a_file_during_the_run_is_a_clear_error(dat
     assert_names(err, "Replacer2()", f"file is in the place of the folder {str(records)!r}")
     assert records.read_text() == "not a folder"
     assert not Replacer2().complete()
+
+
+@pytest.mark.parametrize("name", ["class", "ﬁt"])
+def test_flow_export_refuses_a_class_name_python_would_read_back_otherwise(tmp_path, name):
+    cls = _make_class(name)
+    with pytest.raises(PipeflowError, match="class name"):
+        pipeflow.FlowExport(tasks=cls(), save=True, path_export=tmp_path / "x.py").generate()
+    assert not (tmp_path / "x.py").exists()
