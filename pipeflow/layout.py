@@ -188,6 +188,55 @@ def location(value: object, what: str, owner: object) -> pathlib.Path | None:
     return path
 
 
+#: how :func:`name_part` names each setting in its messages, and an example of it
+_KINDS = {"env": ("single folder name", "env='prod'"),
+          "task_group": ("single folder name", "task_group='models'"),
+          "target_dir": ("relative sub-folder of plain names", "target_dir='models/fit'"),
+          "target_ext": ("plain file extension", "target_ext='csv' or 'csv.gz'"),
+          "persist": ("plain output name", "persist=['data']")}
+
+
+def name_part(value: object, what: str, owner: object, prefix: str = "",
+              limit: int = NAME_MAX) -> str:
+    """Check one name a file or folder name is built from: the one rule for all of them.
+
+    ``env``, ``task_group``, each folder of ``target_dir``, ``target_ext`` and each output
+    name (``persist``) go through it: a plain name that cannot climb out of its folder.
+
+    Args:
+        value: the name.
+        what: the setting it comes from, for the error message.
+        owner: who gave it (a task or a Workflow), for the error message.
+        prefix: what is written before it in the file system (``env=``), counted in its
+            length.
+        limit: the longest ``prefix + value`` allowed, in bytes.
+
+    Returns:
+        The name.
+
+    Raises:
+        UnsafePathError: not a str, empty, ``.`` or ``..``, contains a slash or backslash or NUL,
+            cannot be encoded as a file name, or is longer than ``limit`` bytes.
+    """
+    if not isinstance(value, str) or not value:
+        raise UnsafePathError(
+            f"{owner}: {what}={value!r} must be a non-empty str: it names files or folders.")
+    _check_encodable(value, what, owner)
+    if "/" in value or "\\" in value or os.sep in value or value in (".", ".."):
+        kind, example = _KINDS.get(what, ("plain name", f"{what}='x'"))
+        raise UnsafePathError(
+            f"{owner}: {what}={value!r} must be a {kind}: it may not contain '/' or '\\' or "
+            f"be '.' or '..', which could place or delete files outside the flow's folder. "
+            f"Use a plain name such as {example}."
+        )
+    if len(os.fsencode(prefix + value)) > limit:
+        raise UnsafePathError(
+            f"{owner}: {what}={value[:40]!r}... is a name the file system cannot store "
+            f"(over {limit} bytes). Use a shorter name."
+        )
+    return value
+
+
 def folder_name(value: object, what: str, owner: object) -> str | None:
     """Check a single folder name that must not climb out (an ``env``, a ``task_group``).
 
@@ -195,26 +244,11 @@ def folder_name(value: object, what: str, owner: object) -> str | None:
         The name, or None when none was given (None or empty).
 
     Raises:
-        UnsafePathError: it contains a separator, is ``.`` or ``..``, contains a NUL byte,
-            cannot be encoded, or is longer than the file system allows.
+        UnsafePathError: as :func:`name_part`.
     """
     if value is None or value == "":
         return None
-    text = str(value)
-    _check_encodable(text, what, owner)
-    prefix = "env=" if what == "env" else ""
-    if "/" in text or "\\" in text or os.sep in text or text in (".", ".."):
-        raise UnsafePathError(
-            f"{owner}: {what}={text!r} must be a single folder name: it may not contain "
-            f"'/' or '\\' or be '.' or '..', which could place or delete files outside the "
-            f"flow's folder. Use a plain name such as {what}='prod'."
-        )
-    if len(os.fsencode(prefix + text)) > NAME_MAX:
-        raise UnsafePathError(
-            f"{owner}: {what}={text[:40]!r}... is a folder name the file system cannot store "
-            f"(over {NAME_MAX} bytes). Use a shorter name."
-        )
-    return text
+    return name_part(str(value), what, owner, "env=" if what == "env" else "")
 
 
 def _check_encodable(text: str, what: str, owner: object) -> None:
@@ -267,8 +301,8 @@ def safe_parts(value: object, what: str, owner: object) -> tuple[str, ...]:
         The folder names, in order.
 
     Raises:
-        UnsafePathError: an absolute path, a ``..`` component, a NUL byte, or a folder name
-            longer than the file system allows.
+        UnsafePathError: an absolute path, a ``..`` component, or a folder name
+            :func:`name_part` refuses.
     """
     if value is None or value == "":
         return ()
@@ -281,14 +315,7 @@ def safe_parts(value: object, what: str, owner: object) -> tuple[str, ...]:
             f"could otherwise place or delete files outside the flow's folder. Use a plain "
             f"folder name."
         )
-    parts = tuple(p for p in path.parts if p not in ("", "."))
-    for part in parts:
-        if len(os.fsencode(part)) > NAME_MAX:
-            raise UnsafePathError(
-                f"{owner}: {what}={text[:80]!r} has a folder name the file system cannot "
-                f"store (over {NAME_MAX} bytes). Use a shorter name."
-            )
-    return parts
+    return tuple(name_part(p, what, owner) for p in path.parts if p not in ("", "."))
 
 
 def fit_name(stem: str, suffix: str) -> str:
@@ -410,20 +437,56 @@ def check_inside(root: pathlib.Path, folders: Iterable[pathlib.Path], owner: obj
 def family_name(family: str, namespace: object, owner: object) -> str:
     """Check a task family: it names the task's folder and starts its file names.
 
+    A family is an identifier or identifiers joined by dots (``namespace.ClassName``):
+    unicode identifiers are fine; separators, spaces, ``..``, newlines are not.
+
     Args:
         family: the family (``namespace.ClassName``, or what ``get_task_family`` returns).
         namespace: the class's ``task_namespace``, for the error message.
         owner: the task, for the error message.
 
     Raises:
-        UnsafePathError: it contains a separator or NUL, or is ``.`` or ``..``.
+        UnsafePathError: it is not (dotted) identifiers, or is longer than a folder name.
     """
-    if not ("/" in family or "\\" in family or "\0" in family or family in (".", "..")):
+    if family in _FAMILIES:
+        return family
+    if isinstance(family, str) and all(part.isidentifier() for part in family.split(".")) \
+            and len(os.fsencode(family)) <= NAME_MAX:
+        _FAMILIES.add(family)
         return family
     given = f"task_namespace={namespace!r}" if namespace else "get_task_family()"
     raise UnsafePathError(
         f"{owner}: its task family {family!r} ({given}) names its folder and files, so it "
-        f"may not contain '/', '\\' or NUL or be '.' or '..': it could place files outside "
-        f"the flow's folder. Use a plain or dotted task_namespace such as "
-        f"task_namespace='team.project'."
+        f"must be an identifier (the class name) or identifiers joined by dots "
+        f"(namespace.ClassName), at most {NAME_MAX} bytes: anything else could place files "
+        f"outside the flow's folder, or run code where the family is written (FlowExport). "
+        f"Use a class name and a dotted task_namespace such as task_namespace='team.project'."
     )
+
+
+#: families found to be (dotted) identifiers (checked once per family)
+_FAMILIES: set[str] = set()
+
+
+def task_parts(group: object, target_dir: object, family: str,
+               owner: object) -> tuple[str, ...]:
+    """The folder names of a task's folder below its location, checked.
+
+    They are ``task_group``, then ``target_dir`` or the task family.
+
+    Raises:
+        UnsafePathError: one is refused by :func:`name_part`, or the first is pipeflow's own
+            folder (``.pipeflow``: its records, locks and history).
+    """
+    named = folder_name(group, "task_group", owner)
+    parts: tuple[str, ...] = (named,) if named is not None else ()
+    parts += safe_parts(target_dir or family, "target_dir", owner)
+    if parts and parts[0].casefold() == OWN_DIR:
+        what = "task_group" if named is not None else "target_dir"
+        raise UnsafePathError(
+            f"{owner}: {what}={(group if named is not None else target_dir)!r} would put its "
+            f"outputs in {OWN_DIR!r}, pipeflow's own folder (run history, commit records, "
+            f"locks), where they could damage or be taken for pipeflow's files. Use another "
+            f"folder name."
+        )
+    return parts

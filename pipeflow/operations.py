@@ -31,7 +31,7 @@ from pipeflow.events import RunResult, Sink
 from pipeflow.integrity import RECORD_SUFFIX, read_record
 from pipeflow.options import RunOptions, flag
 from pipeflow.plan import Plan, Status, build_plan
-from pipeflow.publishing import unpublish
+from pipeflow.publishing import os_reason, unpublish
 from pipeflow.tasks import TaskData
 
 
@@ -45,12 +45,23 @@ def set_dir(dir: str | os.PathLike[str] | None = None) -> pathlib.Path:
         The data directory as a Path.
 
     Raises:
-        ParameterError: ``dir`` is a URL (``s3://...``): remote storage is not supported
-            yet. A ``file://`` URL names the local folder it spells.
+        ParameterError: ``dir`` is a URL (``s3://...``, also as a ``pathlib.Path``): remote
+            storage is not supported yet (a ``file://`` URL names the local folder it
+            spells); it starts or ends with white space or holds a NUL byte; a file is in
+            its place; or it cannot be created. The data dir in force is kept.
     """
+    path = settings.dirpath if dir is None else settings.local_path(dir, "dir", "pipeflow.set_dir")
+    try:
+        settings.check_folder(path, "dir", "pipeflow.set_dir")
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ParameterError(
+            f"pipeflow.set_dir: dir={str(path)!r} cannot be created ({os_reason(exc)}). The data "
+            f"dir stays {settings.dir!r}. Choose a folder this process can create.") from exc
+    except ParameterError as exc:
+        raise ParameterError(f"{exc} The data dir stays {settings.dir!r}.") from None
     if dir is not None:
-        settings.dir = os.fspath(settings.local_path(dir, "dir", "pipeflow.set_dir"))
-    settings.dirpath.mkdir(parents=True, exist_ok=True)
+        settings.dir = os.fspath(path)
     return settings.dirpath
 
 

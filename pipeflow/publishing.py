@@ -347,6 +347,10 @@ def os_fix(exc: OSError, folder: pathlib.Path) -> str:
     if code == errno.EFBIG:
         return ("The file is larger than this process or file system allows (see "
                 "'ulimit -f'): raise the limit or save smaller outputs.")
+    if code in (errno.ENOTDIR, errno.EEXIST) and (
+            blocker := settings.in_the_way(folder)) is not None:
+        return (f"A file is in the place of the folder {str(blocker)!r}: pipeflow never "
+                f"deletes a file it did not make. Move it, then try again.")
     if code in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
         return ("A folder is in the way of the file: pipeflow never deletes a folder it did "
                 "not make. Move or delete it, then try again.")

@@ -115,15 +115,30 @@ def history_path() -> pathlib.Path | None:
     return pathlib.Path(where)
 
 
-def _regular(path: pathlib.Path) -> None:
-    """Refuse a history path that is not a regular file (SQLite would block on a FIFO).
+#: SQLite's files beside the history: never opened through a link either
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
-    A symlink is followed: the history may be a link to a file shared by data dirs.
+
+def _regular(path: pathlib.Path) -> None:
+    """Refuse a history that is not a regular file, or is (or has a side file that is) a link.
+
+    SQLite would block on a FIFO; through a symlink it would create or write the file, and
+    its ``-wal``/``-shm`` files, wherever the link points (outside the data dir, say).
 
     Raises:
+        HistoryError: the history or one of its side files is a symlink.
         sqlite3.OperationalError: it is a folder, a FIFO, a socket or a device.
     """
-    mode = os.stat(path).st_mode
+    for name in (os.fspath(path), *(f"{path}{side}" for side in _SIDE_FILES)):
+        if os.path.islink(name):
+            raise HistoryError(
+                f"the run history {str(path)!r} cannot be used: {name!r} is a symlink (to "
+                f"{os.readlink(name)!r}). pipeflow never opens its history or its "
+                f"-wal/-shm/-journal files through a link, which could make it write outside "
+                f"the data dir. Remove the link (the next run starts a new history), or name "
+                f"the real file: pipeflow.settings.history = '/path/to/history.db'.")
+    mode = os.lstat(path).st_mode
     if stat.S_ISDIR(mode):
         raise sqlite3.OperationalError("a folder is in its place")
     if not stat.S_ISREG(mode):
@@ -132,10 +147,17 @@ def _regular(path: pathlib.Path) -> None:
 
 @contextlib.contextmanager
 def _connect(path: pathlib.Path, create: bool) -> Iterator[sqlite3.Connection]:
-    if create and not path.exists():
+    """A connection to the history; ``create``: make the file and its tables if missing.
+
+    Raises:
+        HistoryError: the history (or a side file) is a symlink.
+    """
+    if create and not os.path.lexists(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        # private from the start: SQLite gives its -wal/-shm files the same permissions
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        # private from the start: SQLite gives its -wal/-shm files the same permissions;
+        # never through a link (a dangling one would create its target)
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o600))
     _regular(path)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
     try:
@@ -405,7 +427,7 @@ class HistorySink:
                         with contextlib.suppress(Exception):  # best effort, never fatal
                             _settle(conn)
                     _write(conn, statements)
-            except (sqlite3.Error, OSError) as exc:
+            except (sqlite3.Error, OSError, HistoryError) as exc:
                 self.broken = True
                 key = str(self.path)
                 if key not in HistorySink._warned:
@@ -734,7 +756,7 @@ def last_failures(task_ids: Sequence[str]) -> dict[str, str]:
     if path is None or not path.exists() or not task_ids:
         return out
     ids = list(task_ids)
-    with contextlib.suppress(sqlite3.Error, OSError), _reader(path) as conn:
+    with contextlib.suppress(sqlite3.Error, OSError, HistoryError), _reader(path) as conn:
         for start in range(0, len(ids), 500):  # SQLite's limit on bound values
             chunk = ids[start:start + 500]
             # SQLite: the bare columns come from the row holding MAX(finished)

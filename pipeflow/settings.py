@@ -28,6 +28,7 @@ import logging
 import os
 import pathlib
 import re
+import stat
 import sys
 import types
 import urllib.parse
@@ -63,14 +64,19 @@ _NAMES = frozenset(
 
 #: ``scheme://``: a URL, not a folder name
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+#: a first path component that is a URL scheme (``s3:`` of ``Path('s3://b')``, which pathlib
+#: spells ``s3:/b``); one letter is a Windows drive, not a scheme
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]+:")
 
 
 def local_path(value: str | os.PathLike[str], what: str, who: object = "") -> pathlib.Path:
-    """The local folder or file ``value`` names; a URL is refused when it is given.
+    """The local folder or file ``value`` names; the one place locations are checked.
 
     Remote storage (``s3://``, ``gs://``...) is not supported yet: such a URL would
     otherwise become a local folder named ``s3:``. A ``file://`` URL (no host, or
-    ``localhost``) names the local absolute path it spells, percent-escapes decoded.
+    ``localhost``) names the local absolute path it spells, percent-escapes decoded. A URL
+    wrapped in a :class:`pathlib.Path` (which turns ``s3://b`` into ``s3:/b``) is still a
+    URL: any first component that is a scheme (``s3:``) is refused.
 
     Args:
         value: a path, or a URL.
@@ -78,21 +84,75 @@ def local_path(value: str | os.PathLike[str], what: str, who: object = "") -> pa
         who: who gave it (a task, a Workflow), for the error message.
 
     Raises:
-        ParameterError: ``value`` is a URL other than a local ``file://`` one.
+        ParameterError: ``value`` is a URL other than a local ``file://`` one, starts or ends
+            with white space, or contains a NUL byte.
     """
     text = os.fspath(value)
-    if isinstance(text, bytes) or not _URL.match(text):
-        return pathlib.Path(os.fsdecode(text))
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    named = f"{who}: " if who else ""
+    if "\x00" in text or text != text.strip():
+        why = ("contains a NUL byte" if "\x00" in text
+               else "starts or ends with white space (a stray space or newline?)")
+        raise ParameterError(
+            f"{named}{what}={text!r} {why}: no folder is named so on purpose. Name the folder "
+            f"without it, e.g. {what}={text.strip().replace(chr(0), '') or 'data'!r}.")
+    if not _URL.match(text):
+        first = pathlib.PurePath(text).parts[:1]
+        if not (first and _SCHEME.fullmatch(first[0])):
+            return pathlib.Path(text)
+        raise ParameterError(
+            f"{named}{what}={text!r} is a URL (its '//' collapsed: a pathlib.Path of a URL?): "
+            f"remote storage is not supported yet, and pipeflow does not turn a URL into a "
+            f"local folder. Use a local folder (a mounted bucket works), e.g. {what}='data'.")
     url = urllib.parse.urlsplit(text)
     if url.scheme.lower() == "file" and url.netloc in ("", "localhost") and not (
             url.query or url.fragment):
         return pathlib.Path(urllib.parse.unquote(url.path))
-    named = f"{who}: " if who else ""
     raise ParameterError(
         f"{named}{what}={text!r} is a URL: remote storage is not supported yet, and "
         f"pipeflow does not turn a URL into a local folder. Use a local folder (a mounted "
         f"bucket works), e.g. {what}='data'; file:///absolute/path URLs name local folders."
     )
+
+
+def in_the_way(folder: str | os.PathLike[str]) -> pathlib.Path | None:
+    """What stands where ``folder`` or one of its parents must be a folder (a file), if any.
+
+    Walks up from ``folder`` to the first entry that exists: one ``stat`` when the folder
+    is there. A symlink to a folder counts as a folder; a dangling one is in the way.
+    """
+    here = pathlib.Path(folder)
+    while True:
+        try:
+            mode = os.stat(here).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            if os.path.islink(here):
+                return here
+            if here.parent == here:
+                return None
+            here = here.parent
+            continue
+        except OSError:  # cannot tell (permissions...): whoever writes there says why
+            return None
+        return None if stat.S_ISDIR(mode) else here
+
+
+def check_folder(path: pathlib.Path, what: str, who: object = "") -> pathlib.Path:
+    """Refuse a folder setting with a file in its place (or in a parent's).
+
+    Raises:
+        ParameterError: naming the file in the way.
+    """
+    blocker = in_the_way(path)
+    if blocker is None:
+        return path
+    named = f"{who}: " if who else ""
+    where = "" if blocker == path else f" ({str(blocker)!r} is not)"
+    raise ParameterError(
+        f"{named}{what}={str(path)!r} is not a folder{where}: a file (or a link to nothing) "
+        f"is in the place of a folder on its path. Name another folder, or move "
+        f"{str(blocker)!r} away.")
 
 
 def _apply_log_level(level: str) -> None:
@@ -120,7 +180,8 @@ class _SettingsModule(types.ModuleType):
                 f"Settings: {', '.join(sorted(_NAMES))}"
             )
         if name in ("dir", "dirpath"):
-            path = local_path(value, f"pipeflow.settings.{name}")
+            path = check_folder(local_path(value, f"pipeflow.settings.{name}"),
+                                f"pipeflow.settings.{name}")
             given = str(value)
             super().__setattr__("dir", str(path) if _URL.match(given) else given)
             super().__setattr__("dirpath", path)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import datetime
 import importlib.util
+import keyword
 import os
 import pathlib
 import sys
 import types
+import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
@@ -111,50 +112,104 @@ def _as_list(x: Any) -> list[Any]:
 
 
 def _stub(task: TaskData, where: pathlib.Path, imports: set[str]) -> str:
+    """The source of ``task``'s external stub.
+
+    Nothing reaches the code but checked identifiers and literals (``str.__repr__`` of exact
+    strings, ``repr`` of exact numbers): a class or parameter name, a value or a path can
+    never run code when the export is imported.
+
+    Raises:
+        PipeflowError: a name is not an identifier, or a setting not a str.
+    """
     cls = type(task)
     base: Any = next(c for c in cls.__mro__ if c.__module__ == task_classes.__name__)
-    lines = [f"class {cls.__name__}(pipeflow.tasks.{base.__name__}):", "    external = True",
-             f"    persist = {list(cls.persist)!r}"]
+    name = _identifier(cls.__name__, "class name", cls)
+    persist = task.persist
+    if not isinstance(persist, (list, tuple)) or not all(isinstance(k, str) for k in persist):
+        raise PipeflowError(f"FlowExport: {name}.persist = {persist!r} is not a list of names.")
+    lines = [f"class {name}(pipeflow.tasks.{base.__name__}):", "    external = True",
+             f"    persist = [{', '.join(_text(k, 'persist', cls) for k in persist)}]"]
     if cls.target_class is not base.target_class:
         tc = cls.target_class
-        imports.add(f"from {tc.__module__} import {tc.__name__}")
-        lines.append(f"    target_class = {tc.__name__}")
-    if cls.target_ext != base.target_ext:
-        lines.append(f"    target_ext = {cls.target_ext!r}")
+        module = ".".join(_identifier(m, "target_class module", cls)
+                          for m in str(tc.__module__).split("."))
+        tc_name = _identifier(tc.__name__, "target_class name", cls)
+        imports.add(f"from {module} import {tc_name}")
+        lines.append(f"    target_class = {tc_name}")
+    if task.target_ext != base.target_ext:
+        lines.append(f"    target_ext = {_text(task.target_ext, 'target_ext', cls)}")
     if where != settings.dirpath:
-        lines.append(f"    path = {where.as_posix()!r}")
+        lines.append(f"    path = {_text(where.as_posix(), 'path', cls)}")
     for attr in ("task_group", "target_dir"):
-        if getattr(cls, attr):
-            lines.append(f"    {attr} = {getattr(cls, attr)!r}")
-    if cls.get_task_namespace():
-        lines.append(f"    task_namespace = {cls.get_task_namespace()!r}")
-    for name, p in cls.get_params():
+        value = getattr(task, attr)
+        if value:
+            lines.append(f"    {attr} = {_text(value, attr, cls)}")
+    namespace = cls.get_task_namespace()
+    if namespace:
+        lines.append(f"    task_namespace = {_text(namespace, 'task_namespace', cls)}")
+    for pname, p in cls.get_params():
         if p.significant:
-            lines.append(f"    {name} = {_param_code(p, getattr(task, name))}")
+            pname = _identifier(pname, "parameter name", cls)
+            lines.append(f"    {pname} = {_param_code(p, getattr(task, pname), cls)}")
     return "\n".join(lines) + "\n"
 
 
-def _param_code(p: luigi.Parameter, value: Any) -> str:
+def _identifier(name: object, what: str, cls: type) -> str:
+    """``name``, if it can be written into code as a name (an identifier, no keyword).
+
+    Python reads identifiers back NFKC-normalised (``ﬁt`` as ``fit``): a name that is not
+    would name another class or parameter, so it is refused too.
+
+    Raises:
+        PipeflowError: it cannot.
+    """
+    if (isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
+            and unicodedata.normalize("NFKC", name) == name):  # as Python reads it back
+        return str.__str__(name)  # an exact str, whatever its class
+    raise PipeflowError(
+        f"FlowExport: the {what} {name!r} (of task class {cls.__qualname__!r}) is not a "
+        f"Python identifier, so it cannot be written into the exported code (it could run "
+        f"code when the export is imported). Rename it to a plain name.")
+
+
+def _text(value: object, what: str, cls: type) -> str:
+    """A string setting as a Python string literal (``str.__repr__``: no custom repr).
+
+    Raises:
+        PipeflowError: it is not a str (or a path).
+    """
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str):
+        return str.__repr__(value)
+    raise PipeflowError(
+        f"FlowExport: {cls.__qualname__}.{what} = {value!r} is not a str, so it cannot be "
+        f"exported. Make it a str.")
+
+
+def _param_code(p: luigi.Parameter, value: Any, cls: type) -> str:
     """Source for a parameter declaration whose default is ``value``.
 
     The task id depends only on the serialized value, so a parameter class that cannot be
     rebuilt from source (choices, enums, custom classes) is exported as a plain
-    ``Parameter`` holding the serialized string: same id, same files.
+    ``Parameter`` holding the serialized string: same id, same files. Only exact str, int,
+    float and bool values are written as literals.
     """
     name = type(p).__name__
-    serialized = p.serialize(value)
+    serialized = _text(str(p.serialize(value)), "parameter value", cls)
     simple = (type(p).__module__.startswith("luigi") and name in parameters.__all__
               and name not in ("ChoiceParameter", "EnumParameter", "NumericalParameter",
                                "TaskParameter"))
     if not simple:
-        return f"pipeflow.Parameter(default={serialized!r})"
-    if isinstance(value, (str, int, float, bool)) and not isinstance(value, datetime.date):
+        return f"pipeflow.Parameter(default={serialized})"
+    if type(value) in (str, int, float, bool):
+        literal = repr(value)  # the built-in repr of an exact type
         try:
-            if ast.literal_eval(repr(value)) == value:
-                return f"pipeflow.{name}(default={value!r})"
+            if ast.literal_eval(literal) == value:
+                return f"pipeflow.{name}(default={literal})"
         except (ValueError, SyntaxError):
             pass
-    return f"pipeflow.{name}(default=pipeflow.{name}().parse({serialized!r}))"
+    return f"pipeflow.{name}(default=pipeflow.{name}().parse({serialized}))"
 
 
 class FlowImport:

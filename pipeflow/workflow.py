@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import luigi
 
-from pipeflow import display, graph, layout, operations, runstore
+from pipeflow import display, graph, layout, operations, runstore, settings
 from pipeflow.display.preview import Preview
 from pipeflow.engines import CancelToken
 from pipeflow.errors import (
@@ -83,6 +83,8 @@ class Workflow:
         self.env = env
         owner = f"Workflow({getattr(task, '__name__', None)})"
         root = layout.location(path, "path", owner)
+        if root is not None:
+            settings.check_folder(root, "path", owner)
         env_name = layout.folder_name(env, "env", owner)
         if root is None and env_name is not None and task is not None:
             # d6tflow: an env without a path goes below the default task's own folder

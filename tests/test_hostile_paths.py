@@ -194,7 +194,7 @@ def test_a_linked_env_folder_is_not_deleted_through(data_dir, outside):
 
 # -- kind 1: names built from the task family -----------------------------------------------
 
-@pytest.mark.parametrize("namespace", ["../../outside/x", "a/b", "../..", "x\\y"])
+@pytest.mark.parametrize("namespace", ["../../outside/x", "a/b", "../..", "x\\y", "..", "."])
 @pytest.mark.parametrize("target_dir", [None, "folder"])
 def test_a_task_namespace_that_is_not_a_plain_name_is_refused(
         tmp_path, outside, namespace, target_dir):
@@ -213,7 +213,7 @@ def test_a_task_namespace_that_is_not_a_plain_name_is_refused(
     assert files_below(tmp_path / "data") in ([], [".pipeflow"])
 
 
-@pytest.mark.parametrize("namespace", ["team.project", "..", "."])
+@pytest.mark.parametrize("namespace", ["team.project", "équipe.v2"])
 def test_a_dotted_task_namespace_is_fine(data_dir, namespace):
     class Dotted(pipeflow.tasks.TaskJson):
         task_namespace = namespace

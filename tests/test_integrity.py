@@ -603,10 +603,11 @@ def test_a_record_this_process_committed_needs_no_io(tmp_path, monkeypatch):
     def no_io(*args, **kwargs):
         raise AssertionError("file system touched")
 
-    monkeypatch.setattr(os, "stat", no_io)
-    monkeypatch.setattr(os, "open", no_io)
-    assert committed_record(path) is GOOD
-    assert committed_record(str(path)) is GOOD
+    with monkeypatch.context() as patched:  # undone before the fixtures' teardown
+        patched.setattr(os, "stat", no_io)
+        patched.setattr(os, "open", no_io)
+        assert committed_record(path) is GOOD
+        assert committed_record(str(path)) is GOOD
 
 
 def test_committed_record_follows_what_this_process_has_seen_since(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import tempfile
 
 import luigi
@@ -163,6 +164,16 @@ def single_name(value):
                              or "\x00" in value)
 
 
+def not_a_folder_name(location):
+    """Whether a location is refused as such: white space around it, or a URL however spelt."""
+    if location is None:
+        return False
+    text = os.fspath(location)
+    first = pathlib.PurePath(text).parts[:1]
+    return (text != text.strip() or re.match(r"[A-Za-z][A-Za-z0-9+.\-]*://", text) is not None
+            or bool(first and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]+:", first[0])))
+
+
 def assert_clear_refusal(exc, *settings_named):
     """A refused location is refused with a PipeflowError that says which setting it was."""
     assert isinstance(exc, PipeflowError), f"{type(exc).__name__}: {exc}"
@@ -307,7 +318,8 @@ def test_workflow_outputs_stay_below_its_path_and_env(path, env, as_path, value)
         mine = flow.get_task()._store.owned_paths()  # the task carries the flow's location
     except Exception as exc:  # noqa: BLE001 - which exception is exactly what is checked
         assert_clear_refusal(exc, "path", "env")
-        assert not single_name(env) or "\x00" in (path or "") or len(os.fsencode(
+        assert not single_name(env) or "\x00" in (path or "") or not_a_folder_name(
+            place(path, as_path)) or len(os.fsencode(
             f"env={env}")) > NAME_MAX or any(len(os.fsencode(p)) > NAME_MAX for p in
                                                pathlib.Path(place(path) or ".").parts)
         return

@@ -56,6 +56,12 @@ _T = TypeVar("_T")
 LAYOUT_ATTRS = frozenset({"path", "target_dir", "target_ext", "task_group", "save_attrib",
                           "persist", "target_class"})
 
+#: longest ``target_ext``, in bytes: file names stay within the file system's limit with it
+EXT_MAX = 64
+#: extensions and output names found to be plain names (each checked once)
+_EXTS: set[str] = set()
+_OUTPUT_NAMES: set[str] = set()
+
 #: (class, context, data dir, generation) -> (output folder, records folder, location)
 _FOLDERS: dict[tuple[object, ...], tuple[pathlib.Path, pathlib.Path, pathlib.Path]] = {}
 
@@ -356,14 +362,10 @@ class TaskStore:
             self, ctx: layout.FlowContext) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
         task = self.task
         owner = _Owner(task)
-        parts: list[str] = []
-        group = layout.folder_name(task.task_group, "task_group", owner)
-        if group is not None:
-            parts.append(group)
         namespace = type(task).get_task_namespace()
         family = layout.family_name(task.task_family, namespace, owner)
         layout.family_name(type(task).get_task_family(), namespace, owner)  # starts task_id
-        parts += layout.safe_parts(task.target_dir or family, "target_dir", owner)
+        parts = layout.task_parts(task.task_group, task.target_dir, family, owner)
         root, where = self._locate(ctx)
         return where.joinpath(*parts), layout.records_folder(where, parts), root
 
@@ -385,14 +387,17 @@ class TaskStore:
             raise PipeflowError(clash)
         persist = self.task.persist
         if (not isinstance(persist, (list, tuple)) or not persist
-                or not all(isinstance(k, str) and k and not k.startswith(".")
-                           and not set(k) & {"/", "\\", "\0"} for k in persist)
+                or not all(isinstance(k, str) and k and not k.startswith(".") for k in persist)
                 or len(set(persist)) != len(persist)):
             raise PipeflowError(
                 f"{type(self.task).__name__}.persist = {persist!r} is not a list of distinct "
                 f"output names (plain names: no '/', '\\' or NUL, not starting with '.'). Write "
                 f"e.g. persist = ['data'] or persist = ['model', 'scores']."
             )
+        for k in persist:
+            if k not in _OUTPUT_NAMES:
+                layout.name_part(k, "persist", type(self.task).__name__)
+                _OUTPUT_NAMES.add(k)
         return list(persist)
 
     def _layout(self) -> _Layout:
@@ -425,7 +430,16 @@ class TaskStore:
     def _make_layout(self) -> _Layout:
         task = self.task
         out, own, root = self._places()
-        ext = f".{task.target_ext}" if task.target_ext else ""
+        ext = task.target_ext
+        if ext:
+            if not (isinstance(ext, str) and ext in _EXTS):  # once per value (a property
+                layout.name_part(ext, "target_ext", _Owner(task), limit=EXT_MAX)  # may vary)
+                if len(_EXTS) > 4096:
+                    _EXTS.clear()
+                _EXTS.add(ext)
+            ext = f".{ext}"
+        else:
+            ext = ""
         names = [(k, layout.fit_name(self._stem(k), ext)) for k in self.persist()]
         ident = (task.task_id if settings.save_with_param and getattr(task, "save_attrib", True)
                  else task.task_family)
@@ -742,7 +756,19 @@ class TaskStore:
 
         Returns:
             The paths the attempt's saves are staged for.
+
+        Raises:
+            MetadataError: a file is in the place of the task's folder (or a parent's).
         """
+        out = self.folder()
+        # one stat when the folder is there (in-memory outputs have no folder)
+        blocker = settings.in_the_way(out) if self.file_backed() else None
+        if blocker is not None:
+            raise MetadataError(
+                f"{graph.describe(self.task)} cannot run: a file is in the place of its task "
+                f"folder {str(blocker)!r} (its outputs go in {str(out)!r}). pipeflow never "
+                f"deletes a file it did not make: move it (or delete it), then run the task "
+                f"again.")
         self.abort_run(starting=True)
         return _Owned(self._layout())
 
