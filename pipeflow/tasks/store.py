@@ -539,7 +539,10 @@ class TaskStore:
         lay = self._layout()
         if lay.sound is record:
             return None
-        own = lay.own_names
+        # the usual layout: compare with its few names (no set made per task: status checks
+        # of large graphs pass here once per task)
+        own: Container[str] = (
+            [*(n for _k, n in lay.names), lay.meta] if lay.paths is not None else lay.own_names)
         for recs in record.files.values():
             for rec in recs:
                 if rec.name not in own:
