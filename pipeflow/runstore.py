@@ -186,8 +186,9 @@ def _upgrade(conn: sqlite3.Connection) -> None:
 
 
 def _missing(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-    return [(table, column) for table, columns in _ADDED.items()
-            for column in set(columns) - _columns(conn, table)]
+    have = {table: _columns(conn, table) for table in _ADDED}
+    return [(table, column) for table, columns in _ADDED.items()  # in the order they came
+            for column in columns if column not in have[table]]
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:

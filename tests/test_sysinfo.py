@@ -268,7 +268,7 @@ def test_old_history_file_is_readable_before_any_new_run(old_db):
 
 def test_old_history_file_gains_the_system_column(old_db):
     assert pipeflow.run(Good())
-    assert _columns(old_db)[-1] == "system"
+    assert _columns(old_db)[-2:] == ["system", "owner"]  # added in the order they came
     runs = pipeflow.runs()
     assert list(runs["run_id"])[-1] == "oldrun" and len(runs) == 2
     new, old = runs.iloc[0], runs.iloc[1]
