@@ -279,6 +279,33 @@ def test_what_a_worker_cannot_send_back_fails_only_its_task():
     assert "TwoArgs: 7: boom" in two_args["error_message"]
 
 
+class _SaysToken:
+    """An object whose pickling fails with a message quoting a value (a secret here)."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __reduce__(self):
+        raise TypeError(f"cannot pickle the session of {self.text}")
+
+
+class CachesSecret(pipeflow.tasks.TaskCache):
+    token = pipeflow.SecretParameter()
+
+    def run(self):
+        self.save(_SaysToken(self.token))
+
+
+def test_an_output_that_cannot_travel_back_does_not_show_the_secret():
+    result = pipeflow.run([CachesSecret(token="sk-live-9Zq7"), Fine()], workers=2, abort=False)
+    res = next(r for r in result.tasks.values() if isinstance(r.task, CachesSecret))
+    assert res.state.value == "failed"
+    shown = str(res.error) + (res.traceback or "") + result.summary()
+    assert "cannot pickle the session of ***" in str(res.error)
+    assert "sk-live-9Zq7" not in shown
+    assert "sk-live-9Zq7" not in pipeflow.history(status="failed").to_string()
+
+
 # -- kind 4: kill -9 of the parent ------------------------------------------------------------
 
 _LONG_FLOW = """

@@ -722,7 +722,7 @@ def _unsendable(exc: BaseException, task: Any, work: Work,
         text = (f"{describe(task)} produced an in-memory (cache) output that cannot be sent "
                 f"back from its worker process: {exc}. Use a file format (e.g. TaskPickle), "
                 f"or run with executor='thread' or workers=1.")
-    out = work.fail(NotRetried(text), None)
+    out = work.fail(NotRetried(text), task)  # task: its secrets are masked in the text
     out.usage = dict(used or {})
     return out
 
