@@ -15,6 +15,7 @@ import difflib
 import enum
 import fractions
 import functools
+import itertools
 import linecache
 import math
 import numbers
@@ -174,14 +175,23 @@ def _safe(show: Any, value: Any) -> str:
 # gives the value, however deep the escaping. A value cut short (CPython keeps 200
 # characters of a repr in int()'s message; libraries print value[:50] + "...") shows only its
 # start or end: those are masked too when at least FRAGMENT characters long.
+#
+# Cost: one regular expression per task's values, compiled on its first failure. A run of
+# backslashes in the text is matched by one repetition only (the value's own backslashes
+# and the escape of the character after them are one unit; a match starts at the start of
+# such a run), so the time is about linear in the text, not polynomial in its backslashes.
 
 #: the shortest start or end of a longer secret value that is masked where the rest was cut
 FRAGMENT = 12
 #: how far back, in characters of text per character of the value, the start of the end of a
 #: cut value is looked for (an escaped character is rarely longer than a few dozen)
-_WIDEST = 256
+_WIDEST = 16
+#: more starts or ends of a cut value than this in one text: masked from the first on
+_MOST_CUTS = 64
 #: one backslash, as such or %-encoded (any number of times)
 _BACKSLASH = r"(?:\\|%(?:25)*5[cC])"
+#: not just after a backslash (a match including it starts earlier)
+_RUN_START = r"(?<!\\)(?<!%5[cC])(?<!%255[cC])(?<!%25255[cC])"
 _NAMED = {"\n": "n", "\r": "r", "\t": "t", "\b": "b", "\f": "f", "\v": "v", "\a": "a"}
 
 
@@ -190,15 +200,13 @@ def _hex(number: int, width: int) -> str:
                    for d in f"{number:0{width}x}")
 
 
-@functools.lru_cache(maxsize=4096)
-def _piece(char: str, first: bool = False) -> str:
-    """A regular expression for ``char`` in any of its spellings.
+def _spellings(char: str) -> tuple[list[str], list[str]]:
+    """Regular expressions for ``char`` (not a backslash): itself, and escaped.
 
-    ``first``: it starts a match; a backslash before it then belongs to the match (so a
-    run of backslashes is tried from its start only, not from each of its positions).
+    The escaped ones are what follows the backslashes of an escape (``n`` for a newline).
     """
     if char.isascii() and (char.isalnum() or char == "_"):
-        return char  # no encoding changes it
+        return [char], []  # no encoding changes it
     raw = char.encode("utf-8", "surrogatepass")
     spelled = [re.escape(char)]
     if char not in ".-~":  # what %-encoding keeps
@@ -219,60 +227,100 @@ def _piece(char: str, first: bool = False) -> str:
                    f"u{_hex(0xDC00 + (low & 0x3FF), 4)}"]
     if not char.isascii():
         bodies.append(f"{_BACKSLASH}+".join("x" + _hex(b, 2) for b in raw))
-    after = "(?<!\\\\)" if first else ""
-    if char == "\\":  # one or more backslashes is its escape: \\ \\\\ ...
-        return f"(?:{after}{_BACKSLASH}+(?:{'|'.join(bodies[1:])})?)"
-    return f"(?:{'|'.join(spelled)}|{after}{_BACKSLASH}+(?:{'|'.join(bodies)}))"
+    return spelled, bodies
 
 
-def _spelled(value: str) -> str:
-    """A regular expression for ``value`` in any escaped or %-encoded spelling."""
-    return _piece(value[0], True) + "".join(_piece(c) for c in value[1:])
+@functools.lru_cache(maxsize=4096)
+def _unit(backslashes: int, char: str, first: bool = False) -> str:
+    """A regular expression for ``backslashes`` backslashes then ``char`` (may be empty).
+
+    ``first``: it starts a match, which then starts where a run of backslashes starts.
+    """
+    start = _RUN_START if first else ""
+    if not char:
+        return f"(?:{start}{_BACKSLASH}{{{backslashes},}})"
+    spelled, bodies = _spellings(char)
+    if backslashes:  # its own backslashes and those escaping the character: one run
+        return f"(?:{start}{_BACKSLASH}{{{backslashes},}}(?:{'|'.join(spelled + bodies)}))"
+    if not bodies:
+        return spelled[0]
+    return f"(?:{'|'.join(spelled)}|{start}{_BACKSLASH}+(?:{'|'.join(bodies)}))"
+
+
+def _units(value: str) -> list[tuple[int, str]]:
+    """``value`` as (number of backslashes, the character after them or '') units."""
+    out, run = [], 0
+    for char in value:
+        if char == "\\":
+            run += 1
+        else:
+            out.append((run, char))
+            run = 0
+    if run:
+        out.append((run, ""))
+    return out
+
+
+def _spelled(units: list[tuple[int, str]]) -> str:
+    """A regular expression for a value's ``units`` in any escaped or %-encoded spelling."""
+    return "".join(_unit(k, c, i == 0) for i, (k, c) in enumerate(units))
 
 
 class _Cut:
-    """Finds the start or the end of a long value that was cut off (at least FRAGMENT)."""
+    """Finds the start or the end of a long value that was cut off (FRAGMENT or more)."""
 
     def __init__(self, value: str):
-        self.pieces = [_piece(c) for c in value]
-        n, k = len(value), FRAGMENT
-        self.head = re.compile(_spelled(value[:k]))
-        self.tail = re.compile(_spelled(value[n - k:]))
-        self.known: dict[tuple[int, int], re.Pattern[str]] = {}
+        self.units = _units(value)
+        sizes = [k + len(c) for k, c in self.units]
+        n = len(self.units)
+        #: how many units its shortest start and end masked have
+        self.least_head = next(i for i in range(1, n + 1) if sum(sizes[:i]) >= FRAGMENT)
+        self.least_tail = next(i for i in range(1, n + 1) if sum(sizes[n - i:]) >= FRAGMENT)
+        self.sizes = sizes
+        self.head = re.compile(_spelled(self.units[:self.least_head]))
+        self.tail = re.compile(_spelled(self.units[n - self.least_tail:]))
+        self.known: dict[int, re.Pattern[str]] = {}
 
-    def part(self, start: int, stop: int) -> re.Pattern[str]:
-        """The pattern of value[start:stop].
+    def part(self, count: int) -> re.Pattern[str]:
+        """The pattern of the value's first ``count`` units.
 
-        A part that ends the value is anchored at the end of the text searched (so it is
-        found ending where its last FRAGMENT characters were).
+        A negative ``count``: of its last ``-count`` units, anchored at the end of the text
+        searched.
         """
-        hit = self.known.get((start, stop))
+        hit = self.known.get(count)
         if hit is None:
-            end = r"\Z" if stop == len(self.pieces) else ""
-            hit = self.known[start, stop] = re.compile(
-                "".join(self.pieces[start:stop]) + end)
+            units = self.units[:count] if count > 0 else self.units[count:]
+            hit = self.known[count] = re.compile(_spelled(units) + ("" if count > 0 else r"\Z"))
         return hit
 
     def find(self, text: str) -> bool:
         return bool(self.head.search(text) or self.tail.search(text))
 
     def spans(self, text: str) -> list[tuple[int, int]]:
-        """Where a cut value shows in ``text``: (start, end) of its longest starts and ends."""
-        n, k = len(self.pieces), FRAGMENT
+        """Where a cut value shows in ``text``: (start, end) of its longest starts and ends.
+
+        Text showing more than _MOST_CUTS of them (built to be slow to search) is masked
+        from the first to its end.
+        """
+        heads = list(itertools.islice(self.head.finditer(text), _MOST_CUTS + 1))
+        tails = list(itertools.islice(self.tail.finditer(text), _MOST_CUTS + 1))
+        if len(heads) + len(tails) > _MOST_CUTS:
+            return [(min(m.start() for m in heads + tails), len(text))]
+        n = len(self.units)
         out = []
-        for m in self.head.finditer(text):  # then the longest start of the value there
-            lo, hi, end = k, n - 1, m.end()  # the whole value was masked before
+        for m in heads:  # then the longest start of the value there
+            lo, hi, end = self.least_head, n - 1, m.end()  # the whole was masked before
             while lo < hi:
                 mid = (lo + hi + 1) // 2
-                hit = self.part(0, mid).match(text, m.start())
+                hit = self.part(mid).match(text, m.start())
                 lo, hi, end = (mid, hi, hit.end()) if hit else (lo, mid - 1, end)
             out.append((m.start(), end))
-        for m in self.tail.finditer(text):  # the longest end of the value ending there
-            lo, hi, start = k, n - 1, m.start()
+        for m in tails:  # the longest end of the value ending there
+            lo, hi, start = self.least_tail, n - 1, m.start()
             while lo < hi:
                 mid = (lo + hi + 1) // 2
-                found = self.part(n - mid, n).search(
-                    text, max(0, m.start() - (mid - k) * _WIDEST), m.end())
+                back = sum(self.sizes[n - mid:n - self.least_tail]) * _WIDEST
+                found = self.part(-mid).search(text, max(0, m.start() - back), m.end())
                 lo, hi, start = (mid, hi, found.start()) if found else (lo, mid - 1, start)
             out.append((start, m.end()))
         return out
@@ -282,7 +330,7 @@ class _Matcher:
     """Finds and masks the secret values ``values`` (texts) in any spelling."""
 
     def __init__(self, values: tuple[str, ...]):
-        self.whole = re.compile("|".join(_spelled(v) for v in values))
+        self.whole = re.compile("|".join(_spelled(_units(v)) for v in values))
         self.cut = [_Cut(v) for v in values if len(v) > FRAGMENT]
 
     def find(self, text: str) -> bool:
