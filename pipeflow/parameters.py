@@ -83,10 +83,12 @@ class SecretParameter(luigi.Parameter):
 
     Its value is given to ``run()`` as usual, but it never appears in file names, task ids,
     previews, logs, error messages, the execution summary or any record pipeflow writes
-    (it is shown as ``***``). That holds for every form of the value: ``str``, ``repr``,
-    ``ascii()``, JSON, URL-encoded and backslash-escaped, and for each leaf of a dict, list
-    or tuple value. An exception of a failed task that quotes it (in its message, args,
-    notes, file name, chain...) reaches you as a redacted copy of the same type. It is not
+    (it is shown as ``***``). That holds for every spelling of the value: as written,
+    backslash-escaped (``repr``, ``ascii()``, JSON...) or %-encoded any number of times, its
+    first or last 12 or more characters when the rest was cut off, and for each leaf of a
+    dict, list or tuple value. An exception of a failed task that quotes it (in its message,
+    args, notes, file name, chain, type name, or a traceback frame's file, function or source
+    line) reaches you as a redacted copy of the same type. It is not
     *significant*: it does not change which outputs a task has, so two runs differing only
     in a secret share their outputs. If the secret selects different data (say, another
     account), add a plain parameter naming that data.

@@ -1,6 +1,6 @@
 """Issue 11, kind 2, second round: secrets that escaped the first redaction.
 
-An adversarial tester found four ways past the forms ``secret_forms`` listed (secrets
+An adversarial tester found four ways past the list of forms redaction had (secrets
 ``hunt'er\\2"zz`` and ``CORP\\svc-Pw9``):
 
 a) escaped twice (``KeyError(f"... {token!r}")``: KeyError's str is the repr of its message,
