@@ -186,7 +186,8 @@ def _safe(show: Any, value: Any) -> str:
 #: the shortest start or end of a longer secret value that is masked where the rest was cut
 FRAGMENT = 12
 #: how far back, in characters of text per character of the value, the start of the end of a
-#: cut value is looked for (an escaped character is rarely longer than a few dozen)
+#: cut value is looked for: an escaped character takes fewer on average unless escaped more
+#: than three times (eight backslashes); what lies further back is not masked
 _WIDEST = 16
 #: more starts or ends of a cut value than this in one text: masked from the first on
 _MOST_CUTS = 64
