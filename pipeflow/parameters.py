@@ -14,13 +14,16 @@ import decimal
 import difflib
 import enum
 import fractions
-import json
+import functools
+import itertools
+import linecache
 import math
 import numbers
 import os
 import pathlib
+import re
 import traceback
-import urllib.parse
+import types
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -80,10 +83,12 @@ class SecretParameter(luigi.Parameter):
 
     Its value is given to ``run()`` as usual, but it never appears in file names, task ids,
     previews, logs, error messages, the execution summary or any record pipeflow writes
-    (it is shown as ``***``). That holds for every form of the value: ``str``, ``repr``,
-    ``ascii()``, JSON, URL-encoded and backslash-escaped, and for each leaf of a dict, list
-    or tuple value. An exception of a failed task that quotes it (in its message, args,
-    notes, file name, chain...) reaches you as a redacted copy of the same type. It is not
+    (it is shown as ``***``). That holds for every spelling of the value: as written,
+    backslash-escaped (``repr``, ``ascii()``, JSON...) or %-encoded any number of times, its
+    first or last 12 or more characters when the rest was cut off, and for each leaf of a
+    dict, list or tuple value. An exception of a failed task that quotes it (in its message,
+    args, notes, file name, chain, type name, or a traceback frame's file, function or source
+    line) reaches you as a redacted copy of the same type. It is not
     *significant*: it does not change which outputs a task has, so two runs differing only
     in a secret share their outputs. If the secret selects different data (say, another
     account), add a plain parameter naming that data.
@@ -111,24 +116,24 @@ def is_secret(param: luigi.Parameter) -> bool:
     return isinstance(param, SecretParameter)
 
 
-def secret_forms(task: luigi.Task) -> tuple[str, ...]:
-    """Every text form of ``task``'s secret parameter values, longest first (to redact).
+def _secret_texts(task: luigi.Task) -> tuple[str, ...]:
+    """The text of each secret parameter value of ``task``, longest first (to redact).
 
-    For each value (for a dict, list, tuple or set: each leaf value, recursively; keys are
-    not secret): its ``str`` and ``repr``, ``ascii()``, JSON, URL-encoded and
-    ``unicode_escape`` forms, and how it shows inside a longer quoted string. Empty
-    strings, ``None`` and booleans are no secrets. Made once per task instance.
+    For a dict, list, tuple or set: each leaf value, recursively (keys are not secret); for
+    bytes, the text they decode to; for a value that is not text, its ``str`` and ``repr``.
+    Empty values, ``None``, booleans and values made only of ``*`` hide nothing. Made once
+    per task instance.
     """
     d = task.__dict__
-    hit = d.get("_pipeflow_secret_forms")
+    hit = d.get("_pipeflow_secrets")
     if hit is None:
         found: set[str] = set()
         for name, param in task.get_params():
             if is_secret(param) and name in task.param_kwargs:
                 for leaf in _leaves(task.param_kwargs[name]):
-                    found |= _forms(leaf)
-        found = {f for f in found if f.strip("*")}  # the mask itself hides nothing
-        hit = d["_pipeflow_secret_forms"] = tuple(sorted(found, key=lambda f: (-len(f), f)))
+                    found |= _texts(leaf)
+        hit = d["_pipeflow_secrets"] = tuple(sorted(
+            (t for t in found if t.strip("*")), key=lambda t: (-len(t), t)))
     return hit  # type: ignore[no-any-return]
 
 
@@ -145,29 +150,13 @@ def _leaves(value: Any, depth: int = 0) -> Iterable[Any]:
         yield value
 
 
-def _forms(value: Any) -> set[str]:
-    """The ways ``value`` can show in text."""
+def _texts(value: Any) -> set[str]:
+    """The texts ``value`` shows as (each is then found in any escaped spelling)."""
     if isinstance(value, bytes):
-        out = {repr(value)[2:-1]}
-        value = value.decode("utf-8", "backslashreplace")
-    else:
-        out = set() if isinstance(value, str) else {_safe(repr, value)}
-    text = _safe(str, value)
-    if not text:
-        return set()
-    out.add(text)
-    quoted = [repr(text), ascii(text), json.dumps(text), json.dumps(text, ensure_ascii=False),
-              repr(text.encode("utf-8", "surrogatepass"))[1:]]
-    for q in quoted:  # masking what is inside the quotes keeps them: KeyError('***')
-        inner = q[1:-1]
-        out.add(inner)
-        if q[0] == "'":  # inside a longer string whose repr is in double quotes
-            out.add(inner.replace("\\'", "'"))
-        else:  # ... or in single quotes
-            out.add(inner.replace("'", "\\'"))
-    out |= {urllib.parse.quote(text, safe=""), urllib.parse.quote(text),
-            urllib.parse.quote_plus(text), text.encode("unicode_escape").decode("ascii")}
-    return {f for f in out if f}
+        return {value.decode("utf-8", "backslashreplace")}
+    if isinstance(value, str):
+        return {value}
+    return {_safe(str, value), _safe(repr, value)} - {""}
 
 
 def _safe(show: Any, value: Any) -> str:
@@ -177,33 +166,233 @@ def _safe(show: Any, value: Any) -> str:
         return ""
 
 
-def redact(text: str, task: luigi.Task) -> str:
-    """``text`` with every form of each secret parameter value of ``task`` as ``***``.
+# -- finding a secret in text ----------------------------------------------------------------
+#
+# A secret shows in text raw or escaped, often several times over: repr() of an exception
+# whose message holds a repr (KeyError(f"{token!r}")), JSON of that, a URL of it. Rather than
+# listing forms, each character of the value is matched in any of its spellings: itself; a
+# backslash escape with any number of backslashes before it (\', \\\', \n, \\n, \xe9,
+# \\u00e9, \U0001f600, a JSON surrogate pair, the UTF-8 bytes as \xc3\xa9); %-encoded any
+# number of times (%27, %2527, + for a space). So text matches when some way of decoding it
+# gives the value, however deep the escaping. A value cut short (CPython keeps 200
+# characters of a repr in int()'s message; libraries print value[:50] + "...") shows only its
+# start or end: those are masked too when at least FRAGMENT characters long.
+#
+# Cost: one regular expression per task's values, compiled on its first failure. A run of
+# backslashes in the text is matched by one repetition only (the value's own backslashes
+# and the escape of the character after them are one unit; a match starts at the start of
+# such a run), so the time is about linear in the text, not polynomial in its backslashes.
 
-    Repeats until no form is left (masking one occurrence can join text around it into
-    another), so the result never contains one. Values of any length are masked: a very
+#: the shortest start or end of a longer secret value that is masked where the rest was cut
+FRAGMENT = 12
+#: how far back, in characters of text per character of the value, the start of the end of a
+#: cut value is looked for: an escaped character takes fewer on average unless escaped more
+#: than three times (eight backslashes); what lies further back is not masked
+_WIDEST = 16
+#: more starts or ends of a cut value than this in one text: masked from the first on
+_MOST_CUTS = 64
+#: one backslash, as such or %-encoded (any number of times)
+_BACKSLASH = r"(?:\\|%(?:25)*5[cC])"
+#: not just after a backslash (a match including it starts earlier)
+_RUN_START = r"(?<!\\)(?<!%5[cC])(?<!%255[cC])(?<!%25255[cC])"
+_NAMED = {"\n": "n", "\r": "r", "\t": "t", "\b": "b", "\f": "f", "\v": "v", "\a": "a"}
+
+
+def _hex(number: int, width: int) -> str:
+    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d
+                   for d in f"{number:0{width}x}")
+
+
+def _spellings(char: str) -> tuple[list[str], list[str]]:
+    """Regular expressions for ``char`` (not a backslash): itself, and escaped.
+
+    The escaped ones are what follows the backslashes of an escape (``n`` for a newline).
+    """
+    if char.isascii() and (char.isalnum() or char == "_"):
+        return [char], []  # no encoding changes it
+    raw = char.encode("utf-8", "surrogatepass")
+    spelled = [re.escape(char)]
+    if char not in ".-~":  # what %-encoding keeps
+        spelled.append("".join(f"%(?:25)*{_hex(b, 2)}" for b in raw))
+    if char == " ":
+        spelled.append(r"\+|%(?:25)*2[bB]")  # quote_plus(), then maybe %-encoded
+    point = ord(char)
+    bodies = [_NAMED[char]] if char in _NAMED else []
+    if char.isascii() and not char.isalnum():
+        bodies.append(re.escape(char))  # \' \" \/ and what re.escape() does
+    if point < 0x100:
+        bodies.append("x" + _hex(point, 2))
+    if point < 0x10000:
+        bodies.append("u" + _hex(point, 4))
+    else:
+        low = point - 0x10000
+        bodies += ["U" + _hex(point, 8), f"u{_hex(0xD800 + (low >> 10), 4)}{_BACKSLASH}+"
+                   f"u{_hex(0xDC00 + (low & 0x3FF), 4)}"]
+    if not char.isascii():
+        bodies.append(f"{_BACKSLASH}+".join("x" + _hex(b, 2) for b in raw))
+    return spelled, bodies
+
+
+@functools.lru_cache(maxsize=4096)
+def _unit(backslashes: int, char: str, first: bool = False) -> str:
+    """A regular expression for ``backslashes`` backslashes then ``char`` (may be empty).
+
+    ``first``: it starts a match, which then starts where a run of backslashes starts.
+    """
+    start = _RUN_START if first else ""
+    if not char:
+        return f"(?:{start}{_BACKSLASH}{{{backslashes},}})"
+    spelled, bodies = _spellings(char)
+    if backslashes:  # its own backslashes and those escaping the character: one run
+        return f"(?:{start}{_BACKSLASH}{{{backslashes},}}(?:{'|'.join(spelled + bodies)}))"
+    if not bodies:
+        return spelled[0]
+    return f"(?:{'|'.join(spelled)}|{start}{_BACKSLASH}+(?:{'|'.join(bodies)}))"
+
+
+def _units(value: str) -> list[tuple[int, str]]:
+    """``value`` as (number of backslashes, the character after them or '') units."""
+    out, run = [], 0
+    for char in value:
+        if char == "\\":
+            run += 1
+        else:
+            out.append((run, char))
+            run = 0
+    if run:
+        out.append((run, ""))
+    return out
+
+
+def _spelled(units: list[tuple[int, str]]) -> str:
+    """A regular expression for a value's ``units`` in any escaped or %-encoded spelling."""
+    return "".join(_unit(k, c, i == 0) for i, (k, c) in enumerate(units))
+
+
+class _Cut:
+    """Finds the start or the end of a long value that was cut off (FRAGMENT or more)."""
+
+    def __init__(self, value: str):
+        self.units = _units(value)
+        sizes = [k + len(c) for k, c in self.units]
+        n = len(self.units)
+        #: how many units its shortest start and end masked have
+        self.least_head = next(i for i in range(1, n + 1) if sum(sizes[:i]) >= FRAGMENT)
+        self.least_tail = next(i for i in range(1, n + 1) if sum(sizes[n - i:]) >= FRAGMENT)
+        self.sizes = sizes
+        self.head = re.compile(_spelled(self.units[:self.least_head]))
+        self.tail = re.compile(_spelled(self.units[n - self.least_tail:]))
+        self.known: dict[int, re.Pattern[str]] = {}
+
+    def part(self, count: int) -> re.Pattern[str]:
+        """The pattern of the value's first ``count`` units.
+
+        A negative ``count``: of its last ``-count`` units, anchored at the end of the text
+        searched.
+        """
+        hit = self.known.get(count)
+        if hit is None:
+            units = self.units[:count] if count > 0 else self.units[count:]
+            hit = self.known[count] = re.compile(_spelled(units) + ("" if count > 0 else r"\Z"))
+        return hit
+
+    def find(self, text: str) -> bool:
+        return bool(self.head.search(text) or self.tail.search(text))
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Where a cut value shows in ``text``: (start, end) of its longest starts and ends.
+
+        Text showing more than _MOST_CUTS of them (built to be slow to search) is masked
+        from the first to its end.
+        """
+        heads = list(itertools.islice(self.head.finditer(text), _MOST_CUTS + 1))
+        tails = list(itertools.islice(self.tail.finditer(text), _MOST_CUTS + 1))
+        if len(heads) + len(tails) > _MOST_CUTS:
+            return [(min(m.start() for m in heads + tails), len(text))]
+        n = len(self.units)
+        out = []
+        for m in heads:  # then the longest start of the value there
+            lo, hi, end = self.least_head, n - 1, m.end()  # the whole was masked before
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                hit = self.part(mid).match(text, m.start())
+                lo, hi, end = (mid, hi, hit.end()) if hit else (lo, mid - 1, end)
+            out.append((m.start(), end))
+        for m in tails:  # the longest end of the value ending there
+            lo, hi, start = self.least_tail, n - 1, m.start()
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                back = sum(self.sizes[n - mid:n - self.least_tail]) * _WIDEST
+                found = self.part(-mid).search(text, max(0, m.start() - back), m.end())
+                lo, hi, start = (mid, hi, found.start()) if found else (lo, mid - 1, start)
+            out.append((start, m.end()))
+        return out
+
+
+class _Matcher:
+    """Finds and masks the secret values ``values`` (texts) in any spelling."""
+
+    def __init__(self, values: tuple[str, ...]):
+        self.whole = re.compile("|".join(_spelled(_units(v)) for v in values))
+        self.cut = [_Cut(v) for v in values if len(v) > FRAGMENT]
+
+    def find(self, text: str) -> bool:
+        return bool(self.whole.search(text)) or any(c.find(text) for c in self.cut)
+
+    def redact(self, text: str) -> str:
+        # repeats: masking can join the text around a value into another one; it ends, as
+        # each round masks a character other than * or shortens a run of them
+        while True:
+            masked = self.whole.sub(MASK, text)
+            spans = sorted(s for c in self.cut for s in c.spans(masked))
+            parts: list[str] = []
+            at = 0
+            for start, end in spans:
+                if parts and start <= at:  # overlaps or touches the one masked last
+                    at = max(at, end)
+                else:
+                    parts += [masked[at:start], MASK]
+                    at = end
+            masked = "".join(parts) + masked[at:]
+            if masked == text:
+                return text
+            text = masked
+
+
+@functools.lru_cache(maxsize=64)
+def _matcher(values: tuple[str, ...]) -> _Matcher:
+    return _Matcher(values)
+
+
+def redact(text: str, task: luigi.Task) -> str:
+    """``text`` with each secret parameter value of ``task`` masked as ``***``.
+
+    A value is found in any spelling: raw, or escaped and %-encoded any number of times
+    (``repr``, ``ascii()``, JSON, URL-encoding, ``repr`` of a text holding a ``repr``...);
+    each leaf of a dict, list or tuple value; ``str`` and ``repr`` of a value that is not
+    text. A value longer than :data:`FRAGMENT` characters that was cut off (a message that
+    keeps its first 200 characters) is masked from its first or up to its last FRAGMENT
+    characters on. Repeats until nothing is found. Values of any length are masked: a very
     short one (a few characters) also masks unrelated text that happens to contain it.
     """
-    forms = secret_forms(task)
-    while True:
-        found = [f for f in forms if f in text]
-        if not found:
-            return text
-        for f in found:
-            text = text.replace(f, MASK)
+    values = _secret_texts(task)
+    return _matcher(values).redact(text) if values else text
 
 
 def redact_error(exc: BaseException, task: luigi.Task) -> BaseException:
     """``exc`` as users may see it: without ``task``'s secret parameter values.
 
-    When anything ``exc`` shows (its str, repr, args, notes, ``OSError.filename``,
-    ``SyntaxError.text`` and other attributes, its cause, context or group members)
-    contains a secret, the result is a copy of the same type (``isinstance`` and the type's
-    name hold) whose every text is redacted; its other attributes become their redacted
-    ``repr``. The traceback is kept, but the local variables of its finished frames are
-    cleared (they may hold the secret). Without a secret in it, ``exc`` itself is returned.
+    When anything ``exc`` shows contains a secret (its str, repr, args, notes,
+    ``OSError.filename``, ``SyntaxError.text`` and other attributes, its type's name,
+    qualified name or module, its cause, context or group members, or its traceback: a
+    frame's file name, function name or source line), the result is a copy of the same type
+    (``isinstance`` holds; the type's name is kept, masked where it shows the secret) whose
+    every text is redacted (see :func:`redact`); its other attributes become their redacted
+    ``repr``. Its traceback leaves out the frames that show a secret; a note on the copy
+    lists them, masked. The local variables of the traceback's finished frames are cleared
+    (they may hold the secret). Without a secret in it, ``exc`` itself is returned.
     """
-    if not secret_forms(task):
+    if not _secret_texts(task):
         return exc
     try:
         return _Scrubber(task).error(exc, {})
@@ -225,14 +414,13 @@ _SHOWN_ATTRS = ("errno", "strerror", "filename", "filename2", "msg", "lineno", "
 
 class _Scrubber:
     def __init__(self, task: luigi.Task):
-        self.task = task
-        self.forms = secret_forms(task)
+        self.match = _matcher(_secret_texts(task))
 
     def leaks(self, text: str) -> bool:
-        return any(f in text for f in self.forms)
+        return self.match.find(text)
 
     def text(self, text: str) -> str:
-        return redact(text, self.task)
+        return self.match.redact(text)
 
     def value(self, value: Any) -> Any:
         """An attribute or arg of an exception that is being copied."""
@@ -257,11 +445,18 @@ class _Scrubber:
         members = getattr(exc, "exceptions", None) if isinstance(exc, _GROUPS) else None
         scrubbed = None if members is None else [self.error(e, done) for e in members]
         shown = [*exc.args, *vars(exc).values(), *(_attr(exc, a) for a in _SHOWN_ATTRS)]
+        kind = type(exc)
         own = [_safe(str, exc), _safe(repr, exc), *map(str, getattr(exc, "__notes__", ())),
-               *(_safe(f, v) for v in shown for f in (str, repr))]
+               *(_safe(f, v) for v in shown for f in (str, repr)),
+               kind.__name__, kind.__qualname__, kind.__module__]
+        frames = _frames(exc.__traceback__)
+        hidden = [any(map(self.leaks, texts)) for _, texts in frames]
         out = exc
-        if any(map(self.leaks, own)) or (members is not None and scrubbed != list(members)):
+        if (any(map(self.leaks, own)) or any(hidden)
+                or (members is not None and scrubbed != list(members))):
             out = done[id(exc)] = self.copy(exc, scrubbed)
+            if any(hidden):
+                self.hide_frames(out, frames, hidden)
         for link in ("__cause__", "__context__"):
             old = getattr(exc, link)
             if old is not None:
@@ -272,13 +467,34 @@ class _Scrubber:
             out.__suppress_context__ = exc.__suppress_context__
         return out
 
+    def hide_frames(self, out: BaseException, frames: list[tuple[types.TracebackType,
+                                                                  list[str]]],
+                    hidden: list[bool]) -> None:
+        """Leave the frames that show a secret out of ``out``'s traceback; note them."""
+        kept = None
+        for (tb, _), hide in reversed(list(zip(frames, hidden))):
+            if not hide:
+                kept = types.TracebackType(kept, tb.tb_frame, tb.tb_lasti, tb.tb_lineno)
+        out.__traceback__ = kept
+        left_out = traceback.StackSummary.extract(
+            [(tb.tb_frame, tb.tb_lineno) for (tb, _), hide in zip(frames, hidden) if hide],
+            lookup_lines=True)
+        notes = list(getattr(out, "__notes__", []))
+        notes.append(self.text(
+            f"({len(left_out)} traceback frame(s) left out: they show a secret parameter "
+            f"value, masked here)\n" + "".join(left_out.format()).rstrip("\n")))
+        with contextlib.suppress(Exception):
+            out.__notes__ = notes  # type: ignore[attr-defined]
+
     def copy(self, exc: BaseException, members: list[BaseException] | None) -> BaseException:
         cls = getattr(type(exc), "_pipeflow_redacted_of", type(exc))
         args = tuple(self.value(a) for a in exc.args)
         if members is not None:
             args = (self.text(str(exc.args[0]) if exc.args else ""), tuple(members))
+        names = (self.text(cls.__name__), self.text(cls.__qualname__),
+                 self.text(cls.__module__))
         try:
-            out = _new(_redacted_class(cls), args, members)
+            out = _new(_redacted_class(cls, names), args, members)
         except Exception:  # noqa: BLE001 - a type that cannot be copied: describe it
             from pipeflow.errors import PipeflowError
 
@@ -303,6 +519,27 @@ class _Scrubber:
         return out
 
 
+def _frames(tb: types.TracebackType | None
+            ) -> list[tuple[types.TracebackType, list[str]]]:
+    """Each entry of a traceback, with what a formatted traceback shows of it.
+
+    That is the file name, the function's name and the source line; for a module's frame
+    (whose variables are its globals, which are not cleared), its plain values too.
+    """
+    out = []
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        line = _safe(lambda at: linecache.getline(at.tb_frame.f_code.co_filename,
+                                                  at.tb_lineno, at.tb_frame.f_globals), tb)
+        texts = [code.co_filename, code.co_name, getattr(code, "co_qualname", ""), line]
+        if code.co_name == "<module>":
+            texts += [_safe(repr, v) for v in list(tb.tb_frame.f_globals.values())
+                      if isinstance(v, (str, bytes, int, float))]
+        out.append((tb, texts))
+        tb = tb.tb_next
+    return out
+
+
 def _attr(exc: BaseException, name: str) -> Any:
     try:
         return getattr(exc, name, None)
@@ -324,20 +561,24 @@ def _new(kind: type[BaseException], args: tuple[Any, ...],
     return out
 
 
-_REDACTED: dict[type, type] = {}
+_REDACTED: dict[tuple[type, tuple[str, str, str]], type] = {}
 
 
-def _redacted_class(cls: type[BaseException]) -> type[BaseException]:
-    """A subclass of ``cls`` of the same name that shows the texts it was given."""
-    kind = _REDACTED.get(cls)
+def _redacted_class(cls: type[BaseException],
+                    names: tuple[str, str, str]) -> type[BaseException]:
+    """A subclass of ``cls`` that shows the texts it was given.
+
+    It is named ``names``: the name, qualified name and module of ``cls``, redacted.
+    """
+    kind = _REDACTED.get((cls, names))
     if kind is None:
         ns = {"__str__": lambda self: self._pipeflow_str,
               "__repr__": lambda self: self._pipeflow_repr,
               "__reduce__": _reduce_redacted,
-              "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+              "__module__": names[2], "__qualname__": names[1],
               "__doc__": cls.__doc__, "_pipeflow_redacted_of": cls}
         meta: Any = type(cls)
-        kind = _REDACTED[cls] = meta(cls.__name__, (cls,), ns)
+        kind = _REDACTED[cls, names] = meta(names[0], (cls,), ns)
     return kind
 
 
@@ -348,14 +589,17 @@ def _reduce_redacted(self: BaseException) -> tuple[Any, ...]:
     attrs = {a: getattr(self, a) for a in _SHOWN_ATTRS
              if a not in state and hasattr(self, a) and not isinstance(getattr(self, a),
                                                                         BaseException)}
-    return (_rebuild_redacted, (self._pipeflow_redacted_of, self.args,  # type: ignore
-                                None if members is None else list(members), {**attrs, **state}))
+    kind = type(self)
+    names = (kind.__name__, kind.__qualname__, kind.__module__)
+    return (_rebuild_redacted, (self._pipeflow_redacted_of, names,  # type: ignore
+                                self.args, None if members is None else list(members),
+                                {**attrs, **state}))
 
 
-def _rebuild_redacted(cls: type[BaseException], args: tuple[Any, ...],
-                      members: list[BaseException] | None,
+def _rebuild_redacted(cls: type[BaseException], names: tuple[str, str, str],
+                      args: tuple[Any, ...], members: list[BaseException] | None,
                       state: dict[str, Any]) -> BaseException:
-    out = _new(_redacted_class(cls), args, members)
+    out = _new(_redacted_class(cls, names), args, members)
     for name, value in state.items():
         with contextlib.suppress(Exception):
             setattr(out, name, value)

@@ -400,7 +400,7 @@ class HistorySink:
             self.tries.get(tid), status, started, event.time,
             None if started is None else event.time - started,
             usage.get("cpu_time"), usage.get("peak_memory"),
-            None if err is None else type(err).__name__, message,
+            None if err is None else redact(type(err).__name__, task), message,
             None if event.traceback is None else redact(event.traceback, task),
             event.reason or self.why.get(tid),
             _outputs(task) if status == "completed" else None,
