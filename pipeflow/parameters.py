@@ -280,8 +280,10 @@ class _Cut:
         self.least_head = next(i for i in range(1, n + 1) if sum(sizes[:i]) >= FRAGMENT)
         self.least_tail = next(i for i in range(1, n + 1) if sum(sizes[n - i:]) >= FRAGMENT)
         self.sizes = sizes
-        self.head = re.compile(_spelled(self.units[:self.least_head]))
-        self.tail = re.compile(_spelled(self.units[n - self.least_tail:]))
+        # its first and last FRAGMENT characters, also where the cut split a backslash from
+        # the character it escapes ('...0\\' of '...0\\0')
+        self.head = re.compile(_spelled(_units(value[:FRAGMENT])))
+        self.tail = re.compile(_spelled(_units(value[-FRAGMENT:])))
         self.known: dict[int, re.Pattern[str]] = {}
 
     def part(self, count: int) -> re.Pattern[str]:

@@ -25,7 +25,7 @@ import urllib.parse
 import luigi
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import pipeflow
@@ -352,6 +352,9 @@ def test_redact_masks_a_secret_escaped_any_number_of_times(secret, before, after
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(secret=st.text(_TEXT, min_size=FRAGMENT + 1, max_size=60), cut=st.integers(FRAGMENT, 59),
        end=st.booleans(), how=st.sampled_from(["raw", "repr", "json", "repr_repr"]))
+@example(secret="00000000000\\0", cut=12, end=False, how="raw")  # cut between \ and its char
+@example(secret="0\\" + "0" * 11, cut=12, end=True, how="repr")
+@example(secret="0" * 11 + "\\\\0", cut=12, end=False, how="json")
 def test_redact_masks_the_start_or_end_of_a_truncated_secret(secret, cut, end, how):
     cut = min(cut, len(secret) - 1)
     piece = secret[-cut:] if end else secret[:cut]
