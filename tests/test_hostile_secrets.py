@@ -405,8 +405,12 @@ def _raised(how, secret):
 
 #: a secret as short as ")" or "e" is masked too, but it is also part of the text Python and
 #: pipeflow write around it (punctuation, type names): no test can tell those apart
+#: names Python and pipeflow write around any error (attribute names of the redacted copy): a
+#: secret that is part of one cannot be told apart from it (docs/reliability.md says so)
+_FIXED_NAMES = ("__notes__", "_pipeflow_str", "_pipeflow_repr", "__traceback__", "__cause__",
+                "__context__")
 _LONGER_SECRETS = st.text(min_size=8, max_size=24).filter(
-    lambda s: sum(c.isalnum() for c in s) >= 4)
+    lambda s: sum(c.isalnum() for c in s) >= 4 and not any(s in n for n in _FIXED_NAMES))
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
