@@ -410,7 +410,9 @@ def _raised(how, secret):
 _FIXED_NAMES = ("__notes__", "_pipeflow_str", "_pipeflow_repr", "__traceback__", "__cause__",
                 "__context__")
 _LONGER_SECRETS = st.text(min_size=8, max_size=24).filter(
-    lambda s: sum(c.isalnum() for c in s) >= 4 and not any(s in n for n in _FIXED_NAMES))
+    lambda s: sum(c.isalnum() for c in s) >= 4 and sum(c.isalpha() for c in s) >= 2
+    # (a secret of digits only turns up inside the history's timings: '0.00129000000006')
+    and not any(s in n for n in _FIXED_NAMES))
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
