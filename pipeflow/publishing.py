@@ -17,6 +17,7 @@ import functools
 import os
 import pathlib
 import re
+import threading
 from collections.abc import Callable, Container, Iterator
 from typing import Any, BinaryIO
 
@@ -52,18 +53,76 @@ Staged = dict[pathlib.Path, "tuple[Temp, FileRecord] | None"]
 Who = str | Callable[[], str]
 
 
+class Interrupted(BaseException):
+    """Raised inside an attempt to stop it (a cancel or its timeout).
+
+    Raised into the attempt's thread by the executor, and by every later ``save()`` and
+    the commit of an attempt whose :class:`Stop` has fired (its ``run()`` may have caught
+    the first one).
+    """
+
+
+class Stop:
+    """The stop signal of one attempt: once fired, the attempt publishes nothing.
+
+    The executor fires it before it interrupts the attempt's thread, so even a ``run()``
+    that catches the interrupt cannot save or commit afterwards (see :class:`Staging`).
+    """
+
+    __slots__ = ("_fired",)
+
+    def __init__(self) -> None:
+        self._fired = threading.Event()
+
+    def fire(self) -> None:
+        """Stop the attempt: from now on its saves and its commit raise :class:`Interrupted`."""
+        self._fired.set()
+
+    @property
+    def fired(self) -> bool:
+        """Whether the attempt was stopped."""
+        return self._fired.is_set()
+
+    def check(self) -> None:
+        """Raise :class:`Interrupted` if the attempt was stopped."""
+        if self._fired.is_set():
+            raise Interrupted(
+                "this attempt was stopped (its timeout, or the run was cancelled): nothing it "
+                "saves is kept")
+
+
+_STOP: contextvars.ContextVar[Stop | None] = contextvars.ContextVar(
+    "pipeflow_stop", default=None
+)
+
+
+@contextlib.contextmanager
+def attempt(stop: Stop) -> Iterator[Stop]:
+    """Run the block as one attempt that ``stop`` stops (used by the executors)."""
+    token = _STOP.set(stop)
+    try:
+        yield stop
+    finally:
+        _STOP.reset(token)
+
+
 class Staging:
     """The outputs one running task has saved so far, published together by :meth:`commit`.
+
+    An attempt whose :class:`Stop` has fired (see :func:`attempt`) can neither stage nor
+    commit: its saves and its commit raise :class:`Interrupted`, its temp files deleted.
 
     Attributes:
         owned: final paths of the running task's outputs; saves to other paths publish at once.
         files: final path -> staged temp file (``None``: delete the final path at commit).
         records: final path -> size and hash of the staged temp file.
         memory: the in-memory targets' objects, by their key in ``pipeflow.data``.
+        stop: the stop signal of the attempt (None outside an executor).
     """
 
     def __init__(self, owned: Container[pathlib.Path]):
         self.owned = owned
+        self.stop = _STOP.get()
         self.files: dict[pathlib.Path, Temp | None] = {}
         self.records: dict[pathlib.Path, FileRecord] = {}
         self.memory: dict[pathlib.Path | str, Any] = {}
@@ -77,7 +136,14 @@ class Staging:
         return path in self.files or path in self.memory
 
     def take(self, staged: Staged) -> None:
-        """Keep ``staged`` files until :meth:`commit` (replacing earlier saves of them)."""
+        """Keep ``staged`` files until :meth:`commit` (replacing earlier saves of them).
+
+        Raises:
+            Interrupted: the attempt was stopped; ``staged`` is deleted.
+        """
+        if self.stop is not None and self.stop.fired:
+            discard(staged)
+            self.stop.check()
         for final, item in staged.items():
             old = self.files.get(final)
             if old is not None:
@@ -88,7 +154,15 @@ class Staging:
                 self.records[final] = item[1]
 
     def commit(self) -> dict[pathlib.Path, FileRecord]:
-        """Publish every staged file and in-memory object; return the published files."""
+        """Publish every staged file and in-memory object; return the published files.
+
+        Raises:
+            Interrupted: the attempt was stopped; nothing is published, its temp files are
+                deleted.
+        """
+        if self.stop is not None and self.stop.fired:
+            self.rollback()
+            self.stop.check()
         for final, tmp in self.files.items():
             _move(tmp, final)
             cache.data.pop(final, None)

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from pipeflow import cache, layout
 from pipeflow.errors import PipeflowError, WorkerTaskError
+from pipeflow.publishing import Interrupted, Stop, attempt
 
 
 class CancelToken:
@@ -41,6 +42,7 @@ class CancelToken:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._inline_thread: int | None = None  # thread running a task in-process
+        self._inline_stop: Stop | None = None  # and the stop signal of its attempt
 
     @property
     def cancelled(self) -> bool:
@@ -52,6 +54,8 @@ class CancelToken:
         self._event.set()
         with self._lock:
             if self._inline_thread is not None:
+                if self._inline_stop is not None:  # first: it may catch the interrupt
+                    self._inline_stop.fire()
                 raise_in_thread(self._inline_thread, Interrupted)
 
     def wait(self, seconds: float) -> bool:
@@ -59,13 +63,19 @@ class CancelToken:
         return self._event.wait(seconds)
 
     @contextlib.contextmanager
-    def _inline(self) -> Any:
-        """Mark the current thread as running a task in-process (interruptible)."""
+    def _inline(self, stop: Stop | None = None) -> Any:
+        """Mark the current thread as running a task in-process (interruptible).
+
+        A cancel fires ``stop`` (the attempt's) before it interrupts the thread.
+        """
         me = threading.get_ident()
         with self._lock:
             self._inline_thread = me
+            self._inline_stop = stop
         try:
             if self.cancelled:
+                if stop is not None:
+                    stop.fire()
                 raise Interrupted()
             yield
         finally:
@@ -73,10 +83,24 @@ class CancelToken:
             # thread's next Python call, still inside the executor's try block.
             with self._lock:
                 self._inline_thread = None
+                self._inline_stop = None
 
 
-class Interrupted(BaseException):
-    """Raised inside an in-process task to stop it (cancellation or timeout)."""
+def _run_attempt(stop: Stop, run: Callable[[Any], bool | list[Any]], task: Any
+                 ) -> bool | list[Any]:
+    """Run one attempt that ``stop`` stops; raise :class:`Interrupted` if it was stopped.
+
+    Whatever ``run`` returned or raised: an attempt whose stop fired (its ``run()`` may
+    have caught the interrupt) has been stopped, and its outcome is that.
+    """
+    try:
+        with attempt(stop):
+            ran = run(task)
+    except Exception:
+        stop.check()
+        raise
+    stop.check()
+    return ran
 
 
 def raise_in_thread(ident: int, exc: type[BaseException]) -> None:
@@ -174,8 +198,11 @@ def make_executor(kind: str, work: Work, cancel: CancelToken) -> Executor:
 class InlineExecutor:
     """Runs each attempt right away in the calling thread (workers=1).
 
-    Cancelling (or a timeout) raises :class:`Interrupted` in this thread at its next Python
-    instruction; a task blocked in one long C call stops when that call returns.
+    Cancelling (or a timeout) fires the attempt's :class:`~pipeflow.publishing.Stop`, then
+    raises :class:`Interrupted` in this thread at its next Python instruction; a task
+    blocked in one long C call stops when that call returns. A ``run()`` that catches the
+    interrupt goes on, but it can no longer save or commit, and its outcome is the cancel
+    or the timeout.
     """
 
     def __init__(self, work: Work, cancel: CancelToken):
@@ -187,20 +214,26 @@ class InlineExecutor:
         """Run the attempt now; its outcome is collected next."""
         cpu = time.process_time()
         timer = None
+        stop = Stop()
         if deadline is not None:
             me = threading.get_ident()
-            timer = threading.Timer(deadline - time.monotonic(),
-                                    lambda: raise_in_thread(me, Interrupted))
+
+            def fire() -> None:
+                stop.fire()  # first: run() may catch the interrupt
+                raise_in_thread(me, Interrupted)
+
+            timer = threading.Timer(deadline - time.monotonic(), fire)
         try:
-            with self.cancel._inline():
+            with self.cancel._inline(stop):
                 if timer is not None:
                     timer.start()
                 try:
-                    saved = self.work.run(task)
+                    saved = _run_attempt(stop, self.work.run, task)
                 finally:
                     if timer is not None:  # a timer that fired delivers here, not later
                         timer.cancel()
                         timer.join()
+            stop.check()  # a cancel or timer that fired as run() returned
             out = Outcome.of(saved)
         except Interrupted:
             self.work.stopped(task)
@@ -230,6 +263,7 @@ class ThreadExecutor:
         self.work = work
         self.results: queue.Queue[tuple[int, Outcome, threading.Thread]] = queue.Queue()
         self.threads: dict[int, threading.Thread] = {}
+        self.stops: dict[int, Stop] = {}  # the stop signal of each position's attempt
         # the threads of stopped attempts (not their positions: a retry reuses the position)
         self.stopped: set[threading.Thread] = set()
 
@@ -237,12 +271,13 @@ class ThreadExecutor:
         """Start the attempt on a new daemon thread."""
         ctx = contextvars.copy_context()
         work = self.work
+        stop = self.stops[pos] = Stop()
 
         def body() -> None:
             cpu = time.thread_time()
             try:
                 try:
-                    out = Outcome.of(ctx.run(work.run, task))
+                    out = Outcome.of(ctx.run(_run_attempt, stop, work.run, task))
                 except Interrupted:
                     work.stopped(task)
                     out = Outcome(cancelled=True)
@@ -273,14 +308,23 @@ class ThreadExecutor:
         """Interrupt the attempt's thread and wait until it has ended.
 
         A thread cannot be killed: one blocked in a long C call ends when that call
-        returns. Until then the task's lock stays held, so its cleanup (staged files,
-        what it wrote) cannot touch the outputs of a retry or of another run.
+        returns, and one whose ``run()`` catches the interrupt goes on until its ``run()``
+        returns or saves (a save of a stopped attempt raises). Until then the task's lock
+        stays held, so its cleanup (staged files, what it wrote) cannot touch the outputs
+        of a retry or of another run. An attempt that ended just before it was stopped,
+        its outcome not yet collected, is withdrawn too (its outcome is the caller's).
         """
         t = self.threads.get(pos)
-        if t is not None and t.is_alive() and t.ident is not None:
-            self.stopped.add(t)
+        if t is None:
+            return
+        self.stops[pos].fire()  # first: its run() may catch the interrupt
+        self.stopped.add(t)
+        if t.is_alive() and t.ident is not None:
             raise_in_thread(t.ident, Interrupted)
             t.join()
+        else:  # it ended before it was stopped: what it committed is withdrawn
+            with contextlib.suppress(Exception):
+                self.work.stopped(task)
 
     def close(self) -> None:
         """Stop the threads still running (the run ended early) and wait until they end.
@@ -288,8 +332,9 @@ class ThreadExecutor:
         The engine releases the task locks after this: a thread still running could
         otherwise publish or clean up without its task's lock.
         """
-        for t in self.threads.values():
+        for pos, t in self.threads.items():
             if t.is_alive() and t.ident is not None:
+                self.stops[pos].fire()
                 raise_in_thread(t.ident, Interrupted)
         for t in self.threads.values():
             t.join()
