@@ -540,8 +540,8 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                 )
             if isinstance(keys, str) and not as_dict:  # one requirement by name (d6tflow)
                 return self._load_inputs(reqs[keys], None, as_dict, cached)
-            names = list(reqs) if named is None else named
-            return {n: self._load_inputs(reqs[n], None, as_dict, cached) for n in names}
+            return {n: self._load_inputs(reqs[n], None, as_dict, cached)
+                    for n in (list(reqs) if named is None else named)}
         if not flatten(reqs):
             raise PipeflowError(
                 f"{graph.describe(self)}.inputLoad(): this task requires nothing, so there is "
