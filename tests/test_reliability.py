@@ -22,7 +22,6 @@ from pipeflow.errors import (
     CorruptOutputError,
     IncompleteTaskError,
     ParameterError,
-    PipeflowError,
     TaskFailedError,
     TaskLockedError,
     UnsafePathError,
