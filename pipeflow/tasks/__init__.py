@@ -480,6 +480,8 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             IncompleteTaskError: the task (or, with check_dependencies, an upstream task)
                 is pending; the message lists what is missing. The outputs of a stale task
                 are loaded, with a :class:`~pipeflow.errors.StaleOutputWarning`.
+            UnknownNameError: ``keys`` names no output of the task.
+            ParameterError: ``keys`` is not a name nor a list of names.
         """
         verdict = assess(self)
         if verdict.status is Status.PENDING or not verdict.own:
@@ -510,6 +512,11 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             the same nested lists; a nested dict as a task with several outputs does (a
             list in order, a dict with ``as_dict``, as in d6tflow); a ``None`` entry (no
             requirement) loads as ``None``.
+
+        Raises:
+            UnknownNameError: ``keys`` or ``task`` names no requirement (dict) or no output
+                (a task with one output has the one output ``'data'``).
+            ParameterError: ``keys`` is not a name nor a list of names.
         """
         named = _key_names(self, keys, "inputLoad")
         reqs = self.requires()
