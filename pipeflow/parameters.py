@@ -705,6 +705,8 @@ def value_key(value: Any) -> Any:
 
 def _value_key(value: Any) -> Any:
     kind = type(value)
+    if kind is float and value == 0:  # -0.0 == 0.0, but a plain Parameter's text differs
+        return kind, value, math.copysign(1.0, value)
     if kind in _ATOMS:
         return kind, value
     if kind is tuple or kind is list:
@@ -873,6 +875,10 @@ def _scalar(value: Any) -> Any:
         return datetime.datetime(value.year, value.month, value.day, value.hour, value.minute,
                                  value.second, value.microsecond, value.tzinfo)
     if module.startswith("pandas") and isinstance(value, datetime.timedelta):
+        if getattr(value, "nanoseconds", 0):
+            raise _Refused("a timedelta", "it has nanoseconds, which a timedelta cannot hold "
+                                          "(it counts whole microseconds); round it first, "
+                                          "e.g. value.round('us')")
         return datetime.timedelta(days=value.days, seconds=value.seconds,
                                   microseconds=value.microseconds)
     return value
@@ -940,6 +946,9 @@ def _coerce(param: Any, kind: type, value: Any) -> Any:
     if issubclass(kind, DateIntervalParameter):
         if not isinstance(value, luigi.date_interval.DateInterval):
             raise _Refused(expected)
+        if value.date_a > value.date_b:
+            raise _Refused(expected, f"it is inverted: it starts ({value.date_a}) after it "
+                                     f"ends ({value.date_b}); write the earlier date first")
         return value
     if issubclass(kind, TimeDeltaParameter):
         if not isinstance(value, datetime.timedelta):
@@ -1007,6 +1016,8 @@ def _number(value: Any, var_type: type, expected: str) -> Any:
             if int(as_float) != value if math.isfinite(as_float) else True:
                 raise _Refused(expected, "a float cannot hold it exactly")
             return as_float
+        if value == 0:
+            return 0.0  # -0.0 is 0.0 (equal, so one task; its text would differ)
         if math.isnan(value):
             raise _Refused(expected, "nan is not equal to itself, so a task given it could "
                                      "never be found again; pass None (with default=None) "

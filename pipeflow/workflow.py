@@ -30,7 +30,7 @@ from pipeflow.errors import (
 )
 from pipeflow.events import RunResult
 from pipeflow.options import RunOptions, flag
-from pipeflow.parameters import MASK, check_undeclared, is_secret
+from pipeflow.parameters import MASK, check_undeclared, check_value, is_secret
 from pipeflow.tasks import TaskData, located
 
 if TYPE_CHECKING:
@@ -313,12 +313,18 @@ def _check_task_class(task: Any, where: str) -> None:
     raise ParameterError(f"{where} takes a task class, not {task!r}.")
 
 
-def expand_params(params: Any, secret: Collection[str] = ()) -> dict[Any, dict[str, Any]]:
+def expand_params(params: Any, secret: Collection[str] = (),
+                  task: type[luigi.Task] | None = None) -> dict[Any, dict[str, Any]]:
     """Normalise WorkflowMulti params to ``{flow_name: params}``.
 
     Accepts ``{name: params}``, a list of params (named 0, 1, ...) or a grid
     ``{'a': [1, 2], 'b': [3]}`` (every combination, named ``'a=1,b=3'``...). Values of
     ``secret`` parameters are never put in a name: they show as ``***1``, ``***2``...
+
+    Raises:
+        ParameterError: ``params`` has none of those shapes, or two values of a grid are one
+            value to the parameter (``1`` and ``'1'`` to a plain Parameter, which identifies
+            a value by its text): their flows would be one task, so one flow would be lost.
     """
     if isinstance(params, (list, tuple)):
         if not all(isinstance(p, Mapping) for p in params):
@@ -330,16 +336,62 @@ def expand_params(params: Any, secret: Collection[str] = ()) -> dict[Any, dict[s
             return {k: dict(v) for k, v in params.items()}
         if all(isinstance(v, (list, tuple)) and v for v in values):
             keys = list(params)
+            for k, vs in zip(keys, values):
+                _check_distinct(task, k, vs, k in secret)
             shown = [[f"{MASK}{i + 1}" if k in secret else v for i, v in enumerate(vs)]
                      for k, vs in zip(keys, values)]
-            return {
+            flows = {
                 ",".join(f"{k}={v}" for k, v in zip(keys, names)): dict(zip(keys, combo))
                 for combo, names in zip(itertools.product(*values), itertools.product(*shown))
             }
+            if len(flows) < math.prod(len(vs) for vs in values):
+                grid = list(params) if secret else params
+                raise ParameterError(
+                    f"WorkflowMulti grid {grid!r}: two "
+                    f"combinations of its values get the same flow name (a value's text holds "
+                    f"',' or '='), so one flow would be lost. Pass {{flow_name: params}} "
+                    f"instead, naming each flow.")
+            return flows
     raise ParameterError(
         f"WorkflowMulti params must be {{flow_name: params}}, a list of params, or a grid "
         f"{{'param': [values...]}} (non-empty lists); got {params!r}."
     )
+
+
+def _check_distinct(task: type[luigi.Task] | None, name: str, values: Iterable[Any],
+                    secret: bool) -> None:
+    """ParameterError if two grid values of parameter ``name`` are one value to ``task``.
+
+    A value is identified as the task id holds it: the parameter's text of its checked value
+    (a plain Parameter's is ``str(value)``, so ``1`` and ``'1'`` are one task); a parameter
+    the default task does not declare is identified by ``str(value)``.
+    """
+    param = dict(task.get_params()).get(name) if task is not None else None
+    seen: dict[str, Any] = {}
+    for value in values:
+        text = (str(value) if param is None or task is None
+                else param.serialize(check_value(task, name, param, value)))
+        if text not in seen:
+            seen[text] = value
+            continue
+        first = seen[text]
+        if secret:
+            shown = "two of its values"
+        elif first == value and type(first) is type(value):
+            shown = f"the value {value!r} twice"
+        else:
+            shown = f"the values {first!r} and {value!r}, which are one value to it"
+        where = (f"parameter {name!r}" if task is None or param is None
+                 else f"{task.__name__}'s parameter {name!r}")
+        plain = param is None or type(param) in (luigi.Parameter, luigi.OptionalParameter)
+        fix = ("A plain Parameter identifies a value by its text (str(value)), as in luigi "
+               "and d6tflow, so they are one task and their flows would share outputs. Give "
+               "each value once, or declare the parameter typed (luigi.IntParameter, "
+               "FloatParameter, BoolParameter...) to tell them apart." if plain
+               else "They are one task, so their flows would share outputs. Give each value "
+                    "once.")
+        raise ParameterError(f"WorkflowMulti grid: {where} has {shown} (both written "
+                             f"{MASK if secret else repr(text)} in the task id). {fix}")
 
 
 def _d6tflow_names(given: Any, flows: Mapping[Any, Mapping[str, Any]]) -> dict[str, Any]:
@@ -435,7 +487,7 @@ class WorkflowMulti:
         if task is not None:
             _check_task_class(task, "WorkflowMulti(task=...)")
         secret = {n for n, p in task.get_params() if is_secret(p)} if task is not None else ()
-        self.params = expand_params(params, secret)
+        self.params = expand_params(params, secret, task)
         self.default_task = task
         self.workflow_objs: dict[Any, Workflow] = {
             name: Workflow(task, p, path=path, env=env) for name, p in self.params.items()

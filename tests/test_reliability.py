@@ -22,7 +22,6 @@ from pipeflow.errors import (
     CorruptOutputError,
     IncompleteTaskError,
     ParameterError,
-    PipeflowError,
     TaskFailedError,
     TaskLockedError,
     UnsafePathError,
@@ -446,9 +445,9 @@ def test_persist_names_must_be_plain_names():
     class Sneaky(pipeflow.tasks.TaskJson):
         persist = ["../../escape"]
 
-    with pytest.raises(PipeflowError) as info:
+    with pytest.raises(UnsafePathError) as info:  # was a plain PipeflowError (issue 11)
         Sneaky().output()
-    assert "(plain names: no '/', '\\' or NUL, not starting with '.')" in str(info.value)
+    assert "must be a plain output name: it may not contain '/'" in str(info.value)
 
 
 # -- parameter values ----------------------------------------------------------------------------

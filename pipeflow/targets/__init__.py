@@ -792,6 +792,14 @@ class ExcelPandasTarget(_IndexedTextTarget):
                     f"Excel cannot store. Convert them to local times first "
                     f"(.dt.tz_localize(None), or .dt.tz_convert(None) for UTC), or save the "
                     f"frame with TaskPqPandas or TaskPickle.")
+            big = self._big_int(values)
+            if big is not None:
+                raise ValueError(
+                    f"{name} holds the integer {big}, beyond 2**53 in magnitude: an Excel "
+                    f"cell holds a number as a float, which cannot store it exactly, so it "
+                    f"would load changed. Store the column as text (df[col] = "
+                    f"df[col].astype(str)), or save the frame with TaskPqPandas (parquet) or "
+                    f"TaskPickle.")
             if values.dtype.kind == "f":
                 numbers = np.abs(values.to_numpy(dtype="float64", na_value=0.0))
                 biggest = float(numbers[np.isfinite(numbers)].max(initial=0.0))
@@ -812,6 +820,26 @@ class ExcelPandasTarget(_IndexedTextTarget):
             raise ValueError(
                 f"a column name has {len(str(long_names[0]))} characters; an Excel cell "
                 f"holds at most {self.CELL_MAX}. {_RENAME}")
+
+    #: the largest magnitude of an integer a float (an Excel number) holds exactly, with all
+    #: those below it
+    INT_EXACT: ClassVar[int] = 2**53
+
+    def _big_int(self, values: pd.Series | pd.Index) -> int | None:
+        """The first integer in ``values`` an Excel cell cannot hold exactly, or None."""
+        kind = values.dtype.kind
+        if kind in "iu":
+            present = values[values.notna()] if values.hasnans else values
+            if not len(present):
+                return None
+            low, high = int(present.min()), int(present.max())
+            if max(abs(low), abs(high)) <= self.INT_EXACT:
+                return None
+            return next(int(v) for v in present if abs(int(v)) > self.INT_EXACT)
+        if kind == "O":
+            return next((int(v) for v in values if isinstance(v, numbers.Integral)
+                         and not isinstance(v, bool) and abs(int(v)) > self.INT_EXACT), None)
+        return None
 
     def keeps_rows(self, frame: pd.DataFrame) -> bool:
         """Excel drops trailing rows of empty cells: then their count goes in the sidecar."""

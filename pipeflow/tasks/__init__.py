@@ -448,19 +448,18 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
     # -- loading -------------------------------------------------------------------------------
     def _load_own(self, keys: Iterable[str] | None, as_dict: bool, cached: bool) -> Any:
         outputs = self._store.outputs()
+        named = _key_names(self, keys, "outputLoad")
+        unknown = [k for k in named or () if k not in outputs]
+        if unknown:
+            raise UnknownNameError(
+                f"{graph.describe(self)} has no output {unknown[0]!r} (keys={keys!r}); its "
+                f"outputs are {list(self.persist)}. Pass names of those, or leave keys out "
+                f"to load them all."
+            )
         if list(self.persist) == ["data"]:
             return outputs["data"].load(cached=cached)
         one = isinstance(keys, str)  # keys='xx': that output itself (d6tflow)
-        if isinstance(keys, str):
-            wanted = [keys]
-        else:
-            wanted = list(self.persist) if keys is None else list(keys)
-        unknown = [k for k in wanted if k not in outputs]
-        if unknown:
-            raise UnknownNameError(
-                f"{graph.describe(self)} has no output {unknown[0]!r}; its outputs are "
-                f"{list(self.persist)}"
-            )
+        wanted = list(self.persist) if named is None else named
         data = {k: outputs[k].load(cached=cached) for k in wanted}
         if one and not as_dict:
             return data[wanted[0]]
@@ -481,6 +480,8 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             IncompleteTaskError: the task (or, with check_dependencies, an upstream task)
                 is pending; the message lists what is missing. The outputs of a stale task
                 are loaded, with a :class:`~pipeflow.errors.StaleOutputWarning`.
+            UnknownNameError: ``keys`` names no output of the task.
+            ParameterError: ``keys`` is not a name nor a list of names.
         """
         verdict = assess(self)
         if verdict.status is Status.PENDING or not verdict.own:
@@ -511,7 +512,13 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             the same nested lists; a nested dict as a task with several outputs does (a
             list in order, a dict with ``as_dict``, as in d6tflow); a ``None`` entry (no
             requirement) loads as ``None``.
+
+        Raises:
+            UnknownNameError: ``keys`` or ``task`` names no requirement (dict) or no output
+                (a task with one output has the one output ``'data'``).
+            ParameterError: ``keys`` is not a name nor a list of names.
         """
+        named = _key_names(self, keys, "inputLoad")
         reqs = self.requires()
         if not isinstance(reqs, (luigi.Task, graph.Optional, Mapping, list, tuple, str)) \
                 and reqs is not None:
@@ -531,10 +538,17 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         if isinstance(reqs, (luigi.Task, graph.Optional)):
             return self._load_inputs(reqs, keys, as_dict, cached)
         if isinstance(reqs, Mapping):
+            unknown = [n for n in named or () if n not in reqs]
+            if unknown:
+                raise UnknownNameError(
+                    f"{graph.describe(self)}.inputLoad(keys={keys!r}): requires() has no entry "
+                    f"{unknown[0]!r}; it has {list(reqs)}. Pass names of those, or leave keys "
+                    f"out to load them all."
+                )
             if isinstance(keys, str) and not as_dict:  # one requirement by name (d6tflow)
                 return self._load_inputs(reqs[keys], None, as_dict, cached)
-            names = list(reqs) if keys is None else [keys] if isinstance(keys, str) else list(keys)
-            return {n: self._load_inputs(reqs[n], None, as_dict, cached) for n in names}
+            return {n: self._load_inputs(reqs[n], None, as_dict, cached)
+                    for n in (list(reqs) if named is None else named)}
         if not flatten(reqs):
             raise PipeflowError(
                 f"{graph.describe(self)}.inputLoad(): this task requires nothing, so there is "
@@ -664,6 +678,28 @@ def _map_requires(owner: luigi.Task, struct: Any, leaf: Callable[[Any], Any],
         f"{graph.describe(owner)}.requires() returned {what}. requires() must return a task "
         f"instance, or a list, tuple or dict of task instances (None entries are skipped)."
     )
+
+
+def _key_names(task: luigi.Task, keys: Any, call: str) -> list[str] | None:
+    """``keys`` given to ``call`` as a list of names (None: all), or a ParameterError.
+
+    Raises:
+        ParameterError: ``keys`` is not None, a str, nor an iterable of str.
+    """
+    if keys is None:
+        return None
+    if isinstance(keys, str):
+        return [keys]
+    names = None
+    if not isinstance(keys, (bytes, Mapping)):
+        with contextlib.suppress(TypeError):
+            names = list(keys)
+    if names is None or not all(isinstance(k, str) for k in names):
+        raise ParameterError(
+            f"{graph.describe(task)}.{call}(keys={keys!r}): keys takes a name or a list of "
+            f"names (str), e.g. keys='data' or keys=['model', 'scores']."
+        )
+    return names
 
 
 def _load_outputs(task: Any, keys: Iterable[str] | None, as_dict: bool, cached: bool) -> Any:

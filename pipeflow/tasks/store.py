@@ -379,24 +379,32 @@ class TaskStore:
         """The output names, checked: distinct plain names.
 
         Raises:
-            PipeflowError: ``persist`` is not a list of distinct plain names, or one of them
+            PipeflowError: ``persist`` is not a list of distinct names, or one of them
                 would share its file with the task's metadata.
+            UnsafePathError: a name is not a plain file name (``'..'``, ``'a/b'``, a NUL,
+                a leading ``'.'``, which pipeflow's own files use).
         """
         clash = meta_clash(self.task)
         if clash:
             raise PipeflowError(clash)
         persist = self.task.persist
         if (not isinstance(persist, (list, tuple)) or not persist
-                or not all(isinstance(k, str) and k and not k.startswith(".") for k in persist)
+                or not all(isinstance(k, str) and k for k in persist)
                 or len(set(persist)) != len(persist)):
             raise PipeflowError(
                 f"{type(self.task).__name__}.persist = {persist!r} is not a list of distinct "
                 f"output names (plain names: no '/', '\\' or NUL, not starting with '.'). Write "
                 f"e.g. persist = ['data'] or persist = ['model', 'scores']."
             )
+        owner = type(self.task).__name__
         for k in persist:
             if k not in _OUTPUT_NAMES:
-                layout.name_part(k, "persist", type(self.task).__name__)
+                layout.name_part(k, "persist", owner)
+                if k.startswith("."):
+                    raise UnsafePathError(
+                        f"{owner}: persist={k!r} must be a plain name not starting with '.': "
+                        f"names starting with '.' are pipeflow's own files (.pipeflow.lock, "
+                        f"the commit record). Rename the output, e.g. {k.lstrip('.') or 'data'!r}.")
                 _OUTPUT_NAMES.add(k)
         return list(persist)
 
