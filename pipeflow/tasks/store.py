@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from luigi.task import flatten
@@ -38,6 +38,8 @@ from pipeflow.integrity import (
     RECORD_SUFFIX,
     CommitRecord,
     FileRecord,
+    NotAFileError,
+    distrust,
     read_record,
     temp_owner,
     write_record,
@@ -511,6 +513,8 @@ class TaskStore:
                            "them (left by a crashed run, or written by another tool): it "
                            "runs again")
             return False, problem, None
+        if record.bad is not None:  # a load found a file changed (see found_corrupt)
+            return False, f"{record.bad}: it runs again", record
         if lay.sound is not record:
             foreign = self._foreign(record)
             if foreign is not None:
@@ -554,6 +558,36 @@ class TaskStore:
     def complete(self) -> bool:
         """Whether every output is committed and intact (upstream tasks not considered)."""
         return self.output_state()[0]
+
+    def found_corrupt(self, target: DataTarget, records: Sequence[FileRecord],
+                      problem: str) -> None:
+        """A load re-hashed ``target``'s files and found ``problem``: the task is not complete.
+
+        The one place that acts on it: the commit record is rewritten (under the task's
+        lock) to say so, so every process sees the task stale and the next run computes
+        it again; with the lock taken, or in a read-only data dir, this process remembers
+        it. The changed file itself is left as it is.
+
+        Args:
+            target: the output loaded.
+            records: the files of ``target`` as committed (the ones checked).
+            problem: what was found, naming the file.
+        """
+        path = self.record_file()
+        record, _ = read_record(path)
+        if record is None or tuple(record.files.get(target.key, ())) != tuple(records):
+            return  # committed again since it was checked
+        what = "its metadata" if target.key == META_KEY else f"output {target.key!r}"
+        lock = self.lock()
+        try:
+            held = lock.acquire()
+        except (OSError, UnsafePathError):  # a read-only data dir, a lock that is no file
+            held = False
+        try:
+            distrust(path, record, f"{what}: {problem}", held)
+        finally:
+            if held:
+                lock.release()
 
     def _restat(self, record: CommitRecord, touched: dict[str, FileRecord]) -> None:
         """Record the new mtime and inode of files touched (or copied) with the same content.
@@ -681,8 +715,13 @@ class TaskStore:
         if any(k not in targets for k in self.persist()):
             return False
         with self.locked(f"adopt the outputs of {graph.describe(self.task)}"):
-            files = {k: tuple(FileRecord.of(p) for p in t.files() if p.exists())
-                     for k, t in targets.items()}
+            try:
+                files = {k: tuple(FileRecord.of(p) for p in t.files() if p.exists())
+                         for k, t in targets.items()}
+            except NotAFileError as exc:
+                raise MetadataError(
+                    f"cannot adopt the outputs of {graph.describe(self.task)}: {exc}; "
+                    f"nothing was adopted.") from None
             write_record(self.record_file(), self._commit_record(files))
         return True
 
