@@ -851,8 +851,10 @@ def prune_history(keep: int) -> int:
 
 
 def _read_only(path: pathlib.Path) -> bool:
-    """Whether the history file, or its folder (where SQLite makes its side files), is
-    read-only to this process (permissions, or a read-only mount: even for root)."""
+    """Whether the history file or its folder (SQLite's side files) is read-only to us.
+
+    By permissions, or a read-only mount (which binds root too).
+    """
     return not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
 
 

@@ -55,9 +55,9 @@ def test_corrupt_output_found_by_a_load_is_recomputed(data_dir, capsys):
     text = capsys.readouterr().out
     assert "M2A" in text and "STALE" in text and "changed outside pipeflow" in text, text
     # in a new process too: the commit record says so
-    code = ("import sys, pipeflow; sys.path.insert(0, %r); import test_hostile_m2 as t;"
-            "pipeflow.set_dir(%r); print('COMPLETE', t.M2A().complete())"
-            % (os.path.dirname(__file__), str(data_dir)))
+    here = os.path.dirname(__file__)
+    code = (f"import sys, pipeflow; sys.path.insert(0, {here!r}); import test_hostile_m2 as t;"
+            f"pipeflow.set_dir({str(data_dir)!r}); print('COMPLETE', t.M2A().complete())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300)
     assert "COMPLETE False" in out.stdout, out.stdout + out.stderr
