@@ -209,3 +209,14 @@ def test_prune_read_only_history_says_read_only(tmp_path, data_dir):
     assert "HistoryError" in text, text
     assert "read-only" in text and "damaged" not in text, text
     assert len(pipeflow.runs()) == 2
+
+
+def test_saving_the_corrupt_output_by_hand_makes_the_task_complete_again(data_dir):
+    pipeflow.run(M2A(), execution_summary=False)
+    _edit_keeping_stat(M2A().output().path)
+    with pytest.raises(CorruptOutputError):
+        M2A().outputLoad()
+    assert not M2A().complete()
+    M2A().save(pd.DataFrame({"a": [1, 2]}))
+    assert M2A().complete()
+    assert M2A().outputLoad()["a"].tolist() == [1, 2]

@@ -577,14 +577,13 @@ class TaskStore:
         record, _ = read_record(path)
         if record is None or tuple(record.files.get(target.key, ())) != tuple(records):
             return  # committed again since it was checked
-        what = "its metadata" if target.key == META_KEY else f"output {target.key!r}"
         lock = self.lock()
         try:
             held = lock.acquire()
         except (OSError, UnsafePathError):  # a read-only data dir, a lock that is no file
             held = False
         try:
-            distrust(path, record, f"{what}: {problem}", held)
+            distrust(path, record, f"{_label(target.key)}: {problem}", held)
         finally:
             if held:
                 lock.release()
@@ -745,7 +744,7 @@ class TaskStore:
             return None  # made outside pipeflow, with no record to check against
         if not recs:
             who = graph.describe(self.task)
-            what = "its metadata" if target.key == META_KEY else f"output {target.key!r}"
+            what = _label(target.key)
             raise IncompleteTaskError(
                 f"cannot load {what} of {who} ({str(target.path)!r}): "
                 f"{problem or 'no successful run of the task committed it'}. Run the flow "
@@ -771,9 +770,12 @@ class TaskStore:
             files = dict(record.files) if record is not None else {}
             files.pop(target.key, None)
             fp = fingerprint_of(self.task)
-            write_record(path, CommitRecord(who, files, fp))
+            # a changed file a load found in another output still stands (see found_corrupt)
+            bad = (record.bad if record is not None and record.bad is not None
+                   and not record.bad.startswith(f"{_label(target.key)}:") else None)
+            write_record(path, CommitRecord(who, files, fp, bad))
             files[target.key] = tuple(publish())
-            write_record(path, CommitRecord(who, files, fp))
+            write_record(path, CommitRecord(who, files, fp, bad))
 
     # -- a run ----------------------------------------------------------------------------------
     def owned_paths(self) -> list[pathlib.Path]:
@@ -983,3 +985,8 @@ def _child(folder: pathlib.Path, name: str) -> pathlib.Path:
     """``folder / name`` for a plain file name, without parsing it again (a hot path)."""
     make = getattr(folder, "_make_child_relpath", None)  # pathlib's own, for iterdir()
     return make(name) if make is not None else folder / name  # type: ignore[no-any-return]
+
+
+def _label(key: str) -> str:
+    """An output (or the metadata) in messages: ``output 'data'``, ``its metadata``."""
+    return "its metadata" if key == META_KEY else f"output {key!r}"
