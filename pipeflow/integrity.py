@@ -20,6 +20,7 @@ runs again; torn, it is unreadable and the task runs again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -40,6 +41,7 @@ META_KEY = "/meta"
 _VERSION = 1
 _CHUNK = 1 << 20
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 #: how a record is opened: never through a symlink, never blocking (a FIFO in its place)
 _READ_FLAGS = (os.O_RDONLY | _CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
                | getattr(os, "O_NONBLOCK", 0))
@@ -55,12 +57,52 @@ def hash_bytes(data: bytes | bytearray | memoryview) -> str:
 
 
 def hash_file(path: str | os.PathLike[str]) -> str:
-    """The content hash of the file at ``path`` (hex)."""
-    fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+    """The content hash of the file at ``path`` (hex).
+
+    Raises:
+        NotAFileError: something else than a regular file is there (a FIFO, a folder).
+    """
+    fd, st = open_file(path)
     try:
-        return _hash_fd(fd, os.fstat(fd).st_size)
+        return _hash_fd(fd, st.st_size)
     finally:
         os.close(fd)
+
+
+class NotAFileError(MetadataError):
+    """A file pipeflow reads or hashes is a folder, a FIFO, a socket or a device.
+
+    Attributes:
+        kind: what is there, in words (``"a FIFO"``).
+    """
+
+    def __init__(self, path: str, kind: str):
+        super().__init__(
+            f"{path!r} is {kind}, not a file: it was replaced outside pipeflow by {kind} "
+            f"(pipeflow reads only regular files there, and never deletes a folder or a "
+            f"special file: move or delete it yourself)")
+        self.kind = kind
+
+
+def open_file(path: str | os.PathLike[str]) -> tuple[int, os.stat_result]:
+    """Open the regular file at ``path`` to read it: never blocking (a FIFO in its place).
+
+    The one way pipeflow opens a file to hash it. Returns the descriptor (the caller
+    closes it) and its ``fstat``.
+
+    Raises:
+        NotAFileError: it is not a regular file (a folder, a FIFO, a socket, a device).
+        OSError: it cannot be opened.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | _CLOEXEC | _NONBLOCK)
+    except IsADirectoryError:
+        raise NotAFileError(os.fspath(path), "a folder") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NotAFileError(os.fspath(path), _kind(st.st_mode))
+    return fd, st
 
 
 def _hash_fd(fd: int, size: int) -> str:
@@ -117,11 +159,11 @@ def seal(path: pathlib.Path, name: str, fsync: bool) -> FileRecord:
         name: the final file name to record.
         fsync: flush it to disk.
     """
-    fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+    fd, st = open_file(path)
     try:
         if fsync:
             os.fsync(fd)
-        st = os.fstat(fd)
+            st = os.fstat(fd)
         return FileRecord(name, st.st_size, st.st_mtime_ns, st.st_ino, _hash_fd(fd, st.st_size))
     finally:
         os.close(fd)
@@ -147,10 +189,14 @@ class FileRecord:
 
     @classmethod
     def of(cls, path: pathlib.Path, name: str | None = None) -> FileRecord:
-        """Describe the file at ``path`` (recorded under ``name``, default its own name)."""
-        fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+        """Describe the file at ``path`` (recorded under ``name``, default its own name).
+
+        Raises:
+            NotAFileError: it is not a regular file (a folder, a FIFO: never blocks).
+            OSError: it cannot be read.
+        """
+        fd, st = open_file(path)
         try:
-            st = os.fstat(fd)
             digest = _hash_fd(fd, st.st_size)
         finally:
             os.close(fd)
@@ -191,6 +237,8 @@ class FileRecord:
             return None, self
         try:
             same = hash_file(path) == self.digest
+        except NotAFileError as exc:  # swapped in since the stat
+            return f"{self.name} was replaced outside pipeflow by {exc.kind}", self
         except OSError as exc:
             return f"{self.name} cannot be read ({exc.strerror})", self
         if not same:
@@ -210,11 +258,15 @@ class CommitRecord:
         files: output name (or :data:`META_KEY`) -> the files making up that output.
         fingerprint: what the outputs were made from (see :mod:`pipeflow.fingerprint`);
             None in records written before change detection existed.
+        bad: why the files no longer are what was committed, found by a load that
+            re-hashed them (see :func:`distrust`); None: nothing found. A record with
+            one does not make its task complete.
     """
 
     task: str
     files: Mapping[str, tuple[FileRecord, ...]]
     fingerprint: Mapping[str, Any] | None = None
+    bad: str | None = None
 
     def to_json(self) -> str:
         """Serialize (compact JSON)."""
@@ -223,6 +275,8 @@ class CommitRecord:
         doc: dict[str, Any] = {"v": _VERSION, "task": self.task, "files": files}
         if self.fingerprint is not None:
             doc["fp"] = self.fingerprint
+        if self.bad is not None:
+            doc["bad"] = self.bad
         return COMPACT_JSON.encode(doc)
 
     @classmethod
@@ -248,7 +302,9 @@ class CommitRecord:
                    for r in files[key]):
                 raise ValueError("a file name in the record is not a plain name")
         fp = doc.get("fp")
-        return cls(str(doc.get("task", "")), files, fp if isinstance(fp, dict) else None)
+        bad = doc.get("bad")
+        return cls(str(doc.get("task", "")), files, fp if isinstance(fp, dict) else None,
+                   None if bad is None else str(bad))
 
     def file_names(self) -> list[str]:
         """Every committed file name."""
@@ -275,10 +331,11 @@ def read_record(path: str | os.PathLike[str]) -> tuple[CommitRecord | None, str 
     except OSError as exc:
         return None, f"its commit record cannot be read ({exc.strerror})"
     version = (st.st_size, st.st_mtime_ns, st.st_ino)
-    hit = _KNOWN.get(key)
+    hit = _DISTRUSTED.get(key) or _KNOWN.get(key)
     if hit is not None and hit[0] == version:  # (a regular file when it was read)
         return hit[1], None
     _WRITTEN.pop(key, None)  # someone else's version now
+    _DISTRUSTED.pop(key, None)
     odd = _odd(st)
     if odd is not None:
         return None, odd
@@ -352,6 +409,9 @@ _KNOWN: dict[str, tuple[tuple[int, int, int], CommitRecord]] = {}
 #: records this process wrote, by path, until it sees another version there (a forked
 #: worker starts with none: its parent's may be replaced by other workers meanwhile)
 _WRITTEN: dict[str, CommitRecord] = {}
+#: records found bad by a load that could not be rewritten to say so (a read-only data dir,
+#: the task's lock taken), by path: ((size, mtime, inode), the record with ``bad`` set)
+_DISTRUSTED: dict[str, tuple[tuple[int, int, int], CommitRecord]] = {}
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_WRITTEN.clear)
 
@@ -381,6 +441,40 @@ def _know(path: str, version: tuple[int, int, int], record: CommitRecord) -> Non
 def _wrote(path: str, version: tuple[int, int, int], record: CommitRecord) -> None:
     _know(path, version, record)
     _WRITTEN[path] = record
+    _DISTRUSTED.pop(path, None)
+
+
+def distrust(path: str | os.PathLike[str], record: CommitRecord, problem: str,
+             held: bool) -> None:
+    """Record that the files of ``record`` (at ``path``) no longer are what was committed.
+
+    A load that re-hashed them found it (a status check compares size, mtime and inode
+    only, so an edit that keeps them is seen by loads alone): from now on the record does
+    not make its task complete, so the next run computes the task again. The files are
+    left as they are (the user's edit is never deleted here).
+
+    Args:
+        path: the commit record.
+        record: the record as read when its files were checked.
+        problem: what the load found, naming the output and the file.
+        held: the caller holds the task's lock: the record is rewritten to say so (seen
+            by every process). Otherwise, or when it cannot be written (a read-only data
+            dir), only this process remembers it, while the record is unchanged.
+    """
+    key = os.fspath(path)
+    now, _ = read_record(key)
+    if now is None or now != record or now.bad is not None:
+        return  # replaced since it was checked (a run), or known already
+    marked = dataclasses.replace(record, bad=problem)
+    if held:
+        with contextlib.suppress(OSError):
+            write_record(key, marked)
+            return
+    try:
+        st = os.lstat(key)
+    except OSError:
+        return
+    _DISTRUSTED[key] = ((st.st_size, st.st_mtime_ns, st.st_ino), marked)
 
 
 def write_record(path: str | os.PathLike[str], record: CommitRecord) -> None:
@@ -469,6 +563,7 @@ def uncommit(path: str | os.PathLike[str], folder: pathlib.Path,
         ) from exc
     _KNOWN.pop(key, None)  # a new record may reuse the inode: never mistake it
     _WRITTEN.pop(key, None)
+    _DISTRUSTED.pop(key, None)
     names = record.file_names() if record else []
     removed = [folder / n for n in names
                if not pipeflows_own(n) and (allowed is None or n in allowed)]

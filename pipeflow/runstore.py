@@ -19,7 +19,9 @@ a run: pipeflow warns once and goes on.
 Query it with :func:`history` and :func:`runs` (pandas DataFrames), or ``flow.history()``.
 Queries open the file read-only (a read-only data dir can be queried); a file that is
 damaged or not a history is a :class:`~pipeflow.errors.HistoryError` naming it, and one
-without pipeflow's tables (empty, half made) reads as an empty history.
+without tables (empty, half made) reads as an empty history. A SQLite file holding other
+tables and none of pipeflow's is another program's: every query raises HistoryError and
+a run warns once and records nothing in it.
 
 A run whose process died without finishing it (``kill -9``, power loss) would stay
 ``running`` forever: each run records the process that owns it (host, pid, process start
@@ -163,6 +165,7 @@ def _connect(path: pathlib.Path, create: bool) -> Iterator[sqlite3.Connection]:
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        _own(conn, path)
         if create:
             conn.executescript(_SCHEMA)
             _upgrade(conn)
@@ -564,6 +567,7 @@ def _reader(path: pathlib.Path) -> Iterator[sqlite3.Connection]:
                 raise
             conn.close()  # a WAL file with no -shm file, and none can be made (read-only)
             conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=BUSY_TIMEOUT)
+        _own(conn, path)
         yield conn
     finally:
         conn.close()
@@ -571,6 +575,30 @@ def _reader(path: pathlib.Path) -> Iterator[sqlite3.Connection]:
 
 def _tables(conn: sqlite3.Connection) -> set[str]:
     return {r for (r,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+#: the tables of a history (``_SCHEMA``)
+_OWN_TABLES = frozenset({"runs", "attempts", "changes"})
+
+
+def _own(conn: sqlite3.Connection, path: pathlib.Path) -> None:
+    """Refuse a SQLite file that has tables but none of a history's: someone else's data.
+
+    An empty file, or one without tables (a crash while it was made), is a history still
+    to be made; pipeflow's tables are never added to another program's database.
+
+    Raises:
+        HistoryError: the file holds other tables and none of pipeflow's.
+    """
+    tables = {t for t in _tables(conn) if not t.startswith("sqlite_")}
+    if tables and not tables & _OWN_TABLES:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise HistoryError(
+            f"the run history {str(path)!r} is a SQLite database but not a pipeflow run "
+            f"history: it holds other tables ({shown}) and none of pipeflow's, so pipeflow "
+            f"neither reads nor writes it. Move it away (the next run starts a new "
+            f"history there), keep the history elsewhere with pipeflow.settings.history = "
+            f"'/path/to/history.db', or turn it off with pipeflow.settings.history = False.")
 
 
 def _unreadable(path: pathlib.Path, exc: BaseException, doing: str = "read") -> HistoryError:
@@ -787,7 +815,7 @@ def prune_history(keep: int) -> int:
 
     Raises:
         ParameterError: ``keep`` is not a non-negative whole number.
-        HistoryError: the history file is damaged or cannot be written.
+        HistoryError: the history file is damaged, not a pipeflow history, or read-only.
 
     Example:
         >>> pipeflow.prune_history(keep=100)  # doctest: +SKIP
@@ -811,8 +839,23 @@ def prune_history(keep: int) -> int:
             _write(conn, [(f"DELETE FROM {table} WHERE run_id = ?", [(r,) for r in old])
                           for table in ("changes", "attempts", "runs")])
     except (sqlite3.Error, OSError) as exc:
+        if _read_only(path):
+            raise HistoryError(
+                f"the run history {str(path)!r} cannot be pruned: it is read-only (a "
+                f"read-only mount, or no write permission on the file or its folder "
+                f"{str(path.parent)!r}; SQLite: {exc}). Nothing was removed. Prune it where "
+                f"it can be written: make the file and its folder writable, or copy the "
+                f"data dir and prune the copy.") from exc
         raise _unreadable(path, exc, "pruned") from exc
     return len(old)
+
+
+def _read_only(path: pathlib.Path) -> bool:
+    """Whether the history file or its folder (SQLite's side files) is read-only to us.
+
+    By permissions, or a read-only mount (which binds root too).
+    """
+    return not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
 
 
 __all__ = ["HistorySink", "history", "history_path", "last_error", "last_failures",

@@ -59,6 +59,10 @@ class Owner(Protocol):
                     publish: Callable[[], list[FileRecord]]) -> None:
         """Publish a save made outside a run (``task.save()`` by hand) and record it."""
 
+    def found_corrupt(self, target: DataTarget, records: Sequence[FileRecord],
+                      problem: str) -> None:
+        """A load found ``target``'s files changed since committed: no longer complete."""
+
 
 _PATH = type(pathlib.Path())  # this platform's concrete Path class
 
@@ -237,6 +241,8 @@ class DataTarget:
         for rec in records:
             problem = rec.problem(folder, rehash=True)
             if problem is not None:
+                if self.owner is not None:  # the task is not complete any more
+                    self.owner.found_corrupt(self, records, problem)
                 raise self._corrupt(problem)
         return self._read(fun, kwargs)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from luigi.task import flatten
@@ -38,6 +38,8 @@ from pipeflow.integrity import (
     RECORD_SUFFIX,
     CommitRecord,
     FileRecord,
+    NotAFileError,
+    distrust,
     read_record,
     temp_owner,
     write_record,
@@ -519,6 +521,8 @@ class TaskStore:
                            "them (left by a crashed run, or written by another tool): it "
                            "runs again")
             return False, problem, None
+        if record.bad is not None:  # a load found a file changed (see found_corrupt)
+            return False, f"{record.bad}: it runs again", record
         if lay.sound is not record:
             foreign = self._foreign(record)
             if foreign is not None:
@@ -562,6 +566,35 @@ class TaskStore:
     def complete(self) -> bool:
         """Whether every output is committed and intact (upstream tasks not considered)."""
         return self.output_state()[0]
+
+    def found_corrupt(self, target: DataTarget, records: Sequence[FileRecord],
+                      problem: str) -> None:
+        """A load re-hashed ``target``'s files and found ``problem``: the task is not complete.
+
+        The one place that acts on it: the commit record is rewritten (under the task's
+        lock) to say so, so every process sees the task stale and the next run computes
+        it again; with the lock taken, or in a read-only data dir, this process remembers
+        it. The changed file itself is left as it is.
+
+        Args:
+            target: the output loaded.
+            records: the files of ``target`` as committed (the ones checked).
+            problem: what was found, naming the file.
+        """
+        path = self.record_file()
+        record, _ = read_record(path)
+        if record is None or tuple(record.files.get(target.key, ())) != tuple(records):
+            return  # committed again since it was checked
+        lock = self.lock()
+        try:
+            held = lock.acquire()
+        except (OSError, UnsafePathError):  # a read-only data dir, a lock that is no file
+            held = False
+        try:
+            distrust(path, record, f"{_label(target.key)}: {problem}", held)
+        finally:
+            if held:
+                lock.release()
 
     def _restat(self, record: CommitRecord, touched: dict[str, FileRecord]) -> None:
         """Record the new mtime and inode of files touched (or copied) with the same content.
@@ -689,8 +722,13 @@ class TaskStore:
         if any(k not in targets for k in self.persist()):
             return False
         with self.locked(f"adopt the outputs of {graph.describe(self.task)}"):
-            files = {k: tuple(FileRecord.of(p) for p in t.files() if p.exists())
-                     for k, t in targets.items()}
+            try:
+                files = {k: tuple(FileRecord.of(p) for p in t.files() if p.exists())
+                         for k, t in targets.items()}
+            except NotAFileError as exc:
+                raise MetadataError(
+                    f"cannot adopt the outputs of {graph.describe(self.task)}: {exc}; "
+                    f"nothing was adopted.") from None
             write_record(self.record_file(), self._commit_record(files))
         return True
 
@@ -714,7 +752,7 @@ class TaskStore:
             return None  # made outside pipeflow, with no record to check against
         if not recs:
             who = graph.describe(self.task)
-            what = "its metadata" if target.key == META_KEY else f"output {target.key!r}"
+            what = _label(target.key)
             raise IncompleteTaskError(
                 f"cannot load {what} of {who} ({str(target.path)!r}): "
                 f"{problem or 'no successful run of the task committed it'}. Run the flow "
@@ -740,9 +778,12 @@ class TaskStore:
             files = dict(record.files) if record is not None else {}
             files.pop(target.key, None)
             fp = fingerprint_of(self.task)
-            write_record(path, CommitRecord(who, files, fp))
+            # a changed file a load found in another output still stands (see found_corrupt)
+            bad = (record.bad if record is not None and record.bad is not None
+                   and not record.bad.startswith(f"{_label(target.key)}:") else None)
+            write_record(path, CommitRecord(who, files, fp, bad))
             files[target.key] = tuple(publish())
-            write_record(path, CommitRecord(who, files, fp))
+            write_record(path, CommitRecord(who, files, fp, bad))
 
     # -- a run ----------------------------------------------------------------------------------
     def owned_paths(self) -> list[pathlib.Path]:
@@ -952,3 +993,8 @@ def _child(folder: pathlib.Path, name: str) -> pathlib.Path:
     """``folder / name`` for a plain file name, without parsing it again (a hot path)."""
     make = getattr(folder, "_make_child_relpath", None)  # pathlib's own, for iterdir()
     return make(name) if make is not None else folder / name  # type: ignore[no-any-return]
+
+
+def _label(key: str) -> str:
+    """An output (or the metadata) in messages: ``output 'data'``, ``its metadata``."""
+    return "its metadata" if key == META_KEY else f"output {key!r}"
