@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import pathlib
@@ -359,7 +358,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
         Nested lists and dicts keep their shape; a ``None`` entry stays ``None``.
         """
-        return _map_requires(self, self.requires(), lambda t: _unwrapped(t).output())
+        return _map_requires(self, contract.requires_of(self), lambda t: _unwrapped(t).output())
 
     @property
     def flows(self) -> Mapping[str, Any]:
@@ -512,11 +511,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             list in order, a dict with ``as_dict``, as in d6tflow); a ``None`` entry (no
             requirement) loads as ``None``.
         """
-        reqs = self.requires()
-        if not isinstance(reqs, (luigi.Task, graph.Optional, Mapping, list, tuple, str)) \
-                and reqs is not None:
-            with contextlib.suppress(TypeError):  # a generator or other iterable
-                reqs = list(reqs)
+        reqs = contract.requires_of(self)  # a generator read to a list
         if task is not None:
             try:
                 req = reqs[task]
@@ -556,7 +551,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
     @_at_home
     def metaLoad(self) -> Any:
         """Load the metadata of the tasks this task requires (same shape as requires())."""
-        return _map_requires(self, self.requires(),
+        return _map_requires(self, contract.requires_of(self),
                              lambda t: _unwrapped(t).outputLoadMeta())
 
     @_at_home
