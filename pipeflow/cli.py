@@ -53,7 +53,7 @@ class _Terminated(KeyboardInterrupt):
 
 def _load_task(target: str) -> type[luigi.Task]:
     module_name, _, cls_name = target.partition(":")
-    if not cls_name:
+    if not (cls_name.strip() and module_name.strip()):
         raise click.BadParameter(f"{target!r}: write MODULE:TASKCLASS, e.g. tasks:TaskTrain")
     sys.path.insert(0, os.getcwd())
     try:

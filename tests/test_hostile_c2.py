@@ -238,7 +238,7 @@ def test_first_line_of_an_unprintable_exception():
 
 # -- 5. data-dir arguments -------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad", ["", 5, None, b"data"])
+@pytest.mark.parametrize("bad", ["", 5, 1.5, ["data"], b""])
 def test_set_dir_refuses_bad_locations(data_dir, bad):
     before = pipeflow.settings.dir
     with pytest.raises(ParameterError):
