@@ -158,7 +158,20 @@ _dir = click.option("--dir", "data_dir", default=None,
                     help="The data dir (default: data).")
 
 
-@click.group()
+class _Main(click.Group):
+    """The command group; it knows whether the process ends with the command."""
+
+    #: run as the ``pipeflow`` program (arguments from ``sys.argv``, exiting when done), not
+    #: called in a process that goes on (tests, ``CliRunner``): signals that arrive once a
+    #: command was stopped are then ignored until the process exits
+    exits = False
+
+    def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        _Main.exits = args is None and kwargs.get("standalone_mode", True) and not rest
+        return super().main(args, *rest, **kwargs)
+
+
+@click.group(cls=_Main)
 @click.version_option(package_name="pipeflow")
 def main() -> None:
     """Preview, run and reset pipeflow flows. TARGET is MODULE:TASKCLASS."""
@@ -307,6 +320,6 @@ def _guard(what: str, after: str = "") -> Iterator[None]:
     except PipeflowError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     finally:
-        for sig, handler in previous.items():  # after a stop: ignored until the exit
-            signal.signal(sig, signal.SIG_IGN if stop.stopping
+        for sig, handler in previous.items():  # the process exits after a stop: ignored
+            signal.signal(sig, signal.SIG_IGN if stop.stopping and _Main.exits
                           else signal.SIG_DFL if handler is None else handler)
