@@ -53,7 +53,7 @@ class _Terminated(KeyboardInterrupt):
 
 def _load_task(target: str) -> type[luigi.Task]:
     module_name, _, cls_name = target.partition(":")
-    if not cls_name:
+    if not (cls_name.strip() and module_name.strip()):
         raise click.BadParameter(f"{target!r}: write MODULE:TASKCLASS, e.g. tasks:TaskTrain")
     sys.path.insert(0, os.getcwd())
     try:
@@ -158,7 +158,20 @@ _dir = click.option("--dir", "data_dir", default=None,
                     help="The data dir (default: data).")
 
 
-@click.group()
+class _Main(click.Group):
+    """The command group; it knows whether the process ends with the command."""
+
+    #: run as the ``pipeflow`` program (arguments from ``sys.argv``, exiting when done), not
+    #: called in a process that goes on (tests, ``CliRunner``): signals that arrive once a
+    #: command was stopped are then ignored until the process exits
+    exits = False
+
+    def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        _Main.exits = args is None and kwargs.get("standalone_mode", True) and not rest
+        return super().main(args, *rest, **kwargs)
+
+
+@click.group(cls=_Main)
 @click.version_option(package_name="pipeflow")
 def main() -> None:
     """Preview, run and reset pipeflow flows. TARGET is MODULE:TASKCLASS."""
@@ -263,8 +276,22 @@ def _whole(text: str) -> Any:
         return text
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise _Terminated
+class _Stopper:
+    """The Ctrl-C and SIGTERM handler of a command: the first signal stops it.
+
+    The first raises in the main thread; any later one is ignored (the shutdown the first
+    started is under way: a second exception would escape it as a traceback, or kill the
+    process by the signal).
+    """
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        raise _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -272,14 +299,18 @@ def _guard(what: str, after: str = "") -> Iterator[None]:
     """Run a command: its errors become one ``Error:`` line and an exit code, never a traceback.
 
     Bad input exits 2; any other pipeflow error (a task failed) 1; Ctrl-C 130 and SIGTERM 143,
-    each with one line on standard error saying what was interrupted.
+    each with one line on standard error saying what was interrupted. Signals after the
+    first are ignored until the process exits.
     """
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    stop = _Stopper()
+    previous = ({sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+                if main_thread else {})
     try:
         with display.skip_hint("--yes"):
             yield
     except KeyboardInterrupt as exc:
+        stop.stopping = True  # a KeyboardInterrupt raised otherwise (e.g. by a prompt)
         term = isinstance(exc, _Terminated)
         how = "SIGTERM" if term else "Ctrl-C"
         click.echo(f"{what}: interrupted by {how}{after}.", err=True)
@@ -289,5 +320,6 @@ def _guard(what: str, after: str = "") -> Iterator[None]:
     except PipeflowError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        for sig, handler in previous.items():  # the process exits after a stop: ignored
+            signal.signal(sig, signal.SIG_IGN if stop.stopping and _Main.exits
+                          else signal.SIG_DFL if handler is None else handler)

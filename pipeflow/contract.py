@@ -20,15 +20,17 @@ Example:
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import luigi
 from luigi.task import flatten
 
+from pipeflow.errors import PipeflowError, RequirementError, first_line
 from pipeflow.integrity import CommitRecord, FileRecord
 from pipeflow.locks import TaskLock
+from pipeflow.parameters import redact, redact_error
 
 #: scheduling priorities: 0 urgent, 1 high, 2 normal (the default), 3 low
 PRIORITIES = (0, 1, 2, 3)
@@ -161,6 +163,35 @@ def describe(task: luigi.Task) -> str:
     return name  # type: ignore[no-any-return]
 
 
+#: what ``requires()`` returns as is; anything else iterable (a generator) is read here
+_STRUCTS = (luigi.Task, Mapping, list, tuple, str)
+
+
+def requires_of(task: luigi.Task) -> Any:
+    """``task.requires()``, a generator read to a list; its errors name the task.
+
+    Raises:
+        RequirementError: ``requires()`` (or the generator it returned) raised: the message
+            names the task and the error; the error (a copy without the task's secret
+            parameter values, when it quotes one) is chained as ``__cause__``. A pipeflow
+            error (e.g. a bad parameter of a required task) propagates as it is.
+    """
+    shown: BaseException
+    try:
+        reqs = task.requires()
+        if reqs is not None and not isinstance(reqs, _STRUCTS) and isinstance(reqs, Iterable):
+            reqs = list(reqs)
+        return reqs
+    except PipeflowError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code: say whose, keep its frames
+        shown = redact_error(exc, task)
+    # raised here, not above: the redacted copy must not chain the original
+    raise RequirementError(redact(
+        f"{describe(task)}.requires() raised {first_line(shown)}. Fix requires() (its "
+        f"traceback is shown above this error).", task)) from shown
+
+
 def is_group(task: Any) -> bool:
     """Whether ``task`` only groups others (an aggregator or luigi WrapperTask).
 
@@ -186,7 +217,7 @@ class _Base:
 
     def requirements(self) -> list[Any]:
         """``requires()`` flattened."""
-        return list(flatten(self.task.requires()))
+        return list(flatten(requires_of(self.task)))
 
     def record_path(self) -> str | None:
         """None: no commit record."""
@@ -248,7 +279,7 @@ class GroupTask(_Base):
 
     def requirements(self) -> list[Any]:
         """``requires()`` flattened, plus an aggregator's members (what run() yields)."""
-        deps = list(flatten(self.task.requires()))
+        deps = list(flatten(requires_of(self.task)))
         members = getattr(self.task, "members", None)
         if members is not None:
             deps += [m for m in members() if m not in deps]

@@ -210,11 +210,24 @@ def listing(items: Sequence[str], limit: int = 10, prefix: str = "\n    ") -> st
     return shown + more
 
 
+def shown(error: BaseException) -> str:
+    """``str(error)``, or ``<unprintable Type>`` when the exception's ``__str__`` fails.
+
+    Every place pipeflow shows a user's exception goes through this: a broken ``__str__``
+    must fail only its task, not the run reporting it.
+    """
+    try:
+        text = str(error)
+    except Exception:  # noqa: BLE001 - the user's __str__ raised: describe it instead
+        return f"<unprintable {type(error).__name__}>"
+    return text if isinstance(text, str) else f"<unprintable {type(error).__name__}>"
+
+
 def first_line(error: BaseException | None) -> str:
     """``Type: first non-empty line of the message`` (some messages start with a newline)."""
     if error is None:
         return "no error recorded"
-    text = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), "")
+    text = next((ln.strip() for ln in shown(error).splitlines() if ln.strip()), "")
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

@@ -23,7 +23,7 @@ import luigi
 
 from pipeflow.contract import adapt, describe
 from pipeflow.errors import CycleError, RequirementError
-from pipeflow.parameters import redact, redact_error
+from pipeflow.parameters import redact
 
 
 class Optional:
@@ -79,18 +79,7 @@ def requirement_edges(task: luigi.Task) -> list[tuple[luigi.Task, bool]]:
         RequirementError: something that is not a task instance was returned.
     """
     out: list[tuple[luigi.Task, bool]] = []
-    shown: BaseException | None
-    try:
-        deps = adapt(task).requirements()
-    except Exception as exc:
-        shown = redact_error(exc, task)
-        if shown is exc:
-            raise
-    else:
-        shown = None
-    if shown is not None:  # raised here, not above: it must not chain the original
-        raise shown
-    for dep in deps:
+    for dep in adapt(task).requirements():
         if isinstance(dep, Optional):
             out.append((dep.task, True))
         elif isinstance(dep, luigi.Task):

@@ -244,11 +244,16 @@ def folder_name(value: object, what: str, owner: object) -> str | None:
         The name, or None when none was given (None or empty).
 
     Raises:
+        ParameterError: ``value`` is not a str.
         UnsafePathError: as :func:`name_part`.
     """
     if value is None or value == "":
         return None
-    return name_part(str(value), what, owner, "env=" if what == "env" else "")
+    if not isinstance(value, str):
+        raise ParameterError(
+            f"{owner}: {what}={value!r} must be a folder name (a str), not "
+            f"{type(value).__name__}. Write e.g. {what}={str(value)!r}.")
+    return name_part(value, what, owner, "env=" if what == "env" else "")
 
 
 def _check_encodable(text: str, what: str, owner: object) -> None:

@@ -54,7 +54,7 @@ import luigi
 
 from pipeflow import layout, settings
 from pipeflow.contract import adapt
-from pipeflow.errors import HistoryError, ParameterError, did_you_mean
+from pipeflow.errors import HistoryError, ParameterError, did_you_mean, shown
 from pipeflow.events import Event, EventKind
 from pipeflow.graph import describe
 from pipeflow.integrity import CommitRecord, read_record
@@ -397,7 +397,7 @@ class HistorySink:
         started = self.started.pop(tid, None)
         usage = event.usage or {}
         err = event.error
-        message = None if err is None else redact(str(err), task)
+        message = None if err is None else redact(shown(err), task)
         self.attempts.append((
             event.run_id, tid, task.task_family, describe(task), _params(task),
             self.tries.get(tid), status, started, event.time,
@@ -716,8 +716,13 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
 
 
 def _count(last: Any, what: str) -> int | None:
-    return None if last is None else whole_number(
-        last, "last", 0, f": it is how many of the most recent {what} to show (None: all).")
+    """``last`` checked; one past SQLite's largest integer means "all" (it has no more rows)."""
+    return None if last is None else min(_SQLITE_MAX, whole_number(
+        last, "last", 0, f": it is how many of the most recent {what} to show (None: all)."))
+
+
+#: the largest integer SQLite stores (a LIMIT above it overflows)
+_SQLITE_MAX = 2**63 - 1
 
 
 def runs(last: int | None = None) -> pd.DataFrame:

@@ -84,13 +84,24 @@ def local_path(value: str | os.PathLike[str], what: str, who: object = "") -> pa
         who: who gave it (a task, a Workflow), for the error message.
 
     Raises:
-        ParameterError: ``value`` is a URL other than a local ``file://`` one, starts or ends
+        ParameterError: ``value`` is not a str, bytes or path; is empty (an unset
+            environment variable, ``"$DATA_DIR"``, is the usual cause: the current folder
+            is named ``"."``); is a URL other than a local ``file://`` one; starts or ends
             with white space, or contains a NUL byte.
     """
+    named = f"{who}: " if who else ""
+    if not isinstance(value, (str, bytes, os.PathLike)):
+        raise ParameterError(
+            f"{named}{what}={value!r} must be a folder (a str or pathlib.Path), not "
+            f"{type(value).__name__}.")
     text = os.fspath(value)
     if isinstance(text, bytes):
         text = os.fsdecode(text)
-    named = f"{who}: " if who else ""
+    if not text:
+        raise ParameterError(
+            f"{named}{what} is empty: no folder is named ''. An unset environment variable "
+            f"(\"$DATA_DIR\") is the usual cause; name the folder, e.g. {what}='data' "
+            f"({what}='.' for the current folder).")
     if "\x00" in text or text != text.strip():
         why = ("contains a NUL byte" if "\x00" in text
                else "starts or ends with white space (a stray space or newline?)")

@@ -356,12 +356,13 @@ class RequiresRaises(pipeflow.tasks.TaskJson):
 
 def test_requires_raising_with_the_secret_does_not_show_it(data_dir):
     for call in (lambda t: pipeflow.run(t), lambda t: pipeflow.preview(t, print_it=False)):
-        with pytest.raises(LookupError) as info:
+        with pytest.raises(RequirementError) as info:  # naming the task, the error chained
             call(RequiresRaises(token=TOKEN))
         err = info.value
+        assert isinstance(err.__cause__, LookupError)
         texts = ["".join(traceback.format_exception(err)), repr(err), repr(err.__context__),
-                 repr(err.__cause__)]
-        assert "no upstream for ***" in str(err)
+                 repr(err.__cause__), repr(err.__cause__.__context__)]
+        assert "no upstream for ***" in str(err) and "no upstream for ***" in str(err.__cause__)
         assert not leaks(TOKEN, texts)
 
 

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 import pipeflow
 from pipeflow import cli
-from pipeflow.errors import TaskFailedError
+from pipeflow.errors import RequirementError, TaskFailedError
 from pipeflow.parameters import MASK, redact, redact_error
 
 #: the tester's secrets: a quote, a backslash before a digit, a double quote; a backslash
@@ -316,9 +316,10 @@ def test_a_dict_secret_shown_through_str_and_json_stays_hidden(data_dir, capfd, 
 @pytest.mark.parametrize("token", [QUOTED, DOMAIN])
 def test_requires_raising_a_doubly_escaped_secret_does_not_show_it(data_dir, token):
     for call in (lambda t: pipeflow.run(t), lambda t: pipeflow.preview(t, print_it=False)):
-        with pytest.raises(LookupError) as info:
+        with pytest.raises(RequirementError) as info:  # naming the task, the error chained
             call(RequiresRepr(token=token))
         err = info.value
+        assert isinstance(err.__cause__, LookupError)
         # this test's own frames (which hold the token) are not pipeflow's to clear
         while err.__traceback__.tb_frame.f_code.co_filename == __file__:
             err.__traceback__ = err.__traceback__.tb_next

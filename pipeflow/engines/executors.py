@@ -16,16 +16,17 @@ import multiprocessing
 import os
 import pickle
 import queue
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
 from pipeflow import cache, layout
-from pipeflow.errors import PipeflowError, WorkerTaskError
+from pipeflow.errors import PipeflowError, WorkerTaskError, shown
 from pipeflow.publishing import Interrupted, Stop, attempt
 
 
@@ -475,7 +476,8 @@ class ProcessExecutor:
             target=_serve, name=f"pipeflow-worker-{self.forked}", daemon=True,
             args=(child, ends, self.work, self.flow, inherited,
                   [s.memory for s in self.shared], os.getpid()))
-        proc.start()
+        with _signals_blocked():  # until the worker drops the handlers it inherits
+            proc.start()
         child.close()
         return _Worker(proc, conn, inherited, len(self.shared))
 
@@ -641,11 +643,34 @@ def _serve(conn: Connection, ends: list[Connection], work: Work, flow: layout.Fl
     os._exit(0)  # skip the parent's atexit handlers, inherited by fork
 
 
-def _detach(ends: list[Connection], parent: int) -> None:
-    """Make a new worker independent of its parent's signals and pipes."""
-    import signal
+#: signals a worker must not handle with the parent's handlers (the CLI's raises in them)
+_STOPS = (signal.SIGINT, signal.SIGTERM)
 
+
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Block Ctrl-C and SIGTERM in this thread: a worker forked meanwhile starts so."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _detach(ends: list[Connection], parent: int) -> None:
+    """Make a new worker independent of its parent's signals and pipes.
+
+    It was forked with Ctrl-C and SIGTERM blocked (:func:`_signals_blocked`): a signal sent
+    to the whole process group before this runs waits, then meets the worker's own handling
+    (never the parent's handlers, which raise in the parent's code).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us on Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # SIGTERM ends a worker quietly
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
     for end in ends:  # the parent's ends: EOF reaches each worker when the parent goes
         end.close()
     signalled = False  # SIGKILL when the thread that forked us dies (Linux)
@@ -714,10 +739,7 @@ def _encode(out: Outcome, task: Any, work: Work
 
 def _described(error: BaseException) -> str:
     """``Type: message`` of an exception (one whose ``str()`` fails too)."""
-    try:
-        text = str(error)
-    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the failure
-        text = "(its message cannot be shown: str() failed)"
+    text = shown(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

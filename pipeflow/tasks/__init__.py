@@ -359,7 +359,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
         Nested lists and dicts keep their shape; a ``None`` entry stays ``None``.
         """
-        return _map_requires(self, self.requires(), lambda t: _unwrapped(t).output())
+        return _map_requires(self, contract.requires_of(self), lambda t: _unwrapped(t).output())
 
     @property
     def flows(self) -> Mapping[str, Any]:
@@ -519,11 +519,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             ParameterError: ``keys`` is not a name nor a list of names.
         """
         named = _key_names(self, keys, "inputLoad")
-        reqs = self.requires()
-        if not isinstance(reqs, (luigi.Task, graph.Optional, Mapping, list, tuple, str)) \
-                and reqs is not None:
-            with contextlib.suppress(TypeError):  # a generator or other iterable
-                reqs = list(reqs)
+        reqs = contract.requires_of(self)  # a generator read to a list
         if task is not None:
             try:
                 req = reqs[task]
@@ -570,7 +566,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
     @_at_home
     def metaLoad(self) -> Any:
         """Load the metadata of the tasks this task requires (same shape as requires())."""
-        return _map_requires(self, self.requires(),
+        return _map_requires(self, contract.requires_of(self),
                              lambda t: _unwrapped(t).outputLoadMeta())
 
     @_at_home

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from luigi.task import flatten
 
 from pipeflow import cache, graph, layout, settings
-from pipeflow.contract import Changes, changes_of
+from pipeflow.contract import Changes, changes_of, requires_of
 from pipeflow.errors import (
     IncompleteTaskError,
     MetadataError,
@@ -294,7 +294,7 @@ class TaskStore:
 
     def requirements(self) -> list[Any]:
         """``requires()`` flattened."""
-        return list(flatten(self.task.requires()))
+        return list(flatten(requires_of(self.task)))
 
     # -- where outputs live -------------------------------------------------------------------
     def overrides(self) -> tuple[tuple[str, Any], ...] | None:
