@@ -220,6 +220,8 @@ def _spellings(char: str) -> tuple[list[str], list[str]]:
     bodies = [_NAMED[char]] if char in _NAMED else []
     if char.isascii() and not char.isalnum():
         bodies.append(re.escape(char))  # \' \" \/ and what re.escape() does
+        if char not in ".-~":  # ... then %-encoded: json.dumps, then quote(): %5C%22
+            bodies.append(f"%(?:25)*{_hex(point, 2)}")
     if point < 0x100:
         bodies.append("x" + _hex(point, 2))
     if point < 0x10000:

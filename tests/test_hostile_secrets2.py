@@ -341,6 +341,7 @@ _SECRETS = st.text(_TEXT, min_size=1, max_size=30).filter(lambda s: s.strip("*")
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(secret=_SECRETS, before=st.text(_TEXT, max_size=8), after=st.text(_TEXT, max_size=8),
        chain=st.lists(st.sampled_from(sorted(ESCAPES)), max_size=4))
+@example(secret='0"', before="", after="", chain=["json", "url"])
 def test_redact_masks_a_secret_escaped_any_number_of_times(secret, before, after, chain):
     shown = secret
     for name in chain:
