@@ -6,6 +6,9 @@ import contextlib
 import multiprocessing
 import os
 import pathlib
+import shlex
+import shutil
+import subprocess
 import traceback
 from collections.abc import Iterator
 
@@ -109,3 +112,35 @@ def _held_by_child(folder: str | pathlib.Path, name: str) -> Iterator[bool]:
 def held_by_child():
     """``with held_by_child(folder, name) as took:``: a forked process holds that task lock."""
     return _held_by_child
+
+
+@pytest.fixture
+def on_read_only_mount():
+    """Run a command with one folder mounted read-only: a real EROFS, in a mount namespace.
+
+    Skips where unshare(1)/mount(8) or mount namespaces are not available. Returns
+    ``run(folder, *argv) -> subprocess.CompletedProcess`` (text output, 300 s timeout).
+    """
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("needs unshare(1) and mount(8) to make a read-only mount")
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a mount namespace here: {probe.stderr.decode()}")
+
+    def run(folder, *argv):
+        d = shlex.quote(str(folder))
+        script = (f"mount --bind {d} {d} && mount -o remount,ro,bind {d} && exec "
+                  + " ".join(shlex.quote(str(a)) for a in argv))
+        return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                              capture_output=True, text=True, timeout=300)
+
+    return run
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A folder beside the data dir that nothing pipeflow does may touch."""
+    where = tmp_path / "outside"
+    where.mkdir()
+    return where

@@ -4,7 +4,6 @@ paths on adopt, a foreign SQLite file at the history path, a read-only history p
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -188,21 +187,11 @@ except BaseException as exc:
 '''
 
 
-def test_prune_read_only_history_says_read_only(tmp_path, data_dir):
-    if shutil.which("unshare") is None or shutil.which("mount") is None:
-        pytest.skip("needs unshare(1) and mount(8) to make a read-only mount")
-    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"],
-                           capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot make a mount namespace here: {probe.stderr.decode()}")
+def test_prune_read_only_history_says_read_only(tmp_path, data_dir, on_read_only_mount):
     pipeflow.run(M2A(), execution_summary=False)
     pipeflow.run(M2A(), forced=M2A(), execution_summary=False)
     (tmp_path / "prune.py").write_text(_PRUNE)
-    d = str(data_dir)
-    script = (f"mount --bind {d} {d} && mount -o remount,ro,bind {d} && "
-              f"exec {sys.executable} {tmp_path / 'prune.py'} {d}")
-    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                          capture_output=True, text=True, timeout=300)
+    proc = on_read_only_mount(data_dir, sys.executable, tmp_path / "prune.py", data_dir)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert line, proc.stdout + proc.stderr
     text = line[0]

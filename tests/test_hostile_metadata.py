@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -465,7 +464,6 @@ def test_prune_history_keeps_everything_for_a_keep_beyond_sqlites_integers():
 
 def test_prune_history_removes_a_running_row_whose_process_is_gone():
     import json
-    import subprocess
     import sys
 
     for n in range(3):
@@ -560,26 +558,18 @@ print("RESULT" + json.dumps(out))
 '''
 
 
-def _read_only_check(tmp_path, data_dir):
+def _read_only_check(tmp_path, data_dir, on_read_only_mount):
     """Run _RO_CHECK on ``data_dir`` mounted read-only (a real EROFS, in a mount namespace)."""
-    if shutil.which("unshare") is None or shutil.which("mount") is None:
-        pytest.skip("needs unshare(1) and mount(8) to make a read-only mount")
     (tmp_path / "ro_check.py").write_text(_RO_CHECK)
-    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"],
-                           capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot make a mount namespace here: {probe.stderr.decode()}")
-    d = str(data_dir)
-    script = (f"mount --bind {d} {d} && mount -o remount,ro,bind {d} && "
-              f"exec {sys.executable} {tmp_path / 'ro_check.py'} {d} {tmp_path}")
-    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                          capture_output=True, text=True, timeout=300)
+    proc = on_read_only_mount(data_dir, sys.executable, tmp_path / "ro_check.py", data_dir,
+                              tmp_path)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert line, proc.stdout + proc.stderr
     return json.loads(line[0][len("RESULT"):])
 
 
-def test_read_only_data_dir_reads_and_refuses_writes_clearly(tmp_path, data_dir, monkeypatch):
+def test_read_only_data_dir_reads_and_refuses_writes_clearly(tmp_path, data_dir, monkeypatch,
+                                                              on_read_only_mount):
     import errno
 
     (tmp_path / "ro_tasks.py").write_text(_RO_TASKS)
@@ -589,7 +579,7 @@ def test_read_only_data_dir_reads_and_refuses_writes_clearly(tmp_path, data_dir,
     pipeflow.run(ro_tasks.RoB())
     path = ro_tasks.RoA().output().path
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched: same content
-    res = _read_only_check(tmp_path, data_dir)
+    res = _read_only_check(tmp_path, data_dir, on_read_only_mount)
     assert res["writable"] == errno.EROFS, res
     for name in ["complete", "flow.complete", "outputLoad", "outputLoadMeta", "inputLoad",
                  "history", "runs", "last_run", "new.complete", "preview", "new.preview"]:

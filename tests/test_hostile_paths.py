@@ -48,14 +48,6 @@ def files_below(root: pathlib.Path) -> list[str]:
     return sorted(out)
 
 
-@pytest.fixture
-def outside(tmp_path):
-    """A folder outside the data dir that must stay empty."""
-    where = tmp_path / "outside"
-    where.mkdir()
-    return where
-
-
 def spell(path: pathlib.Path, relative: bool) -> str:
     """``path`` relative to the working directory (the tests' tmp_path) or absolute."""
     return os.path.relpath(path) if relative else str(path)

@@ -18,6 +18,7 @@ import warnings
 
 import luigi
 import pytest
+from test_hostile_paths import files_below
 
 import pipeflow
 from pipeflow import layout, runstore, settings
@@ -35,22 +36,6 @@ from pipeflow.errors import (
 class Plain2(pipeflow.tasks.TaskJson):
     def run(self):
         self.save({"a": 1})
-
-
-def files_below(root: pathlib.Path) -> list[str]:
-    """Every entry below ``root`` (links not followed), relative."""
-    out = []
-    for folder, dirs, files in os.walk(root):
-        out += [os.path.relpath(os.path.join(folder, n), root) for n in dirs + files]
-    return sorted(out)
-
-
-@pytest.fixture
-def outside(tmp_path):
-    """A folder beside the data dir that must stay as it is."""
-    where = tmp_path / "outside"
-    where.mkdir()
-    return where
 
 
 def cause(exc: BaseException) -> BaseException:
