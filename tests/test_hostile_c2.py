@@ -6,14 +6,13 @@ arguments and an empty CLI module name.
 from __future__ import annotations
 
 import os
-import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 from click.testing import CliRunner
+from test_hostile_cli import _env, _script
 
 import pipeflow
 from pipeflow.cli import main
@@ -46,16 +45,6 @@ class BadInit(pipeflow.tasks.TaskJson):
     def run(self):
         self.save({})
 '''
-
-
-def _script():
-    script = pathlib.Path(sys.executable).with_name("pipeflow")
-    assert script.exists(), f"the pipeflow console script is not installed at {script}"
-    return str(script)
-
-
-def _env(tmp_path):
-    return {**os.environ, "PYTHONPATH": str(tmp_path), "SLOW_MARKER": str(tmp_path / "started")}
 
 
 # -- 1. two signals during a run ----------------------------------------------------------------
