@@ -317,8 +317,10 @@ def _guard(what: str, after: str = "") -> Iterator[None]:
         raise click.exceptions.Exit(143 if term else 130) from None
     except (ParameterError, ConfirmationError, luigi.parameter.ParameterException) as exc:
         raise _Refused(f"{type(exc).__name__}: {exc}") from None
-    except PipeflowError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    except PipeflowError as exc:  # (the shell shows no traceback: say where it is)
+        text = str(exc).replace(operations.CHAINED, "Its traceback: pipeflow history --errors "
+                                                    "--status failed --last 1.")
+        raise click.ClickException(f"{type(exc).__name__}: {text}") from None
     finally:
         for sig, handler in previous.items():  # the process exits after a stop: ignored
             signal.signal(sig, signal.SIG_IGN if stop.stopping and _Main.exits

@@ -308,6 +308,10 @@ def _check_settings(tasks: Iterable[luigi.Task]) -> None:
         c.priority, c.retries, c.retry_delay, c.timeout  # noqa: B018 - each checks its value
 
 
+#: where a failed run's error points at the first failure's traceback (Python: printed above)
+CHAINED = "The first failure is chained to this error (its traceback prints above it)."
+
+
 def _failure(result: RunResult) -> TaskFailedError:
     failed = result.by_state("failed")
     skipped = result.by_state("skipped")
@@ -316,8 +320,7 @@ def _failure(result: RunResult) -> TaskFailedError:
     message = (
         f"{len(failed)} task(s) failed, so the run did not finish:\n" + "\n".join(lines)
         + (f"\n{len(skipped)} downstream task(s) did not run because of it." if skipped else "")
-        + "\nThe first failure is chained to this error (its traceback prints above it). Fix "
-        "it and run again: only what is not complete reruns."
+        + f"\n{CHAINED} Fix it and run again: only what is not complete reruns."
     )
     err = TaskFailedError(message, result)
     first = failed[0].error if failed else None

@@ -240,6 +240,10 @@ class Slow(pipeflow.tasks.TaskJson):
 class Interrupted(pipeflow.tasks.TaskJson):
     def run(self):
         raise KeyboardInterrupt
+
+class Fails(pipeflow.tasks.TaskJson):
+    def run(self):
+        raise ValueError("nope")
 '''
 
 
@@ -459,3 +463,15 @@ def test_dates_in_the_cli_round_trip(cli, tmp_path):
     pipeflow.set_dir(tmp_path / "d")
     assert hostile_cli_tasks.Hello(n=7, when=datetime.date(2024, 2, 29)).complete()
     assert runstore.history_path() is not None
+
+
+def test_cli_failed_run_says_where_the_traceback_is(cli, tmp_path):
+    out = cli("run", "hostile_cli_tasks:Fails", "--dir", str(tmp_path / "d"))
+    assert out.exit_code == 1
+    assert "Fails(): ValueError: nope" in out.output
+    assert "prints above" not in out.output  # the shell shows no traceback above it
+    assert "pipeflow history --errors --status failed --last 1" in out.output
+    shown = CliRunner().invoke(main, ["history", "--errors", "--status", "failed", "--last",
+                                      "1", "--dir", str(tmp_path / "d")])
+    assert shown.exit_code == 0 and "Traceback" in shown.output  # that command shows it
+    assert "ValueError: nope" in shown.output
