@@ -27,7 +27,10 @@ from hypothesis import strategies as st
 import pipeflow
 import pipeflow.parameters
 from pipeflow.errors import ParameterError, PipeflowError
-from pipeflow.parameters import MASK
+from pipeflow.parameters import (
+    MASK,
+    _same,  # equal and of the same types, at any depth
+)
 
 
 class Color(enum.Enum):
@@ -116,16 +119,6 @@ def _param(task_cls):
 
 def _is_text(param) -> bool:
     return type(param) in TEXT_KINDS
-
-
-def _same(a, b) -> bool:
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, Mapping):
-        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
-    return bool(a == b)
 
 
 def _means(param, given_value, held) -> None:
