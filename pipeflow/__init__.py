@@ -9,6 +9,7 @@ from pipeflow.cache import data
 from pipeflow.engines import CancelToken
 from pipeflow.operations import (
     adopt,
+    dag,
     invalidate_all,
     invalidate_downstream,
     invalidate_orphans,
@@ -61,7 +62,7 @@ __all__ = [
     "SecretParameter", "SystemInfo", "TaskParameter", "TimeDeltaParameter", "TupleParameter",
     "Workflow",
     "WorkflowMulti",
-    "YearParameter", "__version__", "adopt", "clone_parent", "data", "errors", "functional",
+    "YearParameter", "__version__", "adopt", "dag", "clone_parent", "data", "errors", "functional",
     "history",
     "inherits",
     "invalidate_all", "last_error", "last_run", "prune_history", "runs",

@@ -6,6 +6,7 @@ Example::
     pipeflow run tasks:TaskTrain -p model=gbm -p do_preprocess=False
     pipeflow reset tasks:TaskPreprocess --yes
     pipeflow history --status failed --last 5
+    pipeflow dag tasks:TaskTrain -o flow.svg
 
 Exit codes: 0 done, 1 a task failed (or another error of the run), 2 bad input (an
 argument, a parameter value, a confirmation only ``--yes`` can give), 130 interrupted by
@@ -223,6 +224,32 @@ def reset(target: str, params: tuple[str, ...], data_dir: str | None, yes: bool)
         flow = _flow(target, params)
         _use_dir(data_dir, create=False)
         flow.reset(confirm=not yes)
+
+
+@main.command()
+@_target
+@_param
+@_dir
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="Write the picture to this file (.svg, .png, .dot or .mmd).")
+@click.option("--format", "fmt", type=click.Choice(["svg", "png", "dot", "mmd"]), default=None,
+              help="The format (default: the output's extension; dot on standard output).")
+@click.option("--no-group", is_flag=True, help="Draw every task (no 'Train × 120' boxes).")
+def dag(target: str, params: tuple[str, ...], data_dir: str | None, output: str | None,
+        fmt: str | None, no_group: bool) -> None:
+    """Draw TARGET's flow, coloured by status: Graphviz, Mermaid, SVG or PNG."""
+    with _guard(f"pipeflow dag {target}"):
+        if output is None and fmt == "png":
+            raise ParameterError("a PNG is not text: write it to a file with -o FILE.png.")
+        flow = _flow(target, params)
+        _use_dir(data_dir, create=False)
+        picture = flow.dag(group=not no_group)
+        if output is not None:
+            written = picture.save(output, format=fmt)
+            click.echo(f"{picture.summary()}: written to {written}", err=True)
+        else:
+            click.echo({"svg": picture.to_svg, "mmd": picture.to_mermaid}.get(
+                fmt or "dot", picture.to_dot)(), nl=False)
 
 
 @main.command()

@@ -15,6 +15,7 @@ import luigi
 
 from pipeflow import cache, display, graph, layout, runstore, settings
 from pipeflow.contract import adapt
+from pipeflow.display.dag import GROUP_ABOVE, Dag, build_dag
 from pipeflow.display.preview import Preview, build_preview, cell_number, use_color
 from pipeflow.display.progress import ProgressBar
 from pipeflow.engines import CancelToken, Engine, LocalEngine
@@ -93,6 +94,35 @@ def preview(tasks: Any, indent: str = "", last: bool = True, show_params: bool =
         result.printed = True
         result._printed_in = cell_number()
     return result
+
+
+def dag(tasks: Any, group: bool = True, group_above: int = GROUP_ABOVE) -> Dag:
+    """A picture of the flow of one or more tasks, coloured by status.
+
+    Jupyter shows it inline (hover a box for its parameters, status and why);
+    ``.save("flow.svg")`` writes it (``.png``, ``.dot``, ``.mmd`` too).
+
+    Args:
+        tasks: a task instance or a list of them (their upstream tasks are drawn too; a
+            task several others need is drawn once).
+        group: draw a family's many instances at the same depth as one box ("Train × 120",
+            with per-status counts); False draws every task.
+        group_above: how many instances make a group (more than this).
+
+    Returns:
+        The :class:`~pipeflow.display.dag.Dag`.
+
+    Example:
+        >>> pipeflow.dag(TaskEvaluate(model="ols")).save("flow.svg")  # doctest: +SKIP
+    """
+    roots = as_list(tasks)
+    with layout.at_home(roots):
+        plan = build_plan(graph.build(roots))
+    nodes = plan.graph.nodes
+    failed = runstore.last_failures(
+        [nodes[i].task_id for i, s in enumerate(plan.status) if s is not Status.COMPLETE])
+    failures = {i: failed[t.task_id] for i, t in enumerate(nodes) if t.task_id in failed}
+    return build_dag(plan, failures, group, group_above)
 
 
 def _explain_failures(plan: Plan) -> None:

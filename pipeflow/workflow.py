@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import luigi
 
 from pipeflow import display, graph, layout, operations, runstore, settings
+from pipeflow.display.dag import GROUP_ABOVE, Dag
 from pipeflow.display.preview import Preview
 from pipeflow.engines import CancelToken
 from pipeflow.errors import (
@@ -172,6 +173,16 @@ class Workflow:
         with self._active():
             return operations.preview(self._tasks(tasks), indent, last, show_params,
                                       clip_params, print_it)
+
+    def dag(self, tasks: TaskArg = None, group: bool = True,
+            group_above: int = GROUP_ABOVE) -> Dag:
+        """A picture of the flow (or of ``tasks``), coloured by status.
+
+        See :func:`pipeflow.dag`: Jupyter shows it inline; ``.save("flow.svg")`` (or
+        ``.png``, ``.dot``, ``.mmd``) writes it.
+        """
+        with self._active():
+            return operations.dag(self._tasks(tasks), group, group_above)
 
     def run(self, tasks: TaskArg = None, **options: Any) -> RunResult | None:
         """Run the flow: every task upstream of ``tasks`` that is not complete.
@@ -550,6 +561,18 @@ class WorkflowMulti:
                 display.emit(f"flow {name!r}:")
             out[name] = wf.preview(tasks, indent, last, show_params, clip_params, print_it)
         return out if flow is None or isinstance(flow, list) else out[flow]
+
+    def dag(self, tasks: TaskArg = None, flow: Any = None, group: bool = True,
+            group_above: int = GROUP_ABOVE) -> Dag:
+        """One picture of the selected flows (all by default): shared tasks drawn once.
+
+        See :func:`pipeflow.dag`; ``flow`` is a flow name or a list of them.
+        """
+        selected = self._select(flow)
+        first = next(iter(selected.values()))
+        with first._active():
+            roots = [t for wf in selected.values() for t in wf._tasks(tasks)]
+            return operations.dag(roots, group, group_above)
 
     def run(self, tasks: TaskArg = None, flow: Any = None, **options: Any) -> Any:
         """Run the selected flows (all by default) as one run, so shared tasks run once.
