@@ -446,6 +446,13 @@ def test_save_errors_say_what_to_do(tmp_path):
         dag.save(tmp_path / "x.svg", format="jpeg")
 
 
+def test_png_of_hostile_labels(tmp_path):
+    # matplotlib would read $...$ as maths (and fail on a bad formula)
+    dag = pipeflow.dag([DagHostileDown(value=r"$\frac{1}{$ 50%"), DagHostile(value="\ud800<&>")])
+    dag.save(tmp_path / "x.png")
+    assert (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_png_without_matplotlib_says_what_to_install(monkeypatch):
     import builtins
 
@@ -545,3 +552,53 @@ def test_cli_errors_and_exit_codes(cli):
     assert out.exit_code == 2 and "model" in out.output
     out = cli("dag_cli_tasks:Fit", "-o", "no/such/folder/flow.svg")
     assert out.exit_code == 2 and "does not exist" in out.output
+
+
+# -- a real notebook kernel -------------------------------------------------------------------
+def test_a_notebook_cell_shows_the_picture_once(tmp_path):
+    import json
+    import sys
+
+    import nbformat
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+
+    spec = tmp_path / "kernels" / "pipeflow-test"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "pipeflow test", "language": "python"}))
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in (
+        "import pandas as pd, pipeflow\n"
+        f"pipeflow.set_dir({str(tmp_path / 'nbdata')!r})\n"
+        "class NbLoad(pipeflow.tasks.TaskPqPandas):\n"
+        "    def run(self): self.save(pd.DataFrame({'x': [1]}))\n"
+        "@pipeflow.requires(NbLoad)\n"
+        "class NbFit(pipeflow.tasks.TaskPqPandas):\n"
+        "    def run(self): self.save(self.inputLoad())",
+        "pipeflow.dag(NbFit())",
+        "flow = pipeflow.Workflow(NbFit)\nflow.dag()",
+        "print(flow.dag())",
+    )]
+    km = KernelManager(kernel_name="pipeflow-test",
+                       kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)]))
+    try:
+        NotebookClient(nb, km=km, timeout=60, allow_errors=False).execute()
+    finally:
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
+    assert not km.is_alive()
+    for cell in nb.cells[1:3]:
+        assert len(cell.outputs) == 1, cell.outputs
+        out = cell.outputs[0]
+        assert out.output_type == "execute_result"
+        assert out.data["text/html"].count("<svg") == 1
+        assert "image/svg+xml" not in out.data
+        assert len(boxes(parse(out.data["text/html"][out.data["text/html"].index("<svg"):
+                                                     -len("</div>")]))) == 2
+    printed = nb.cells[3].outputs
+    assert len(printed) == 1 and printed[0].output_type == "stream"
+    assert printed[0].text.startswith("<Dag 2 tasks (2 pending)") and printed[0].text.count(
+        "\n") == 1

@@ -586,12 +586,13 @@ def _png(dag: Dag) -> bytes:
         ax.add_patch(FancyBboxPatch((x, 9), 14, 12, boxstyle="round,pad=0,rounding_size=3",
                                     facecolor=fill, edgecolor=stroke))
         ax.text(x + 19, 15, LEGEND[status], fontsize=pt, va="center", ha="left",
-                family="sans-serif")
+                family="sans-serif", parse_math=False)
         x += 19 + text_width(LEGEND[status]) + 14
     for label, style in (("requires", "solid"), ("optional", (0, (5, 4)))):
         ax.plot([x, x + 20], [15, 15], color="#555", linewidth=1.3, linestyle=style)
         arrow_head(x, 15, x + 24, 15, ax)
-        ax.text(x + 30, 15, label, fontsize=pt, va="center", ha="left", family="sans-serif")
+        ax.text(x + 30, 15, label, fontsize=pt, va="center", ha="left", family="sans-serif",
+                parse_math=False)
         x += 30 + text_width(label) + 14
 
     for edge, pts in zip(dag.edges, lay.paths):
@@ -612,19 +613,30 @@ def _png(dag: Dag) -> bytes:
                                zorder=1))
         ex, ey = pts[-1]
         arrow_head(ex, ey - 8, ex, ey, ax)
+    texts: list[tuple[Any, float]] = []
     for node, (bx, by, bw, bh) in zip(dag.nodes, lay.boxes):
         by += oy
         fill, stroke = COLORS[node.status]
         ax.add_patch(FancyBboxPatch((bx, by), bw, bh, boxstyle="round,pad=0,rounding_size=6",
                                     facecolor=fill, edgecolor=stroke, linewidth=1.5, zorder=3))
         for i, line in enumerate(node.lines):
-            ax.text(bx + bw / 2, by + 18 + i * (_FONT + 4) - _FONT * 0.35, line, fontsize=pt,
-                    ha="center", va="center", fontweight="bold" if i == 0 else "normal",
-                    family="sans-serif", zorder=4)
+            text = ax.text(bx + bw / 2, by + 18 + i * (_FONT + 4) - _FONT * 0.35, line,
+                           fontsize=pt, ha="center", va="center", parse_math=False,
+                           fontweight="bold" if i == 0 else "normal", family="sans-serif",
+                           zorder=4)
+            if text_width(line, bold=i == 0) * 1.3 > bw - 8:  # may not fit: measured below
+                texts.append((text, bw - 8))
         if node.grouped:
             for status, _n, sx, dx in _bar_segments(node, bx + _PAD_X, bw - 2 * _PAD_X):
                 ax.add_patch(Rectangle((sx, by + bh - _BAR_H - 6), dx, _BAR_H,
                                        facecolor=COLORS[status][1], edgecolor="none", zorder=4))
+    # the font matplotlib has (DejaVu Sans, often) can be wider than the estimate the boxes
+    # were sized by: shrink a line that would overflow its box
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    for text, room in texts:
+        wide = text.get_window_extent(renderer).width * 100 / dpi
+        if wide > room:
+            text.set_fontsize(pt * room / wide)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
     return buf.getvalue()
