@@ -508,6 +508,10 @@ class Fit(pipeflow.tasks.TaskPqPandas):
         return {"load": Load(), "extra": pipeflow.optional(Load())}
     def run(self):
         self.save(self.inputLoad()["load"])
+
+class Many(pipeflow.tasks.TaskAggregator):
+    def requires(self):
+        return [Fit(model=str(i)) for i in range(8)]
 '''
 
 
@@ -540,6 +544,14 @@ def test_cli_writes_a_file(cli, tmp_path):
     assert "written to flow.png" in out.output
     out = cli("dag_cli_tasks:Fit", "--output", "flow.mmd", "--dir", str(tmp_path / "data"))
     assert out.exit_code == 0 and (tmp_path / "flow.mmd").read_text().startswith("flowchart")
+
+
+def test_cli_groups_unless_told_not_to(cli):
+    out = cli("dag_cli_tasks:Many", "--format", "mmd")
+    assert out.exit_code == 0 and "Fit × 8" in out.output
+    out = cli("dag_cli_tasks:Many", "--format", "mmd", "--no-group")
+    assert out.exit_code == 0 and "×" not in out.output
+    assert len(re.findall(r'\["Fit<br/>model=\d"\]', out.output)) == 8
 
 
 def test_cli_errors_and_exit_codes(cli):
