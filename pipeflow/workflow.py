@@ -303,7 +303,7 @@ class Workflow:
         """
         with self._active():
             root = self.get_task(task)
-            doomed = operations._deletable(operations.taskflow_upstream(root))
+            doomed = operations._deletable(operations.taskflow_upstream(root)[::-1])
             done = operations.invalidate_upstream(root, confirm=confirm)
             return Reset(doomed if done else [], declined=not done)
 

@@ -158,7 +158,8 @@ def preview_html(preview: Preview) -> str:
         task = (f'<span style="padding-left:{depth * 1.2:.1f}em;white-space:nowrap">{glyph}'
                 f"{deep}{name}</span> {rich.muted(params)}")
         if r.reference:
-            rows.append([task, rich.muted("see above"), ""])
+            rows.append([task, '<span style="color:#6e7781;white-space:nowrap">see above</span>',
+                         ""])
             continue
         word = str(r.status)
         why = rich.esc(redact(r.reason, r.task)) if r.reason else ""

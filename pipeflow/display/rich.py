@@ -253,9 +253,10 @@ class _Flows(dict, ShownOnce):  # type: ignore[type-arg]
 
     def _rows(self) -> list[tuple[list[str], list[str]]]:
         out = []
+        width = len(self._head())
         for name, value in self.items():
             params = [self._params[name].get(k, "") for k in self._names]
-            cols = self._columns(value)
+            cols = self._columns(value)[:width]
             out.append(([str(name), *params, *(t for t, _ in cols)],
                         [f"<b>{esc(name)}</b>", *(esc(p) for p in params),
                          *(h for _, h in cols)]))
@@ -317,8 +318,11 @@ class FlowResults(_Flows):
 
     _kind = "pipeflow-flow-results"
 
+    def _failed(self) -> bool:
+        return any(r.by_state(TaskState.FAILED) for r in self.values())
+
     def _head(self) -> list[str]:
-        return ["result", "tasks", "error"]
+        return ["result", "tasks", "error"] if self._failed() else ["result", "tasks"]
 
     def _columns(self, value: Any) -> list[tuple[str, str]]:
         word = value.verdict
