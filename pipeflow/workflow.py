@@ -586,10 +586,12 @@ class WorkflowMulti:
             A :class:`~pipeflow.display.rich.FlowPreviews` (a dict ``{flow_name: Preview}``
             that displays as that table), or one Preview when ``flow`` names a single flow.
         """
-        if flow is not None and not isinstance(flow, list):
-            return self.get_flow(flow).preview(tasks, indent, last, show_params, clip_params,
-                                               print_it)
         notebook = print_it and rich.in_notebook()
+        if flow is not None and not isinstance(flow, list):
+            wf = self.get_flow(flow)
+            if print_it and not notebook:
+                display.emit(f"flow {flow!r}:")
+            return wf.preview(tasks, indent, last, show_params, clip_params, print_it)
         out = {}
         for name, wf in self._select(flow).items():
             if print_it and not notebook:

@@ -279,6 +279,11 @@ def test_multi_preview_is_a_dict_of_previews_shown_as_one_table(capsys):
     previews = m.preview()
     out = capsys.readouterr().out
     assert out.count("PENDING") == 4  # the text trees, d6tflow style, outside a notebook
+    assert [line for line in out.splitlines() if line.startswith("flow ")] == [
+        "flow 'alpha=0.1,token=***1':", "flow 'alpha=0.2,token=***1':"]
+    one = m.preview(flow="alpha=0.1,token=***1")
+    assert capsys.readouterr().out.startswith("flow 'alpha=0.1,token=***1':\n└─--[Train-")
+    assert isinstance(one, pipeflow.display.preview.Preview)
     assert isinstance(previews, dict) and list(previews) == list(m.params)
     assert previews["alpha=0.1,token=***1"].counts()["PENDING"] == 2
     doc = parse(previews._repr_html_())
