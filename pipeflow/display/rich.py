@@ -380,7 +380,8 @@ class Reset(ShownOnce):
             return self.tasks == other.tasks and self.declined == other.declined
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    def __hash__(self) -> int:
+        return hash(bool(self))  # equal to True or False, so hashed as they are
 
     def _plain(self) -> str:
         if self.declined:
