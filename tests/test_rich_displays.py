@@ -338,6 +338,21 @@ def test_multi_run_with_a_failed_flow_shows_its_error_in_its_row():
     assert "Fragile(n=2): ZeroDivisionError" in repr(results)
 
 
+def test_functional_multi_params_run_shows_as_one_table():
+    flow = pipeflow.functional.Workflow()
+
+    @flow.task(pipeflow.tasks.TaskJson)
+    @flow.params(k=pipeflow.IntParameter(default=1))
+    def step(task):
+        task.save({"k": task.k})
+
+    results = flow.run(step, multi_params={"a": {"k": 1}, "b": {"k": 2}})
+    assert isinstance(results, dict) and results["a"] and results["b"]
+    doc = parse(results._repr_html_())
+    assert column(doc, "flow") == ["a", "b"] and column(doc, "k") == ["1", "2"]
+    assert column(doc, "result") == ["success", "success"]
+
+
 # -- resets ----------------------------------------------------------------------------------
 
 def test_reset_says_what_it_deleted_and_stays_truthy():
