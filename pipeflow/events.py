@@ -7,9 +7,11 @@ summary, user callbacks) reads that one stream.
 from __future__ import annotations
 
 import enum
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import luigi
 
@@ -49,6 +51,21 @@ class TaskState(str, enum.Enum):
     SKIPPED = "skipped"
     UP_TO_DATE = "up_to_date"
 
+
+#: how a person reads each state (the result's text, its notebook display), in display order
+STATE_WORDS = {
+    TaskState.COMPLETED: "ran",
+    TaskState.UP_TO_DATE: "already done",
+    TaskState.FAILED: "failed",
+    TaskState.SKIPPED: "not run (upstream failed)",
+    TaskState.CANCELLED: "cancelled",
+    TaskState.IN_PROGRESS: "running",
+    TaskState.QUEUED: "queued",
+}
+
+#: how a notebook shows a :class:`RunResult`, installed by :mod:`pipeflow.display.rich`
+#: (the domain knows nothing of HTML): ``"html"`` renders it, ``"show"`` displays it
+NOTEBOOK: dict[str, Callable[[Any], Any]] = {}
 
 _STATE_OF = {
     EventKind.TASK_UP_TO_DATE: TaskState.UP_TO_DATE,
@@ -180,6 +197,9 @@ class RunResult:
         self.tasks: dict[str, TaskResult] = {}
         self.started: float | None = None
         self.finished: float | None = None
+        #: the notebook cell (IPython's execution count) its execution summary printed in:
+        #: as that cell's value the result shows nothing more (a later cell shows it)
+        self.shown_in: int | None = None
 
     def __call__(self, event: Event) -> None:
         """Record an event (the result is an event sink)."""
@@ -232,14 +252,49 @@ class RunResult:
     def __bool__(self) -> bool:
         return self.success
 
+    @property
+    def verdict(self) -> str:
+        """How the run ended: ``'success'``, ``'cancelled'`` (nothing failed) or ``'failed'``."""
+        if self.success:
+            return "success"
+        if self.by_state(TaskState.CANCELLED) and not self.by_state(TaskState.FAILED):
+            return "cancelled"
+        return "failed"
+
+    def counts(self) -> dict[TaskState, int]:
+        """How many tasks ended in each state (states no task is in left out)."""
+        found: dict[TaskState, int] = {}
+        for r in self.tasks.values():
+            found[r.state] = found.get(r.state, 0) + 1
+        return {s: found[s] for s in STATE_WORDS if s in found}
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from the run's start to its end, if it ended."""
+        if self.started is None or self.finished is None:
+            return None
+        return self.finished - self.started
+
     def __repr__(self) -> str:
-        counts = {s.value: len(self.by_state(s)) for s in TaskState if self.by_state(s)}
-        return f"<RunResult {'success' if self else 'failed'} {counts}>"
+        counts = ", ".join(f"{n} {STATE_WORDS[s]}" for s, n in self.counts().items())
+        return f"<RunResult {self.verdict}: {counts or 'no task'}>"
+
+    def _repr_html_(self) -> str | None:
+        render = NOTEBOOK.get("html")
+        return None if render is None else render(self)  # type: ignore[no-any-return]
+
+    def _ipython_display_(self) -> None:
+        show = NOTEBOOK.get("show")
+        if show is None:
+            sys.stdout.write(repr(self) + "\n")  # not reached: pipeflow.display.rich sets it
+        else:
+            show(self)
 
     def subset(self, task_ids: Iterable[str]) -> RunResult:
         """The same run restricted to some tasks (e.g. one flow of a WorkflowMulti)."""
         out = RunResult(self.run_id)
         out.started, out.finished = self.started, self.finished
+        out.shown_in = self.shown_in
         wanted = set(task_ids)
         out.tasks = {k: v for k, v in self.tasks.items() if k in wanted}
         return out

@@ -25,13 +25,14 @@ import luigi
 
 from pipeflow import graph, operations
 from pipeflow.display.preview import Preview
+from pipeflow.display.rich import FlowResults
 from pipeflow.errors import (
     IncompleteTaskError,
     ParameterError,
     did_you_mean,
 )
 from pipeflow.events import RunResult
-from pipeflow.parameters import TYPO_CUTOFF, check_undeclared, describe_param
+from pipeflow.parameters import TYPO_CUTOFF, check_undeclared, describe_param, is_secret
 from pipeflow.targets import DataTarget
 from pipeflow.tasks import TaskData
 from pipeflow.tasks import requires as _requires
@@ -580,8 +581,12 @@ class Workflow:
         result = operations.run([t for ts in roots.values() for t in ts], *args, **kwargs)
         if result is None:
             return None
-        return {name: result.subset(t.task_id for t in graph.build(ts).nodes)
-                for name, ts in roots.items()}
+        nodes = {name: graph.build(ts).nodes for name, ts in roots.items()}
+        secret = {n for ns in nodes.values() for c in {type(t) for t in ns}
+                  for n, param in c.get_params() if is_secret(param)}
+        # a dict per set that a notebook shows as one table (a row per set), not raw reprs
+        return FlowResults({name: result.subset(t.task_id for t in ns)
+                            for name, ns in nodes.items()}, sets, secret)
 
     def _forced(self, forced: Any) -> Any:
         items = forced if isinstance(forced, (list, tuple)) else [forced]

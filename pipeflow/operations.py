@@ -15,6 +15,7 @@ import luigi
 
 from pipeflow import cache, display, graph, layout, runstore, settings
 from pipeflow.contract import adapt
+from pipeflow.display import rich
 from pipeflow.display.dag import GROUP_ABOVE, Dag, build_dag
 from pipeflow.display.preview import Preview, build_preview, cell_number, use_color
 from pipeflow.display.progress import ProgressBar
@@ -81,8 +82,10 @@ def preview(tasks: Any, indent: str = "", last: bool = True, show_params: bool =
         last: draw the roots as last children.
         show_params: show parameters.
         clip_params: show only one parameter per task.
-        print_it: print the tree (the returned
-            :class:`~pipeflow.display.preview.Preview` has it too).
+        print_it: show the tree now: in a notebook as an HTML table, elsewhere (a
+            terminal, a script, captured standard output) printed as text. The returned
+            :class:`~pipeflow.display.preview.Preview` has it too; in a notebook it shows
+            once per cell (as the cell's value right after, it draws nothing more).
     """
     roots = as_list(tasks)
     with layout.at_home(roots):
@@ -90,9 +93,12 @@ def preview(tasks: Any, indent: str = "", last: bool = True, show_params: bool =
     _explain_failures(plan)
     result = build_preview(plan, roots, show_params, clip_params, indent, last)
     if print_it:
-        display.emit(result.text(color=use_color()))
+        if rich.in_notebook():
+            rich.show(result.text(), result._repr_html_())
+        else:
+            display.emit(result.text(color=use_color()))
         result.printed = True
-        result._printed_in = cell_number()
+        result.mark_shown()
     return result
 
 
@@ -220,6 +226,7 @@ def _run(roots: list[Any], o: RunOptions) -> RunResult | None:
                else o.execution_summary)
     if summary:
         display.emit(result.summary())
+        result.shown_in = cell_number()  # a notebook cell shows it once (display.rich)
     if o.abort and not result:
         if result.by_state("cancelled") and not result.by_state("failed"):
             n = len(result.by_state("cancelled"))

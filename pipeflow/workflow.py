@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 import luigi
 
 from pipeflow import display, graph, layout, operations, runstore, settings
+from pipeflow.display import rich
 from pipeflow.display.dag import GROUP_ABOVE, Dag
 from pipeflow.display.preview import Preview
+from pipeflow.display.rich import FlowPreviews, FlowResets, FlowResults, Reset
 from pipeflow.engines import CancelToken
 from pipeflow.errors import (
     IncompleteTaskError,
@@ -32,7 +34,7 @@ from pipeflow.errors import (
 from pipeflow.events import RunResult
 from pipeflow.options import RunOptions, flag
 from pipeflow.parameters import MASK, check_undeclared, check_value, is_secret
-from pipeflow.tasks import TaskData, located
+from pipeflow.tasks import TaskAggregator, TaskData, located
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -284,28 +286,59 @@ class Workflow:
             return operations.expected_files(self.get_task())
 
     # -- resetting -------------------------------------------------------------------------------
-    def reset(self, task: TaskArg = None, confirm: bool = False) -> bool:
-        """Delete the outputs of ``task`` (a class or a list of classes) so it runs again."""
-        with self._active():
-            done = True
-            for t in self._tasks(task):
-                done = bool(t.reset(confirm=confirm)) and done
-            return done
+    def reset(self, task: TaskArg = None, confirm: bool = False) -> Reset:
+        """Delete the outputs of ``task`` (a class or a list of classes) so it runs again.
 
-    def reset_upstream(self, task: TaskArg = None, confirm: bool = False) -> bool:
-        """Delete the outputs of ``task`` and of every task upstream of it."""
+        Returns:
+            A :class:`~pipeflow.display.rich.Reset` naming the tasks whose outputs were
+            deleted (``reset 1 task: Train(alpha=0.5)``); truthy unless the user declined.
+        """
         with self._active():
-            return operations.invalidate_upstream(self.get_task(task), confirm=confirm)
+            deleted: list[luigi.Task] = []
+            declined = False
+            for t in self._tasks(task):
+                had = operations._deletable(t.members() if isinstance(t, TaskAggregator)
+                                            else [t])
+                if t.reset(confirm=confirm):
+                    deleted += had
+                else:
+                    declined = True
+            return Reset(deleted, declined)
+
+    def reset_upstream(self, task: TaskArg = None, confirm: bool = False) -> Reset:
+        """Delete the outputs of ``task`` and of every task upstream of it.
+
+        Returns:
+            A :class:`~pipeflow.display.rich.Reset` naming the tasks whose outputs were
+            deleted; truthy unless the user declined.
+        """
+        with self._active():
+            root = self.get_task(task)
+            doomed = operations._deletable(operations.taskflow_upstream(root)[::-1])
+            done = operations.invalidate_upstream(root, confirm=confirm)
+            return Reset(doomed if done else [], declined=not done)
 
     def reset_downstream(self, task: TaskArg, task_downstream: TaskArg = None,
-                         confirm: bool = False) -> bool:
+                         confirm: bool = False) -> Reset:
         """Delete the outputs of ``task`` and of everything downstream of it.
 
         Downstream stops at ``task_downstream`` (default: the default task).
+
+        Returns:
+            A :class:`~pipeflow.display.rich.Reset` naming the tasks whose outputs were
+            deleted; truthy unless the user declined.
         """
         with self._active():
-            return operations.invalidate_downstream(task, self.get_task(task_downstream),
-                                                    confirm=confirm)
+            last = self.get_task(task_downstream)
+            doomed = operations._deletable(
+                sorted(operations.taskflow_downstream(task, last), key=lambda t: t.task_id))
+            done = operations.invalidate_downstream(task, last, confirm=confirm)
+            return Reset(doomed if done else [], declined=not done)
+
+
+def _resets(done: Any) -> Any:
+    """Resets of several flows (a dict) as one display; one flow's Reset as it is."""
+    return FlowResets(done) if isinstance(done, dict) else done
 
 
 def _check_task_class(task: Any, where: str) -> None:
@@ -554,13 +587,35 @@ class WorkflowMulti:
     def preview(self, tasks: TaskArg = None, flow: Any = None, indent: str = "",
                 last: bool = True, show_params: bool = True, clip_params: bool = False,
                 print_it: bool = True) -> Any:
-        """Print and return each flow's status tree (``{flow_name: Preview}``)."""
+        """Show and return each flow's status tree.
+
+        In a terminal or a script each flow's tree is printed, after a ``flow 'name':``
+        line. In a notebook one table is shown instead, a row per flow (its parameters,
+        how many tasks are complete, stale, pending); ``previews[name]`` shows a flow's tree.
+
+        Returns:
+            A :class:`~pipeflow.display.rich.FlowPreviews` (a dict ``{flow_name: Preview}``
+            that displays as that table), or one Preview when ``flow`` names a single flow.
+        """
+        notebook = print_it and rich.in_notebook()
+        if flow is not None and not isinstance(flow, list):
+            wf = self.get_flow(flow)
+            if print_it and not notebook:
+                display.emit(f"flow {flow!r}:")
+            return wf.preview(tasks, indent, last, show_params, clip_params, print_it)
         out = {}
         for name, wf in self._select(flow).items():
-            if print_it:
+            if print_it and not notebook:
                 display.emit(f"flow {name!r}:")
-            out[name] = wf.preview(tasks, indent, last, show_params, clip_params, print_it)
-        return out if flow is None or isinstance(flow, list) else out[flow]
+            out[name] = wf.preview(tasks, indent, last, show_params, clip_params,
+                                   print_it and not notebook)
+        secret = {n for p in out.values() for c in p.plan.graph.families()
+                  for n, param in c.get_params() if is_secret(param)}
+        previews = FlowPreviews(out, self.params, secret)
+        if notebook:
+            rich.show(previews._plain(), previews._repr_html_())
+            previews.mark_shown()
+        return previews
 
     def dag(self, tasks: TaskArg = None, flow: Any = None, group: bool = True,
             group_above: int = GROUP_ABOVE) -> Dag:
@@ -583,8 +638,10 @@ class WorkflowMulti:
             **options: the options of :func:`pipeflow.run`.
 
         Returns:
-            ``{flow_name: RunResult}`` (each restricted to that flow's tasks), or one
-            RunResult when ``flow`` names a single flow.
+            A :class:`~pipeflow.display.rich.FlowResults`: ``{flow_name: RunResult}``
+            (each restricted to that flow's tasks), truthy when every flow succeeded, that
+            a notebook shows as one table (a row per flow); or one RunResult when ``flow``
+            names a single flow.
         """
         opts = RunOptions.of(**options)
         selected = self._select(flow)
@@ -602,9 +659,13 @@ class WorkflowMulti:
             self._tokens.discard(token)
         if result is None:
             return None
-        out = {name: result.subset(t.task_id for t in graph.build(ts).nodes)
-               for name, ts in roots.items()}
-        return out if flow is None or isinstance(flow, list) else out[flow]
+        nodes = {name: graph.build(ts).nodes for name, ts in roots.items()}
+        out = {name: result.subset(t.task_id for t in ns) for name, ns in nodes.items()}
+        if flow is not None and not isinstance(flow, list):
+            return out[flow]
+        secret = {n for ns in nodes.values() for c in {type(t) for t in ns}
+                  for n, param in c.get_params() if is_secret(param)}
+        return FlowResults(out, self.params, secret)
 
     def cancel(self) -> None:
         """Cancel the runs of these flows in progress."""
@@ -727,21 +788,30 @@ class WorkflowMulti:
         return pd.DataFrame(frame, index=index)
 
     def reset(self, task: TaskArg = None, flow: Any = None, confirm: bool = False) -> Any:
-        """Delete ``task``'s outputs, per flow."""
+        """Delete ``task``'s outputs, per flow.
+
+        Returns:
+            A :class:`~pipeflow.display.rich.FlowResets` (``{flow_name: Reset}``, a line
+            per flow), or one Reset when ``flow`` names a single flow.
+        """
         self._check_reset(flow, task, confirm)
-        return self._each(flow, "reset", task, confirm=confirm)
+        return _resets(self._each(flow, "reset", task, confirm=confirm))
 
     def reset_upstream(self, task: TaskArg = None, flow: Any = None,
                        confirm: bool = False) -> Any:
-        """Delete the outputs of ``task`` and its upstream tasks, per flow."""
+        """Delete the outputs of ``task`` and its upstream tasks, per flow (as :meth:`reset`)."""
         self._check_reset(flow, task, confirm)
-        return self._each(flow, "reset_upstream", task, confirm=confirm)
+        return _resets(self._each(flow, "reset_upstream", task, confirm=confirm))
 
     def reset_downstream(self, task: TaskArg, task_downstream: TaskArg = None,
                          flow: Any = None, confirm: bool = False) -> Any:
-        """Delete the outputs of ``task`` and everything downstream of it, per flow."""
+        """Delete the outputs of ``task`` and everything downstream of it, per flow.
+
+        Returns as :meth:`reset`.
+        """
         self._check_reset(flow, task_downstream, confirm)
-        return self._each(flow, "reset_downstream", task, task_downstream, confirm=confirm)
+        return _resets(self._each(flow, "reset_downstream", task, task_downstream,
+                                  confirm=confirm))
 
     def _check_reset(self, flow: Any, tasks: TaskArg, confirm: Any) -> None:
         """Check a reset's arguments in every flow before any flow deletes anything.

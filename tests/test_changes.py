@@ -317,7 +317,8 @@ def test_preview_shows_stale_tasks_and_counts_them(project):
     assert preview.counts() == {"COMPLETE": 0, "PENDING": 0, "STALE": 2}
     assert "[Prepare-{} (STALE)] - code changed: helper" in str(preview)
     assert "\033[93mSTALE" in preview.text(color=True)
-    assert "STALE</b>" in preview._repr_html_()
+    assert ">STALE</span>" in preview._repr_html_()
+    assert "code changed: helper" in preview._repr_html_()
 
 
 def test_records_from_before_change_detection_still_count(project):

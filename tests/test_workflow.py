@@ -74,7 +74,7 @@ def test_a_preview_kept_in_a_variable_shows_in_the_next_notebook_cell(monkeypatc
     ipython.get_ipython = lambda: shell
     display_mod = types.ModuleType("IPython.display")
     display_mod.HTML = lambda text: text
-    display_mod.display = shown.append
+    display_mod.display = lambda bundle, raw=False: shown.append(bundle["text/html"])
     monkeypatch.setitem(sys.modules, "IPython", ipython)
     monkeypatch.setitem(sys.modules, "IPython.display", display_mod)
 

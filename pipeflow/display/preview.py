@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import html
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import luigi
 
+from pipeflow.display import rich
+from pipeflow.display.rich import cell_number
+from pipeflow.parameters import redact
 from pipeflow.plan import Plan, Status
 
 _COLORS = {"COMPLETE": "\033[92m", "PENDING": "\033[94m", "STALE": "\033[93m"}
@@ -59,17 +61,21 @@ class PreviewRow:
         return f"{self.prefix}[{name} ({word})]{why}"
 
 
-class Preview:
+class Preview(rich.ShownOnce):
     """What ``preview()`` shows: a tree of tasks with their status, usable in code.
 
     ``preview.text()`` is the text tree (also ``str(preview)`` unless ``preview()`` already
-    printed it), ``preview._repr_html_()`` its notebook rendering.
+    showed it), ``preview._repr_html_()`` its notebook rendering: a table with the status
+    in colour. In a notebook the preview shows once per cell: as the value of the cell in
+    which ``preview()`` drew it, it shows nothing more; kept in a variable, it shows in any
+    later cell.
 
     Attributes:
         rows: one :class:`PreviewRow` per line, in display order.
         plan: the plan the preview was made from.
-        printed: ``preview()`` printed the tree; ``str()`` then gives the one-line
-            :meth:`summary`, so ``print(flow.preview())`` shows the tree once.
+        printed: ``preview()`` showed the tree (printed it, or drew it in a notebook);
+            ``str()`` then gives the one-line :meth:`summary`, so ``print(flow.preview())``
+            shows the tree once.
 
     Example:
         >>> p = flow.preview()        # doctest: +SKIP
@@ -81,9 +87,7 @@ class Preview:
     def __init__(self, rows: list[PreviewRow], plan: Plan):
         self.rows = rows
         self.plan = plan
-        #: the notebook cell (IPython's execution count) in which preview() printed it
-        self._printed_in: int | None = None
-        self.printed = False  # preview() printed the tree: str() gives the summary line
+        self.printed = False  # preview() showed the tree: str() gives the summary line
 
     def tasks(self, status: Status | str | None = None) -> list[luigi.Task]:
         """The distinct tasks shown, optionally only those with ``status``."""
@@ -124,36 +128,44 @@ class Preview:
         return (f"<Preview of {n} tasks: {c['COMPLETE']} done, {c['STALE']} stale, "
                 f"{c['PENDING']} to run>")
 
+    def _plain(self) -> str:
+        return self.text()
+
     def _repr_html_(self) -> str:
-        colors = {Status.COMPLETE: "#1a7f37", Status.PENDING: "#0969da",
-                  Status.STALE: "#9a6700"}
-        lines = []
-        for r in self.rows:
-            plain = html.escape(r.text())
-            if not r.reference:
-                word = str(r.status)
-                plain = plain.replace(
-                    f"({word})]", f'(<b style="color:{colors[r.status]}">{word}</b>)]'
-                )
-            lines.append(plain)
-        return "<pre>" + "\n".join(lines) + "</pre>"
-
-    def _ipython_display_(self) -> None:
-        # preview() has already printed the tree in this cell; showing the returned object
-        # as the cell's result would draw it twice. Any later cell (``p``) shows it.
-        if self._printed_in is not None and self._printed_in == cell_number():
-            return
-        from IPython.display import HTML, display  # only reached inside IPython
-
-        display(HTML(self._repr_html_()))
+        """The tree as an HTML table: task (family and parameters), status, why."""
+        return preview_html(self)
 
 
-def cell_number() -> int | None:
-    """IPython's execution count (the notebook cell running now), None outside IPython."""
-    ipython = sys.modules.get("IPython")
-    get = getattr(ipython, "get_ipython", None)
-    shell = get() if get is not None else None
-    return getattr(shell, "execution_count", None)
+def preview_html(preview: Preview) -> str:
+    """``preview`` as an HTML table: a row per line of the tree, a count line under it.
+
+    Each row: the task (indented by its depth; its family, then the parameters that differ
+    from its parent's), its status in colour, and why it is stale or does not run. A task
+    drawn above already (shared by several parents) is a grey "see above" row. Values are
+    escaped and secret parameter values masked; past :data:`~pipeflow.display.rich.MAX_ROWS`
+    rows the rest is counted (``preview.text()`` has them all).
+    """
+    rows = []
+    for r in preview.rows[: rich.MAX_ROWS]:
+        depth = min(r.depth, MAX_INDENT_DEPTH)
+        glyph = rich.muted("└ ") if r.depth else ""
+        deep = rich.muted(f"[{r.depth}] ") if r.depth > MAX_INDENT_DEPTH else ""
+        params = ", ".join(f"{k}={v}" for k, v in r.params.items())
+        params = redact(params, r.task) if params else ""
+        name = f"<b>{rich.esc(r.task.task_family)}</b>"
+        if r.reference:
+            name = f'<span style="color:#6e7781">{rich.esc(r.task.task_family)}</span>'
+        task = (f'<span style="padding-left:{depth * 1.2:.1f}em;white-space:nowrap">{glyph}'
+                f"{deep}{name}</span> {rich.muted(params)}")
+        if r.reference:
+            rows.append([task, '<span style="color:#6e7781;white-space:nowrap">see above</span>',
+                         ""])
+            continue
+        word = str(r.status)
+        why = rich.esc(redact(r.reason, r.task)) if r.reason else ""
+        rows.append([task, rich.badge(word, rich.STATUS_COLORS[word]), why])
+    return rich.table(["task", "status", "why"], rows, preview.summary(), "pipeflow-preview",
+                      len(preview.rows))
 
 
 def build_preview(
@@ -231,4 +243,5 @@ def use_color() -> bool:
 
 
 __all__ = ["NOT_RUN", "OPTIONAL_NOT_RUN", "Preview", "PreviewRow", "build_preview", "cell_number",
+           "preview_html",
            "use_color"]
