@@ -19,7 +19,7 @@ import warnings
 import luigi
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import pipeflow
@@ -440,12 +440,21 @@ def test_redact_error_leaves_no_form_of_any_secret(secret, how):
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(secret=_LONGER_SECRETS, form=st.sampled_from(sorted(LEAKS)))
+@example(secret="complete", form="keyerror")  # a word of pipeflow's own failure message
 def test_any_secret_value_stays_hidden_end_to_end(data_dir, secret, form):
+    # a secret that is part of what pipeflow writes around ANY secret (a word of its own
+    # messages, such as "complete", or of the history's column names) cannot be told apart
+    # from it: the same texts made with a neutral secret say which these are
+    assume(not leaks(secret, _texts_of_a_failure(form, "Zq9XwVbTk7")))
+    assert not leaks(secret, _texts_of_a_failure(form, secret))
+
+
+def _texts_of_a_failure(form: str, secret: str) -> list[str]:
+    """Everything a person can see of a Leaky task's failure with ``secret``."""
     with pytest.raises(TaskFailedError) as info:
         pipeflow.run(Leaky(form=form, token=secret), execution_summary=False)
     err = info.value
     texts = [str(err), "".join(traceback.format_exception(err)), err.result.summary(),
              repr(err.__cause__), repr(err.__cause__.args),
              pipeflow.history(run=err.result.run_id).to_csv()]
-    texts += [r.traceback or "" for r in err.result.tasks.values()]
-    assert not leaks(secret, texts)
+    return texts + [r.traceback or "" for r in err.result.tasks.values()]
