@@ -537,10 +537,23 @@ def _param_names(module: str, cls_name: str) -> list[str]:
     return list(names)
 
 
+def _target_of(ctx: click.Context) -> str:
+    """TARGET of the command line being completed ('' if not given yet).
+
+    Click leaves it unparsed when the word being completed is an option's value; the words
+    are then read from ``COMP_WORDS``, which click's bash, zsh and fish scripts all set.
+    """
+    given = ctx.params.get("target")
+    if given:
+        return str(given)
+    words = os.environ.get("COMP_WORDS", "").split()
+    return next((w for w in words[2:] if re.fullmatch(r"[\w.]+:\w+", w)), "")
+
+
 def _complete_param(ctx: click.Context, param: click.Parameter, incomplete: str
                     ) -> list[CompletionItem]:
     """``NAME=`` for the parameters of TARGET's class (read from its source)."""
-    module, _, cls_name = str(ctx.params.get("target") or "").partition(":")
+    module, _, cls_name = _target_of(ctx).partition(":")
     if not (module and cls_name) or "=" in incomplete:
         return []
     return [CompletionItem(f"{n}=") for n in _param_names(module, cls_name)
@@ -550,7 +563,7 @@ def _complete_param(ctx: click.Context, param: click.Parameter, incomplete: str
 def _complete_task(ctx: click.Context, param: click.Parameter, incomplete: str
                    ) -> list[CompletionItem]:
     """The task classes of TARGET's module (for ``--forced`` and ``--task``)."""
-    module = str(ctx.params.get("target") or "").partition(":")[0]
+    module = _target_of(ctx).partition(":")[0]
     tree = _module_tree(module) if module else None
     names = _task_classes(tree) if tree is not None else {}
     return [CompletionItem(n) for n in names if n.startswith(incomplete)]
