@@ -173,7 +173,7 @@ def _read_params_file(path: pathlib.Path) -> dict[str, Any]:
     except _SyntaxProblem as exc:
         raise ParameterError(
             f"params file {str(path)!r} is not valid {kind}: {exc.where}{exc.problem}. Fix "
-            f"the file (see docs/command-line.md for the params file formats).") from None
+            f"the file.") from None
     if data is None:
         return {}
     if not isinstance(data, Mapping) or not all(isinstance(k, str) for k in data):
@@ -216,6 +216,10 @@ def _parse_text(kind: str, text: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = "" if mark is None else f"line {mark.line + 1}, column {mark.column + 1}: "
         problem = getattr(exc, "problem", None) or str(exc)
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start is not None:
+            problem += (f" ({context} that starts at line {start.line + 1}, column "
+                        f"{start.column + 1})")
         raise _SyntaxProblem(where, problem) from None
 
 
@@ -390,7 +394,8 @@ def _typed(declared: tuple[type, luigi.Parameter], name: str, value: Any, origin
     try:
         return check_value(owner, name, param, value)
     except ParameterError as exc:
-        raise ParameterError(f"{exc} (The value is {origin}: {name}.)") from None
+        where = "with -g" if origin == "-g" else origin
+        raise ParameterError(f"{exc} (That value of {name!r} is given {where}.)") from None
 
 
 @dataclass
@@ -730,8 +735,9 @@ def _dry_run(flow: _Flow, forced: Sequence[str], forced_all: bool, as_json: bool
             click.echo(f"Would run {len(due)} of {n} task{'s' if n != 1 else ''} "
                        f"(upstream first):")
             for t in due:
-                why = f" - {t['reason']}" if t["reason"] else ""
-                click.echo(f"    {t['task']} ({t['status']}){why}")
+                forced = t["reason"] == "forced"
+                why = f" - {t['reason']}" if t["reason"] and not forced else ""
+                click.echo(f"    {t['task']} ({t['status']}{', forced' if forced else ''}){why}")
         click.echo("This was a dry run (-n): nothing ran and nothing was deleted.", err=True)
     raise click.exceptions.Exit(1 if shown["to_run"] else 0)
 
@@ -879,12 +885,26 @@ def reset(target: str, params: tuple[str, ...], params_files: tuple[str, ...],
         _use_dir(data_dir, create=False)
         where: Any = flow.multi if flow.grid else flow.single
         confirm = not yes
+        before = _committed(flow)
         if upstream:
-            where.reset_upstream(classes[0] if classes else None, confirm=confirm)
+            done = where.reset_upstream(classes[0] if classes else None, confirm=confirm)
         elif downstream:
-            where.reset_downstream(classes[0], confirm=confirm)
+            done = where.reset_downstream(classes[0], confirm=confirm)
         else:
-            where.reset(classes or None, confirm=confirm)
+            done = where.reset(classes or None, confirm=confirm)
+        if done is False or (isinstance(done, Mapping) and not all(done.values())):
+            click.echo("Nothing was deleted (not confirmed).")
+            return
+        gone = [t for t in before if t not in _committed(flow)]
+        n = len(gone)
+        click.echo(f"Deleted the outputs of {n} task{'' if n == 1 else 's'}"
+                   + (":" + "".join(f"\n    {t}" for t in gone) if gone else "."))
+
+
+def _committed(flow: _Flow) -> list[str]:
+    """The tasks of the flow(s) whose own outputs are committed, described, upstream first."""
+    plan = operations.preview(flow.roots(), print_it=False).plan
+    return [graph.describe(t) for t, own in zip(plan.graph.nodes, plan.own) if own]
 
 
 # -- results -------------------------------------------------------------------------------------

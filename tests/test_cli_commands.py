@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import warnings
@@ -572,3 +573,67 @@ def test_the_installed_pipeflow_script_in_a_real_shell(tmp_path):
         failed = sh("run", T, "--params", "nothere.yaml")
     assert failed.returncode == 2 and failed.stderr.startswith("Error: ")
     assert "Traceback" not in failed.stderr and failed.stdout == ""
+
+
+# -- docs/command-line.md: its console blocks print what the page says -----------------------------
+
+PAGE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "command-line.md"
+_FILE_MARK = "<!-- file: "
+
+
+def _page_parts(text):
+    """The files (name -> text) and console blocks ([(command, expected output)]) of a page."""
+    files, blocks, pending = {}, [], None
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith(_FILE_MARK):
+            pending = line[len(_FILE_MARK):].removesuffix("-->").strip()
+        elif line.startswith("```"):
+            close = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
+            body = lines[i + 1:close]
+            if pending is not None:
+                files[pending] = "\n".join(body) + "\n"
+            elif line.strip() == "```console":
+                commands = []
+                for ln in body:
+                    if ln.startswith("$ "):
+                        commands.append([ln[2:], []])
+                    else:
+                        commands[-1][1].append(ln)
+                blocks.append([(c, "\n".join(out)) for c, out in commands])
+            pending = None
+            i = close
+        i += 1
+    return files, blocks
+
+
+def _normalized(text):
+    text = re.sub(r"(?m)^(    - .+?) in \d+\.\d+s$", r"\1 in <duration>", text)
+    return re.sub(r"(?m)[ \t]+$", "", text).strip("\n")
+
+
+def _run_page(folder):
+    """Run the page's console blocks in ``folder``: [(command, documented, actual)]."""
+    files, blocks = _page_parts(PAGE.read_text(encoding="utf-8"))
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLICMD", "PIPEFLOW"))}
+    env["PATH"] = f"{pathlib.Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(folder)
+    env["COLUMNS"] = "100"
+    out = []
+    for block in blocks:
+        for command, documented in block:
+            proc = subprocess.run(["bash", "-c", command], cwd=folder, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  timeout=120, check=False)
+            out.append((command, documented, proc.stdout))
+    return out
+
+
+def test_the_command_line_page_shows_what_the_commands_print(tmp_path):
+    mismatches = [f"$ {c}\n--- documented\n{d}\n--- actual\n{a}"
+                  for c, d, a in _run_page(tmp_path) if _normalized(d) != _normalized(a)]
+    assert not mismatches, "\n\n".join(mismatches)
