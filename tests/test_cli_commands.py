@@ -157,7 +157,8 @@ def test_dry_run_with_forced_counts_the_forced_tasks(cli):
     assert cli("run", T).exit_code == 0
     out = cli("run", "-n", T, "--forced", "Train")
     assert out.exit_code == 1
-    assert "Would run 2 of 3" in out.stdout and "forced" in out.stdout
+    assert "Would run 2 of 3" in out.stdout
+    assert "    Train(n=3, alpha=0.1, model='ols') (COMPLETE, forced)" in out.stdout.splitlines()
     out = cli("run", "-n", T, "--forced-all")
     assert out.exit_code == 1 and "Would run 1 of 3" in out.stdout
 
@@ -234,8 +235,8 @@ def test_a_minus_p_beats_the_file_and_unknown_names_get_did_you_mean(cli, tmp_pa
     assert out.exit_code == 2 and "Did you mean 'alpha'?" in _error_line(out)
 
 
-def test_upstream_parameters_are_accepted_on_the_command_line(cli, data_dir):
-    # n is Prepare's; Evaluate gets it through @requires, but an undecorated flow would not
+def test_inherited_parameters_are_accepted_on_the_command_line(cli, data_dir):
+    # n is Prepare's; Evaluate has it through @requires
     assert cli("run", T, "-p", "n=5").exit_code == 0
     assert _score(data_dir) == [1.0]
 
@@ -359,7 +360,11 @@ def test_an_unknown_forced_task_is_a_usage_error_listing_the_families(cli, data_
 def test_reset_upstream_and_downstream(cli, data_dir):
     assert cli("run", T).exit_code == 0
     assert _outputs(data_dir) == ["Evaluate", "Prepare", "Train"]
-    assert cli("reset", T, "--task", "Train", "--downstream", "--yes").exit_code == 0
+    out = cli("reset", T, "--task", "Train", "--downstream", "--yes")
+    assert out.exit_code == 0
+    assert out.stdout.splitlines() == [
+        "Deleted the outputs of 2 tasks:", "    Train(n=3, alpha=0.1, model='ols')",
+        "    Evaluate(n=3, alpha=0.1, model='ols', when=None)"]
     assert _outputs(data_dir) == ["Prepare"]
     assert cli("run", T).exit_code == 0
     assert cli("reset", T, "--task", "Train", "--upstream", "--yes").exit_code == 0
@@ -370,6 +375,8 @@ def test_reset_upstream_and_downstream(cli, data_dir):
     assert cli("run", T).exit_code == 0
     assert cli("reset", T, "--upstream", "--yes").exit_code == 0
     assert _outputs(data_dir) == []
+    out = cli("reset", T, "--upstream", "--yes")
+    assert out.exit_code == 0 and out.stdout == "Deleted the outputs of 0 tasks.\n"
 
 
 def test_reset_of_a_grid(cli, data_dir):
@@ -568,6 +575,10 @@ def test_the_installed_pipeflow_script_in_a_real_shell(tmp_path):
     assert shown.returncode == 0, shown.stderr
     doc = json.loads(shown.stdout)
     assert doc["to_run"] == 0 and doc["counts"]["COMPLETE"] == 3
+    forced = sh("run", T, "-p", "alpha=0.5", "--forced", "Prepare", "--json", "--cores", "2")
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(forced.stdout)["counts"] == {"completed": 3}  # only JSON on stdout
+    assert "prepare prints to stdout" in forced.stderr  # printed in a worker process
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         failed = sh("run", T, "--params", "nothere.yaml")
