@@ -750,6 +750,7 @@ def _dry_run(flow: _Flow, forced: Sequence[str], forced_all: bool, as_json: bool
               help="Show what would run and exit 1 if something would, 0 if nothing (make "
                    "-q), 2 on an error; nothing runs or is deleted.")
 @click.option("-j", "--workers", "--cores", "workers", default="1", show_default=True,
+              metavar="N",
               help="Tasks run at once (--cores, -j: Snakemake's names).")
 @click.option("--forced", multiple=True, metavar="TASK", shell_complete=_complete_task,
               help="Rerun this task (a family name or MODULE:CLASS) and everything between "
@@ -954,7 +955,9 @@ def results(target: str, params: tuple[str, ...], params_files: tuple[str, ...],
 
 def _single_name(flow: _Flow) -> str:
     """The name of the one flow of a command without a grid: its parameters, or 'default'."""
-    return ",".join(f"{k}={v}" for k, v in flow.fixed.items()) or "default"
+    secret = {n for n, p in flow.cls.get_params() if is_secret(p)}
+    return ",".join(f"{k}={MASK if k in secret else v}" for k, v in flow.fixed.items()
+                    ) or "default"
 
 
 # -- history -------------------------------------------------------------------------------------

@@ -448,10 +448,14 @@ def test_history_json(cli):
     assert isinstance(records[0]["attempt"], int)
 
 
-def test_secrets_stay_hidden_in_json(cli):
+def test_secrets_stay_hidden_in_json_and_results(cli):
     out = cli("preview", f"{MODULE}:Secretive", "-p", "token=s3cr3t-value", "--json")
     assert out.exit_code == 0
     assert "s3cr3t-value" not in out.output and "***" in out.stdout
+    assert cli("run", f"{MODULE}:Secretive", "-p", "token=s3cr3t-value").exit_code == 0
+    out = cli("results", f"{MODULE}:Secretive", "-p", "token=s3cr3t-value", "--json")
+    assert out.exit_code == 0, out.output
+    assert "s3cr3t-value" not in out.output and json.loads(out.stdout)[0]["token"] == "***"
 
 
 # -- exit codes of every command -----------------------------------------------------------------
