@@ -435,13 +435,23 @@ class _Flow:
         return graph.build(self.roots()).families()
 
 
-def _flow(target: str, params: Sequence[str], files: Sequence[str] = (),
+def _spec(target: str, params: Sequence[str], files: Sequence[str] = (),
           grids: Sequence[str] = ()) -> _Flow:
+    """The flow a command names: TARGET, its ``-p``, ``--params`` and ``-g``, all checked."""
     cls = _load_task(target)
     fixed, grid = _resolve(cls, _gather(files, params, grids))
     flow = _Flow(target, cls, fixed, grid)
     flow.flows()  # Python's checks of the whole flow (Workflow(Task, params)), now
     return flow
+
+
+def _flow(target: str, params: Sequence[str], files: Sequence[str] = ()) -> Workflow:
+    """The Workflow of TARGET with its ``-p`` and ``--params`` values (no grid).
+
+    For a command that takes one flow (its signature is the one commands used before
+    ``--params`` and ``-g``); the commands here use :func:`_spec`.
+    """
+    return _spec(target, params, files).single
 
 
 def _task_class(flow: _Flow, name: str, option: str) -> type[luigi.Task]:
@@ -655,7 +665,7 @@ def preview(target: str, params: tuple[str, ...], params_files: tuple[str, ...],
       pipeflow preview tasks:Train --params params.yaml --json | jq '.tasks[].status'
     """
     with _guard(f"pipeflow preview {target}"):
-        flow = _flow(target, params, params_files, grids)
+        flow = _spec(target, params, params_files, grids)
         _use_dir(data_dir, create=False)
         if as_json:
             with _stdout_to_stderr():
@@ -782,7 +792,7 @@ def run(target: str, params: tuple[str, ...], params_files: tuple[str, ...],
         options = {"workers": _whole(workers), "forced_all": forced_all,
                    "execution_summary": summary and not as_json, "if_locked": if_locked}
         RunOptions.of(**options)  # checked before anything is loaded or created
-        flow = _flow(target, params, params_files, grids)
+        flow = _spec(target, params, params_files, grids)
         if dry_run:
             _use_dir(data_dir, create=False)
             _dry_run(flow, forced, forced_all, as_json)
@@ -881,7 +891,7 @@ def reset(target: str, params: tuple[str, ...], params_files: tuple[str, ...],
         if (upstream or downstream) and len(tasks) > 1:
             raise ParameterError(f"--{'upstream' if upstream else 'downstream'} takes one "
                                  f"--task, not {len(tasks)}.")
-        flow = _flow(target, params, params_files, grids)
+        flow = _spec(target, params, params_files, grids)
         classes = [_task_class(flow, t, "--task") for t in tasks]
         _use_dir(data_dir, create=False)
         where: Any = flow.multi if flow.grid else flow.single
@@ -937,7 +947,7 @@ def results(target: str, params: tuple[str, ...], params_files: tuple[str, ...],
     with _guard(f"pipeflow results {target}"):
         if as_json and as_csv:
             raise ParameterError("--json and --csv are two formats: pass one.")
-        flow = _flow(target, params, params_files, grids)
+        flow = _spec(target, params, params_files, grids)
         cls = _task_class(flow, task, "--task") if task else None
         _use_dir(data_dir, create=False)
         multi = flow.multi or WorkflowMulti(flow.cls, {_single_name(flow): flow.fixed})

@@ -493,7 +493,7 @@ def test_an_unexpected_error_is_one_line_exit_1(cli, monkeypatch, name):
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(cli_module, "_history_frame" if name == "history" else "_flow", broken)
+    monkeypatch.setattr(cli_module, "_history_frame" if name == "history" else "_spec", broken)
     out = cli(*COMMANDS[name])
     assert out.exit_code == (2 if name == "dry-run" else 1), out.output
     assert "RuntimeError: disk on fire" in _error_line(out)
