@@ -167,7 +167,8 @@ class Dag:
         counts = ", ".join(f"{n} {s}" for s, n in self.counts.items()) or "no task"
         grouped = len(self.nodes) != self.n_tasks
         boxes = f", in {len(self.nodes)} boxes" if grouped else ""
-        return f"{self.n_tasks} tasks ({counts}){boxes}, {len(self.edges)} edges"
+        return (f"{_plural(self.n_tasks, 'task')} ({counts}){boxes}, "
+                f"{_plural(len(self.edges), 'edge')}")
 
     def __repr__(self) -> str:
         return (f"<Dag {self.summary()}: .save('flow.svg' | .png | .dot | .mmd), "
@@ -794,6 +795,11 @@ def _group_node(key: str, tasks: list[luigi.Task], statuses: list[str], plan: Pl
         title.insert(1, clip(clean("varying: " + ", ".join(varying)), 300))
     return DagNode(key, family, (head, clip(tally, _MAX_LINE)), worst, counts, "\n".join(title),
                    layer, tuple(t.task_id for t in tasks))
+
+
+def _plural(n: int, word: str) -> str:
+    """``1 task``, ``2 tasks``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 __all__ = ["COLORS", "FORMATS", "GROUP_ABOVE", "Dag", "DagEdge", "DagNode", "build_dag",
