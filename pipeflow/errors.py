@@ -208,7 +208,9 @@ class RunInterrupted(KeyboardInterrupt):
     partial outputs removed; finished tasks keep their outputs. Its message says which
     tasks did not finish. In a notebook it shows as that one line (:func:`full_traceback`
     prints where the run was when it was stopped). Still a ``KeyboardInterrupt``: code
-    catching that (scripts, the ``pipeflow`` command: exit code 130) keeps working.
+    catching that keeps working. Raised in IPython only: elsewhere (a script, the
+    ``pipeflow`` command) a run stopped by Ctrl-C raises a plain ``KeyboardInterrupt`` with
+    the same message, as Python exits with the status of an interrupt (130) only for that.
 
     Attributes:
         result: the :class:`pipeflow.events.RunResult` of the run (None if it had not

@@ -211,8 +211,13 @@ def _run(roots: list[Any], o: RunOptions) -> RunResult | None:
     return result
 
 
-def interrupted(result: RunResult) -> RunInterrupted:
-    """The one-line error of a run stopped by Ctrl-C or a notebook's Stop button."""
+def interrupted(result: RunResult) -> KeyboardInterrupt:
+    """The one-line error of a run stopped by Ctrl-C or a notebook's Stop button.
+
+    In IPython (a notebook), a :class:`~pipeflow.errors.RunInterrupted`, shown as that one
+    line. Elsewhere a plain ``KeyboardInterrupt`` with the same message: Python exits with
+    the status of an interrupt (130) only for that exact class, and scripts rely on it.
+    """
     how = "Stop" if display.in_notebook() else "Ctrl-C"
     cancelled = result.by_state("cancelled")
     stopped = [graph.describe(r.task) for r in cancelled if r.started is not None]
@@ -226,9 +231,9 @@ def interrupted(result: RunResult) -> RunInterrupted:
     if waiting:
         parts.append(f"{waiting} queued task(s) did not start")
     what = "; ".join(parts) if parts else "nothing was running"
-    return RunInterrupted(
-        f"Run cancelled ({how}): {what}. {done} finished task(s) keep their outputs; run "
-        f"again to finish.", result)
+    message = (f"Run cancelled ({how}): {what}. {done} finished task(s) keep their outputs; "
+               f"run again to finish.")
+    return RunInterrupted(message, result) if display.in_ipython() else KeyboardInterrupt(message)
 
 
 class RunHandle:
@@ -305,11 +310,12 @@ class RunHandle:
         """Wait for the run to end; return its result or raise its error.
 
         Ctrl-C (a notebook's Stop button) while waiting cancels the run, waits for its
-        cleanup, and raises :class:`~pipeflow.errors.RunInterrupted`.
+        cleanup, and raises the interrupt (its message says what was stopped).
 
         Raises:
             TimeoutError: the run did not end within ``timeout`` seconds.
-            RunInterrupted: interrupted while waiting.
+            KeyboardInterrupt: interrupted while waiting (in IPython a
+                :class:`~pipeflow.errors.RunInterrupted`).
         """
         try:
             self._ended.wait(timeout)  # (not join(): Ctrl-C in a join breaks the thread's state)
@@ -318,10 +324,11 @@ class RunHandle:
             try:
                 self._ended.wait()  # its cleanup: the stopped tasks' partial outputs go
             except KeyboardInterrupt:
-                raise RunInterrupted(
-                    "Run cancelled: it is still stopping in the background (a task busy in "
-                    "a long call stops when the call returns); handle.result() waits for "
-                    "it.") from exc
+                message = ("Run cancelled: it is still stopping in the background (a task "
+                           "busy in a long call stops when the call returns); "
+                           "handle.result() waits for it.")
+                raise (RunInterrupted(message) if display.in_ipython()
+                       else KeyboardInterrupt(message)) from exc
             outcome = getattr(self._error, "result", None)  # (a failed RunResult is falsy)
             outcome = self._result if outcome is None else outcome
             raise interrupted(outcome if isinstance(outcome, RunResult)

@@ -365,3 +365,28 @@ def test_run_interrupted_is_a_keyboard_interrupt_of_one_line():
     assert isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Exception)
     assert [ANSI.sub("", ln) for ln in exc._render_traceback_()] == [
         "RunInterrupted: Run cancelled (Ctrl-C): X() did not finish."]
+
+
+def test_a_script_stopped_by_ctrl_c_exits_130_saying_what_was_stopped(tmp_path):
+    # A plain script keeps Python's traceback and exit status (130: only a plain
+    # KeyboardInterrupt gets it), with the one line of what was cancelled at the end.
+    import subprocess
+
+    script = tmp_path / "flow.py"
+    script.write_text(textwrap.dedent(f"""\
+        import os, signal, threading, time, pipeflow
+        pipeflow.set_dir({str(tmp_path / 'data')!r})
+        class Slow(pipeflow.tasks.TaskPickle):
+            def run(self):
+                for _ in range(300):
+                    time.sleep(0.1)
+                self.save(1)
+        threading.Timer(1, os.kill, (os.getpid(), signal.SIGINT)).start()
+        pipeflow.run(Slow())
+        """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode in (130, -2), proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("KeyboardInterrupt: Run cancelled (Ctrl-C): Slow() did not finish")
+    assert "Traceback (most recent call last)" in proc.stderr

@@ -31,6 +31,12 @@ def watched() -> bool:
     return sys.stderr is not None and sys.stderr.isatty()
 
 
+def in_ipython() -> bool:
+    """Whether this runs in IPython (a notebook's kernel, or IPython in a terminal)."""
+    get = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    return callable(get) and get() is not None
+
+
 def in_notebook() -> bool:
     """Whether this runs in a Jupyter kernel (output goes to a notebook's cells)."""
     module = sys.modules.get("IPython")
