@@ -231,8 +231,9 @@ def interrupted(result: RunResult) -> KeyboardInterrupt:
     if waiting:
         parts.append(f"{waiting} queued task(s) did not start")
     what = "; ".join(parts) if parts else "nothing was running"
-    message = (f"Run cancelled ({how}): {what}. {done} finished task(s) keep their outputs; "
-               f"run again to finish.")
+    kept = (f"{done} finished task(s) keep their outputs" if done
+            else "no task had finished")
+    message = f"Run cancelled ({how}): {what}. {kept}; run again to finish."
     return RunInterrupted(message, result) if display.in_ipython() else KeyboardInterrupt(message)
 
 
