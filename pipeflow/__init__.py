@@ -7,6 +7,7 @@
 from pipeflow import errors, functional, settings, targets, tasks, utils
 from pipeflow.cache import data
 from pipeflow.engines import CancelToken
+from pipeflow.errors import full_traceback
 from pipeflow.operations import (
     adopt,
     dag,
@@ -62,8 +63,8 @@ __all__ = [
     "SecretParameter", "SystemInfo", "TaskParameter", "TimeDeltaParameter", "TupleParameter",
     "Workflow",
     "WorkflowMulti",
-    "YearParameter", "__version__", "adopt", "dag", "clone_parent", "data", "errors", "functional",
-    "history",
+    "YearParameter", "__version__", "adopt", "clone_parent", "dag", "data", "errors",
+    "full_traceback", "functional", "history",
     "inherits",
     "invalidate_all", "last_error", "last_run", "prune_history", "runs",
     "invalidate_downstream", "invalidate_orphans", "invalidate_upstream", "optional",

@@ -7,15 +7,24 @@ parameters) and the file involved where there is one. All derive from
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
+import re
 import sys
+import sysconfig
+import traceback
 import warnings
 from collections.abc import Iterable, Sequence
 
 
 class PipeflowError(Exception):
     """Base class of every pipeflow error.
+
+    In a notebook (IPython), a pipeflow error shows short: the frames of your code (the
+    cell, your modules) and the message, pipeflow's and other libraries' frames hidden;
+    :func:`full_traceback` prints every frame. A plain ``python script.py`` shows Python's
+    usual traceback.
 
     Example:
         >>> try:
@@ -24,6 +33,10 @@ class PipeflowError(Exception):
         ...     str(exc)
         'boom'
     """
+
+    def _render_traceback_(self) -> list[str]:
+        """The lines IPython shows for this error: :func:`short_traceback`, in colour."""
+        return _rendered(self)
 
 
 class CycleError(PipeflowError):
@@ -188,6 +201,32 @@ class RunCancelledError(PipeflowError):
         self.result = result
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A run was stopped by Ctrl-C or a notebook's Stop button (a ``KeyboardInterrupt``).
+
+    Raised once the run has cleaned up: the tasks that were running are stopped and their
+    partial outputs removed; finished tasks keep their outputs. Its message says which
+    tasks did not finish. In a notebook it shows as that one line (:func:`full_traceback`
+    prints where the run was when it was stopped). Still a ``KeyboardInterrupt``: code
+    catching that keeps working. Raised in IPython only: elsewhere (a script, the
+    ``pipeflow`` command) a run stopped by Ctrl-C raises a plain ``KeyboardInterrupt`` with
+    the same message, as Python exits with the status of an interrupt (130) only for that.
+
+    Attributes:
+        result: the :class:`pipeflow.events.RunResult` of the run (None if it had not
+            started).
+    """
+
+    def __init__(self, message: str, result: object = None):
+        super().__init__(message)
+        self.result = result
+
+    def _render_traceback_(self) -> list[str]:
+        """One line in a notebook: what was stopped, and that nothing partial was kept."""
+        _remember(self)
+        return [f"{_RED}{type(self).__name__}{_RESET}: {shown(self)}"]
+
+
 class TaskTimeoutError(PipeflowError):
     """A task ran longer than its ``timeout`` and was stopped."""
 
@@ -259,3 +298,185 @@ def warn(message: str, category: type[Warning]) -> None:
         level += 1
     warnings.warn(message, category, stacklevel=level)
 
+
+
+# -- short tracebacks in notebooks ----------------------------------------------------------------
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker process, as text.
+
+    An exception that comes back from a worker process (``executor='process'``) has lost
+    its frames; this, chained as its ``__cause__`` (as ``concurrent.futures`` does), shows
+    them: Python prints it above the exception, and a notebook's short traceback takes the
+    user's frames from it.
+    """
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text.rstrip()}\n"""'
+
+
+_RED, _GREEN, _RESET = "\x1b[0;31m", "\x1b[0;32m", "\x1b[0m"
+#: where a frame of a traceback printed as text starts
+_FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<name>.+)$')
+#: the last error shown short, for full_traceback()
+_LAST: list[BaseException] = []
+#: one line at the end of a short traceback
+HIDDEN = "{n} library frame(s) hidden: pipeflow.full_traceback() prints the full traceback."
+
+
+def _library_dirs() -> tuple[tuple[str, ...], str]:
+    """Folders whose code is not the user's (the Python installation, packages); pipeflow's."""
+    own = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    dirs = {own}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        with contextlib.suppress(Exception):
+            dirs.add(os.path.abspath(sysconfig.get_paths()[key]) + os.sep)
+    for name in ("luigi", "IPython", "ipykernel"):
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file:
+            dirs.add(os.path.dirname(os.path.abspath(file)) + os.sep)
+    return tuple(sorted(dirs)), own
+
+
+def is_library(filename: str) -> bool:
+    """Whether a frame of ``filename`` is library code (pipeflow, Python's, a package's)."""
+    if filename.startswith("<frozen") or filename.startswith("<string"):
+        return filename.startswith("<frozen")
+    dirs, _own = _library_dirs()
+    return os.path.abspath(filename).startswith(dirs)
+
+
+def _frames(error: BaseException) -> list[tuple[str, int, str, str]]:
+    """(file, line, function, code) of each frame of ``error``, outermost first."""
+    if error.__traceback__ is not None:
+        return [(f.filename, f.lineno or 0, f.name, (f.line or "").strip())
+                for f in traceback.extract_tb(error.__traceback__)]
+    remote = error.__cause__
+    if isinstance(remote, RemoteTraceback):
+        return text_frames(remote.text)
+    return []
+
+
+def text_frames(text: str) -> list[tuple[str, int, str, str]]:
+    """The frames of a traceback printed as text (its last exception's)."""
+    lines = text.splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call")]
+    out: list[tuple[str, int, str, str]] = []
+    for i in range(starts[-1] if starts else 0, len(lines)):
+        m = _FRAME.match(lines[i])
+        if m:
+            code = lines[i + 1].strip() if i + 1 < len(lines) and lines[i + 1].startswith(
+                "    ") else ""
+            out.append((m["file"], int(m["line"]), m["name"], code))
+    return out
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions it was raised from (or while handling), oldest first."""
+    out: list[BaseException] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if not isinstance(current, RemoteTraceback):
+            out.append(current)
+        current = (current.__cause__ if current.__cause__ is not None
+                   else None if current.__suppress_context__ else current.__context__)
+    return out[::-1]
+
+
+def _where(filename: str, line: int, name: str, color: bool) -> str:
+    label = None
+    shell = _ipython()
+    if shell is not None:
+        with contextlib.suppress(Exception):
+            label = shell.compile.format_code_name(filename)  # type: ignore[attr-defined]
+    place = f"{label[0]} {label[1]}" if label else f'File "{filename}"'
+    if color:
+        place = f"{_GREEN}{place}{_RESET}"
+    return f"  {place}, line {line}, in {name}"
+
+
+def _ipython() -> object | None:
+    module = sys.modules.get("IPython")
+    get = getattr(module, "get_ipython", None)
+    return get() if callable(get) else None
+
+
+def short_traceback(error: BaseException, color: bool = False) -> list[str]:
+    """The lines of ``error``'s traceback without library frames (what a notebook shows).
+
+    Each exception of the chain (the first failure of a run, then the run's error) shows
+    the frames of the user's code (a notebook cell, their modules) and its message; the
+    frames of pipeflow, Python and installed packages are hidden (of an exception raised
+    inside a package, its innermost frame stays: where it was raised). A last line counts
+    the hidden frames and names :func:`full_traceback`.
+
+    Args:
+        error: the exception.
+        color: colour the exception names and places (ANSI, as IPython does).
+    """
+    _dirs, own = _library_dirs()
+    lines: list[str] = []
+    hidden = 0
+    for k, exc in enumerate(_chain(error)):
+        if k:
+            lines.append("The above exception was the direct cause of:" if exc.__cause__
+                         is not None else "During handling of the above exception:")
+        frames = _frames(exc)
+        keep = [not is_library(f[0]) for f in frames]
+        if frames and not keep[-1] and not os.path.abspath(frames[-1][0]).startswith(own):
+            keep[-1] = True  # raised inside a package (pandas...): where
+        hidden += keep.count(False)
+        for (file, line, name, code), kept in zip(frames, keep):
+            if kept:
+                lines.append(_where(file, line, name, color))
+                if code:
+                    lines.append(f"    {code}")
+        head, sep, rest = "".join(traceback.format_exception_only(exc)).partition(":")
+        if color:
+            head = f"{_RED}{head}{_RESET}"
+        lines.extend((head + sep + rest).rstrip("\n").splitlines())
+    if hidden:
+        lines.append(HIDDEN.format(n=hidden))
+    return lines
+
+
+def _remember(error: BaseException) -> None:
+    _LAST[:] = [error]
+
+
+def _rendered(error: BaseException) -> list[str]:
+    """IPython's lines for ``error`` (the full traceback if shortening it fails)."""
+    _remember(error)
+    try:
+        return short_traceback(error, color=True)
+    except Exception:  # noqa: BLE001 - never lose the error for a display problem
+        return "".join(traceback.format_exception(error)).splitlines()
+
+
+def full_traceback(error: BaseException | None = None) -> None:
+    """Print the full traceback of the last error a notebook showed short (or of ``error``).
+
+    Every frame, pipeflow's included, as Python prints it: what to attach to a bug report.
+    Works in a later cell than the one that failed.
+
+    Args:
+        error: the exception; default: the last pipeflow error shown in this session
+            (else Python's last unhandled error, ``sys.last_value``).
+
+    Example:
+        >>> pipeflow.full_traceback()  # doctest: +SKIP
+    """
+    if error is None:
+        error = _LAST[0] if _LAST else getattr(sys, "last_exc", None) or getattr(
+            sys, "last_value", None)
+    if error is None:
+        sys.stderr.write("pipeflow.full_traceback(): no error has been shown yet.\n")
+        return
+    sys.stderr.write("".join(traceback.format_exception(error)))
+    sys.stderr.flush()

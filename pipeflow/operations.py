@@ -23,13 +23,15 @@ from pipeflow.engines import CancelToken, Engine, LocalEngine
 from pipeflow.errors import (
     MissingInputError,
     ParameterError,
+    RemoteTraceback,
     RunCancelledError,
+    RunInterrupted,
     TaskFailedError,
     TaskLockedError,
     first_line,
     listing,
 )
-from pipeflow.events import RunResult, Sink
+from pipeflow.events import Event, EventKind, RunResult, Sink
 from pipeflow.integrity import RECORD_SUFFIX, read_record
 from pipeflow.options import RunOptions, flag
 from pipeflow.plan import Plan, Status, build_plan
@@ -214,14 +216,21 @@ def _run(roots: list[Any], o: RunOptions) -> RunResult | None:
     plan = build_plan(g)
     _check_external_inputs(plan)
     _check_settings(t for t, s in zip(g.nodes, plan.status) if s is not Status.COMPLETE)
-    sinks: list[Sink] = list(o.callbacks)
+    sinks: list[Sink] = []
     if o.progress or (o.progress is None and display.watched()):
-        sinks.append(ProgressBar())
+        sinks.append(ProgressBar())  # first: drawn when a callback (start()'s) sees an event
+    sinks.extend(o.callbacks)
     store = runstore.history_path()
     if store is not None:
         sinks.append(runstore.HistorySink(roots, store))
     engine = o.engine or LocalEngine(o.workers, o.executor, o.cancel, o.if_locked)
-    result = engine.run(plan, sinks)
+    seen = RunResult("")  # what happened, also when the run ends with Ctrl-C
+    try:
+        result = engine.run(plan, [seen, *sinks])
+    except KeyboardInterrupt as exc:
+        if type(exc) is not KeyboardInterrupt:  # e.g. the CLI's SIGTERM: left as it is
+            raise
+        raise interrupted(seen) from exc
     summary = (settings.execution_summary if o.execution_summary is None
                else o.execution_summary)
     if summary:
@@ -237,6 +246,32 @@ def _run(roots: list[Any], o: RunOptions) -> RunResult | None:
             )
         raise _failure(result)
     return result
+
+
+def interrupted(result: RunResult) -> KeyboardInterrupt:
+    """The one-line error of a run stopped by Ctrl-C or a notebook's Stop button.
+
+    In IPython (a notebook), a :class:`~pipeflow.errors.RunInterrupted`, shown as that one
+    line. Elsewhere a plain ``KeyboardInterrupt`` with the same message: Python exits with
+    the status of an interrupt (130) only for that exact class, and scripts rely on it.
+    """
+    how = "Stop" if display.in_notebook() else "Ctrl-C"
+    cancelled = result.by_state("cancelled")
+    stopped = [graph.describe(r.task) for r in cancelled if r.started is not None]
+    waiting = len(cancelled) - len(stopped)
+    done = len(result.by_state("completed"))
+    parts = []
+    if stopped:
+        more = f" and {len(stopped) - 3} more" if len(stopped) > 3 else ""
+        parts.append(f"{', '.join(stopped[:3])}{more} did not finish; "
+                     f"{'its' if len(stopped) == 1 else 'their'} partial outputs were removed")
+    if waiting:
+        parts.append(f"{waiting} queued task(s) did not start")
+    what = "; ".join(parts) if parts else "nothing was running"
+    kept = (f"{done} finished task(s) keep their outputs" if done
+            else "no task had finished")
+    message = f"Run cancelled ({how}): {what}. {kept}; run again to finish."
+    return RunInterrupted(message, result) if display.in_ipython() else KeyboardInterrupt(message)
 
 
 class RunHandle:
@@ -265,13 +300,22 @@ class RunHandle:
         self._events: queue.Queue[Any] = queue.Queue()
         self._result: RunResult | None = None
         self._error: BaseException | None = None
+        self._started = threading.Event()
+        self._ended = threading.Event()
+
+        def sink(event: Event) -> None:
+            self._events.put(event)
+            if event.kind is EventKind.RUN_STARTED:
+                self._started.set()
 
         def body() -> None:
             try:
-                self._result = start(self.token, self._events.put)
+                self._result = start(self.token, sink)
             except BaseException as exc:  # noqa: BLE001 - handed to result()
                 self._error = exc
             finally:
+                self._started.set()
+                self._ended.set()
                 self._events.put(self._END)
 
         self._thread = threading.Thread(target=body, name="pipeflow-run", daemon=True)
@@ -285,25 +329,49 @@ class RunHandle:
                     return
                 yield item
         finally:
-            if self._thread.is_alive():
+            if not self._ended.is_set():
                 self.cancel()
 
     def cancel(self) -> None:
         """Cancel the run: no new task starts, running tasks are stopped."""
         self.token.cancel()
 
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Wait until the run has started (its plan made, its progress bar drawn) or ended."""
+        return self._started.wait(timeout)
+
     def done(self) -> bool:
         """Whether the run has ended."""
-        return not self._thread.is_alive()
+        return self._ended.is_set()
 
     def result(self, timeout: float | None = None) -> RunResult | None:
         """Wait for the run to end; return its result or raise its error.
 
+        Ctrl-C (a notebook's Stop button) while waiting cancels the run, waits for its
+        cleanup, and raises the interrupt (its message says what was stopped).
+
         Raises:
             TimeoutError: the run did not end within ``timeout`` seconds.
+            KeyboardInterrupt: interrupted while waiting (in IPython a
+                :class:`~pipeflow.errors.RunInterrupted`).
         """
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        try:
+            self._ended.wait(timeout)  # (not join(): Ctrl-C in a join breaks the thread's state)
+        except KeyboardInterrupt as exc:
+            self.cancel()
+            try:
+                self._ended.wait()  # its cleanup: the stopped tasks' partial outputs go
+            except KeyboardInterrupt:
+                message = ("Run cancelled: it is still stopping in the background (a task "
+                           "busy in a long call stops when the call returns); "
+                           "handle.result() waits for it.")
+                raise (RunInterrupted(message) if display.in_ipython()
+                       else KeyboardInterrupt(message)) from exc
+            outcome = getattr(self._error, "result", None)  # (a failed RunResult is falsy)
+            outcome = self._result if outcome is None else outcome
+            raise interrupted(outcome if isinstance(outcome, RunResult)
+                              else RunResult("")) from exc
+        if not self._ended.is_set():
             raise TimeoutError(f"the run did not finish within {timeout}s")
         if self._error is not None:
             raise self._error
@@ -311,7 +379,11 @@ class RunHandle:
 
 
 def start(tasks: Any, **options: Any) -> RunHandle:
-    """Start :func:`run` in a background thread and return a :class:`RunHandle` at once.
+    """Start :func:`run` in a background thread; return a :class:`RunHandle` once it runs.
+
+    It returns as soon as the run has started (what it runs is known and its progress
+    bar drawn, so that in a notebook the bar shows in the cell that started the run), or
+    has ended before (its error is raised by ``handle.result()``).
 
     Args:
         tasks: a task instance or a list of them.
@@ -330,7 +402,9 @@ def start(tasks: Any, **options: Any) -> RunHandle:
             return run_with(as_list(tasks),
                             opts.but(cancel=token, callbacks=[sink, *opts.callbacks]))
 
-    return RunHandle(go)
+    handle = RunHandle(go)
+    handle.wait_started()
+    return handle
 
 
 def _check_settings(tasks: Iterable[luigi.Task]) -> None:
@@ -362,6 +436,9 @@ def _failure(result: RunResult) -> TaskFailedError:
     err = TaskFailedError(message, result)
     first = failed[0].error if failed else None
     if first is not None:
+        text = failed[0].traceback
+        if first.__traceback__ is None and first.__cause__ is None and text:
+            first.__cause__ = RemoteTraceback(text)  # from a worker process: its frames
         err.__cause__ = first
     return err
 

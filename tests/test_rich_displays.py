@@ -440,8 +440,10 @@ flow = pipeflow.Workflow(Train, {{"alpha": 0.5, "token": {SECRET!r}}})""",
 
 def _outputs(cell):
     kinds = [(o["output_type"], o.get("name")) for o in cell["outputs"]]
+    # (the progress bar is a display of its own, tested in tests/test_notebook_run.py)
     rich_out = [o for o in cell["outputs"] if o["output_type"] in ("display_data",
-                                                                    "execute_result")]
+                                                                    "execute_result")
+                and "data-state=" not in o["data"].get("text/html", "")]
     stdout = "".join(o["text"] for o in cell["outputs"]
                      if o["output_type"] == "stream" and o["name"] == "stdout")
     return kinds, rich_out, stdout

@@ -31,6 +31,20 @@ def watched() -> bool:
     return sys.stderr is not None and sys.stderr.isatty()
 
 
+def in_ipython() -> bool:
+    """Whether this runs in IPython (a notebook's kernel, or IPython in a terminal)."""
+    get = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    return callable(get) and get() is not None
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (output goes to a notebook's cells)."""
+    module = sys.modules.get("IPython")
+    get = getattr(module, "get_ipython", None) if "ipykernel" in sys.modules else None
+    shell = get() if callable(get) else None
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
 def _interactive() -> bool:
     """Whether someone can answer a prompt: a terminal, a notebook, or piped answers."""
     if sys.stdin is not None and sys.stdin.isatty():

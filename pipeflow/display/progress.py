@@ -1,59 +1,184 @@
-"""The progress bar of a run: an event sink (tqdm; a widget in notebooks with ipywidgets)."""
+"""The progress bar of a run: an event sink that ends saying how the run ended.
+
+In a notebook the bar is a small HTML element, drawn through an IPython display handle
+(no ipywidgets needed, updated from any thread, a few times a second); in a terminal it is
+tqdm's text bar. Either way it is drawn only once there is something to run, and it ends
+green only when every task succeeded: a failed or cancelled run (a Stop button, Ctrl-C)
+ends marked so, with the counts (``3 done, 1 failed, 2 skipped, 1 cancelled``).
+"""
 
 from __future__ import annotations
 
-import importlib.util
+import html
+import time
 from typing import Any
 
+from pipeflow.display import in_notebook
 from pipeflow.events import Event, EventKind
 from pipeflow.graph import describe
 
+#: a run's final states, as the bar shows them
+SUCCESS, FAILED, CANCELLED = "done", "FAILED", "CANCELLED"
+_COLOUR = {SUCCESS: "#16a34a", FAILED: "#dc2626", CANCELLED: "#d97706", None: "#2563eb"}
+_COUNTED = {EventKind.TASK_COMPLETED: "done", EventKind.TASK_FAILED: "failed",
+            EventKind.TASK_SKIPPED: "skipped", EventKind.TASK_CANCELLED: "cancelled"}
+
 
 class ProgressBar:
-    """An event sink drawing a progress bar (tqdm; a widget in notebooks with ipywidgets).
+    """An event sink drawing a run's progress bar (HTML in a notebook, tqdm's text elsewhere).
+
+    Nothing is drawn for a run with nothing to run. The bar fills with the tasks that
+    succeeded; at the end it says how the run ended: ``done`` (green), ``FAILED`` (red) or
+    ``CANCELLED`` (a cancel, a Stop button, Ctrl-C), with the counts of what happened.
+
+    Args:
+        notebook: draw the HTML bar (default: when running in a Jupyter kernel).
+        interval: the least seconds between two redraws (the last one is always drawn).
 
     Example:
         >>> pipeflow.run(Train(), progress=True)  # doctest: +SKIP
     """
 
-    _DONE = (EventKind.TASK_COMPLETED, EventKind.TASK_FAILED, EventKind.TASK_SKIPPED,
-             EventKind.TASK_CANCELLED)
-
-    def __init__(self) -> None:
-        self.bar: Any = None
+    def __init__(self, notebook: bool | None = None, interval: float = 0.25) -> None:
+        self.notebook = in_notebook() if notebook is None else notebook
+        self.interval = interval
+        self.view: _HtmlView | _TextView | None = None
+        self.total = 0
+        self.counts = dict.fromkeys(("done", "failed", "skipped", "cancelled"), 0)
+        self.current = ""
+        self.state: str | None = None  # None while the run goes on
+        self._last = 0.0
 
     def __call__(self, event: Event) -> None:
-        """Advance the bar."""
-        if event.kind is EventKind.RUN_STARTED:
-            self.bar = bar_class()(total=event.total, unit="task", desc="pipeflow", leave=True)
-        elif self.bar is None:
+        """Record an event; redraw."""
+        kind = event.kind
+        if kind is EventKind.RUN_STARTED:
+            self.total = event.total or 0
+            self._draw()
+        elif kind is EventKind.TASK_ADDED and event.total is not None:
+            self.total = event.total
+            self._draw()
+        elif kind is EventKind.TASK_STARTED:
+            self.current = describe(event.task) if event.task is not None else ""
+            self._draw()
+        elif kind in _COUNTED:
+            self.counts[_COUNTED[kind]] += 1
+            self._draw()
+        elif kind is EventKind.TASK_UP_TO_DATE and event.reason is not None:
+            self.counts["done"] += 1  # done by another process while this run waited
+            self._draw()
+        elif kind is EventKind.RUN_FINISHED:
+            self.state = self._final(event.error)
+            self.current = ""
+            self._draw(final=True)
+            self.view = None
+
+    def _final(self, error: BaseException | None) -> str:
+        c = self.counts
+        if c["failed"]:
+            return FAILED
+        if c["cancelled"] or isinstance(error, KeyboardInterrupt):
+            return CANCELLED
+        if error is not None or c["skipped"] or c["done"] < self.total:
+            return FAILED
+        return SUCCESS
+
+    def counts_text(self) -> str:
+        """``3 done, 1 failed, 2 skipped, 1 cancelled`` (what did not happen is left out)."""
+        shown = [f"{n} {name}" for name, n in self.counts.items() if n or name == "done"]
+        return ", ".join(shown)
+
+    def text(self) -> str:
+        """The bar's line as plain text."""
+        c = self.counts
+        head = f"pipeflow: {self.state}" if self.state else "pipeflow:"
+        line = f"{head} {c['done']}/{self.total} tasks"
+        if self.state is not None:
+            return f"{line} ({self.counts_text()})"
+        extra = [f"{n} {name}" for name, n in c.items() if n and name != "done"]
+        running = f", running {self.current}" if self.current else ""
+        return line + (f" ({', '.join(extra)})" if extra else "") + running
+
+    def html(self) -> str:
+        """The bar as a small HTML element (its state in ``data-state``)."""
+        colour = _COLOUR[self.state]
+        width = 100 * self.counts["done"] / self.total if self.total else 0
+        state = {SUCCESS: "success", FAILED: "failed", CANCELLED: "cancelled"}.get(
+            self.state or "", "running")
+        return (
+            f'<div class="pipeflow-progress" data-state="{state}" '
+            f'style="font-family:monospace;font-size:12px;line-height:1.6">'
+            f'<span style="display:inline-block;width:220px;height:10px;background:#e5e7eb;'
+            f'border-radius:3px;vertical-align:middle;overflow:hidden;margin-right:8px">'
+            f'<span style="display:block;width:{width:.1f}%;height:100%;background:{colour}">'
+            f'</span></span><span style="color:{colour if self.state else "inherit"}">'
+            f'{html.escape(self.text())}</span></div>')
+
+    def _draw(self, final: bool = False) -> None:
+        if self.view is None:
+            if self.total <= 0:
+                return  # nothing to run: nothing drawn
+            self.view = _HtmlView(self) if self.notebook else _TextView(self)
+            self._last = time.monotonic()
             return
-        elif event.kind is EventKind.TASK_ADDED and event.total is not None:
-            self.bar.total = event.total
-            self.bar.refresh()
-        elif event.kind is EventKind.TASK_STARTED:
-            self.bar.set_postfix_str(describe(event.task) if event.task else "", refresh=True)
-        elif event.kind in self._DONE or (
-                event.kind is EventKind.TASK_UP_TO_DATE and event.reason is not None):
-            self.bar.update(1)  # (up to date with a reason: done by another process)
-        elif event.kind is EventKind.RUN_FINISHED:
-            self.bar.set_postfix_str("", refresh=False)
-            self.bar.close()
-            self.bar = None
+        now = time.monotonic()
+        if final or now - self._last >= self.interval:
+            self._last = now
+            self.view.draw(final)
+
+
+class _HtmlView:
+    """The bar in a notebook: one display element, updated in place through its handle."""
+
+    def __init__(self, bar: ProgressBar):
+        from IPython.display import display
+
+        self.bar = bar
+        self.handle = display(self._bundle(), raw=True, display_id=True)
+
+    def _bundle(self) -> dict[str, str]:
+        return {"text/plain": self.bar.text(), "text/html": self.bar.html()}
+
+    def draw(self, final: bool) -> None:
+        if self.handle is not None:
+            self.handle.update(self._bundle(), raw=True)
+
+
+class _TextView:
+    """The bar in a terminal (or wherever ``progress=True`` sends it): tqdm's text bar."""
+
+    def __init__(self, bar: ProgressBar):
+        self.bar = bar
+        self.tqdm = bar_class()(total=bar.total, unit="task", desc="pipeflow", leave=True)
+
+    def draw(self, final: bool) -> None:
+        b, t = self.bar, self.tqdm
+        if t.total != b.total:
+            t.total = b.total
+        t.n = b.counts["done"]
+        if not final:
+            extra = [f"{n} {name}" for name, n in b.counts.items() if n and name != "done"]
+            t.set_postfix_str(", ".join([*extra, *([b.current] if b.current else [])]),
+                              refresh=False)
+            t.refresh()
+            return
+        if b.state is not SUCCESS:
+            t.colour = "red" if b.state is FAILED else "yellow"
+        t.set_description_str(f"pipeflow {b.state}", refresh=False)
+        t.set_postfix_str(b.counts_text(), refresh=False)
+        t.refresh()
+        t.close()
 
 
 def bar_class() -> Any:
-    """The progress bar class: tqdm's widget in a notebook with ipywidgets, else text.
+    """The text bar's class: tqdm's (a notebook gets :class:`ProgressBar`'s HTML bar).
 
-    ``tqdm.auto`` picks the widget in any notebook and, without ipywidgets, warns
-    ("IProgress not found") before falling back to text: a notebook without ipywidgets gets
-    the text bar straight away, with no warning.
+    Never ``tqdm.auto``: without ipywidgets it warns ("IProgress not found"), and its
+    widget, created from a background run's thread, lands in whatever cell runs then.
     """
-    if importlib.util.find_spec("ipywidgets") is None:
-        from tqdm.std import tqdm
-    else:
-        from tqdm.auto import tqdm
+    from tqdm.std import tqdm
+
     return tqdm
 
 
-__all__ = ["ProgressBar", "bar_class"]
+__all__ = ["CANCELLED", "FAILED", "SUCCESS", "ProgressBar", "bar_class"]
