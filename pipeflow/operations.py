@@ -268,8 +268,8 @@ def interrupted(result: RunResult) -> KeyboardInterrupt:
     if waiting:
         parts.append(f"{waiting} queued task(s) did not start")
     what = "; ".join(parts) if parts else "nothing was running"
-    kept = (f"{done} finished task(s) keep their outputs" if done
-            else "no task had finished")
+    kept = (f"{done} finished task{'s keep their' if done != 1 else ' keeps its'} outputs"
+            if done else "No task had finished")
     message = f"Run cancelled ({how}): {what}. {kept}; run again to finish."
     return RunInterrupted(message, result) if display.in_ipython() else KeyboardInterrupt(message)
 
