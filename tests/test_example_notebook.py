@@ -268,17 +268,21 @@ STARTUP_TIMEOUT = 180
 
 def execute_notebook(project: pathlib.Path, kernels: pathlib.Path, env: dict) -> object:
     """Execute ``project/pipeline.ipynb`` in a kernel running this interpreter; shut it down."""
-    spec = kernels / "python3"
+    # not named python3: jupyter_client would import ipykernel into this process for that
+    # name, and pipeflow takes an imported ipykernel for a notebook (progress bars in the
+    # tests that run after this one)
+    spec = kernels / "pipeflow-tests"
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python 3 (the tests' interpreter)", "language": "python"}))
     specs = KernelSpecManager(kernel_dirs=[str(kernels)], ensure_native_kernel=False)
-    km = AsyncKernelManager(kernel_name="python3", kernel_spec_manager=specs, ip="127.0.0.1",
+    km = AsyncKernelManager(kernel_name="pipeflow-tests", kernel_spec_manager=specs, ip="127.0.0.1",
                             transport="tcp", connection_file=str(kernels / "connection.json"))
     nb = nbformat.read(project / "pipeline.ipynb", as_version=4)
     client = NotebookClient(nb, km=km, timeout=CELL_TIMEOUT, startup_timeout=STARTUP_TIMEOUT,
-                            allow_errors=True, resources={"metadata": {"path": str(project)}})
+                            allow_errors=True, resources={"metadata": {"path": str(project)}},
+                            extra_arguments=["--HistoryManager.hist_file=:memory:"])
     try:
         client.execute(cleanup_kc=True, env=env)  # cleanup_kc: nbclient shuts the kernel down
     finally:
@@ -302,7 +306,9 @@ def executed(tmp_path_factory):
            "IPYTHONDIR": str(base / "ipython"),
            "PYTHONDONTWRITEBYTECODE": "1",
            "PYTHONPATH": os.pathsep.join(pythonpath)}
+    imported = "ipykernel" in sys.modules
     nb = execute_notebook(project, base / "kernels", env)
+    assert imported or "ipykernel" not in sys.modules, "executing it imported ipykernel here"
     after = sorted(p.relative_to(project) for p in project.rglob("*"))
     assert after == before, "the notebook wrote next to itself, not in its data dir"
     return {"data": base / "data", "cells": {name_of(c): c for c in code_cells(nb)}}
