@@ -13,6 +13,7 @@ import pathlib
 import sys
 
 import cfg
+import chart
 import tasks
 
 import pipeflow as d6tflow
@@ -27,30 +28,6 @@ def parse_args(argv=None):
                         help="where the chart and the results table go (default: "
                              "%(default)s, or $PIPEFLOW_EXAMPLE_OUTPUT)")
     return parser.parse_args(argv)
-
-
-def plot_results(table, path, metric=cfg.main_metric):
-    """Horizontal bar chart of ``metric`` per flow, coloured by preprocessing."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    data = table.sort_values(metric)  # best at the top of a horizontal bar chart
-    colors = ["tab:blue" if p else "tab:orange" for p in data["do_preprocess"]]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(data) + 1.6))
-    bars = ax.barh(data.index.astype(str), data[metric], color=colors)
-    ax.bar_label(bars, fmt="%.3f", padding=3, fontsize=8)
-    ax.set_xlabel(f"test {metric}")
-    ax.set_xlim(min(0.0, data[metric].min()), data[metric].max() * 1.15)
-    ax.set_title(f"Diabetes progression: test {metric} per flow (higher is better)", fontsize=11)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ("tab:blue", "tab:orange")]
-    ax.legend(handles, ["standard scaled", "raw features"], loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def main(argv=None):
@@ -88,7 +65,7 @@ def main(argv=None):
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.output_dir / "model_comparison.csv")
-    png = plot_results(table, args.output_dir / "model_comparison.png")
+    png = chart.save_chart(table, args.output_dir / "model_comparison.png", cfg.main_metric)
     best = table.iloc[0]
     print(f"\nbest flow: {table.index[0]} ({cfg.main_metric}={best[cfg.main_metric]:.3f})")
     print(f"chart: {png}")
