@@ -95,7 +95,7 @@ def preview(tasks: Any, indent: str = "", last: bool = True, show_params: bool =
     _explain_failures(plan)
     result = build_preview(plan, roots, show_params, clip_params, indent, last)
     if print_it:
-        if rich.in_notebook():
+        if rich.draws_html():
             rich.show(result.text(), result._repr_html_())
         else:
             display.emit(result.text(color=use_color()))

@@ -597,7 +597,7 @@ class WorkflowMulti:
             A :class:`~pipeflow.display.rich.FlowPreviews` (a dict ``{flow_name: Preview}``
             that displays as that table), or one Preview when ``flow`` names a single flow.
         """
-        notebook = print_it and rich.in_notebook()
+        notebook = print_it and rich.draws_html()
         if flow is not None and not isinstance(flow, list):
             wf = self.get_flow(flow)
             if print_it and not notebook:

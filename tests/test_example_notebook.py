@@ -268,9 +268,7 @@ STARTUP_TIMEOUT = 180
 
 def execute_notebook(project: pathlib.Path, kernels: pathlib.Path, env: dict) -> object:
     """Execute ``project/pipeline.ipynb`` in a kernel running this interpreter; shut it down."""
-    # not named python3: jupyter_client would import ipykernel into this process for that
-    # name, and pipeflow takes an imported ipykernel for a notebook (progress bars in the
-    # tests that run after this one)
+    # not named python3: jupyter_client would import ipykernel into this process for that name
     spec = kernels / "pipeflow-tests"
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(json.dumps({

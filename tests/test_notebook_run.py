@@ -391,3 +391,17 @@ def test_a_script_stopped_by_ctrl_c_exits_130_saying_what_was_stopped(tmp_path):
     assert last == ("KeyboardInterrupt: Run cancelled (Ctrl-C): Slow() did not finish; its "
                     "partial outputs were removed. No task had finished; run again to finish.")
     assert "Traceback (most recent call last)" in proc.stderr
+
+
+def test_a_process_that_imported_ipykernel_is_not_taken_for_a_notebook():
+    # pipeflow took "ipykernel was imported" for "a notebook": a script or test that merely
+    # imported it (jupyter_client does, to find the python3 kernel) drew progress bars into
+    # its log and took /dev/null for a person who answers prompts
+    import subprocess
+
+    code = ("import ipykernel.kernelapp, IPython\n"
+            "from pipeflow import display\n"
+            "print(display.watched(), display._interactive(), display.in_notebook())\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120)
+    assert proc.stdout.split() == ["False", "False", "False"], proc.stderr

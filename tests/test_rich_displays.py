@@ -217,7 +217,7 @@ def test_the_text_tree_is_unchanged_outside_a_notebook(capsys):
     assert out.splitlines() == ["└─--[Train-{'alpha': '0.5', 'label': 'plain'} (PENDING)]",
                                 "   └─--[GetData-{} (PENDING)]"]
     assert str(p) == p.summary()  # print(flow.preview()) draws the tree once
-    assert not rich.in_notebook()
+    assert not rich.draws_html()
 
 
 # -- RunResult -------------------------------------------------------------------------------

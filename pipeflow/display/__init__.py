@@ -26,7 +26,7 @@ def emit(text: str) -> None:
 
 def watched() -> bool:
     """Whether a person is watching (a progress bar helps): a terminal on stderr, a notebook."""
-    if "ipykernel" in sys.modules:
+    if in_notebook():
         return True
     return sys.stderr is not None and sys.stderr.isatty()
 
@@ -50,8 +50,7 @@ def _interactive() -> bool:
     if sys.stdin is not None and sys.stdin.isatty():
         return True
     # Jupyter: stdin is not a terminal, but the kernel answers input() from the notebook.
-    kernel = sys.modules.get("ipykernel")
-    if kernel is not None and "IPython" in sys.modules:
+    if in_notebook():
         return True
     # Answers piped in or read from a file (`yes | python flow.py`), as d6tflow reads them;
     # not /dev/null, a closed stdin or a socket, where nobody answers.

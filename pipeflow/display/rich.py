@@ -21,6 +21,7 @@ from typing import Any
 import luigi
 
 from pipeflow.contract import describe
+from pipeflow.display import in_notebook
 from pipeflow.events import NOTEBOOK, STATE_WORDS, RunResult, TaskState
 from pipeflow.parameters import MASK, redact
 
@@ -106,21 +107,15 @@ def cell_number() -> int | None:
     return getattr(shell, "execution_count", None)
 
 
-def in_notebook() -> bool:
+def draws_html() -> bool:
     """Whether output goes to a notebook that draws HTML (a Jupyter kernel, stdout its own).
 
     False in a terminal, a script, an IPython terminal, and inside
     ``contextlib.redirect_stdout`` in a notebook (code that captures the printed text tree,
     as d6tflow's tests do, still gets it).
     """
-    zmqshell = sys.modules.get("ipykernel.zmqshell")
     iostream = sys.modules.get("ipykernel.iostream")
-    if zmqshell is None or iostream is None:
-        return False
-    ipython = sys.modules.get("IPython")
-    get = getattr(ipython, "get_ipython", None)
-    shell = get() if get is not None else None
-    return (isinstance(shell, zmqshell.ZMQInteractiveShell)
+    return (iostream is not None and in_notebook()
             and isinstance(sys.stdout, iostream.OutStream))
 
 
@@ -423,5 +418,5 @@ class FlowResets(dict, ShownOnce):  # type: ignore[type-arg]
 
 
 __all__ = ["STATE_COLORS", "STATUS_COLORS", "FlowPreviews", "FlowResets", "FlowResults",
-           "Reset", "ShownOnce", "badge", "cell_number", "esc", "in_notebook",
+           "Reset", "ShownOnce", "badge", "cell_number", "draws_html", "esc",
            "run_result_html", "show", "state_badge", "table"]
