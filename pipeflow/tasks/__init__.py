@@ -625,6 +625,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
 
 contract.register(TaskData, TaskStore)
+contract.register_locator(lambda cls, home, kwargs: located(cls, home, (), kwargs))
 
 
 def _incomplete(task: luigi.Task, plan: Plan) -> IncompleteTaskError:
