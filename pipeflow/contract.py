@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import pathlib
 import sys
+import types
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -278,6 +279,38 @@ def _scan(reg: list[Any], key: tuple[int, int]) -> None:
     _REDEFINED = any(_bound(cls) is not cls and _newest(cls) is not None for cls in reg)
 
 
+#: the class attribute holding where a pipeflow task class was defined (see :func:`record_site`)
+_SITE = "_pipeflow_site"
+
+
+def record_site(cls: type, filename: str | None) -> None:
+    """Note where ``cls`` is being defined: the code file and this execution of its module.
+
+    Called by pipeflow's task metaclass as the class is made. Two classes of one name
+    defined by one execution of one file (a module that reuses a class name) are two
+    classes; a notebook cell run again (another cell file) or a module reloaded (a new
+    execution) makes a redefinition.
+    """
+    module = sys.modules.get(cls.__module__)
+    type.__setattr__(cls, _SITE, (filename, getattr(module, "__spec__", None)))
+
+
+def _site(cls: type) -> tuple[str | None, Any]:
+    """(code file, module spec at definition) of ``cls``; other classes: their methods' file."""
+    hit = cls.__dict__.get(_SITE)
+    if hit is not None:
+        return hit  # type: ignore[no-any-return]
+    code = next((f.__code__ for f in vars(cls).values() if isinstance(f, types.FunctionType)),
+                None)
+    return (None if code is None else code.co_filename), None
+
+
+def _same_execution(old: type, new: type) -> bool:
+    """Whether both classes were made by one execution of one file (not a redefinition)."""
+    a, b = _site(old), _site(new)
+    return a[0] is not None and a[0] == b[0] and a[1] is b[1]
+
+
 def _bound(cls: type) -> Any:
     """What ``cls``'s module binds its qualified name to now (None: nothing, or unknown)."""
     qualname = cls.__qualname__
@@ -310,6 +343,8 @@ def _newest(cls: type) -> type | _Misfit | None:
     if obj is cls or not isinstance(obj, type) or obj.__qualname__ != cls.__qualname__ or (
             obj.__module__ != cls.__module__):
         return None
+    if _same_execution(cls, obj):
+        return None  # a module that defines two classes of one name: two classes
     if not issubclass(obj, luigi.Task):
         return _Misfit(None, f"{cls.__qualname__} was redefined and is no longer a task "
                              f"class")

@@ -49,9 +49,12 @@ class Notebook:
     def __init__(self, name: str = "__main__"):
         self.module = types.ModuleType(name)
         self.ns = self.module.__dict__
+        self.count = 0
 
     def run(self, code: str) -> None:
-        exec(compile(textwrap.dedent(code), "<cell>", "exec"), self.ns)
+        # each cell its own code file name, as IPython gives them
+        self.count += 1
+        exec(compile(textwrap.dedent(code), f"<cell-{self.count}>", "exec"), self.ns)
 
     def __getitem__(self, name: str):
         return self.ns[name]
@@ -393,3 +396,61 @@ def test_redefinition_in_a_real_jupyter_kernel(tmp_path, monkeypatch):
     assert "TOTAL {'total': 60}" in text(6), text(6)
     assert errors[8].ename == "RedefinitionError"
     assert "re-run the cell defining Train" in errors[8].evalue
+
+
+# -- other ways of requiring ----------------------------------------------------------------------
+
+def test_an_optional_requirement_of_a_redefined_class(nb):
+    nb.run("""
+    class Extra(d6tflow.tasks.TaskJson):
+        def run(self):
+            self.save({"v": 1})
+    EXTRA = Extra  # a reference kept at definition time, as @requires keeps one
+
+    class Use(d6tflow.tasks.TaskJson):
+        def requires(self):
+            return {"extra": d6tflow.optional(EXTRA())}
+        def run(self):
+            self.save(self.inputLoad()["extra"])
+    flow = d6tflow.Workflow(Use)
+    """)
+    nb["flow"].run()
+    assert nb["flow"].outputLoad() == {"v": 1}
+    nb.run("""
+    class Extra(d6tflow.tasks.TaskJson):
+        def run(self):
+            self.save({"v": 2})
+    """)
+    # the optional input is the new class's task: stale (code changed); an optional
+    # input does not make its complete dependent run again
+    rows = {r.task.task_family: r for r in nb["flow"].preview(print_it=False).rows}
+    assert str(rows["Extra"].status) == "STALE"
+    assert "code changed: Extra.run" in rows["Extra"].reason
+    nb["flow"].run(nb["Extra"])
+    assert nb["flow"].outputLoad(nb["Extra"]) == {"v": 2}
+
+
+def test_a_redefined_functional_step(nb):
+    nb.run("""
+    from pipeflow.functional import Workflow as Functional
+    fflow = Functional()
+
+    @fflow.task(d6tflow.tasks.TaskJson)
+    def get_data(task):
+        task.save({"v": 1})
+
+    @fflow.task(d6tflow.tasks.TaskJson)
+    @fflow.requires(get_data)
+    def use(task):
+        task.save({"v": task.inputLoad()["v"] * 10})
+    """)
+    fflow = nb["fflow"]
+    fflow.run(nb["use"])
+    assert fflow.outputLoad(nb["use"]) == {"v": 10}
+    nb.run("""
+    @fflow.task(d6tflow.tasks.TaskJson)
+    def get_data(task):
+        task.save({"v": 2})
+    """)
+    fflow.run(nb["use"])
+    assert fflow.outputLoad(nb["use"]) == {"v": 20}
