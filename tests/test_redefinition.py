@@ -454,3 +454,29 @@ def test_a_redefined_functional_step(nb):
     """)
     fflow.run(nb["use"])
     assert fflow.outputLoad(nb["use"]) == {"v": 20}
+
+
+def test_a_module_that_reuses_a_class_name_keeps_both_classes(tmp_path, monkeypatch):
+    # d6tflow's own tests do this: one execution of one file is not a redefinition
+    src = tmp_path / "mods"
+    src.mkdir()
+    monkeypatch.syspath_prepend(str(src))
+    (src / "reuse_names.py").write_text(HEADER + textwrap.dedent("""
+        class Source(d6tflow.tasks.TaskJson):
+            def run(self):
+                self.save({"v": "first"})
+
+        @d6tflow.requires(Source)
+        class Use(d6tflow.tasks.TaskJson):
+            def run(self):
+                self.save(self.inputLoad())
+
+        class Source(d6tflow.tasks.TaskJson):
+            other = d6tflow.IntParameter(default=0)
+            def run(self):
+                self.save({"v": "second"})
+        """))
+    monkeypatch.delitem(sys.modules, "reuse_names", raising=False)
+    mod = importlib.import_module("reuse_names")
+    pipeflow.run(mod.Use())
+    assert mod.Use().outputLoad() == {"v": "first"}
