@@ -55,6 +55,15 @@ class RequirementError(PipeflowError, TypeError):
     """``requires()`` returned something that is not a task."""
 
 
+class RedefinitionError(RequirementError):
+    """A task class was redefined in a way the tasks defined against it cannot follow.
+
+    A notebook cell run again or a module reloaded: its parameters no longer fit, or it is
+    no longer a task. The message names the cell (or module) to run again. Raised before
+    anything runs or is deleted.
+    """
+
+
 class MissingTaskError(PipeflowError, RuntimeError):
     """A Workflow was asked for its default task, but it has none."""
 

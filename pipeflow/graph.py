@@ -21,26 +21,16 @@ from functools import cached_property
 
 import luigi
 
-from pipeflow.contract import adapt, describe
+from pipeflow.contract import (
+    Optional,
+    adapt,
+    check_classes,
+    current_task,
+    describe,
+    refresh_classes,
+)
 from pipeflow.errors import CycleError, RequirementError
 from pipeflow.parameters import redact
-
-
-class Optional:
-    """Marks a requirement optional: see :func:`optional`."""
-
-    __slots__ = ("task",)
-
-    def __init__(self, task: luigi.Task):
-        if not isinstance(task, luigi.Task):
-            raise RequirementError(
-                f"pipeflow.optional() takes a task instance, not {task!r}: write "
-                f"optional({getattr(task, '__name__', 'Task')}())."
-            )
-        self.task = task
-
-    def __repr__(self) -> str:
-        return f"optional({describe(self.task)})"
 
 
 def optional(task: luigi.Task) -> Optional:
@@ -193,6 +183,7 @@ class Graph:
                         f"expected a task instance, got {root!r} (type "
                         f"{type(root).__name__}). Pass e.g. Train() rather than Train, or "
                         f"use pipeflow.Workflow(Train).")
+                root = current_task(root)  # of its class's newest definition
                 wanted.append(root.task_id)
                 if root.task_id in index:
                     continue
@@ -252,9 +243,20 @@ def build(roots: Iterable[luigi.Task]) -> Graph:
         CycleError: ``requires()`` loops back to a task already on the path.
         RequirementError: a ``requires()`` returned something that is not a task.
     """
+    refresh_classes()
     graph = Graph([], {}, [])
     graph.roots = list(dict.fromkeys(graph.extend(roots)))
+    check_classes(graph.families(), lambda cls: _dependent(graph, cls))
     return graph
+
+
+def _dependent(graph: Graph, cls: type) -> luigi.Task | None:
+    """A task of ``graph`` that requires a task of ``cls`` (None: only roots are)."""
+    for pos, task in enumerate(graph.nodes):
+        if type(task) is cls:
+            for dep in graph.dependents[pos]:
+                return graph.nodes[dep]
+    return None
 
 
 def _cycle_error(path: list[luigi.Task], back_to: luigi.Task) -> CycleError:

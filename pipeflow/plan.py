@@ -25,7 +25,7 @@ from typing import Any
 import luigi
 
 from pipeflow import fingerprint, settings
-from pipeflow.contract import TaskContract, adapt
+from pipeflow.contract import TaskContract, adapt, refresh_classes
 from pipeflow.graph import Graph, build, describe, requirement_edges
 
 
@@ -202,6 +202,7 @@ def assess(task: luigi.Task, check_dependencies: bool | None = None) -> Verdict:
     """
     cascade = settings.check_dependencies if check_dependencies is None else check_dependencies
     fingerprint.refresh()
+    refresh_classes()
     own: dict[str, tuple[bool, str | None, Any]] = {}
     digests: dict[str, str | None] = {}
     edges: dict[str, list[tuple[luigi.Task, bool]]] = {}
@@ -319,6 +320,7 @@ def build_plan(graph: Graph, check_dependencies: bool | None = None) -> Plan:
     """
     cascade = settings.check_dependencies if check_dependencies is None else check_dependencies
     fingerprint.refresh()
+    refresh_classes()
     plan = Plan(graph, cascade=cascade)
     plan._assess(0)
     plan.to_run, plan.up_to_date = _what_runs(graph, plan.status, graph.roots)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import luigi
 
-from pipeflow import display, graph, layout, operations, runstore, settings
+from pipeflow import contract, display, graph, layout, operations, runstore, settings
 from pipeflow.display import rich
 from pipeflow.display.dag import GROUP_ABOVE, Dag
 from pipeflow.display.preview import Preview
@@ -130,7 +130,7 @@ class Workflow:
             ParameterError: a parameter no task of the flow declares, or a missing value.
         """
         if isinstance(task, luigi.Task):
-            return task
+            return contract.current_task(task)
         cls = self.default_task if task is None else task
         if cls is None:
             raise MissingTaskError(
@@ -138,6 +138,7 @@ class Workflow:
                 "(flow.run(TaskTrain)) or set one (Workflow(TaskTrain) / flow.set_default())."
             )
         _check_task_class(cls, "Workflow task")
+        cls = contract.newest_class(cls)  # a class redefined since: its newest definition
         self._check_params(cls)
         return self._instantiate(cls)
 

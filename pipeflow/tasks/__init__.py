@@ -21,6 +21,8 @@ import contextlib
 import functools
 import os
 import pathlib
+import sys
+import types
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
@@ -69,6 +71,9 @@ from pipeflow.targets import (
 )
 from pipeflow.tasks.store import TaskStore, meta_clash
 
+#: pipeflow's own source folder
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
 
 class _TaskMeta(Register):
     """luigi's task metaclass, plus a cache of each class's parameters and folder.
@@ -80,6 +85,17 @@ class _TaskMeta(Register):
     """
 
     generation: ClassVar[int] = 0
+
+    def __init__(cls, name: str, bases: tuple[type, ...], namespace: dict[str, Any],
+                 **kwargs: Any) -> None:
+        super().__init__(name, bases, namespace, **kwargs)
+        # where it is defined: tells a redefinition (a cell run again, a module reloaded)
+        # from a module defining two classes of one name (see contract.record_site)
+        where = sys._getframe(1).f_code.co_filename
+        if where.startswith(_HERE):  # made by pipeflow (a functional step): its function's
+            where = next((f.__code__.co_filename for f in namespace.values()
+                          if isinstance(f, types.FunctionType)), where)
+        contract.record_site(cls, where)
 
     def __setattr__(cls, name: str, value: Any) -> None:
         _TaskMeta.generation += 1
@@ -625,6 +641,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
 
 
 contract.register(TaskData, TaskStore)
+contract.register_locator(lambda cls, home, kwargs: located(cls, home, (), kwargs))
 
 
 def _incomplete(task: luigi.Task, plan: Plan) -> IncompleteTaskError:
