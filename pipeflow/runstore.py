@@ -55,8 +55,7 @@ import luigi
 
 from pipeflow import layout, settings
 from pipeflow.contract import adapt
-from pipeflow.display.history import (attempt_html, attempt_text, error_text, local_zone,
-                                      missing)
+from pipeflow.display.history import attempt_html, attempt_text, error_text, local_zone, missing
 from pipeflow.errors import HistoryError, ParameterError, did_you_mean, shown
 from pipeflow.events import Event, EventKind
 from pipeflow.graph import describe
@@ -903,8 +902,9 @@ class Attempt(Mapping[str, Any]):
     @classmethod
     def _of(cls, row: Mapping[str, Any]) -> Attempt:
         """The attempt of a row of ``history(full=True)``; empty cells become None."""
-        values = {f.name: (None if missing(row.get(f.name)) else row.get(f.name))
-                  for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {
+            f.name: (None if missing(row.get(f.name)) else row.get(f.name))
+            for f in dataclasses.fields(cls)}
         if values["attempt"] is not None:
             values["attempt"] = int(values["attempt"])
         return cls(**values)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html.parser
 import json
-import os
 import sqlite3
 import sys
 import time
