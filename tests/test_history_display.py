@@ -182,8 +182,8 @@ def test_sorting_by_duration_sorts_the_numbers_and_keeps_the_display():
     assert h.groupby("family")["duration"].sum().to_dict() == expected
 
 
-def test_times_are_local_time(monkeypatch):
-    monkeypatch.setenv("TZ", "Asia/Kolkata")  # +05:30 all year round
+def test_times_are_local_time(monkeypatch, tmp_path):
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # +05:30 all year round, no daylight saving
     time.tzset()
     try:
         pipeflow.run(HdGood())
@@ -197,6 +197,11 @@ def test_times_are_local_time(monkeypatch):
             assert local != utc and local in repr(h) and utc not in repr(h)
         # a plain string compares in local time
         assert len(h[h["finished"] >= local[:16]]) == 1
+        # the zone has its name: the table can be saved as Parquet and read back
+        h.to_parquet(tmp_path / "h.parquet")
+        back = pd.read_parquet(tmp_path / "h.parquet")
+        assert back["finished"].iloc[0] == h["finished"].iloc[0]
+        assert str(back["finished"].dtype) == str(h["finished"].dtype)
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()

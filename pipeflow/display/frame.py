@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeflow.display.history import duration_text, missing, size_text, when_text
+from pipeflow.display.history import duration_text, missing, size_text
 
 #: columns shown as durations (their values are seconds) and as sizes (bytes)
 DURATIONS = frozenset({"duration", "cpu_time"})
@@ -28,6 +28,12 @@ SIZES = frozenset({"peak_memory"})
 
 def _plain(value: Any) -> str:
     return "" if missing(value) else str(value)
+
+
+def _clock(moment: Any) -> str:
+    """A time to the second, in its column's zone (local time, in the history's tables)."""
+    return "" if missing(moment) else (
+        moment.strftime("%Y-%m-%d %H:%M:%S") if hasattr(moment, "strftime") else str(moment))
 
 
 class HistoryFrame(pd.DataFrame):
@@ -47,7 +53,7 @@ class HistoryFrame(pd.DataFrame):
                 out.append(size_text)
             elif isinstance(dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(
                     dtype):
-                out.append(when_text)
+                out.append(_clock)
             elif pd.api.types.is_float_dtype(dtype):
                 out.append(None)  # a column of the user's: pandas' own float format
             else:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime
 import html
 import math
+import os
+import zoneinfo
 from collections.abc import Mapping
 from typing import Any
 
@@ -81,11 +83,34 @@ def size_text(size: Any) -> str:
 def local_zone() -> datetime.tzinfo:
     """This machine's time zone (daylight saving included), as the history shows times.
 
-    Read each time: a notebook's ``TZ`` may change (``time.tzset()``).
+    Its IANA name when it can be told (``TZ``, ``/etc/localtime``): a frame of such times
+    can be saved anywhere (``to_parquet`` needs a named zone). Else the system's rules as
+    ``dateutil`` reads them. Read each time: a notebook's ``TZ`` may change.
     """
+    name = _zone_name()
+    if name:
+        try:
+            return zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            pass
     from dateutil.tz import tzlocal  # a dependency of pandas
 
     return tzlocal()
+
+
+def _zone_name() -> str | None:
+    """The IANA name of the local time zone (``Europe/Paris``), or None."""
+    tz = os.environ.get("TZ")
+    if tz is not None:
+        tz = tz.lstrip(":")
+        if not tz:
+            return "UTC"  # TZ set but empty: UTC, as the C library reads it
+        return tz.split("/zoneinfo/", 1)[1] if "/zoneinfo/" in tz else tz
+    try:
+        target = os.path.realpath("/etc/localtime")
+    except OSError:  # pragma: no cover
+        return None
+    return target.split("/zoneinfo/", 1)[1] if "/zoneinfo/" in target else None
 
 
 def when_text(moment: Any) -> str:
