@@ -689,7 +689,8 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
         NaN/NaT/None.
 
     Raises:
-        ParameterError: an argument of the wrong type, ``last`` below 0, an unknown status.
+        ParameterError: an argument of the wrong type, ``last`` below 0, an unknown status,
+            ``full`` not a bool.
 
     Example:
         >>> pipeflow.history(status="failed", last=5)      # doctest: +SKIP
@@ -698,6 +699,7 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
     """
     where, args = [], []
     last = _count(last, "attempts")
+    _check_full(full, "history")
     if status is not None and status not in ATTEMPT_STATUSES:
         raise ParameterError(
             f"status must be one of {', '.join(map(repr, ATTEMPT_STATUSES))}, not "
@@ -765,6 +767,14 @@ def _count(last: Any, what: str) -> int | None:
         last, "last", 0, f": it is how many of the most recent {what} to show (None: all)."))
 
 
+def _check_full(full: Any, query: str) -> None:
+    """``full`` is True or False (a string such as ``"no"`` would read as True)."""
+    if not isinstance(full, bool):
+        raise ParameterError(
+            f"{query}(full={full!r}): full is True (every recorded column, raw) or False "
+            f"(the compact table), e.g. pipeflow.{query}(full=True).")
+
+
 #: the largest integer SQLite stores (a LIMIT above it overflows)
 _SQLITE_MAX = 2**63 - 1
 
@@ -794,7 +804,8 @@ def runs(last: int | None = None, full: bool = False) -> pd.DataFrame:
         (killed, out of memory); ``finished`` is then empty.
 
     Raises:
-        ParameterError: ``last`` is not a whole number of at least 0.
+        ParameterError: ``last`` is not a whole number of at least 0, or ``full`` not a
+            bool.
 
     Example:
         >>> pipeflow.runs(last=5)                            # doctest: +SKIP
@@ -803,6 +814,7 @@ def runs(last: int | None = None, full: bool = False) -> pd.DataFrame:
         22589730816
     """
     last = _count(last, "runs")
+    _check_full(full, "runs")
     sql = "SELECT * FROM runs ORDER BY started DESC" + (" LIMIT ?" if last is not None else "")
     df = _times(_query(sql, [] if last is None else [last], "runs"), ["started", "finished"])
     if "system" not in df.columns:  # a file from before the column, not written to since

@@ -393,3 +393,10 @@ def test_history_in_a_notebook_shows_a_readable_table(tmp_path, monkeypatch):
     err = [o for o in nb.cells[2].outputs if o["output_type"] == "execute_result"][0]
     assert "Traceback (most recent call last):" in _parse(err["data"]["text/html"]).pres[0]
     assert err["data"]["text/plain"].splitlines()[0].startswith("Bad() failed")
+
+
+@pytest.mark.parametrize("query", [pipeflow.history, pipeflow.runs])
+@pytest.mark.parametrize("full", ["no", 1, None])
+def test_full_must_be_a_bool(query, full):
+    with pytest.raises(pipeflow.errors.ParameterError, match=r"full is True .* or False"):
+        query(full=full)
