@@ -1053,7 +1053,7 @@ def history(data_dir: str | None, family: tuple[str, ...], status: str | None,
 
 def _history_frame(**query: Any) -> Any:
     """The attempts the history command shows: every column (the one call of the history)."""
-    return runstore.history(**query)
+    return runstore.history(**query, full=True)
 
 
 def _history_records(df: Any) -> list[dict[str, Any]]:
@@ -1083,18 +1083,17 @@ def _history_records(df: Any) -> list[dict[str, Any]]:
 
 
 def _table(df: Any) -> str:
-    """The attempts as a text table; a missing time or size shows empty."""
-    import pandas as pd
-
-    def shown(fmt: str, scale: float = 1.0) -> Callable[[Any], str]:
-        return lambda v: "" if pd.isna(v) else fmt.format(v / scale)
+    """The attempts as a text table, in the units and local times ``pipeflow.history()`` shows."""
+    from pipeflow.display import history as shown
 
     out = df[["finished", "task", "status", "duration", "cpu_time", "peak_memory",
-              "error_type", "reason"]].copy()
-    out["finished"] = out["finished"].dt.strftime("%Y-%m-%d %H:%M:%S")
+              "reason"]].copy()
+    out.insert(6, "error", [shown.error_text(t, m) or "" for t, m in
+                            zip(df["error_type"], df["error_message"])])
+    out["finished"] = [shown.when_text(v) for v in df["finished"]]
     for col in ("duration", "cpu_time"):
-        out[col] = out[col].map(shown("{:.2f}s"))
-    out["peak_memory"] = out["peak_memory"].map(shown("{:,.0f} MiB", 2**20))
+        out[col] = out[col].map(shown.duration_text)
+    out["peak_memory"] = out["peak_memory"].map(shown.size_text)
     return str(out.fillna("").to_string(index=False))
 
 

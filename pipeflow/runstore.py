@@ -35,6 +35,7 @@ first time a run is recorded in them; until then :func:`runs` shows it as None.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import getpass
 import importlib.metadata
 import json
@@ -47,13 +48,14 @@ import stat
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import luigi
 
 from pipeflow import layout, settings
 from pipeflow.contract import adapt
+from pipeflow.display.history import attempt_html, attempt_text, error_text, local_zone, missing
 from pipeflow.errors import HistoryError, ParameterError, did_you_mean, shown
 from pipeflow.events import Event, EventKind
 from pipeflow.graph import describe
@@ -653,7 +655,7 @@ def _times(df: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
 
 def history(family: str | type | Sequence[Any] | None = None, status: str | None = None,
             run: str | None = None, last: int | None = None,
-            tasks: Iterable[luigi.Task] | None = None) -> pd.DataFrame:
+            tasks: Iterable[luigi.Task] | None = None, full: bool = False) -> pd.DataFrame:
     """Task attempts recorded in the run history, newest first.
 
     Args:
@@ -664,20 +666,40 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
         run: only this run (its ``run_id``).
         last: only the ``last`` most recent attempts (None: all).
         tasks: only these task instances.
+        full: every recorded column with its raw value, instead of the compact table.
 
     Returns:
-        One row per attempt: run_id, task_id, family, task, params, attempt, status,
-        started, finished, duration, cpu_time, peak_memory, error_type, error_message,
-        traceback, reason, outputs.
+        By default, a compact table for a person, one row per attempt: ``finished``
+        (local time, time-zone aware: a plain string such as ``"2026-11-21 09:00"``
+        compares in local time; empty for a crashed attempt), ``task`` (its family and
+        significant parameters, ``Train(model='gbm')``; secret values are never shown),
+        ``status``, ``attempt`` (1 for the first try), ``duration`` and ``cpu_time``
+        (seconds, float), ``peak_memory`` (bytes, integer), ``error`` (its type and the
+        first line of its message, ``KeyError: 'x'``), ``reason`` (why it was skipped, or
+        why a stale task ran again), ``started`` (local time), ``family``, ``run_id``.
+        The numbers stay numbers
+        (sort, filter and sum them); the table *displays* them in human units (``2 min 05
+        s``, ``312 MiB``), with empty cells empty. It is a ``pandas.DataFrame`` subclass
+        (:class:`pipeflow.display.frame.HistoryFrame`) that only displays differently.
+
+        With ``full=True``, a plain DataFrame of every recorded column: run_id, task_id,
+        family, task, params (JSON, secrets as ``***``), attempt, status, started,
+        finished (UTC), duration, cpu_time (seconds), peak_memory (bytes, float),
+        error_type, error_message, traceback, reason, outputs (JSON); missing values are
+        NaN/NaT/None.
 
     Raises:
-        ParameterError: an argument of the wrong type, ``last`` below 0, an unknown status.
+        ParameterError: an argument of the wrong type, ``last`` below 0, an unknown status,
+            ``full`` not a bool.
 
     Example:
         >>> pipeflow.history(status="failed", last=5)      # doctest: +SKIP
+        >>> pipeflow.history().sort_values("duration").tail(3)  # the slowest  # doctest: +SKIP
+        >>> pipeflow.history(full=True)["traceback"]        # doctest: +SKIP
     """
     where, args = [], []
     last = _count(last, "attempts")
+    _check_full(full, "history")
     if status is not None and status not in ATTEMPT_STATUSES:
         raise ParameterError(
             f"status must be one of {', '.join(map(repr, ATTEMPT_STATUSES))}, not "
@@ -711,8 +733,32 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
     if last is not None:
         sql += " LIMIT ?"
         args.append(last)
-    df = _query(sql, args, "attempts").drop(columns=["id"])
-    return _times(df, ["started", "finished"])
+    df = _times(_query(sql, args, "attempts").drop(columns=["id"]), ["started", "finished"])
+    return df if full else _compact_attempts(df)
+
+
+def _compact_attempts(df: pd.DataFrame) -> pd.DataFrame:
+    """The compact history (see :func:`history`) made from the full one."""
+    from pipeflow.display.frame import HistoryFrame
+
+    pd = _pandas()
+    zone = local_zone()
+    return HistoryFrame({
+        "finished": df["finished"].dt.tz_convert(zone),
+        "task": df["task"],
+        "status": df["status"],
+        "attempt": pd.to_numeric(df["attempt"]).astype("Int64"),
+        "duration": pd.to_numeric(df["duration"]).astype("float64"),
+        "cpu_time": pd.to_numeric(df["cpu_time"]).astype("float64"),
+        "peak_memory": pd.to_numeric(df["peak_memory"]).round().astype("Int64"),
+        "error": pd.Series([error_text(t, m) for t, m in zip(df["error_type"],
+                                                              df["error_message"])],
+                           index=df.index, dtype="str"),
+        "reason": df["reason"],
+        "started": df["started"].dt.tz_convert(zone),
+        "family": df["family"],
+        "run_id": df["run_id"],
+    }, index=df.index)
 
 
 def _count(last: Any, what: str) -> int | None:
@@ -721,40 +767,88 @@ def _count(last: Any, what: str) -> int | None:
         last, "last", 0, f": it is how many of the most recent {what} to show (None: all)."))
 
 
+def _check_full(full: Any, query: str) -> None:
+    """``full`` is True or False (a string such as ``"no"`` would read as True)."""
+    if not isinstance(full, bool):
+        raise ParameterError(
+            f"{query}(full={full!r}): full is True (every recorded column, raw) or False "
+            f"(the compact table), e.g. pipeflow.{query}(full=True).")
+
+
 #: the largest integer SQLite stores (a LIMIT above it overflows)
 _SQLITE_MAX = 2**63 - 1
 
 
-def runs(last: int | None = None) -> pd.DataFrame:
+def runs(last: int | None = None, full: bool = False) -> pd.DataFrame:
     """The recorded runs, newest first.
 
     Args:
         last: only the ``last`` most recent runs (None: all).
+        full: every recorded column with its raw value, instead of the compact table.
 
     Returns:
-        One row per run: run_id, started, finished, status, host, user, pipeflow_version,
-        roots (JSON), params (JSON), system. ``system`` is the machine snapshot taken when
-        the run started, already parsed: the dict :func:`pipeflow.system_info` returns
-        for ``'all'``, or None when it could not be read (and for runs recorded before
-        pipeflow kept it). ``status`` is ``'running'``, ``'success'``, ``'failed'``,
-        ``'cancelled'``, or ``'crashed'``: the process running it on this host ended
-        without finishing it (killed, out of memory); ``finished`` is then empty.
+        By default, a compact table for a person, one row per run: ``started`` (local
+        time, time-zone aware), ``status``, ``tasks`` (the tasks it was asked for,
+        ``Train(model='gbm'), Report()``), ``duration`` (seconds, float; shown as ``2 min
+        05 s``), ``finished`` (local time), ``host``, ``user``, ``run_id``; a
+        ``pandas.DataFrame`` subclass displayed like :func:`history`'s.
+
+        With ``full=True``, a plain DataFrame: run_id, started, finished (UTC), status,
+        host, user, pipeflow_version, roots (JSON), params (JSON), system. ``system`` is
+        the machine snapshot taken when the run started, already parsed: the dict
+        :func:`pipeflow.system_info` returns for ``'all'``, or None when it could not be
+        read (and for runs recorded before pipeflow kept it).
+
+        ``status`` is ``'running'``, ``'success'``, ``'failed'``, ``'cancelled'``, or
+        ``'crashed'``: the process running it on this host ended without finishing it
+        (killed, out of memory); ``finished`` is then empty.
 
     Raises:
-        ParameterError: ``last`` is not a whole number of at least 0.
+        ParameterError: ``last`` is not a whole number of at least 0, or ``full`` not a
+            bool.
 
     Example:
-        >>> pipeflow.runs(last=1).iloc[0]["system"]["memory"]["available"]  # doctest: +SKIP
+        >>> pipeflow.runs(last=5)                            # doctest: +SKIP
+        >>> pipeflow.runs(last=1, full=True).iloc[0]["system"]["memory"]["available"]
+        ... # doctest: +SKIP
         22589730816
     """
     last = _count(last, "runs")
+    _check_full(full, "runs")
     sql = "SELECT * FROM runs ORDER BY started DESC" + (" LIMIT ?" if last is not None else "")
     df = _times(_query(sql, [] if last is None else [last], "runs"), ["started", "finished"])
     if "system" not in df.columns:  # a file from before the column, not written to since
         df["system"] = None
     df = df.drop(columns=["owner"], errors="ignore")  # kept to tell crashed runs
     df["system"] = [_snapshot(s) for s in df["system"]]
-    return df
+    return df if full else _compact_runs(df)
+
+
+def _compact_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The compact table of runs (see :func:`runs`) made from the full one."""
+    from pipeflow.display.frame import HistoryFrame
+
+    zone = local_zone()
+    return HistoryFrame({
+        "started": df["started"].dt.tz_convert(zone),
+        "status": df["status"],
+        "tasks": _pandas().Series([_roots_text(r) for r in df["roots"]], index=df.index,
+                                  dtype="str"),
+        "duration": (df["finished"] - df["started"]).dt.total_seconds().astype("float64"),
+        "finished": df["finished"].dt.tz_convert(zone),
+        "host": df["host"],
+        "user": df["user"],
+        "run_id": df["run_id"],
+    }, index=df.index)
+
+
+def _roots_text(roots: Any) -> str | None:
+    """A run's ``roots`` JSON as one line: ``Train(model='gbm'), Report()``."""
+    try:
+        names = json.loads(roots)
+    except (TypeError, ValueError):
+        return None if roots is None else str(roots)
+    return ", ".join(map(str, names)) if isinstance(names, list) else str(names)
 
 
 def _snapshot(text: Any) -> Any:
@@ -767,17 +861,122 @@ def _snapshot(text: Any) -> Any:
         return None
 
 
-def last_run(task: luigi.Task) -> dict[str, Any] | None:
-    """The most recent recorded attempt of ``task`` (a dict), or None."""
-    df = history(tasks=[task], last=1)
-    return None if df.empty else df.iloc[0].to_dict()
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class Attempt(Mapping[str, Any]):
+    """One recorded attempt of a task: what :func:`last_run` and :func:`last_error` return.
+
+    It reads as text in a terminal (``print(err)``, or the echo of a cell) and as HTML in a
+    notebook: the task, how it ended and when (local time), the attempt number, duration,
+    CPU time and peak memory in human units, the run, and for an attempt that raised its
+    traceback as real lines. Its fields are the columns of ``pipeflow.history(full=True)``,
+    as attributes (``err.traceback``) or keys (``err["traceback"]``, ``dict(err)``), with
+    None for an empty value.
+
+    Attributes:
+        run_id: the run it was part of (see :func:`runs`).
+        task_id: the task's id.
+        family: the task's family (its class name).
+        task: the task with its significant parameters, ``Train(model='gbm')``.
+        params: every parameter as JSON, secret values as ``***``.
+        attempt: 1 for the first try, 2 for the first retry...
+        status: how it ended: ``completed``, ``failed``, ``retried``, ``cancelled``,
+            ``skipped``, ``up_to_date`` or ``crashed``.
+        started: when it started (a UTC ``pandas.Timestamp``).
+        finished: when it ended (UTC; None for a crashed attempt).
+        duration: seconds from start to end.
+        cpu_time: CPU seconds it used.
+        peak_memory: the peak memory of the process that ran it, in bytes.
+        error_type: the type of the exception it raised.
+        error_message: the exception's message (secret values as ``***``).
+        traceback: the exception's traceback, as text (secret values as ``***``).
+        reason: why it was skipped, or why a stale task ran again.
+        outputs: for a completed task, its committed files with size and hash (JSON).
+    """
+
+    run_id: str
+    task_id: str
+    family: str | None = None
+    task: str | None = None
+    params: str | None = None
+    attempt: int | None = None
+    status: str | None = None
+    started: Any = None
+    finished: Any = None
+    duration: float | None = None
+    cpu_time: float | None = None
+    peak_memory: float | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    reason: str | None = None
+    outputs: str | None = None
+
+    @classmethod
+    def _of(cls, row: Mapping[str, Any]) -> Attempt:
+        """The attempt of a row of ``history(full=True)``; empty cells become None."""
+        values: dict[str, Any] = {
+            f.name: (None if missing(row.get(f.name)) else row.get(f.name))
+            for f in dataclasses.fields(cls)}
+        if values["attempt"] is not None:
+            values["attempt"] = int(values["attempt"])
+        return cls(**values)
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _ATTEMPT_FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_ATTEMPT_FIELDS)
+
+    def __len__(self) -> int:
+        return len(_ATTEMPT_FIELDS)
+
+    def __repr__(self) -> str:
+        """The attempt as text: what, when, how long, and its traceback as lines."""
+        return attempt_text(self)
+
+    __str__ = __repr__
+
+    def _repr_html_(self) -> str:
+        """The attempt as HTML, for a notebook."""
+        return attempt_html(self)
 
 
-def last_error(task: luigi.Task) -> dict[str, Any] | None:
-    """The most recent attempt of ``task`` that raised (failed, or retried), or None."""
-    df = history(tasks=[task])
+_ATTEMPT_FIELDS = tuple(f.name for f in dataclasses.fields(Attempt))
+
+
+def last_run(task: luigi.Task) -> Attempt | None:
+    """The most recent recorded attempt of ``task``, or None.
+
+    Returns:
+        An :class:`Attempt`: shown as readable text (or HTML in a notebook), its fields
+        reachable as attributes or keys (``last_run(t)["status"]``).
+    """
+    df = history(tasks=[task], last=1, full=True)
+    return None if df.empty else Attempt._of(df.iloc[0].to_dict())
+
+
+def last_error(task: luigi.Task) -> Attempt | None:
+    """The most recent attempt of ``task`` that raised (failed, or retried), or None.
+
+    Returns:
+        An :class:`Attempt`: shown as the task, when it failed and its traceback as real
+        lines (HTML in a notebook); ``err["traceback"]``, ``err.error_message``... give
+        the raw values.
+
+    Example:
+        >>> pipeflow.last_error(Train(model="gbm"))            # doctest: +SKIP
+        Train(model='gbm') failed at 2026-11-21 20:14:03 (attempt 1)
+        took 12 ms, CPU time 10 ms, peak memory 112 MiB, run 3f2a...
+        <BLANKLINE>
+        Traceback (most recent call last):
+          ...
+        KeyError: 'no such column'
+    """
+    df = history(tasks=[task], full=True)
     df = df[df["error_type"].notna()]
-    return None if df.empty else df.iloc[0].to_dict()
+    return None if df.empty else Attempt._of(df.iloc[0].to_dict())
 
 
 def last_failures(task_ids: Sequence[str]) -> dict[str, str]:
@@ -863,5 +1062,5 @@ def _read_only(path: pathlib.Path) -> bool:
     return not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
 
 
-__all__ = ["HistorySink", "history", "history_path", "last_error", "last_failures",
+__all__ = ["Attempt", "HistorySink", "history", "history_path", "last_error", "last_failures",
            "last_run", "prune_history", "runs"]

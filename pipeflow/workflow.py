@@ -226,7 +226,10 @@ class Workflow:
             token.cancel()
 
     def history(self, tasks: TaskArg = None, **filters: Any) -> Any:
-        """Recorded attempts of the flow's tasks: see :func:`pipeflow.history`."""
+        """Recorded attempts of the flow's tasks: see :func:`pipeflow.history`.
+
+        A compact table by default; ``full=True`` for every recorded column, raw.
+        """
         with self._active():
             nodes = graph.build(self._tasks(tasks)).nodes
         return runstore.history(tasks=nodes, **filters)

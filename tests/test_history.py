@@ -44,7 +44,7 @@ class Flaky(pipeflow.tasks.TaskJson):
 def test_completed_and_failed_attempts_are_recorded(data_dir):
     with pytest.raises(TaskFailedError):
         pipeflow.run(Bad(token="s3cr3t-pw"))
-    h = pipeflow.history()
+    h = pipeflow.history(full=True)
     assert list(h["task"]) == ["Bad()", "Good()"]
     bad, good = h.iloc[0], h.iloc[1]
     assert (bad["status"], bad["error_type"]) == ("failed", "ValueError")
@@ -56,7 +56,7 @@ def test_completed_and_failed_attempts_are_recorded(data_dir):
     outputs = json.loads(good["outputs"])
     assert outputs["data"][0]["file"] == Good().output().path.name
     assert outputs["data"][0]["size"] == Good().output().path.stat().st_size
-    run = pipeflow.runs().iloc[0]
+    run = pipeflow.runs(full=True).iloc[0]
     assert run["status"] == "failed" and run["roots"] == '["Bad()"]'
     assert run["run_id"] == bad["run_id"] and run["pipeflow_version"]
     assert run["finished"] >= run["started"]
@@ -69,7 +69,7 @@ def test_completed_and_failed_attempts_are_recorded(data_dir):
 
 def test_retried_attempt_is_recorded_with_its_error(tmp_path):
     pipeflow.run(Flaky(marker=str(tmp_path / "m")))
-    h = pipeflow.history(family=Flaky)
+    h = pipeflow.history(family=Flaky, full=True)
     assert list(h["status"]) == ["completed", "retried"]
     assert list(h["attempt"]) == [2, 1]
     assert h.iloc[1]["error_type"] == "OSError"

@@ -205,7 +205,7 @@ def test_unprintable_exception_fails_only_its_task(data_dir, executor, capsys):
     failed = result.by_state("failed")
     assert [type(r.task).__name__ for r in failed] == ["RaisesUnprintable"]
     assert "<unprintable Unprintable>" in first_line(failed[0].error)
-    hist = pipeflow.history()
+    hist = pipeflow.history(full=True)
     row = hist[hist["status"] == "failed"].iloc[0]
     assert row["error_type"].endswith("Unprintable")
     assert "<unprintable Unprintable>" in row["error_message"]

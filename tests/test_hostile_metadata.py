@@ -355,7 +355,7 @@ def test_older_history_without_the_system_column_is_read():
         conn.executescript(runstore._SCHEMA.replace(", system TEXT", ""))
         conn.execute("INSERT INTO runs (run_id, started, status) VALUES ('old', 1, 'success')")
     conn.close()
-    df = pipeflow.runs()
+    df = pipeflow.runs(full=True)
     assert list(df["run_id"]) == ["old"] and df["system"].iloc[0] is None
     pipeflow.run(Out())
     assert len(pipeflow.runs()) == 2
@@ -366,7 +366,7 @@ def test_damaged_system_snapshot_is_none():
     with sqlite3.connect(runstore.history_path()) as conn:
         conn.execute("UPDATE runs SET system = '{not json'")
     conn.close()
-    assert pipeflow.runs()["system"].iloc[0] is None
+    assert pipeflow.runs(full=True)["system"].iloc[0] is None
 
 
 def test_history_file_replaced_by_a_folder_is_a_clear_error():

@@ -176,9 +176,10 @@ def _everything_shown(data_dir, run_kwargs, task, capfd, caplog):
     for r in result.tasks.values():
         texts += [repr(r.error), str(r.error), r.traceback or "", repr(r.retried_errors),
                   repr(r.task), str(r.task), r.task.task_id]
-    df = pipeflow.history(last=50)
+    df = pipeflow.history(last=50, full=True)
     assert (df["status"] == "failed").any()
     texts += [df.to_csv(), df.to_json(date_format="iso")]
+    texts += [repr(pipeflow.history(last=50)), pipeflow.history(last=50)._repr_html_()]
     for path in data_dir.rglob("*"):
         if path.is_file():
             texts.append(path.read_bytes().decode("utf-8", "replace"))
@@ -291,7 +292,7 @@ def test_requires_returning_the_secret_does_not_quote_it(data_dir, token):
     with pytest.raises(TaskFailedError) as failed:
         pipeflow.run(YieldsWrong(token=token))
     texts += [str(failed.value), "".join(traceback.format_exception(failed.value)),
-              failed.value.result.summary(), pipeflow.history().to_csv()]
+              failed.value.result.summary(), pipeflow.history(full=True).to_csv()]
     assert not leaks(token, texts)
 
 
@@ -456,5 +457,7 @@ def _texts_of_a_failure(form: str, secret: str) -> list[str]:
     err = info.value
     texts = [str(err), "".join(traceback.format_exception(err)), err.result.summary(),
              repr(err.__cause__), repr(err.__cause__.args),
-             pipeflow.history(run=err.result.run_id).to_csv()]
+             pipeflow.history(run=err.result.run_id, full=True).to_csv()]
+    compact = pipeflow.history(run=err.result.run_id)
+    texts += [repr(compact), compact._repr_html_()]
     return texts + [r.traceback or "" for r in err.result.tasks.values()]

@@ -261,7 +261,8 @@ def _everything(data_dir, task, run_kwargs, capfd) -> tuple[TaskFailedError, lis
         if getattr(event, "error", None) is not None:
             texts += _error_texts(event.error)
         texts.append(str(getattr(event, "traceback", "") or ""))
-    texts += [pipeflow.history(last=50).to_csv(), pipeflow.runs().to_csv(),
+    texts += [pipeflow.history(last=50, full=True).to_csv(), pipeflow.runs(full=True).to_csv(),
+              repr(pipeflow.history(last=50)), pipeflow.history(last=50)._repr_html_(),
               repr(pipeflow.last_error(task)), repr(pipeflow.last_run(task))]
     for path in data_dir.rglob("*"):
         if path.is_file():
@@ -293,7 +294,7 @@ def test_no_escaped_truncated_named_or_framed_secret_leaves_a_task(
         else:
             assert type(cause).__name__ == name
         assert f"{name}: bad" in err.result.summary()
-        assert pipeflow.history()["error_type"].iloc[0] == type(cause).__name__
+        assert pipeflow.history(full=True)["error_type"].iloc[0] == type(cause).__name__
     if how == "keyerror_repr":
         assert isinstance(cause, KeyError)
         assert str(cause).startswith(("'no account for ", '"no account for '))

@@ -85,7 +85,7 @@ def _temps() -> list[str]:
 
 def _rows(task) -> list[tuple[str, str | None]]:
     """(status, error type) of the task's history rows, by attempt."""
-    hist = pipeflow.history()
+    hist = pipeflow.history(full=True)
     rows = hist[hist["task_id"] == task.task_id].sort_values("attempt")
     return [(s, e if isinstance(e, str) else None)
             for s, e in zip(rows["status"], rows["error_type"])]

@@ -273,7 +273,7 @@ def test_what_a_worker_cannot_send_back_fails_only_its_task():
         assert isinstance(res.error, pipeflow.errors.PipeflowError), res.error
         assert type(task).__name__ in str(res.error)
     assert pipeflow.runs().iloc[0]["status"] == "failed"
-    failed = pipeflow.history(status="failed")
+    failed = pipeflow.history(status="failed", full=True)
     assert len(failed) == len(_EXPECTED) + 2
     two_args = failed[failed["task"] == "Raises(kind='two-args')"].iloc[0]
     assert "TwoArgs: 7: boom" in two_args["error_message"]

@@ -186,7 +186,7 @@ def test_system_info_task_refuses_an_unknown_resource():
 def test_every_run_stores_a_system_snapshot(data_dir):
     pipeflow.run(Good())
     pipeflow.run(Good())
-    runs = pipeflow.runs()
+    runs = pipeflow.runs(full=True)
     assert len(runs) == 2
     for system in runs["system"]:
         assert set(system) == {"cpu", "memory", "disk", "platform"}
@@ -199,7 +199,7 @@ def test_every_run_stores_a_system_snapshot(data_dir):
 
 
 def test_runs_of_an_empty_history_have_the_system_column():
-    assert "system" in pipeflow.runs().columns and pipeflow.runs().empty
+    assert "system" in pipeflow.runs(full=True).columns and pipeflow.runs(full=True).empty
 
 
 def test_failed_snapshot_never_fails_the_run(monkeypatch):
@@ -210,7 +210,7 @@ def test_failed_snapshot_never_fails_the_run(monkeypatch):
     with pytest.raises(psutil.AccessDenied):
         pipeflow.system_info("memory")  # called directly, the error shows
     assert pipeflow.run(Good())
-    run = pipeflow.runs().iloc[0]
+    run = pipeflow.runs(full=True).iloc[0]
     assert run["status"] == "success" and run["system"] is None
     assert list(pipeflow.history()["status"]) == ["completed"]
 
@@ -221,7 +221,7 @@ def test_unexpected_snapshot_error_never_fails_the_run(monkeypatch):
 
     monkeypatch.setattr(runstore, "system_info", broken)
     assert pipeflow.run(Good())
-    assert pipeflow.runs().iloc[0]["system"] is None
+    assert pipeflow.runs(full=True).iloc[0]["system"] is None
 
 
 # -- history files made before the system column ---------------------------------------------------
@@ -261,7 +261,7 @@ def _columns(path):
 
 
 def test_old_history_file_is_readable_before_any_new_run(old_db):
-    runs = pipeflow.runs()
+    runs = pipeflow.runs(full=True)
     assert list(runs["run_id"]) == ["oldrun"] and runs.iloc[0]["system"] is None
     assert "system" not in _columns(old_db)  # reading changes nothing
 
@@ -269,7 +269,7 @@ def test_old_history_file_is_readable_before_any_new_run(old_db):
 def test_old_history_file_gains_the_system_column(old_db):
     assert pipeflow.run(Good())
     assert _columns(old_db)[-2:] == ["system", "owner"]  # added in the order they came
-    runs = pipeflow.runs()
+    runs = pipeflow.runs(full=True)
     assert list(runs["run_id"])[-1] == "oldrun" and len(runs) == 2
     new, old = runs.iloc[0], runs.iloc[1]
     assert new["system"]["memory"]["total"] == psutil.virtual_memory().total
