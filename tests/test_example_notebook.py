@@ -239,25 +239,95 @@ def a_row_per_flow(cell) -> None:
 
 #: what each code cell of the notebook must show, by its name tag. One line per cell: every
 #: code cell has an entry, and a cell not tagged ``raises-exception`` must not raise.
+def bar(state: str | None) -> Check:
+    """The run's progress bar ended in ``state`` (None: the cell drew no bar)."""
+    def check(cell):
+        states = re.findall(r'data-state="([a-z]+)"', "\n".join(
+            out.data.get("text/html", "") for out in cell.outputs
+            if out.output_type in ("execute_result", "display_data")))
+        if state is None:
+            assert not states, f"a progress bar was drawn: {states}"
+        else:
+            assert states and states[-1] == state, f"the bar ended {states}, not {state}"
+    return check
+
+
+def stdout_of(cell) -> str:
+    return "".join(o.text for o in cell.outputs if o.output_type == "stream"
+                   and o.name == "stdout")
+
+
+def html_once(cell) -> None:
+    """The cell draws one HTML display besides the progress bar, and prints no text tree."""
+    shown = [o for o in cell.outputs if o.output_type in ("execute_result", "display_data")
+             and "data-state=" not in o.data.get("text/html", "")]
+    assert len(shown) == 1 and "text/html" in shown[0].data, [o.output_type for o in shown]
+    assert "└─--" not in stdout_of(cell), stdout_of(cell)
+
+
+def short_traceback(most: int, *parts: str) -> Check:
+    """The error shows at most ``most`` lines, ``parts`` among them, and no pipeflow frame."""
+    def check(cell):
+        (error,) = errors(cell)
+        lines = ANSI.sub("", "\n".join(error.traceback)).splitlines()
+        assert len(lines) <= most, "\n".join(lines)
+        shown = "\n".join(lines)
+        assert not re.search(r"pipeflow[/\\](engines|operations|workflow)", shown), shown
+        missing = [p for p in parts if p not in shown]
+        assert not missing, f"{missing} not in:\n{shown}"
+    return check
+
+
+def compact_history(cell) -> None:
+    """The history shows as an HTML table of at most 12 columns, no NaN/NaT/None cells."""
+    html = next(o.data["text/html"] for o in cell.outputs
+                if o.output_type == "execute_result")
+    header = re.search(r"<thead>.*?</thead>", html, re.S)
+    assert header is not None, html[:500]
+    columns = re.findall(r"<th[^>]*>([^<]*)</th>", header.group(0))
+    assert 5 <= len([c for c in columns if c]) <= 12, columns
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", html)
+    assert cells and not {"NaN", "NaT", "None", "<NA>"} & set(cells), cells
+
+
+def svg_dag(cell) -> None:
+    """The sweep's picture: one inline SVG with the grouped tasks, coloured by status."""
+    html = "".join(o.data.get("text/html", "") for o in cell.outputs
+                   if o.output_type in ("execute_result", "display_data"))
+    assert html.count("<svg") == 1, html[:300]
+    assert "TaskTrain × 10" in html and "TaskEvaluate × 10" in html, html[:2000]
+
+
 CHECKS: dict[str, Check] = {
     "setup": shows("task outputs go to"),
-    "preview": shows("TaskEvaluate", "TaskGetData", "PENDING"),
-    "run": all_of(shows("success", "TaskGetData", "TaskEvaluate"), lacks("failed")),
+    "preview": all_of(shows("TaskEvaluate", "TaskGetData", "PENDING"), html_once, bar(None)),
+    "run": all_of(shows("success", "TaskGetData", "TaskEvaluate"), lacks("failed"),
+                  bar("success"), lacks("<RunResult")),
     "outputs": shows("LinearRegression", "test R²"),
-    "rerun": all_of(lacks("ran successfully"), shows_one_of("already done", "up to date")),
-    "param-preview": shows("model': 'ridge'", "PENDING", "COMPLETE"),
-    "param-run": all_of(shows("2 ran successfully", "success"), lacks("failed")),
-    "sweep": all_of(shows("success"), lacks("failed")),
+    "rerun": all_of(lacks("ran successfully"), shows_one_of("already done", "up to date"),
+                    bar(None), lacks("0task", "<RunResult")),
+    "param-preview": all_of(shows("model': 'ridge'", "PENDING", "COMPLETE"), html_once),
+    "param-run": all_of(shows("2 ran successfully", "success"), lacks("failed"),
+                        bar("success")),
+    "sweep": all_of(shows("success"), lacks("failed", "<RunResult"), bar("success")),
     "results": all_of(a_row_per_flow, displays("text/html")),
+    "dag": all_of(displays("text/html"), svg_dag),
     "chart": displays("image/png"),
-    "history": shows("TaskEvaluate", "TaskTrain"),
-    "fail": raised(pipeflow.errors.TaskFailedError, "TaskResiduals", "model='ridge'", "KeyError",
-                   "validation"),
-    "last-error": shows("KeyError", "validation"),
+    "history": all_of(shows("TaskEvaluate", "TaskTrain"), compact_history),
+    "fail": all_of(raised(pipeflow.errors.TaskFailedError, "TaskResiduals", "model='ridge'",
+                          "KeyError", "validation"),
+                   short_traceback(20, 'inputs["data"]["validation"]', "KeyError",
+                                   "pipeflow.full_traceback()"),
+                   bar("failed")),
+    "last-error": all_of(shows("KeyError", "validation", "Traceback"), lacks("{'run_id'"),
+                         displays("text/html")),
     "fix": all_of(shows("TaskWorstPredicted", "success"), lacks("failed")),
-    "cancel": raised(KeyboardInterrupt),
+    "cancel": all_of(raised(pipeflow.errors.RunInterrupted, "TaskSearch() did not finish",
+                            "partial outputs were removed"),
+                     short_traceback(1), bar("cancelled")),
     "after-cancel": shows("TaskSearch", "PENDING"),
-    "redefine": shows("TaskWorstPredicted", "TaskResiduals"),
+    "redefine": all_of(shows("TaskWorstPredicted", "TaskResiduals", "STALE", "code changed"),
+                       html_once),
 }
 
 
