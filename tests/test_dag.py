@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import re
 import struct
-import time
 import xml.etree.ElementTree as ET
 
 import pandas as pd
@@ -307,25 +306,21 @@ def test_labels_show_what_distinguishes_instances():
     assert "i=4" in one.lines[1] and "…" in one.lines[1] and len(one.lines[1]) <= 44
 
 
-def test_hundreds_of_tasks_are_quick_and_stay_small():
+def test_hundreds_of_tasks_stay_small_and_readable():
+    # (how long it takes is measured by benchmarks/bench_dag.py, not asserted here)
     class DagWide(pipeflow.tasks.TaskPqPandas):
         n = pipeflow.IntParameter()
 
         def requires(self):
             return [DagTrain(i=i, model=m) for i in range(self.n) for m in ("a", "b")]
 
-    start = time.perf_counter()
     dag = pipeflow.dag(DagWide(n=250))  # 502 tasks
     svg = dag.to_svg()
-    took = time.perf_counter() - start
     assert dag.n_tasks == 502 and len(dag.nodes) == 3
-    assert took < 2.0, f"500 tasks took {took:.2f}s"
     assert len(svg) < 20_000
-    start = time.perf_counter()
     flat = pipeflow.dag(DagWide(n=250), group=False)
     svg = flat.to_svg()
-    took = time.perf_counter() - start
-    assert len(flat.nodes) == 502 and took < 2.5, f"500 boxes took {took:.2f}s"
+    assert len(flat.nodes) == 502
     assert len(svg) < 600_000
     check_geometry(parse(svg))
 
