@@ -300,6 +300,31 @@ def test_multi_preview_is_a_dict_of_previews_shown_as_one_table(capsys):
     assert SECRET not in previews._repr_html_() + text
 
 
+def test_print_of_a_multi_preview_drawn_in_this_cell_prints_its_count_line(monkeypatch):
+    # print(flows.preview()) in a notebook drew the table, then printed the same table as
+    # text: the count line only, as print(flow.preview()) does
+    previews = _multi().preview(print_it=False)
+    assert str(previews) == repr(previews)  # not drawn anywhere yet: the table as text
+    monkeypatch.setattr(rich, "cell_number", lambda: 7)
+    previews.mark_shown()
+    assert str(previews) == "2 flows: 0 up to date, 2 with tasks to run; previews[name] " \
+                            "shows a flow's tree"
+    monkeypatch.setattr(rich, "cell_number", lambda: 8)  # a later cell: the table again
+    assert str(previews) == repr(previews)
+
+
+def test_long_unbroken_text_wraps_in_tables_and_tracebacks():
+    # a 300-character word in an error ran off the right edge of the notebook
+    html = rich.table(["task"], [["x" * 300]], "1 task", "pipeflow-test")
+    assert all("overflow-wrap:anywhere" in td.attrs.get("style", "")
+               for td in parse(html).all("td"))
+    from pipeflow.display.history import attempt_html
+
+    pre = parse(attempt_html({"task": "T()", "status": "failed", "error_type": "ValueError",
+                              "error_message": "é" * 300, "traceback": "é" * 300}))
+    assert "overflow-wrap:anywhere" in pre.all("pre")[0].attrs["style"]
+
+
 def test_multi_run_is_a_dict_of_results_shown_as_one_table():
     m = _multi()
     results = m.run()

@@ -207,7 +207,7 @@ def attempt_html(attempt: Mapping[str, Any]) -> str:
         parts.append(f"<div>reason: {esc(str(attempt.get('reason')))}</div>")
     error = _error(attempt)
     if error is not None:
-        parts.append(f'<pre style="white-space: pre-wrap">{esc(error)}</pre>')
+        parts.append(f'<pre style="white-space:pre-wrap;overflow-wrap:anywhere">{esc(error)}</pre>')
     parts.append("</div>")
     return "".join(parts)
 

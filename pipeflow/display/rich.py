@@ -78,7 +78,8 @@ def table(head: Sequence[str], rows: Iterable[Sequence[str]], footer: str,
         kind: the CSS class (``pipeflow-preview``...), for people styling their notebook.
         total: how many rows there are (to say how many were left out).
     """
-    cell = "padding:2px 10px 2px 4px;text-align:left;vertical-align:top;border:none"
+    cell = ("padding:2px 10px 2px 4px;text-align:left;vertical-align:top;border:none;"
+            "overflow-wrap:anywhere")
     out = [f'<div class="{kind}" style="{_FONT}">',
            '<table style="border-collapse:collapse;margin:0">',
            "<thead><tr>" + "".join(
@@ -272,7 +273,12 @@ class _Flows(dict, ShownOnce):  # type: ignore[type-arg]
     def __repr__(self) -> str:
         return self._plain()
 
-    __str__ = __repr__
+    def __str__(self) -> str:
+        # ``print(flows.preview())`` in the notebook cell that drew the table already:
+        # the count line only (as a Preview does), not the same table again as text
+        if self._shown_in is not None and self._shown_in == cell_number():
+            return self._footer()
+        return self._plain()
 
 
 class FlowPreviews(_Flows):
