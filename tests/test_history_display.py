@@ -400,3 +400,13 @@ def test_history_in_a_notebook_shows_a_readable_table(tmp_path, monkeypatch):
 def test_full_must_be_a_bool(query, full):
     with pytest.raises(pipeflow.errors.ParameterError, match=r"full is True .* or False"):
         query(full=full)
+
+
+def test_the_notebook_table_shows_a_long_task_whole():
+    # pandas cut every cell at 50 characters: the parameters that tell the rows apart (the
+    # model of Train(test_size=0.25, seed=42, do_preprocess=True, model='ridge')) were cut
+    model = "a-model-whose-name-comes-after-fifty-characters-of-other-text"
+    pipeflow.run(HdGood(model=model))
+    head, body = _parse(pipeflow.history()._repr_html_()).table()
+    task = body[0][head.index("task")]
+    assert task == f"HdGood(model='{model}')", task

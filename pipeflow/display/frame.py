@@ -92,8 +92,13 @@ class HistoryFrame(pd.DataFrame):
         return pd.DataFrame.__repr__(self._shown())
 
     def _repr_html_(self) -> str | None:
-        """The table as HTML for a notebook, in human units, empty cells empty."""
-        return pd.DataFrame._repr_html_(self._shown())
+        """The table as HTML for a notebook, in human units, empty cells empty.
+
+        A cell is cut at 200 characters, not pandas' 50: the task column's parameters
+        (``Train(test_size=0.25, seed=42, model='ridge')``) tell the rows apart.
+        """
+        with pd.option_context("display.max_colwidth", 200):
+            return pd.DataFrame._repr_html_(self._shown())
 
     def describe(self, *args: Any, **kwargs: Any) -> pd.DataFrame:
         """``DataFrame.describe``, as a plain DataFrame (counts are not durations)."""
