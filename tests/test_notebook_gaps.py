@@ -1,0 +1,170 @@
+"""Gaps an adversarial tester found in issue 12's notebook features.
+
+An instance of a class redefined since follows the newest class everywhere (not only in
+``run``/``preview``); ``WorkflowMulti.history()``; ``last_error``/``last_run`` given a class;
+the summary of a background run stays with its progress bar in the cell that started it.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import types
+import warnings
+
+import pytest
+
+import pipeflow
+from pipeflow.errors import ParameterError, StaleOutputWarning
+
+A = """
+import pipeflow as d6tflow
+
+class A(d6tflow.tasks.TaskJson):
+    def run(self):
+        self.save({'v': 1})
+"""
+
+B = """
+class B(d6tflow.tasks.TaskJson):
+    def requires(self):
+        return A()
+    def run(self):
+        self.save({'v': self.inputLoad()['v'] + 1})
+"""
+
+B_V2 = """
+class B(d6tflow.tasks.TaskJson):
+    def requires(self):
+        return A()
+    def run(self):
+        self.save({'v': self.inputLoad()['v'] + 100})
+"""
+
+B_REQ = """
+@d6tflow.requires(A)
+class B(d6tflow.tasks.TaskJson):
+    def run(self):
+        self.save({'v': self.inputLoad()['v'] + 1})
+"""
+
+B_REQ_V2 = """
+@d6tflow.requires(A)
+class B(d6tflow.tasks.TaskJson):
+    def run(self):
+        self.save({'v': self.inputLoad()['v'] + 100})
+"""
+
+
+class Notebook:
+    """Cells executed one after another in one ``__main__`` namespace (as IPython does)."""
+
+    def __init__(self) -> None:
+        self.module = types.ModuleType("__main__")
+        self.ns = self.module.__dict__
+        self.count = 0
+
+    def run(self, code: str) -> None:
+        self.count += 1
+        exec(compile(textwrap.dedent(code), f"<cell-{self.count}>", "exec"), self.ns)
+
+    def __getitem__(self, name: str):
+        return self.ns[name]
+
+
+@pytest.fixture
+def nb(monkeypatch):
+    book = Notebook()
+    monkeypatch.setitem(sys.modules, "__main__", book.module)
+    return book
+
+
+def _stale_warnings(call):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = call()
+    return value, [str(w.message) for w in caught if issubclass(w.category, StaleOutputWarning)]
+
+
+# -- 1. an instance kept from before a redefinition ----------------------------------------------
+
+@pytest.fixture(params=[(B, B_V2), (B_REQ, B_REQ_V2)], ids=["requires", "@requires"])
+def kept(nb, request):
+    """``t = B()`` run, then B redefined (its run adds 100) and ``t`` run again."""
+    first, second = request.param
+    nb.run(A)
+    nb.run(first)
+    nb.run("t = B(); d6tflow.run(t)")
+    nb.run(second)
+    return nb
+
+
+def test_a_kept_instance_loads_without_a_stale_warning_after_running(kept):
+    pipeflow.run(kept["t"])
+    value, stale = _stale_warnings(kept["t"].outputLoad)
+    assert value == {"v": 101}
+    assert stale == []
+
+
+def test_a_kept_instance_is_complete_as_the_new_class_is(kept):
+    pipeflow.run(kept["t"])
+    kept.run("now = B()")
+    assert kept["t"].complete() is True
+    assert kept["now"].complete() is True
+    assert kept["t"].complete(cascade=False) is True
+
+
+def test_a_kept_instance_is_stale_before_running_for_the_new_code(kept):
+    # before running: stale because the code of the new class changed, as preview says
+    assert kept["t"].complete() is False
+    assert kept["B"]().complete() is False
+    rows = pipeflow.preview(kept["t"], print_it=False).rows
+    said = next(r.reason for r in rows if r.task.task_family == "B")
+    _, stale = _stale_warnings(kept["t"].outputLoad)
+    assert len(stale) == 1
+    assert said and said in stale[0]
+
+
+def test_run_summary_and_warning_name_the_same_change(kept, capsys):
+    # the reason a run gives for rerunning B is the reason the warning gives for its output
+    plan = pipeflow.preview(kept["t"], print_it=False)
+    said = next(r.reason for r in plan.rows if r.task.task_family == "B")
+    _, stale = _stale_warnings(kept["B"]().outputLoad)
+    assert len(stale) == 1 and said in stale[0]
+    _, stale_old = _stale_warnings(kept["t"].outputLoad)
+    assert stale_old == stale
+    assert "removed" not in said and "added" not in said
+
+
+def test_a_kept_instance_reset_resets_the_new_class(kept):
+    pipeflow.run(kept["t"])
+    assert kept["t"].reset(confirm=False) is True
+    assert kept["B"]().complete() is False
+    assert kept["t"].complete() is False
+
+
+def test_a_flow_of_a_kept_instance_follows_the_new_class(kept):
+    kept.run("flow = d6tflow.Workflow(B)")
+    flow = kept["flow"]
+    flow.run()
+    assert flow.complete() is True
+    assert kept["t"].complete() is True
+    _, stale = _stale_warnings(flow.outputLoad)
+    assert stale == []
+
+
+def test_requires_redefined_as_a_method_summary_and_warning_agree(nb, capsys):
+    # cell 1 with @requires, cell 2 with a requires() method: the run says the code of
+    # B.requires was added; the output of the kept instance is then up to date (the warning
+    # said "code removed: B.requires", judged with the old class)
+    nb.run(A)
+    nb.run(B_REQ)
+    nb.run("t = B(); d6tflow.run(t)")
+    nb.run(B_V2)
+    _, before = _stale_warnings(nb["t"].outputLoad)
+    assert len(before) == 1 and "code added: B.requires" in before[0]
+    summary = pipeflow.run(nb["t"], execution_summary=False).summary()
+    assert "code added: B.requires" in summary
+    value, after = _stale_warnings(nb["t"].outputLoad)
+    assert value == {"v": 101}
+    assert after == []
