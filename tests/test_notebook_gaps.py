@@ -15,7 +15,7 @@ import warnings
 import pytest
 
 import pipeflow
-from pipeflow.errors import ParameterError, StaleOutputWarning
+from pipeflow.errors import ParameterError, StaleOutputWarning, TaskFailedError
 
 A = """
 import pipeflow as d6tflow
@@ -168,3 +168,103 @@ def test_requires_redefined_as_a_method_summary_and_warning_agree(nb, capsys):
     value, after = _stale_warnings(nb["t"].outputLoad)
     assert value == {"v": 101}
     assert after == []
+
+
+# -- 2. WorkflowMulti.history() ------------------------------------------------------------------
+
+class GapPrep(pipeflow.tasks.TaskJson):
+    def run(self):
+        self.save({"rows": 3})
+
+
+@pipeflow.requires(GapPrep)
+class GapFit(pipeflow.tasks.TaskJson):
+    model = pipeflow.Parameter(default="ols")
+
+    def run(self):
+        if self.model == "bad":
+            raise KeyError("no such column")
+        self.save({"model": self.model})
+
+
+class GapOther(pipeflow.tasks.TaskJson):
+    def run(self):
+        self.save({"x": 1})
+
+
+def _sweep():
+    flows = pipeflow.WorkflowMulti(GapFit, {"model": ["ols", "gbm", "bad"]})
+    with pytest.raises(TaskFailedError):
+        flows.run()
+    pipeflow.run(GapOther())  # not in the flows: never in their history
+    return flows
+
+
+def test_workflow_multi_history_lists_the_attempts_of_its_flows():
+    flows = _sweep()
+    table = flows.history()
+    shown = set(table["task"])
+    assert shown == {"GapPrep()", "GapFit(model='ols')", "GapFit(model='gbm')",
+                     "GapFit(model='bad')"}
+    assert list(table["task"]).count("GapPrep()") == 1  # shared by the flows: once
+    # the same compact table a Workflow's history is
+    assert list(table.columns) == list(pipeflow.Workflow(GapFit).history().columns)
+
+
+def test_workflow_multi_history_of_one_flow_with_filters_and_full():
+    flows = _sweep()
+    mine = flows.history(flow="model=bad")
+    assert set(mine["task"]) == {"GapPrep()", "GapFit(model='bad')"}
+    failed = flows.history(status="failed")
+    assert list(failed["task"]) == ["GapFit(model='bad')"]
+    assert "KeyError" in failed["error"].iloc[0]
+    full = flows.history(status="failed", full=True)
+    assert "traceback" in full.columns and "no such column" in full["traceback"].iloc[0]
+    assert len(flows.history(last=2)) == 2
+    assert set(flows.history(GapPrep)["task"]) == {"GapPrep()"}
+    with pytest.raises(ParameterError, match="no flow named"):
+        flows.history(flow="model=xgb")
+
+
+def test_workflow_multi_history_has_a_docstring():
+    doc = pipeflow.WorkflowMulti.history.__doc__ or ""
+    assert "full" in doc and "flow" in doc
+
+
+# -- 3. last_error / last_run / history(tasks=) given a class -------------------------------------
+
+@pytest.mark.parametrize("call", ["last_error", "last_run"])
+def test_last_error_of_a_class_suggests_an_instance(call):
+    _sweep()
+    with pytest.raises(ParameterError) as caught:
+        getattr(pipeflow, call)(GapFit)
+    message = str(caught.value)
+    assert "GapFit()" in message
+    assert "[<class" not in message and "tasks must be" not in message
+    assert call in message
+
+
+@pytest.mark.parametrize("call", ["last_error", "last_run"])
+def test_last_error_of_something_else_says_what_it_needs(call):
+    with pytest.raises(ParameterError) as caught:
+        getattr(pipeflow, call)("GapFit")
+    message = str(caught.value)
+    assert "'GapFit'" in message and "task instance" in message
+    assert "[" not in message.split(":")[0]
+
+
+def test_history_tasks_given_classes_suggests_instances_or_family():
+    _sweep()
+    with pytest.raises(ParameterError) as caught:
+        pipeflow.history(tasks=[GapFit])
+    message = str(caught.value)
+    assert "GapFit()" in message and "family=" in message
+    assert "<class" not in message
+
+
+def test_history_tasks_accepts_one_task_instance():
+    _sweep()
+    table = pipeflow.history(tasks=GapFit(model="bad"))
+    assert list(table["task"]) == ["GapFit(model='bad')"]
+    with pytest.raises(ParameterError, match="task instance"):
+        pipeflow.history(tasks=42)
