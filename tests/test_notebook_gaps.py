@@ -13,6 +13,7 @@ import types
 import warnings
 
 import pytest
+from test_notebook_run import bars, run_cells, texts
 
 import pipeflow
 from pipeflow.errors import ParameterError, StaleOutputWarning, TaskFailedError
@@ -268,3 +269,68 @@ def test_history_tasks_accepts_one_task_instance():
     assert list(table["task"]) == ["GapFit(model='bad')"]
     with pytest.raises(ParameterError, match="task instance"):
         pipeflow.history(tasks=42)
+
+
+# -- 4. a background run's summary stays with its bar in the cell that started it ---------------
+
+WAIT = """\
+import time
+import pipeflow
+class Wait(pipeflow.tasks.TaskPickle):
+    n = pipeflow.IntParameter(default=0)
+    def run(self):
+        time.sleep(1.5)
+        self.save(self.n)
+"""
+
+SUMMARY = "pipeflow execution summary"
+
+
+@pytest.fixture(scope="module")
+def background(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("background_summary")
+    return run_cells(tmp, [
+        WAIT,
+        "handle = pipeflow.Workflow(Wait).start()",                      # 1: cell A
+        "print('working'); time.sleep(3); print('done waiting')",       # 2: cell B
+        "quiet = pipeflow.Workflow(Wait, {'n': 1}).start(progress=False)",  # 3
+        "print('busy'); time.sleep(3); print('still here')",            # 4
+        "idle = pipeflow.Workflow(Wait).start()",                        # 5: nothing to run
+        "print('next'); time.sleep(1)",                                  # 6
+        "print(handle.result().summary() is not None)",                  # 7
+    ])
+
+
+def _all_text(cell: dict) -> str:
+    html = "\n".join(str(o["data"].get("text/html", "")) for o in cell["outputs"]
+                     if o["output_type"] in ("display_data", "execute_result"))
+    return texts(cell) + "\n" + html
+
+
+def test_a_background_runs_summary_is_in_the_cell_that_started_it(background):
+    cell_a, cell_b = background[1], background[2]
+    assert SUMMARY in _all_text(cell_a)
+    assert "Wait(n=0) in" in _all_text(cell_a)  # the task that ran, as the summary lists it
+    assert SUMMARY not in _all_text(cell_b)
+    assert "working" in _all_text(cell_b) and "done waiting" in _all_text(cell_b)
+    # still one bar in cell A, ending green
+    assert len(bars(cell_a)) == 1
+    assert 'data-state="success"' in bars(cell_a)[0]["data"]["text/html"]
+
+
+def test_without_a_bar_the_summary_is_still_in_the_starting_cell(background):
+    assert SUMMARY in _all_text(background[3])
+    assert "Wait(n=1) in" in _all_text(background[3])
+    assert SUMMARY not in _all_text(background[4])
+
+
+def test_a_background_run_with_nothing_to_do_says_so_in_its_cell(background):
+    assert SUMMARY in _all_text(background[5])
+    assert SUMMARY not in _all_text(background[6])
+    assert SUMMARY not in _all_text(background[7])
+
+
+def test_outside_a_notebook_a_background_run_prints_its_summary(capsys):
+    handle = pipeflow.Workflow(GapOther).start()
+    assert handle.result()
+    assert SUMMARY in capsys.readouterr().out
