@@ -331,6 +331,6 @@ def test_a_background_run_with_nothing_to_do_says_so_in_its_cell(background):
 
 
 def test_outside_a_notebook_a_background_run_prints_its_summary(capsys):
-    handle = pipeflow.Workflow(GapOther).start()
+    handle = pipeflow.Workflow(GapOther).start(execution_summary=True)
     assert handle.result()
     assert SUMMARY in capsys.readouterr().out
