@@ -18,7 +18,7 @@ from pipeflow.contract import adapt
 from pipeflow.display import rich
 from pipeflow.display.dag import GROUP_ABOVE, Dag, build_dag
 from pipeflow.display.preview import Preview, build_preview, cell_number, use_color
-from pipeflow.display.progress import ProgressBar
+from pipeflow.display.progress import ProgressBar, StartingCell
 from pipeflow.engines import CancelToken, Engine, LocalEngine
 from pipeflow.errors import (
     MissingInputError,
@@ -340,6 +340,10 @@ class RunHandle:
         """Wait until the run has started (its plan made, its progress bar drawn) or ended."""
         return self._started.wait(timeout)
 
+    def wait_ended(self, timeout: float | None = None) -> bool:
+        """Wait until the run has ended (at most ``timeout`` seconds); whether it has."""
+        return self._ended.wait(timeout)
+
     def done(self) -> bool:
         """Whether the run has ended."""
         return self._ended.is_set()
@@ -396,15 +400,51 @@ def start(tasks: Any, **options: Any) -> RunHandle:
             "on what it returns instead of passing cancel=.")
     with layout.at_home(as_list(tasks)):
         ctx = layout.current()
+    summary = (settings.execution_summary if opts.execution_summary is None
+               else opts.execution_summary)
+    cell: StartingCell | None = None
+    bar: ProgressBar | None = None
+    if summary and display.in_notebook():
+        # the summary goes with the bar into this cell, not into the cell running at the end
+        bar = (ProgressBar() if opts.progress or (opts.progress is None and display.watched())
+               else None)
+        cell = StartingCell(bar)
+        opts = opts.but(progress=False, execution_summary=False,
+                        callbacks=[*([bar] if bar is not None else []), *opts.callbacks])
+    shown_in = cell_number()
 
     def go(token: CancelToken, sink: Sink) -> RunResult | None:
         with layout.flow_context(ctx):
-            return run_with(as_list(tasks),
-                            opts.but(cancel=token, callbacks=[sink, *opts.callbacks]))
+            # the bar first: drawn before start() returns (the sink says the run started)
+            run_opts = (opts.but(cancel=token, callbacks=[sink, *opts.callbacks]) if bar is None
+                        else opts.but(cancel=token, callbacks=[bar, sink, *opts.callbacks[1:]]))
+            if cell is None:
+                return run_with(as_list(tasks), run_opts)
+            try:
+                result = run_with(as_list(tasks), run_opts)
+            except BaseException as exc:
+                ended = getattr(exc, "result", None)
+                cell.finish(_summary_of(ended, shown_in) if isinstance(ended, RunResult) else
+                            f"pipeflow: the run ended with {type(exc).__name__}: "
+                            f"handle.result() raises it.")
+                raise
+            cell.finish(_summary_of(result, shown_in) if result is not None else
+                        "pipeflow: the run did not start (nothing was confirmed).")
+            return result
 
     handle = RunHandle(go)
     handle.wait_started()
+    if cell is not None:
+        if bar is not None and not bar.drawn():  # nothing to run: it ends at once
+            handle.wait_ended(10)
+        cell.claim()
     return handle
+
+
+def _summary_of(result: RunResult, cell: int | None) -> str:
+    """A background run's summary, shown in the cell that started it (``cell``)."""
+    result.shown_in = cell
+    return result.summary()
 
 
 def _check_settings(tasks: Iterable[luigi.Task]) -> None:

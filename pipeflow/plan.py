@@ -25,7 +25,7 @@ from typing import Any
 import luigi
 
 from pipeflow import fingerprint, settings
-from pipeflow.contract import TaskContract, adapt, refresh_classes
+from pipeflow.contract import TaskContract, adapt, current_task, refresh_classes
 from pipeflow.graph import Graph, build, describe, requirement_edges
 
 
@@ -194,15 +194,18 @@ def assess(task: luigi.Task, check_dependencies: bool | None = None) -> Verdict:
     building the graph: a task whose own outputs do not count is not looked past, and
     upstream tasks are visited only below complete ones (with ``check_dependencies``) or
     one level up (their outputs, for change detection). ``complete()`` and
-    ``outputLoad()`` use it.
+    ``outputLoad()`` use it. A task of a class redefined since is judged as the same
+    task of the newest definition (as a run would run it).
 
     Raises:
+        RedefinitionError: its class was redefined in a way it cannot follow.
         CycleError: ``requires()`` loops back (found by building the graph, as a plan would).
         RequirementError: a ``requires()`` returned something that is not a task.
     """
     cascade = settings.check_dependencies if check_dependencies is None else check_dependencies
     fingerprint.refresh()
     refresh_classes()
+    task = current_task(task)  # an instance kept from before its class was redefined
     own: dict[str, tuple[bool, str | None, Any]] = {}
     digests: dict[str, str | None] = {}
     edges: dict[str, list[tuple[luigi.Task, bool]]] = {}

@@ -655,7 +655,8 @@ def _times(df: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
 
 def history(family: str | type | Sequence[Any] | None = None, status: str | None = None,
             run: str | None = None, last: int | None = None,
-            tasks: Iterable[luigi.Task] | None = None, full: bool = False) -> pd.DataFrame:
+            tasks: Iterable[luigi.Task] | luigi.Task | None = None,
+            full: bool = False) -> pd.DataFrame:
     """Task attempts recorded in the run history, newest first.
 
     Args:
@@ -665,7 +666,7 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
             when the process running it died; no ``finished`` time).
         run: only this run (its ``run_id``).
         last: only the ``last`` most recent attempts (None: all).
-        tasks: only these task instances.
+        tasks: only these task instances (a list of them, or one).
         full: every recorded column with its raw value, instead of the compact table.
 
     Returns:
@@ -689,8 +690,9 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
         NaN/NaT/None.
 
     Raises:
-        ParameterError: an argument of the wrong type, ``last`` below 0, an unknown status,
-            ``full`` not a bool.
+        ParameterError: an argument of the wrong type (a task class among ``tasks``: the
+            message suggests the instance ``Train()`` or ``family=Train``), ``last`` below
+            0, an unknown status, ``full`` not a bool.
 
     Example:
         >>> pipeflow.history(status="failed", last=5)      # doctest: +SKIP
@@ -722,10 +724,7 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
         where.append("run_id = ?")
         args.append(run)
     if tasks is not None:
-        tasks = list(tasks)
-        if not all(isinstance(t, luigi.Task) for t in tasks):
-            raise ParameterError(f"tasks must be task instances, not {tasks!r}.")
-        ids = [t.task_id for t in tasks]
+        ids = [t.task_id for t in _task_list(tasks)]
         where.append(f"task_id IN ({', '.join('?' * len(ids))})")
         args += ids
     sql = "SELECT * FROM attempts" + (" WHERE " + " AND ".join(where) if where else "")
@@ -735,6 +734,41 @@ def history(family: str | type | Sequence[Any] | None = None, status: str | None
         args.append(last)
     df = _times(_query(sql, args, "attempts").drop(columns=["id"]), ["started", "finished"])
     return df if full else _compact_attempts(df)
+
+
+def _task_list(tasks: Any) -> list[luigi.Task]:
+    """``history(tasks=...)``: one task instance or an iterable of them, checked."""
+    if isinstance(tasks, luigi.Task):
+        return [tasks]
+    items: list[Any] = ([tasks] if isinstance(tasks, (type, str, bytes))
+                        or not isinstance(tasks, Iterable) else list(tasks))
+    classes = [t for t in items if isinstance(t, type) and issubclass(t, luigi.Task)]
+    if classes:
+        name = classes[0].__name__
+        raise ParameterError(
+            f"history(tasks=...) takes task instances, and {name} is a task class: pass "
+            f"{name}() (with its parameters, e.g. {name}(model='gbm')) for that task, or "
+            f"history(family={name}) for every task of the class.")
+    wrong = [t for t in items if not isinstance(t, luigi.Task)]
+    if wrong:
+        raise ParameterError(
+            f"history(tasks=...) takes task instances (e.g. tasks=[Train()]), not "
+            f"{wrong[0]!r}.")
+    return items
+
+
+def _one_task(task: Any, call: str) -> luigi.Task:
+    """The task of ``last_error(task)``/``last_run(task)``, checked."""
+    if isinstance(task, luigi.Task):
+        return task
+    if isinstance(task, type) and issubclass(task, luigi.Task):
+        name = task.__name__
+        raise ParameterError(
+            f"{call}({name}): {name} is a task class; {call} takes one task instance: "
+            f"pipeflow.{call}({name}()) (with its parameters, e.g. {name}(model='gbm')). For "
+            f"every task of the class: pipeflow.history(family={name}).")
+    raise ParameterError(
+        f"{call}() takes one task instance (e.g. pipeflow.{call}(Train())), not {task!r}.")
 
 
 def _compact_attempts(df: pd.DataFrame) -> pd.DataFrame:
@@ -952,8 +986,12 @@ def last_run(task: luigi.Task) -> Attempt | None:
     Returns:
         An :class:`Attempt`: shown as readable text (or HTML in a notebook), its fields
         reachable as attributes or keys (``last_run(t)["status"]``).
+
+    Raises:
+        ParameterError: ``task`` is not a task instance (a task class: the message
+            suggests ``Train()``).
     """
-    df = history(tasks=[task], last=1, full=True)
+    df = history(tasks=[_one_task(task, "last_run")], last=1, full=True)
     return None if df.empty else Attempt._of(df.iloc[0].to_dict())
 
 
@@ -965,6 +1003,10 @@ def last_error(task: luigi.Task) -> Attempt | None:
         lines (HTML in a notebook); ``err["traceback"]``, ``err.error_message``... give
         the raw values.
 
+    Raises:
+        ParameterError: ``task`` is not a task instance (a task class: the message
+            suggests ``Train()``).
+
     Example:
         >>> pipeflow.last_error(Train(model="gbm"))            # doctest: +SKIP
         Train(model='gbm') failed at 2026-11-21 20:14:03 (attempt 1)
@@ -974,7 +1016,7 @@ def last_error(task: luigi.Task) -> Attempt | None:
           ...
         KeyError: 'no such column'
     """
-    df = history(tasks=[task], full=True)
+    df = history(tasks=[_one_task(task, "last_error")], full=True)
     df = df[df["error_type"].notna()]
     return None if df.empty else Attempt._of(df.iloc[0].to_dict())
 

@@ -671,6 +671,35 @@ class WorkflowMulti:
                   for n, param in c.get_params() if is_secret(param)}
         return FlowResults(out, self.params, secret)
 
+    def history(self, tasks: TaskArg = None, flow: Any = None, **filters: Any) -> Any:
+        """Recorded attempts of the tasks of the selected flows: see :func:`pipeflow.history`.
+
+        One table for all the selected flows, newest first; a task the flows share (an
+        upstream task without the swept parameters) counts once.
+
+        Args:
+            tasks: the task class (or list of them) whose flow to look at; default: the
+                default task (its upstream tasks included).
+            flow: a flow name or a list of names (default: every flow).
+            **filters: the filters of :func:`pipeflow.history`: ``status``, ``run``,
+                ``last``, ``family``, and ``full=True`` for every recorded column, raw
+                (a compact table by default).
+
+        Raises:
+            ParameterError: no flow of that name, or a filter :func:`pipeflow.history`
+                refuses.
+
+        Example:
+            >>> flows.history(status="failed")                 # doctest: +SKIP
+            >>> flows.history(flow="model=gbm", full=True)     # doctest: +SKIP
+        """
+        nodes: dict[str, luigi.Task] = {}
+        for wf in self._select(flow).values():
+            with wf._active():
+                for t in graph.build(wf._tasks(tasks)).nodes:
+                    nodes.setdefault(t.task_id, t)
+        return runstore.history(tasks=list(nodes.values()), **filters)
+
     def cancel(self) -> None:
         """Cancel the runs of these flows in progress."""
         for token in list(self._tokens):

@@ -47,7 +47,9 @@ class ProgressBar:
         self.counts = dict.fromkeys(("done", "failed", "skipped", "cancelled"), 0)
         self.current = ""
         self.state: str | None = None  # None while the run goes on
+        self.note = ""  # text shown under the ended bar (a background run's summary)
         self._last = 0.0
+        self._shown: Any = None  # the notebook bar's view, kept once the run ended
 
     def __call__(self, event: Event) -> None:
         """Record an event; redraw."""
@@ -71,7 +73,28 @@ class ProgressBar:
             self.state = self._final(event.error)
             self.current = ""
             self._draw(final=True)
+            if self.notebook:
+                self._shown = self.view
             self.view = None
+
+    def drawn(self) -> bool:
+        """Whether the bar was drawn in a notebook (its display is in the starting cell)."""
+        return self.notebook and (self.view or self._shown) is not None
+
+    def add_note(self, text: str) -> bool:
+        """Show ``text`` under the ended notebook bar, in the bar's own display.
+
+        A background run's execution summary goes there: into the cell that started the
+        run, whichever cell runs when it ends.
+
+        Returns:
+            False when there is no notebook bar to show it in (nothing was drawn).
+        """
+        if self._shown is None:
+            return False
+        self.note = text
+        self._shown.draw(True)
+        return True
 
     def _final(self, error: BaseException | None) -> str:
         c = self.counts
@@ -137,7 +160,11 @@ class _HtmlView:
         self.handle = display(self._bundle(), raw=True, display_id=True)
 
     def _bundle(self) -> dict[str, str]:
-        return {"text/plain": self.bar.text(), "text/html": self.bar.html()}
+        note = self.bar.note
+        if not note:
+            return {"text/plain": self.bar.text(), "text/html": self.bar.html()}
+        return {"text/plain": f"{self.bar.text()}\n{note}",
+                "text/html": f"{self.bar.html()}{note_html(note)}"}
 
     def draw(self, final: bool) -> None:
         if self.handle is not None:
@@ -170,6 +197,67 @@ class _TextView:
         t.close()
 
 
+class StartingCell:
+    """Where a background run started in a notebook shows its execution summary.
+
+    The summary goes under the run's progress bar (its display, in the cell that started
+    the run); without a bar, into a display made in that cell when the run started. Never
+    printed by the run's thread, which would put it in whatever cell runs when it ends.
+
+    Args:
+        bar: the run's progress bar (None: none).
+    """
+
+    def __init__(self, bar: ProgressBar | None) -> None:
+        import threading
+
+        self.bar = bar
+        self._lock = threading.Lock()
+        self._text: str | None = None
+        self._noted = False
+        self._claimed = False
+        self._handle: Any = None
+
+    def claim(self) -> None:
+        """Called in the starting cell once the run has started: keep a place for the summary."""
+        from IPython.display import display
+
+        with self._lock:
+            self._claimed = True
+            if self._noted:
+                return
+            if self._text is not None:  # ended already, with no bar to show it under
+                display(_note_bundle(self._text), raw=True)
+            elif self.bar is None or not self.bar.drawn():
+                self._handle = display(_note_bundle("pipeflow: running in the background"),
+                                       raw=True, display_id=True)
+
+    def finish(self, text: str) -> None:
+        """Called by the run's thread when the run ended: show ``text`` in the starting cell."""
+        with self._lock:
+            self._text = text
+            if self.bar is not None and self.bar.add_note(text):
+                self._noted = True
+            elif self._handle is not None:
+                self._handle.update(_note_bundle(text), raw=True)
+                self._noted = True
+            elif self._claimed:  # no place was kept (cannot happen in a notebook): print
+                from pipeflow.display import emit
+
+                emit(text)
+                self._noted = True
+
+
+def _note_bundle(text: str) -> dict[str, str]:
+    return {"text/plain": text, "text/html": note_html(text)}
+
+
+def note_html(text: str) -> str:
+    """Text (an execution summary) as a notebook shows it under a bar: preformatted."""
+    return (f'<pre class="pipeflow-summary" style="font-size:12px;margin:4px 0">'
+            f'{html.escape(text)}</pre>')
+
+
 def bar_class() -> Any:
     """The text bar's class: tqdm's (a notebook gets :class:`ProgressBar`'s HTML bar).
 
@@ -181,4 +269,5 @@ def bar_class() -> Any:
     return tqdm
 
 
-__all__ = ["CANCELLED", "FAILED", "SUCCESS", "ProgressBar", "bar_class"]
+__all__ = ["CANCELLED", "FAILED", "SUCCESS", "ProgressBar", "StartingCell", "bar_class",
+           "note_html"]

@@ -220,6 +220,27 @@ def _at_home(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _newest(method: F) -> F:
+    """Run a method on the same task of its class's newest definition (a notebook cell re-run).
+
+    An instance kept in a variable from before its class was redefined then says what
+    ``run()`` and ``preview()`` of it say (they follow the newest class too).
+
+    Raises:
+        RedefinitionError: the class was redefined in a way the task cannot follow.
+    """
+    name = method.__name__
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        current = contract.current_task(self)
+        if current is not self:
+            return getattr(current, name)(*args, **kwargs)
+        return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 class TaskData(luigi.Task, metaclass=_TaskMeta):
     """Base class of tasks whose outputs are data pipeflow stores and loads.
 
@@ -360,15 +381,18 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         """The task with its parameters, as shown in messages: ``Train(model='xgb')``."""
         return graph.describe(self)
 
+    @_newest
     def data_root(self) -> pathlib.Path:
         """The folder this task's outputs go below: its flow's ``path``, its own or the data dir."""
         return self._store.location()
 
+    @_newest
     def output(self) -> DataTarget | dict[str, DataTarget]:
         """The output target, or a dict of them by name when ``persist`` has several."""
         outputs = self._store.outputs()
         return outputs["data"] if list(self.persist) == ["data"] else outputs
 
+    @_newest
     @_at_home
     def input(self) -> Any:
         """The output targets of the required tasks (same shape as ``requires()``).
@@ -383,6 +407,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         return self._store.context().flows
 
     # -- status ------------------------------------------------------------------------------
+    @_newest
     @_at_home
     def complete(self, cascade: bool = True) -> bool:
         """Whether the task is complete.
@@ -481,6 +506,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             return data[wanted[0]]
         return data if as_dict else list(data.values())
 
+    @_newest
     @_at_home
     def outputLoad(self, keys: Iterable[str] | None = None, as_dict: bool = False,
                    cached: bool = False) -> Any:
@@ -509,6 +535,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
                 f"up to date: flow.run().", StaleOutputWarning)
         return self._load_own(keys, as_dict, cached)
 
+    @_newest
     @_at_home
     def inputLoad(self, keys: Iterable[str] | None = None, task: Any = None,
                   cached: bool = False, as_dict: bool = False) -> Any:
@@ -579,12 +606,14 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         return _map_requires(self, reqs, lambda t: _load_outputs(t, keys, as_dict, cached),
                              dicts_as_lists=not as_dict)
 
+    @_newest
     @_at_home
     def metaLoad(self) -> Any:
         """Load the metadata of the tasks this task requires (same shape as requires())."""
         return _map_requires(self, contract.requires_of(self),
                              lambda t: _unwrapped(t).outputLoadMeta())
 
+    @_newest
     @_at_home
     def outputLoadMeta(self) -> Any:
         """Load the metadata this task saved with ``saveMeta``."""
@@ -599,6 +628,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
             )
         return meta.load()
 
+    @_newest
     @_at_home
     def outputLoadAllMeta(self) -> dict[str, Any]:
         """Metadata of this task and every upstream task that saved some, by task family."""
@@ -609,6 +639,7 @@ class TaskData(luigi.Task, metaclass=_TaskMeta):
         return out
 
     # -- resetting -----------------------------------------------------------------------------
+    @_newest
     def invalidate(self, confirm: bool = True) -> bool:
         """Delete this task's outputs and metadata so that it runs again.
 
