@@ -331,8 +331,8 @@ class RemoteTraceback(Exception):
 _RED, _GREEN, _RESET = "\x1b[0;31m", "\x1b[0;32m", "\x1b[0m"
 #: where a frame of a traceback printed as text starts
 _FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<name>.+)$')
-#: the last error shown short, for full_traceback()
-_LAST: list[BaseException] = []
+#: the last error shown short, for full_traceback(), and the cell (execution count) it was in
+_LAST: list[tuple[BaseException, int | None]] = []
 #: one line at the end of a short traceback
 HIDDEN = "{n} library frame(s) hidden: pipeflow.full_traceback() prints the full traceback."
 
@@ -456,7 +456,21 @@ def short_traceback(error: BaseException, color: bool = False) -> list[str]:
 
 
 def _remember(error: BaseException) -> None:
-    _LAST[:] = [error]
+    _LAST[:] = [(error, _cell_of(error))]
+
+
+def _cell_of(error: BaseException) -> int | None:
+    """The notebook cell (its ``In[n]``) whose code raised ``error``: its first frame's."""
+    shell = _ipython()
+    if shell is None:
+        return None
+    for file, _line, _name, _code in _frames(error):
+        with contextlib.suppress(Exception):
+            label = shell.compile.format_code_name(file)  # type: ignore[attr-defined]
+            found = re.fullmatch(r"In ?\[(\d+)\]", str(label[1])) if label else None
+            if found:
+                return int(found[1])
+    return None
 
 
 def _rendered(error: BaseException) -> list[str]:
@@ -472,20 +486,32 @@ def full_traceback(error: BaseException | None = None) -> None:
     """Print the full traceback of the last error a notebook showed short (or of ``error``).
 
     Every frame, pipeflow's included, as Python prints it: what to attach to a bug report.
-    Works in a later cell than the one that failed.
+    Works in a later cell than the one that failed. A first line names the error printed
+    (its type, the first line of its message and the cell it was shown in), and says so
+    when a later error (one that was not pipeflow's) was shown in full since.
 
     Args:
-        error: the exception; default: the last pipeflow error shown in this session
+        error: the exception; default: the last pipeflow error shown short in this session
             (else Python's last unhandled error, ``sys.last_value``).
 
     Example:
         >>> pipeflow.full_traceback()  # doctest: +SKIP
     """
-    if error is None:
-        error = _LAST[0] if _LAST else getattr(sys, "last_exc", None) or getattr(
-            sys, "last_value", None)
-    if error is None:
+    latest = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    if error is not None:
+        head = f"Full traceback of {first_line(error)}"
+    elif _LAST:
+        error, cell = _LAST[0]
+        where = f" (cell [{cell}])" if cell is not None else ""
+        head = f"The last pipeflow error shown short{where}: {first_line(error)}"
+        if latest is not None and latest is not error and latest not in _chain(error):
+            head += (f"\n(The later error {first_line(latest)} was not a pipeflow error: "
+                     f"Python showed its full traceback.)")
+    elif latest is not None:
+        error = latest
+        head = f"Python's last error: {first_line(error)}"
+    else:
         sys.stderr.write("pipeflow.full_traceback(): no error has been shown yet.\n")
         return
-    sys.stderr.write("".join(traceback.format_exception(error)))
+    sys.stderr.write(head + "\n" + "".join(traceback.format_exception(error)))
     sys.stderr.flush()

@@ -28,12 +28,14 @@ from pipeflow.errors import (
     RunInterrupted,
     TaskFailedError,
     TaskLockedError,
+    TaskTimeoutError,
     first_line,
     listing,
 )
 from pipeflow.events import Event, EventKind, RunResult, Sink
 from pipeflow.integrity import RECORD_SUFFIX, read_record
 from pipeflow.options import RunOptions, flag
+from pipeflow.parameters import LEFT_OUT_NOTE
 from pipeflow.plan import Plan, Status, build_plan
 from pipeflow.publishing import os_reason, unpublish
 from pipeflow.tasks import TaskData
@@ -461,6 +463,27 @@ def _check_settings(tasks: Iterable[luigi.Task]) -> None:
 
 #: where a failed run's error points at the first failure's traceback (Python: printed above)
 CHAINED = "The first failure is chained to this error (its traceback prints above it)."
+#: said instead of CHAINED when the first failure has no traceback to print, and why
+NO_TRACEBACK = "The first failure has no traceback: {why}."
+
+
+def _chained(first: BaseException | None, text: str | None) -> str:
+    """CHAINED when ``first`` (or its worker's ``text``) has frames, else why it has none."""
+    if first is None:
+        return CHAINED
+    if (first.__traceback__ is not None or isinstance(first.__cause__, RemoteTraceback)
+            or (text and "Traceback (most recent call" in text)):
+        return CHAINED
+    why = getattr(first, "no_traceback", None)
+    if not isinstance(why, str):
+        if isinstance(first, TaskTimeoutError):
+            why = "it was stopped by its timeout, not raised by its code"
+        elif any(LEFT_OUT_NOTE.fullmatch(str(note))
+                 for note in getattr(first, "__notes__", ())):
+            why = "its frames were left out, as they show a secret parameter value"
+        else:
+            why = "only its message is known"
+    return NO_TRACEBACK.format(why=why)
 
 
 def _failure(result: RunResult) -> TaskFailedError:
@@ -468,16 +491,17 @@ def _failure(result: RunResult) -> TaskFailedError:
     skipped = result.by_state("skipped")
     lines = [f"    {graph.describe(r.task)}: {first_line(r.error)}"
              for r in failed]
+    first = failed[0].error if failed else None
+    text = failed[0].traceback if failed else None
     message = (
         f"{len(failed)} task(s) failed, so the run did not finish:\n" + "\n".join(lines)
         + (f"\n{len(skipped)} downstream task(s) did not run because of it." if skipped else "")
-        + f"\n{CHAINED} Fix it and run again: only what is not complete reruns."
+        + f"\n{_chained(first, text)} Fix it and run again: only what is not complete reruns."
     )
     err = TaskFailedError(message, result)
-    first = failed[0].error if failed else None
     if first is not None:
-        text = failed[0].traceback
-        if first.__traceback__ is None and first.__cause__ is None and text:
+        if (first.__traceback__ is None and first.__cause__ is None and text
+                and "Traceback (most recent call" in text):
             first.__cause__ = RemoteTraceback(text)  # from a worker process: its frames
         err.__cause__ = first
     return err

@@ -109,6 +109,10 @@ class SecretParameter(luigi.Parameter):
 
 #: what a secret looks like wherever it would be shown
 MASK = "***"
+#: the note on a redacted error whose traceback left frames out (pipeflow's words: unmasked)
+LEFT_OUT = "({n} traceback frame(s) left out: they show a secret parameter value)"
+#: pipeflow's own notes in a text being redacted: kept as they are (they show no value)
+LEFT_OUT_NOTE = _OWN = re.compile(re.escape(LEFT_OUT).replace(re.escape("{n}"), r"\d+"))
 
 
 def is_secret(param: luigi.Parameter) -> bool:
@@ -338,12 +342,47 @@ class _Matcher:
 
     def __init__(self, values: tuple[str, ...]):
         self.whole = re.compile("|".join(_spelled(_units(v)) for v in values))
+        self.each = [re.compile(_spelled(_units(v))) for v in values]
         self.cut = [_Cut(v) for v in values if len(v) > FRAGMENT]
 
     def find(self, text: str) -> bool:
+        if _OWN.search(text) is not None:  # pipeflow's own words do not count
+            return self.redact(text) != text
         return bool(self.whole.search(text)) or any(c.find(text) for c in self.cut)
 
     def redact(self, text: str) -> str:
+        """``text`` masked, pipeflow's own notes (:data:`_OWN`) kept as they are.
+
+        The text between the notes is masked; if a value still shows outside them (across
+        a note's edge), all of it is masked, the notes too.
+        """
+        own = [m.span() for m in _OWN.finditer(text)]
+        if not own:
+            return self._redact(text)
+        parts: list[str] = []
+        at = 0
+        for start, end in own:
+            parts += [self._redact(text[at:start]), text[start:end]]
+            at = end
+        out = "".join(parts) + self._redact(text[at:])
+        return self._redact(text) if self._shows_outside(out) else out
+
+    def _shows_outside(self, text: str) -> bool:
+        """Whether a value shows in ``text`` other than inside one of pipeflow's notes."""
+        own = [m.span() for m in _OWN.finditer(text)]
+
+        def inside(start: int, end: int) -> bool:
+            return any(s <= start and end <= e for s, e in own)
+
+        for pattern in self.each:
+            pos = 0
+            while (m := pattern.search(text, pos)) is not None:
+                if not inside(*m.span()):
+                    return True
+                pos = m.start() + 1
+        return any(not inside(*span) for c in self.cut for span in c.spans(text))
+
+    def _redact(self, text: str) -> str:
         # repeats: masking can join the text around a value into another one; it ends, as
         # each round masks a character other than * or shortens a run of them
         while True:
@@ -393,8 +432,9 @@ def redact_error(exc: BaseException, task: luigi.Task) -> BaseException:
     (``isinstance`` holds; the type's name is kept, masked where it shows the secret) whose
     every text is redacted (see :func:`redact`); its other attributes become their redacted
     ``repr``. Its traceback leaves out the frames that show a secret; a note on the copy
-    lists them, masked. The local variables of the traceback's finished frames are cleared
-    (they may hold the secret). Without a secret in it, ``exc`` itself is returned.
+    counts them (:data:`LEFT_OUT`, pipeflow's words: never masked, it shows no value). The
+    local variables of the traceback's finished frames are cleared (they may hold the
+    secret). Without a secret in it, ``exc`` itself is returned.
     """
     if not _secret_texts(task):
         return exc
@@ -474,19 +514,19 @@ class _Scrubber:
     def hide_frames(self, out: BaseException, frames: list[tuple[types.TracebackType,
                                                                   list[str]]],
                     hidden: list[bool]) -> None:
-        """Leave the frames that show a secret out of ``out``'s traceback; note them."""
+        """Leave the frames that show a secret out of ``out``'s traceback; count them.
+
+        They are not printed anywhere (masked, a frame of pipeflow's would show in a short
+        traceback, and a user's frame twice): the note says how many were left out.
+        """
         kept = None
         for (tb, _), hide in reversed(list(zip(frames, hidden))):
             if not hide:
                 kept = types.TracebackType(kept, tb.tb_frame, tb.tb_lasti, tb.tb_lineno)
         out.__traceback__ = kept
-        left_out = traceback.StackSummary.extract(
-            [(tb.tb_frame, tb.tb_lineno) for (tb, _), hide in zip(frames, hidden) if hide],
-            lookup_lines=True)
         notes = list(getattr(out, "__notes__", []))
-        notes.append(self.text(
-            f"({len(left_out)} traceback frame(s) left out: they show a secret parameter "
-            f"value, masked here)\n" + "".join(left_out.format()).rstrip("\n")))
+        # pipeflow's own words, composed after redaction: not masked (see _OWN)
+        notes.append(LEFT_OUT.format(n=hidden.count(True)))
         with contextlib.suppress(Exception):
             out.__notes__ = notes  # type: ignore[attr-defined]
 

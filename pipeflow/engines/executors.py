@@ -517,9 +517,12 @@ class ProcessExecutor:
             del self.running[pos]
             code = w.proc.exitcode
             self._discard(w)
-            return self.work.fail(PipeflowError(
+            died = PipeflowError(
                 f"the worker process running a task died with exit code {code} "
-                f"before reporting (killed, out of memory, or os._exit in the task)."), None)
+                f"before reporting (killed, out of memory, or os._exit in the task).")
+            died.no_traceback = (  # type: ignore[attr-defined]
+                "its worker process died before it could report a traceback")
+            return self.work.fail(died, None)
         del self.running[pos]
         if header[0] != _DONE:  # it cannot load the task or the outputs it was sent
             self._discard(w)
