@@ -32,7 +32,7 @@ from pipeflow.errors import (
     first_line,
     listing,
 )
-from pipeflow.events import Event, EventKind, RunResult, Sink
+from pipeflow.events import Event, EventKind, RunResult, Sink, TaskState
 from pipeflow.integrity import RECORD_SUFFIX, read_record
 from pipeflow.options import RunOptions, flag
 from pipeflow.parameters import LEFT_OUT_NOTE
@@ -246,7 +246,7 @@ def _run(roots: list[Any], o: RunOptions) -> RunResult | None:
                 f"were removed). Completed tasks keep their outputs; run again to finish.",
                 result,
             )
-        raise _failure(result)
+        raise _failure(result, roots)
     return result
 
 
@@ -486,15 +486,21 @@ def _chained(first: BaseException | None, text: str | None) -> str:
     return NO_TRACEBACK.format(why=why)
 
 
-def _failure(result: RunResult) -> TaskFailedError:
+def _failure(result: RunResult, roots: Sequence[luigi.Task] = ()) -> TaskFailedError:
     failed = result.by_state("failed")
     skipped = result.by_state("skipped")
     lines = [f"    {graph.describe(r.task)}: {first_line(r.error)}"
              for r in failed]
     first = failed[0].error if failed else None
     text = failed[0].traceback if failed else None
+    done = (TaskState.COMPLETED, TaskState.UP_TO_DATE)
+    finished = bool(roots) and all(
+        r.task_id in result.tasks and result.tasks[r.task_id].state in done for r in roots)
+    # (the tasks asked for finished: what failed was only an optional input of theirs)
+    how = ("though the tasks asked for finished (they needed it only as an optional input)"
+           if finished else "so the run did not finish")
     message = (
-        f"{len(failed)} task(s) failed, so the run did not finish:\n" + "\n".join(lines)
+        f"{len(failed)} task(s) failed, {how}:\n" + "\n".join(lines)
         + (f"\n{len(skipped)} downstream task(s) did not run because of it." if skipped else "")
         + f"\n{_chained(first, text)} Fix it and run again: only what is not complete reruns."
     )

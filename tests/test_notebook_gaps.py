@@ -334,3 +334,33 @@ def test_outside_a_notebook_a_background_run_prints_its_summary(capsys):
     handle = pipeflow.Workflow(GapOther).start(execution_summary=True)
     assert handle.result()
     assert SUMMARY in capsys.readouterr().out
+
+
+class GapNews(pipeflow.tasks.TaskJson):
+    def run(self):
+        raise ConnectionError("feed down")
+
+
+class GapPrices(pipeflow.tasks.TaskJson):
+    def run(self):
+        self.save({"p": 1})
+
+
+class GapReport(pipeflow.tasks.TaskJson):
+    def requires(self):
+        return {"prices": GapPrices(), "news": pipeflow.optional(GapNews())}
+
+    def run(self):
+        self.save({"ok": True})
+
+
+def test_a_failed_optional_input_does_not_say_the_run_did_not_finish(data_dir):
+    # the report finished without its optional news feed: the error said "so the run did
+    # not finish" next to a summary listing the report as ran successfully
+    with pytest.raises(TaskFailedError) as info:
+        pipeflow.run(GapReport(), execution_summary=False)
+    message = str(info.value)
+    assert message.startswith("1 task(s) failed, though the tasks asked for finished (they "
+                              "needed it only as an optional input):\n    GapNews(): "
+                              "ConnectionError: feed down"), message
+    assert GapReport().complete()
