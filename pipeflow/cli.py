@@ -700,17 +700,7 @@ def _plan_rows(flow: _Flow, forced: Sequence[str], forced_all: bool = False) -> 
         family = _task_class(flow, name, "--forced").task_family
         start |= {i for i, t in enumerate(g.nodes) if t.task_family == family}
     redo = g.downstream(start) if start else set()
-    runs: set[int] = set()
-    stack, seen = list(g.roots), set(g.roots)
-    while stack:  # the walk of plan._what_runs, with the forced tasks not complete
-        i = stack.pop()
-        if plan.status[i] is Status.COMPLETE and i not in redo:
-            continue
-        runs.add(i)
-        for d in g.deps[i]:
-            if d not in seen:
-                seen.add(d)
-                stack.append(d)
+    runs = plan.would_run(redo)
     tasks = []
     for i, t in enumerate(g.nodes):
         why = "forced" if i in redo else reasons.get(t.task_id)

@@ -94,6 +94,18 @@ class Plan:
                                [p for p in positions if p not in taken], taken)
         return positions, set(run), list(done)
 
+    def would_run(self, redo: Collection[int] = ()) -> frozenset[int]:
+        """What a run would execute if the tasks at ``redo`` were not complete (a dry run).
+
+        Args:
+            redo: positions of tasks a run would redo (``forced``, and what is downstream
+                of them), whatever their status.
+        """
+        if not redo:
+            return self.to_run
+        status = [Status.PENDING if i in redo else s for i, s in enumerate(self.status)]
+        return _what_runs(self.graph, status, self.graph.roots)[0]
+
     def ran(self, pos: int) -> None:
         """Note that the task at ``pos`` ran in the run using this plan.
 
