@@ -8,12 +8,11 @@ the summary of a background run stays with its progress bar in the cell that sta
 from __future__ import annotations
 
 import sys
-import textwrap
-import types
 import warnings
 
 import pytest
 from test_notebook_run import bars, run_cells, texts
+from test_redefinition import Notebook
 
 import pipeflow
 from pipeflow.errors import ParameterError, StaleOutputWarning, TaskFailedError
@@ -55,22 +54,6 @@ class B(d6tflow.tasks.TaskJson):
     def run(self):
         self.save({'v': self.inputLoad()['v'] + 100})
 """
-
-
-class Notebook:
-    """Cells executed one after another in one ``__main__`` namespace (as IPython does)."""
-
-    def __init__(self) -> None:
-        self.module = types.ModuleType("__main__")
-        self.ns = self.module.__dict__
-        self.count = 0
-
-    def run(self, code: str) -> None:
-        self.count += 1
-        exec(compile(textwrap.dedent(code), f"<cell-{self.count}>", "exec"), self.ns)
-
-    def __getitem__(self, name: str):
-        return self.ns[name]
 
 
 @pytest.fixture
