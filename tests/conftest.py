@@ -144,3 +144,22 @@ def outside(tmp_path):
     where = tmp_path / "outside"
     where.mkdir()
     return where
+
+
+@pytest.fixture
+def jupyter_kernel(tmp_path, monkeypatch) -> str:
+    """The name of a kernelspec running this interpreter (this virtualenv's pipeflow).
+
+    Found through ``JUPYTER_PATH``; nbclient starts the kernel on 127.0.0.1 and shuts it
+    down when the notebook is done.
+    """
+    import json
+    import sys
+
+    spec = tmp_path / "jupyter" / "kernels" / "pipeflow-test"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "pipeflow test", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    return "pipeflow-test"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import html.parser
 import json
 import sqlite3
-import sys
 import time
 
 import pandas as pd
@@ -348,18 +347,7 @@ def test_last_run_is_readable_and_a_mapping():
 # -- a notebook, in a real kernel ----------------------------------------------------------
 
 
-def _kernel(tmp_path, monkeypatch):
-    """A kernelspec ``pipeflow-test`` running this venv's python, found through JUPYTER_PATH."""
-    spec = tmp_path / "jupyter" / "kernels" / "pipeflow-test"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "pipeflow test", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    return "pipeflow-test"
-
-
-def test_history_in_a_notebook_shows_a_readable_table(tmp_path, monkeypatch):
+def test_history_in_a_notebook_shows_a_readable_table(tmp_path, jupyter_kernel):
     import nbformat
     from nbclient import NotebookClient
 
@@ -376,7 +364,7 @@ def test_history_in_a_notebook_shows_a_readable_table(tmp_path, monkeypatch):
         "pipeflow.last_error(Bad())",
     ]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    client = NotebookClient(nb, timeout=120, kernel_name=_kernel(tmp_path, monkeypatch),
+    client = NotebookClient(nb, timeout=120, kernel_name=jupyter_kernel,
                             resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # starts the kernel, runs every cell, shuts the kernel down
     assert client.km is None or not client.km.is_alive()

@@ -25,7 +25,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def run_cells(tmp_path, cells: list[str], timeout: int = 120) -> list[dict]:
     """Execute ``cells`` in a fresh kernel of this venv; the executed cells (their outputs)."""
-    nbformat = pytest.importorskip("nbformat")
+    import nbformat
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient

@@ -8,7 +8,6 @@ the same cells in a real Jupyter kernel.
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 import textwrap
 import types
@@ -358,17 +357,10 @@ def test_a_reloaded_module_counts_as_a_redefinition(tmp_path, monkeypatch):
 # -- a real Jupyter kernel --------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_redefinition_in_a_real_jupyter_kernel(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
+def test_redefinition_in_a_real_jupyter_kernel(tmp_path, jupyter_kernel):
+    import nbformat
     from nbclient import NotebookClient
 
-    # a kernel that runs this interpreter (this virtualenv's pipeflow)
-    spec = tmp_path / "jupyter" / "kernels" / "pipeflow-test"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "pipeflow test", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     data = tmp_path / "nbdata"
     cells = [
         HEADER + f"d6tflow.set_dir({str(data)!r})",
@@ -382,7 +374,7 @@ def test_redefinition_in_a_real_jupyter_kernel(tmp_path, monkeypatch):
         "flow.run(progress=False)",
     ]
     book = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    NotebookClient(book, timeout=120, kernel_name="pipeflow-test", allow_errors=True,
+    NotebookClient(book, timeout=120, kernel_name=jupyter_kernel, allow_errors=True,
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
 
     def text(i):

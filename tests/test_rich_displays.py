@@ -490,7 +490,7 @@ def kernel(tmp_path):
 
 
 def test_a_notebook_shows_each_display_once_as_html(tmp_path, kernel):
-    nbformat = pytest.importorskip("nbformat")
+    import nbformat
     from nbclient import NotebookClient
 
     cells = [CELLS[0].replace("DATA", repr(str(tmp_path / "nbdata"))), *CELLS[1:]]
