@@ -248,6 +248,7 @@ def test_bad_params_files_exit_2_naming_the_file_and_key(cli, tmp_path, name, te
     line = _error(out)
     for word in words:
         assert word in line, line
+    assert "not a dict" not in line and "TypeError" not in line
 
 
 def test_a_repeated_grid_option_is_refused(cli, tmp_path):
