@@ -33,6 +33,7 @@ import pathlib
 import re
 import signal
 import sys
+import sysconfig
 import threading
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -77,24 +78,82 @@ class _Terminated(KeyboardInterrupt):
 # -- the target and its parameters -----------------------------------------------------------
 
 def _load_task(target: str) -> type[luigi.Task]:
+    """The task class TARGET (``MODULE:CLASS``) names, its module imported.
+
+    What the module prints while it is imported goes to standard error (standard output
+    may be a ``--json`` document or a picture).
+
+    Raises:
+        click.ClickException: the module exists but importing it failed (a missing
+            dependency, a SyntaxError, any exception): one line with the file and line of
+            the user's code, exit 1.
+        _Refused: TARGET is not ``MODULE:CLASS``, no module of that name exists, it calls
+            ``sys.exit()`` while imported, or it has no such task class (exit 2).
+    """
     module_name, _, cls_name = target.partition(":")
     if not (cls_name.strip() and module_name.strip()):
         raise click.BadParameter(f"{target!r}: write MODULE:TASKCLASS, e.g. tasks:TaskTrain")
+    if module_name.endswith(".py"):
+        raise _Refused(f"TARGET {target!r}: name the module, not its file: "
+                       f"{module_name[:-3]}:{cls_name}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.BadParameter(f"cannot import module {module_name!r}: {exc}") from exc
+        with _stdout_to_stderr():
+            module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name == exc.name
+                                     or module_name.startswith(exc.name + ".")):
+            raise _Refused(
+                f"TARGET {target!r}: there is no module {module_name!r} in the working "
+                f"directory ({os.getcwd()}) or on the Python path. Run pipeflow in the folder "
+                f"of {module_name.replace('.', '/')}.py, or add its folder to PYTHONPATH."
+            ) from None
+        raise click.ClickException(_import_failed(module_name, exc)) from None
+    except SystemExit as exc:
+        raise _Refused(
+            f"TARGET {target!r}: importing module {module_name!r} called sys.exit({exc.code!r})"
+            f"{_at(_user_frame(exc))}, so its tasks cannot be loaded. Guard the module's "
+            f"script code with: if __name__ == '__main__':") from None
     except Exception as exc:  # noqa: BLE001 - the user's module failed: say where, briefly
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        raise click.ClickException(
-            f"importing {module_name!r} failed at {where.filename}:{where.lineno}: "
-            f"{first_line(exc)}") from None
+        raise click.ClickException(_import_failed(module_name, exc)) from None
     cls = getattr(module, cls_name, None)
     if not (isinstance(cls, type) and issubclass(cls, luigi.Task)):
         raise click.BadParameter(f"{module_name} has no task class {cls_name!r}")
     return cls
+
+
+def _import_failed(module_name: str, exc: BaseException) -> str:
+    """The one line saying where importing the user's module failed, and how."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return (f"importing {module_name!r} failed at {exc.filename}:{exc.lineno}: "
+                f"SyntaxError: {exc.msg}")
+    return f"importing {module_name!r} failed{_at(_user_frame(exc))}: {first_line(exc)}"
+
+
+#: folders whose frames are not the user's code (the standard library, installed packages,
+#: pipeflow itself)
+_NOT_USERS = tuple(
+    {str(pathlib.Path(p).resolve()) + os.sep for p in (
+        *(str(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib", "purelib",
+                                                   "platlib")),
+        str(pathlib.Path(__file__).parent))})
+
+
+def _user_frame(exc: BaseException) -> traceback.FrameSummary | None:
+    """The deepest frame of the user's code in ``exc``'s traceback (else its deepest)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith("<")]
+    for frame in reversed(frames):
+        with contextlib.suppress(OSError, ValueError):
+            if not str(pathlib.Path(frame.filename).resolve()).startswith(_NOT_USERS):
+                return frame
+    return frames[-1] if frames else None
+
+
+def _at(frame: traceback.FrameSummary | None) -> str:
+    """`` at FILE:LINE`` of a frame ('' without one)."""
+    return "" if frame is None else f" at {frame.filename}:{frame.lineno}"
 
 
 def _parse(cls: type[luigi.Task], name: str, param: luigi.Parameter, text: str,
@@ -177,10 +236,19 @@ def _read_params_file(path: pathlib.Path) -> dict[str, Any]:
             f"the file.") from None
     if data is None:
         return {}
-    if not isinstance(data, Mapping) or not all(isinstance(k, str) for k in data):
+    if not isinstance(data, Mapping):
         raise ParameterError(
             f"params file {str(path)!r} must hold a mapping of parameter names to values "
             f"(e.g. 'alpha: 0.1' in YAML), not a {type(data).__name__}.")
+    grid = data.get(GRID_KEY)
+    for key in [*data, *(grid if isinstance(grid, Mapping) else ())]:
+        if not isinstance(key, str):
+            where = f"'{GRID_KEY}' has" if key not in data or (
+                isinstance(grid, Mapping) and key in grid) else "has"
+            raise ParameterError(
+                f"params file {str(path)!r}: {where} the key {key!r} (a "
+                f"{type(key).__name__}), which is not a parameter name. Write parameter "
+                f"names as text, e.g. 'alpha: 0.1' in YAML.")
     return dict(data)
 
 
@@ -196,7 +264,7 @@ def _parse_text(kind: str, text: str) -> Any:
     """``text`` parsed as ``kind`` (YAML, JSON or TOML); _SyntaxProblem if it is not."""
     if kind == "JSON":
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_unique_pairs)
         except json.JSONDecodeError as exc:
             raise _SyntaxProblem(f"line {exc.lineno}, column {exc.colno}: ", exc.msg) from None
     if kind == "TOML":
@@ -212,7 +280,7 @@ def _parse_text(kind: str, text: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = "" if mark is None else f"line {mark.line + 1}, column {mark.column + 1}: "
@@ -222,6 +290,56 @@ def _parse_text(kind: str, text: str) -> Any:
             problem += (f" ({context} that starts at line {start.line + 1}, column "
                         f"{start.column + 1})")
         raise _SyntaxProblem(where, problem) from None
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members as a dict; _SyntaxProblem if a key is given twice."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _SyntaxProblem("", f"the key {key!r} is given twice in one object (the "
+                                     f"second would silently win): keep one")
+        out[key] = value
+    return out
+
+
+@functools.cache
+def _strict_loader() -> type:
+    """The YAML SafeLoader refusing duplicate keys and aliases (``*name``), with _SyntaxProblem.
+
+    Aliases can expand a small file into billions of values ("billion laughs"); a params
+    file has no need of them.
+    """
+    import yaml
+
+    class Strict(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                mark = event.start_mark
+                raise _SyntaxProblem(
+                    f"line {mark.line + 1}, column {mark.column + 1}: ",
+                    f"the alias *{event.anchor} repeats values given elsewhere (a YAML "
+                    f"anchor &{event.anchor}); pipeflow reads params files without aliases: "
+                    f"write the values out")
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                with contextlib.suppress(TypeError):  # an unhashable key: yaml says so
+                    if key in seen:
+                        mark = key_node.start_mark
+                        first = seen[key].start_mark
+                        raise _SyntaxProblem(
+                            f"line {mark.line + 1}, column {mark.column + 1}: ",
+                            f"the key {key!r} is given twice (first at line "
+                            f"{first.line + 1}; the second would silently win): keep one")
+                    seen[key] = key_node
+            return super().construct_mapping(node, deep)
+
+    return Strict
 
 
 #: a ``--params`` value that is ``NAME=VALUE[,NAME=VALUE...]`` (Kedro's form), not a file
@@ -265,12 +383,13 @@ def _gather(files: Sequence[str], params: Sequence[str], grids: Sequence[str]) -
             continue
         path = pathlib.Path(item)
         data = _read_params_file(path)
+        has_grid = GRID_KEY in data
         grid = data.pop(GRID_KEY, None)
         for name, value in data.items():
             given.grid.pop(name, None)
             given.typed[name] = value
             given.origin[name] = f"in {item}"
-        if grid is None:
+        if not has_grid:
             continue
         if not isinstance(grid, Mapping) or not all(
                 isinstance(v, list) and v for v in grid.values()):
@@ -301,6 +420,10 @@ def _gather(files: Sequence[str], params: Sequence[str], grids: Sequence[str]) -
         if cli.get(name) == "-p":
             raise ParameterError(
                 f"{name!r} is given both with -p (one value) and -g (a grid): keep one.")
+        if cli.get(name) == "-g":
+            raise ParameterError(
+                f"-g {name} is given twice (the second would replace the first): give all "
+                f"its values in one, e.g. -g {name}=V1,V2,V3.")
         given.typed.pop(name, None)
         given.texts.pop(name, None)
         given.grid[name] = _grid_values(name, values)
@@ -438,11 +561,16 @@ class _Flow:
 
 def _spec(target: str, params: Sequence[str], files: Sequence[str] = (),
           grids: Sequence[str] = ()) -> _Flow:
-    """The flow a command names: TARGET, its ``-p``, ``--params`` and ``-g``, all checked."""
-    cls = _load_task(target)
-    fixed, grid = _resolve(cls, _gather(files, params, grids))
-    flow = _Flow(target, cls, fixed, grid)
-    flow.flows()  # Python's checks of the whole flow (Workflow(Task, params)), now
+    """The flow a command names: TARGET, its ``-p``, ``--params`` and ``-g``, all checked.
+
+    What the user's code prints meanwhile (importing the module, building the flow) goes
+    to standard error: standard output may be a ``--json`` document or a picture.
+    """
+    with _stdout_to_stderr():
+        cls = _load_task(target)
+        fixed, grid = _resolve(cls, _gather(files, params, grids))
+        flow = _Flow(target, cls, fixed, grid)
+        flow.flows()  # Python's checks of the whole flow (Workflow(Task, params)), now
     return flow
 
 
@@ -591,8 +719,15 @@ _target = click.argument("target", shell_complete=_complete_target)
 _param = click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
                       shell_complete=_complete_param,
                       help="A parameter of the flow (repeatable); beats --params.")
+def _complete_file(ctx: click.Context, param: click.Parameter, incomplete: str
+                   ) -> list[CompletionItem]:
+    """File names: the shell completes them (click's ``file`` completion type)."""
+    return [CompletionItem(incomplete, type="file")]
+
+
 _params_file = click.option(
     "--params", "params_files", multiple=True, metavar="FILE|NAME=VALUE,...",
+    shell_complete=_complete_file,
     help="A YAML, JSON or TOML file of parameters (by suffix; a 'grid:' key holds a grid), "
          "or Kedro's a=1,b=2 (repeatable).")
 _grid = click.option("-g", "--grid", "grids", multiple=True, metavar="NAME=V1,V2",
@@ -885,6 +1020,10 @@ def reset(target: str, params: tuple[str, ...], params_files: tuple[str, ...],
         flow = _spec(target, params, params_files, grids)
         classes = [_task_class(flow, t, "--task") for t in tasks]
         _use_dir(data_dir, create=False)
+        home = pathlib.Path(os.fspath(settings.dir))
+        if not home.is_dir():  # nothing to delete there, and nothing to create
+            click.echo(f"Nothing was deleted: the data dir {home} does not exist.")
+            return
         where: Any = flow.multi if flow.grid else flow.single
         confirm = not yes
         before = _committed(flow)
@@ -894,7 +1033,7 @@ def reset(target: str, params: tuple[str, ...], params_files: tuple[str, ...],
             done = where.reset_downstream(classes[0], confirm=confirm)
         else:
             done = where.reset(classes or None, confirm=confirm)
-        if done is False or (isinstance(done, Mapping) and not all(done.values())):
+        if not done:  # declined (a Reset, or a grid's FlowResets, is falsy then)
             click.echo("Nothing was deleted (not confirmed).")
             return
         gone = [t for t in before if t not in _committed(flow)]
@@ -945,13 +1084,47 @@ def results(target: str, params: tuple[str, ...], params_files: tuple[str, ...],
         with _stdout_to_stderr():
             df = multi.results(cls, keys=list(keys) or None, missing=missing)
         if as_json:
-            text = df.reset_index().to_json(orient="records", date_format="iso",
-                                            default_handler=str)
-            _print_json(json.loads(text))
+            _print_json(_result_records(df))
         elif as_csv:
             click.echo(df.to_csv(), nl=False)
         else:
             click.echo(df.to_string())
+
+
+def _result_records(df: Any) -> list[dict[str, Any]]:
+    """The rows of the results table as JSON records: exact numbers, dates as text.
+
+    Floats keep every digit (Python's shortest round-trip form), a float column's whole
+    numbers with gaps (``--missing nan``) stay ints, a date without a time is
+    ``YYYY-MM-DD`` as in the table, other timestamps ISO 8601; NaN, NaT and infinities are
+    null (JSON has none of them).
+    """
+    import pandas as pd
+
+    out = []
+    for row in df.reset_index().to_dict(orient="records"):
+        rec = {}
+        for name, value in row.items():
+            if isinstance(value, pd.Timestamp):
+                value = (value.date().isoformat() if value == value.normalize()
+                         and value.tzinfo is None else value.isoformat())
+            elif hasattr(value, "item") and not isinstance(value, (list, dict)):
+                value = value.item()  # a numpy scalar
+            if value is not None and not isinstance(value, (str, list, dict, tuple)):
+                with contextlib.suppress(TypeError, ValueError):
+                    if pd.isna(value):
+                        value = None
+            rec[str(name)] = value
+        out.append(rec)
+    for name in df.reset_index().columns:  # ints a gap turned into floats
+        column = df.reset_index()[name]
+        if column.dtype.kind == "f" and column.isna().any():
+            values = [r[str(name)] for r in out if r[str(name)] is not None]
+            if values and all(float(v).is_integer() for v in values):
+                for r in out:
+                    if r[str(name)] is not None:
+                        r[str(name)] = int(r[str(name)])
+    return out
 
 
 def _single_name(flow: _Flow) -> str:
@@ -967,6 +1140,10 @@ def _single_name(flow: _Flow) -> str:
 HISTORY_FIELDS = ("run_id", "task_id", "family", "task", "params", "attempt", "status",
                   "started", "finished", "duration", "cpu_time", "peak_memory", "error_type",
                   "error_message", "reason", "traceback")
+
+
+#: the formats ``pipeflow dag`` writes, by extension
+_DAG_FORMATS = ("svg", "png", "dot", "mmd")
 
 
 @main.command()
@@ -990,17 +1167,24 @@ def dag(target: str, params: tuple[str, ...], params_files: tuple[str, ...],
     with _guard(f"pipeflow dag {target}"):
         if output is None and fmt == "png":
             raise ParameterError("a PNG is not text: write it to a file with -o FILE.png.")
+        suffix = pathlib.Path(output or "").suffix.lower().lstrip(".")
+        if fmt is not None and suffix in _DAG_FORMATS and suffix != fmt:
+            raise ParameterError(
+                f"--format {fmt} and -o {output} disagree: the file's extension says "
+                f"{suffix}. Drop --format (the extension picks it), or name the file "
+                f"*.{fmt}.")
         flow = _spec(target, params, params_files, grids)
         _use_dir(data_dir, create=False)
-        drawn = flow.single if flow.multi is None else flow.multi
-        picture = drawn.dag(group=not no_group)
-        if output is not None:
-            written = picture.save(output, format=fmt)
-            click.echo(f"{picture.summary()}: written to {written}", err=True)
-        else:
+        with _stdout_to_stderr():  # what the user's code prints is not the picture
+            drawn = flow.single if flow.multi is None else flow.multi
+            picture = drawn.dag(group=not no_group)
+            if output is not None:
+                written = picture.save(output, format=fmt)
+                click.echo(f"{picture.summary()}: written to {written}", err=True)
+                return
             text = {"svg": picture.to_svg, "mmd": picture.to_mermaid}.get(
                 fmt or "dot", picture.to_dot)()
-            click.echo(text, nl=not text.endswith("\n"))
+        click.echo(text, nl=not text.endswith("\n"))
 
 
 @main.command()
@@ -1164,6 +1348,10 @@ def _failed(code: int, message: str) -> click.ClickException:
     return _Refused(message) if code == 2 else click.ClickException(message)
 
 
+#: a message's pointer to a traceback printed above it (Python shows it, the shell not)
+_SHOWN_ABOVE = re.compile(r" ?\((?:its|the) traceback (?:is shown|prints) above[^)]*\)")
+
+
 @contextlib.contextmanager
 def _guard(what: str, after: str = "", failure_code: int = 1) -> Iterator[None]:
     """Run a command: its errors become one ``Error:`` line and an exit code, never a traceback.
@@ -1191,6 +1379,10 @@ def _guard(what: str, after: str = "", failure_code: int = 1) -> Iterator[None]:
     except PipeflowError as exc:  # (the shell shows no traceback: say where it is)
         text = str(exc).replace(operations.CHAINED, "Its traceback: pipeflow history --errors "
                                                     "--status failed --last 1.")
+        if exc.__cause__ is not None and _SHOWN_ABOVE.search(text):
+            # the shell shows no traceback above the error: say where it happened instead
+            frame = _user_frame(exc.__cause__)
+            text = _SHOWN_ABOVE.sub(f" (it happened{_at(frame)})" if frame else "", text)
         raise _failed(failure_code, f"{type(exc).__name__}: {text}") from None
     except click.ClickException as exc:
         if exc.exit_code == 1 and failure_code != 1:

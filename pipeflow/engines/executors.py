@@ -97,7 +97,7 @@ def _run_attempt(stop: Stop, run: Callable[[Any], bool | list[Any]], task: Any
     try:
         with attempt(stop):
             ran = run(task)
-    except Exception:
+    except (Exception, SystemExit):  # sys.exit() in run() is the task's failure
         stop.check()
         raise
     stop.check()
@@ -240,7 +240,7 @@ class InlineExecutor:
             self.work.stopped(task)
             out = (Outcome(cancelled=True) if self.cancel.cancelled
                    else self.work.fail(self.work.timed_out(task), None))
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in run(): the task failed
             out = self.work.fail(exc, task)
         out.usage = usage(time.process_time() - cpu)
         self.done.append((pos, out))
