@@ -185,7 +185,7 @@ def test_a_bad_reset_argument_deletes_nothing(committed, call):
     ({"status": "faild"}, "Did you mean 'failed'"),
     ({"status": 3}, "status must be one of"),
     ({"run": 3}, "run must be a run_id"),
-    ({"tasks": ["Kept"]}, "tasks must be task instances"),
+    ({"tasks": ["Kept"]}, "takes task instances"),
     ({"family": 3}, "family must be"),
 ])
 def test_history_query_arguments_are_checked(data_dir, kwargs, match):
