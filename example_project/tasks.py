@@ -32,7 +32,7 @@ import pipeflow as d6tflow
 TARGET = "target"
 
 # model name -> factory(seed). Hyperparameters live here, next to the code that uses them:
-# if you change one, reset TaskTrain (flow.reset(tasks.TaskTrain)) so the models are refit.
+# change one and every TaskTrain is STALE (they all read MODELS) and refits at the next run.
 MODELS = {
     "ols": lambda seed: LinearRegression(),
     "ridge": lambda seed: Ridge(alpha=1.0),

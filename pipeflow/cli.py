@@ -732,9 +732,8 @@ _params_file = click.option(
          "or Kedro's a=1,b=2 (repeatable).")
 _grid = click.option("-g", "--grid", "grids", multiple=True, metavar="NAME=V1,V2",
                      shell_complete=_complete_param,
-                     help="Sweep a parameter over values: runs a WorkflowMulti of every "
-                          "combination (repeatable; NAME='[V1, V2]' as JSON for values "
-                          "with commas).")
+                     help="Sweep a parameter over values: a WorkflowMulti of every combination "
+                          "(repeatable; NAME='[V1, V2]' as JSON for values with commas).")
 _dir = click.option("--dir", "data_dir", default=None,
                     type=click.Path(file_okay=False, dir_okay=True),
                     help="The data dir (default: data).")
