@@ -176,13 +176,17 @@ def test_reset_and_output_load_of_the_redefined_class(ran, stored):
     assert list(flow.outputLoad(ran["GetData"])["x"]) == [10, 20, 30]
 
 
+#: GetData with a parameter (n) its dependents inherit
+GET_DATA_N = """
+class GetData(d6tflow.tasks.TaskPqPandas):
+    n = d6tflow.IntParameter(default=1)
+    def run(self):
+        self.save(pd.DataFrame({"x": [self.n]}))
+"""
+
+
 def test_workflow_multi_uses_the_new_class(nb):
-    nb.run("""
-    class GetData(d6tflow.tasks.TaskPqPandas):
-        n = d6tflow.IntParameter(default=1)
-        def run(self):
-            self.save(pd.DataFrame({"x": [self.n]}))
-    """)
+    nb.run(GET_DATA_N)
     nb.run(TRAIN)
     nb.run("flows = d6tflow.WorkflowMulti(Train, {'n': [1, 2]})")
     flows = nb["flows"]
@@ -229,12 +233,7 @@ def test_parameters_that_no_longer_fit_say_which_cell_to_rerun(ran, data_dir, ne
 
 
 def test_a_removed_parameter_says_which_cell_to_rerun(nb, data_dir):
-    nb.run("""
-    class GetData(d6tflow.tasks.TaskPqPandas):
-        n = d6tflow.IntParameter(default=1)
-        def run(self):
-            self.save(pd.DataFrame({"x": [self.n]}))
-    """)
+    nb.run(GET_DATA_N)
     nb.run(TRAIN)
     nb.run("flow = d6tflow.Workflow(Train)")
     nb["flow"].run()
