@@ -22,18 +22,19 @@ import shutil
 import sys
 from collections.abc import Callable
 
+# the notebook needs the examples extra (scikit-learn, matplotlib), which the test command
+# installs: a missing one fails here, it is not skipped
+import matplotlib  # noqa: E402,F401
 import nbformat
+import pandas as pd  # noqa: E402
 import pytest
+import sklearn  # noqa: E402,F401
 from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 from nbclient.util import run_sync
 
 import pipeflow.errors
-
-pytest.importorskip("sklearn")
-pytest.importorskip("matplotlib")
-pd = pytest.importorskip("pandas")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "example_project"
