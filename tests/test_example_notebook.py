@@ -22,13 +22,11 @@ import shutil
 import sys
 from collections.abc import Callable
 
-# the notebook needs the examples extra (scikit-learn, matplotlib), which the test command
-# installs: a missing one fails here, it is not skipped
-import matplotlib  # noqa: E402,F401
+import matplotlib  # noqa: F401
 import nbformat
-import pandas as pd  # noqa: E402
+import pandas as pd
 import pytest
-import sklearn  # noqa: E402,F401
+import sklearn  # noqa: F401 - the notebook's; installed by the test command: fails, not skips
 from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
