@@ -45,6 +45,7 @@ import luigi
 from click.shell_completion import CompletionItem
 
 from pipeflow import display, graph, operations, runstore, settings
+from pipeflow.display.dag import GROUP_ABOVE
 from pipeflow.errors import (
     ConfirmationError,
     ParameterError,
@@ -119,7 +120,12 @@ def _load_task(target: str) -> type[luigi.Task]:
         raise click.ClickException(_import_failed(module_name, exc)) from None
     cls = getattr(module, cls_name, None)
     if not (isinstance(cls, type) and issubclass(cls, luigi.Task)):
-        raise click.BadParameter(f"{module_name} has no task class {cls_name!r}")
+        classes = sorted(n for n, v in vars(module).items()
+                         if isinstance(v, type) and issubclass(v, luigi.Task)
+                         and v.__module__ == module.__name__)
+        listed = f" Its task classes: {', '.join(classes)}." if classes else ""
+        raise _Refused(f"TARGET {target!r}: module {module_name!r} has no task class "
+                       f"{cls_name!r}.{did_you_mean(cls_name, classes)}{listed}")
     return cls
 
 
@@ -1152,9 +1158,12 @@ _DAG_FORMATS = ("svg", "png", "dot", "mmd")
 @click.option("--format", "fmt", type=click.Choice(["svg", "png", "dot", "mmd"]), default=None,
               help="The format (default: the output's extension; dot on standard output).")
 @click.option("--no-group", is_flag=True, help="Draw every task (no 'Train × 120' boxes).")
+@click.option("--group-above", type=click.IntRange(min=1), default=GROUP_ABOVE,
+              show_default=True, metavar="N",
+              help="Group a family's instances into one box when there are more than N.")
 def dag(target: str, params: tuple[str, ...], params_files: tuple[str, ...],
         grids: tuple[str, ...], data_dir: str | None, output: str | None, fmt: str | None,
-        no_group: bool) -> None:
+        no_group: bool, group_above: int) -> None:
     """Draw TARGET's flow (a grid's flows in one picture), coloured by status.
 
     \b
@@ -1176,7 +1185,7 @@ def dag(target: str, params: tuple[str, ...], params_files: tuple[str, ...],
         _use_dir(data_dir, create=False)
         with _stdout_to_stderr():  # what the user's code prints is not the picture
             drawn = flow.single if flow.multi is None else flow.multi
-            picture = drawn.dag(group=not no_group)
+            picture = drawn.dag(group=not no_group, group_above=group_above)
             if output is not None:
                 written = picture.save(output, format=fmt)
                 click.echo(f"{picture.summary()}: written to {written}", err=True)

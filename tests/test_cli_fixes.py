@@ -338,3 +338,15 @@ def test_console_script_sys_exit_in_run_fails_the_task(tmp_path):
                      tmp_path / "d")
     assert proc.returncode == 1, proc.stderr
     assert "SystemExit" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_wrong_task_class_name_says_which_there_are(cli, tmp_path):
+    # `pipeflow run tasks:train` printed click's usage and "tasks has no task class 'train'"
+    _write(tmp_path, "fx_names", "import pipeflow\n\n"
+           "class Train(pipeflow.tasks.TaskJson):\n    pass\n\n"
+           "class Prepare(pipeflow.tasks.TaskJson):\n    pass\n\nNOT_A_TASK = 1\n")
+    out = cli("preview", "fx_names:train", "--dir", tmp_path / "d")
+    assert out.exit_code == 2, out.output
+    assert _error(out) == ("Error: TARGET 'fx_names:train': module 'fx_names' has no task "
+                           "class 'train'. Did you mean 'Train'? Its task classes: Prepare, "
+                           "Train.")

@@ -547,6 +547,13 @@ def test_cli_groups_unless_told_not_to(cli):
     out = cli("dag_cli_tasks:Many", "--format", "mmd", "--no-group")
     assert out.exit_code == 0 and "×" not in out.output
     assert len(re.findall(r'\["Fit<br/>model=\d"\]', out.output)) == 8
+    # --group-above: Python's group_above= (8 instances are not more than 8)
+    out = cli("dag_cli_tasks:Many", "--format", "mmd", "--group-above", "8")
+    assert out.exit_code == 0 and "×" not in out.output
+    out = cli("dag_cli_tasks:Many", "--format", "mmd", "--group-above", "7")
+    assert out.exit_code == 0 and "Fit × 8" in out.output
+    out = cli("dag_cli_tasks:Many", "--group-above", "0")
+    assert out.exit_code == 2 and "--group-above" in out.output
 
 
 def test_cli_errors_and_exit_codes(cli):
