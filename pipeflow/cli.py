@@ -1092,6 +1092,11 @@ def results(target: str, params: tuple[str, ...], params_files: tuple[str, ...],
             _print_json(_result_records(df))
         elif as_csv:
             click.echo(df.to_csv(), nl=False)
+        elif df.empty:  # no flow has run (--missing skip), or none has outputs (nan)
+            n = len(multi.workflow_objs)
+            which = f"none of the {n} flows has" if n > 1 else "the flow has not"
+            click.echo(f"No results yet: {which} run. Run it first: pipeflow run {target} "
+                       f"(with the same -p, --params and -g).", err=True)
         else:
             click.echo(df.to_string())
 

@@ -350,3 +350,23 @@ def test_a_wrong_task_class_name_says_which_there_are(cli, tmp_path):
     assert _error(out) == ("Error: TARGET 'fx_names:train': module 'fx_names' has no task "
                            "class 'train'. Did you mean 'Train'? Its task classes: Prepare, "
                            "Train.")
+
+
+def test_results_before_any_run_says_so_instead_of_an_empty_frame(cli, tmp_path):
+    # `pipeflow results --missing skip` before a run printed pandas' "Empty DataFrame /
+    # Columns: [] / Index: []"
+    _write(tmp_path, "fx_none", "import pipeflow\n\n"
+           "class Score(pipeflow.tasks.TaskJson):\n"
+           "    alpha = pipeflow.FloatParameter(default=0.1)\n\n"
+           "    def run(self):\n        self.save({'score': self.alpha})\n")
+    for args in (["--missing", "skip"], ["--missing", "nan"], ["-g", "alpha=0.1,0.2",
+                                                               "--missing", "skip"]):
+        out = cli("results", "fx_none:Score", "--dir", tmp_path / "d", *args)
+        assert out.exit_code == 0, out.output
+        assert out.stdout == "" and "Empty DataFrame" not in out.output
+        flows = "none of the 2 flows has" if "-g" in args else "the flow has not"
+        assert out.stderr == (f"No results yet: {flows} run. Run it first: pipeflow run "
+                              f"fx_none:Score (with the same -p, --params and -g).\n")
+    out = cli("results", "fx_none:Score", "--dir", tmp_path / "d", "--missing", "skip",
+              "--json")
+    assert out.exit_code == 0 and out.stdout.strip() == "[]"
