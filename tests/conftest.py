@@ -163,3 +163,14 @@ def jupyter_kernel(tmp_path, monkeypatch) -> str:
         "display_name": "pipeflow test", "language": "python"}))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     return "pipeflow-test"
+
+
+@pytest.fixture
+def kernel_manager(jupyter_kernel):
+    """A KernelManager of :func:`jupyter_kernel` (nbclient starts it); shut down afterwards."""
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name=jupyter_kernel)
+    yield km
+    if km.has_kernel:
+        km.shutdown_kernel(now=True)

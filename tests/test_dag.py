@@ -569,20 +569,10 @@ def test_cli_errors_and_exit_codes(cli):
 
 
 # -- a real notebook kernel -------------------------------------------------------------------
-def test_a_notebook_cell_shows_the_picture_once(tmp_path):
-    import json
-    import sys
-
+def test_a_notebook_cell_shows_the_picture_once(tmp_path, kernel_manager):
     import nbformat
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
 
-    spec = tmp_path / "kernels" / "pipeflow-test"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "pipeflow test", "language": "python"}))
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(src) for src in (
         "import pandas as pd, pipeflow\n"
@@ -596,8 +586,7 @@ def test_a_notebook_cell_shows_the_picture_once(tmp_path):
         "flow = pipeflow.Workflow(NbFit)\nflow.dag()",
         "print(flow.dag())",
     )]
-    km = KernelManager(kernel_name="pipeflow-test",
-                       kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)]))
+    km = kernel_manager
     try:
         NotebookClient(nb, km=km, timeout=60, allow_errors=False).execute()
     finally:

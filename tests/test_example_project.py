@@ -7,9 +7,6 @@ import sys
 
 import pytest
 
-pytest.importorskip("sklearn")
-pytest.importorskip("matplotlib")
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUN = ROOT / "example_project" / "run.py"
 MODELS = ["ols", "ridge", "knn", "rf", "gbm"]

@@ -11,7 +11,6 @@ import contextlib
 import io
 import json
 import re
-import sys
 from html.parser import HTMLParser
 
 import pytest
@@ -474,22 +473,8 @@ def _outputs(cell):
     return kinds, rich_out, stdout
 
 
-@pytest.fixture
-def kernel(tmp_path):
-    """A kernelspec running this interpreter (this venv's pipeflow)."""
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
-
-    spec = tmp_path / "kernels" / "pipeflow-test"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "pipeflow test", "language": "python"}))
-    ksm = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")])
-    return KernelManager(kernel_name="pipeflow-test", kernel_spec_manager=ksm)
-
-
-def test_a_notebook_shows_each_display_once_as_html(tmp_path, kernel):
+def test_a_notebook_shows_each_display_once_as_html(tmp_path, kernel_manager):
+    kernel = kernel_manager
     import nbformat
     from nbclient import NotebookClient
 
