@@ -93,6 +93,13 @@ class TaskContract(Protocol):
     def output_state(self) -> tuple[bool, str | None, CommitRecord | None]:
         """Whether its own outputs are complete, why not (when notable), its record."""
 
+    def signature(self) -> Any:
+        """Identity of its committed state now (None: it keeps none).
+
+        When it differs from what it was when the run was planned, another process has
+        run the task meanwhile (the engine then reuses what that process made).
+        """
+
     def lock(self) -> TaskLock | None:
         """The lock held while it runs (None: it is not locked)."""
 
@@ -510,6 +517,10 @@ class _Base:
 
     def record_path(self) -> str | None:
         """None: no commit record."""
+        return None
+
+    def signature(self) -> Any:
+        """None: no committed state of pipeflow's."""
         return None
 
     def lock(self) -> TaskLock | None:

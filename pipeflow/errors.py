@@ -236,6 +236,49 @@ class RunInterrupted(KeyboardInterrupt):
         return [f"{_RED}{type(self).__name__}{_RESET}: {shown(self)}"]
 
 
+class TaskNotFoundError(PipeflowError, ValueError):
+    """A task id names no task in the task store (:mod:`pipeflow.trees`).
+
+    Attributes:
+        task_id: the id that was looked for.
+    """
+
+    def __init__(self, message: str, task_id: str):
+        super().__init__(message)
+        self.task_id = task_id
+
+
+class TaskStoreError(PipeflowError):
+    """The task store of :mod:`pipeflow.trees` (an SQLite file) cannot be opened or written."""
+
+
+class UnknownExecutorError(PipeflowError, LookupError):
+    """A stored task names an executor id that no ``@executor`` registered."""
+
+
+class TaskCancelledError(PipeflowError):
+    """A task of a task tree was cancelled (``TaskManager.cancel_task``) before it finished."""
+
+
+class LinkDeniedError(PipeflowError, ValueError):
+    """A link (``TaskCreator.from_link``/``from_mixed``) to another user's tasks was refused."""
+
+
+class TreeTaskError(PipeflowError):
+    """An executor of a task tree reported an error: it returned a dict with an ``error`` key.
+
+    Attributes:
+        result: the dict it returned (stored as the task's result).
+    """
+
+    def __init__(self, message: str, result: object = None):
+        super().__init__(message)
+        self.result = result
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.result))
+
+
 class TaskTimeoutError(PipeflowError):
     """A task ran longer than its ``timeout`` and was stopped."""
 

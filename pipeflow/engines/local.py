@@ -49,6 +49,7 @@ from pipeflow.errors import (
     RequirementError,
     RunCancelledError,
     SaveError,
+    TaskCancelledError,
     TaskLockedError,
     TaskTimeoutError,
     UnsafePathError,
@@ -209,6 +210,11 @@ class _Run:
         if out.cancelled:
             self.finished.add(i)
             self.emit(EventKind.TASK_CANCELLED, task)
+            return
+        if isinstance(out.error, TaskCancelledError):  # this task alone was cancelled
+            self.finished.add(i)
+            self.emit(EventKind.TASK_CANCELLED, task, reason=str(out.error))
+            self._doom(i, f"upstream task {graphs.describe(task)} was cancelled")
             return
         if out.error is None and out.needs:
             self._suspend(i, out.needs)
@@ -375,6 +381,9 @@ class _Run:
             taken = lock.acquire()
         except UnsafePathError as exc:  # its lock file is a symlink, a folder...
             self._finish(i, _failure(exc))
+            return False
+        except PipeflowError as exc:  # a claim refused: cancelled, or failed elsewhere
+            self._finish(i, _failure(exc, task))
             return False
         except OSError as exc:  # its folder cannot be created or written
             self._finish(i, _failure(SaveError(
@@ -553,16 +562,9 @@ def _serve(gen: Any) -> list[luigi.Task]:
         send = getpaths(req)
 
 
-def _signature(c: TaskContract) -> tuple[int, int] | None:
-    """Identity of a task's commit record (None if it has none)."""
-    path = c.record_path()
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_ino)
+def _signature(c: TaskContract) -> Any:
+    """Identity of a task's committed state (None if it has none): see the contract."""
+    return c.signature()
 
 
 def _listed(tasks: Any) -> str:

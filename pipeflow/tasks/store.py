@@ -481,6 +481,14 @@ class TaskStore:
         """The commit record's path (written last by a successful run)."""
         return self._layout().record
 
+    def signature(self) -> tuple[int, int] | None:
+        """Identity of the commit record file (mtime, inode); None when there is none."""
+        try:
+            st = os.stat(self.record_path())
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_ino)
+
     def record_file(self) -> pathlib.Path:
         """The commit record's path as a :class:`pathlib.Path`."""
         return self._layout().record_file

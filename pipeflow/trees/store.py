@@ -1,0 +1,579 @@
+"""The task store: every task of every tree, in one SQLite file, shared by processes.
+
+* Every change is committed at once (WAL journal; several processes may read and write).
+* A task is run by one process at a time: :meth:`TaskStore.claim` moves it from
+  ``pending`` to ``in_progress`` atomically and records the claiming run (its *owner*:
+  host, process id and start time, run token). A task left ``in_progress`` by a process
+  that has died is recognised (:meth:`TaskStore.settle`) and marked ``failed`` with the
+  reason, so it is never reported as running and a re-run executes it again.
+* A result is kept as JSON in the row, or, when it is not JSON (a DataFrame) or larger
+  than :data:`INLINE_LIMIT`, pickled to a file beside the store (written to a temp file,
+  fsynced and renamed into place before the row that names it is committed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import pathlib
+import pickle
+import socket
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import psutil
+
+from pipeflow import settings
+from pipeflow.errors import ParameterError, TaskNotFoundError, TaskStoreError, did_you_mean
+from pipeflow.publishing import write_atomic
+from pipeflow.trees import model as m
+
+#: results whose JSON text is longer than this (characters) are kept in a file
+INLINE_LIMIT = 1 << 20
+#: the file name of the default store, in the data dir's ``.pipeflow`` folder
+DEFAULT_NAME = "tasks.db"
+_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    user_id TEXT,
+    parent_id TEXT,
+    priority INTEGER NOT NULL DEFAULT 2,
+    dependencies TEXT NOT NULL DEFAULT '[]',
+    inputs TEXT NOT NULL DEFAULT '{}',
+    params TEXT,
+    schemas TEXT,
+    result TEXT,
+    result_file TEXT,
+    error TEXT,
+    status TEXT NOT NULL DEFAULT 'pending',
+    progress REAL NOT NULL DEFAULT 0,
+    created_at TEXT,
+    started_at TEXT,
+    updated_at TEXT,
+    completed_at TEXT,
+    has_children INTEGER NOT NULL DEFAULT 0,
+    task_tree_id TEXT,
+    original_task_id TEXT,
+    origin_type TEXT NOT NULL DEFAULT 'create',
+    has_references INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    version INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tasks_parent ON tasks(parent_id);
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+_COLUMNS = ("id", "name", "user_id", "parent_id", "priority", "dependencies", "inputs",
+            "params", "schemas", "result", "result_file", "error", "status", "progress",
+            "created_at", "started_at", "updated_at", "completed_at", "has_children",
+            "task_tree_id", "original_task_id", "origin_type", "has_references", "owner",
+            "version")
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM tasks"
+
+_HOST = socket.gethostname()
+
+
+def now() -> dt.datetime:
+    """The current time, UTC."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.isoformat()
+    if isinstance(value, str):
+        return dt.datetime.fromisoformat(value).isoformat()
+    raise ParameterError(f"a timestamp must be a datetime or ISO text, not {value!r}.")
+
+
+def _time(text: str | None) -> dt.datetime | None:
+    return None if text is None else dt.datetime.fromisoformat(text)
+
+
+class Owner:
+    """Who claimed a task: this process (host, pid, start time) and a run's token."""
+
+    @staticmethod
+    def make(token: str) -> str:
+        """The owner text of a claim by this process for the run ``token``."""
+        me = psutil.Process()
+        return f"{_HOST}|{me.pid}|{me.create_time():.3f}|{token}"
+
+    @staticmethod
+    def alive(owner: str | None) -> bool:
+        """Whether the process named in ``owner`` still runs (other hosts: assumed so)."""
+        if not owner:
+            return False
+        try:
+            host, pid, started, _ = owner.split("|", 3)
+        except ValueError:
+            return False
+        if host != _HOST:
+            return True
+        try:
+            return f"{psutil.Process(int(pid)).create_time():.3f}" == started
+        except (psutil.Error, ValueError):
+            return False
+
+    @staticmethod
+    def pid(owner: str | None) -> str:
+        """The process id named in ``owner`` (for messages)."""
+        parts = (owner or "").split("|")
+        return parts[1] if len(parts) > 1 else "?"
+
+
+class TaskStore:
+    """An SQLite file holding tasks; one connection per thread and process.
+
+    Args:
+        path: the database file (created with its folder when missing).
+
+    Example:
+        >>> store = TaskStore("data/.pipeflow/tasks.db")  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = pathlib.Path(path).absolute()
+        if self.path.is_dir():
+            raise ParameterError(
+                f"the task store {str(self.path)!r} is a folder; give a file path such as "
+                f"{str(self.path / DEFAULT_NAME)!r}.")
+        self.results_dir = self.path.with_name(self.path.name + ".results")
+        self._local = threading.local()
+        with self._tx() as db:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                db.execute(statement)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
+                       (str(_SCHEMA_VERSION),))
+
+    def __repr__(self) -> str:
+        return f"TaskStore({str(self.path)!r})"
+
+    # -- connections -----------------------------------------------------------------------------
+    def _db(self) -> sqlite3.Connection:
+        local = self._local
+        db = getattr(local, "db", None)
+        if db is None or local.pid != os.getpid():  # a forked worker opens its own
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
+                                     check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+            except (sqlite3.Error, OSError) as exc:
+                raise TaskStoreError(
+                    f"cannot open the task store {str(self.path)!r}: {exc}. Check that the "
+                    f"folder is writable and the file is an SQLite database (or pass another "
+                    f"path to create_session()).") from exc
+            local.db, local.pid = db, os.getpid()
+        return db
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (taken at once, so concurrent writers queue, not fail)."""
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise TaskStoreError(
+                f"the task store {str(self.path)!r} refused a change: {exc}.") from exc
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._db().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise TaskStoreError(
+                f"cannot read the task store {str(self.path)!r}: {exc}.") from exc
+
+    # -- rows <-> tasks --------------------------------------------------------------------------
+    def _model(self, row: tuple[Any, ...]) -> m.TaskModel:
+        r = dict(zip(_COLUMNS, row))
+        fields: dict[str, Any] = {}
+        for name in m.FIELDS:
+            value = r.get(name)
+            if name in m.JSON_FIELDS:
+                value = None if value is None else json.loads(value)
+            elif name in m.TIME_FIELDS:
+                value = _time(value)
+            elif name in ("has_children", "has_references"):
+                value = bool(value)
+            fields[name] = value
+        loader = None
+        if r["result_file"]:
+            path = self.results_dir / r["result_file"]
+            loader = lambda: _load_result(path)  # noqa: E731 - read when asked for
+        return m.TaskModel(fields, loader)
+
+    def get(self, task_id: str) -> m.TaskModel | None:
+        """The task ``task_id`` (None if there is none); a dead claim is settled first."""
+        rows = self._read(f"{_SELECT} WHERE id = ?", (task_id,))
+        if not rows:
+            return None
+        if rows[0][_COLUMNS.index("status")] == m.IN_PROGRESS and self.settle([task_id]):
+            rows = self._read(f"{_SELECT} WHERE id = ?", (task_id,))
+        return self._model(rows[0])
+
+    def need(self, task_id: str, what: str = "task") -> m.TaskModel:
+        """The task ``task_id``, or :class:`TaskNotFoundError`."""
+        task = self.get(task_id)
+        if task is None:
+            raise TaskNotFoundError(
+                f"no {what} with id {task_id!r} in the task store {str(self.path)!r}."
+                f"{did_you_mean(task_id, self.ids())}", task_id)
+        return task
+
+    def many(self, ids: Iterable[str]) -> dict[str, m.TaskModel]:
+        """The tasks among ``ids`` that exist, by id (dead claims settled)."""
+        ids = list(dict.fromkeys(ids))
+        out: dict[str, m.TaskModel] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows = self._read(f"{_SELECT} WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            stuck = [r[0] for r in rows if r[_COLUMNS.index("status")] == m.IN_PROGRESS]
+            if stuck and self.settle(stuck):
+                rows = self._read(
+                    f"{_SELECT} WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            out.update((r[0], self._model(r)) for r in rows)
+        return out
+
+    def ids(self) -> list[str]:
+        """Every task id (for suggestions)."""
+        return [r[0] for r in self._read("SELECT id FROM tasks ORDER BY seq")]
+
+    def children(self, parent_ids: Sequence[str]) -> list[m.TaskModel]:
+        """The tasks whose ``parent_id`` is one of ``parent_ids``, in creation order."""
+        out: list[m.TaskModel] = []
+        for start in range(0, len(parent_ids), 500):
+            chunk = list(parent_ids[start:start + 500])
+            out += [self._model(r) for r in self._read(
+                f"{_SELECT} WHERE parent_id IN ({','.join('?' * len(chunk))}) ORDER BY seq",
+                chunk)]
+        return out
+
+    def query(self, where: Mapping[str, Any], limit: int | None = None,
+              offset: int = 0, order: str = "seq") -> list[m.TaskModel]:
+        """Tasks whose fields equal ``where`` (None matches NULL), oldest first."""
+        clauses, args = [], []
+        for name, value in where.items():
+            if name not in _COLUMNS:
+                raise ParameterError(
+                    f"tasks cannot be looked up by {name!r}.{did_you_mean(name, m.FIELDS)}")
+            if value is None:
+                clauses.append(f"{name} IS NULL")
+            else:
+                clauses.append(f"{name} = ?")
+                args.append(value)
+        sql = _SELECT + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
+        sql += f" ORDER BY {order}"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            args += [int(limit), int(offset)]
+        rows = self._read(sql, args)
+        stuck = [r[0] for r in rows if r[_COLUMNS.index("status")] == m.IN_PROGRESS]
+        if stuck and self.settle(stuck):
+            return self.query(where, limit, offset, order)
+        return [self._model(r) for r in rows]
+
+    # -- writes ----------------------------------------------------------------------------------
+    def insert(self, fields: Mapping[str, Any]) -> m.TaskModel:
+        """Add a task (fields already checked); its parent is marked ``has_children``."""
+        row = _row(fields)
+        with self._tx() as db:
+            try:
+                db.execute(f"INSERT INTO tasks ({', '.join(row)}) VALUES "
+                           f"({', '.join('?' * len(row))})", list(row.values()))
+            except sqlite3.IntegrityError as exc:
+                raise ParameterError(
+                    f"a task with id {fields['id']!r} exists already in the task store; "
+                    f"leave id out to get a new one.") from exc
+            if fields.get("parent_id"):
+                db.execute("UPDATE tasks SET has_children = 1 WHERE id = ?",
+                           (fields["parent_id"],))
+        return self.need(fields["id"])
+
+    def insert_many(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Add several checked tasks in one transaction (copies, archives)."""
+        if not rows:
+            return
+        with self._tx() as db:
+            for fields in rows:
+                row = _row(fields)
+                db.execute(f"INSERT INTO tasks ({', '.join(row)}) VALUES "
+                           f"({', '.join('?' * len(row))})", list(row.values()))
+            parents = {f["parent_id"] for f in rows if f.get("parent_id")}
+            for p in parents:
+                db.execute("UPDATE tasks SET has_children = 1 WHERE id = ?", (p,))
+
+    def update(self, task_id: str, fields: Mapping[str, Any],
+               when: Mapping[str, Any] | None = None) -> bool:
+        """Change fields of a task (already checked), optionally only if ``when`` holds.
+
+        Returns:
+            Whether the task was changed (False: it does not exist or ``when`` failed).
+        """
+        row = _row(fields)
+        row["updated_at"] = now().isoformat()
+        sets = ", ".join(f"{k} = ?" for k in row) + ", version = version + 1"
+        args = list(row.values())
+        sql = f"UPDATE tasks SET {sets} WHERE id = ?"
+        args.append(task_id)
+        for k, v in (when or {}).items():
+            if isinstance(v, tuple):
+                sql += f" AND {k} IN ({','.join('?' * len(v))})"
+                args += list(v)
+            else:
+                sql += f" AND {k} = ?"
+                args.append(v)
+        with self._tx() as db:
+            changed = db.execute(sql, args).rowcount > 0
+            if changed and fields.get("parent_id"):
+                db.execute("UPDATE tasks SET has_children = 1 WHERE id = ?",
+                           (fields["parent_id"],))
+        return changed
+
+    def delete(self, task_id: str) -> bool:
+        """Remove a task (and its result file)."""
+        task = self._read("SELECT result_file, parent_id FROM tasks WHERE id = ?", (task_id,))
+        if not task:
+            return False
+        with self._tx() as db:
+            db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+            parent = task[0][1]
+            if parent:
+                db.execute("UPDATE tasks SET has_children = EXISTS (SELECT 1 FROM tasks "
+                           "WHERE parent_id = ?) WHERE id = ?", (parent, parent))
+        if task[0][0]:
+            with contextlib.suppress(OSError):
+                (self.results_dir / task[0][0]).unlink()
+        return True
+
+    # -- the lifecycle ---------------------------------------------------------------------------
+    def claim(self, task_id: str, owner: str) -> str:
+        """Try to start the task for ``owner``.
+
+        Returns:
+            ``'claimed'`` (it is now ``in_progress``, owned by ``owner``), ``'busy'``
+            (another live process runs it), or its final status (``'completed'``,
+            ``'failed'``, ``'cancelled'``): it must not run again here.
+        """
+        stamp = now().isoformat()
+        with self._tx() as db:
+            row = db.execute("SELECT status, owner FROM tasks WHERE id = ?",
+                             (task_id,)).fetchone()
+            if row is None:
+                raise TaskNotFoundError(
+                    f"the task {task_id!r} was deleted from the task store while its tree "
+                    f"ran.", task_id)
+            status, held = row
+            if status == m.IN_PROGRESS and held != owner:
+                if Owner.alive(held):
+                    return "busy"
+                status = m.PENDING  # a dead process's claim: taken over
+            if status in m.FINAL:
+                return str(status)
+            db.execute("UPDATE tasks SET status = ?, owner = ?, started_at = ?, "
+                       "updated_at = ?, error = NULL, version = version + 1 WHERE id = ?",
+                       (m.IN_PROGRESS, owner, stamp, stamp, task_id))
+        return "claimed"
+
+    def signature(self, task_id: str) -> tuple[str, int] | None:
+        """(status, version) of the task: changes whenever the task does."""
+        rows = self._read("SELECT status, version FROM tasks WHERE id = ?", (task_id,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def complete(self, task_id: str, owner: str, result: Any) -> bool:
+        """Commit the result of a claimed task; False if it is no longer ``owner``'s."""
+        text, file = self._keep(task_id, result)
+        stamp = now().isoformat()
+        with self._tx() as db:
+            changed = db.execute(
+                "UPDATE tasks SET status = ?, result = ?, result_file = ?, error = NULL, "
+                "progress = 1.0, completed_at = ?, updated_at = ?, owner = NULL, "
+                "version = version + 1 WHERE id = ? AND status = ? AND owner = ?",
+                (m.COMPLETED, text, file, stamp, stamp, task_id, m.IN_PROGRESS,
+                 owner)).rowcount > 0
+        if not changed and file:
+            with contextlib.suppress(OSError):
+                (self.results_dir / file).unlink()
+        return changed
+
+    def fail(self, task_id: str, owner: str | None, error: str, result: Any = None,
+             status: str = m.FAILED) -> bool:
+        """Mark a task failed (or cancelled) with ``error``; only its owner's claim if given."""
+        text, file = self._keep(task_id, result)
+        stamp = now().isoformat()
+        sql = ("UPDATE tasks SET status = ?, error = ?, result = ?, result_file = ?, "
+               "completed_at = ?, updated_at = ?, owner = NULL, version = version + 1 "
+               "WHERE id = ?")
+        args: list[Any] = [status, error, text, file, stamp, stamp, task_id]
+        if owner is not None:
+            sql += " AND status = ? AND owner = ?"
+            args += [m.IN_PROGRESS, owner]
+        with self._tx() as db:
+            return db.execute(sql, args).rowcount > 0
+
+    def release(self, task_id: str, owner: str) -> None:
+        """Give a claim back (the attempt ended without an outcome): pending again."""
+        with self._tx() as db:
+            db.execute("UPDATE tasks SET status = ?, owner = NULL, version = version + 1 "
+                       "WHERE id = ? AND status = ? AND owner = ?",
+                       (m.PENDING, task_id, m.IN_PROGRESS, owner))
+
+    def set_inputs(self, task_id: str, inputs: Mapping[str, Any]) -> None:
+        """Save the inputs a task runs with (merged with its dependencies' results)."""
+        with self._tx() as db:
+            db.execute("UPDATE tasks SET inputs = ? WHERE id = ?",
+                       (m.dumps(_json_view(inputs)), task_id))
+
+    def settle(self, ids: Iterable[str]) -> int:
+        """Mark ``failed`` the tasks among ``ids`` left ``in_progress`` by a dead process.
+
+        Returns:
+            How many were settled.
+        """
+        ids = list(ids)
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows += self._read(f"SELECT id, owner FROM tasks WHERE status = ? AND id IN "
+                               f"({','.join('?' * len(chunk))})", [m.IN_PROGRESS, *chunk])
+        dead = [(i, o) for i, o in rows if not Owner.alive(o)]
+        settled = 0
+        for task_id, owner in dead:
+            settled += self.fail(
+                task_id, owner,
+                f"interrupted: the process running it (pid {Owner.pid(owner)}) ended before "
+                f"it finished. Run its tree again to run it again.")
+        return settled
+
+    def reset_for_rerun(self, ids: Iterable[str]) -> list[str]:
+        """Make the failed and cancelled tasks among ``ids`` pending again (a re-run).
+
+        Returns:
+            The ids reset.
+        """
+        ids = list(ids)
+        reset: list[str] = []
+        stamp = now().isoformat()
+        with self._tx() as db:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                found = db.execute(
+                    f"SELECT id FROM tasks WHERE status IN (?, ?) AND origin_type != "
+                    f"'archive' AND id IN ({marks})", [m.FAILED, m.CANCELLED, *chunk]
+                ).fetchall()
+                reset += [r[0] for r in found]
+                db.execute(
+                    f"UPDATE tasks SET status = ?, error = NULL, result = NULL, "
+                    f"result_file = NULL, progress = 0, completed_at = NULL, updated_at = ?,"
+                    f" version = version + 1 WHERE status IN (?, ?) AND origin_type != "
+                    f"'archive' AND id IN ({marks})",
+                    [m.PENDING, stamp, m.FAILED, m.CANCELLED, *chunk])
+        return reset
+
+    # -- results ---------------------------------------------------------------------------------
+    def _keep(self, task_id: str, result: Any) -> tuple[str | None, str | None]:
+        """(JSON text, file name) to store ``result`` as; a file is written first, atomically."""
+        if result is None:
+            return None, None
+        if m.is_json(result):
+            text = m.dumps(result)
+            if len(text) <= INLINE_LIMIT:
+                return text, None
+        name = f"{task_id}-{uuid.uuid4().hex[:8]}.pkl"
+        try:
+            data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - a result that cannot be kept at all
+            raise ParameterError(
+                f"the result of task {task_id!r} (a {type(result).__qualname__}) can be stored "
+                f"neither as JSON nor pickled: {exc}. Return plain values, a DataFrame, or "
+                f"an object pickle can save.") from exc
+        def write(path: pathlib.Path) -> None:
+            pathlib.Path(path).write_bytes(data)
+
+        write_atomic(self.results_dir / name, write)
+        return None, name
+
+
+def _load_result(path: pathlib.Path) -> Any:
+    try:
+        with open(path, "rb") as fh:
+            return pickle.load(fh)  # noqa: S301 - written by this store
+    except OSError as exc:
+        raise TaskStoreError(
+            f"the result file {str(path)!r} of a task is gone or unreadable: {exc}. Run the "
+            f"task again (reset it with update_task(id, status='pending')).") from exc
+
+
+def _row(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Store columns for checked task fields."""
+    row: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name in m.JSON_FIELDS:
+            if name == "result" and value is not None and not m.is_json(value):
+                raise ParameterError("a result that is not JSON is stored by complete().")
+            row[name] = None if value is None else m.dumps(value)
+        elif name in m.TIME_FIELDS:
+            row[name] = _iso(value)
+        elif name in ("has_children", "has_references"):
+            row[name] = int(bool(value))
+        else:
+            row[name] = value
+    return row
+
+
+def _json_view(value: Any) -> Any:
+    """``value`` with what is not JSON replaced by a short description (saved inputs)."""
+    if m.is_json(value):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _json_view(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_view(v) for v in value]
+    return f"<{type(value).__qualname__}: not stored as JSON>"
+
+
+#: stores opened in this process, by path (one object per file)
+_OPEN: dict[pathlib.Path, TaskStore] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def open_store(path: str | os.PathLike[str] | None = None) -> TaskStore:
+    """The store at ``path`` (default: ``tasks.db`` in the data dir's ``.pipeflow`` folder)."""
+    if path is None:
+        path = settings.dirpath / ".pipeflow" / DEFAULT_NAME
+    elif not isinstance(path, (str, os.PathLike)) or not os.fspath(path).strip():
+        raise ParameterError(
+            f"create_session() takes the path of an SQLite file (or nothing, for the data "
+            f"dir's default), not {path!r}.")
+    if "://" in os.fspath(path):
+        raise ParameterError(
+            f"create_session() takes a file path, not the URL {os.fspath(path)!r}: pipeflow's "
+            f"task store is an SQLite file (e.g. create_session('tasks.db')).")
+    key = pathlib.Path(path).absolute()
+    with _OPEN_LOCK:
+        store = _OPEN.get(key)
+        if store is None:
+            store = _OPEN[key] = TaskStore(key)
+        return store
