@@ -204,3 +204,43 @@ def test_a_tree_runs_on_the_engine_and_its_events_name_the_executor(tmp_path):
     assert started == ["core_fetch", "core_total"]
     assert result.success and len(result.by_state("completed")) == 2
     assert m.COMPLETED == "completed"
+
+
+def test_a_result_file_stays_in_the_results_folder_whatever_the_task_id(db):
+    t = _new(db, id="../../escape/..\\x")
+    me = Owner.make("run")
+    db.claim(t.id, me)
+    db.complete(t.id, me, {1, 2, 3})  # a set: not JSON, so a file
+    files = [p for p in db.path.parent.rglob("*.pkl")]
+    assert len(files) == 1 and files[0].parent == db.results_dir
+    assert db.get(t.id).result == {1, 2, 3}
+
+
+def test_trees_run_on_process_workers_too(tmp_path):
+    @executor("core_pid")
+    def pid(inputs):
+        return {"pid": os.getpid(), "i": inputs["i"]}
+
+    async def main():
+        tm = TaskManager(create_session(tmp_path / "t.db"), workers=2, executor="process")
+        repo = tm.task_repository
+        root = await repo.create_task(name="core_pid", inputs={"i": 0})
+        node = TaskTreeNode(root)
+        for i in range(1, 4):
+            node.add_child(TaskTreeNode(await repo.create_task(
+                name="core_pid", parent_id=root.id, inputs={"i": i})))
+        await tm.distribute_task_tree(node)
+        return [n.task for n in node]
+
+    try:
+        rows = asyncio.run(main())
+    finally:
+        unregister("core_pid")
+    assert [r.status for r in rows] == ["completed"] * 4
+    assert sorted(r.result["i"] for r in rows) == [0, 1, 2, 3]
+    assert all(r.result["pid"] != os.getpid() for r in rows)
+
+
+def test_a_bad_executor_kind_is_refused(db):
+    with pytest.raises(pipeflow.errors.ParameterError, match="'thread' or 'process'"):
+        TaskManager(db, executor="inline")

@@ -109,7 +109,10 @@ class TaskManager:
         post_hooks: functions called with ``(task, inputs, result)`` after it completed.
         executor_instances: accepted for apflow compatibility (unused).
         use_demo: accepted for apflow compatibility; True is refused (no demo results).
-        workers: how many tasks run at once (threads).
+        workers: how many tasks run at once.
+        executor: ``'thread'`` (default: async executors run on the caller's event loop,
+            plain ones on threads) or ``'process'`` (a pool of forked worker processes, for
+            CPU-bound executors; async executors then run on a loop in the worker).
 
     Attributes:
         task_repository: the stored tasks (:class:`TaskRepository`).
@@ -124,12 +127,15 @@ class TaskManager:
                  pre_hooks: Sequence[Callable[..., Any]] | None = None,
                  post_hooks: Sequence[Callable[..., Any]] | None = None,
                  executor_instances: Any = None, use_demo: bool = False, *,
-                 workers: int = DEFAULT_WORKERS) -> None:
+                 workers: int = DEFAULT_WORKERS, executor: str = "thread") -> None:
         if use_demo:
             raise ParameterError(
                 "use_demo=True is not supported: pipeflow runs the real executors. Register "
                 "stand-ins with @executor for a demo.")
-        RunOptions(workers=workers)
+        if executor not in ("thread", "process"):
+            raise ParameterError(
+                f"executor must be 'thread' or 'process' for task trees, not {executor!r}.")
+        RunOptions(workers=workers, executor=executor)
         self.db = db
         self.task_repository = TaskRepository(db)
         self.streaming_callbacks = StreamingCallbacks()
@@ -137,6 +143,7 @@ class TaskManager:
         self.pre_hooks = list(pre_hooks or ())
         self.post_hooks = list(post_hooks or ())
         self.workers = int(workers)
+        self.executor = executor
         self._tokens: dict[str, CancelToken] = {}
         self.last_result: RunResult | None = None
 
@@ -206,9 +213,10 @@ class TaskManager:
             sinks.append(stream)
         sinks.extend(callbacks)
         n = self.workers if workers is None else workers
-        options = RunOptions(workers=n, executor="thread", cancel=token, callbacks=sinks,
+        kind = self.executor if n > 1 else "thread"
+        options = RunOptions(workers=n, executor=kind, cancel=token, callbacks=sinks,
                              progress=progress, abort=False, execution_summary=summary,
-                             engine=LocalEngine(n, "thread", token))
+                             engine=LocalEngine(n, kind, token))
         roots = [made[n.task.id] for n in tree]
         try:
             self.last_result = await asyncio.to_thread(operations.run_with, roots, options)

@@ -501,7 +501,7 @@ class TaskStore:
             text = m.dumps(result)
             if len(text) <= INLINE_LIMIT:
                 return text, None
-        name = f"{task_id}-{uuid.uuid4().hex[:8]}.pkl"
+        name = f"{_safe(task_id)}-{uuid.uuid4().hex[:8]}.pkl"
         try:
             data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # noqa: BLE001 - a result that cannot be kept at all
@@ -514,6 +514,12 @@ class TaskStore:
 
         write_atomic(self.results_dir / name, write)
         return None, name
+
+
+def _safe(task_id: str) -> str:
+    """A file-name stem from a task id (ids are any text: never a path)."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_"
+                   for c in task_id)[:64] or "task"
 
 
 def _load_result(path: pathlib.Path) -> Any:
