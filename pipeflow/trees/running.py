@@ -169,12 +169,16 @@ def _call(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) -
 
     t = threading.Thread(target=body, name=f"pipeflow-tree-{spec.id}", daemon=True)
     t.start()
+    def ended(timeout: float) -> bool:
+        t.join(timeout)
+        return not t.is_alive()
+
     try:
-        _watch(lambda: not t.is_alive(), key, store)
+        _watch(ended, key, store)
     except BaseException:
         if t.is_alive() and t.ident is not None:
             raise_in_thread(t.ident, Interrupted)
-            t.join(1.0)
+            t.join(0.2)  # one blocked in a C call (a sleep) ends later; its result is dropped
         raise
     if "error" in box:
         raise box["error"]
@@ -195,7 +199,8 @@ def _await(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) 
         fut = pool.submit(asyncio.run, coro)  # type: ignore[arg-type]
         pool.shutdown(wait=False)
     try:
-        _watch(fut.done, task.key, task.store, cancelable=spec.cancelable)
+        _watch(lambda timeout: bool(concurrent.futures.wait([fut], timeout)[0]), task.key,
+               task.store, cancelable=spec.cancelable)
     except BaseException:
         fut.cancel()
         raise
@@ -205,13 +210,13 @@ def _await(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) 
         raise TaskCancelledError(CANCELS.get(task.key) or "Task was cancelled") from exc
 
 
-def _watch(done: Callable[[], bool], key: str, store: str, cancelable: bool = True) -> None:
-    """Wait until ``done()``; raise when the attempt is stopped or the task cancelled."""
+def _watch(done: Callable[[float], bool], key: str, store: str, cancelable: bool = True
+           ) -> None:
+    """Wait until ``done(timeout)`` says the call ended; raise if stopped or cancelled."""
     stop = _STOP.get()
     next_look = time.monotonic() + STORE_POLL
     db = open_store(store)
-    while not done():
-        time.sleep(POLL)
+    while not done(POLL):
         if stop is not None:
             stop.check()
         if not cancelable:
