@@ -13,7 +13,7 @@ import asyncio
 import os
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from pipeflow import operations
@@ -228,7 +228,7 @@ class TaskManager:
                 CANCELS.pop(task_id, None)
             LOOPS.pop(owner, None)
             self._tokens.pop(owner, None)
-            self._settle_claims(list(made), owner)
+            self.db.release_all(owner)  # claims of tasks it did not finish (it ended early)
         fresh = self.db.many(n.task.id for n in tree)
         for node in tree:
             node.task = fresh.get(node.task.id, node.task)
@@ -284,11 +284,6 @@ class TaskManager:
                 f"task {archived[0].id!r} is an archive that did not complete; archives are "
                 f"read-only and never run. Copy it (TaskCreator.from_copy) to run it.")
         return rows
-
-    def _settle_claims(self, ids: Iterable[str], owner: str) -> None:
-        """Tasks this run claimed but did not finish (it ended early): pending again."""
-        for task_id in ids:
-            self.db.release(task_id, owner)
 
     # -- cancelling ------------------------------------------------------------------------------
     async def cancel_task(self, task_id: str, error_message: str | None = None

@@ -62,7 +62,7 @@ class TreeTask(luigi.Task):
     Not made by users: ``TaskManager.distribute_task_tree`` makes one per stored task.
     """
 
-    store = luigi.Parameter(description="the task store's file")
+    store = luigi.Parameter(significant=False, description="the task store's file")
     key = luigi.Parameter(description="the stored task's id")
     claim = luigi.Parameter(default="", significant=False,
                             description="the owner its claim is made as (one per run)")

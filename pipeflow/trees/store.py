@@ -439,6 +439,17 @@ class TaskStore:
                        "WHERE id = ? AND status = ? AND owner = ?",
                        (m.PENDING, task_id, m.IN_PROGRESS, owner))
 
+    def release_all(self, owner: str) -> int:
+        """Give back every claim of ``owner`` still open (its run ended early): pending again.
+
+        Returns:
+            How many tasks were given back.
+        """
+        with self._tx() as db:
+            return db.execute("UPDATE tasks SET status = ?, owner = NULL, version = version + 1 "
+                              "WHERE status = ? AND owner = ?",
+                              (m.PENDING, m.IN_PROGRESS, owner)).rowcount
+
     def set_inputs(self, task_id: str, inputs: Mapping[str, Any]) -> None:
         """Save the inputs a task runs with (merged with its dependencies' results)."""
         with self._tx() as db:
