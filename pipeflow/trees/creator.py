@@ -278,7 +278,7 @@ class TaskCreator:
             data = original if t.origin_type == "link" else t  # a link's data is its original's
             deps = [{"id": new_id[d["id"]], "required": bool(d["required"])}
                     for d in t.dependencies if d["id"] in new_id]
-            parent = None if t is root else new_id.get(str(t.parent_id), tree_id)
+            parent = None if t.id == root.id else new_id.get(str(t.parent_id), tree_id)
             row: dict[str, Any] = {
                 "id": new_id[t.id], "name": t.name, "user_id": t.user_id,
                 "parent_id": parent, "priority": t.priority, "dependencies": deps,
@@ -414,13 +414,18 @@ def _checked_overrides(kind: str, overrides: Mapping[str, Any]) -> dict[str, Any
 
 
 def _all_completed(tasks: list[m.TaskModel], kind: str) -> None:
-    """Refuse to link or archive a task that is not completed."""
-    for t in tasks:
-        if t.status != m.COMPLETED:
-            raise ParameterError(
-                f"only a fully completed task tree can be {_DONE[kind]}: task {t.name!r} ({t.id}) "
-                f"is {t.status}. Run the tree until every task completed, or copy it "
-                f"(from_copy), which works in any state.")
+    """Refuse to link or archive a task that is not completed (naming a failed one first)."""
+    rank = {m.FAILED: 0, m.CANCELLED: 0, m.IN_PROGRESS: 1}
+    unfinished = sorted((t for t in tasks if t.status != m.COMPLETED),
+                        key=lambda t: rank.get(t.status, 2))
+    if unfinished:
+        t = unfinished[0]
+        more = (f" (and {len(unfinished) - 1} other task(s) are not completed)"
+                if len(unfinished) > 1 else "")
+        raise ParameterError(
+            f"only a fully completed task tree can be {_DONE[kind]}: task {t.name!r} ({t.id}) "
+            f"is {t.status}{more}. Run the tree until every task completed, or copy it "
+            f"(from_copy), which works in any state.")
 
 
 def _check_owner(tasks: list[m.TaskModel], user_id: str | None) -> None:
