@@ -363,7 +363,12 @@ def test_link_of_a_completed_tree_shares_its_results(tm, creator):
     assert set(c) == {root.id, a.id, b.id}
     assert not {t.id for t in link.to_list()} & {root.id, a.id, b.id}
     assert {t.origin_type for t in link.to_list()} == {"link"}
-    assert {t.status for t in link.to_list()} == {"completed"}
+    assert {(t.status, t.progress, t.error) for t in link.to_list()} == {
+        ("completed", 1.0, None)}
+    done_a = run(tm.task_repository.get_task_by_id(a.id))
+    assert (c[a.id].started_at, c[a.id].completed_at) == (done_a.started_at,
+                                                         done_a.completed_at)
+    assert link.calculate_status() == "completed" and link.calculate_progress() == 1.0
     assert c[b.id].dependencies == [{"id": c[a.id].id, "required": True}]
     assert c[a.id].parent_id == link.task.id and link.task.parent_id is None
     # the row holds no data of its own ...

@@ -34,7 +34,7 @@ from pipeflow.trees.store import TaskStore, now
 OVERRIDES = ("name", "user_id", "priority", "inputs", "params", "schemas")
 #: overrides a link takes (a link holds no inputs, params or schemas of its own)
 LINK_OVERRIDES = ("name", "user_id", "priority")
-#: the state an archive keeps from its source
+#: the state a link or an archive keeps from its source
 _KEEP_STATE = ("status", "error", "progress", "started_at", "completed_at")
 
 #: what each way does, for messages
@@ -289,8 +289,8 @@ class TaskCreator:
                 "original_task_id": original.id, "origin_type": what,
                 "has_references": False,
             }
-            if what == "link":
-                row["status"] = t.status
+            if what == "link":  # the state is the original's; the data stays there
+                row.update({f: getattr(t, f) for f in _KEEP_STATE})
             else:
                 row["params"] = copy.deepcopy(data.params)
                 row["schemas"] = copy.deepcopy(data.schemas)
