@@ -283,6 +283,19 @@ def test_include_dependents_adds_the_tasks_depending_on_the_copied_ones(tm, crea
     assert y.id not in {t.original_task_id for t in without.to_list()}
 
 
+def test_include_dependents_follows_dependents_of_dependents(tm, creator):
+    root, x, s, s1, y = subtree_case(tm)
+    z = run(tm.task_repository.create_task(name="cr_step", parent_id=x.id,
+                                           inputs={"label": "z"}, dependencies=[y.id]))
+    copy = run(creator.from_copy(s, _include_dependents=True))
+    c = {t.original_task_id: t for t in copy.to_list()}
+    assert set(c) == {s.id, s1.id, x.id, y.id, z.id}
+    assert c[z.id].dependencies == [{"id": c[y.id].id, "required": True}]
+    assert c[z.id].parent_id == c[x.id].id  # its parent was taken too: kept under it
+    ran(tm, copy)
+    assert CALLS.index("y") > CALLS.index("s") and CALLS.index("z") > CALLS.index("y")
+
+
 def test_copy_overrides_apply_to_every_task_and_are_checked(tm, creator):
     root, a, b = make_tree(tm)
     copy = run(creator.from_copy(root, user_id="u2", priority=0))
@@ -348,9 +361,24 @@ def test_save_task_tree_checks_edited_fields(tm, creator):
         run(creator.save_task_tree(draft))
     draft.task.priority = 2
     draft.task.dependencies = [{"id": "missing", "required": True}]
-    with pytest.raises(TaskNotFoundError, match=r"a dependency of task 'cr_step' does not "
-                                                r"exist: no task has the id 'missing'"):
+    with pytest.raises(TaskNotFoundError, match=r"task 'cr_step' \(.*\) names the task "
+                                                r"'missing' \(a dependency or its parent\), "
+                                                r"which is neither in this tree nor in the "
+                                                r"task store"):
         run(creator.save_task_tree(draft))
+
+
+def test_an_unsaved_mixed_tree_saves_its_links_without_results(tm, creator, db):
+    root, a, b = make_tree(tm)
+    ran(tm, node_of(tm.task_repository, root))
+    draft = run(creator.from_mixed(root, _save=False, _link_task_ids=[a.id]))
+    link = next(t for t in draft.to_list() if t.origin_type == "link")
+    assert link.result == {"out_a": 1}  # read (resolved) before saving
+    saved = run(creator.save_task_tree(draft))
+    assert db._read("SELECT result FROM tasks WHERE id = ?", (link.id,)) == [(None,)]
+    CALLS.clear()
+    ran(tm, saved)
+    assert CALLS == ["b", "root"]
 
 
 # -- link -----------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from pipeflow.errors import LinkDeniedError, ParameterError, did_you_mean
+from pipeflow.errors import LinkDeniedError, ParameterError, TaskNotFoundError, did_you_mean
 from pipeflow.trees import model as m
 from pipeflow.trees.node import TaskTreeNode
 from pipeflow.trees.repository import TaskRepository
@@ -218,13 +218,17 @@ class TaskCreator:
                 f"task {next(iter(stored))!r} of this tree is stored already: "
                 f"save_task_tree() saves a tree made with _save=False, once.")
         ids = {t.id for t in tasks}
-        rows = []
-        for t in tasks:
-            row = _checked_row(t)
-            outside = [d["id"] for d in row["dependencies"] if d["id"] not in ids]
-            if outside:
-                self.task_repository._check_exist(outside, f"task {t.name!r}", "a dependency")
-            rows.append(row)
+        rows = [_checked_row(t) for t in tasks]
+        named = {(r["name"], r["id"], d["id"]) for r in rows for d in r["dependencies"]
+                 if d["id"] not in ids}
+        named |= {(r["name"], r["id"], r["parent_id"]) for r in rows
+                  if r["parent_id"] is not None and r["parent_id"] not in ids}
+        found = self.db.many(i for _, _, i in named)
+        for name, task_id, missing in sorted(n for n in named if n[2] not in found):
+            raise TaskNotFoundError(
+                f"task {name!r} ({task_id}) names the task {missing!r} (a dependency or "
+                f"its parent), which is neither in this tree nor in the task store. Fix it "
+                f"before saving.", missing)
         referenced = [t.original_task_id for t in tasks if t.original_task_id]
         return self._store(rows, referenced, task_tree.task.id)
 
@@ -247,8 +251,8 @@ class TaskCreator:
                 f"from_{kind}() takes a task (from get_task_by_id or create_task) or its id, "
                 f"not {source!r}.")
         over = _checked_overrides(kind, overrides)
-        root = self.db.need(source_id)
-        chosen = self._select(root, kind, recursive, auto_deps, dependents)
+        src = self.db.need(source_id)
+        chosen = self._select(src, kind, recursive, auto_deps, dependents)
         if links is None:  # from_link: every task is a link
             links = [t.id for t in chosen]
         link_set = set(links)
@@ -267,7 +271,7 @@ class TaskCreator:
             _check_owner([t for t in chosen if t.id in link_set], over["user_id"])
 
         new_id = {t.id: str(uuid.uuid4()) for t in chosen}
-        tree_id = new_id[root.id]
+        tree_id = new_id[src.id]
         stamp = now()
         originals = {t.id: self._original(t) for t in chosen}
         rows: list[dict[str, Any]] = []
@@ -278,7 +282,7 @@ class TaskCreator:
             data = original if t.origin_type == "link" else t  # a link's data is its original's
             deps = [{"id": new_id[d["id"]], "required": bool(d["required"])}
                     for d in t.dependencies if d["id"] in new_id]
-            parent = None if t.id == root.id else new_id.get(str(t.parent_id), tree_id)
+            parent = None if t.id == src.id else new_id.get(str(t.parent_id), tree_id)
             row: dict[str, Any] = {
                 "id": new_id[t.id], "name": t.name, "user_id": t.user_id,
                 "parent_id": parent, "priority": t.priority, "dependencies": deps,
@@ -296,7 +300,7 @@ class TaskCreator:
                 row["schemas"] = copy.deepcopy(data.schemas)
                 inputs = copy.deepcopy(dict(data.inputs or {}))
                 if what == "copy":  # what a run merged in under a dependency's id
-                    for d in t.dependencies:
+                    for d in (*t.dependencies, *data.dependencies):
                         inputs.pop(d["id"], None)
                 else:
                     row.update({f: getattr(t, f) for f in _KEEP_STATE})
@@ -442,7 +446,9 @@ def _check_owner(tasks: list[m.TaskModel], user_id: str | None) -> None:
 def _checked_row(task: m.TaskModel) -> dict[str, Any]:
     """The fields of an unsaved task, checked (save_task_tree)."""
     who = f"task {task.name!r} ({task.id})"
-    row = {f: getattr(task, f) for f in m.FIELDS}
+    row = {f: getattr(task, f) for f in m.FIELDS if f != "result"}
+    # a link holds no result of its own (what it reads is its original's)
+    row["result"] = None if row["origin_type"] == "link" else task.result
     row["name"] = m.check_name(row["name"])
     row["priority"] = m.check_priority(row["priority"], who)
     row["status"] = m.check_status(row["status"], who)
@@ -451,8 +457,11 @@ def _checked_row(task: m.TaskModel) -> dict[str, Any]:
         row[name] = m.check_json(row[name], name, who)
     if not isinstance(row["inputs"], Mapping):
         raise ParameterError(f"inputs of {who} must be a dict, not {row['inputs']!r}.")
-    if row["origin_type"] == "link" and row["result"] is not None:
-        raise ParameterError(f"{who} is a link: it holds no result of its own.")
+    if row["user_id"] is not None and not isinstance(row["user_id"], str):
+        raise ParameterError(f"user_id of {who} must be a string, not {row['user_id']!r}.")
+    if row["origin_type"] not in m.ORIGINS:
+        raise ParameterError(f"origin_type of {who} must be one of {', '.join(m.ORIGINS)}, "
+                             f"not {row['origin_type']!r}.")
     return row
 
 
@@ -462,5 +471,5 @@ def _tree(tasks: list[m.TaskModel], root_id: str) -> TaskTreeNode:
     root = nodes[root_id]
     for t in tasks:
         if t.id != root.task.id:
-            nodes[str(t.parent_id)].add_child(nodes[t.id])
+            nodes.get(str(t.parent_id), root).add_child(nodes[t.id])
     return root
