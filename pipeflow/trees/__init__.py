@@ -17,6 +17,7 @@ Example:
     ...     return (await tm.task_repository.get_task_by_id(t.id)).result
 """
 
+from pipeflow.trees.creator import TaskCreator
 from pipeflow.trees.executors import ExecutorSpec, executor, system_info_executor
 from pipeflow.trees.manager import StreamingCallbacks, TaskManager, create_session, run_sync
 from pipeflow.trees.model import STATUSES, TaskModel
@@ -24,6 +25,6 @@ from pipeflow.trees.node import TaskTreeNode
 from pipeflow.trees.repository import TaskRepository
 from pipeflow.trees.store import TaskStore
 
-__all__ = ["STATUSES", "ExecutorSpec", "StreamingCallbacks", "TaskManager", "TaskModel",
-           "TaskRepository", "TaskStore", "TaskTreeNode", "create_session", "executor",
-           "run_sync", "system_info_executor"]
+__all__ = ["STATUSES", "ExecutorSpec", "StreamingCallbacks", "TaskCreator", "TaskManager",
+           "TaskModel", "TaskRepository", "TaskStore", "TaskTreeNode", "create_session",
+           "executor", "run_sync", "system_info_executor"]

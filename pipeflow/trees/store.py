@@ -23,7 +23,7 @@ import socket
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import psutil
@@ -222,7 +222,22 @@ class TaskStore:
         if r["result_file"]:
             path = self.results_dir / r["result_file"]
             loader = lambda: _load_result(path)  # noqa: E731 - read when asked for
+        elif (r["origin_type"] == "link" and r["result"] is None
+              and r["original_task_id"]):
+            loader = self.link_result_loader(r["id"], r["original_task_id"])
         return m.TaskModel(fields, loader)
+
+    def link_result_loader(self, link_id: str, original_id: str) -> Callable[[], Any]:
+        """What reads a link's result: its original's (a link holds no result of its own)."""
+        def load() -> Any:
+            original = self.get(original_id)
+            if original is None:
+                raise TaskStoreError(
+                    f"task {link_id!r} is a link to task {original_id!r}, which is no longer "
+                    f"in the task store {str(self.path)!r}, so it has no result. Delete the "
+                    f"link, or copy a tree that still has the original.")
+            return original.result
+        return load
 
     def get(self, task_id: str) -> m.TaskModel | None:
         """The task ``task_id`` (None if there is none); a dead claim is settled first."""
@@ -311,18 +326,50 @@ class TaskStore:
                            (fields["parent_id"],))
         return self.need(fields["id"])
 
-    def insert_many(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Add several checked tasks in one transaction (copies, archives)."""
-        if not rows:
+    def insert_many(self, rows: Sequence[Mapping[str, Any]],
+                    referenced: Iterable[str] = ()) -> None:
+        """Add several checked tasks in one transaction (copies, links, archives).
+
+        A result that is not JSON (or too large) is written to its file first.
+
+        Args:
+            rows: the new tasks' fields.
+            referenced: ids of existing tasks to mark ``has_references`` in the same
+                transaction (the tasks the new ones were made from).
+        """
+        todo = [dict(f) for f in rows]
+        if not todo:
             return
-        with self._tx() as db:
-            for fields in rows:
-                row = _row(fields)
-                db.execute(f"INSERT INTO tasks ({', '.join(row)}) VALUES "
-                           f"({', '.join('?' * len(row))})", list(row.values()))
-            parents = {f["parent_id"] for f in rows if f.get("parent_id")}
-            for p in parents:
-                db.execute("UPDATE tasks SET has_children = 1 WHERE id = ?", (p,))
+        files: list[str] = []
+        try:
+            for fields in todo:
+                result = fields.get("result")
+                if result is not None and not (m.is_json(result)
+                                               and len(m.dumps(result)) <= INLINE_LIMIT):
+                    _, file = self._keep(fields["id"], result)
+                    fields["result"], fields["result_file"] = None, file
+                    files.append(str(file))
+            with self._tx() as db:
+                for fields in todo:
+                    row = _row(fields)
+                    try:
+                        db.execute(f"INSERT INTO tasks ({', '.join(row)}) VALUES "
+                                   f"({', '.join('?' * len(row))})", list(row.values()))
+                    except sqlite3.IntegrityError as exc:
+                        raise ParameterError(
+                            f"a task with id {fields['id']!r} exists already in the task "
+                            f"store; nothing was added.") from exc
+                parents = {f["parent_id"] for f in todo if f.get("parent_id")}
+                for p in parents:
+                    db.execute("UPDATE tasks SET has_children = 1 WHERE id = ?", (p,))
+                for task_id in dict.fromkeys(referenced):
+                    db.execute("UPDATE tasks SET has_references = 1 WHERE id = ?",
+                               (task_id,))
+        except BaseException:
+            for file in files:
+                with contextlib.suppress(OSError):
+                    (self.results_dir / file).unlink()
+            raise
 
     def update(self, task_id: str, fields: Mapping[str, Any],
                when: Mapping[str, Any] | None = None) -> bool:
