@@ -284,6 +284,9 @@ class TreeContract:
         self.retry_delay = float(params.get("retry_delay", spec.retry_delay if spec else 0))
         timeout = params.get("timeout", spec.timeout if spec else None)
         self.timeout = None if timeout is None else float(timeout)
+        #: where the timeout is set, for the error when it fires (not the TreeTask class)
+        self.timeout_setting = (f"@executor({row.executor_id!r}, timeout=...) or the task's "
+                                f"params['timeout']")
 
     def requirements(self) -> list[Any]:
         """Its dependencies."""
