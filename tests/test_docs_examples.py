@@ -3,7 +3,8 @@
 Each page (README.md, docs/*.md) is one test. Its Python blocks run top to bottom in one
 namespace, as a script runs them: in a scratch folder, with pipeflow as a fresh interpreter
 has it (its real default settings, read from a fresh interpreter, with the data dir
-``data``; an empty in-memory cache; only the built-in task-tree executors registered). Blocks in other languages (bash, text, toml) are not run.
+``data``; an empty in-memory cache; only the built-in task-tree executors registered).
+Blocks in other languages (bash, text, toml) are not run.
 
 A block may ``await`` at top level, as a notebook cell (or ``python -m asyncio``) may: it
 then runs with ``asyncio.run``, each such block on a new event loop.
