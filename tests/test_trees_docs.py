@@ -239,3 +239,39 @@ def test_a_tree_task_timeout_says_where_its_timeout_is_set(tmp_path):
     assert "ran longer than its timeout of 0.2s" in row.error
     assert "TreeTask.timeout" not in row.error  # a class the user never wrote
     assert "Raise @executor('docs-slow', timeout=...) or the task's params['timeout']" in row.error
+
+
+def test_post_hooks_are_not_called_for_a_task_cancelled_while_it_ran(tmp_path):
+    # the page: post_hooks are "called with the task, its inputs and its result after it
+    # completed"; a task cancelled while its (not cancelable) executor ran never completes
+    started = asyncio.Event()
+    hooked = []
+
+    @executor("docs-uncancelable")
+    def work(inputs):
+        loop.call_soon_threadsafe(started.set)
+        for _ in range(20):
+            time.sleep(0.02)
+        return {"done": True}
+
+    async def main():
+        tm = TaskManager(create_session(tmp_path / "t.db"),
+                         post_hooks=[lambda task, inputs, result: hooked.append(task.id)])
+        task = await tm.task_repository.create_task(id="w", name="docs-uncancelable")
+
+        async def cancel():
+            await started.wait()
+            return await tm.cancel_task("w")
+
+        _, reply = await asyncio.gather(tm.distribute_task_tree(TaskTreeNode(task)), cancel())
+        return reply, await tm.task_repository.get_task_by_id("w")
+
+    loop = asyncio.new_event_loop()
+    try:
+        reply, row = loop.run_until_complete(main())
+    finally:
+        loop.close()
+        registry.unregister("docs-uncancelable")
+    assert reply == {"status": "cancelled", "message": "Cancelled by user"}
+    assert (row.status, row.error, row.result) == ("cancelled", "Cancelled by user", None)
+    assert hooked == []

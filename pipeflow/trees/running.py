@@ -91,6 +91,10 @@ class TreeTask(luigi.Task):
         result = _call(spec, inputs, self)
         if isinstance(result, Mapping) and "error" in result:
             raise TreeTaskError(str(result["error"]), dict(result))
+        sig = store.signature(self.key)
+        if sig is not None and sig[0] == m.CANCELLED:  # while it ran: no post hook, no result
+            now = store.get(self.key)
+            raise TaskCancelledError((now.error if now else None) or "Cancelled by user")
         for hook in post:
             _hook(hook, loop, row, inputs, result)
         self.__dict__["result"] = result
