@@ -3,7 +3,11 @@
 Each page (README.md, docs/*.md) is one test. Its Python blocks run top to bottom in one
 namespace, as a script runs them: in a scratch folder, with pipeflow as a fresh interpreter
 has it (its real default settings, read from a fresh interpreter, with the data dir
-``data``; an empty in-memory cache). Blocks in other languages (bash, text, toml) are not run.
+``data``; an empty in-memory cache; only the built-in task-tree executors registered).
+Blocks in other languages (bash, text, toml) are not run.
+
+A block may ``await`` at top level, as a notebook cell (or ``python -m asyncio``) may: it
+then runs with ``asyncio.run``, each such block on a new event loop.
 
 Markers are HTML comments on the line(s) directly above a code fence:
 
@@ -19,7 +23,8 @@ Markers are HTML comments on the line(s) directly above a code fence:
 ``<!-- process -->``
     the block starts another Python process in the same folder (sharing.md: the consumer
     imports what the producer exported): from there on, a new namespace, pipeflow's default
-    settings and data dir, an empty cache, no task instances; the files stay. Simulated in
+    settings and data dir, an empty cache, no task instances, only the built-in task-tree
+    executors; the files stay. Simulated in
     this process.
 ``<!-- new -->``
     a new, self-contained example: as ``process``, and in a new empty folder (its output
@@ -40,6 +45,8 @@ luigi's class registry carry over, which no documented output shows.
 
 from __future__ import annotations
 
+import ast
+import asyncio
 import contextlib
 import dataclasses
 import difflib
@@ -53,11 +60,13 @@ import sys
 import traceback
 import types
 import warnings
+from unittest import mock
 
 import pytest
 from luigi.task_register import Register
 
 from pipeflow import cache, settings
+from pipeflow.trees import executors
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = ["README.md", *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))]
@@ -71,6 +80,10 @@ NORMALIZE: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"\n+\Z"), "",
      "blank lines at the very end: a text block cannot show them (print('...\\n') last)"),
 ]
+
+#: the task-tree executors a fresh interpreter has (those pipeflow.trees registers itself)
+BUILT_IN_EXECUTORS = {k: v for k, v in executors.registered().items()
+                      if v.func.__module__.startswith("pipeflow.")}
 
 #: (page, number of the Python block in the page, from 1) -> (a line of that block, why it
 #: is not run). The line guards against the numbering shifting when blocks are added.
@@ -227,6 +240,8 @@ class Session:
             self.monkeypatch.setattr(settings, name, value)  # restored after the page
         cache.data.clear()
         Register.clear_instance_cache()
+        executors._EXECUTORS.clear()  # the built-in executors only (restored after the page)
+        executors._EXECUTORS.update(BUILT_IN_EXECUTORS)
         _default_warning_filters()  # also forgets which warnings were shown (once per place)
         main = types.ModuleType("__main__")
         self.monkeypatch.setitem(sys.modules, "__main__", main)
@@ -257,8 +272,11 @@ def execute(block: Block, path: pathlib.Path, namespace: dict) -> tuple[str, Bas
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         try:
             # padded so that tracebacks and warnings point at the page's own lines
-            code = compile("\n" * block.line + block.code, str(path), "exec")
-            exec(code, namespace)
+            code = compile("\n" * block.line + block.code, str(path), "exec",
+                           flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+            awaiting = eval(code, namespace)  # a coroutine when the block awaits at top level
+            if awaiting is not None:
+                asyncio.run(awaiting)
         except (Exception, SystemExit) as exc:
             return out.getvalue(), exc
     return out.getvalue(), None
@@ -337,7 +355,8 @@ def run_in_scratch(page: str, blocks: list[Block], base: pathlib.Path,
                    defaults: dict) -> list[Mismatch]:
     """``run_page`` in folders below ``base``, stdin /dev/null; everything restored after."""
     before = {name: getattr(settings, name) for name in defaults}
-    with pytest.MonkeyPatch.context() as mp, open(os.devnull, encoding="utf-8") as stdin:
+    with pytest.MonkeyPatch.context() as mp, open(os.devnull, encoding="utf-8") as stdin, \
+            mock.patch.dict(executors._EXECUTORS):  # the page's executors are forgotten after
         mp.setattr(sys, "stdin", stdin)
         try:
             return run_page(page, blocks, Session(base, mp, defaults))

@@ -91,6 +91,10 @@ class TreeTask(luigi.Task):
         result = _call(spec, inputs, self)
         if isinstance(result, Mapping) and "error" in result:
             raise TreeTaskError(str(result["error"]), dict(result))
+        sig = store.signature(self.key)
+        if sig is not None and sig[0] == m.CANCELLED:  # while it ran: no post hook, no result
+            now = store.get(self.key)
+            raise TaskCancelledError((now.error if now else None) or "Cancelled by user")
         for hook in post:
             _hook(hook, loop, row, inputs, result)
         self.__dict__["result"] = result
@@ -289,6 +293,9 @@ class TreeContract:
         self.retry_delay = float(params.get("retry_delay", spec.retry_delay if spec else 0))
         timeout = params.get("timeout", spec.timeout if spec else None)
         self.timeout = None if timeout is None else float(timeout)
+        #: where the timeout is set, for the error when it fires (not the TreeTask class)
+        self.timeout_setting = (f"@executor({row.executor_id!r}, timeout=...) or the task's "
+                                f"params['timeout']")
 
     def requirements(self) -> list[Any]:
         """Its dependencies."""
