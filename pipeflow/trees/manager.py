@@ -262,6 +262,12 @@ class TaskManager:
             if r.status != m.COMPLETED and r.executor_id not in known:
                 raise UnknownExecutorError(registry.unknown_message(
                     r.executor_id, f"task {r.name!r} ({r.id}) cannot run: "))
+        archived = [r for r in rows.values() if r.origin_type == "archive"
+                    and r.status != m.COMPLETED]
+        if archived:
+            raise ParameterError(
+                f"task {archived[0].id!r} is an archive that did not complete; archives are "
+                f"read-only and never run. Copy it (TaskCreator.from_copy) to run it.")
         # failed tasks, and tasks stopped while they ran, run again; a task cancelled
         # before it ever started stays cancelled (set its status to pending to run it)
         redo = [r.id for r in rows.values() if r.status == m.FAILED
@@ -269,12 +275,6 @@ class TaskManager:
         if redo:
             self.db.reset_for_rerun(redo)
             rows.update(self.db.many(redo))
-        archived = [r for r in rows.values() if r.origin_type == "archive"
-                    and r.status != m.COMPLETED]
-        if archived:
-            raise ParameterError(
-                f"task {archived[0].id!r} is an archive that did not complete; archives are "
-                f"read-only and never run. Copy it (TaskCreator.from_copy) to run it.")
         return rows
 
     def _settle_claims(self, ids: Iterable[str], owner: str) -> None:
