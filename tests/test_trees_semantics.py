@@ -617,3 +617,182 @@ def test_random_trees_respect_dependencies(spec, tmp_path):
                      and all(fin[d] < p for d, _r in t["deps"])]
             assert j in ready
             assert tasks[j]["priority"] == min(tasks[k]["priority"] for k in ready), (j, ready)
+
+
+# == cancelling a running task, streamed; concurrent runs; async executors =====================
+
+@pytest.mark.parametrize("cancelable", [False, True], ids=["not-cancelable", "cancelable"])
+def test_cancel_running_task_streams_task_failed_and_blocks_dependents(rec, tm, cancelable):
+    started, go = threading.Event(), threading.Event()
+
+    def body(_inputs):
+        started.set()
+        go.wait(10)
+        return {"late": True}
+
+    executor("long_job", cancelable=cancelable)(body)
+    rec.add("after_long")
+    try:
+        job = make(tm, "long_job")
+        after = make(tm, "after_long", dependencies=[job.id])
+        tree = tree_of(job, after)
+
+        async def main():
+            queue: asyncio.Queue = asyncio.Queue()
+            tm.streaming_callbacks.set_streaming_context(queue)
+            running = asyncio.ensure_future(tm.distribute_task_tree_with_streaming(tree))
+            assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+            reply = await tm.cancel_task(job.id, "User requested cancellation")
+            go.set()
+            await running
+            events = []
+            while not queue.empty():
+                events.append(queue.get_nowait())
+            return reply, events
+
+        reply, events = asyncio.run(main())
+    finally:
+        registry.unregister("long_job")
+        go.set()
+    assert reply == {"status": "cancelled", "message": "User requested cancellation"}
+    row = get(tm, job)
+    assert (row.status, row.error, row.result) == (
+        "cancelled", "User requested cancellation", None)  # a late result is discarded
+    assert get(tm, after).status == "pending"
+    assert rec.starts() == []
+    assert [(e["type"], e["task_id"]) for e in events] == [
+        ("progress", job.id), ("task_start", job.id), ("task_failed", job.id),
+        ("progress", job.id)]
+    assert events[2]["final"] is True and events[2]["error"] == "User requested cancellation"
+
+
+def test_rerun_runs_a_task_stopped_while_it_ran(rec, tm):
+    started, go = threading.Event(), threading.Event()
+    calls = []
+
+    def body(_inputs):
+        calls.append(1)
+        if len(calls) == 1:
+            started.set()
+            go.wait(10)
+        return {"run": len(calls)}
+
+    executor("stoppable", cancelable=True)(body)
+    try:
+        job = make(tm, "stoppable")
+
+        async def main():
+            running = asyncio.ensure_future(tm.distribute_task_tree(TaskTreeNode(job)))
+            await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+            await tm.cancel_task(job.id)
+            await running
+            go.set()
+            assert get(tm, job).status == "cancelled"
+            return await tm.distribute_task_tree(TaskTreeNode(job))
+
+        tree = asyncio.run(main())
+    finally:
+        registry.unregister("stoppable")
+        go.set()
+    assert (tree.task.status, tree.task.result) == ("completed", {"run": 2})
+
+
+def test_two_concurrent_runs_share_a_task_and_run_it_once(rec, tm):
+    gate = threading.Event()
+    rec.add("shared", {"shared": 1}, body=lambda _i: gate.wait(0.3))
+    rec.add("left", lambda i: {"left": i["shared"]})
+    rec.add("right", lambda i: {"right": i["shared"]})
+    shared = make(tm, "shared")
+    left = make(tm, "left", dependencies=[shared.id])
+    right = make(tm, "right", dependencies=[shared.id])
+
+    async def main():
+        return await asyncio.gather(tm.distribute_task_tree(tree_of(left, shared)),
+                                    tm.distribute_task_tree(tree_of(right, shared)))
+
+    asyncio.run(main())
+    assert sorted(rec.starts()) == ["left", "right", "shared"]
+    assert get(tm, left).result == {"left": 1} and get(tm, right).result == {"right": 1}
+
+
+def test_async_executor_runs_on_the_callers_loop(rec, tm):
+    loops = []
+
+    async def fetch(inputs):
+        loops.append(asyncio.get_running_loop())
+        await asyncio.sleep(0)
+        return {"n": inputs["n"] + 1}
+
+    executor("async_fetch")(fetch)
+    rec.add("after_async", lambda i: {"got": i["n"]})
+    try:
+        a = make(tm, "async_fetch", inputs={"n": 1})
+        b = make(tm, "after_async", dependencies=[a.id])
+
+        async def main():
+            out = await tm.distribute_task_tree(tree_of(a, b))
+            return out, asyncio.get_running_loop()
+
+        tree, loop = asyncio.run(main())
+    finally:
+        registry.unregister("async_fetch")
+    assert loops == [loop]
+    assert [n.task.status for n in tree] == ["completed", "completed"]
+    assert tree.children[0].task.result == {"got": 2}
+
+
+def test_distribute_returns_the_same_tree(rec, tm):
+    rec.add("x1")
+    tree = TaskTreeNode(make(tm, "x1"))
+    assert run(tm, tree) is tree
+
+
+def test_streaming_to_a_bounded_queue_loses_no_event(rec, tm):
+    # apflow awaits queue.put(event): a full queue holds the events back, none is lost
+    names = [f"b{i}" for i in range(6)]
+    rec.add_all(names)
+    tasks = [make(tm, n) for n in names]
+
+    async def main():
+        queue: asyncio.Queue = asyncio.Queue(maxsize=1)
+        tm.streaming_callbacks.set_streaming_context(queue)
+        got = []
+
+        async def consume():  # a slow reader: the queue is full most of the time
+            while True:
+                await asyncio.sleep(0.01)
+                event = await queue.get()
+                got.append(event)
+                if event["type"] == "final":
+                    return
+
+        reader = asyncio.ensure_future(consume())
+        await tm.distribute_task_tree_with_streaming(tree_of(*tasks))
+        await asyncio.wait_for(reader, 10)
+        return got
+
+    events = asyncio.run(main())
+    assert [e["type"] for e in events].count("task_completed") == 6
+    assert len(events) == 1 + 6 * 2 + 1
+
+
+def test_streaming_callbacks_are_awaited_in_order_before_the_call_returns(rec, tm):
+    rec.add_all(["c1", "c2"])
+    a = make(tm, "c1")
+    b = make(tm, "c2", dependencies=[a.id])
+    seen_sync, seen_async = [], []
+
+    async def slow_callback(event):
+        await asyncio.sleep(0.001)
+        seen_async.append(event["type"])
+
+    async def main():
+        tm.streaming_callbacks.add_callback(lambda e: seen_sync.append(e["type"]))
+        tm.streaming_callbacks.add_callback(slow_callback)
+        await tm.distribute_task_tree_with_streaming(tree_of(a, b))
+        return list(seen_async)  # as it was when the call returned
+
+    expected = ["progress", "task_start", "task_completed", "task_start", "task_completed",
+                "final"]
+    assert asyncio.run(main()) == expected
+    assert seen_sync == expected

@@ -10,6 +10,7 @@ the failed and cancelled tasks and what waited for them, and reuses completed re
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import threading
 import uuid
@@ -88,14 +89,23 @@ class StreamingCallbacks:
             raise ParameterError(f"add_callback() takes a function, not {callback!r}.")
         self.callbacks.append(callback)
 
-    def deliver(self, event: dict[str, Any]) -> None:
-        """Hand one event to the queue and the callbacks (on the event loop's thread)."""
-        if self.queue is not None:
-            self.queue.put_nowait(event)
+    async def deliver(self, event: dict[str, Any]) -> None:
+        """Hand one event to the queue and the callbacks (on the event loop).
+
+        ``await queue.put(event)``, as apflow: a full bounded queue holds the run's later
+        events back until its reader takes one; none is dropped. Async callbacks are
+        awaited, in order.
+        """
+        queue = self.queue
+        if queue is not None:
+            if isinstance(queue, asyncio.Queue):
+                await queue.put(event)
+            else:
+                queue.put_nowait(event)
         for cb in self.callbacks:
             out = cb(event)
-            if asyncio.iscoroutine(out):
-                asyncio.ensure_future(out)
+            if inspect.isawaitable(out):
+                await out
 
 
 class TaskManager:
@@ -176,14 +186,27 @@ class TaskManager:
         """
         loop = asyncio.get_running_loop()
         sc = self.streaming_callbacks
+        # the engine's thread hands events to this loop in order; one task delivers them
+        # (awaiting a full queue), so none is lost and their order is kept
+        inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
-        def put(event: dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(sc.deliver, event)
+        def put(event: dict[str, Any] | None) -> None:
+            loop.call_soon_threadsafe(inbox.put_nowait, event)
 
+        async def pump() -> None:
+            while (event := await inbox.get()) is not None:
+                await sc.deliver(event)
+
+        pumping = asyncio.ensure_future(pump())
         sink = StreamSink(self.db, task_tree.task.id, put)
-        await self._run(task_tree, sink, workers, progress, callbacks, execution_summary)
+        try:
+            await self._run(task_tree, sink, workers, progress, callbacks, execution_summary)
+        except BaseException:
+            pumping.cancel()
+            raise
         sink.finish(task_tree.calculate_status(), task_tree.calculate_progress())
-        await asyncio.sleep(0)  # let the queued events reach the queue before returning
+        put(None)
+        await pumping  # every event is delivered before this returns
 
     async def _run(self, tree: TaskTreeNode, stream: StreamSink | None, workers: int | None,
                    progress: bool | None, callbacks: Sequence[Callable[[Event], None]],
