@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import threading
 import uuid
 
@@ -527,19 +528,21 @@ def test_cancel_task_replies(rec, tm):
 
 @st.composite
 def dags(draw):
+    """Random trees: tasks with priorities, required/optional edges to earlier tasks, some
+    failing and some cancelled before the run; the tree's order and the workers."""
     n = draw(st.integers(1, 30))
     tasks = []
     for i in range(n):
         deps = draw(st.lists(st.tuples(st.integers(0, max(0, i - 1)), st.booleans()),
                              max_size=min(i, 4), unique_by=lambda d: d[0])) if i else []
-        tasks.append({"priority": draw(st.integers(0, 3)), "fails": draw(st.booleans()
-                      if draw(st.integers(0, 3)) == 0 else st.just(False)), "deps": deps})
+        fate = draw(st.sampled_from(["ok"] * 6 + ["fails"] * 2 + ["cancelled"]))
+        tasks.append({"priority": draw(st.integers(0, 3)), "fate": fate, "deps": deps})
     order = draw(st.permutations(range(n)))
     workers = draw(st.sampled_from([1, 2, 8]))
     return tasks, order, workers
 
 
-@settings(max_examples=25, deadline=None,
+@settings(max_examples=int(os.environ.get("TREES_EXAMPLES", "25")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(spec=dags())
 def test_random_trees_respect_dependencies(spec, tmp_path):
@@ -552,7 +555,7 @@ def test_random_trees_respect_dependencies(spec, tmp_path):
         with lock:
             log.append(("start", me))
         try:
-            if inputs["fails"]:
+            if inputs["fate"] == "fails":
                 raise RuntimeError(f"task {me} fails")
             return [me]  # not a dict: merged under inputs[<its id>]
         finally:
@@ -565,9 +568,11 @@ def test_random_trees_respect_dependencies(spec, tmp_path):
         made = []
         for i, t in enumerate(tasks):
             made.append(make(tm, "prop_node", priority=t["priority"],
-                             inputs={"me": i, "fails": t["fails"]},
+                             inputs={"me": i, "fate": t["fate"]},
                              dependencies=[{"id": made[d].id, "required": r}
                                            for d, r in t["deps"]]))
+            if t["fate"] == "cancelled":
+                assert run_sync(tm.cancel_task(made[-1].id))["status"] == "cancelled"
         nodes = [made[i] for i in order]
         run(tm, tree_of(*nodes), workers=workers)
     finally:
@@ -575,48 +580,55 @@ def test_random_trees_respect_dependencies(spec, tmp_path):
 
     rows = [get(tm, t) for t in made]
     pos = {e: k for k, e in enumerate(log)}
+    assert len(pos) == len(log)  # no task started twice
     # what should have happened, in creation order (dependencies come first)
-    blocked: list[bool] = []
+    blocked: list[bool] = []  # a required dependency failed, was cancelled, or is blocked
     for i, t in enumerate(tasks):
-        bad = any(r and (blocked[d] or tasks[d]["fails"]) for d, r in t["deps"])
+        bad = any(r and (blocked[d] or tasks[d]["fate"] != "ok") for d, r in t["deps"])
         blocked.append(bad)
         row = rows[i]
-        if bad:
-            assert ("start", i) not in pos, f"task {i} ran though a required dependency failed"
-            assert (row.status, row.error, row.started_at) == ("pending", None, None)
-            assert row.inputs == {"me": i, "fails": t["fails"]}
+        if t["fate"] == "cancelled" or bad:
+            assert ("start", i) not in pos, f"task {i} ran though it should not"
+            assert row.started_at is None and row.result is None
+            assert row.inputs == {"me": i, "fate": t["fate"]}
+            assert (row.status, row.error) == (
+                ("cancelled", "Cancelled by user") if t["fate"] == "cancelled"
+                else ("pending", None))
             continue
-        assert row.status == ("failed" if t["fails"] else "completed"), (i, row.error)
-        assert [e for e in log if e == ("start", i)] == [("start", i)]
+        assert row.status == ("failed" if t["fate"] == "fails" else "completed"), (i, row.error)
         for d, _r in t["deps"]:
             dep = rows[d]
-            assert dep.status in ("completed", "failed", "pending")
-            if blocked[d]:
-                continue  # a skipped optional dependency: never ran
+            if blocked[d] or tasks[d]["fate"] == "cancelled":
+                assert dep.status in ("pending", "cancelled")
+                continue  # an optional dependency that never ran
             assert pos[("end", d)] < pos[("start", i)], f"{i} started before {d} ended"
             assert dep.completed_at <= row.started_at
-        expected = {"me": i, "fails": t["fails"]}
+        expected = {"me": i, "fate": t["fate"]}
         for d, _r in t["deps"]:
             if rows[d].status == "completed":
                 expected[made[d].id] = [d]
         assert row.inputs == expected
     if workers == 1:
         # one at a time: each task started had the lowest priority number of the tasks
-        # ready then (not started, not blocked, every dependency finished or skipped)
-        fin: dict[int, int] = {}
+        # surely ready then (not started, not blocked, every dependency finished or
+        # skipped before). When a task skipped because of a cancelled one is not known.
+        fin: dict[int, int | None] = {}
         for i, t in enumerate(tasks):
-            if blocked[i]:
-                fin[i] = min(fin[d] for d, r in t["deps"]
-                             if r and (blocked[d] or tasks[d]["fails"]))
+            if t["fate"] == "cancelled":
+                fin[i] = None
+            elif blocked[i]:
+                causes = [fin[d] for d, r in t["deps"]
+                          if r and (blocked[d] or tasks[d]["fate"] != "ok")]
+                fin[i] = None if None in causes else min(causes)  # type: ignore[type-var]
             else:
                 fin[i] = pos[("end", i)]
         for (event, j), p in pos.items():
             if event != "start":
                 continue
-            ready = [k for k, t in enumerate(tasks) if not blocked[k] and pos[("start", k)] >= p
-                     and all(fin[d] < p for d, _r in t["deps"])]
-            assert j in ready
-            assert tasks[j]["priority"] == min(tasks[k]["priority"] for k in ready), (j, ready)
+            ready = [k for k, t in enumerate(tasks) if not blocked[k]
+                     and t["fate"] != "cancelled" and pos[("start", k)] >= p
+                     and all(fin[d] is not None and fin[d] < p for d, _r in t["deps"])]
+            assert all(tasks[j]["priority"] <= tasks[k]["priority"] for k in ready), (j, ready)
 
 
 # == cancelling a running task, streamed; concurrent runs; async executors =====================
