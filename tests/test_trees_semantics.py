@@ -139,7 +139,9 @@ def test_failed_required_dependency_leaves_dependents_pending_transitively(rec, 
     side = make(tm, "side")
     if how == "cancelled":
         run_sync(tm.cancel_task(first.id))
+    untouched = [get(tm, t).to_dict() for t in (second, third)]
     tree = run(tm, tree_of(first, second, third, side))
+    assert [n.task.to_dict() for n in tree.children[:2]] == untouched  # not even updated_at
     f, s, t, x = (n.task for n in tree)
     assert f.status == how
     for row, inputs in ((s, {"s": 2}), (t, {"t": 3})):
@@ -808,3 +810,26 @@ def test_streaming_callbacks_are_awaited_in_order_before_the_call_returns(rec, t
                 "final"]
     assert asyncio.run(main()) == expected
     assert seen_sync == expected
+
+
+@pytest.mark.parametrize("kind", ["cancelable", "async"])
+def test_task_cancelled_while_pending_then_set_pending_runs(tm, kind):
+    # regression: the cancel request stayed in the process's cancel list, so the task was
+    # stopped as soon as it started again and was left pending, silently
+    if kind == "async":
+        async def body(_inputs):
+            await asyncio.sleep(0.3)
+            return {"ran": kind}
+    else:
+        def body(_inputs):
+            threading.Event().wait(0.3)
+            return {"ran": kind}
+    executor("uncancelled", cancelable=True)(body)
+    try:
+        t = make(tm, "uncancelled")
+        assert run_sync(tm.cancel_task(t.id))["status"] == "cancelled"
+        run_sync(tm.task_repository.update_task(t.id, status="pending"))
+        row = run(tm, TaskTreeNode(t)).task
+    finally:
+        registry.unregister("uncancelled")
+    assert (row.status, row.error, row.result) == ("completed", None, {"ran": kind})
