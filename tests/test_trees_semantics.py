@@ -833,3 +833,15 @@ def test_task_cancelled_while_pending_then_set_pending_runs(tm, kind):
     finally:
         registry.unregister("uncancelled")
     assert (row.status, row.error, row.result) == ("completed", None, {"ran": kind})
+
+
+def test_status_in_progress_set_by_hand_reads_back_failed_with_the_reason(tm):
+    # regression: the reason given was "the process running it (pid ?) ended"
+    t = make(tm, "x", status="in_progress")
+    row = get(tm, t)
+    assert row.status == "failed"
+    assert row.error.startswith("marked in_progress without a run running it (status set "
+                                "by create_task or update_task")
+    u = make(tm, "x")
+    run_sync(tm.task_repository.update_task(u.id, status="in_progress"))
+    assert get(tm, u).status == "failed"
