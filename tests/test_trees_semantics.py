@@ -845,3 +845,35 @@ def test_status_in_progress_set_by_hand_reads_back_failed_with_the_reason(tm):
     u = make(tm, "x")
     run_sync(tm.task_repository.update_task(u.id, status="in_progress"))
     assert get(tm, u).status == "failed"
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_outcomes_of_async_and_sync_executors(tm, kind):
+    def make_exec(behaviour):
+        if kind == "async":
+            async def f(_inputs):
+                await asyncio.sleep(0)
+                return behaviour()
+        else:
+            def f(_inputs):
+                return behaviour()
+        return f
+
+    def boom():
+        raise ValueError("bad value 3")
+
+    executor("o_raise")(make_exec(boom))
+    executor("o_error")(make_exec(lambda: {"error": "soft", "n": 1}))
+    executor("o_ok")(make_exec(lambda: 7))
+    try:
+        raised, errored, ok = make(tm, "o_raise"), make(tm, "o_error"), make(tm, "o_ok")
+        tree = run(tm, tree_of(ok, raised, errored))
+    finally:
+        for name in ("o_raise", "o_error", "o_ok"):
+            registry.unregister(name)
+    ok_row, raised_row, errored_row = (n.task for n in tree)
+    assert (ok_row.status, ok_row.result, ok_row.progress) == ("completed", 7, 1.0)
+    assert (raised_row.status, raised_row.error, raised_row.result) == (
+        "failed", "bad value 3", None)
+    assert (errored_row.status, errored_row.error, errored_row.result) == (
+        "failed", "soft", {"error": "soft", "n": 1})

@@ -183,6 +183,10 @@ class TaskManager:
         Events are dicts with ``type`` (``progress``, ``task_start``, ``task_completed``,
         ``task_failed``, ``final``), ``task_id``, ``status``, ``timestamp`` (UTC ISO) and,
         by type, ``result``, ``error``, ``progress``, ``message``, ``final``.
+
+        Every event is delivered (``await queue.put(event)``, in order) before this
+        returns, so a bounded queue needs a reader running meanwhile (another task), as in
+        apflow.
         """
         loop = asyncio.get_running_loop()
         sc = self.streaming_callbacks
