@@ -530,15 +530,18 @@ def test_cancel_task_replies(rec, tm):
 
 @st.composite
 def dags(draw):
-    """Random trees: tasks with priorities, required/optional edges to earlier tasks, some
-    failing and some cancelled before the run; the tree's order and the workers."""
+    """Random trees: tasks with priorities, required/optional edges to earlier tasks, a
+    parent (organisation only), some failing and some cancelled before the run; the
+    tree's order and the workers."""
     n = draw(st.integers(1, 30))
     tasks = []
     for i in range(n):
         deps = draw(st.lists(st.tuples(st.integers(0, max(0, i - 1)), st.booleans()),
                              max_size=min(i, 4), unique_by=lambda d: d[0])) if i else []
         fate = draw(st.sampled_from(["ok"] * 6 + ["fails"] * 2 + ["cancelled"]))
-        tasks.append({"priority": draw(st.integers(0, 3)), "fate": fate, "deps": deps})
+        parent = draw(st.none() | st.integers(0, i - 1)) if i else None  # never an order
+        tasks.append({"priority": draw(st.integers(0, 3)), "fate": fate, "deps": deps,
+                      "parent": parent})
     order = draw(st.permutations(range(n)))
     workers = draw(st.sampled_from([1, 2, 8]))
     return tasks, order, workers
@@ -569,7 +572,8 @@ def test_random_trees_respect_dependencies(spec, tmp_path):
         tm = TaskManager(create_session(tmp_path / f"{uuid.uuid4().hex}.db"))
         made = []
         for i, t in enumerate(tasks):
-            made.append(make(tm, "prop_node", priority=t["priority"],
+            parent = None if t["parent"] is None else made[t["parent"]].id
+            made.append(make(tm, "prop_node", priority=t["priority"], parent_id=parent,
                              inputs={"me": i, "fate": t["fate"]},
                              dependencies=[{"id": made[d].id, "required": r}
                                            for d, r in t["deps"]]))
