@@ -1452,3 +1452,22 @@ def test_tutorial_part11_debugging_snippets(rec, capsys):
         "Status: pending", f"Dependency {fetch.id}: failed",
         f"Dependency {config.id}: completed"]
     assert rec.starts().count("process_data") == 0
+
+
+def test_tutorial_part9_required_is_the_default(rec):
+    rec.add("task1", fail="down")
+    rec.add_all(["default_dep", "optional_dep"])
+    tm, create_task = sync_manager()
+    task1 = create_task(name="task1")  # completed: task1, two dependents and a run
+    # "dependencies=[{"id": task1.id, "required": True}]  # Default": leaving it out
+    default = create_task(name="default_dep", dependencies=[{"id": task1.id}])
+    # "Only use optional when needed"
+    optional = create_task(name="optional_dep",
+                           dependencies=[{"id": task1.id, "required": False}])  # fallbacks
+    assert default.dependencies == [{"id": task1.id, "required": True}]
+    run_sync(tm.distribute_task_tree(TaskTreeNode(default)))
+    run_sync(tm.distribute_task_tree(TaskTreeNode(optional)))
+    t1, d, o = rows(tm, task1, default, optional)
+    assert (t1.status, d.status, o.status) == ("failed", "pending", "completed")
+    # the second run ran task1 again (a re-run of a failed task): it failed again
+    assert rec.starts() == ["task1", "task1", "optional_dep"]
