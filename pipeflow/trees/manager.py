@@ -10,6 +10,7 @@ the failed and cancelled tasks and what waited for them, and reuses completed re
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import threading
 import uuid
@@ -88,14 +89,23 @@ class StreamingCallbacks:
             raise ParameterError(f"add_callback() takes a function, not {callback!r}.")
         self.callbacks.append(callback)
 
-    def deliver(self, event: dict[str, Any]) -> None:
-        """Hand one event to the queue and the callbacks (on the event loop's thread)."""
-        if self.queue is not None:
-            self.queue.put_nowait(event)
+    async def deliver(self, event: dict[str, Any]) -> None:
+        """Hand one event to the queue and the callbacks (on the event loop).
+
+        ``await queue.put(event)``, as apflow: a full bounded queue holds the run's later
+        events back until its reader takes one; none is dropped. Async callbacks are
+        awaited, in order.
+        """
+        queue = self.queue
+        if queue is not None:
+            if isinstance(queue, asyncio.Queue):
+                await queue.put(event)
+            else:
+                queue.put_nowait(event)
         for cb in self.callbacks:
             out = cb(event)
-            if asyncio.iscoroutine(out):
-                asyncio.ensure_future(out)
+            if inspect.isawaitable(out):
+                await out
 
 
 class TaskManager:
@@ -180,17 +190,34 @@ class TaskManager:
         Events are dicts with ``type`` (``progress``, ``task_start``, ``task_completed``,
         ``task_failed``, ``final``), ``task_id``, ``status``, ``timestamp`` (UTC ISO) and,
         by type, ``result``, ``error``, ``progress``, ``message``, ``final``.
+
+        Every event is delivered (``await queue.put(event)``, in order) before this
+        returns, so a bounded queue needs a reader running meanwhile (another task), as in
+        apflow.
         """
         loop = asyncio.get_running_loop()
         sc = self.streaming_callbacks
+        # the engine's thread hands events to this loop in order; one task delivers them
+        # (awaiting a full queue), so none is lost and their order is kept
+        inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
-        def put(event: dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(sc.deliver, event)
+        def put(event: dict[str, Any] | None) -> None:
+            loop.call_soon_threadsafe(inbox.put_nowait, event)
 
+        async def pump() -> None:
+            while (event := await inbox.get()) is not None:
+                await sc.deliver(event)
+
+        pumping = asyncio.ensure_future(pump())
         sink = StreamSink(self.db, task_tree.task.id, put)
-        await self._run(task_tree, sink, workers, progress, callbacks, execution_summary)
+        try:
+            await self._run(task_tree, sink, workers, progress, callbacks, execution_summary)
+        except BaseException:
+            pumping.cancel()
+            raise
         sink.finish(task_tree.calculate_status(), task_tree.calculate_progress())
-        await asyncio.sleep(0)  # let the queued events reach the queue before returning
+        put(None)
+        await pumping  # every event is delivered before this returns
 
     async def _run(self, tree: TaskTreeNode, stream: StreamSink | None, workers: int | None,
                    progress: bool | None, callbacks: Sequence[Callable[[Event], None]],
@@ -270,6 +297,12 @@ class TaskManager:
             if r.status != m.COMPLETED and r.executor_id not in known:
                 raise UnknownExecutorError(registry.unknown_message(
                     r.executor_id, f"task {r.name!r} ({r.id}) cannot run: "))
+        archived = [r for r in rows.values() if r.origin_type == "archive"
+                    and r.status != m.COMPLETED]
+        if archived:
+            raise ParameterError(
+                f"task {archived[0].id!r} is an archive that did not complete; archives are "
+                f"read-only and never run. Copy it (TaskCreator.from_copy) to run it.")
         # failed tasks, and tasks stopped while they ran, run again; a task cancelled
         # before it ever started stays cancelled (set its status to pending to run it)
         redo = [r.id for r in rows.values() if r.status == m.FAILED
@@ -277,12 +310,6 @@ class TaskManager:
         if redo:
             self.db.reset_for_rerun(redo)
             rows.update(self.db.many(redo))
-        archived = [r for r in rows.values() if r.origin_type == "archive"
-                    and r.status != m.COMPLETED]
-        if archived:
-            raise ParameterError(
-                f"task {archived[0].id!r} is an archive that did not complete; archives are "
-                f"read-only and never run. Copy it (TaskCreator.from_copy) to run it.")
         return rows
 
     # -- cancelling ------------------------------------------------------------------------------

@@ -256,6 +256,11 @@ class Claim:
         """
         t = self.task
         store = open_store(t.store)
+        # A cancel request left from an earlier state of the task (cancelled while pending,
+        # then set pending again) must not stop this run: forget it before claiming. A
+        # cancel made now either finds the task pending (the claim then fails) or claimed
+        # (its request is recorded after this line, and kept).
+        CANCELS.pop(t.key, None)
         got = store.claim(t.key, t.claim)
         if got in ("claimed", m.COMPLETED):
             return True

@@ -518,10 +518,21 @@ class TaskStore:
         dead = [(i, o) for i, o in rows if not Owner.alive(o)]
         settled = 0
         for task_id, owner in dead:
-            settled += self.fail(
-                task_id, owner,
-                f"interrupted: the process running it (pid {Owner.pid(owner)}) ended before "
-                f"it finished. Run its tree again to run it again.")
+            if owner:
+                why = (f"interrupted: the process running it (pid {Owner.pid(owner)}) ended "
+                       f"before it finished. Run its tree again to run it again.")
+                settled += self.fail(task_id, owner, why)
+                continue
+            # no run ever claimed it: its status was set by hand
+            why = ("marked in_progress without a run running it (status set by create_task "
+                   "or update_task; only a run sets in_progress). Run its tree to run it, "
+                   "or set its status to pending or completed.")
+            stamp = now().isoformat()
+            with self._tx() as db:  # only if still unclaimed (a run may have claimed it)
+                settled += db.execute(
+                    "UPDATE tasks SET status = ?, error = ?, completed_at = ?, updated_at = ?,"
+                    " version = version + 1 WHERE id = ? AND status = ? AND owner IS NULL",
+                    (m.FAILED, why, stamp, stamp, task_id, m.IN_PROGRESS)).rowcount
         return settled
 
     def reset_for_rerun(self, ids: Iterable[str]) -> list[str]:
