@@ -119,7 +119,8 @@ def test_the_command_line_section_links_to_the_cli_page():
     # executors and their options
     "@executor", "cancelable", "retries", "retry_delay", "timeout", "system_info_executor",
     # the store, the manager, the repository
-    "create_session(path=None)", "TaskManager(db, workers=8, executor=\"thread\")", "create_task(name, **fields)",
+    "create_session(path=None)", "TaskManager(db, workers=8, executor=\"thread\")",
+    "create_task(name, **fields)",
     "get_task_by_id", "update_task", "delete_task", "query_tasks", "build_task_tree",
     "get_all_tasks_in_tree", "get_root_task", "task_repository", "streaming_callbacks",
     # trees, running, streaming, cancelling, synchronous callers
