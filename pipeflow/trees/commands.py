@@ -139,6 +139,13 @@ def _store_path(store: str | None) -> pathlib.Path:
     return (settings.dirpath / ".pipeflow" / DEFAULT_NAME).absolute()
 
 
+def shown_path(path: pathlib.Path) -> str:
+    """A path for messages: relative to the working directory when it is under it."""
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(pathlib.Path.cwd()))
+    return str(path)
+
+
 def _existing_store(store: str | None) -> TaskStore:
     """The store, which must exist (a query or a run creates none).
 
@@ -147,8 +154,9 @@ def _existing_store(store: str | None) -> TaskStore:
     """
     path = _store_path(store)
     if not path.is_file():
-        raise BadInput(f"no task store at {path}: there are no tasks yet. Create them with "
-                       f"pipeflow tasks create FILE (or name the store with --store FILE).")
+        raise BadInput(f"no task store at {shown_path(path)}: there are no tasks yet. Create "
+                       f"them with pipeflow tasks create FILE (or name the store with --store "
+                       f"FILE).")
     return open_store(path)
 
 
@@ -368,7 +376,7 @@ def list_tasks(status: str | None, user_id: str | None, root_id: str | None,
             if as_json:
                 _print_json([])
             else:
-                click.echo(f"no task store at {path} (no task was created there yet: "
+                click.echo(f"no task store at {shown_path(path)} (no task was created there yet: "
                            f"pipeflow tasks create FILE)")
             return
         db = open_store(path)
@@ -385,7 +393,7 @@ def list_tasks(status: str | None, user_id: str | None, root_id: str | None,
             return
         if not rows:
             given = ", ".join(f"{'user' if k == 'user_id' else k} {v}" for k, v in where.items())
-            click.echo(f"no tasks match ({given})" if given else f"no tasks in {path}")
+            click.echo(f"no tasks match ({given})" if given else f"no tasks in {shown_path(path)}")
             return
         table = [("ID", "NAME", "STATUS", "PRIORITY", "USER", "PARENT", "UPDATED")]
         table += [(t.id, t.name, t.status, str(t.priority), t.user_id or "-",
@@ -512,7 +520,7 @@ def show(task_id: str, as_json: bool, store: str | None, data_dir: str | None) -
                 text.splitlines() or [""])
             click.echo(f"{label + ':':<14} {lines[0]}".rstrip())
             for line in lines[1:]:
-                click.echo(f"{'':<17}{line}".rstrip())
+                click.echo(f"{'':<15}{line}".rstrip())
         if not t.dependencies:
             click.echo(f"{'dependencies:':<14} -")
             return
@@ -723,7 +731,8 @@ def create(source: str, as_json: bool, store: str | None, data_dir: str | None) 
                 click.echo(fields["id"])
         n = len(planned)
         if not as_json:
-            click.echo(f"created {n} task{'' if n == 1 else 's'} in {path}", err=True)
+            click.echo(f"created {n} task{'' if n == 1 else 's'} in {shown_path(path)}",
+                       err=True)
 
 
 # -- run -------------------------------------------------------------------------------------------
@@ -859,7 +868,8 @@ def executors(modules: tuple[str, ...], as_json: bool) -> None:
                 kind.append(f"retries={s.retries}")
             if s.timeout is not None:
                 kind.append(f"timeout={s.timeout:g}s")
-            table.append((s.id, ",".join(kind), s.description or "-"))
+            # a docstring's ``literal`` markup, shown as plain text
+            table.append((s.id, ",".join(kind), s.description.replace("``", "") or "-"))
         widths = [max(len(r[i]) for r in table) for i in range(2)]
         for r in table:
             click.echo(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}".rstrip())
