@@ -543,3 +543,43 @@ def test_the_default_store_follows_the_data_dir(cli, tmp_path):
     assert out.exit_code == 0, out.output
     assert (tmp_path / "other" / ".pipeflow" / "tasks.db").exists()
     assert not (settings_dir / ".pipeflow" / "tasks.db").exists()
+
+
+# -- a fix in pipeflow.trees.running -----------------------------------------------------------
+
+def test_a_cancelled_async_executor_on_a_loop_of_its_own_stops(tmp_path):
+    """Regression: without the caller's loop (a worker process; a Ctrl-C that stopped it
+    as the task started), an async executor ran on a ThreadPoolExecutor's loop that
+    cancelling could not stop: the process then waited for it at exit (a Ctrl-C'd
+    ``pipeflow tasks run`` hung until the executor finished)."""
+    import asyncio
+    import threading
+    import types
+
+    from pipeflow.errors import TaskCancelledError
+    from pipeflow.trees import running
+
+    started, stopped = threading.Event(), threading.Event()
+
+    async def work(inputs):
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        finally:
+            stopped.set()
+
+    spec = registry.ExecutorSpec("tcli_own_loop", work, cancelable=True)
+    create_session(tmp_path / "s.db")
+    task = types.SimpleNamespace(key="tcli-k1", store=str(tmp_path / "s.db"), claim="none")
+
+    def cancel_once_started():
+        if started.wait(10):
+            running.CANCELS["tcli-k1"] = "stop"
+
+    threading.Thread(target=cancel_once_started, daemon=True).start()
+    try:
+        with pytest.raises(TaskCancelledError, match="stop"):
+            running._await(spec, {}, task)
+        assert stopped.wait(5), "the executor's coroutine was not cancelled"
+    finally:
+        running.CANCELS.pop("tcli-k1", None)
