@@ -46,12 +46,17 @@ def fail(inputs):
 def big(inputs):
     return {"rows": list(range(3000))}
 
+@executor("tcli_frame")
+def frame(inputs):
+    import pandas as pd
+    return pd.DataFrame({"a": [1, 2]})
+
 @executor("tcli_wait", cancelable=True, description="Wait (for the Ctrl-C test).")
 async def wait(inputs):
     await asyncio.sleep(inputs.get("seconds", 60))
     return {"waited": True}
 '''
-IDS = ("tcli_double", "tcli_fail", "tcli_big", "tcli_wait")
+IDS = ("tcli_double", "tcli_fail", "tcli_big", "tcli_frame", "tcli_wait")
 
 #: a tree: t-root -> (t-twice, t-boom, t-after); t-after requires t-boom, optionally t-twice
 TREE = [
@@ -343,6 +348,18 @@ def test_show_abridges_a_large_result(cli, tmp_path):
                "all of it)" in ln for ln in shown), out.stdout
     assert len(json.loads(cli("tasks", "show", "big", "--json").stdout)["result"]["rows"]) \
         == 3000
+
+
+def test_show_describes_a_result_that_is_not_json(cli, tmp_path):
+    assert _create(cli, tmp_path, [{"id": "df", "name": "tcli_frame"}]).exit_code == 0
+    assert cli("tasks", "run", "df", "--module", MODULE).exit_code == 0
+    lines = cli("tasks", "show", "df").stdout.splitlines()
+    start = lines.index("result:        a pandas.DataFrame (not JSON):")
+    assert lines[start + 1:start + 4] == ["                  a", "               0  1",
+                                          "               1  2"]
+    doc = json.loads(cli("tasks", "show", "df", "--json").stdout)
+    assert doc["result"] == ("<pandas.DataFrame: not JSON; read it in Python: "
+                             "task_repository.get_task_by_id('df')>")
 
 
 # -- run -------------------------------------------------------------------------------------------
