@@ -227,6 +227,18 @@ def test_create_is_all_or_nothing_against_the_store(cli, tmp_path, store_file):
         f"Error: tree.json, task #2 ('n'): ParameterError: the id 'taken' is taken by a task "
         f"of the store {str(store_file)!r}: leave id out to get a new one, or pick another.")
     assert [t.id for t in create_session(store_file).query({})] == ["taken"]
+    out = _create(cli, tmp_path, [{"key": "taken", "name": "n"}])
+    assert out.exit_code == 2
+    assert _error_line(out) == (
+        "Error: tree.json, task #1 ('n'): ParameterError: the key 'taken' is the id of a task "
+        "in the store: a reference to it would be ambiguous. Pick another key.")
+    out = _create(cli, tmp_path, [{"key": "a", "id": "a", "name": "n"},
+                                  {"key": "b", "name": "n", "parent_id": "taken"},
+                                  {"key": "a2", "id": "b", "name": "n"}])
+    assert out.exit_code == 2
+    assert _error_line(out) == (
+        "Error: tree.json, task #2 ('n'): ParameterError: the key 'b' is the id of task #3: "
+        "a reference to it would be ambiguous. Pick another key.")
 
 
 def test_create_reports_json_syntax_errors_with_line_and_column(cli, tmp_path):

@@ -618,6 +618,12 @@ def plan_tasks(repo: TaskRepository, data: Any, label: str = "the file"
             raise BadInput(f"{_where(label, i, items[i - 1])}: ParameterError: the key "
                            f"{key!r} is the id of task #{ids[key]}: a reference to it would "
                            f"be ambiguous. Pick another key.")
+    clash = repo.db.many(keys)
+    if clash:
+        first = min(clash, key=lambda k: keys[k])
+        raise BadInput(f"{_where(label, keys[first], items[keys[first] - 1])}: ParameterError: "
+                       f"the key {first!r} is the id of a task in the store: a reference to it "
+                       f"would be ambiguous. Pick another key.")
     taken = repo.db.many(i for i in ids)
     if taken:
         first = min(taken, key=lambda i: ids[i])
@@ -631,8 +637,8 @@ def plan_tasks(repo: TaskRepository, data: Any, label: str = "the file"
     for i, item in enumerate(items, 1):
         where = _where(label, i, item)
 
-        def resolve(ref: str, what: str, i: int = i, where: str = where) -> tuple[str, bool]:
-            """(the id ``ref`` names, whether it is a task of the file)."""
+        def resolve(ref: str, what: str, i: int = i, where: str = where) -> str:
+            """The id ``ref`` (a key or id of an earlier task of the file, a stored id) names."""
             pos = keys.get(ref, ids.get(ref))
             if pos is not None:
                 if pos == i:
@@ -643,9 +649,9 @@ def plan_tasks(repo: TaskRepository, data: Any, label: str = "the file"
                         f"{where}: ParameterError: {what} {ref!r} names task #{pos} of the "
                         f"file, which comes later: put the tasks a task depends on (and its "
                         f"parent) before it.")
-                return by_position[pos], True
+                return by_position[pos]
             if ref in stored:
-                return ref, False
+                return ref
             known = [*keys, *(k for k, p in ids.items() if p < i), *repo.db.ids()]
             raise BadInput(
                 f"{where}: TaskNotFoundError: {what} {ref!r} is neither a key or id of an "
@@ -653,13 +659,13 @@ def plan_tasks(repo: TaskRepository, data: Any, label: str = "the file"
 
         try:
             deps = m.check_dependencies(item.get("dependencies"), f"task {item.get('name')!r}")
-            resolved = [{"id": resolve(d["id"], "dependency")[0], "required": d["required"]}
+            resolved = [{"id": resolve(d["id"], "dependency"), "required": d["required"]}
                         for d in deps]
             resolved = m.check_dependencies(resolved, f"task {item.get('name')!r}")
             parent = item.get("parent_id")
             if parent is not None and not isinstance(parent, str):
                 raise ParameterError(f"parent_id must be a task id or key, not {parent!r}.")
-            parent_id = resolve(parent, "parent")[0] if parent else None
+            parent_id = resolve(parent, "parent") if parent else None
             fields = {k: v for k, v in item.items()
                       if k not in ("key", "name", "dependencies", "parent_id")}
             fields["id"] = by_position[i]
