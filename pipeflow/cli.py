@@ -58,6 +58,7 @@ from pipeflow.errors import (
 from pipeflow.options import IF_LOCKED, RunOptions
 from pipeflow.parameters import MASK, accepted, check_value, is_secret, parse_value
 from pipeflow.plan import Status
+from pipeflow.trees import commands as tree_commands
 from pipeflow.workflow import Workflow, WorkflowMulti, expand_params
 
 #: the key of a params file that holds a grid (a WorkflowMulti), not a parameter
@@ -782,6 +783,7 @@ def main() -> None:
       pipeflow reset tasks:Train --task Prepare --downstream --yes
       pipeflow history --status failed --last 5
       pipeflow preview tasks:Train --json | jq .to_run
+      pipeflow tasks run t-root --module executors   # a task tree (pipeflow.trees)
 
     \b
     Exit codes: 0 done, 1 a task failed, 2 bad input, 130 Ctrl-C, 143 SIGTERM
@@ -789,6 +791,11 @@ def main() -> None:
     Shell completion: eval "$(_PIPEFLOW_COMPLETE=bash_source pipeflow)" (zsh_source,
     fish_source); see docs/command-line.md.
     """
+    # the tasks group (pipeflow.trees.commands) handles its errors as these commands do
+    click.get_current_context().meta[tree_commands.GUARD] = _guard
+
+
+main.add_command(tree_commands.tasks)
 
 
 # -- preview and the dry run ---------------------------------------------------------------------

@@ -112,7 +112,7 @@ def test_no_section_is_left_a_placeholder():
 
 
 def test_the_command_line_section_links_to_the_cli_page():
-    assert "(command-line.md#tasks)" in _section("Command line")
+    assert "(command-line.md#task-trees-pipeflow-tasks)" in _section("Command line")
 
 
 @pytest.mark.parametrize("name", [

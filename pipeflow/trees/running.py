@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime as dt
 import inspect
 import os
@@ -198,10 +199,8 @@ def _await(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) 
     fut: concurrent.futures.Future[Any]
     if home is not None and home[0] == os.getpid() and home[1].is_running():
         fut = asyncio.run_coroutine_threadsafe(coro, home[1])  # type: ignore[arg-type,type-var]
-    else:  # a worker process, or no caller loop: a loop of its own, on a thread
-        pool = concurrent.futures.ThreadPoolExecutor(1)
-        fut = pool.submit(asyncio.run, coro)  # type: ignore[arg-type]
-        pool.shutdown(wait=False)
+    else:  # a worker process, or no caller loop: a loop of its own, in this thread
+        return _on_a_loop_here(coro, task.key, task.store, spec.cancelable)
     try:
         _watch(lambda timeout: bool(concurrent.futures.wait([fut], timeout)[0]), task.key,
                task.store, cancelable=spec.cancelable)
@@ -214,17 +213,54 @@ def _await(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) 
         raise TaskCancelledError(CANCELS.get(task.key) or "Task was cancelled") from exc
 
 
+def _on_a_loop_here(coro: Any, key: str, store: str, cancelable: bool) -> Any:
+    """Run ``coro`` on an event loop of its own in this thread, stopped as :func:`_watch` is.
+
+    No thread is started: the engine stops an attempt by raising in its thread, which then
+    reaches the loop (a thread of its own could neither be stopped nor, when started as the
+    engine raised, be started at all).
+    """
+    loop = asyncio.new_event_loop()
+    main = loop.create_task(coro)
+    check = _checker(key, store, cancelable)
+    try:
+        while not main.done():
+            loop.run_until_complete(asyncio.wait([main], timeout=POLL))
+            if not main.done():
+                check()
+        return main.result()
+    except asyncio.CancelledError as exc:
+        raise TaskCancelledError(CANCELS.get(key) or "Task was cancelled") from exc
+    finally:
+        if not main.done():
+            main.cancel()
+            with contextlib.suppress(BaseException):
+                loop.run_until_complete(asyncio.gather(main, return_exceptions=True))
+        with contextlib.suppress(BaseException):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
 def _watch(done: Callable[[float], bool], key: str, store: str, cancelable: bool = True
            ) -> None:
     """Wait until ``done(timeout)`` says the call ended; raise if stopped or cancelled."""
+    check = _checker(key, store, cancelable)
+    while not done(POLL):
+        check()
+
+
+def _checker(key: str, store: str, cancelable: bool = True) -> Callable[[], None]:
+    """A check to call often: it raises when the attempt is stopped or the task cancelled."""
     stop = _STOP.get()
     next_look = time.monotonic() + STORE_POLL
     db = open_store(store)
-    while not done(POLL):
+
+    def check() -> None:
+        nonlocal next_look
         if stop is not None:
             stop.check()
         if not cancelable:
-            continue
+            return
         if key in CANCELS:
             raise TaskCancelledError(CANCELS[key])
         if time.monotonic() >= next_look:
@@ -233,6 +269,8 @@ def _watch(done: Callable[[float], bool], key: str, store: str, cancelable: bool
             if sig is not None and sig[0] == m.CANCELLED:
                 row = db.get(key)
                 raise TaskCancelledError((row.error if row else None) or "Cancelled by user")
+
+    return check
 
 
 # -- the contract ---------------------------------------------------------------------------------
