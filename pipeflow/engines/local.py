@@ -573,10 +573,13 @@ def _listed(tasks: Any) -> str:
 
 
 def _timeout_error(task: luigi.Task) -> TaskTimeoutError:
+    c = adapt(task)
+    # a contract may say how its tasks get longer (task trees: not a class attribute)
+    fix = getattr(c, "timeout_fix", None) or (
+        f"Raise {type(task).__name__}.timeout if it needs longer.")
     return TaskTimeoutError(
-        f"{graphs.describe(task)} ran longer than its timeout of {adapt(task).timeout:g}s and "
-        f"was stopped; its partial outputs were removed. Raise "
-        f"{type(task).__name__}.timeout if it needs longer."
+        f"{graphs.describe(task)} ran longer than its timeout of {c.timeout:g}s and "
+        f"was stopped; its partial outputs were removed. {fix}"
     )
 
 

@@ -153,11 +153,16 @@ def merged_inputs(store: TaskStore, row: m.TaskModel) -> dict[str, Any]:
 # -- calling an executor ------------------------------------------------------------------------
 
 def _call(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) -> Any:
-    """Run the executor; a cancel (this process's or the store's) stops a cancelable one."""
+    """Run the executor; a cancel (this process's or the store's) stops a cancelable one.
+
+    A plain function runs on a thread of its own, watched, when it is cancelable or has a
+    timeout: a cancel or the timeout then ends the task even while the function is blocked
+    in a long call (it goes on in the background; what it returns is dropped).
+    """
     key, store = task.key, task.store
     if spec.is_async:
         return _await(spec, inputs, task)
-    if not spec.cancelable:
+    if not spec.cancelable and TreeContract(task).timeout is None:
         return spec.func(inputs)
     box: dict[str, Any] = {}
 
@@ -169,12 +174,17 @@ def _call(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) -
 
     t = threading.Thread(target=body, name=f"pipeflow-tree-{spec.id}", daemon=True)
     t.start()
+
+    def ended(seconds: float) -> bool:
+        t.join(seconds)
+        return not t.is_alive()
+
     try:
-        _watch(lambda: not t.is_alive(), key, store)
+        _watch(ended, key, store, cancelable=spec.cancelable)
     except BaseException:
         if t.is_alive() and t.ident is not None:
             raise_in_thread(t.ident, Interrupted)
-            t.join(1.0)
+            t.join(0.2)  # a function in a long C call goes on in the background
         raise
     if "error" in box:
         raise box["error"]
@@ -194,8 +204,12 @@ def _await(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) 
         pool = concurrent.futures.ThreadPoolExecutor(1)
         fut = pool.submit(asyncio.run, coro)  # type: ignore[arg-type]
         pool.shutdown(wait=False)
+
+    def ended(seconds: float) -> bool:
+        return bool(concurrent.futures.wait([fut], timeout=seconds).done)
+
     try:
-        _watch(fut.done, task.key, task.store, cancelable=spec.cancelable)
+        _watch(ended, task.key, task.store, cancelable=spec.cancelable)
     except BaseException:
         fut.cancel()
         raise
@@ -205,13 +219,18 @@ def _await(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) 
         raise TaskCancelledError(CANCELS.get(task.key) or "Task was cancelled") from exc
 
 
-def _watch(done: Callable[[], bool], key: str, store: str, cancelable: bool = True) -> None:
-    """Wait until ``done()``; raise when the attempt is stopped or the task cancelled."""
+def _watch(ended: Callable[[float], bool], key: str, store: str,
+           cancelable: bool = True) -> None:
+    """Wait until ``ended(seconds)`` (which waits up to that long) says the call ended.
+
+    Raises:
+        Interrupted: the attempt was stopped (its timeout, the run cancelled).
+        TaskCancelledError: the task was cancelled (in this process, or in the store).
+    """
     stop = _STOP.get()
     next_look = time.monotonic() + STORE_POLL
     db = open_store(store)
-    while not done():
-        time.sleep(POLL)
+    while not ended(POLL):
         if stop is not None:
             stop.check()
         if not cancelable:
@@ -284,6 +303,10 @@ class TreeContract:
         self.retry_delay = float(params.get("retry_delay", spec.retry_delay if spec else 0))
         timeout = params.get("timeout", spec.timeout if spec else None)
         self.timeout = None if timeout is None else float(timeout)
+        #: how to give it longer (the engine's timeout error says so)
+        self.timeout_fix = (
+            f"If it needs longer, give the task params={{'timeout': seconds}}, or register "
+            f"its executor with @executor({row.executor_id!r}, timeout=seconds).")
 
     def requirements(self) -> list[Any]:
         """Its dependencies."""

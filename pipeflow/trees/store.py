@@ -125,7 +125,10 @@ class Owner:
         if host != _HOST:
             return True
         try:
-            return f"{psutil.Process(int(pid)).create_time():.3f}" == started
+            proc = psutil.Process(int(pid))
+            # a killed process its parent has not reaped yet (a zombie) is dead too
+            return (f"{proc.create_time():.3f}" == started
+                    and proc.status() != psutil.STATUS_ZOMBIE)
         except (psutil.Error, ValueError):
             return False
 
