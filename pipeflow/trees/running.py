@@ -288,6 +288,9 @@ class TreeContract:
 
     group = False
     external = False
+    #: a completed stored task stays completed when a task it depends on runs again
+    #: (a re-run keeps completed tasks); the plan does not make it run again
+    cascades = False
     changes = Changes(code=False, data=False)
 
     def __init__(self, task: TreeTask) -> None:
