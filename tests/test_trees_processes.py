@@ -30,7 +30,8 @@ from pipeflow.trees.store import TaskStore
 HERE = pathlib.Path(__file__).resolve()
 IDS = ("procs_step", "procs_frame", "procs_boom", "procs_error_dict", "procs_block",
        "procs_gate", "procs_sleep_cancelable", "procs_async_cancelable", "procs_busy",
-       "procs_timeout", "procs_c_sleep_timeout", "procs_flaky", "procs_flaky_once")
+       "procs_timeout", "procs_c_sleep_timeout", "procs_flaky", "procs_flaky_once",
+       "procs_quick_cancelable")
 
 
 # -- executors (registered in the test process and in every subprocess) ------------------------
@@ -121,6 +122,14 @@ async def async_cancelable(inputs: dict[str, Any]) -> dict[str, Any]:
     _touch(inputs.get("marker"))
     await asyncio.sleep(30)
     return {"slept": True}
+
+
+@executor("procs_quick_cancelable", cancelable=True)
+def quick_cancelable(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Cancelable, done in 0.3 s."""
+    log(inputs["log"], inputs["tag"])
+    time.sleep(0.3)
+    return {"quick": True}
 
 
 @executor("procs_busy")
@@ -490,6 +499,20 @@ def test_a_pending_task_cancelled_while_its_tree_runs_never_starts(tmp_path):
     assert statuses(tm.db, ["second", "third"]) == {"second": "completed",
                                                     "third": "completed"}
     assert executions(logp) == {"first": 1, "other": 1, "second": 1, "third": 1}
+
+
+def test_a_task_cancelled_before_its_run_runs_once_set_pending_again(tmp_path):
+    """Regression: the cancel stayed in the process's cancel requests, so the run it was
+    reset for was cancelled at once (cancelable executors)."""
+    path, logp = tmp_path / "t.db", tmp_path / "log"
+    tm = TaskManager(create_session(path))
+    _create(tm, [task("procs_quick_cancelable", "q", logp)])
+    assert asyncio.run(tm.cancel_task("q", "not now"))["status"] == "cancelled"
+    tm.task_repository.update_now("q", status="pending")
+    _run_tree(tm, "q")
+    q = tm.db.need("q")
+    assert (q.status, q.result, q.error) == ("completed", {"quick": True}, None)
+    assert executions(logp) == {"q": 1}
 
 
 def test_cancel_task_from_another_process_stops_a_running_cancelable_task(tmp_path):

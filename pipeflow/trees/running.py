@@ -267,7 +267,12 @@ class Claim:
         t = self.task
         store = open_store(t.store)
         got = store.claim(t.key, t.claim)
-        if got in ("claimed", m.COMPLETED):
+        if got == "claimed":
+            # a cancel asked for before this claim was undone since (the task was set
+            # pending again): it must not stop this attempt
+            CANCELS.pop(t.key, None)
+            return True
+        if got == m.COMPLETED:
             return True
         if got == "busy":
             return False
