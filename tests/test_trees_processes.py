@@ -408,6 +408,29 @@ def test_a_task_left_running_by_a_dead_process_is_taken_over_by_a_run(tmp_path):
     assert executions(logp) == {"k": 2}
 
 
+def test_a_dead_processs_task_is_not_running_in_the_stored_tree_either(tmp_path):
+    """Regression: child tasks (get_child_tasks, build_task_tree) were read without
+    settling dead claims, so the tree still showed the task in_progress."""
+    path, logp, marker = tmp_path / "t.db", tmp_path / "log", tmp_path / "blocked"
+    spec = [task("procs_step", "r", logp),
+            task("procs_block", "k", logp, deps=("r",), parent="r", marker=str(marker))]
+    proc = spawn("create_run", path, {"tasks": spec, "root": "r"}, env={"PROCS_BLOCK": "1"})
+    try:
+        wait_file(marker)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    repo = TaskManager(TaskStore(path)).task_repository
+    tree = asyncio.run(repo.build_task_tree("r"))
+    assert [(n.task.id, n.task.status) for n in tree] == [("r", "completed"),
+                                                          ("k", "failed")]
+    assert tree.calculate_status() != "in_progress"
+    [k] = asyncio.run(repo.get_child_tasks("r"))
+    assert (k.status, k.error) == ("failed", (
+        f"interrupted: the process running it (pid {proc.pid}) ended before it finished. "
+        f"Run its tree again to run it again."))
+
+
 # -- 3. cancellation ----------------------------------------------------------------------------
 
 async def _run_and_cancel(tm: TaskManager, root: TaskTreeNode, marker: pathlib.Path,
