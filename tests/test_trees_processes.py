@@ -602,6 +602,44 @@ def test_eight_processes_creating_and_running_their_own_trees_at_once(tmp_path):
     assert executions(logp) == {t.id: 1 for t in rows}
 
 
+def test_a_run_waiting_for_another_process_reuses_what_that_one_completed(tmp_path):
+    path, logp = tmp_path / "t.db", tmp_path / "log"
+    marker, gate_file = tmp_path / "m", tmp_path / "gate"
+    spec = [task("procs_gate", "x", logp, marker=str(marker), gate=str(gate_file)),
+            task("procs_step", "y", logp, deps=("x",), parent="x")]
+    proc = spawn("create_run", path, {"tasks": spec, "root": "x"})
+    events: list[tuple[str, str, str | None]] = []
+    try:
+        wait_file(marker)
+        db = TaskStore(path)
+        tm = TaskManager(db)
+
+        def note(e: Any) -> None:
+            if getattr(e.task, "key", None) == "x":
+                events.append((e.kind.name, e.task.key, e.reason))
+
+        async def scenario() -> None:
+            run = asyncio.ensure_future(tm.distribute_task_tree(
+                tm.task_repository.tree_of("x"), progress=False, callbacks=[note]))
+            while not events:
+                assert not run.done(), run.exception()
+                await asyncio.sleep(0.02)
+            gate_file.write_text("open")
+            await asyncio.wait_for(run, 30)
+
+        asyncio.run(scenario())
+        finish(proc)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert events == [
+        ("TASK_WAITING", "x", "running in another process or thread; waiting for it"),
+        ("TASK_UP_TO_DATE", "x", "completed by another process while this run waited")]
+    assert statuses(db, ["x", "y"]) == {"x": "completed", "y": "completed"}
+    assert db.need("y").inputs["gated"] == "x"
+    assert executions(logp) == {"x": 1, "y": 1}
+
+
 # -- 5. timeouts and retries --------------------------------------------------------------------
 
 def _run_tree(tm: TaskManager, root: str) -> None:
