@@ -73,6 +73,11 @@ class TaskContract(Protocol):
         retry_delay: seconds before each retry.
         timeout: seconds after which a running attempt is stopped (None: no limit).
         changes: how change detection treats it.
+        cascades: a required task out of date makes it out of date too (with
+            ``check_dependencies``); False for a task that, once complete, stays complete
+            (a task tree's stored task).
+        timeout_setting: where its timeout is set, named when the timeout fires (None: the
+            task class's ``timeout`` attribute).
     """
 
     task: luigi.Task
@@ -83,6 +88,8 @@ class TaskContract(Protocol):
     retry_delay: float
     timeout: float | None
     changes: Changes
+    cascades: bool
+    timeout_setting: str | None
 
     def requirements(self) -> list[Any]:
         """What it requires (``requires()`` flattened; a group's members too)."""
@@ -507,6 +514,8 @@ class _Base:
     retry_delay = 0.0
     timeout: float | None = None
     changes = Changes(code=False)
+    cascades = True
+    timeout_setting: str | None = None
 
     def __init__(self, task: luigi.Task):
         self.task = task

@@ -170,8 +170,12 @@ def _own_status(c: TaskContract, mine: bool, reason: str | None, record: Any,
 
 
 def _cascades(c: TaskContract, cascade: bool) -> bool:
-    """Whether an upstream task out of date makes this task out of date too."""
-    return c.group or (cascade and not c.external)
+    """Whether an upstream task out of date makes this task out of date too.
+
+    A contract may opt out with ``cascades = False`` (a task tree's stored task: once
+    completed it stays completed when what it depends on runs again).
+    """
+    return c.group or (cascade and not c.external and c.cascades)
 
 
 def _behind(required: list[tuple[luigi.Task, Status]]) -> tuple[Status, str | None] | None:

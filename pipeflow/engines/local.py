@@ -574,7 +574,7 @@ def _listed(tasks: Any) -> str:
 
 def _timeout_error(task: luigi.Task) -> TaskTimeoutError:
     c = adapt(task)
-    where = getattr(c, "timeout_setting", None) or f"{type(task).__name__}.timeout"
+    where = c.timeout_setting or f"{type(task).__name__}.timeout"
     return TaskTimeoutError(
         f"{graphs.describe(task)} ran longer than its timeout of {c.timeout:g}s and "
         f"was stopped; its partial outputs were removed. Raise {where} if it needs longer."

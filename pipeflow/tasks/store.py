@@ -217,6 +217,8 @@ class TaskStore:
     """
 
     group = False
+    cascades = True
+    timeout_setting: str | None = None
 
     def __init__(self, task: TaskData):
         self.task = task

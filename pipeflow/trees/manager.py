@@ -10,6 +10,7 @@ the failed and cancelled tasks and what waited for them, and reuses completed re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import threading
@@ -245,10 +246,17 @@ class TaskManager:
                              progress=progress, abort=False, execution_summary=summary,
                              engine=LocalEngine(n, kind, token))
         roots = [made[n.task.id] for n in tree]
+        job = asyncio.ensure_future(asyncio.to_thread(operations.run_with, roots, options))
         try:
-            self.last_result = await asyncio.to_thread(operations.run_with, roots, options)
+            self.last_result = await asyncio.shield(job)
         except asyncio.CancelledError:
-            token.cancel()  # the caller gave up: stop the run too
+            # the caller gave up (task.cancel(), Ctrl-C): stop the run too, and wait until
+            # the engine has stopped its running tasks and stored them as cancelled; only
+            # then are this run's remaining claims given back (never-started tasks stay
+            # pending). A second cancel stops the waiting.
+            token.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(job)
             raise
         finally:
             for task_id in made:

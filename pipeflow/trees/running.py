@@ -158,11 +158,16 @@ def merged_inputs(store: TaskStore, row: m.TaskModel) -> dict[str, Any]:
 # -- calling an executor ------------------------------------------------------------------------
 
 def _call(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) -> Any:
-    """Run the executor; a cancel (this process's or the store's) stops a cancelable one."""
+    """Run the executor; a cancel (this process's or the store's) stops a cancelable one.
+
+    A plain function runs on a thread of its own, watched, when it is cancelable or has a
+    timeout: a cancel or the timeout then ends the task even while the function is blocked
+    in a long call (it goes on in the background; what it returns is dropped).
+    """
     key, store = task.key, task.store
     if spec.is_async:
         return _await(spec, inputs, task)
-    if not spec.cancelable:
+    if not spec.cancelable and TreeContract(task).timeout is None:
         return spec.func(inputs)
     box: dict[str, Any] = {}
 
@@ -174,16 +179,17 @@ def _call(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) -
 
     t = threading.Thread(target=body, name=f"pipeflow-tree-{spec.id}", daemon=True)
     t.start()
-    def ended(timeout: float) -> bool:
-        t.join(timeout)
+
+    def ended(seconds: float) -> bool:
+        t.join(seconds)
         return not t.is_alive()
 
     try:
-        _watch(ended, key, store)
+        _watch(ended, key, store, cancelable=spec.cancelable)
     except BaseException:
         if t.is_alive() and t.ident is not None:
             raise_in_thread(t.ident, Interrupted)
-            t.join(0.2)  # one blocked in a C call (a sleep) ends later; its result is dropped
+            t.join(0.2)  # a function in a long C call goes on in the background
         raise
     if "error" in box:
         raise box["error"]
@@ -321,6 +327,9 @@ class TreeContract:
 
     group = False
     external = False
+    #: a completed stored task stays completed when a task it depends on runs again
+    #: (a re-run keeps completed tasks); the plan does not make it run again
+    cascades = False
     changes = Changes(code=False, data=False)
 
     def __init__(self, task: TreeTask) -> None:

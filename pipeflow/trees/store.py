@@ -125,7 +125,10 @@ class Owner:
         if host != _HOST:
             return True
         try:
-            return f"{psutil.Process(int(pid)).create_time():.3f}" == started
+            proc = psutil.Process(int(pid))
+            # a killed process its parent has not reaped yet (a zombie) is dead too
+            return (f"{proc.create_time():.3f}" == started
+                    and proc.status() != psutil.STATUS_ZOMBIE)
         except (psutil.Error, ValueError):
             return False
 
@@ -280,9 +283,12 @@ class TaskStore:
         out: list[m.TaskModel] = []
         for start in range(0, len(parent_ids), 500):
             chunk = list(parent_ids[start:start + 500])
-            out += [self._model(r) for r in self._read(
-                f"{_SELECT} WHERE parent_id IN ({','.join('?' * len(chunk))}) ORDER BY seq",
-                chunk)]
+            sql = f"{_SELECT} WHERE parent_id IN ({','.join('?' * len(chunk))}) ORDER BY seq"
+            rows = self._read(sql, chunk)
+            stuck = [r[0] for r in rows if r[_COLUMNS.index("status")] == m.IN_PROGRESS]
+            if stuck and self.settle(stuck):  # dead claims are never shown as running
+                rows = self._read(sql, chunk)
+            out += [self._model(r) for r in rows]
         return out
 
     def query(self, where: Mapping[str, Any], limit: int | None = None,
