@@ -49,7 +49,12 @@ def run_cells(tmp_path, cells: list[str], timeout: int = 120) -> list[dict]:
         kernel_dirs=[str(tmp_path / "kernels")]))
     client = NotebookClient(nb, km=km, timeout=timeout, allow_errors=True,
                             resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()
+    try:
+        client.execute()
+    finally:  # nbclient leaves the kernel process running: stop it (tests after this
+        # one check that no child process is left)
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
     return [dict(c) for c in nb.cells[1:]]
 
 

@@ -177,7 +177,7 @@ def _call(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) -
         except BaseException as exc:  # noqa: BLE001 - handed to the attempt
             box["error"] = exc
 
-    t = threading.Thread(target=body, name=f"pipeflow-tree-{spec.id}", daemon=True)
+    t = threading.Thread(target=body, name=f"trees-executor-{spec.id}", daemon=True)
     t.start()
 
     def ended(seconds: float) -> bool:
