@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import datetime
 import gc
@@ -56,6 +57,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -209,12 +211,12 @@ def measure_tree(bench: Bench, shape: str, deps: list[tuple[int, ...]], workers:
             t0 = time.perf_counter()
             root = await _create_tree(tm, deps)
             t1 = time.perf_counter()
-            prof = cProfile.Profile() if profile else None
+            prof = ThreadProfiles() if profile else None
             if prof is not None:
-                prof.enable()
+                prof.start()
             await tm.distribute_task_tree(root, progress=False)
             if prof is not None:
-                prof.disable()
+                prof.stop()
             t2 = time.perf_counter()
             created.times.append(t1 - t0)
             ran.times.append(t2 - t1)
@@ -241,11 +243,43 @@ def measure_tree(bench: Bench, shape: str, deps: list[tuple[int, ...]], workers:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def report_profile(prof: cProfile.Profile, path: str, what: str) -> None:
-    prof.dump_stats(path)
-    print(f"\ncProfile of {what} saved to {path}; top 30 by own time:", file=sys.stderr)
-    stats = pstats.Stats(prof, stream=sys.stderr)
-    stats.sort_stats("tottime").print_stats(30)
+class ThreadProfiles:
+    """cProfile of this thread and of every thread started meanwhile (the engine's run
+    thread, its attempt threads), merged."""
+
+    def __init__(self) -> None:
+        self.profiles: list[cProfile.Profile] = [cProfile.Profile()]
+        self._run = threading.Thread.run
+
+    def start(self) -> None:
+        profiles, run = self.profiles, self._run
+
+        def profiled(thread: threading.Thread) -> None:
+            p = cProfile.Profile()
+            profiles.append(p)
+            p.enable()
+            try:
+                run(thread)
+            finally:
+                p.disable()
+
+        threading.Thread.run = profiled  # type: ignore[method-assign]
+        self.profiles[0].enable()
+
+    def stop(self) -> None:
+        self.profiles[0].disable()
+        threading.Thread.run = self._run  # type: ignore[method-assign]
+
+
+def report_profile(prof: ThreadProfiles, path: str, what: str) -> None:
+    stats = pstats.Stats(prof.profiles[0], stream=sys.stderr)
+    for p in prof.profiles[1:]:
+        with contextlib.suppress(TypeError):  # a thread still running: no stats yet
+            stats.add(p)
+    stats.dump_stats(path)
+    print(f"\ncProfile of {what} (all threads, {len(prof.profiles)} profiles) saved to "
+          f"{path}; top 40 by own time:", file=sys.stderr)
+    stats.sort_stats("tottime").print_stats(40)
 
 
 def measure_classes(bench: Bench, shape: str, deps: list[tuple[int, ...]],

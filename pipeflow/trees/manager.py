@@ -206,9 +206,13 @@ class TaskManager:
             sinks.append(stream)
         sinks.extend(callbacks)
         n = self.workers if workers is None else workers
-        options = RunOptions(workers=n, executor="thread", cancel=token, callbacks=sinks,
+        # one worker: the tasks run one by one on the run's own thread (as task classes do
+        # with workers=1), not each on a thread started for it: that cost more per task
+        # than the task's own store reads and writes (see docs/benchmarks.md)
+        how = "thread" if n > 1 else None
+        options = RunOptions(workers=n, executor=how, cancel=token, callbacks=sinks,
                              progress=progress, abort=False, execution_summary=summary,
-                             engine=LocalEngine(n, "thread", token))
+                             engine=LocalEngine(n, how, token))
         roots = [made[n.task.id] for n in tree]
         try:
             self.last_result = await asyncio.to_thread(operations.run_with, roots, options)

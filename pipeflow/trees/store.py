@@ -107,17 +107,30 @@ def _time(text: str | None) -> dt.datetime | None:
 class Owner:
     """Who claimed a task: this process (host, pid, start time) and a run's token."""
 
+    _me: tuple[int, str] | None = None  # (pid, "host|pid|start|") of this process
+
+    @staticmethod
+    def _prefix() -> str:
+        """``host|pid|start|`` of this process (looked up once per process)."""
+        me = Owner._me
+        pid = os.getpid()
+        if me is None or me[0] != pid:  # first use, or a forked child
+            proc = psutil.Process(pid)
+            me = Owner._me = (pid, f"{_HOST}|{pid}|{proc.create_time():.3f}|")
+        return me[1]
+
     @staticmethod
     def make(token: str) -> str:
         """The owner text of a claim by this process for the run ``token``."""
-        me = psutil.Process()
-        return f"{_HOST}|{me.pid}|{me.create_time():.3f}|{token}"
+        return Owner._prefix() + token
 
     @staticmethod
     def alive(owner: str | None) -> bool:
         """Whether the process named in ``owner`` still runs (other hosts: assumed so)."""
         if not owner:
             return False
+        if owner.startswith(Owner._prefix()):  # this process: alive, no need to ask psutil
+            return True
         try:
             host, pid, started, _ = owner.split("|", 3)
         except ValueError:
@@ -153,7 +166,9 @@ class TaskStore:
                 f"the task store {str(self.path)!r} is a folder; give a file path such as "
                 f"{str(self.path / DEFAULT_NAME)!r}.")
         self.results_dir = self.path.with_name(self.path.name + ".results")
-        self._local = threading.local()
+        self._pool: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
+        self._pool_pid = os.getpid()
         with self._tx() as db:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(statement)
@@ -164,43 +179,68 @@ class TaskStore:
         return f"TaskStore({str(self.path)!r})"
 
     # -- connections -----------------------------------------------------------------------------
-    def _db(self) -> sqlite3.Connection:
-        local = self._local
-        db = getattr(local, "db", None)
-        if db is None or local.pid != os.getpid():  # a forked worker opens its own
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
-                                     check_same_thread=False)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-            except (sqlite3.Error, OSError) as exc:
-                raise TaskStoreError(
-                    f"cannot open the task store {str(self.path)!r}: {exc}. Check that the "
-                    f"folder is writable and the file is an SQLite database (or pass another "
-                    f"path to create_session()).") from exc
-            local.db, local.pid = db, os.getpid()
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+        except (sqlite3.Error, OSError) as exc:
+            raise TaskStoreError(
+                f"cannot open the task store {str(self.path)!r}: {exc}. Check that the "
+                f"folder is writable and the file is an SQLite database (or pass another "
+                f"path to create_session()).") from exc
         return db
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A connection of this process for one read or transaction, then given back.
+
+        Connections are pooled, not kept per thread: a tree's attempts each run on a new
+        thread, and opening a connection per attempt cost more than the attempt's own
+        reads and writes. One is used by one thread at a time; a forked process opens its
+        own (its parent's are never used).
+        """
+        pid = os.getpid()
+        if self._pool_pid != pid:  # new, or forked: the parent's connections stay unused
+            self._pool_lock = threading.Lock()
+            self._pool = []
+            self._pool_pid = pid
+        with self._pool_lock:
+            db = self._pool.pop() if self._pool else None
+        if db is None:
+            db = self._connect()
+        try:
+            yield db
+        finally:
+            if db.in_transaction or self._pool_pid != pid:  # a failed rollback: not reused
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            else:
+                with self._pool_lock:
+                    self._pool.append(db)
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (taken at once, so concurrent writers queue, not fail)."""
-        db = self._db()
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._db() as db:
             try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise TaskStoreError(
-                f"the task store {str(self.path)!r} refused a change: {exc}.") from exc
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise TaskStoreError(
+                    f"the task store {str(self.path)!r} refused a change: {exc}.") from exc
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
-            return self._db().execute(sql, args).fetchall()
+            with self._db() as db:
+                return db.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             raise TaskStoreError(
                 f"cannot read the task store {str(self.path)!r}: {exc}.") from exc
@@ -554,8 +594,9 @@ def _json_view(value: Any) -> Any:
     return f"<{type(value).__qualname__}: not stored as JSON>"
 
 
-#: stores opened in this process, by path (one object per file)
-_OPEN: dict[pathlib.Path, TaskStore] = {}
+#: stores opened in this process, by path, and by the text of that path when given as
+#: text (one object per file)
+_OPEN: dict[pathlib.Path | str, TaskStore] = {}
 _OPEN_LOCK = threading.Lock()
 
 
@@ -571,9 +612,15 @@ def open_store(path: str | os.PathLike[str] | None = None) -> TaskStore:
         raise ParameterError(
             f"create_session() takes a file path, not the URL {os.fspath(path)!r}: pipeflow's "
             f"task store is an SQLite file (e.g. create_session('tasks.db')).")
+    if isinstance(path, str):  # the engine's tasks name their store by its absolute path
+        known = _OPEN.get(path)
+        if known is not None:
+            return known
     key = pathlib.Path(path).absolute()
     with _OPEN_LOCK:
         store = _OPEN.get(key)
         if store is None:
             store = _OPEN[key] = TaskStore(key)
+        if isinstance(path, str) and os.path.isabs(path):
+            _OPEN[path] = store
         return store
