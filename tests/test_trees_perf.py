@@ -19,6 +19,7 @@ import luigi
 import psutil
 import pytest
 
+from pipeflow.errors import CycleError, TaskNotFoundError
 from pipeflow.trees import TaskManager, TaskTreeNode, create_session, executor
 from pipeflow.trees import executors as registry
 from pipeflow.trees import store as store_mod
@@ -192,3 +193,25 @@ def test_one_worker_timeout_fails_the_task(tmp_path):
     row = tm.db.get(t.id)
     assert row.status == "failed"
     assert "timeout of 0.3s" in row.error
+
+
+def test_a_cycle_through_a_long_chain_is_found_with_its_path(tmp_path):
+    tm = TaskManager(create_session(tmp_path / "t.db"))
+    repo = tm.task_repository
+    first = repo.create_now("perf_step")
+    ids = [first.id]
+    for _ in range(50):
+        ids.append(repo.create_now("perf_step", dependencies=[{"id": ids[-1]}]).id)
+    with pytest.raises(CycleError, match="would depend on itself") as info:
+        repo.update_now(first.id, dependencies=[{"id": ids[-1]}])
+    assert info.value.cycle == [first.id, *reversed(ids[1:]), first.id]
+    assert repo.update_now(ids[10], dependencies=[{"id": ids[0]}]).dependencies == [
+        {"id": ids[0], "required": True}]
+
+
+def test_a_missing_dependency_is_named(tmp_path):
+    tm = TaskManager(create_session(tmp_path / "t.db"))
+    real = tm.task_repository.create_now("perf_step")
+    with pytest.raises(TaskNotFoundError, match="no task has the id 'nope'"):
+        tm.task_repository.create_now("perf_step", dependencies=[{"id": real.id},
+                                                                 {"id": "nope"}])

@@ -269,7 +269,7 @@ class TaskStore:
         rows = self._read(f"{_SELECT} WHERE id = ?", (task_id,))
         if not rows:
             return None
-        if rows[0][_COLUMNS.index("status")] == m.IN_PROGRESS and self.settle([task_id]):
+        if _stuck(rows) and self.settle([task_id]):
             rows = self._read(f"{_SELECT} WHERE id = ?", (task_id,))
         return self._model(rows[0])
 
@@ -289,11 +289,32 @@ class TaskStore:
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             rows = self._read(f"{_SELECT} WHERE id IN ({','.join('?' * len(chunk))})", chunk)
-            stuck = [r[0] for r in rows if r[_COLUMNS.index("status")] == m.IN_PROGRESS]
+            stuck = _stuck(rows)
             if stuck and self.settle(stuck):
                 rows = self._read(
                     f"{_SELECT} WHERE id IN ({','.join('?' * len(chunk))})", chunk)
             out.update((r[0], self._model(r)) for r in rows)
+        return out
+
+    def existing(self, ids: Iterable[str]) -> set[str]:
+        """The ids among ``ids`` that name a stored task (a light read: no rows built)."""
+        ids = list(dict.fromkeys(ids))
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            found.update(r[0] for r in self._read(
+                f"SELECT id FROM tasks WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        return found
+
+    def dependencies_of(self, ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """The stored dependencies of the tasks among ``ids`` that exist, by id."""
+        ids = list(dict.fromkeys(ids))
+        out: dict[str, list[dict[str, Any]]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            out.update((i, json.loads(d)) for i, d in self._read(
+                f"SELECT id, dependencies FROM tasks WHERE id IN "
+                f"({','.join('?' * len(chunk))})", chunk))
         return out
 
     def ids(self) -> list[str]:
@@ -329,7 +350,7 @@ class TaskStore:
             sql += " LIMIT ? OFFSET ?"
             args += [int(limit), int(offset)]
         rows = self._read(sql, args)
-        stuck = [r[0] for r in rows if r[_COLUMNS.index("status")] == m.IN_PROGRESS]
+        stuck = _stuck(rows)
         if stuck and self.settle(stuck):
             return self.query(where, limit, offset, order)
         return [self._model(r) for r in rows]
@@ -554,6 +575,19 @@ class TaskStore:
 
         write_atomic(self.results_dir / name, write)
         return None, name
+
+
+_STATUS = _COLUMNS.index("status")
+_OWNER = _COLUMNS.index("owner")
+
+
+def _stuck(rows: Iterable[tuple[Any, ...]]) -> list[str]:
+    """Ids of the rows ``in_progress`` whose claim may be a dead process's (to settle).
+
+    A claim of this process is alive (no further read); others are checked by settle().
+    """
+    return [r[0] for r in rows if r[_STATUS] == m.IN_PROGRESS and not (
+        r[_OWNER] and r[_OWNER].startswith(Owner._prefix()))]
 
 
 def _load_result(path: pathlib.Path) -> Any:
