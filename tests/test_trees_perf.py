@@ -215,3 +215,17 @@ def test_a_missing_dependency_is_named(tmp_path):
     with pytest.raises(TaskNotFoundError, match="no task has the id 'nope'"):
         tm.task_repository.create_now("perf_step", dependencies=[{"id": real.id},
                                                                  {"id": "nope"}])
+
+
+def test_a_runs_end_gives_back_only_its_own_claims_in_one_go(tmp_path):
+    db = create_session(tmp_path / "t.db")
+    repo = TaskManager(db).task_repository
+    a, b, c, done = (repo.create_now("perf_step") for _ in range(4))
+    mine, other = Owner.make("run-a"), Owner.make("run-b")
+    assert [db.claim(t.id, mine) for t in (a, b, done)] == ["claimed"] * 3
+    assert db.claim(c.id, other) == "claimed"
+    assert db.complete(done.id, mine, {"x": 1})
+    assert db.release_all(mine) == 2
+    assert [db.get(t.id).status for t in (a, b, c, done)] == [
+        "pending", "pending", "in_progress", "completed"]
+    assert db._read("SELECT owner FROM tasks WHERE id = ?", (a.id,)) == [(None,)]

@@ -282,9 +282,11 @@ class TaskManager:
         return rows
 
     def _settle_claims(self, ids: Iterable[str], owner: str) -> None:
-        """Tasks this run claimed but did not finish (it ended early): pending again."""
-        for task_id in ids:
-            self.db.release(task_id, owner)
+        """Tasks this run claimed but did not finish (it ended early): pending again.
+
+        One transaction for the run (``owner`` is the run's own), not one per task.
+        """
+        self.db.release_all(owner)
 
     # -- cancelling ------------------------------------------------------------------------------
     async def cancel_task(self, task_id: str, error_message: str | None = None

@@ -500,6 +500,20 @@ class TaskStore:
                        "WHERE id = ? AND status = ? AND owner = ?",
                        (m.PENDING, task_id, m.IN_PROGRESS, owner))
 
+    def release_all(self, owner: str) -> int:
+        """Give back every claim ``owner`` (one run) still holds: pending again.
+
+        One transaction for the whole run (a run's end released each of its tasks in a
+        transaction of its own, though nearly all had completed).
+
+        Returns:
+            How many claims were given back.
+        """
+        with self._tx() as db:
+            return int(db.execute(
+                "UPDATE tasks SET status = ?, owner = NULL, version = version + 1 "
+                "WHERE owner = ? AND status = ?", (m.PENDING, owner, m.IN_PROGRESS)).rowcount)
+
     def set_inputs(self, task_id: str, inputs: Mapping[str, Any]) -> None:
         """Save the inputs a task runs with (merged with its dependencies' results)."""
         with self._tx() as db:
