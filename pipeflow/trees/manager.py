@@ -241,7 +241,10 @@ class TaskManager:
             sinks.append(stream)
         sinks.extend(callbacks)
         n = self.workers if workers is None else workers
-        kind = self.executor if n > 1 else "thread"
+        # one worker: the tasks run one by one on the run's own thread (as task classes do
+        # with workers=1), not each on a thread started for it: that cost more per task
+        # than the task's own store reads and writes (see docs/benchmarks.md)
+        kind = self.executor if n > 1 else None
         options = RunOptions(workers=n, executor=kind, cancel=token, callbacks=sinks,
                              progress=progress, abort=False, execution_summary=summary,
                              engine=LocalEngine(n, kind, token))

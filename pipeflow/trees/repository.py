@@ -113,7 +113,7 @@ class TaskRepository:
     def _check_exist(self, ids: list[str], who: str, what: str) -> None:
         if not ids:
             return
-        found = self.db.many(ids)
+        found = self.db.existing(ids)
         missing = [i for i in ids if i not in found]
         if missing:
             raise TaskNotFoundError(
@@ -238,10 +238,9 @@ class TaskRepository:
             if d["id"] not in came:
                 came[d["id"]] = None
                 stack.append(d["id"])
-        while stack:
-            cur = stack.pop()
-            if cur == task_id:
-                back = [cur]
+        while stack:  # level by level: one read per level, not one per task
+            if task_id in stack:
+                back = [task_id]
                 while came[back[-1]] is not None:
                     back.append(came[back[-1]])  # type: ignore[arg-type]
                 cycle = [task_id, *reversed(back)]
@@ -249,11 +248,13 @@ class TaskRepository:
                     f"{who} would depend on itself through its dependencies, so it could "
                     f"never run: {' -> '.join(cycle)}. Remove one of these dependencies.",
                     cycle)
-            row = self.db.get(cur)
-            for d in (row.dependencies if row else []):
-                if d["id"] not in came:
-                    came[d["id"]] = cur
-                    stack.append(d["id"])
+            found = self.db.dependencies_of(stack)
+            level, stack = stack, []
+            for cur in level:
+                for d in found.get(cur, ()):
+                    if d["id"] not in came:
+                        came[d["id"]] = cur
+                        stack.append(d["id"])
 
     async def delete_task(self, task_id: str) -> bool:
         """Delete a task; False if there was none.

@@ -26,7 +26,7 @@ import pathlib
 import threading
 import time
 from collections.abc import Callable, Container, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import luigi
 
@@ -67,6 +67,21 @@ class TreeTask(luigi.Task):
     key = luigi.Parameter(description="the stored task's id")
     claim = luigi.Parameter(default="", significant=False,
                             description="the owner its claim is made as (one per run)")
+
+    _tree_params: ClassVar[list[tuple[str, luigi.Parameter]] | None] = None
+
+    @classmethod
+    def get_params(cls) -> list[tuple[str, luigi.Parameter]]:
+        """Its parameters, computed once.
+
+        luigi runs ``dir()`` on every call, several times per instance: most of the cost
+        of making a tree's tasks.
+        """
+        if cls is not TreeTask:  # a subclass (none in pipeflow): luigi's own way
+            return super().get_params()
+        if TreeTask._tree_params is None:
+            TreeTask._tree_params = super().get_params()
+        return list(TreeTask._tree_params)
 
     @property
     def task_family(self) -> str:  # type: ignore[override]

@@ -107,17 +107,30 @@ def _time(text: str | None) -> dt.datetime | None:
 class Owner:
     """Who claimed a task: this process (host, pid, start time) and a run's token."""
 
+    _me: tuple[int, str] | None = None  # (pid, "host|pid|start|") of this process
+
+    @staticmethod
+    def _prefix() -> str:
+        """``host|pid|start|`` of this process (looked up once per process)."""
+        me = Owner._me
+        pid = os.getpid()
+        if me is None or me[0] != pid:  # first use, or a forked child
+            proc = psutil.Process(pid)
+            me = Owner._me = (pid, f"{_HOST}|{pid}|{proc.create_time():.3f}|")
+        return me[1]
+
     @staticmethod
     def make(token: str) -> str:
         """The owner text of a claim by this process for the run ``token``."""
-        me = psutil.Process()
-        return f"{_HOST}|{me.pid}|{me.create_time():.3f}|{token}"
+        return Owner._prefix() + token
 
     @staticmethod
     def alive(owner: str | None) -> bool:
         """Whether the process named in ``owner`` still runs (other hosts: assumed so)."""
         if not owner:
             return False
+        if owner.startswith(Owner._prefix()):  # this process: alive, no need to ask psutil
+            return True
         try:
             host, pid, started, _ = owner.split("|", 3)
         except ValueError:
@@ -156,7 +169,9 @@ class TaskStore:
                 f"the task store {str(self.path)!r} is a folder; give a file path such as "
                 f"{str(self.path / DEFAULT_NAME)!r}.")
         self.results_dir = self.path.with_name(self.path.name + ".results")
-        self._local = threading.local()
+        self._pool: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
+        self._pool_pid = os.getpid()
         with self._tx() as db:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(statement)
@@ -167,43 +182,68 @@ class TaskStore:
         return f"TaskStore({str(self.path)!r})"
 
     # -- connections -----------------------------------------------------------------------------
-    def _db(self) -> sqlite3.Connection:
-        local = self._local
-        db = getattr(local, "db", None)
-        if db is None or local.pid != os.getpid():  # a forked worker opens its own
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
-                                     check_same_thread=False)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-            except (sqlite3.Error, OSError) as exc:
-                raise TaskStoreError(
-                    f"cannot open the task store {str(self.path)!r}: {exc}. Check that the "
-                    f"folder is writable and the file is an SQLite database (or pass another "
-                    f"path to create_session()).") from exc
-            local.db, local.pid = db, os.getpid()
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+        except (sqlite3.Error, OSError) as exc:
+            raise TaskStoreError(
+                f"cannot open the task store {str(self.path)!r}: {exc}. Check that the "
+                f"folder is writable and the file is an SQLite database (or pass another "
+                f"path to create_session()).") from exc
         return db
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A connection of this process for one read or transaction, then given back.
+
+        Connections are pooled, not kept per thread: a tree's attempts each run on a new
+        thread, and opening a connection per attempt cost more than the attempt's own
+        reads and writes. One is used by one thread at a time; a forked process opens its
+        own (its parent's are never used).
+        """
+        pid = os.getpid()
+        if self._pool_pid != pid:  # new, or forked: the parent's connections stay unused
+            self._pool_lock = threading.Lock()
+            self._pool = []
+            self._pool_pid = pid
+        with self._pool_lock:
+            db = self._pool.pop() if self._pool else None
+        if db is None:
+            db = self._connect()
+        try:
+            yield db
+        finally:
+            if db.in_transaction or self._pool_pid != pid:  # a failed rollback: not reused
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            else:
+                with self._pool_lock:
+                    self._pool.append(db)
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (taken at once, so concurrent writers queue, not fail)."""
-        db = self._db()
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._db() as db:
             try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise TaskStoreError(
-                f"the task store {str(self.path)!r} refused a change: {exc}.") from exc
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise TaskStoreError(
+                    f"the task store {str(self.path)!r} refused a change: {exc}.") from exc
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
-            return self._db().execute(sql, args).fetchall()
+            with self._db() as db:
+                return db.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             raise TaskStoreError(
                 f"cannot read the task store {str(self.path)!r}: {exc}.") from exc
@@ -247,7 +287,7 @@ class TaskStore:
         rows = self._read(f"{_SELECT} WHERE id = ?", (task_id,))
         if not rows:
             return None
-        if rows[0][_COLUMNS.index("status")] == m.IN_PROGRESS and self.settle([task_id]):
+        if _stuck(rows) and self.settle([task_id]):
             rows = self._read(f"{_SELECT} WHERE id = ?", (task_id,))
         return self._model(rows[0])
 
@@ -267,11 +307,32 @@ class TaskStore:
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             rows = self._read(f"{_SELECT} WHERE id IN ({','.join('?' * len(chunk))})", chunk)
-            stuck = [r[0] for r in rows if r[_COLUMNS.index("status")] == m.IN_PROGRESS]
+            stuck = _stuck(rows)
             if stuck and self.settle(stuck):
                 rows = self._read(
                     f"{_SELECT} WHERE id IN ({','.join('?' * len(chunk))})", chunk)
             out.update((r[0], self._model(r)) for r in rows)
+        return out
+
+    def existing(self, ids: Iterable[str]) -> set[str]:
+        """The ids among ``ids`` that name a stored task (a light read: no rows built)."""
+        ids = list(dict.fromkeys(ids))
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            found.update(r[0] for r in self._read(
+                f"SELECT id FROM tasks WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        return found
+
+    def dependencies_of(self, ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """The stored dependencies of the tasks among ``ids`` that exist, by id."""
+        ids = list(dict.fromkeys(ids))
+        out: dict[str, list[dict[str, Any]]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            out.update((i, json.loads(d)) for i, d in self._read(
+                f"SELECT id, dependencies FROM tasks WHERE id IN "
+                f"({','.join('?' * len(chunk))})", chunk))
         return out
 
     def ids(self) -> list[str]:
@@ -310,7 +371,7 @@ class TaskStore:
             sql += " LIMIT ? OFFSET ?"
             args += [int(limit), int(offset)]
         rows = self._read(sql, args)
-        stuck = [r[0] for r in rows if r[_COLUMNS.index("status")] == m.IN_PROGRESS]
+        stuck = _stuck(rows)
         if stuck and self.settle(stuck):
             return self.query(where, limit, offset, order)
         return [self._model(r) for r in rows]
@@ -493,15 +554,18 @@ class TaskStore:
                        (m.PENDING, task_id, m.IN_PROGRESS, owner))
 
     def release_all(self, owner: str) -> int:
-        """Give back every claim of ``owner`` still open (its run ended early): pending again.
+        """Give back every claim ``owner`` (one run) still holds: pending again.
+
+        One transaction for the whole run (a run's end released each of its tasks in a
+        transaction of its own, though nearly all had completed).
 
         Returns:
-            How many tasks were given back.
+            How many claims were given back.
         """
         with self._tx() as db:
-            return db.execute("UPDATE tasks SET status = ?, owner = NULL, version = version + 1 "
-                              "WHERE status = ? AND owner = ?",
-                              (m.PENDING, m.IN_PROGRESS, owner)).rowcount
+            return int(db.execute(
+                "UPDATE tasks SET status = ?, owner = NULL, version = version + 1 "
+                "WHERE owner = ? AND status = ?", (m.PENDING, owner, m.IN_PROGRESS)).rowcount)
 
     def set_inputs(self, task_id: str, inputs: Mapping[str, Any]) -> None:
         """Save the inputs a task runs with (merged with its dependencies' results)."""
@@ -597,6 +661,19 @@ def _safe(task_id: str) -> str:
                    for c in task_id)[:64] or "task"
 
 
+_STATUS = _COLUMNS.index("status")
+_OWNER = _COLUMNS.index("owner")
+
+
+def _stuck(rows: Iterable[tuple[Any, ...]]) -> list[str]:
+    """Ids of the rows ``in_progress`` whose claim may be a dead process's (to settle).
+
+    A claim of this process is alive (no further read); others are checked by settle().
+    """
+    return [r[0] for r in rows if r[_STATUS] == m.IN_PROGRESS and not (
+        r[_OWNER] and r[_OWNER].startswith(Owner._prefix()))]
+
+
 def _load_result(path: pathlib.Path) -> Any:
     try:
         with open(path, "rb") as fh:
@@ -635,8 +712,9 @@ def _json_view(value: Any) -> Any:
     return f"<{type(value).__qualname__}: not stored as JSON>"
 
 
-#: stores opened in this process, by path (one object per file)
-_OPEN: dict[pathlib.Path, TaskStore] = {}
+#: stores opened in this process, by path, and by the text of that path when given as
+#: text (one object per file)
+_OPEN: dict[pathlib.Path | str, TaskStore] = {}
 _OPEN_LOCK = threading.Lock()
 
 
@@ -652,9 +730,15 @@ def open_store(path: str | os.PathLike[str] | None = None) -> TaskStore:
         raise ParameterError(
             f"create_session() takes a file path, not the URL {os.fspath(path)!r}: pipeflow's "
             f"task store is an SQLite file (e.g. create_session('tasks.db')).")
+    if isinstance(path, str):  # the engine's tasks name their store by its absolute path
+        known = _OPEN.get(path)
+        if known is not None:
+            return known
     key = pathlib.Path(path).absolute()
     with _OPEN_LOCK:
         store = _OPEN.get(key)
         if store is None:
             store = _OPEN[key] = TaskStore(key)
+        if isinstance(path, str) and os.path.isabs(path):
+            _OPEN[path] = store
         return store
