@@ -307,6 +307,7 @@ def test_unwritable_data_dir_fails_the_task_before_running_it(open_data_dir, sto
 
 def test_tasks_shared_by_two_threads_run_once(tmp_path):
     log = tmp_path / "runs.log"
+    planned = threading.Barrier(3)  # both runs have planned (no task ran yet), and the test
 
     class Slow(pipeflow.tasks.TaskJson):
         i = pipeflow.IntParameter()
@@ -325,10 +326,18 @@ def test_tasks_shared_by_two_threads_run_once(tmp_path):
             self.save({"n": len(self.inputLoad())})
 
     results = []
-    threads = [threading.Thread(target=lambda: results.append(pipeflow.run(Top())))
-               for _ in range(2)]
+
+    def once_planned(event):  # a run starts running tasks only when both have planned, so
+        # neither finds Slow(i=0) complete already when planning (on a loaded machine the
+        # second thread could plan late): one runs it, the other waits for it and reuses it
+        if event.kind.value == "run_started":
+            planned.wait(30)
+
+    threads = [threading.Thread(target=lambda: results.append(
+        pipeflow.run(Top(), callbacks=[once_planned]))) for _ in range(2)]
     for t in threads:
         t.start()
+    planned.wait(30)
     for t in threads:
         t.join(30)
     assert len(results) == 2 and all(results)
