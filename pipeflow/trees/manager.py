@@ -31,7 +31,7 @@ from pipeflow.options import RunOptions
 from pipeflow.trees import executors as registry
 from pipeflow.trees import model as m
 from pipeflow.trees.node import TaskTreeNode
-from pipeflow.trees.repository import TaskRepository
+from pipeflow.trees.repository import TaskRepository, task_id_of
 from pipeflow.trees.running import CANCELS, LOOPS, StoreSink, StreamSink, tasks_for
 from pipeflow.trees.store import Owner, TaskStore, open_store
 
@@ -338,7 +338,7 @@ class TaskManager:
 
     def cancel_now(self, task_id: str, error_message: str | None = None) -> dict[str, Any]:
         """:meth:`cancel_task`, without ``await``."""
-        row = self.db.get(task_id)
+        row = self.db.get(task_id_of(task_id))
         if row is None:
             return {"status": "failed", "message": f"Task {task_id} not found",
                     "error": "Task not found"}

@@ -150,7 +150,7 @@ def check_name(name: object) -> str:
         raise ParameterError(
             f"a task needs a name (its executor id), a non-empty string, not {name!r}: "
             f"create_task(name='fetch_data', ...).")
-    return name
+    return check_text(name, "name", "a task")  # type: ignore[return-value]
 
 
 def check_priority(priority: object, who: str = "a task") -> int:
@@ -169,6 +169,52 @@ def check_status(status: object, who: str = "a task") -> str:
             f"status of {who} must be one of {', '.join(STATUSES)}, not {status!r}."
             f"{did_you_mean(str(status), STATUSES)}")
     return status  # type: ignore[return-value]
+
+
+def check_progress(progress: object, who: str = "a task") -> float:
+    """A progress: a finite number from 0.0 to 1.0."""
+    if (isinstance(progress, bool) or not isinstance(progress, (int, float))
+            or not 0.0 <= progress <= 1.0):
+        raise ParameterError(
+            f"progress of {who} must be a number from 0.0 to 1.0 (0.5: half done), not "
+            f"{progress!r}.")
+    return float(progress)
+
+
+def check_text(value: object, field: str, who: str = "a task", *,
+               kind: str = "a string") -> str | None:
+    """An optional text field (``user_id``, ``error``, an id...): None or storable text.
+
+    Text is stored as UTF-8, so a lone surrogate (from a bad decode) is
+    refused here rather than by SQLite.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ParameterError(f"{field} of {who} must be {kind} (or None), not {value!r}.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ParameterError(
+            f"{field} of {who} cannot be stored: {value!r} holds {exc.object[exc.start]!r}, "
+            f"which is not a character UTF-8 can hold (a lone surrogate, usually from "
+            f"decoding bytes with errors='surrogateescape'). Decode the text properly or "
+            f"replace that character.") from None
+    return value
+
+
+def check_time(value: object, field: str, who: str = "a task") -> dt.datetime | None:
+    """An optional timestamp: a datetime, or ISO text such as ``'2026-01-31T12:00:00'``."""
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ParameterError(
+        f"{field} of {who} must be a datetime or ISO text such as '2026-01-31T12:00:00+00:00', "
+        f"not {value!r}.")
 
 
 def check_dependencies(deps: object, who: str = "a task") -> list[dict[str, Any]]:
@@ -191,6 +237,7 @@ def check_dependencies(deps: object, who: str = "a task") -> list[dict[str, Any]
             raise ParameterError(
                 f"each dependency of {who} is {{'id': <task id>, 'required': True|False}} "
                 f"(or a task id), not {d!r}.")
+        check_text(d["id"], "a dependency id", who)
         required = d.get("required", True)
         if not isinstance(required, bool):
             raise ParameterError(

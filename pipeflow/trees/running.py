@@ -168,7 +168,7 @@ def _call(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) -
     if spec.is_async:
         return _await(spec, inputs, task)
     if not spec.cancelable and TreeContract(task).timeout is None:
-        return spec.func(inputs)
+        return _plain_result(spec, spec.func(inputs))
     box: dict[str, Any] = {}
 
     def body() -> None:
@@ -193,7 +193,18 @@ def _call(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) -
         raise
     if "error" in box:
         raise box["error"]
-    return box.get("result")
+    return _plain_result(spec, box.get("result"))
+
+
+def _plain_result(spec: registry.ExecutorSpec, result: Any) -> Any:
+    """What a plain executor returned; a coroutine means it should have been ``async def``."""
+    if inspect.iscoroutine(result):
+        result.close()  # never awaited: no "was never awaited" warning later
+        raise TypeError(
+            f"executor {spec.id!r} is a plain function but returned a coroutine "
+            f"({result.__qualname__}), which pipeflow does not await: declare it with "
+            f"'async def' (pipeflow awaits async executors), or return the value itself.")
+    return result
 
 
 def _await(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) -> Any:

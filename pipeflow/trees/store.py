@@ -150,7 +150,7 @@ class TaskStore:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = pathlib.Path(path).absolute()
+        self.path = pathlib.Path(path).expanduser().resolve()  # symlinks: the real file
         if self.path.is_dir():
             raise ParameterError(
                 f"the task store {str(self.path)!r} is a folder; give a file path such as "
@@ -301,11 +301,22 @@ class TaskStore:
                     f"tasks cannot be looked up by {name!r}.{did_you_mean(name, m.FIELDS)}")
             if value is None:
                 clauses.append(f"{name} IS NULL")
+            elif not isinstance(value, (str, int, float)):
+                raise ParameterError(
+                    f"query_tasks() compares {name} with a string, number or None, not "
+                    f"{value!r}: e.g. query_tasks(user_id='u1', status='failed').")
             else:
+                if isinstance(value, str):
+                    m.check_text(value, name, "query_tasks()")
                 clauses.append(f"{name} = ?")
                 args.append(value)
         sql = _SELECT + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
         sql += f" ORDER BY {order}"
+        for what, n in (("limit", limit), ("offset", offset)):
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+                raise ParameterError(
+                    f"{what} of query_tasks() must be a whole number (or None for limit), "
+                    f"not {n!r}.")
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
             args += [int(limit), int(offset)]
@@ -652,7 +663,8 @@ def open_store(path: str | os.PathLike[str] | None = None) -> TaskStore:
         raise ParameterError(
             f"create_session() takes a file path, not the URL {os.fspath(path)!r}: pipeflow's "
             f"task store is an SQLite file (e.g. create_session('tasks.db')).")
-    key = pathlib.Path(path).absolute()
+    # a symlink and its target are one store (one results folder, beside the real file)
+    key = pathlib.Path(path).expanduser().resolve()
     with _OPEN_LOCK:
         store = _OPEN.get(key)
         if store is None:

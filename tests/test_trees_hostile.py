@@ -1,0 +1,139 @@
+"""Hostile input to pipeflow.trees: every bad value gets a clear pipeflow error, never a raw one."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pipeflow.errors import CycleError, ParameterError
+from pipeflow.trees import TaskManager, TaskTreeNode, create_session, executor, run_sync
+from pipeflow.trees import store as stores
+from pipeflow.trees.executors import unregister
+
+IDS = ("hostile_ok", "hostile_big", "hostile_sync_coro")
+
+
+@pytest.fixture(autouse=True)
+def _executors():
+    @executor("hostile_ok")
+    def ok(inputs):
+        return {"ok": 1}
+
+    @executor("hostile_big")
+    def big(inputs):
+        return {"x": "a" * (stores.INLINE_LIMIT + 10)}
+
+    async def later():
+        return {"never": 1}
+
+    @executor("hostile_sync_coro")
+    def sync_coro(inputs):
+        return later()
+
+    yield
+    for i in IDS:
+        unregister(i)
+
+
+@pytest.fixture
+def tm(tmp_path):
+    return TaskManager(create_session(tmp_path / "tasks.db"))
+
+
+# -- fields of create_task and update_task --------------------------------------------------------
+
+@pytest.mark.parametrize(("field", "value", "match"), [
+    ("progress", "abc", r"progress of task 'hostile_ok' must be a number from 0\.0 to 1\.0"),
+    ("progress", math.nan, r"progress of task 'hostile_ok' must be a number from 0\.0 to 1\.0"),
+    ("progress", 5, r"progress of task 'hostile_ok' must be a number from 0\.0 to 1\.0"),
+    ("error", {"a": 1}, r"error of task 'hostile_ok' must be a string \(or None\)"),
+    ("parent_id", 5, r"parent_id of task 'hostile_ok' must be a task id \(a string\)"),
+    ("task_tree_id", [1], r"task_tree_id of task 'hostile_ok' must be a task id"),
+    ("original_task_id", [1], r"original_task_id of task 'hostile_ok' must be a task id"),
+    ("created_at", "yesterday", r"created_at of task 'hostile_ok' must be a datetime or ISO"),
+    ("id", "\ud800", r"id of task 'hostile_ok' cannot be stored: '\\ud800' holds"),
+    ("user_id", "u\udcff", r"user_id of task 'hostile_ok' cannot be stored"),
+])
+def test_a_bad_field_at_creation_is_a_parameter_error(tm, field, value, match):
+    with pytest.raises(ParameterError, match=match):
+        tm.task_repository.create_now("hostile_ok", **{field: value})
+
+
+@pytest.mark.parametrize(("field", "value", "match"), [
+    ("progress", "x", r"progress of task 'hostile_ok' \(t\) must be a number from 0\.0"),
+    ("user_id", [1], r"user_id of task 'hostile_ok' \(t\) must be a string"),
+    ("error", [1], r"error of task 'hostile_ok' \(t\) must be a string"),
+    ("started_at", "nope", r"started_at of task 'hostile_ok' \(t\) must be a datetime or ISO"),
+    ("origin_type", "bogus", r"origin_type of task 'hostile_ok' \(t\) must be one of create"),
+    ("inputs", None, r"inputs of task 'hostile_ok' \(t\) must be a dict"),
+    ("inputs", [1], r"inputs of task 'hostile_ok' \(t\) must be a dict"),
+])
+def test_a_bad_field_in_update_task_is_a_parameter_error_and_changes_nothing(tm, field, value,
+                                                                            match):
+    repo = tm.task_repository
+    repo.create_now("hostile_ok", id="t", inputs={"a": 1})
+    with pytest.raises(ParameterError, match=match):
+        repo.update_now("t", **{field: value})
+    t = repo.db.get("t")
+    assert (t.progress, t.inputs, t.origin_type, t.user_id) == (0.0, {"a": 1}, "create", None)
+
+
+def test_a_task_id_that_is_not_a_string_is_a_parameter_error(tm):
+    with pytest.raises(ParameterError, match=r"a task id is a string, not 5"):
+        tm.task_repository.update_now(5, priority=1)  # type: ignore[arg-type]
+    with pytest.raises(ParameterError, match=r"a task id is a string, not \['t'\]"):
+        run_sync(tm.task_repository.get_task_by_id(["t"]))  # type: ignore[arg-type]
+
+
+def test_update_task_refuses_a_parent_cycle(tm):
+    repo = tm.task_repository
+    repo.create_now("hostile_ok", id="a")
+    repo.create_now("hostile_ok", id="b", parent_id="a")
+    repo.create_now("hostile_ok", id="c", parent_id="b")
+    with pytest.raises(CycleError, match=r"task 'hostile_ok' \(a\) would be its own ancestor: "
+                                         r"a -> c -> b -> a\. "):
+        repo.update_now("a", parent_id="c")
+    assert repo.db.get("a").parent_id is None
+    assert [n.task.id for n in repo.tree_of("a")] == ["a", "b", "c"]
+
+
+# -- query_tasks ----------------------------------------------------------------------------------
+
+def test_query_tasks_with_a_value_sqlite_cannot_compare_is_a_parameter_error(tm):
+    repo = tm.task_repository
+    repo.create_now("hostile_ok", id="q")
+    with pytest.raises(ParameterError, match=r"query_tasks\(\) compares user_id with a string, "
+                                             r"number or None, not \{'a': 1\}"):
+        run_sync(repo.query_tasks(user_id={"a": 1}))
+    with pytest.raises(ParameterError, match=r"limit of query_tasks\(\) must be a whole number"):
+        run_sync(repo.query_tasks(limit="x"))  # type: ignore[arg-type]
+    with pytest.raises(ParameterError, match=r"tasks cannot be looked up by '1=1; DROP"):
+        run_sync(repo.query_tasks(**{"1=1; DROP TABLE tasks; --": 1}))
+    assert [t.id for t in run_sync(repo.query_tasks())] == ["q"]
+
+
+# -- the store -----------------------------------------------------------------------------------
+
+def test_a_store_opened_through_a_symlink_is_the_same_store_with_the_same_results(tmp_path):
+    real = tmp_path / "real.db"
+    create_session(real)
+    (tmp_path / "link.db").symlink_to(real)
+    tm = TaskManager(create_session(tmp_path / "link.db"))
+    t = tm.task_repository.create_now("hostile_big", id="big")
+    run_sync(tm.distribute_task_tree(TaskTreeNode(t), progress=False))
+    assert create_session(real) is create_session(tmp_path / "link.db")
+    assert len(create_session(real).get("big").result["x"]) == stores.INLINE_LIMIT + 10
+    assert not (tmp_path / "link.db.results").exists()
+
+
+# -- executors ------------------------------------------------------------------------------------
+
+def test_a_plain_executor_returning_a_coroutine_fails_saying_to_use_async_def(tm):
+    t = tm.task_repository.create_now("hostile_sync_coro", id="sc")
+    run_sync(tm.distribute_task_tree(TaskTreeNode(t), progress=False))
+    row = tm.task_repository.db.get("sc")
+    assert row.status == "failed"
+    assert row.error.startswith(
+        "executor 'hostile_sync_coro' is a plain function but returned a coroutine")
+    assert "async def" in row.error
