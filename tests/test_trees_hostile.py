@@ -11,7 +11,7 @@ from pipeflow.trees import TaskManager, TaskTreeNode, create_session, executor, 
 from pipeflow.trees import store as stores
 from pipeflow.trees.executors import unregister
 
-IDS = ("hostile_ok", "hostile_big", "hostile_sync_coro")
+IDS = ("hostile_ok", "hostile_big", "hostile_sync_coro", "hostile_deep", "hostile_hugeint")
 
 
 @pytest.fixture(autouse=True)
@@ -31,9 +31,26 @@ def _executors():
     def sync_coro(inputs):
         return later()
 
+    @executor("hostile_deep")
+    def deep_result(inputs):
+        return _deep(5000)
+
+    @executor("hostile_hugeint")
+    def huge_int(inputs):
+        return {"n": 10 ** 5000}
+
     yield
     for i in IDS:
         unregister(i)
+
+
+def _deep(levels):
+    out: dict = {}
+    cur = out
+    for _ in range(levels):
+        cur["a"] = {}
+        cur = cur["a"]
+    return out
 
 
 @pytest.fixture
@@ -66,7 +83,6 @@ def test_a_bad_field_at_creation_is_a_parameter_error(tm, field, value, match):
     ("error", [1], r"error of task 'hostile_ok' \(t\) must be a string"),
     ("started_at", "nope", r"started_at of task 'hostile_ok' \(t\) must be a datetime or ISO"),
     ("origin_type", "bogus", r"origin_type of task 'hostile_ok' \(t\) must be one of create"),
-    ("inputs", None, r"inputs of task 'hostile_ok' \(t\) must be a dict"),
     ("inputs", [1], r"inputs of task 'hostile_ok' \(t\) must be a dict"),
 ])
 def test_a_bad_field_in_update_task_is_a_parameter_error_and_changes_nothing(tm, field, value,
@@ -137,3 +153,38 @@ def test_a_plain_executor_returning_a_coroutine_fails_saying_to_use_async_def(tm
     assert row.error.startswith(
         "executor 'hostile_sync_coro' is a plain function but returned a coroutine")
     assert "async def" in row.error
+
+
+def test_inputs_nested_too_deep_or_with_a_huge_int_are_parameter_errors(tm):
+    with pytest.raises(ParameterError, match=r"inputs of task 'hostile_ok' must be JSON .*: "
+                                             r"inputs\['a'\].*\.\.\. nests dicts/lists more "
+                                             r"than 500 levels deep"):
+        tm.task_repository.create_now("hostile_ok", inputs=_deep(5000))
+    with pytest.raises(ParameterError, match=r"inputs\['n'\] is an integer too long to write "
+                                             r"as text \(over 4300 digits\)"):
+        tm.task_repository.create_now("hostile_ok", inputs={"n": 10 ** 5000})
+    assert tm.task_repository.create_now("hostile_ok", inputs=_deep(400)).inputs == _deep(400)
+    assert tm.task_repository.create_now("hostile_ok", id="none", inputs=None).inputs == {}
+    assert tm.task_repository.update_now("none", inputs=None).inputs == {}
+
+
+def test_a_result_nested_too_deep_fails_clearly_and_a_huge_int_result_is_kept(tm):
+    repo = tm.task_repository
+    deep = repo.create_now("hostile_deep", id="deep")
+    huge = repo.create_now("hostile_hugeint", id="huge")
+    root = TaskTreeNode(deep)
+    root.add_child(TaskTreeNode(huge))
+    run_sync(tm.distribute_task_tree(root, progress=False))
+    row = repo.db.get("deep")
+    assert row.status == "failed"
+    assert row.error.startswith("the result of task 'deep' (a dict) can be stored neither "
+                                "as JSON nor pickled")
+    assert repo.db.get("huge").status == "completed"
+    assert repo.db.get("huge").result == {"n": 10 ** 5000}
+
+
+def test_cancel_task_with_a_message_that_is_not_text_is_a_parameter_error(tm):
+    tm.task_repository.create_now("hostile_ok", id="c")
+    with pytest.raises(ParameterError, match=r"error_message of cancel_task\(\) is the text"):
+        tm.cancel_now("c", error_message=["why"])  # type: ignore[arg-type]
+    assert tm.task_repository.db.get("c").status == "pending"

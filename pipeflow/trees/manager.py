@@ -338,6 +338,10 @@ class TaskManager:
 
     def cancel_now(self, task_id: str, error_message: str | None = None) -> dict[str, Any]:
         """:meth:`cancel_task`, without ``await``."""
+        if error_message is not None and not isinstance(error_message, str):
+            raise ParameterError(
+                f"error_message of cancel_task() is the text stored as the task's error, not "
+                f"{error_message!r}: cancel_task(task_id, error_message='why').")
         row = self.db.get(task_id_of(task_id))
         if row is None:
             return {"status": "failed", "message": f"Task {task_id} not found",

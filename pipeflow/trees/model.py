@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -266,23 +267,38 @@ def check_json(value: object, field: str, who: str = "a task") -> Any:
     return value
 
 
-def _not_json(value: object, path: str) -> str | None:
+#: how deeply JSON values may nest (deeper ones would exhaust Python's recursion limit)
+MAX_DEPTH = 500
+
+
+def _not_json(value: object, path: str, depth: int = 0) -> str | None:
     """Where ``value`` stops being JSON (None: it is JSON)."""
-    if value is None or isinstance(value, (str, bool, int)):
+    if value is None or isinstance(value, (str, bool)):
         return None
+    if isinstance(value, int):
+        if value.bit_length() > 10_000:  # past ~3000 digits: can Python write it?
+            try:
+                repr(value)
+            except ValueError:
+                return (f"{path} is an integer too long to write as text (over "
+                        f"{sys.get_int_max_str_digits()} digits)")
+        return None
+    if depth >= MAX_DEPTH and isinstance(value, (Mapping, list, tuple)):
+        short = path if len(path) <= 60 else f"{path[:60]}..."
+        return f"{short} nests dicts/lists more than {MAX_DEPTH} levels deep"
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{path} is {value!r}"
     if isinstance(value, Mapping):
         for k, v in value.items():
             if not isinstance(k, str):
                 return f"{path} has the key {k!r} ({type(k).__name__}, not str)"
-            bad = _not_json(v, f"{path}[{k!r}]")
+            bad = _not_json(v, f"{path}[{k!r}]", depth + 1)
             if bad:
                 return bad
         return None
     if isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            bad = _not_json(v, f"{path}[{i}]")
+            bad = _not_json(v, f"{path}[{i}]", depth + 1)
             if bad:
                 return bad
         return None

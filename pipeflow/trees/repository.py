@@ -306,7 +306,7 @@ def _check_field(name: str, value: Any, who: str) -> Any:
     if name == "dependencies":
         return m.check_dependencies(value, who)
     if name == "inputs":
-        value = m.check_json(value, name, who)
+        value = m.check_json({} if value is None else value, name, who)
         if not isinstance(value, Mapping):
             raise ParameterError(
                 f"inputs of {who} must be a dict, not {value!r}.")
