@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pipeflow.errors import CycleError, ParameterError
+from pipeflow.errors import CycleError, ParameterError, TaskStoreError
 from pipeflow.trees import TaskManager, TaskTreeNode, create_session, executor, run_sync
 from pipeflow.trees import store as stores
 from pipeflow.trees.executors import unregister
@@ -188,3 +188,32 @@ def test_cancel_task_with_a_message_that_is_not_text_is_a_parameter_error(tm):
     with pytest.raises(ParameterError, match=r"error_message of cancel_task\(\) is the text"):
         tm.cancel_now("c", error_message=["why"])  # type: ignore[arg-type]
     assert tm.task_repository.db.get("c").status == "pending"
+
+
+def test_a_store_deleted_while_a_tree_runs_is_reported_not_silently_written_to(tmp_path):
+    path = tmp_path / "gone.db"
+    tm = TaskManager(create_session(path))
+
+    @executor("hostile_deleter")
+    def deleter(inputs):
+        path.unlink()
+        return {"ok": 1}
+
+    try:
+        t = tm.task_repository.create_now("hostile_deleter")
+        with pytest.raises(TaskStoreError, match=r"gone\.db' was deleted or replaced while this "
+                                                 r"process used it"):
+            run_sync(tm.distribute_task_tree(TaskTreeNode(t), progress=False))
+    finally:
+        unregister("hostile_deleter")
+    # then the store at that path is used again: a new, empty one
+    assert create_session(path).ids() == []
+    assert tm.task_repository.create_now("hostile_ok", id="again").id == "again"
+    assert path.exists()
+
+
+def test_a_duplicate_id_says_so_without_the_sqlite_error_attached(tm):
+    tm.task_repository.create_now("hostile_ok", id="dup")
+    with pytest.raises(ParameterError, match=r"a task with id 'dup' exists already") as info:
+        tm.task_repository.create_now("hostile_ok", id="dup")
+    assert info.value.__cause__ is None and info.value.__suppress_context__

@@ -177,13 +177,35 @@ class TaskStore:
                                      check_same_thread=False)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
+                if getattr(local, "replaced", False):  # the file was deleted: a new store
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        db.execute(statement)
             except (sqlite3.Error, OSError) as exc:
                 raise TaskStoreError(
                     f"cannot open the task store {str(self.path)!r}: {exc}. Check that the "
                     f"folder is writable and the file is an SQLite database (or pass another "
                     f"path to create_session()).") from exc
             local.db, local.pid = db, os.getpid()
+            local.inode = self._inode()
+        elif self._inode() != local.inode:
+            # SQLite would go on using the deleted file, and every later change be lost
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+            local.db, local.replaced = None, True
+            raise TaskStoreError(
+                f"the task store {str(self.path)!r} was deleted or replaced while this "
+                f"process used it; what was to be written now is not (it would have gone to "
+                f"the deleted file and been lost). Do not delete the store while trees run. "
+                f"The next call uses the file now at that path (a new, empty store if none).")
         return db
+
+    def _inode(self) -> tuple[int, int] | None:
+        """The store file's identity (device, inode); None when it is gone."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -335,9 +357,11 @@ class TaskStore:
                 db.execute(f"INSERT INTO tasks ({', '.join(row)}) VALUES "
                            f"({', '.join('?' * len(row))})", list(row.values()))
             except sqlite3.IntegrityError as exc:
+                if "UNIQUE" not in str(exc):
+                    raise
                 raise ParameterError(
                     f"a task with id {fields['id']!r} exists already in the task store; "
-                    f"leave id out to get a new one.") from exc
+                    f"leave id out to get a new one (or use another id).") from None
             if fields.get("parent_id"):
                 db.execute("UPDATE tasks SET has_children = 1 WHERE id = ?",
                            (fields["parent_id"],))
