@@ -217,3 +217,29 @@ def test_a_duplicate_id_says_so_without_the_sqlite_error_attached(tm):
     with pytest.raises(ParameterError, match=r"a task with id 'dup' exists already") as info:
         tm.task_repository.create_now("hostile_ok", id="dup")
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+@pytest.mark.parametrize(("params", "match"), [
+    ({"timeout": "x"}, r"params\['timeout'\] of task 'hostile_ok' must be a number of seconds, "
+                       r"more than 0, or None, not 'x'"),
+    ({"retries": -5}, r"params\['retries'\] of task 'hostile_ok' must be a whole number >= 0"),
+    ({"retry_delay": -1}, r"params\['retry_delay'\] of task 'hostile_ok' must be a number"),
+])
+def test_bad_run_overrides_in_params_are_refused_at_creation_and_before_a_run(tm, params, match):
+    repo = tm.task_repository
+    with pytest.raises(ParameterError, match=match):
+        repo.create_now("hostile_ok", params=params)
+    # a task stored another way (an older store, the CLI, a copy) is refused before running
+    t = repo.create_now("hostile_ok", id="p")
+    repo.db.update("p", {"params": params})
+    with pytest.raises(ParameterError, match=match.replace("'hostile_ok'", r"'hostile_ok' \(p\)")):
+        run_sync(tm.distribute_task_tree(TaskTreeNode(t), progress=False))
+    assert repo.db.get("p").status == "pending"
+
+
+def test_workers_that_is_not_a_number_is_a_parameter_error_before_anything_runs(tm):
+    t = tm.task_repository.create_now("hostile_ok", id="w")
+    with pytest.raises(ParameterError, match=r"workers must be a whole number of at least 1, "
+                                             r"not '2'"):
+        run_sync(tm.distribute_task_tree(TaskTreeNode(t), workers="2"))  # type: ignore[arg-type]
+    assert tm.task_repository.db.get("w").status == "pending"

@@ -227,6 +227,8 @@ class TaskManager:
             raise ParameterError(
                 f"distribute_task_tree() takes a TaskTreeNode, not {tree!r}: "
                 f"distribute_task_tree(TaskTreeNode(task)).")
+        n = self.workers if workers is None else workers
+        RunOptions(workers=n)  # a bad count is a ParameterError, before anything runs
         rows = self.prepare(tree)
         owner = Owner.make(uuid.uuid4().hex)
         loop = asyncio.get_running_loop()
@@ -240,7 +242,6 @@ class TaskManager:
         if stream is not None:
             sinks.append(stream)
         sinks.extend(callbacks)
-        n = self.workers if workers is None else workers
         kind = self.executor if n > 1 else "thread"
         options = RunOptions(workers=n, executor=kind, cancel=token, callbacks=sinks,
                              progress=progress, abort=False, execution_summary=summary,
@@ -302,6 +303,8 @@ class TaskManager:
         _check_acyclic(rows)
         known = registry.registered()
         for r in rows.values():
+            if r.status != m.COMPLETED:
+                m.check_run_params(r.params, f"task {r.name!r} ({r.id})")
             if r.status != m.COMPLETED and r.executor_id not in known:
                 raise UnknownExecutorError(registry.unknown_message(
                     r.executor_id, f"task {r.name!r} ({r.id}) cannot run: "))

@@ -256,6 +256,26 @@ def check_dependencies(deps: object, who: str = "a task") -> list[dict[str, Any]
     return out
 
 
+def check_run_params(params: object, who: str = "a task") -> None:
+    """The overrides a task's ``params`` may hold: ``retries``, ``retry_delay``, ``timeout``."""
+    if not isinstance(params, Mapping):
+        return
+    retries = params.get("retries", 0)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ParameterError(
+            f"params['retries'] of {who} must be a whole number >= 0 (how many times a "
+            f"failed attempt is tried again), not {retries!r}.")
+    for key, least in (("retry_delay", "0 or more"), ("timeout", "more than 0")):
+        value = params.get(key)
+        if value is None:
+            continue
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or value < 0 or (key == "timeout" and value == 0)):
+            raise ParameterError(
+                f"params[{key!r}] of {who} must be a number of seconds, {least}, or None, "
+                f"not {value!r}.")
+
+
 def check_json(value: object, field: str, who: str = "a task") -> Any:
     """``value`` unchanged if it can be stored as JSON, else a clear error naming where."""
     where = _not_json(value, field)

@@ -311,6 +311,9 @@ def _check_field(name: str, value: Any, who: str) -> Any:
             raise ParameterError(
                 f"inputs of {who} must be a dict, not {value!r}.")
         return value
+    if name == "params":
+        m.check_run_params(m.check_json(value, name, who), who)
+        return value
     if name in m.JSON_FIELDS:
         return m.check_json(value, name, who)
     if name == "progress":
