@@ -243,3 +243,21 @@ def test_workers_that_is_not_a_number_is_a_parameter_error_before_anything_runs(
                                              r"not '2'"):
         run_sync(tm.distribute_task_tree(TaskTreeNode(t), workers="2"))  # type: ignore[arg-type]
     assert tm.task_repository.db.get("w").status == "pending"
+
+
+def test_an_executor_raising_system_exit_fails_its_task_and_says_so(tm):
+    @executor("hostile_exit")
+    def leave(inputs):
+        raise SystemExit(3)
+
+    try:
+        t = tm.task_repository.create_now("hostile_exit", id="x")
+        after = tm.task_repository.create_now("hostile_ok", id="after")
+        root = TaskTreeNode(t)
+        root.add_child(TaskTreeNode(after))
+        run_sync(tm.distribute_task_tree(root, progress=False))
+    finally:
+        unregister("hostile_exit")
+    row = tm.task_repository.db.get("x")
+    assert (row.status, row.error) == ("failed", "SystemExit: 3")
+    assert tm.task_repository.db.get("after").status == "completed"

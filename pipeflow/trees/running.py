@@ -464,6 +464,8 @@ def _error_text(err: BaseException | None) -> str:
     if isinstance(err, (TreeTaskError, PipeflowError)):
         return str(err)
     text = str(err)
+    if not isinstance(err, Exception):  # SystemExit(3), KeyboardInterrupt: "3" says nothing
+        return f"{type(err).__name__}: {text}" if text else type(err).__name__
     return text if text else type(err).__name__
 
 
