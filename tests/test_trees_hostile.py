@@ -261,3 +261,14 @@ def test_an_executor_raising_system_exit_fails_its_task_and_says_so(tm):
     row = tm.task_repository.db.get("x")
     assert (row.status, row.error) == ("failed", "SystemExit: 3")
     assert tm.task_repository.db.get("after").status == "completed"
+
+
+def test_hooks_that_are_not_functions_are_refused_by_the_task_manager(tmp_path):
+    db = create_session(tmp_path / "tasks.db")
+    with pytest.raises(ParameterError, match=r"pre_hooks of TaskManager holds 5, which is not "
+                                             r"a function: each is called as hook\(task\)"):
+        TaskManager(db, pre_hooks=[5])
+    with pytest.raises(ParameterError, match=r"post_hooks of TaskManager is a list of "
+                                             r"functions, not <built-in function print>"):
+        TaskManager(db, post_hooks=print)  # type: ignore[arg-type]
+    assert TaskManager(db, pre_hooks=(print,)).pre_hooks == [print]

@@ -147,6 +147,18 @@ class TaskManager:
             raise ParameterError(
                 f"executor must be 'thread' or 'process' for task trees, not {executor!r}.")
         RunOptions(workers=workers, executor=executor)
+        for kind, hooks, call in (("pre_hooks", pre_hooks, "hook(task)"),
+                                  ("post_hooks", post_hooks, "hook(task, inputs, result)")):
+            if hooks is not None and (isinstance(hooks, (str, bytes)) or callable(hooks)
+                                      or not isinstance(hooks, Sequence)):
+                raise ParameterError(
+                    f"{kind} of TaskManager is a list of functions, not {hooks!r}: "
+                    f"TaskManager(db, {kind}=[my_hook]).")
+            bad = [h for h in hooks or () if not callable(h)]
+            if bad:
+                raise ParameterError(
+                    f"{kind} of TaskManager holds {bad[0]!r}, which is not a function: each "
+                    f"is called as {call} (plain or async).")
         self.db = db
         self.task_repository = TaskRepository(db)
         self.streaming_callbacks = StreamingCallbacks()
