@@ -272,3 +272,26 @@ def test_hooks_that_are_not_functions_are_refused_by_the_task_manager(tmp_path):
                                              r"functions, not <built-in function print>"):
         TaskManager(db, post_hooks=print)  # type: ignore[arg-type]
     assert TaskManager(db, pre_hooks=(print,)).pre_hooks == [print]
+
+
+def test_get_tasks_by_ids_with_one_id_string_is_refused_not_read_letter_by_letter(tm):
+    repo = tm.task_repository
+    for i in ("A", "B", "AB"):
+        repo.create_now("hostile_ok", id=i)
+    with pytest.raises(ParameterError, match=r"get_tasks_by_ids\(\) takes a list of ids, not "
+                                             r"the single id 'AB'"):
+        run_sync(repo.get_tasks_by_ids("AB"))
+    assert [t.id for t in run_sync(repo.get_tasks_by_ids(["AB", "nope", "A"]))] == ["AB", "A"]
+
+
+def test_a_deep_parent_chain_is_checked_for_cycles_quickly(tm):
+    repo = tm.task_repository
+    repo.create_now("hostile_ok", id="n0")
+    for i in range(1, 300):
+        repo.create_now("hostile_ok", id=f"n{i}", parent_id=f"n{i - 1}")
+    with pytest.raises(CycleError, match=r"\(n0\) would be its own ancestor: n0 -> n299 -> "
+                                         r"n298 -> "):
+        repo.update_now("n0", parent_id="n299")
+    repo.create_now("hostile_ok", id="other")
+    assert repo.update_now("n0", parent_id="other").parent_id == "other"
+    assert repo.root_of("n299").id == "other"

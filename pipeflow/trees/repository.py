@@ -129,6 +129,10 @@ class TaskRepository:
 
     async def get_tasks_by_ids(self, task_ids: Iterable[str]) -> list[m.TaskModel]:
         """The tasks that exist among ``task_ids``, in that order."""
+        if isinstance(task_ids, (str, bytes)):
+            raise ParameterError(
+                f"get_tasks_by_ids() takes a list of ids, not the single id {task_ids!r}: "
+                f"get_tasks_by_ids([{task_ids!r}]) (or get_task_by_id).")
         ids = [task_id_of(i) for i in task_ids]
         found = self.db.many(ids)
         return [found[i] for i in ids if i in found]
@@ -228,6 +232,7 @@ class TaskRepository:
     def _check_no_parent_cycle(self, task_id: str, parent_id: str, who: str) -> None:
         """Refuse a parent that is ``task_id`` itself or one of its descendants."""
         chain = [task_id, parent_id]
+        seen = set(chain)
         row = self.db.get(parent_id)
         while row is not None and row.parent_id:
             if row.parent_id == task_id:
@@ -235,9 +240,10 @@ class TaskRepository:
                 raise CycleError(
                     f"{who} would be its own ancestor: {' -> '.join(chain)}. A task's parent "
                     f"cannot be one of its descendants; pick another parent or None.", chain)
-            if row.parent_id in chain:  # an older cycle above: stop
+            if row.parent_id in seen:  # an older cycle above: stop
                 break
             chain.append(row.parent_id)
+            seen.add(row.parent_id)
             row = self.db.get(row.parent_id)
 
     def _check_no_cycle(self, task_id: str, deps: list[dict[str, Any]], who: str) -> None:
