@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sqlite3
 
 import pytest
 
@@ -166,6 +168,7 @@ def test_inputs_nested_too_deep_or_with_a_huge_int_are_parameter_errors(tm):
     assert tm.task_repository.create_now("hostile_ok", inputs=_deep(400)).inputs == _deep(400)
     assert tm.task_repository.create_now("hostile_ok", id="none", inputs=None).inputs == {}
     assert tm.task_repository.update_now("none", inputs=None).inputs == {}
+    assert tm.task_repository.update_now("none", progress=None).progress == 0.0
 
 
 def test_a_result_nested_too_deep_fails_clearly_and_a_huge_int_result_is_kept(tm):
@@ -295,3 +298,16 @@ def test_a_deep_parent_chain_is_checked_for_cycles_quickly(tm):
     repo.create_now("hostile_ok", id="other")
     assert repo.update_now("n0", parent_id="other").parent_id == "other"
     assert repo.root_of("n299").id == "other"
+
+
+def test_a_store_changed_by_another_program_says_what_to_check(tmp_path):
+    path = tmp_path / "other.db"
+    repo = TaskManager(create_session(path)).task_repository
+    repo.create_now("hostile_ok", id="j")
+    with contextlib.closing(sqlite3.connect(path)) as other:  # another program's doing
+        other.execute("DROP TABLE tasks")
+    for call in (repo.db.ids, lambda: repo.create_now("hostile_ok")):
+        with pytest.raises(TaskStoreError, match=r"other\.db'.*no such table: tasks\. Check "
+                                                 r"that the file is a pipeflow task store that "
+                                                 r"nothing else overwrote"):
+            call()

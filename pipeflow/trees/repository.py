@@ -323,7 +323,7 @@ def _check_field(name: str, value: Any, who: str) -> Any:
     if name in m.JSON_FIELDS:
         return m.check_json(value, name, who)
     if name == "progress":
-        return m.check_progress(value, who)
+        return 0.0 if value is None else m.check_progress(value, who)
     if name in m.TIME_FIELDS:
         return m.check_time(value, name, who)
     if name in ("id", "parent_id", "task_tree_id", "original_task_id"):

@@ -81,6 +81,10 @@ _COLUMNS = ("id", "name", "user_id", "parent_id", "priority", "dependencies", "i
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM tasks"
 
 _HOST = socket.gethostname()
+#: what to check when SQLite refuses a read or a write
+_HINT = ("Check that the file is a pipeflow task store that nothing else overwrote, that its "
+         "folder is writable and the disk not full; if it is damaged, move it away and "
+         "create_session() makes a new one.")
 
 
 def now() -> dt.datetime:
@@ -221,14 +225,14 @@ class TaskStore:
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise TaskStoreError(
-                f"the task store {str(self.path)!r} refused a change: {exc}.") from exc
+                f"the task store {str(self.path)!r} refused a change: {exc}. {_HINT}") from exc
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
             return self._db().execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             raise TaskStoreError(
-                f"cannot read the task store {str(self.path)!r}: {exc}.") from exc
+                f"cannot read the task store {str(self.path)!r}: {exc}. {_HINT}") from exc
 
     # -- rows <-> tasks --------------------------------------------------------------------------
     def _model(self, row: tuple[Any, ...]) -> m.TaskModel:
