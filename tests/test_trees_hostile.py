@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import sqlite3
@@ -311,3 +312,37 @@ def test_a_store_changed_by_another_program_says_what_to_check(tmp_path):
                                                  r"that the file is a pipeflow task store that "
                                                  r"nothing else overwrote"):
             call()
+
+
+@pytest.mark.parametrize("kind", ["plain", "cancelable", "async"])
+def test_an_executor_running_a_tree_that_holds_its_own_task_fails_instead_of_hanging(tm, kind):
+    repo = tm.task_repository
+
+    def body(inputs):
+        inner = repo.create_now("hostile_ok", id=f"inner-{kind}")
+        done = run_sync(tm.distribute_task_tree(TaskTreeNode(inner), progress=False))
+        assert done.task.status == "completed"  # a run of other tasks is fine
+        me = repo.db.get(inputs["me"])
+        run_sync(tm.distribute_task_tree(TaskTreeNode(me), progress=False))
+
+    async def abody(inputs):
+        inner = repo.create_now("hostile_ok", id=f"inner-{kind}")
+        done = await tm.distribute_task_tree(TaskTreeNode(inner), progress=False)
+        assert done.task.status == "completed"
+        dependent = repo.create_now("hostile_ok", dependencies=[inputs["me"]])
+        await tm.distribute_task_tree(TaskTreeNode(dependent), progress=False)
+
+    func = abody if kind == "async" else body
+    executor("hostile_self", cancelable=kind == "cancelable")(func)
+    try:
+        t = repo.create_now("hostile_self", id="me", inputs={"me": "me"})
+        run_sync(asyncio.wait_for(tm.distribute_task_tree(TaskTreeNode(t), progress=False), 20))
+    finally:
+        unregister("hostile_self")
+    row = repo.db.get("me")
+    assert row.status == "failed"
+    held = "depends on that task" if kind == "async" else "holds that task"
+    assert row.error.startswith(f"the executor of task 'hostile_self' (me) started a run of "
+                                f"a tree that {held}: the run would wait for the task to "
+                                f"finish, and the task for the run, for ever.")
+    assert repo.db.get(f"inner-{kind}").status == "completed"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import os
 import threading
@@ -32,7 +33,7 @@ from pipeflow.trees import executors as registry
 from pipeflow.trees import model as m
 from pipeflow.trees.node import TaskTreeNode
 from pipeflow.trees.repository import TaskRepository, task_id_of
-from pipeflow.trees.running import CANCELS, LOOPS, StoreSink, StreamSink, tasks_for
+from pipeflow.trees.running import CANCELS, LOOPS, RUNNING, StoreSink, StreamSink, tasks_for
 from pipeflow.trees.store import Owner, TaskStore, open_store
 
 T = TypeVar("T")
@@ -313,6 +314,15 @@ class TaskManager:
             todo = [d["id"] for r in found.values() for d in r.dependencies
                     if d["id"] not in rows]
         _check_acyclic(rows)
+        mine = [i for i in RUNNING.get() if i in rows]
+        if mine:
+            r = rows[mine[0]]
+            raise ParameterError(
+                f"the executor of task {r.name!r} ({r.id}) started a run of a tree that "
+                f"{'holds that task' if r.id in ids else 'depends on that task'}: the run "
+                f"would wait for the task to finish, and the task for the run, for ever. "
+                f"Run only tasks that do not need it (e.g. new tasks created for the inner "
+                f"run), or give it dependencies instead of running them from its executor.")
         known = registry.registered()
         for r in rows.values():
             if r.status != m.COMPLETED:
@@ -395,10 +405,11 @@ def run_sync(awaitable: Awaitable[T]) -> T:
     except RuntimeError:
         return asyncio.run(_wrap(awaitable))
     box: dict[str, Any] = {}
+    ctx = contextvars.copy_context()  # the helper thread sees this thread's context
 
     def body() -> None:
         try:
-            box["value"] = asyncio.run(_wrap(awaitable))
+            box["value"] = ctx.run(asyncio.run, _wrap(awaitable))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             box["error"] = exc
 
