@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import os
 import threading
@@ -31,8 +32,8 @@ from pipeflow.options import RunOptions
 from pipeflow.trees import executors as registry
 from pipeflow.trees import model as m
 from pipeflow.trees.node import TaskTreeNode
-from pipeflow.trees.repository import TaskRepository
-from pipeflow.trees.running import CANCELS, LOOPS, StoreSink, StreamSink, tasks_for
+from pipeflow.trees.repository import TaskRepository, task_id_of
+from pipeflow.trees.running import CANCELS, LOOPS, RUNNING, StoreSink, StreamSink, tasks_for
 from pipeflow.trees.store import Owner, TaskStore, open_store
 
 T = TypeVar("T")
@@ -147,6 +148,18 @@ class TaskManager:
             raise ParameterError(
                 f"executor must be 'thread' or 'process' for task trees, not {executor!r}.")
         RunOptions(workers=workers, executor=executor)
+        for kind, hooks, call in (("pre_hooks", pre_hooks, "hook(task)"),
+                                  ("post_hooks", post_hooks, "hook(task, inputs, result)")):
+            if hooks is not None and (isinstance(hooks, (str, bytes)) or callable(hooks)
+                                      or not isinstance(hooks, Sequence)):
+                raise ParameterError(
+                    f"{kind} of TaskManager is a list of functions, not {hooks!r}: "
+                    f"TaskManager(db, {kind}=[my_hook]).")
+            bad = [h for h in hooks or () if not callable(h)]
+            if bad:
+                raise ParameterError(
+                    f"{kind} of TaskManager holds {bad[0]!r}, which is not a function: each "
+                    f"is called as {call} (plain or async).")
         self.db = db
         self.task_repository = TaskRepository(db)
         self.streaming_callbacks = StreamingCallbacks()
@@ -227,6 +240,8 @@ class TaskManager:
             raise ParameterError(
                 f"distribute_task_tree() takes a TaskTreeNode, not {tree!r}: "
                 f"distribute_task_tree(TaskTreeNode(task)).")
+        n = self.workers if workers is None else workers
+        RunOptions(workers=n)  # a bad count is a ParameterError, before anything runs
         rows = self.prepare(tree)
         owner = Owner.make(uuid.uuid4().hex)
         loop = asyncio.get_running_loop()
@@ -240,7 +255,6 @@ class TaskManager:
         if stream is not None:
             sinks.append(stream)
         sinks.extend(callbacks)
-        n = self.workers if workers is None else workers
         # one worker: the tasks run one by one on the run's own thread (as task classes do
         # with workers=1), not each on a thread started for it: that cost more per task
         # than the task's own store reads and writes (see docs/benchmarks.md)
@@ -303,8 +317,19 @@ class TaskManager:
             todo = [d["id"] for r in found.values() for d in r.dependencies
                     if d["id"] not in rows]
         _check_acyclic(rows)
+        mine = [i for i in RUNNING.get() if i in rows]
+        if mine:
+            r = rows[mine[0]]
+            raise ParameterError(
+                f"the executor of task {r.name!r} ({r.id}) started a run of a tree that "
+                f"{'holds that task' if r.id in ids else 'depends on that task'}: the run "
+                f"would wait for the task to finish, and the task for the run, for ever. "
+                f"Run only tasks that do not need it (e.g. new tasks created for the inner "
+                f"run), or give it dependencies instead of running them from its executor.")
         known = registry.registered()
         for r in rows.values():
+            if r.status != m.COMPLETED:
+                m.check_run_params(r.params, f"task {r.name!r} ({r.id})")
             if r.status != m.COMPLETED and r.executor_id not in known:
                 raise UnknownExecutorError(registry.unknown_message(
                     r.executor_id, f"task {r.name!r} ({r.id}) cannot run: "))
@@ -341,7 +366,11 @@ class TaskManager:
 
     def cancel_now(self, task_id: str, error_message: str | None = None) -> dict[str, Any]:
         """:meth:`cancel_task`, without ``await``."""
-        row = self.db.get(task_id)
+        if error_message is not None and not isinstance(error_message, str):
+            raise ParameterError(
+                f"error_message of cancel_task() is the text stored as the task's error, not "
+                f"{error_message!r}: cancel_task(task_id, error_message='why').")
+        row = self.db.get(task_id_of(task_id))
         if row is None:
             return {"status": "failed", "message": f"Task {task_id} not found",
                     "error": "Task not found"}
@@ -379,10 +408,11 @@ def run_sync(awaitable: Awaitable[T]) -> T:
     except RuntimeError:
         return asyncio.run(_wrap(awaitable))
     box: dict[str, Any] = {}
+    ctx = contextvars.copy_context()  # the helper thread sees this thread's context
 
     def body() -> None:
         try:
-            box["value"] = asyncio.run(_wrap(awaitable))
+            box["value"] = ctx.run(asyncio.run, _wrap(awaitable))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             box["error"] = exc
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -150,7 +151,7 @@ def check_name(name: object) -> str:
         raise ParameterError(
             f"a task needs a name (its executor id), a non-empty string, not {name!r}: "
             f"create_task(name='fetch_data', ...).")
-    return name
+    return check_text(name, "name", "a task")  # type: ignore[return-value]
 
 
 def check_priority(priority: object, who: str = "a task") -> int:
@@ -169,6 +170,52 @@ def check_status(status: object, who: str = "a task") -> str:
             f"status of {who} must be one of {', '.join(STATUSES)}, not {status!r}."
             f"{did_you_mean(str(status), STATUSES)}")
     return status  # type: ignore[return-value]
+
+
+def check_progress(progress: object, who: str = "a task") -> float:
+    """A progress: a finite number from 0.0 to 1.0."""
+    if (isinstance(progress, bool) or not isinstance(progress, (int, float))
+            or not 0.0 <= progress <= 1.0):
+        raise ParameterError(
+            f"progress of {who} must be a number from 0.0 to 1.0 (0.5: half done), not "
+            f"{progress!r}.")
+    return float(progress)
+
+
+def check_text(value: object, field: str, who: str = "a task", *,
+               kind: str = "a string") -> str | None:
+    """An optional text field (``user_id``, ``error``, an id...): None or storable text.
+
+    Text is stored as UTF-8, so a lone surrogate (from a bad decode) is
+    refused here rather than by SQLite.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ParameterError(f"{field} of {who} must be {kind} (or None), not {value!r}.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ParameterError(
+            f"{field} of {who} cannot be stored: {value!r} holds {exc.object[exc.start]!r}, "
+            f"which is not a character UTF-8 can hold (a lone surrogate, usually from "
+            f"decoding bytes with errors='surrogateescape'). Decode the text properly or "
+            f"replace that character.") from None
+    return value
+
+
+def check_time(value: object, field: str, who: str = "a task") -> dt.datetime | None:
+    """An optional timestamp: a datetime, or ISO text such as ``'2026-01-31T12:00:00'``."""
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ParameterError(
+        f"{field} of {who} must be a datetime or ISO text such as '2026-01-31T12:00:00+00:00', "
+        f"not {value!r}.")
 
 
 def check_dependencies(deps: object, who: str = "a task") -> list[dict[str, Any]]:
@@ -191,6 +238,7 @@ def check_dependencies(deps: object, who: str = "a task") -> list[dict[str, Any]
             raise ParameterError(
                 f"each dependency of {who} is {{'id': <task id>, 'required': True|False}} "
                 f"(or a task id), not {d!r}.")
+        check_text(d["id"], "a dependency id", who)
         required = d.get("required", True)
         if not isinstance(required, bool):
             raise ParameterError(
@@ -208,6 +256,26 @@ def check_dependencies(deps: object, who: str = "a task") -> list[dict[str, Any]
     return out
 
 
+def check_run_params(params: object, who: str = "a task") -> None:
+    """The overrides a task's ``params`` may hold: ``retries``, ``retry_delay``, ``timeout``."""
+    if not isinstance(params, Mapping):
+        return
+    retries = params.get("retries", 0)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ParameterError(
+            f"params['retries'] of {who} must be a whole number >= 0 (how many times a "
+            f"failed attempt is tried again), not {retries!r}.")
+    for key, least in (("retry_delay", "0 or more"), ("timeout", "more than 0")):
+        value = params.get(key)
+        if value is None:
+            continue
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or value < 0 or (key == "timeout" and value == 0)):
+            raise ParameterError(
+                f"params[{key!r}] of {who} must be a number of seconds, {least}, or None, "
+                f"not {value!r}.")
+
+
 def check_json(value: object, field: str, who: str = "a task") -> Any:
     """``value`` unchanged if it can be stored as JSON, else a clear error naming where."""
     where = _not_json(value, field)
@@ -219,23 +287,38 @@ def check_json(value: object, field: str, who: str = "a task") -> Any:
     return value
 
 
-def _not_json(value: object, path: str) -> str | None:
+#: how deeply JSON values may nest (deeper ones would exhaust Python's recursion limit)
+MAX_DEPTH = 500
+
+
+def _not_json(value: object, path: str, depth: int = 0) -> str | None:
     """Where ``value`` stops being JSON (None: it is JSON)."""
-    if value is None or isinstance(value, (str, bool, int)):
+    if value is None or isinstance(value, (str, bool)):
         return None
+    if isinstance(value, int):
+        if value.bit_length() > 10_000:  # past ~3000 digits: can Python write it?
+            try:
+                repr(value)
+            except ValueError:
+                return (f"{path} is an integer too long to write as text (over "
+                        f"{sys.get_int_max_str_digits()} digits)")
+        return None
+    if depth >= MAX_DEPTH and isinstance(value, (Mapping, list, tuple)):
+        short = path if len(path) <= 60 else f"{path[:60]}..."
+        return f"{short} nests dicts/lists more than {MAX_DEPTH} levels deep"
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{path} is {value!r}"
     if isinstance(value, Mapping):
         for k, v in value.items():
             if not isinstance(k, str):
                 return f"{path} has the key {k!r} ({type(k).__name__}, not str)"
-            bad = _not_json(v, f"{path}[{k!r}]")
+            bad = _not_json(v, f"{path}[{k!r}]", depth + 1)
             if bad:
                 return bad
         return None
     if isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            bad = _not_json(v, f"{path}[{i}]")
+            bad = _not_json(v, f"{path}[{i}]", depth + 1)
             if bad:
                 return bad
         return None

@@ -73,6 +73,7 @@ class TaskRepository:
         if not isinstance(task_id, str):
             raise ParameterError(f"a task id is a string, not {task_id!r}.")
         who = f"task {name!r}"
+        fields = {k: _check_field(k, v, who) for k, v in fields.items()}
         stamp = now()
         out: dict[str, Any] = {
             "id": task_id, "name": name, "user_id": fields.get("user_id"),
@@ -85,7 +86,7 @@ class TaskRepository:
             "result": m.check_json(fields.get("result"), "result", who),
             "error": fields.get("error"),
             "status": m.check_status(fields.get("status", m.PENDING), who),
-            "progress": float(fields.get("progress") or 0.0),
+            "progress": float(fields.get("progress") or 0.0),  # checked above
             "created_at": fields.get("created_at") or stamp,
             "updated_at": fields.get("updated_at") or stamp,
             "started_at": fields.get("started_at"),
@@ -124,11 +125,15 @@ class TaskRepository:
     # -- read ------------------------------------------------------------------------------------
     async def get_task_by_id(self, task_id: str) -> m.TaskModel | None:
         """The task (a fresh snapshot), or None if there is none."""
-        return self.db.get(task_id)
+        return self.db.get(task_id_of(task_id))
 
     async def get_tasks_by_ids(self, task_ids: Iterable[str]) -> list[m.TaskModel]:
         """The tasks that exist among ``task_ids``, in that order."""
-        ids = list(task_ids)
+        if isinstance(task_ids, (str, bytes)):
+            raise ParameterError(
+                f"get_tasks_by_ids() takes a list of ids, not the single id {task_ids!r}: "
+                f"get_tasks_by_ids([{task_ids!r}]) (or get_task_by_id).")
+        ids = [task_id_of(i) for i in task_ids]
         found = self.db.many(ids)
         return [found[i] for i in ids if i in found]
 
@@ -139,7 +144,7 @@ class TaskRepository:
 
     async def get_child_tasks(self, task_id: str) -> list[m.TaskModel]:
         """The tasks whose parent is ``task_id``, oldest first."""
-        return self.db.children([task_id])
+        return self.db.children([task_id_of(task_id)])
 
     async def get_root_task(self, task: m.TaskModel | str) -> m.TaskModel:
         """The root of the stored tree ``task`` belongs to (following ``parent_id``)."""
@@ -147,7 +152,7 @@ class TaskRepository:
 
     def root_of(self, task: m.TaskModel | str) -> m.TaskModel:
         """:meth:`get_root_task`, without ``await``."""
-        row = self.db.need(task if isinstance(task, str) else task.id)
+        row = self.db.need(task.id if isinstance(task, m.TaskModel) else task_id_of(task))
         seen = {row.id}
         while row.parent_id:
             parent = self.db.get(row.parent_id)
@@ -163,7 +168,8 @@ class TaskRepository:
 
     def tree_of(self, task: m.TaskModel | str) -> TaskTreeNode:
         """:meth:`build_task_tree`, without ``await``."""
-        root = TaskTreeNode(self.db.need(task if isinstance(task, str) else task.id))
+        root = TaskTreeNode(self.db.need(
+            task.id if isinstance(task, m.TaskModel) else task_id_of(task)))
         level = [root]
         seen = {root.task.id}
         while level:
@@ -195,7 +201,7 @@ class TaskRepository:
 
     def update_now(self, task_id: str, **fields: Any) -> m.TaskModel:
         """:meth:`update_task`, without ``await``."""
-        task = self.db.need(task_id)
+        task = self.db.need(task_id_of(task_id))
         who = f"task {task.name!r} ({task_id})"
         unknown = [k for k in fields if k not in _UPDATE]
         if unknown:
@@ -208,27 +214,37 @@ class TaskRepository:
                 f"(TaskCreator.from_copy) to change or run it again.")
         checked: dict[str, Any] = {}
         for name, value in fields.items():
-            if name == "name":
-                value = m.check_name(value)
-            elif name == "priority":
-                value = m.check_priority(value, who)
-            elif name == "status":
-                value = m.check_status(value, who)
-            elif name == "dependencies":
-                value = m.check_dependencies(value, who)
+            value = _check_field(name, value, who)
+            if name == "dependencies":
                 self._check_exist([d["id"] for d in value], who, "a dependency")
                 self._check_no_cycle(task_id, value, who)
-            elif name in m.JSON_FIELDS:
-                value = m.check_json(value, name, who)
             elif name == "parent_id" and value is not None:
                 if value == task_id:
                     raise ParameterError(f"{who} cannot be its own parent.")
                 self._check_exist([value], who, "the parent")
+                self._check_no_parent_cycle(task_id, value, who)
             checked[name] = value
         if checked.get("status") == m.PENDING and "error" not in checked:
             checked["error"] = None
         self.db.update(task_id, checked)
         return self.db.need(task_id)
+
+    def _check_no_parent_cycle(self, task_id: str, parent_id: str, who: str) -> None:
+        """Refuse a parent that is ``task_id`` itself or one of its descendants."""
+        chain = [task_id, parent_id]
+        seen = set(chain)
+        row = self.db.get(parent_id)
+        while row is not None and row.parent_id:
+            if row.parent_id == task_id:
+                chain.append(task_id)
+                raise CycleError(
+                    f"{who} would be its own ancestor: {' -> '.join(chain)}. A task's parent "
+                    f"cannot be one of its descendants; pick another parent or None.", chain)
+            if row.parent_id in seen:  # an older cycle above: stop
+                break
+            chain.append(row.parent_id)
+            seen.add(row.parent_id)
+            row = self.db.get(row.parent_id)
 
     def _check_no_cycle(self, task_id: str, deps: list[dict[str, Any]], who: str) -> None:
         """Refuse dependencies through which ``task_id`` would depend on itself."""
@@ -266,7 +282,7 @@ class TaskRepository:
 
     def delete_now(self, task_id: str) -> bool:
         """:meth:`delete_task`, without ``await``."""
-        if self.db.get(task_id) is None:
+        if self.db.get(task_id_of(task_id)) is None:
             return False
         kids = self.db.children([task_id])
         if kids:
@@ -280,3 +296,57 @@ class TaskRepository:
                 f"task {users[0].id!r} depends on task {task_id!r}; change its dependencies "
                 f"(update_task) before deleting it.")
         return self.db.delete(task_id)
+
+
+def _check_field(name: str, value: Any, who: str) -> Any:
+    """One task field as given to ``create_task`` or ``update_task``, checked.
+
+    Raises:
+        ParameterError: what the field may not hold, said with the field and the task.
+    """
+    if name == "name":
+        return m.check_name(value)
+    if name == "priority":
+        return m.check_priority(value, who)
+    if name == "status":
+        return m.check_status(value, who)
+    if name == "dependencies":
+        return m.check_dependencies(value, who)
+    if name == "inputs":
+        value = m.check_json({} if value is None else value, name, who)
+        if not isinstance(value, Mapping):
+            raise ParameterError(
+                f"inputs of {who} must be a dict, not {value!r}.")
+        return value
+    if name == "params":
+        m.check_run_params(m.check_json(value, name, who), who)
+        return value
+    if name in m.JSON_FIELDS:
+        return m.check_json(value, name, who)
+    if name == "progress":
+        return 0.0 if value is None else m.check_progress(value, who)
+    if name in m.TIME_FIELDS:
+        return m.check_time(value, name, who)
+    if name in ("id", "parent_id", "task_tree_id", "original_task_id"):
+        return m.check_text(value, name, who, kind="a task id (a string)")
+    if name in ("user_id", "error"):
+        return m.check_text(value, name, who)
+    if name == "origin_type":
+        if value not in m.ORIGINS:
+            raise ParameterError(f"origin_type of {who} must be one of "
+                                 f"{', '.join(m.ORIGINS)}, not {value!r}.")
+        return value
+    if name in ("has_children", "has_references"):
+        if not isinstance(value, bool):
+            raise ParameterError(f"{name} of {who} must be True or False, not {value!r}.")
+        return value
+    return value
+
+
+def task_id_of(task_id: object) -> str:
+    """``task_id`` if it is a task id (a string), else a clear error."""
+    if not isinstance(task_id, str):
+        raise ParameterError(
+            f"a task id is a string, not {task_id!r}: pass task.id (e.g. "
+            f"get_task_by_id(task.id)).")
+    return m.check_text(task_id, "id", "a task")  # type: ignore[return-value]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import datetime as dt
 import inspect
 import os
@@ -55,6 +56,10 @@ POLL = 0.05
 CANCELS: dict[str, str] = {}
 #: the event loop each run's async executors run on (the caller's), by claim owner
 LOOPS: dict[str, tuple[int, asyncio.AbstractEventLoop]] = {}
+#: the stored tasks whose executors are running in this call chain: a run started from
+#: inside an executor must not include them (it would wait for them, and they for it)
+RUNNING: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "pipeflow_trees_running", default=())
 
 
 class TreeTask(luigi.Task):
@@ -179,16 +184,25 @@ def _call(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) -
     timeout: a cancel or the timeout then ends the task even while the function is blocked
     in a long call (it goes on in the background; what it returns is dropped).
     """
+    mark = RUNNING.set((*RUNNING.get(), task.key))
+    try:
+        return _call_marked(spec, inputs, task)
+    finally:
+        RUNNING.reset(mark)
+
+
+def _call_marked(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) -> Any:
     key, store = task.key, task.store
     if spec.is_async:
         return _await(spec, inputs, task)
     if not spec.cancelable and TreeContract(task).timeout is None:
-        return spec.func(inputs)
+        return _plain_result(spec, spec.func(inputs))
     box: dict[str, Any] = {}
+    ctx = contextvars.copy_context()  # the thread sees RUNNING (a run it starts checks it)
 
     def body() -> None:
         try:
-            box["result"] = spec.func(inputs)
+            box["result"] = ctx.run(spec.func, inputs)
         except BaseException as exc:  # noqa: BLE001 - handed to the attempt
             box["error"] = exc
 
@@ -208,7 +222,18 @@ def _call(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) -
         raise
     if "error" in box:
         raise box["error"]
-    return box.get("result")
+    return _plain_result(spec, box.get("result"))
+
+
+def _plain_result(spec: registry.ExecutorSpec, result: Any) -> Any:
+    """What a plain executor returned; a coroutine means it should have been ``async def``."""
+    if inspect.iscoroutine(result):
+        result.close()  # never awaited: no "was never awaited" warning later
+        raise TypeError(
+            f"executor {spec.id!r} is a plain function but returned a coroutine "
+            f"({result.__qualname__}), which pipeflow does not await: declare it with "
+            f"'async def' (pipeflow awaits async executors), or return the value itself.")
+    return result
 
 
 def _await(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) -> Any:
@@ -216,6 +241,7 @@ def _await(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) 
     coro = spec.func(inputs)
     if not inspect.isawaitable(coro):
         return coro
+    coro = _marked(coro, RUNNING.get())
     home = LOOPS.get(task.claim)
     fut: concurrent.futures.Future[Any]
     if home is not None and home[0] == os.getpid() and home[1].is_running():
@@ -232,6 +258,12 @@ def _await(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) 
         return fut.result()
     except concurrent.futures.CancelledError as exc:
         raise TaskCancelledError(CANCELS.get(task.key) or "Task was cancelled") from exc
+
+
+async def _marked(awaitable: Any, running: tuple[str, ...]) -> Any:
+    """Await ``awaitable`` with :data:`RUNNING` set (a loop's task has its own context)."""
+    RUNNING.set(running)
+    return await awaitable
 
 
 def _on_a_loop_here(coro: Any, key: str, store: str, cancelable: bool) -> Any:
@@ -468,6 +500,8 @@ def _error_text(err: BaseException | None) -> str:
     if isinstance(err, (TreeTaskError, PipeflowError)):
         return str(err)
     text = str(err)
+    if not isinstance(err, Exception):  # SystemExit(3), KeyboardInterrupt: "3" says nothing
+        return f"{type(err).__name__}: {text}" if text else type(err).__name__
     return text if text else type(err).__name__
 
 

@@ -81,6 +81,10 @@ _COLUMNS = ("id", "name", "user_id", "parent_id", "priority", "dependencies", "i
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM tasks"
 
 _HOST = socket.gethostname()
+#: what to check when SQLite refuses a read or a write
+_HINT = ("Check that the file is a pipeflow task store that nothing else overwrote, that its "
+         "folder is writable and the disk not full; if it is damaged, move it away and "
+         "create_session() makes a new one.")
 
 
 def now() -> dt.datetime:
@@ -163,7 +167,7 @@ class TaskStore:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = pathlib.Path(path).absolute()
+        self.path = pathlib.Path(path).expanduser().resolve()  # symlinks: the real file
         if self.path.is_dir():
             raise ParameterError(
                 f"the task store {str(self.path)!r} is a folder; give a file path such as "
@@ -172,6 +176,11 @@ class TaskStore:
         self._pool: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
         self._pool_pid = os.getpid()
+        #: the store file's identity when this process first opened it (a deleted or
+        #: replaced file is refused, not written to), and whether it was replaced
+        self._file_id: tuple[int, int] | None = None
+        self._replaced = False
+        self._generation = 0
         with self._tx() as db:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(statement)
@@ -189,12 +198,23 @@ class TaskStore:
                                  check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            if self._replaced:  # the file was deleted: a new store
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(statement)
         except (sqlite3.Error, OSError) as exc:
             raise TaskStoreError(
                 f"cannot open the task store {str(self.path)!r}: {exc}. Check that the "
                 f"folder is writable and the file is an SQLite database (or pass another "
                 f"path to create_session()).") from exc
         return db
+
+    def _inode(self) -> tuple[int, int] | None:
+        """The store file's identity (device, inode); None when it is gone."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -210,14 +230,32 @@ class TaskStore:
             self._pool_lock = threading.Lock()
             self._pool = []
             self._pool_pid = pid
+        if self._file_id is not None and self._inode() != self._file_id:
+            # SQLite would go on using the deleted file, and every later change be lost
+            with self._pool_lock:
+                stale, self._pool = self._pool, []
+                self._generation += 1
+            for conn in stale:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._file_id, self._replaced = None, True
+            raise TaskStoreError(
+                f"the task store {str(self.path)!r} was deleted or replaced while this "
+                f"process used it; what was to be written now is not (it would have gone to "
+                f"the deleted file and been lost). Do not delete the store while trees run. "
+                f"The next call uses the file now at that path (a new, empty store if none).")
         with self._pool_lock:
             db = self._pool.pop() if self._pool else None
+            generation = self._generation
         if db is None:
             db = self._connect()
+            if self._file_id is None:
+                self._file_id = self._inode()
         try:
             yield db
         finally:
-            if db.in_transaction or self._pool_pid != pid:  # a failed rollback: not reused
+            if (db.in_transaction or self._pool_pid != pid  # a failed rollback: not reused
+                    or generation != self._generation):  # a connection to a deleted file
                 with contextlib.suppress(sqlite3.Error):
                     db.close()
             else:
@@ -238,7 +276,7 @@ class TaskStore:
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise TaskStoreError(
-                    f"the task store {str(self.path)!r} refused a change: {exc}.") from exc
+                    f"the task store {str(self.path)!r} refused a change: {exc}. {_HINT}") from exc
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
@@ -246,7 +284,7 @@ class TaskStore:
                 return db.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             raise TaskStoreError(
-                f"cannot read the task store {str(self.path)!r}: {exc}.") from exc
+                f"cannot read the task store {str(self.path)!r}: {exc}. {_HINT}") from exc
 
     # -- rows <-> tasks --------------------------------------------------------------------------
     def _model(self, row: tuple[Any, ...]) -> m.TaskModel:
@@ -362,11 +400,22 @@ class TaskStore:
                     f"tasks cannot be looked up by {name!r}.{did_you_mean(name, m.FIELDS)}")
             if value is None:
                 clauses.append(f"{name} IS NULL")
+            elif not isinstance(value, (str, int, float)):
+                raise ParameterError(
+                    f"query_tasks() compares {name} with a string, number or None, not "
+                    f"{value!r}: e.g. query_tasks(user_id='u1', status='failed').")
             else:
+                if isinstance(value, str):
+                    m.check_text(value, name, "query_tasks()")
                 clauses.append(f"{name} = ?")
                 args.append(value)
         sql = _SELECT + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
         sql += f" ORDER BY {order}"
+        for what, n in (("limit", limit), ("offset", offset)):
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+                raise ParameterError(
+                    f"{what} of query_tasks() must be a whole number (or None for limit), "
+                    f"not {n!r}.")
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
             args += [int(limit), int(offset)]
@@ -385,9 +434,11 @@ class TaskStore:
                 db.execute(f"INSERT INTO tasks ({', '.join(row)}) VALUES "
                            f"({', '.join('?' * len(row))})", list(row.values()))
             except sqlite3.IntegrityError as exc:
+                if "UNIQUE" not in str(exc):
+                    raise
                 raise ParameterError(
                     f"a task with id {fields['id']!r} exists already in the task store; "
-                    f"leave id out to get a new one.") from exc
+                    f"leave id out to get a new one (or use another id).") from None
             if fields.get("parent_id"):
                 db.execute("UPDATE tasks SET has_children = 1 WHERE id = ?",
                            (fields["parent_id"],))
@@ -734,7 +785,8 @@ def open_store(path: str | os.PathLike[str] | None = None) -> TaskStore:
         known = _OPEN.get(path)
         if known is not None:
             return known
-    key = pathlib.Path(path).absolute()
+    # a symlink and its target are one store (one results folder, beside the real file)
+    key = pathlib.Path(path).expanduser().resolve()
     with _OPEN_LOCK:
         store = _OPEN.get(key)
         if store is None:
