@@ -263,6 +263,7 @@ class TaskManager:
                              progress=progress, abort=False, execution_summary=summary,
                              engine=LocalEngine(n, kind, token))
         roots = [made[n.task.id] for n in tree]
+        generation = self.db.generation
         job = asyncio.ensure_future(asyncio.to_thread(operations.run_with, roots, options))
         try:
             self.last_result = await asyncio.shield(job)
@@ -281,6 +282,8 @@ class TaskManager:
             LOOPS.pop(owner, None)
             self._tokens.pop(owner, None)
             self.db.release_all(owner)  # claims of tasks it did not finish (it ended early)
+        if self.db.generation != generation:  # what the run stored went to a deleted file
+            raise self.db.replaced_error()
         fresh = self.db.many(n.task.id for n in tree)
         for node in tree:
             node.task = fresh.get(node.task.id, node.task)

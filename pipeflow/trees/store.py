@@ -208,6 +208,19 @@ class TaskStore:
                 f"path to create_session()).") from exc
         return db
 
+    @property
+    def generation(self) -> int:
+        """How often this process found the store file deleted or replaced (see ``_db``)."""
+        return self._generation
+
+    def replaced_error(self) -> TaskStoreError:
+        """The error for a store file deleted or replaced while this process used it."""
+        return TaskStoreError(
+            f"the task store {str(self.path)!r} was deleted or replaced while this "
+            f"process used it; what was to be written now is not (it would have gone to "
+            f"the deleted file and been lost). Do not delete the store while trees run. "
+            f"The next call uses the file now at that path (a new, empty store if none).")
+
     def _inode(self) -> tuple[int, int] | None:
         """The store file's identity (device, inode); None when it is gone."""
         try:
@@ -239,11 +252,7 @@ class TaskStore:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
             self._file_id, self._replaced = None, True
-            raise TaskStoreError(
-                f"the task store {str(self.path)!r} was deleted or replaced while this "
-                f"process used it; what was to be written now is not (it would have gone to "
-                f"the deleted file and been lost). Do not delete the store while trees run. "
-                f"The next call uses the file now at that path (a new, empty store if none).")
+            raise self.replaced_error()
         with self._pool_lock:
             db = self._pool.pop() if self._pool else None
             generation = self._generation
