@@ -104,6 +104,10 @@ def _guard(what: str, after: str = "") -> Iterator[None]:
             yield
         except _BAD_INPUT as exc:
             raise BadInput(f"{type(exc).__name__}: {exc}") from None
+        except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as cat
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise click.exceptions.Exit(141) from None  # 128 + SIGPIPE, a shell's code
 
 
 @contextlib.contextmanager
@@ -410,30 +414,68 @@ def _tree_line(t: m.TaskModel) -> str:
     return f"{t.id}  {t.name}  {t.status}  priority {t.priority}{user}"
 
 
+#: levels of a tree ``list --root`` indents; a deeper task's line shows its last levels only
+SHOWN_LEVELS = 12
+
+
 def _show_tree(root: TaskTreeNode, where: Mapping[str, Any], as_json: bool) -> None:
-    """Print the tree (a node is shown if it or a task under it matches ``where``)."""
+    """Print the tree (a node is shown if it or a task under it matches ``where``).
 
-    def keep(node: TaskTreeNode) -> bool:
-        return all(getattr(node.task, k) == v for k, v in where.items()) or any(
-            keep(c) for c in node.children)
+    Without recursion: a chain of tasks can be thousands of levels deep. A line deeper than
+    :data:`SHOWN_LEVELS` levels starts with ``··· `` and its last levels, and ends with its
+    level, so that it stays readable.
+    """
+    order: list[TaskTreeNode] = []  # parents before their children
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend(node.children)
+    kept: set[int] = set()
+    for node in reversed(order):  # children first
+        if all(getattr(node.task, k) == v for k, v in where.items()) or any(
+                id(c) in kept for c in node.children):
+            kept.add(id(node))
 
-    def mapping(node: TaskTreeNode) -> dict[str, Any]:
-        return {**_record(node.task),
-                "children": [mapping(c) for c in node.children if keep(c)]}
+    def kids(node: TaskTreeNode) -> list[TaskTreeNode]:
+        return [c for c in node.children if id(c) in kept]
 
     if as_json:
-        _print_json(mapping(root))
+        records = {id(n): {**_record(n.task), "children": []} for n in order}
+        for node in order:
+            records[id(node)]["children"] = [records[id(c)] for c in kids(node)]
+        depth = _depth(root)
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 4 * depth + 1000))  # json nests a level a call
+        try:
+            _print_json(records[id(root)])
+        finally:
+            sys.setrecursionlimit(limit)
         return
     click.echo(_tree_line(root.task))
+    todo: list[tuple[TaskTreeNode, tuple[str, ...], bool]] = [
+        (c, (), i == len(kids(root)) - 1) for i, c in reversed(list(enumerate(kids(root))))]
+    while todo:
+        node, levels, last = todo.pop()
+        branch = "└── " if last else "├── "
+        if len(levels) < SHOWN_LEVELS:
+            click.echo(f"{''.join(levels)}{branch}{_tree_line(node.task)}")
+        else:
+            click.echo(f"··· {''.join(levels[-(SHOWN_LEVELS // 2):])}{branch}"
+                       f"{_tree_line(node.task)}  (level {len(levels) + 1})")
+        below = (*levels, "    " if last else "│   ")
+        children = kids(node)
+        todo.extend((c, below, i == len(children) - 1)
+                    for i, c in reversed(list(enumerate(children))))
 
-    def below(node: TaskTreeNode, prefix: str) -> None:
-        kids = [c for c in node.children if keep(c)]
-        for i, child in enumerate(kids):
-            last = i == len(kids) - 1
-            click.echo(f"{prefix}{'└── ' if last else '├── '}{_tree_line(child.task)}")
-            below(child, prefix + ("    " if last else "│   "))
 
-    below(root, "")
+def _depth(root: TaskTreeNode) -> int:
+    """How many levels the tree has below its root."""
+    deepest, level = 0, [root]
+    while level:
+        level = [c for n in level for c in n.children]
+        deepest += bool(level)
+    return deepest
 
 
 # -- show ------------------------------------------------------------------------------------------

@@ -1,0 +1,77 @@
+"""`pipeflow tasks` used from a shell: deep trees, output piped into `head`."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from pipeflow.cli import main
+
+
+def _chain(n: int) -> list[dict]:
+    """A tree n levels deep: each task the child of the one before."""
+    items = [{"id": "d-0", "name": "system_info_executor"}]
+    items += [{"id": f"d-{i}", "name": "system_info_executor", "parent_id": f"d-{i - 1}"}
+              for i in range(1, n)]
+    return items
+
+
+def _create(tmp_path, items) -> list[str]:
+    store = tmp_path / "t.db"
+    (tmp_path / "tree.json").write_text(json.dumps(items))
+    out = CliRunner().invoke(main, ["tasks", "create", str(tmp_path / "tree.json"),
+                                    "--store", str(store)], prog_name="pipeflow")
+    assert out.exit_code == 0, out.output
+    return ["--store", str(store)]
+
+
+def test_list_root_of_a_very_deep_tree_prints_it(tmp_path):
+    """A 1,500-level tree: list --root printed a RecursionError instead of the tree."""
+    store = _create(tmp_path, _chain(1500))
+    out = CliRunner().invoke(main, ["tasks", "list", "--root", "d-0", *store],
+                             prog_name="pipeflow")
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert len(lines) == 1500
+    assert lines[-1].endswith("d-1499  system_info_executor  pending  priority 2  (level 1499)")
+    doc = CliRunner().invoke(main, ["tasks", "list", "--root", "d-0", "--json", *store],
+                             prog_name="pipeflow")
+    assert doc.exit_code == 0, doc.output
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)  # json.loads, too, nests a call a level
+    try:
+        node, depth = json.loads(doc.output), 0
+    finally:
+        sys.setrecursionlimit(limit)
+    while node["children"]:
+        node, depth = node["children"][0], depth + 1
+    assert (node["id"], depth) == ("d-1499", 1499)
+
+
+def test_list_root_of_a_deep_tree_stays_narrow(tmp_path):
+    """A 110-level tree: the indentation made lines 470 characters wide."""
+    store = _create(tmp_path, _chain(110))
+    out = CliRunner().invoke(main, ["tasks", "list", "--root", "d-0", *store],
+                             prog_name="pipeflow")
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    assert lines[3] == "        └── d-3  system_info_executor  pending  priority 2"
+    assert lines[50].startswith("··· ") and lines[50].endswith("(level 50)")
+
+
+def test_output_piped_into_head_is_no_error(tmp_path):
+    """`pipeflow tasks list | head -1`: 'Error: ... BrokenPipeError' on standard error."""
+    store = _create(tmp_path, _chain(3000))
+    pipeflow = pathlib.Path(sys.executable).parent / "pipeflow"
+    shell = (f"{pipeflow} tasks list --root d-0 {' '.join(store)} | head -1;"
+             f" echo $? ${{PIPESTATUS[0]}}")
+    done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+    assert done.stderr == ""
+    assert done.stdout.splitlines()[0] == "d-0  system_info_executor  pending  priority 2"
+    assert done.stdout.splitlines()[1] == "0 141"
