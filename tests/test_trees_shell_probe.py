@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 from click.testing import CliRunner
 
@@ -75,3 +77,32 @@ def test_output_piped_into_head_is_no_error(tmp_path):
     assert done.stderr == ""
     assert done.stdout.splitlines()[0] == "d-0  system_info_executor  pending  priority 2"
     assert done.stdout.splitlines()[1] == "0 141"
+
+
+def test_ctrl_c_stops_a_run_whose_executor_blocks(tmp_path):
+    """Ctrl-C while a plain executor blocks in a long call: the run hung until it returned."""
+    (tmp_path / "blocking.py").write_text(
+        "import time\nfrom pipeflow.trees import executor\n\n"
+        "@executor('probe_blocks')\ndef probe_blocks(inputs):\n"
+        "    time.sleep(600)\n    return {}\n")
+    store = _create(tmp_path, [{"id": "b-1", "name": "probe_blocks"}])
+    pipeflow = pathlib.Path(sys.executable).parent / "pipeflow"
+    run = subprocess.Popen([str(pipeflow), "tasks", "run", "b-1", "-m", "blocking.py", *store],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        from pipeflow.trees import create_session
+        db = create_session(store[1])
+        for _ in range(600):  # until it runs
+            if db.get("b-1").status == "in_progress":
+                break
+            time.sleep(0.05)
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 130, err
+    assert "interrupted by Ctrl-C" in err
+    assert db.get("b-1").status != "in_progress"
