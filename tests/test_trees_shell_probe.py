@@ -106,3 +106,17 @@ def test_ctrl_c_stops_a_run_whose_executor_blocks(tmp_path):
     assert run.returncode == 130, err
     assert "interrupted by Ctrl-C" in err
     assert db.get("b-1").status != "in_progress"
+
+
+def test_show_abridges_one_very_long_line(tmp_path):
+    """A 100,000-character string among the inputs filled the terminal with one line."""
+    store = _create(tmp_path, [{"id": "long-1", "name": "system_info_executor",
+                                "inputs": {"text": "x" * 100_000, "n": 1}}])
+    out = CliRunner().invoke(main, ["tasks", "show", "long-1", *store], prog_name="pipeflow")
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert max(len(line) for line in lines) <= 320
+    text = next(line for line in lines if '"text"' in line)
+    assert text.endswith("... (abridged: 100,013 characters; pipeflow tasks show long-1 --json "
+                         "prints all of it)")
+    assert '  "n": 1' in out.output

@@ -70,6 +70,8 @@ FILE_FIELDS = ("id", "key", "name", "user_id", "parent_id", "priority", "depende
 DEFAULT_LIMIT = 50
 #: lines of a result ``show`` prints before abridging it
 SHOWN_LINES = 20
+#: characters of a line ``show`` prints before abridging it
+SHOWN_WIDTH = 200
 #: the order of the statuses in the summary of ``run``
 _SUMMARY_ORDER = (m.COMPLETED, m.FAILED, m.CANCELLED, m.PENDING, m.IN_PROGRESS)
 _PRIORITY_NAMES = {0: "urgent", 1: "high", 2: "normal", 3: "low"}
@@ -490,8 +492,13 @@ def _result_value(t: m.TaskModel) -> tuple[Any, bool]:
 
 
 def _abridged(text: str, task_id: str, what: str = "result") -> list[str]:
-    """``text``'s lines, the first :data:`SHOWN_LINES` of a long one and a note."""
-    lines = text.splitlines() or [""]
+    """``text``'s lines, the first :data:`SHOWN_LINES` of a long one and a note.
+
+    A line longer than :data:`SHOWN_WIDTH` characters is cut there, with a note.
+    """
+    lines = [line if len(line) <= SHOWN_WIDTH else
+             f"{line[:SHOWN_WIDTH]}... (abridged: {len(line):,} characters; pipeflow tasks "
+             f"show {task_id} --json prints all of it)" for line in text.splitlines() or [""]]
     if len(lines) <= SHOWN_LINES:
         return lines
     return [*lines[:SHOWN_LINES],
@@ -558,8 +565,7 @@ def show(task_id: str, as_json: bool, store: str | None, data_dir: str | None) -
         rows.append(("result", shown))
         rows.append(("error", t.error or "-"))
         for label, text in rows:
-            lines = _abridged(text, task_id, label) if label in ("result", "inputs") else (
-                text.splitlines() or [""])
+            lines = _abridged(text, task_id, label)
             click.echo(f"{label + ':':<14} {lines[0]}".rstrip())
             for line in lines[1:]:
                 click.echo(f"{'':<15}{line}".rstrip())
