@@ -120,3 +120,19 @@ def test_show_abridges_one_very_long_line(tmp_path):
     assert text.endswith("... (abridged: 100,013 characters; pipeflow tasks show long-1 --json "
                          "prints all of it)")
     assert '  "n": 1' in out.output
+
+
+def test_run_ending_with_a_cancelled_task_does_not_say_fix_the_failed_ones(tmp_path):
+    """Nothing failed: 'Fix the failed tasks' pointed at tasks that do not exist."""
+    store = _create(tmp_path, [{"key": "r", "id": "x-1", "name": "system_info_executor"},
+                               {"id": "x-2", "name": "system_info_executor", "parent_id": "r",
+                                "dependencies": ["r"]}])
+    cancelled = CliRunner().invoke(main, ["tasks", "cancel", "x-2", *store],
+                                   prog_name="pipeflow")
+    assert cancelled.exit_code == 0, cancelled.output
+    out = CliRunner().invoke(main, ["tasks", "run", "x-1", *store], prog_name="pipeflow")
+    assert out.exit_code == 1
+    assert out.output.splitlines()[-1] == (
+        "Error: the tree x-1 did not complete (1 cancelled). Completed tasks are kept; a task "
+        "cancelled before it started stays cancelled until its status is set to pending, one "
+        "stopped while it ran runs again when you run the tree again.")

@@ -854,9 +854,16 @@ def run_tree(root_id: str, modules: tuple[str, ...], workers: int, as_json: bool
                 click.echo(f"  {t.status:<9} {t.id} ({t.name}): {why}")
         if counts[m.COMPLETED] != len(nodes):
             left = ", ".join(f"{c} {s}" for s, c in counts.items() if c and s != m.COMPLETED)
-            raise click.ClickException(
-                f"the tree {root_id} did not complete ({left}). Fix the failed tasks and run "
-                f"it again: completed tasks are kept, failed ones run again.")
+            if counts[m.FAILED]:
+                hint = ("Fix the failed tasks and run it again: completed tasks are kept, "
+                        "failed ones run again.")
+            elif counts[m.CANCELLED]:
+                hint = ("Completed tasks are kept; a task cancelled before it started stays "
+                        "cancelled until its status is set to pending, one stopped while it "
+                        "ran runs again when you run the tree again.")
+            else:
+                hint = "Completed tasks are kept; above: what the pending tasks wait for."
+            raise click.ClickException(f"the tree {root_id} did not complete ({left}). {hint}")
 
 
 # -- cancel ----------------------------------------------------------------------------------------
