@@ -136,3 +136,15 @@ def test_run_ending_with_a_cancelled_task_does_not_say_fix_the_failed_ones(tmp_p
         "Error: the tree x-1 did not complete (1 cancelled). Completed tasks are kept; a task "
         "cancelled before it started stays cancelled until its status is set to pending, one "
         "stopped while it ran runs again when you run the tree again.")
+
+
+def test_cancel_json_of_an_unknown_id_is_bad_input_as_the_docs_say(tmp_path):
+    """The docs promised apflow's {"error": "Task not found"} answer; it is exit 2."""
+    store = _create(tmp_path, [{"id": "k-1", "name": "system_info_executor"}])
+    out = CliRunner().invoke(main, ["tasks", "cancel", "nope", "--json", *store],
+                             prog_name="pipeflow")
+    assert out.exit_code == 2
+    assert "TaskNotFoundError: no task with id 'nope'" in out.output
+    docs = (pathlib.Path(__file__).parents[1] / "docs" / "command-line.md").read_text()
+    bullet = docs[docs.index("- **cancel**: apflow's answer"):].split("\n- ")[0]
+    assert '"error"' not in bullet and "exit 2" in bullet
