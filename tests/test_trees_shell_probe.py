@@ -148,3 +148,37 @@ def test_cancel_json_of_an_unknown_id_is_bad_input_as_the_docs_say(tmp_path):
     docs = (pathlib.Path(__file__).parents[1] / "docs" / "command-line.md").read_text()
     bullet = docs[docs.index("- **cancel**: apflow's answer"):].split("\n- ")[0]
     assert '"error"' not in bullet and "exit 2" in bullet
+
+
+def test_progress_bar_names_the_task_that_runs_not_the_one_before(tmp_path):
+    """Tasks one after the other: the start of the next came within the bar's redraw
+    interval of the end of the one before, so the bar kept naming the finished task (seen in
+    a terminal: '1/3 ... p_two[pb-1]' while pb-2 ran)."""
+    import luigi
+
+    from pipeflow.display.progress import ProgressBar
+    from pipeflow.events import Event, EventKind
+
+    class Step(luigi.Task):
+        n = luigi.IntParameter()
+
+    drawn: list[str] = []
+
+    class View:
+        def draw(self, final: bool) -> None:
+            drawn.append(bar.text())
+
+    bar = ProgressBar(notebook=False, interval=0.2)
+    bar(Event(EventKind.RUN_STARTED, "r", total=2))
+    bar.view = View()  # type: ignore[assignment]
+    bar._last = 0.0
+    bar(Event(EventKind.TASK_STARTED, "r", task=Step(n=1)))
+    bar(Event(EventKind.TASK_COMPLETED, "r", task=Step(n=1)))
+    bar(Event(EventKind.TASK_STARTED, "r", task=Step(n=2)))  # within the interval
+    deadline = time.monotonic() + 5
+    while "Step(n=2)" not in (drawn[-1] if drawn else "") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert drawn[-1] == "pipeflow: 1/2 tasks, running Step(n=2)"
+    bar(Event(EventKind.TASK_COMPLETED, "r", task=Step(n=2)))
+    bar(Event(EventKind.RUN_FINISHED, "r"))
+    assert drawn[-1] == "pipeflow: done 2/2 tasks (2 done)"
