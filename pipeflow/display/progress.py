@@ -10,6 +10,7 @@ ends marked so, with the counts (``3 done, 1 failed, 2 skipped, 1 cancelled``).
 from __future__ import annotations
 
 import html
+import threading
 import time
 from typing import Any
 
@@ -50,6 +51,8 @@ class ProgressBar:
         self.note = ""  # text shown under the ended bar (a background run's summary)
         self._last = 0.0
         self._shown: Any = None  # the notebook bar's view, kept once the run ended
+        self._lock = threading.Lock()  # events and the delayed redraw come from two threads
+        self._later: threading.Timer | None = None  # the redraw of a change not drawn yet
 
     def __call__(self, event: Event) -> None:
         """Record an event; redraw."""
@@ -144,10 +147,29 @@ class ProgressBar:
             self.view = _HtmlView(self) if self.notebook else _TextView(self)
             self._last = time.monotonic()
             return
-        now = time.monotonic()
-        if final or now - self._last >= self.interval:
-            self._last = now
-            self.view.draw(final)
+        with self._lock:
+            now = time.monotonic()
+            if final or now - self._last >= self.interval:
+                if self._later is not None:
+                    self._later.cancel()
+                    self._later = None
+                self._last = now
+                self.view.draw(final)
+            elif self._later is None:  # drawn a moment ago: draw this change a bit later,
+                # else the bar shows the previous state (the task that just ended) until
+                # the next event, which may be minutes away
+                self._later = threading.Timer(self._last + self.interval - now, self._flush)
+                self._later.daemon = True
+                self._later.start()
+
+    def _flush(self) -> None:
+        """The delayed redraw: the changes since the last drawing (unless the run ended)."""
+        with self._lock:
+            self._later = None
+            if self.view is None or self.state is not None:
+                return
+            self._last = time.monotonic()
+            self.view.draw(False)
 
 
 class _HtmlView:

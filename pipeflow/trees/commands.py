@@ -70,6 +70,8 @@ FILE_FIELDS = ("id", "key", "name", "user_id", "parent_id", "priority", "depende
 DEFAULT_LIMIT = 50
 #: lines of a result ``show`` prints before abridging it
 SHOWN_LINES = 20
+#: characters of a line ``show`` prints before abridging it
+SHOWN_WIDTH = 200
 #: the order of the statuses in the summary of ``run``
 _SUMMARY_ORDER = (m.COMPLETED, m.FAILED, m.CANCELLED, m.PENDING, m.IN_PROGRESS)
 _PRIORITY_NAMES = {0: "urgent", 1: "high", 2: "normal", 3: "low"}
@@ -104,6 +106,10 @@ def _guard(what: str, after: str = "") -> Iterator[None]:
             yield
         except _BAD_INPUT as exc:
             raise BadInput(f"{type(exc).__name__}: {exc}") from None
+        except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as cat
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise click.exceptions.Exit(141) from None  # 128 + SIGPIPE, a shell's code
 
 
 @contextlib.contextmanager
@@ -410,30 +416,68 @@ def _tree_line(t: m.TaskModel) -> str:
     return f"{t.id}  {t.name}  {t.status}  priority {t.priority}{user}"
 
 
+#: levels of a tree ``list --root`` indents; a deeper task's line shows its last levels only
+SHOWN_LEVELS = 12
+
+
 def _show_tree(root: TaskTreeNode, where: Mapping[str, Any], as_json: bool) -> None:
-    """Print the tree (a node is shown if it or a task under it matches ``where``)."""
+    """Print the tree (a node is shown if it or a task under it matches ``where``).
 
-    def keep(node: TaskTreeNode) -> bool:
-        return all(getattr(node.task, k) == v for k, v in where.items()) or any(
-            keep(c) for c in node.children)
+    Without recursion: a chain of tasks can be thousands of levels deep. A line deeper than
+    :data:`SHOWN_LEVELS` levels starts with ``··· `` and its last levels, and ends with its
+    level, so that it stays readable.
+    """
+    order: list[TaskTreeNode] = []  # parents before their children
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend(node.children)
+    kept: set[int] = set()
+    for node in reversed(order):  # children first
+        if all(getattr(node.task, k) == v for k, v in where.items()) or any(
+                id(c) in kept for c in node.children):
+            kept.add(id(node))
 
-    def mapping(node: TaskTreeNode) -> dict[str, Any]:
-        return {**_record(node.task),
-                "children": [mapping(c) for c in node.children if keep(c)]}
+    def kids(node: TaskTreeNode) -> list[TaskTreeNode]:
+        return [c for c in node.children if id(c) in kept]
 
     if as_json:
-        _print_json(mapping(root))
+        records = {id(n): {**_record(n.task), "children": []} for n in order}
+        for node in order:
+            records[id(node)]["children"] = [records[id(c)] for c in kids(node)]
+        depth = _depth(root)
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 4 * depth + 1000))  # json nests a level a call
+        try:
+            _print_json(records[id(root)])
+        finally:
+            sys.setrecursionlimit(limit)
         return
     click.echo(_tree_line(root.task))
+    todo: list[tuple[TaskTreeNode, tuple[str, ...], bool]] = [
+        (c, (), i == len(kids(root)) - 1) for i, c in reversed(list(enumerate(kids(root))))]
+    while todo:
+        node, levels, last = todo.pop()
+        branch = "└── " if last else "├── "
+        if len(levels) < SHOWN_LEVELS:
+            click.echo(f"{''.join(levels)}{branch}{_tree_line(node.task)}")
+        else:
+            click.echo(f"··· {''.join(levels[-(SHOWN_LEVELS // 2):])}{branch}"
+                       f"{_tree_line(node.task)}  (level {len(levels) + 1})")
+        below = (*levels, "    " if last else "│   ")
+        children = kids(node)
+        todo.extend((c, below, i == len(children) - 1)
+                    for i, c in reversed(list(enumerate(children))))
 
-    def below(node: TaskTreeNode, prefix: str) -> None:
-        kids = [c for c in node.children if keep(c)]
-        for i, child in enumerate(kids):
-            last = i == len(kids) - 1
-            click.echo(f"{prefix}{'└── ' if last else '├── '}{_tree_line(child.task)}")
-            below(child, prefix + ("    " if last else "│   "))
 
-    below(root, "")
+def _depth(root: TaskTreeNode) -> int:
+    """How many levels the tree has below its root."""
+    deepest, level = 0, [root]
+    while level:
+        level = [c for n in level for c in n.children]
+        deepest += bool(level)
+    return deepest
 
 
 # -- show ------------------------------------------------------------------------------------------
@@ -448,8 +492,13 @@ def _result_value(t: m.TaskModel) -> tuple[Any, bool]:
 
 
 def _abridged(text: str, task_id: str, what: str = "result") -> list[str]:
-    """``text``'s lines, the first :data:`SHOWN_LINES` of a long one and a note."""
-    lines = text.splitlines() or [""]
+    """``text``'s lines, the first :data:`SHOWN_LINES` of a long one and a note.
+
+    A line longer than :data:`SHOWN_WIDTH` characters is cut there, with a note.
+    """
+    lines = [line if len(line) <= SHOWN_WIDTH else
+             f"{line[:SHOWN_WIDTH]}... (abridged: {len(line):,} characters; pipeflow tasks "
+             f"show {task_id} --json prints all of it)" for line in text.splitlines() or [""]]
     if len(lines) <= SHOWN_LINES:
         return lines
     return [*lines[:SHOWN_LINES],
@@ -516,8 +565,7 @@ def show(task_id: str, as_json: bool, store: str | None, data_dir: str | None) -
         rows.append(("result", shown))
         rows.append(("error", t.error or "-"))
         for label, text in rows:
-            lines = _abridged(text, task_id, label) if label in ("result", "inputs") else (
-                text.splitlines() or [""])
+            lines = _abridged(text, task_id, label)
             click.echo(f"{label + ':':<14} {lines[0]}".rstrip())
             for line in lines[1:]:
                 click.echo(f"{'':<15}{line}".rstrip())
@@ -806,9 +854,16 @@ def run_tree(root_id: str, modules: tuple[str, ...], workers: int, as_json: bool
                 click.echo(f"  {t.status:<9} {t.id} ({t.name}): {why}")
         if counts[m.COMPLETED] != len(nodes):
             left = ", ".join(f"{c} {s}" for s, c in counts.items() if c and s != m.COMPLETED)
-            raise click.ClickException(
-                f"the tree {root_id} did not complete ({left}). Fix the failed tasks and run "
-                f"it again: completed tasks are kept, failed ones run again.")
+            if counts[m.FAILED]:
+                hint = ("Fix the failed tasks and run it again: completed tasks are kept, "
+                        "failed ones run again.")
+            elif counts[m.CANCELLED]:
+                hint = ("Completed tasks are kept; a task cancelled before it started stays "
+                        "cancelled until its status is set to pending, one stopped while it "
+                        "ran runs again when you run the tree again.")
+            else:
+                hint = "Completed tasks are kept; above: what the pending tasks wait for."
+            raise click.ClickException(f"the tree {root_id} did not complete ({left}). {hint}")
 
 
 # -- cancel ----------------------------------------------------------------------------------------

@@ -180,9 +180,10 @@ def merged_inputs(store: TaskStore, row: m.TaskModel) -> dict[str, Any]:
 def _call(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: TreeTask) -> Any:
     """Run the executor; a cancel (this process's or the store's) stops a cancelable one.
 
-    A plain function runs on a thread of its own, watched, when it is cancelable or has a
-    timeout: a cancel or the timeout then ends the task even while the function is blocked
-    in a long call (it goes on in the background; what it returns is dropped).
+    A plain function runs on a thread of its own, watched: a cancel (of a cancelable one),
+    its timeout, or the run being stopped (Ctrl-C, SIGTERM) then ends the task even while
+    the function is blocked in a long call (it goes on in the background; what it returns
+    is dropped). Called in the engine's thread, a blocked function kept Ctrl-C waiting.
     """
     mark = RUNNING.set((*RUNNING.get(), task.key))
     try:
@@ -195,8 +196,6 @@ def _call_marked(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: Tree
     key, store = task.key, task.store
     if spec.is_async:
         return _await(spec, inputs, task)
-    if not spec.cancelable and TreeContract(task).timeout is None:
-        return _plain_result(spec, spec.func(inputs))
     box: dict[str, Any] = {}
     ctx = contextvars.copy_context()  # the thread sees RUNNING (a run it starts checks it)
 
@@ -206,7 +205,9 @@ def _call_marked(spec: registry.ExecutorSpec, inputs: dict[str, Any], task: Tree
         except BaseException as exc:  # noqa: BLE001 - handed to the attempt
             box["error"] = exc
 
-    t = threading.Thread(target=body, name=f"trees-executor-{spec.id}", daemon=True)
+    here = contextvars.copy_context()  # the function sees the attempt's context
+    t = threading.Thread(target=here.run, args=(body,), name=f"trees-executor-{spec.id}",
+                         daemon=True)
     t.start()
 
     def ended(seconds: float) -> bool:
