@@ -168,7 +168,6 @@ class TaskManager:
         self.post_hooks = list(post_hooks or ())
         self.workers = int(workers)
         self.executor = executor
-        self._tokens: dict[str, CancelToken] = {}
         self.last_result: RunResult | None = None
 
     # -- running --------------------------------------------------------------------------------
@@ -247,7 +246,6 @@ class TaskManager:
         loop = asyncio.get_running_loop()
         LOOPS[owner] = (os.getpid(), loop)
         token = CancelToken()
-        self._tokens[owner] = token
         made = tasks_for(self.db, rows, owner)
         for t in made.values():
             t.__dict__["hooks"] = (self.pre_hooks, self.post_hooks, loop)
@@ -280,7 +278,6 @@ class TaskManager:
             for task_id in made:
                 CANCELS.pop(task_id, None)
             LOOPS.pop(owner, None)
-            self._tokens.pop(owner, None)
             self.db.release_all(owner)  # claims of tasks it did not finish (it ended early)
         if self.db.generation != generation:  # what the run stored went to a deleted file
             raise self.db.replaced_error()
