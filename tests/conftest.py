@@ -174,3 +174,31 @@ def kernel_manager(jupyter_kernel):
     yield km
     if km.has_kernel:
         km.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3 endpoint (moto's server) on 127.0.0.1 for the whole session; see tests/servers.py."""
+    from servers import s3
+
+    with s3() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch):
+    """A new empty bucket on :func:`s3_server`; this process's AWS environment points at it."""
+    import uuid
+
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    return s3_server.bucket(f"test-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def luigid_server(tmp_path):
+    """luigid on 127.0.0.1 at a free port for one test (fast dead-worker settings)."""
+    from servers import luigid
+
+    with luigid(tmp_path / "luigid") as server:
+        yield server
