@@ -232,20 +232,54 @@ def test_priorities_break_ties_through_luigid(tmp_path, luigid_server):
 
     jobs = [Job(name=n, priority=p) for n, p in
             [("low", 3), ("normal", 2), ("urgent", 0), ("high", 1)]]
-    pipeflow.run(jobs, **shared(luigid_server.url))
+    # d6tflow's spelling: host and port
+    pipeflow.run(jobs, local_scheduler=False, scheduler_host=luigid_server.host,
+                 scheduler_port=luigid_server.port)
     assert log.read_text().split() == ["urgent", "high", "normal", "low"]
 
 
-def test_reset_then_rerun_within_luigids_cooldown_runs_the_task_again(
-        flow, tmp_path, luigid_server):
-    # luigid ignores "pending" for stable_done_cooldown_secs (10 s) after DONE
-    pipeflow.run(flow.Total(size=2), **shared(luigid_server.url))
-    flow.Total(size=2).reset(confirm=False)
-    result = pipeflow.run(flow.Total(size=2), **shared(luigid_server.url))
-    assert result.tasks[flow.Total(size=2).task_id].state is TaskState.COMPLETED
-    assert counts(tmp_path)["Total"] == 2
-    pipeflow.run(flow.Total(size=2), forced_all_upstream=True, **shared(luigid_server.url))
+def test_reset_then_rerun_within_luigids_cooldown_runs_the_task_again(flow, tmp_path):
+    """luigid ignores "pending" for stable_done_cooldown_secs after DONE (here an hour)."""
+    from servers import luigid
+
+    with luigid(tmp_path / "cool", {"stable_done_cooldown_secs": "3600"}) as server:
+        pipeflow.run(flow.Total(size=2), **shared(server.url))
+        flow.Total(size=2).reset(confirm=False)
+        handle = pipeflow.start(flow.Total(size=2), **shared(server.url))
+        result = handle.result(timeout=60)  # (without the fix: waits for the hour)
+        assert result.tasks[flow.Total(size=2).task_id].state is TaskState.COMPLETED
+        assert counts(tmp_path)["Total"] == 2
+        handle = pipeflow.start(flow.Total(size=2), forced_all_upstream=True,
+                                **shared(server.url))
+        handle.result(timeout=60)
     assert counts(tmp_path) == {"Leaf0": 2, "Leaf1": 2, "Total": 3}
+    assert pipeflow.Workflow(flow.Total, {"size": 2}).outputLoad() == 10
+
+
+def test_process_workers_share_the_run_through_luigid(flow, tmp_path, luigid_server):
+    result = pipeflow.run(flow.Total(size=5), workers=3, **shared(luigid_server.url))
+    assert {r.state for r in result.tasks.values()} == {TaskState.COMPLETED}
+    assert counts(tmp_path) == {**{f"Leaf{i}": 1 for i in range(5)}, "Total": 1}
+    assert len({p for _, p in runs(tmp_path)} - {os.getpid()}) >= 1  # forked workers ran them
+    assert pipeflow.Workflow(flow.Total, {"size": 5}).outputLoad() == 100
+
+
+def test_secrets_never_reach_luigid(tmp_path, luigid_server):
+    class Fetch(pipeflow.tasks.TaskPickle):
+        table = pipeflow.Parameter()
+        token = pipeflow.SecretParameter()
+
+        def run(self):
+            raise PermissionError(f"token {self.token} was refused")
+
+    with pytest.raises(TaskFailedError, match=r"token \*\*\* was refused"):
+        pipeflow.run(Fetch(table="sales", token="hunter2-very-secret"),
+                     **shared(luigid_server.url))
+    [(lid, info)] = luigid_server.rpc("task_list", limit=False).items()
+    assert info["params"] == {"table": "sales"}
+    error = luigid_server.rpc("fetch_error", task_id=lid)["error"]
+    assert "token *** was refused" in error and "hunter2" not in error
+    assert "hunter2" not in json.dumps(luigid_server.rpc("task_list", limit=False))
 
 
 def test_same_task_in_two_locations_gets_two_luigid_ids(tmp_path, luigid_server):
@@ -399,7 +433,7 @@ def test_tasks_run_by_another_process_show_as_ran_on_another_worker(
     assert counts(tmp_path) == {"blocked": 1, **{f"Leaf{i}": 1 for i in range(6)}, "Total": 1}
     leaf0 = result.tasks[flow.Leaf(n=0).task_id]
     assert leaf0.state is TaskState.UP_TO_DATE
-    assert leaf0.reason.startswith(f"ran on another worker (pipeflow-")
+    assert leaf0.reason.startswith("ran on another worker (pipeflow-")
     assert str(other.pid) in leaf0.reason
     mine = {r.task.task_id for r in result.by_state("completed")}
     theirs = eval(out.split("RESULT ", 1)[1])  # noqa: S307 - our own dict
@@ -443,8 +477,7 @@ def test_a_task_a_dead_worker_committed_but_never_reported_is_not_run_again(
     assert counts(tmp_path) == {"Leaf0": 1, "blocked": 1, "Total": 1}
     leaf0 = result.tasks[flow.Leaf(n=0).task_id]
     assert leaf0.state is TaskState.UP_TO_DATE
-    assert leaf0.reason in ("completed by another process while this run waited",
-                            "ran on another worker")
+    assert leaf0.reason == "completed by another process while this run waited"
 
 
 def test_a_failure_in_another_process_fails_this_call_too(tmp_path, luigid_server, flow):
@@ -516,7 +549,6 @@ def test_a_scheduler_that_dies_mid_run_is_a_clear_error_and_nothing_is_lost(
     assert result.tasks[flow.Leaf(n=0).task_id].state is TaskState.COMPLETED
     assert result.tasks[flow.Total(size=2).task_id].state is TaskState.CANCELLED
     assert pipeflow.Workflow(flow.Leaf, {"n": 0}).complete()  # committed, kept
-    runs_ = pipeflow.history(full=True, runs=True) if False else None  # noqa: F841
     import sqlite3
 
     from pipeflow import runstore

@@ -85,7 +85,7 @@ HOW_TO_START = ("Start it with `luigid --port {port}` (add `--background` to det
 
 def scheduler_url(url: str | None = None, host: str | None = None,
                   port: int | None = None) -> str:
-    """luigid's URL from pipeflow's options, completed the way ``luigi.build`` does.
+    """The URL of luigid from pipeflow's options, completed the way ``luigi.build`` does.
 
     Args:
         url: ``scheduler_url`` (wins when given).
@@ -244,6 +244,7 @@ class _Shared(_Run):
         self.lids: list[str] = []
         self.by_lid: dict[str, int] = {}
         self._name_all()
+        self.registered: set[int] = set()  # told to luigid
         self.claimed: set[int] = set()  # luigid handed them to this process
         self.fresh: set[int] = set()  # seen not DONE in luigid since registered
         self.dropped: dict[int, set[int]] = {}  # optional deps that did not finish well
@@ -256,7 +257,7 @@ class _Shared(_Run):
 
     # -- names and registration ---------------------------------------------------------------
     def _name_all(self) -> None:
-        """luigid's id of every node: task_id, then a digest of where its outputs live."""
+        """The id of every node for luigid: task_id, then a digest of where its outputs live."""
         g = self.g
         for i in range(len(self.lids), len(g.nodes)):
             t = g.nodes[i]
@@ -275,6 +276,9 @@ class _Shared(_Run):
         t = self.g.nodes[i]
         c = adapt(t)
         gone = self.dropped.get(i, set())
+        for d in self.g.deps[i]:
+            if d not in self.registered and d in self.done:  # (complete, met by a yield)
+                self._register(d, DONE)
         shown = t.to_str_params(only_significant=True)
         params = {name: ("***" if is_secret(p) else shown.get(name, ""))
                   for name, p in t.get_params() if p.significant}
@@ -287,7 +291,7 @@ class _Shared(_Run):
             self.fresh.discard(i)
 
     def _reset(self, i: int) -> None:
-        """luigid calls the task DONE, its record does not: make luigid take it as pending.
+        """Make luigid take as pending a task it calls DONE but whose record says otherwise.
 
         luigid ignores "pending" for ``stable_done_cooldown_secs`` after DONE, but takes
         "disabled" from a worker at once, and a task a worker disabled back as pending.
@@ -396,7 +400,7 @@ class _Shared(_Run):
     def _poll(self) -> None:
         """Read luigid's task list (luigid also drops dead workers then) and catch up."""
         tasks = self.client.call("task_list", status="", upstream_status="", limit=False)
-        for i in range(len(self.lids)):
+        for i in sorted(self.registered):
             if i not in self.to_run and i not in self.done:
                 continue
             info = tasks.get(self.lids[i])
@@ -517,8 +521,12 @@ class _Shared(_Run):
     def loop(self) -> None:
         token = self.engine.cancel
         try:
-            for i in range(len(self.g.nodes)):  # upstream first: deps exist when named
-                self._register(i, PENDING if i in self.to_run else DONE)
+            # upstream first, so that luigid knows each dependency when it is named; of
+            # the complete tasks, only those a task to run needs directly
+            needed = {d for i in self.to_run for d in self.g.deps[i]} - self.to_run
+            for i in range(len(self.g.nodes)):
+                if i in self.to_run or i in needed:
+                    self._register(i, PENDING if i in self.to_run else DONE)
             for i in sorted(self.up_to_date):
                 self.emit(EventKind.TASK_UP_TO_DATE, self.g.nodes[i])
             self._poll()  # DONE from before a reset is put back before anyone asks
