@@ -76,6 +76,13 @@ FLOW = textwrap.dedent('''
         def run(self):
             note("Total")
             self.save(sum(self.inputLoad()))
+
+
+    class Gather(pipeflow.tasks.TaskPickle):
+        def run(self):
+            note("Gather")
+            leaf = yield Leaf(n=0)  # a dynamic dependency
+            self.save(leaf.load() + 1)
 ''')
 
 #: what each subprocess runs: the shared flow against luigid
@@ -478,6 +485,41 @@ def test_a_task_a_dead_worker_committed_but_never_reported_is_not_run_again(
     leaf0 = result.tasks[flow.Leaf(n=0).task_id]
     assert leaf0.state is TaskState.UP_TO_DATE
     assert leaf0.reason == "completed by another process while this run waited"
+
+
+def test_a_process_that_dies_while_its_run_waits_for_what_it_yielded(
+        flow, tmp_path, luigid_server):
+    """Gather yields Leaf0; its process dies running Leaf0: this call runs both."""
+    script = tmp_path / "code" / "gather.py"
+    script.write_text(textwrap.dedent('''
+        import sys
+        import pipeflow, flowmod
+
+        pipeflow.set_dir(sys.argv[2])
+        pipeflow.run(flowmod.Gather(), local_scheduler=False, scheduler_url=sys.argv[1],
+                     progress=False)
+    '''))
+    (tmp_path / "hold").touch()
+    proc = subprocess.Popen(
+        [sys.executable, str(script), luigid_server.url, str(tmp_path / "data")],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "code")})
+    try:
+        wait_for(lambda: any(n == "blocked" for n, _ in runs(tmp_path)), "Leaf0 to start")
+        proc.kill()
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    (tmp_path / "hold").unlink()
+    handle = pipeflow.start(flow.Gather(), **shared(luigid_server.url))
+    result = handle.result(timeout=60)
+    assert result.tasks[flow.Gather().task_id].state is TaskState.COMPLETED
+    assert result.tasks[flow.Leaf(n=0).task_id].state is TaskState.COMPLETED
+    assert flow.Gather().outputLoad() == 1
+    assert counts(tmp_path) == {"Gather": 3, "Leaf0": 2, "blocked": 1}
+    assert [n for n, _ in runs(tmp_path)] == ["Gather", "Leaf0", "blocked",  # killed
+                                             "Gather", "Leaf0", "Gather"]
 
 
 def test_a_failure_in_another_process_fails_this_call_too(tmp_path, luigid_server, flow):

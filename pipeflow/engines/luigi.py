@@ -359,13 +359,17 @@ class _Shared(_Run):
                         self.lost = str(exc)
 
     def _suspend(self, i: int, needs: list[Any]) -> None:
+        """``run()`` of ``i`` yielded tasks that are not complete: they join the run.
+
+        ``i`` stays this process's in luigid (shown running) while it waits for them, so
+        that if this process dies, luigid hands ``i`` to another, whose ``run()`` yields
+        them again. The new edges show on luigid's page.
+        """
         super()._suspend(i, needs)
-        if i in self.yielded and i in self.claimed:
-            # back to luigid: it hands the task out again once what it yielded is done
-            self.claimed.discard(i)
+        if i in self.yielded and i in self.claimed and not self.lost:
             try:
                 self.client.call("add_task", worker=self.luigid.worker_id,
-                                 task_id=self.lids[i], status=PENDING, runnable=True,
+                                 task_id=self.lids[i], status=RUNNING, runnable=True,
                                  new_deps=[self.lids[p] for p in sorted(self.yielded[i])],
                                  assistant=False)
             except _Down as exc:
@@ -489,7 +493,8 @@ class _Shared(_Run):
                              status=PENDING, runnable=True, assistant=False,
                              new_deps=[self.lids[d] for d in stale])
             return True
-        if self.waiting.get(i, 0) == 0 and i not in self.yielded:
+        if (self.waiting.get(i, 0) == 0 and i not in self.yielded
+                and all(j != i for _, j in self.ready)):  # (ready here already: once)
             heapq.heappush(self.ready, (self.priority[i], i))
         return True
 
