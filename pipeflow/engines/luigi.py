@@ -41,6 +41,7 @@ import os
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -65,6 +66,8 @@ from pipeflow.plan import Plan
 
 #: seconds between looks at luigid's task list while other workers run this flow's tasks
 POLL = 0.25
+#: tasks of a flow that add a second between polls (a poll reads luigid's whole task list)
+POLL_SCALE = 4000
 #: seconds between pings (luigid forgets a worker after ``worker_disconnect_delay``)
 PING = 1.0
 #: seconds a call to luigid may take to connect
@@ -200,7 +203,10 @@ class LuigiEngine(LocalEngine):
                 ("workers", self.workers), ("salt", "pipeflow")]
 
     def _unreachable(self, why: str) -> SchedulerUnreachableError:
-        port = self.url.rstrip("/").rsplit(":", 1)[-1] if ":" in self.url[6:] else "8082"
+        try:
+            port = urllib.parse.urlsplit(self.url).port or 8082
+        except ValueError:
+            port = 8082
         return SchedulerUnreachableError(
             f"luigi's central scheduler at {self.url} cannot be reached: {why}. Nothing "
             f"was run. " + HOW_TO_START.format(port=port), self.url)
@@ -611,7 +617,8 @@ class _Shared(_Run):
                 except _Down as exc:
                     self.lost = str(exc)
                     continue
-                self.next_poll = now + POLL
+                # (the whole task list each time: less often for large flows)
+                self.next_poll = now + POLL + len(self.registered) / POLL_SCALE
                 self.next_ask = 0.0  # something may have become ready
             wake = [r.deadline for r in self.running.values() if r.deadline]
             wake += [when for when, _ in self.delayed]
