@@ -293,6 +293,7 @@ class _Shared(_Run):
             runnable=True, deps=[self.lids[d] for d in self.g.deps[i] if d not in gone],
             priority=3 - int(c.priority), family=t.task_family, module=t.task_module,
             params=params, assistant=False)
+        self.registered.add(i)
         if status == PENDING:
             self.fresh.discard(i)
 
