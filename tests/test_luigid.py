@@ -616,3 +616,26 @@ def test_cancel_hands_the_running_task_back_to_luigid(flow, tmp_path, luigid_ser
     (tmp_path / "hold").unlink()
     assert pipeflow.run(flow.Total(size=1), **shared(luigid_server.url))
     assert counts(tmp_path) == {"Leaf0": 2, "blocked": 1, "Total": 1}
+
+
+def test_ctrl_c_hands_the_running_task_back_to_luigid_at_once(flow, tmp_path, luigid_server):
+    (tmp_path / "hold").touch()
+    proc = _start_worker(tmp_path, luigid_server.url)
+    try:
+        wait_for(lambda: any(n == "blocked" for n, _ in runs(tmp_path)), "Leaf0 to start")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    leaf0 = [(k, v) for k, v in luigid_server.rpc("task_list", limit=False).items()
+             if v["name"] == "Leaf" and v["params"] == {"n": "0"}]
+    assert [v["status"] for _, v in leaf0] == ["FAILED"]  # not RUNNING until its worker times out
+    error = luigid_server.rpc("fetch_error", task_id=leaf0[0][0])["error"]
+    assert json.loads(error.removeprefix(luigid_engine.MARK))["kind"] == "released"
+    (tmp_path / "hold").unlink()
+    result = pipeflow.run(flow.Total(), **shared(luigid_server.url))
+    assert result.tasks[flow.Leaf(n=0).task_id].state is TaskState.COMPLETED
+    assert counts(tmp_path)["Leaf0"] == 2
