@@ -379,8 +379,18 @@ def _start_worker(tmp_path, url, env=None):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.fixture
+def stock_retry_delay(tmp_path):
+    """luigid with its stock retry_delay (900 s): a crashed worker's task must not wait it."""
+    from servers import luigid
+
+    with luigid(tmp_path / "stock", {"retry_delay": "900"}) as server:
+        yield server
+
+
 def test_three_processes_share_the_run_and_survive_one_killed_mid_task(
-        flow, tmp_path, luigid_server):
+        flow, tmp_path, stock_retry_delay):
+    luigid_server = stock_retry_delay
     (tmp_path / "hold").touch()
     procs = [_start_worker(tmp_path, luigid_server.url) for _ in range(3)]
     try:

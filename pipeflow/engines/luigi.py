@@ -391,6 +391,10 @@ class _Shared(_Run):
             return c.record_path() is None and bool(c.output_state()[0])
         return bool(now != self.records.get(i) and c.output_state()[0])
 
+    def _intact(self, i: int) -> bool:
+        """Whether the task's outputs are complete now (its commit record, or luigi's say)."""
+        return bool((self.contracts.get(i) or adapt(self.g.nodes[i])).output_state()[0])
+
     def _ran_elsewhere(self, i: int, who: str) -> None:
         self.finished.add(i)
         self.done.add(i)
@@ -415,8 +419,11 @@ class _Shared(_Run):
             if i not in self.to_run and i not in self.done:
                 continue
             info = tasks.get(self.lids[i])
-            if i in self.done:  # done here (or found complete): luigid must not wait for it
-                if info is None or info["status"] in (FAILED, PENDING):
+            if i in self.done:
+                # complete here, yet luigid lost it or its (dead) worker failed it: say it is
+                # done, so the tasks needing it are handed out (not when someone registered
+                # it again as pending: another call may have reset it)
+                if (info is None or info["status"] == FAILED) and self._intact(i):
                     self._register(i, DONE)
                 continue
             if i in self.finished or i in self.claimed or i in self.running:
