@@ -47,7 +47,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import luigi
-from luigi.rpc import RemoteScheduler, RPCError
 
 from pipeflow import graph as graphs
 from pipeflow.contract import adapt
@@ -117,7 +116,12 @@ class _Client:
     def __init__(self, url: str, patience: float):
         self.url = url
         self.patience = patience
-        self.rpc = RemoteScheduler(url, connect_timeout=CONNECT_TIMEOUT)
+        from luigi import rpc  # (imports requests: not when pipeflow is imported)
+
+        self.rpc = rpc.RemoteScheduler(url, connect_timeout=CONNECT_TIMEOUT)
+        # RPCError: no connection; ValueError/KeyError: an answer that is not luigid's
+        # JSON (another server at that address)
+        self.errors = (rpc.RPCError, OSError, ValueError, KeyError)
         # luigi's own retries (3 x 30 s) are replaced by ours (its config names them
         # rpc-retry-attempts/rpc-retry-wait; a run must not change the user's config)
         self.rpc._rpc_retry_attempts = 1
@@ -130,9 +134,7 @@ class _Client:
         while True:
             try:
                 return getattr(self.rpc, method)(**args)
-            except (RPCError, OSError, ValueError, KeyError) as exc:
-                # RPCError: no connection; ValueError/KeyError: an answer that is not
-                # luigid's JSON (another server at that address)
+            except self.errors as exc:
                 if time.monotonic() >= give_up:
                     raise _Down(_reason(exc)) from exc
                 time.sleep(0.2)
@@ -144,7 +146,7 @@ class _Client:
 def _reason(exc: BaseException) -> str:
     """What went wrong with a call, in words (no traceback of luigi's or requests')."""
     inner = getattr(exc, "sub_exception", None) or exc
-    if isinstance(exc, (ValueError, KeyError)) and not isinstance(exc, RPCError):
+    if isinstance(exc, (ValueError, KeyError)):
         return "it answered, but not as luigid does (is another server on that port?)"
     text = str(inner)
     if "Connection refused" in text or "NewConnectionError" in text:
