@@ -191,6 +191,25 @@ def test_an_unreachable_scheduler_is_a_clear_error_within_seconds(flow, tmp_path
     assert not (tmp_path / "data" / "Total").exists()
 
 
+def test_another_server_at_the_address_is_not_taken_for_luigid(flow, tmp_path):
+    import http.server
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/"
+        with pytest.raises(SchedulerUnreachableError,
+                           match=r"cannot be reached: it answered HTTP 501 where luigid "
+                                 r"answers its API \(is another server on that port\?\)"):
+            pipeflow.run(flow.Leaf(n=1), **shared(url))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert runs(tmp_path) == []
+
+
 # -- one process ---------------------------------------------------------------------------------
 
 def test_one_process_runs_the_flow_with_the_same_result_events_and_history(

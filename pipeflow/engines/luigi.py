@@ -149,6 +149,10 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, (ValueError, KeyError)):
         return "it answered, but not as luigid does (is another server on that port?)"
     text = str(inner)
+    status = getattr(getattr(inner, "response", None), "status_code", None)
+    if status is not None:
+        return (f"it answered HTTP {status} where luigid answers its API (is another server "
+                f"on that port?)")
     if "Connection refused" in text or "NewConnectionError" in text:
         return "nothing accepts connections there (connection refused)"
     if "timed out" in text.lower() or "timeout" in type(inner).__name__.lower():
