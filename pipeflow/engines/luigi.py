@@ -274,6 +274,8 @@ class _Shared(_Run):
         for i in range(len(self.lids), len(g.nodes)):
             t = g.nodes[i]
             where = adapt(t).record_path()
+            if where is not None and "://" not in str(where):
+                where = os.path.abspath(where)  # (a relative data dir: per working dir)
             if where is None:
                 deps = [self.lids[d] for d in g.deps[i]]
                 if any(d != g.nodes[p].task_id for d, p in zip(deps, g.deps[i])):
