@@ -259,6 +259,7 @@ class _Shared(_Run):
         self.registered: set[int] = set()  # told to luigid
         self.claimed: set[int] = set()  # luigid handed them to this process
         self.fresh: set[int] = set()  # seen not DONE in luigid since registered
+        self.workers_seen: dict[int, str] = {}  # who luigid last said runs a task
         self.dropped: dict[int, set[int]] = {}  # optional deps that did not finish well
         self.lost: str | None = None  # why luigid is considered gone
         self.next_ask = 0.0
@@ -459,6 +460,8 @@ class _Shared(_Run):
                     self._register(i)
             else:
                 self.fresh.add(i)
+                if status == RUNNING:
+                    self.workers_seen[i] = self._who(info)
 
     def _who(self, info: dict[str, Any]) -> str:
         worker = info.get("worker_running") or ""
@@ -504,7 +507,7 @@ class _Shared(_Run):
             if d in self.finished or d in self.done or d in self.dropped.get(i, ()):
                 continue
             if d in self.fresh or self._done_here(d):
-                self._ran_elsewhere(d, "")
+                self._ran_elsewhere(d, self.workers_seen.get(d, ""))
             else:
                 stale.append(d)
         if stale:  # DONE in luigid from before a reset: those run first
