@@ -137,6 +137,10 @@ class RemotePath:
             raise ValueError(f"{self.url!r} is not below {base!r}")
         return pathlib.PurePosixPath(self.url[len(base) + 1:])
 
+    def as_posix(self) -> str:
+        """The URL (what ``pathlib`` gives for a path written into code)."""
+        return self.url
+
     def is_absolute(self) -> bool:
         """Always: a URL names one place whatever the working directory."""
         return True
