@@ -413,6 +413,23 @@ def listdir(url: str) -> list[str]:
     return [posixpath.basename(str(e).rstrip("/")) for e in entries]
 
 
+def find(url: str) -> list[str]:
+    """Every file below the folder ``url``, as URLs (one recursive listing)."""
+    fs = _fs(url)
+    protocol = url.split("://", 1)[0]
+    try:
+        fs.invalidate_cache(url)
+        found = fs.find(url)
+    except FileNotFoundError:
+        return []
+    except Exception as exc:
+        raise _failure(url, "listing", exc) from exc
+    root = fs._strip_protocol(url).rstrip("/")
+    prefix = url.rstrip("/")
+    return [prefix + str(f)[len(root):] if str(f).startswith(root) else f"{protocol}://{f}"
+            for f in found]
+
+
 def check_reachable(root: RemotePath) -> None:
     """Check once per run that the location's bucket exists and can be read.
 

@@ -406,3 +406,20 @@ def test_a_process_killed_mid_upload_leaves_nothing_complete(s3, s3_server, tmp_
         assert len(_keys(s3)) == 3  # a, b and the commit record
     finally:
         sys.modules.pop("rscrash", None)
+
+
+def test_invalidate_all_and_orphans_on_the_store(remote):
+    pipeflow.Workflow(RsReport).run()
+    pipeflow.Workflow(RsText).run()
+    assert pipeflow.invalidate_orphans(pipeflow.Workflow(RsText), confirm=False)
+    assert RsText().complete() and not RsPrices().complete()
+    assert [k for k in _keys(remote) if "RsText" not in k] == []
+    assert pipeflow.invalidate_all(confirm=False)
+    assert _keys(remote) == []
+
+
+def test_forked_workers_write_to_the_store(s3):
+    flow = pipeflow.Workflow(RsReport)
+    flow.run(workers=2, executor="process")
+    assert flow.outputLoad() == {"total": 10.0}
+    assert RsReport().complete()
