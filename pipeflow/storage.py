@@ -388,6 +388,27 @@ def get(url: str, local: str | os.PathLike[str]) -> bool:
     return True
 
 
+#: protocols whose stores write an object only if none is there, atomically (S3's
+#: ``If-None-Match: *``; the memory file system, one process): task leases use them
+LEASES = frozenset(["s3", "s3a", "memory"])
+
+
+def create(url: str, data: bytes) -> bool:
+    """Write ``data`` at ``url`` only if nothing is there (one conditional PUT).
+
+    Returns:
+        False when something is there already.
+    """
+    fs = _fs(url)
+    try:
+        fs.pipe_file(url, data, mode="create")
+    except FileExistsError:
+        return False
+    except Exception as exc:
+        raise _failure(url, "writing", exc) from exc
+    return True
+
+
 def rm(url: str, missing_ok: bool = True) -> None:
     """Delete the file at ``url`` (never a folder)."""
     fs = _fs(url)
@@ -444,10 +465,10 @@ def check_reachable(root: RemotePath) -> None:
         bucket = root.parts[0]
         fs = filesystem(root.protocol)
         try:
-            ok = fs.exists(bucket)
-            if ok:
-                fs.ls(bucket, detail=False)  # credentials that may not list it fail here
-                fs.invalidate_cache()
+            fs.info(bucket)  # one request: missing buckets and refused credentials fail here
+            ok = True
+        except FileNotFoundError:
+            ok = False
         except Exception as exc:
             raise StorageAccessError(
                 f"the storage location {root.url!r} cannot be used: {_reason(exc)}. Nothing "

@@ -29,6 +29,7 @@ _DEFAULTS = {
     "detect_data_changes": True,
     "history": True,
     "storage_options": {},
+    "remote_lease": 60.0,
 }
 
 

@@ -357,6 +357,7 @@ class RsTwo(pipeflow.tasks.TaskPqPandas):
 
 if __name__ == "__main__":
     pipeflow.settings.storage_options = json.loads(os.environ["RS_OPTIONS"])
+    pipeflow.settings.remote_lease = 3
     pipeflow.set_dir(sys.argv[1])
     real = storage.put
     def put(local, url):
@@ -369,6 +370,8 @@ if __name__ == "__main__":
 
 
 def test_a_process_killed_mid_upload_leaves_nothing_complete(s3, s3_server, tmp_path):
+    """Its lease outlives it by ``remote_lease`` seconds; then the next run takes over."""
+    settings.remote_lease = 3
     (tmp_path / "rscrash.py").write_text(CRASH)
     marker = tmp_path / "uploaded"
     env = {**os.environ, "RS_OPTIONS": json.dumps(s3_server.storage_options)}
@@ -388,7 +391,8 @@ def test_a_process_killed_mid_upload_leaves_nothing_complete(s3, s3_server, tmp_
             proc.wait(10)
     assert proc.returncode == -signal.SIGKILL
     keys = _keys(s3)
-    assert len(keys) == 1 and keys[0].endswith(".parquet")  # one output, no record
+    assert len(keys) == 2
+    assert keys[0].endswith(".lease.json") and keys[1].endswith("-a.parquet")  # no record
     spec = importlib.util.spec_from_file_location("rscrash", tmp_path / "rscrash.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules["rscrash"] = mod
@@ -399,11 +403,11 @@ def test_a_process_killed_mid_upload_leaves_nothing_complete(s3, s3_server, tmp_
         assert not ok and "no successful pipeflow run committed them" in why
         staging = pathlib.Path(storage.staging_folder(s3 + "/RsTwo"))
         assert [p.name for p in staging.iterdir() if ".tmp-" in p.name]  # the killed one's
-        flow.run()
+        flow.run()  # waits for the dead runner's lease to expire, then runs
         assert [p.name for p in staging.iterdir() if ".tmp-" in p.name] == []
         got = flow.outputLoad()
         assert list(got[0]["x"]) == [1, 2] and list(got[1]["y"]) == [3, 4]
-        assert len(_keys(s3)) == 3  # a, b and the commit record
+        assert len(_keys(s3)) == 3  # a, b and the commit record (the lease is gone)
     finally:
         sys.modules.pop("rscrash", None)
 
@@ -423,3 +427,25 @@ def test_forked_workers_write_to_the_store(s3):
     flow.run(workers=2, executor="process")
     assert flow.outputLoad() == {"total": 10.0}
     assert RsReport().complete()
+
+
+def test_a_lease_on_s3_guards_a_task_across_machines(s3, tmp_path):
+    pipeflow.Workflow(RsPrices).run()
+    settings.state_dir = str(tmp_path / "machine-a")
+    lock = RsPrices()._store.lock()
+    assert lock.acquire()
+    try:
+        lease = lock.lease
+        assert lease.endswith(".lease.json") and json.loads(storage.cat(lease))["pid"] == \
+            os.getpid()
+        settings.state_dir = str(tmp_path / "machine-b")  # another machine's local locks
+        with pytest.raises(TaskLockedError, match="being run"):
+            pipeflow.Workflow(RsPrices).reset(RsPrices, confirm=False)
+        assert RsPrices().complete()
+    finally:
+        lock.release()
+    assert storage.cat(lease) is None
+    # a lease whose holder died (expired) is taken over
+    storage.pipe(lease, json.dumps({"host": "gone", "pid": 1, "expires": 0}).encode())
+    pipeflow.Workflow(RsPrices).reset(RsPrices, confirm=False)
+    assert not RsPrices().complete() and storage.cat(lease) is None
