@@ -297,12 +297,14 @@ def write_temp(final: pathlib.Path, writer: Writer, who: Who = "") -> tuple[Temp
             try:
                 fh = HashingFile(fd)
                 writer.dump(fh)  # type: ignore[arg-type]
-                return tmp, fh.record(name, settings.fsync)
+                # (a staged copy of a remote output needs no fsync: the store keeps it)
+                return tmp, fh.record(name, settings.fsync and "://" not in where)
             finally:
                 os.close(fd)
         tmp = path = pathlib.Path(_new_temp(os.fspath(final))[0])
         writer(path)
-        return path, seal(path, final.name, settings.fsync)
+        return path, seal(path, final.name,
+                          settings.fsync and not isinstance(final, storage.RemotePath))
     except OSError as exc:
         if tmp is not None:
             _unlink(tmp)

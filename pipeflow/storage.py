@@ -331,7 +331,7 @@ def info(url: str) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except Exception as exc:
-        raise _failure(url, "reading the details of", exc) from exc
+        raise _failure(url, "reading the details of", exc) from None
 
 
 def exists(url: str) -> bool:
@@ -355,7 +355,7 @@ def cat(url: str) -> bytes | None:
     except (FileNotFoundError, IsADirectoryError):
         return None
     except Exception as exc:
-        raise _failure(url, "reading", exc) from exc
+        raise _failure(url, "reading", exc) from None
 
 
 def pipe(url: str, data: bytes) -> None:
@@ -364,7 +364,7 @@ def pipe(url: str, data: bytes) -> None:
     try:
         fs.pipe_file(url, data)
     except Exception as exc:
-        raise _failure(url, "writing", exc) from exc
+        raise _failure(url, "writing", exc) from None
 
 
 def put(local: str | os.PathLike[str], url: str) -> None:
@@ -373,7 +373,7 @@ def put(local: str | os.PathLike[str], url: str) -> None:
     try:
         fs.put_file(os.fspath(local), url)
     except Exception as exc:
-        raise _failure(url, "uploading to", exc) from exc
+        raise _failure(url, "uploading to", exc) from None
 
 
 def get(url: str, local: str | os.PathLike[str]) -> bool:
@@ -384,7 +384,7 @@ def get(url: str, local: str | os.PathLike[str]) -> bool:
     except FileNotFoundError:
         return False
     except Exception as exc:
-        raise _failure(url, "downloading", exc) from exc
+        raise _failure(url, "downloading", exc) from None
     return True
 
 
@@ -405,7 +405,7 @@ def create(url: str, data: bytes) -> bool:
     except FileExistsError:
         return False
     except Exception as exc:
-        raise _failure(url, "writing", exc) from exc
+        raise _failure(url, "writing", exc) from None
     return True
 
 
@@ -418,7 +418,7 @@ def rm(url: str, missing_ok: bool = True) -> None:
         if not missing_ok:
             raise
     except Exception as exc:
-        raise _failure(url, "deleting", exc) from exc
+        raise _failure(url, "deleting", exc) from None
 
 
 def listdir(url: str) -> list[str]:
@@ -430,7 +430,7 @@ def listdir(url: str) -> list[str]:
     except FileNotFoundError:
         return []
     except Exception as exc:
-        raise _failure(url, "listing", exc) from exc
+        raise _failure(url, "listing", exc) from None
     return [posixpath.basename(str(e).rstrip("/")) for e in entries]
 
 
@@ -444,7 +444,7 @@ def find(url: str) -> list[str]:
     except FileNotFoundError:
         return []
     except Exception as exc:
-        raise _failure(url, "listing", exc) from exc
+        raise _failure(url, "listing", exc) from None
     root = fs._strip_protocol(url).rstrip("/")
     prefix = url.rstrip("/")
     return [prefix + str(f)[len(root):] if str(f).startswith(root) else f"{protocol}://{f}"
