@@ -23,8 +23,16 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import pathlib
 import pickle
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable
@@ -586,3 +594,324 @@ def test_two_workflows_on_two_prefixes_do_not_share_outputs(s3):
     b.run(execution_summary=False)
     b.reset(RsLoad, confirm=False)
     assert a.complete(RsLoad) and not b.complete(RsLoad)
+
+
+# -- bad locations: a pipeflow error naming the URL, before any task runs ------------------------
+
+def _first_error(url: str, tmp_path: pathlib.Path, run: Callable[[], Any] | None = None
+                 ) -> BaseException:
+    """``set_dir(url)``, then a run of RsStats: the first error (either may raise it).
+
+    Either way no task's run() was called and no local folder is named after the URL; a
+    set_dir that refuses keeps the data dir in force.
+    """
+    old = settings.dir
+    try:
+        pipeflow.set_dir(url)
+    except Exception as exc:  # noqa: BLE001 - what it is is checked by the caller
+        assert settings.dir == old
+        error: BaseException = exc
+    else:
+        try:
+            (run or (lambda: pipeflow.run(RsStats(), execution_summary=False)))()
+        except Exception as exc:  # noqa: BLE001
+            error = exc
+        else:
+            raise AssertionError(f"neither set_dir({url!r}) nor the run raised")
+    assert RAN == [], f"tasks ran before the bad location was reported: {RAN}"
+    _no_url_folders(tmp_path)
+    return error
+
+
+def test_a_missing_bucket_is_a_clear_error_before_any_task_runs(s3_server, s3_bucket, tmp_path):
+    _set_storage_options(_options(s3_server.endpoint))
+    try:
+        url = f"s3://pf-no-such-bucket-{uuid.uuid4().hex[:8]}/data"
+        error = _first_error(url, tmp_path)
+        _check_user_error(error, url)
+        assert "bucket" in str(error).lower() and "exist" in str(error).lower()
+        assert s3_server.keys(s3_bucket.split("://")[1]) == []
+    finally:
+        _set_storage_options(None)
+
+
+def test_bad_credentials_are_a_clear_error_before_any_task_runs(tmp_path, monkeypatch):
+    """A second moto server that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0)."""
+    from servers import s3 as s3_endpoint
+
+    monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "0")
+    with s3_endpoint(tmp_path / "moto-auth") as strict:
+        monkeypatch.delenv("INITIAL_NO_AUTH_ACTION_COUNT")
+        _set_storage_options(_options(strict.endpoint))
+        try:
+            url = "s3://team-bucket/data"
+            error = _first_error(url, tmp_path)
+            _check_user_error(error, url)
+            assert any(w in str(error).lower() for w in (
+                "credential", "access denied", "forbidden", "not authori", "access key"))
+        finally:
+            _set_storage_options(None)
+
+
+@pytest.mark.timeout(120)
+def test_an_unreachable_endpoint_is_a_clear_error_within_seconds(tmp_path):
+    from servers import free_port
+
+    port = free_port()  # nobody listens there
+    _set_storage_options(_options(f"http://127.0.0.1:{port}"))
+    try:
+        url = "s3://team-bucket/data"
+        box: list[BaseException] = []
+        worker = threading.Thread(target=lambda: box.append(_first_error(url, tmp_path)),
+                                  daemon=True)
+        worker.start()
+        worker.join(90)  # a guard against a hang, not a speed goal
+        assert not worker.is_alive(), "set_dir/run hung on an endpoint nobody listens on"
+        assert box, "the check itself failed (see the thread's traceback above)"
+        _check_user_error(box[0], url)
+        assert f"127.0.0.1:{port}" in str(box[0])  # the endpoint it could not reach
+    finally:
+        _set_storage_options(None)
+
+
+def test_an_unknown_protocol_is_refused_by_set_dir(tmp_path):
+    old = settings.dir
+    with pytest.raises(PipeflowError) as info:
+        pipeflow.set_dir("foo://x/data")
+    _check_user_error(info.value, "foo://x/data")
+    assert "foo" in str(info.value) and "protocol" in str(info.value).lower()
+    assert settings.dir == old
+    _no_url_folders(tmp_path)
+    with pytest.raises(PipeflowError, match="foo://x/data"):
+        pipeflow.Workflow(RsStats, path="foo://x/data").run(execution_summary=False)
+    assert RAN == []
+
+
+@pytest.mark.parametrize(("url", "package", "extra"), [
+    ("gs://team-bucket/data", "gcsfs", "gcs"),
+    ("abfs://team-container/data", "adlfs", "azure"),
+])
+def test_a_protocol_whose_package_is_missing_names_the_extra(url, package, extra, tmp_path,
+                                                            monkeypatch):
+    monkeypatch.setitem(sys.modules, package, None)  # as if not installed: import fails
+    old = settings.dir
+    with pytest.raises(pipeflow.errors.MissingDependencyError) as info:
+        pipeflow.set_dir(url)
+    _check_user_error(info.value, url)
+    assert package in str(info.value) and f"pipeflow[{extra}]" in str(info.value)
+    assert settings.dir == old
+    _no_url_folders(tmp_path)
+
+
+@pytest.mark.parametrize("url", ["s3://", "s3:///data", "s3:// bucket/data", "memory://"])
+def test_a_url_without_a_bucket_is_refused(url, tmp_path):
+    old = settings.dir
+    with pytest.raises(pipeflow.errors.ParameterError, match=re_escape(url)):
+        pipeflow.set_dir(url)
+    assert settings.dir == old
+    _no_url_folders(tmp_path)
+
+
+def re_escape(text: str) -> str:
+    return re.escape(repr(text)[1:-1])
+
+
+def test_a_workflow_path_on_a_missing_bucket_fails_before_any_task_runs(s3_server, s3_bucket,
+                                                                         tmp_path):
+    _set_storage_options(_options(s3_server.endpoint))
+    try:
+        url = f"s3://pf-no-such-bucket-{uuid.uuid4().hex[:8]}/exp"
+        with pytest.raises(PipeflowError) as info:
+            pipeflow.Workflow(RsStats, path=url).run(execution_summary=False)
+        _check_user_error(info.value, url)
+        assert RAN == []
+        _no_url_folders(tmp_path)
+    finally:
+        _set_storage_options(None)
+
+
+@pytest.mark.parametrize("value", ["key=abc", ["secret", SECRET_KEY], 42])
+def test_storage_options_must_be_a_dict(value):
+    with pytest.raises(pipeflow.errors.ParameterError, match="storage_options") as info:
+        _set_storage_options(value)  # type: ignore[arg-type]
+    _no_secret(str(info.value))
+
+
+# -- secrets: storage_options credentials never shown ----------------------------------------
+
+def test_credentials_never_show_in_reprs_previews_results_errors_logs_or_records(
+        s3, capsys, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="pipeflow")
+    caplog.set_level(logging.DEBUG, logger="luigi-interface")
+
+    class RsBroken(pipeflow.tasks.TaskPqPandas):
+        def run(self):
+            self.save(42)
+
+    flow = pipeflow.Workflow(RsStats)
+    shown = [repr(flow), str(flow), repr(flow.get_task()), str(flow.output()),
+             repr(flow.output()), repr(flow.outputPath())]
+    preview = flow.preview()
+    shown += [str(preview), repr(preview), preview.text(), preview._repr_html_() or ""]
+    result = flow.run(execution_summary=True)
+    shown += [repr(result), result.summary(), result._repr_html_() or ""]
+    failed = pipeflow.run(RsBroken(), abort=False, execution_summary=True)
+    error = failed.by_state("failed")[0].error
+    shown += [str(error), repr(error), failed.summary(), failed.by_state("failed")[0].traceback]
+    with pytest.raises(PipeflowError) as info:
+        RsBroken().outputLoad()
+    shown += [str(info.value), pipeflow.history().to_string(), repr(pipeflow.runs())]
+    shown += [str(pipeflow.last_error() or "")]
+    shown += [s3.read(k).decode("latin-1") for k in s3.records()]
+    out = capsys.readouterr()
+    shown += [out.out, out.err, caplog.text]
+    for i, text in enumerate(shown):
+        _no_secret(str(text), f"shown[{i}]")
+
+
+# -- nothing local but the documented local state --------------------------------------------
+
+def _local_files(root: pathlib.Path) -> set[pathlib.Path]:
+    return {p.relative_to(root) for p in root.rglob("*") if p.is_file()}
+
+
+def _is_local_state(rel: pathlib.Path) -> bool:
+    # undecided: where the local state (history, locks) lives; any folder named .pipeflow
+    # or pipeflow below the working directory or $HOME is accepted
+    return any(part in (".pipeflow", "pipeflow") for part in rel.parts[:-1])
+
+
+def test_nothing_is_written_locally_but_the_local_state(s3, tmp_path, monkeypatch):
+    import tempfile
+
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    tmp.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    before = _local_files(tmp_path)
+
+    flow = pipeflow.Workflow(RsStats)
+    flow.preview(print_it=False)
+    flow.run(execution_summary=False)
+    flow.outputLoadAll()
+    pipeflow.run([RsSplit(), RsCSV(), RsReport(), RsPickle()], execution_summary=False)
+    RsCSV().outputLoad()
+    RsReport().outputLoad()
+    flow.reset(RsScale, confirm=False)
+    flow.run(execution_summary=False)
+    assert len(pipeflow.history(family="RsScale")) == 2  # the history works, locally
+
+    new = _local_files(tmp_path) - before
+    assert sorted(str(p) for p in new if not _is_local_state(p)) == []
+    assert [p for p in new if p.name.endswith(".commit.json")] == []  # records are on S3
+    assert sorted(tmp.rglob("*")) == []  # staging leaves nothing in the temp folder
+    _no_url_folders(tmp_path)
+    assert s3.all() == {f"{s3.url.split('://')[1].split('/')[0]}/data/{k}" for k in s3.rel()}
+    assert not any("history" in k for k in s3.rel())  # the run history is not on S3
+
+
+# -- another machine: a fresh process ----------------------------------------------------------
+
+FRESH_TASKS = textwrap.dedent("""
+    import pandas as pd
+    import pipeflow
+
+
+    class FrLoad(pipeflow.tasks.TaskPqPandas):
+        def run(self):
+            self.save(pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0]}))
+            self.saveMeta({"rows": 4})
+
+
+    @pipeflow.requires(FrLoad)
+    class FrScale(pipeflow.tasks.TaskCSVPandas):
+        factor = pipeflow.FloatParameter(default=10.0)
+
+        def run(self):
+            self.save(self.inputLoad() * self.factor)
+
+
+    @pipeflow.requires(FrScale)
+    class FrStats(pipeflow.tasks.TaskJson):
+        def run(self):
+            self.save({"mean": float(self.inputLoad()["x"].mean())})
+""")
+
+FRESH_CHILD = textwrap.dedent("""
+    import json, os, sys
+    import pipeflow
+    import rs_fresh_tasks as mod
+
+    pipeflow.settings.execution_summary = False
+    # no storage_options: the usual botocore configuration (AWS_* environment) is enough
+    pipeflow.set_dir(sys.argv[1])
+    flow = pipeflow.Workflow(mod.FrStats, {"factor": 10.0})
+    out = {"counts": flow.preview(print_it=False).counts(), "complete": flow.complete(),
+           "stats": flow.outputLoad(), "scale": flow.outputLoad(mod.FrScale)["x"].tolist(),
+           "meta": flow.outputLoadMeta(mod.FrLoad), "path": str(flow.outputPath())}
+    if sys.argv[2] == "run":
+        result = flow.run()
+        out["states"] = sorted(r.state.value for r in result.tasks.values())
+    print(json.dumps(out))
+""")
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A folder on sys.path for the user's modules (shared with subprocesses)."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    names: list[str] = []
+
+    def write(name: str, text: str):
+        (root / f"{name}.py").write_text(text)
+        import importlib
+
+        importlib.invalidate_caches()
+        if name in sys.modules:
+            return importlib.reload(sys.modules[name])
+        names.append(name)
+        return importlib.import_module(name)
+
+    write.root = root  # type: ignore[attr-defined]
+    yield write
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def _child_env(s3_server: Any, project_root: pathlib.Path, home: pathlib.Path) -> dict[str, str]:
+    env = {**os.environ, **s3_server.env, "HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1",
+           "PYTHONPATH": os.pathsep.join([str(project_root), *sys.path])}
+    return env
+
+
+def test_a_fresh_process_elsewhere_previews_complete_and_loads_from_s3(
+        s3, s3_server, project, tmp_path):
+    mod = project("rs_fresh_tasks", FRESH_TASKS)
+    pipeflow.Workflow(mod.FrStats, {"factor": 10.0}).run(execution_summary=False)
+    elsewhere = tmp_path / "elsewhere"  # another machine: an empty folder, its own HOME
+    elsewhere.mkdir()
+    env = _child_env(s3_server, project.root, elsewhere)
+    for mode in ("load", "run"):
+        proc = subprocess.run([sys.executable, "-c", FRESH_CHILD, s3.url, mode], cwd=elsewhere,
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert out["counts"] == {"COMPLETE": 3, "PENDING": 0, "STALE": 0}
+        assert out["complete"] is True
+        assert out["stats"] == {"mean": 25.0}
+        assert out["scale"] == [10.0, 20.0, 30.0, 40.0]
+        assert out["meta"] == {"rows": 4}
+        assert out["path"] == f"{s3.url}/FrStats/{mod.FrStats().task_id}-data.json"
+        if mode == "run":
+            assert out["states"] == ["up_to_date"] * 3  # nothing ran again
+        _no_secret(proc.stdout + proc.stderr)
+        # reading wrote nothing there; a run only its local state
+        assert sorted(str(p) for p in _local_files(elsewhere) if not _is_local_state(p)) == []
+        _no_url_folders(elsewhere)
