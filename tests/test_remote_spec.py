@@ -915,3 +915,390 @@ def test_a_fresh_process_elsewhere_previews_complete_and_loads_from_s3(
         # reading wrote nothing there; a run only its local state
         assert sorted(str(p) for p in _local_files(elsewhere) if not _is_local_state(p)) == []
         _no_url_folders(elsewhere)
+
+
+# -- crash safety: the commit record is the last object written ------------------------------
+
+CRASH_TASKS = textwrap.dedent("""
+    import pandas as pd
+    import pipeflow
+
+    N = 20_000
+
+
+    def frame(k):
+        return pd.DataFrame({"i": range(N), "k": [k] * N, "f": [i / 7 for i in range(N)]})
+
+
+    class CrashSplit(pipeflow.tasks.TaskPqPandas):
+        persist = ["a", "b", "c"]
+
+        def run(self):
+            self.save({k: frame(k) for k in self.persist})
+            self.saveMeta({"n": N})
+""")
+
+# The child blocks, at the moment its mode names, inside the S3 request that would write the
+# object (a botocore 'before-send' hook on every session, so the request is never sent), and
+# tells the parent, which SIGKILLs it there: a machine dying mid-save, at a chosen point.
+CRASH_CHILD = textwrap.dedent("""
+    import json, os, sys, time, urllib.parse
+    import aiobotocore.session
+
+    mode, marker, url, family, task_id = sys.argv[1:6]
+    root = url.split("://", 1)[1].rstrip("/")          # bucket/prefix
+    outputs = {f"/{root}/{family}/{task_id}-{k}.parquet" for k in "abc"}
+    record = f"/{root}/.pipeflow/commits/{family}/.{task_id}.commit.json"
+    written = []
+
+    def hook(request, **kwargs):
+        if request.method not in ("PUT", "POST"):
+            return None
+        path = urllib.parse.unquote(urllib.parse.urlsplit(request.url).path)
+        if not path.startswith(f"/{root}/"):
+            return None
+        block = (mode == "first-write"
+                 or (mode == "second-output" and path in outputs and written
+                     and path != written[0])
+                 or (mode == "record" and path == record))
+        if path in outputs and path not in written:
+            written.append(path)
+        if block:
+            with open(marker, "w") as f:
+                f.write(json.dumps({"path": path, "written": written}))
+            time.sleep(600)  # until killed
+        return None
+
+    init = aiobotocore.session.AioSession.__init__
+
+    def hooked(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.register("before-send.s3", hook)
+
+    aiobotocore.session.AioSession.__init__ = hooked
+
+    import pipeflow
+    import rs_crash_tasks as mod
+
+    pipeflow.settings.execution_summary = False
+    pipeflow.settings.storage_options = json.loads(os.environ["PF_SPEC_OPTIONS"])
+    pipeflow.set_dir(url)
+    pipeflow.run(mod.CrashSplit())
+    print("finished without being stopped")
+""")
+
+
+@pytest.mark.parametrize("mode", ["first-write", "second-output", "record"])
+def test_a_save_killed_midway_leaves_the_task_incomplete_and_the_next_run_completes_it(
+        s3, s3_server, project, tmp_path, mode):
+    mod = project("rs_crash_tasks", CRASH_TASKS)
+    task = mod.CrashSplit()
+    marker = tmp_path / f"blocked-{mode}.json"
+    child_home = tmp_path / "child"
+    child_home.mkdir()
+    env = _child_env(s3_server, project.root, child_home)
+    env["PF_SPEC_OPTIONS"] = json.dumps(_options(s3_server.endpoint))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASH_CHILD, mode, str(marker), s3.url, task.task_family,
+         task.task_id], cwd=child_home, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() or not marker.read_text():
+            if proc.poll() is not None:
+                out, err = proc.communicate()
+                raise AssertionError(f"the child ended ({proc.returncode}) before the "
+                                     f"{mode} point:\n{out}\n{err}")
+            assert time.monotonic() < deadline, "the child never reached the point"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    blocked = json.loads(marker.read_text())
+    if mode == "record":  # every output was in place, only the record was missing
+        assert {f"{task.task_family}/{task.task_id}-{k}.parquet" for k in "abc"} <= s3.rel()
+        assert blocked["path"].endswith(".commit.json")
+
+    assert not task.complete()
+    status = _states(pipeflow.Workflow(mod.CrashSplit))["CrashSplit"][0]
+    assert status == "PENDING"
+    with pytest.raises(pipeflow.errors.IncompleteTaskError, match="not complete"):
+        task.outputLoad()
+
+    result = pipeflow.run(task, execution_summary=False)
+    assert [r.state.value for r in result.tasks.values()] == ["completed"]
+    loaded = task.outputLoad(as_dict=True)
+    for k in "abc":
+        pd.testing.assert_frame_equal(loaded[k], mod.frame(k))
+    assert task.outputLoadMeta() == {"n": mod.N}
+    # no temp or orphan object anywhere in the bucket: exactly the task's own objects
+    assert _without_locks(s3.rel()) == _own(task, ["a", "b", "c"], "parquet", meta=True)
+    bucket = s3.url.split("://")[1].split("/")[0]
+    assert {k for k in s3.all() if not k.startswith(f"{bucket}/data/")} == set()
+
+
+# -- change detection on the store -------------------------------------------------------------
+
+CHANGE_TASKS = textwrap.dedent("""
+    import pathlib
+
+    import pipeflow
+
+
+    class Prepare(pipeflow.tasks.TaskPickle):
+        def run(self):
+            self.save(int(pathlib.Path("input.txt").read_text()) * 10)
+
+
+    @pipeflow.requires(Prepare)
+    class Train(pipeflow.tasks.TaskPickle):
+        factor = pipeflow.IntParameter(default=2)
+
+        def run(self):
+            self.save(self.inputLoad() * self.factor)
+""")
+
+
+@pytest.fixture
+def changes(s3, project, tmp_path):
+    (tmp_path / "input.txt").write_text("1")  # cwd is tmp_path
+    mod = project("rs_change_tasks", CHANGE_TASKS)
+    flow = pipeflow.Workflow(mod.Train)
+    flow.run(execution_summary=False)
+    assert flow.outputLoad() == 20
+    return mod, flow
+
+
+def test_edited_code_makes_the_task_stale_and_a_run_reruns_it_and_downstream(changes, project):
+    mod, flow = changes
+    mod = project("rs_change_tasks", CHANGE_TASKS.replace("* 10)", "* 100)"))
+    flow = pipeflow.Workflow(mod.Train)
+    assert _states(flow) == {"Train": ("STALE", "upstream Prepare() is out of date"),
+                             "Prepare": ("STALE", "code changed: Prepare.run")}
+    result = flow.run(execution_summary=False)
+    assert {r.task.task_family: r.state.value for r in result.tasks.values()} == {
+        "Prepare": "completed", "Train": "completed"}
+    assert result.tasks[mod.Prepare().task_id].reason == "stale: code changed: Prepare.run"
+    assert flow.outputLoad() == 200
+    assert _states(flow) == {"Train": ("COMPLETE", None), "Prepare": ("COMPLETE", None)}
+
+
+def test_a_changed_parameter_default_with_params_left_out_of_file_names(s3, project, tmp_path):
+    (tmp_path / "input.txt").write_text("1")
+    settings.save_with_param = False
+    mod = project("rs_change_tasks", CHANGE_TASKS)
+    pipeflow.Workflow(mod.Train).run(execution_summary=False)
+    mod = project("rs_change_tasks", CHANGE_TASKS.replace("default=2", "default=3"))
+    flow = pipeflow.Workflow(mod.Train)
+    assert _states(flow)["Train"] == ("STALE", "parameter factor changed: 2 -> 3")
+    flow.run(execution_summary=False)
+    assert flow.outputLoad() == 30
+    assert {k for k in s3.outputs()} == {"Prepare/data.pkl", "Train/data.pkl"}
+
+
+def test_a_changed_upstream_output_makes_downstream_stale_unless_it_is_the_same(changes,
+                                                                               tmp_path):
+    mod, flow = changes
+    pipeflow.run(mod.Prepare(), forced_all=True, execution_summary=False)  # same bytes
+    assert _states(flow)["Train"] == ("COMPLETE", None)
+    (tmp_path / "input.txt").write_text("5")
+    pipeflow.run(mod.Prepare(), forced_all=True, execution_summary=False)
+    assert _states(flow) == {"Train": ("STALE", "upstream Prepare() changed"),
+                             "Prepare": ("COMPLETE", None)}
+    flow.run(execution_summary=False)
+    assert flow.outputLoad() == 100
+
+
+def test_an_object_replaced_outside_pipeflow_is_stale_and_never_loaded(changes, s3):
+    mod, flow = changes
+    prepare = mod.Prepare()
+    rel = f"Prepare/{prepare.task_id}-data.pkl"
+    name = rel.rsplit("/", 1)[1]
+    s3.write(rel, pickle.dumps(999))  # another machine (or a person) replaced it
+    status, reason = _states(flow)["Prepare"]
+    assert status == "STALE"
+    assert reason.startswith(f"output 'data': {name} was changed outside pipeflow")
+    with pytest.raises(PipeflowError, match="changed outside pipeflow"):
+        prepare.outputLoad()
+    flow.run(execution_summary=False)
+    assert prepare.outputLoad() == 10 and flow.outputLoad() == 20
+
+
+def test_an_object_deleted_outside_pipeflow_makes_the_task_run_again(changes, s3, s3_server):
+    mod, flow = changes
+    bucket, prefix = s3.url.split("://")[1].split("/", 1)
+    s3_server.client().delete_object(Bucket=bucket,
+                                     Key=f"{prefix}/Prepare/{mod.Prepare().task_id}-data.pkl")
+    assert not mod.Prepare().complete()
+    assert _states(flow)["Prepare"][0] in ("STALE", "PENDING")
+    with pytest.raises(PipeflowError):
+        mod.Prepare().outputLoad()
+    flow.run(execution_summary=False)
+    assert flow.outputLoad() == 20 and mod.Prepare().complete()
+
+
+# -- reset deletes exactly the task's own objects ----------------------------------------------
+
+def _foreign(tid: str, object_store: bool) -> set[str]:
+    """Objects a user (or another tool) put under the data dir; no reset may touch them."""
+    keys = {
+        "RsScale/notes.txt",
+        f"RsScale/{tid}-data.parquet.bak",
+        f"RsScale/{tid}-data.parquet~",
+        f"RsScale/{tid}-other.parquet",
+        f"RsScale/{tid}-meta.pickle.old",
+        "RsScaleX/x.parquet",
+        "RsScale.parquet",
+        f".pipeflow/commits/RsScale/.{tid}.commit.json.bak",
+        ".pipeflow/commits/RsScale/README",
+        ".pipeflow/commits/RsScaleX/.x.commit.json",
+        f"env=x/RsScale/{tid}-data.parquet",
+        f"sub/RsScale/{tid}-data.parquet",
+    }
+    if object_store:  # a key that is also a "folder": only object stores allow both
+        keys |= {f"RsScale/{tid}-data.parquet/child", "RsScale", f"RsScale/{tid}"}
+    return keys
+
+
+def test_reset_deletes_exactly_the_tasks_own_objects(store, s3_server):
+    flow = pipeflow.Workflow(RsStats)
+    flow.run(execution_summary=False)
+    tid = RsScale().task_id
+    foreign = _foreign(tid, object_store=not isinstance(store.url, str) or "://" in store.url)
+    for k in sorted(foreign):
+        store.write(k, b"not pipeflow's")
+    outside: set[str] = set()
+    if store.url.startswith("s3://"):  # beside the data dir, in the same bucket
+        bucket = store.url.split("://")[1].split("/")[0]
+        client = s3_server.client()
+        for key in (f"data-old/RsScale/{tid}-data.parquet", f"{tid}-data.parquet",
+                    f"data/../RsScale/{tid}-data.parquet"):
+            client.put_object(Bucket=bucket, Key=key, Body=b"x")
+            outside.add(f"{bucket}/{key}")
+    before = store.rel()
+    everything = store.all()
+    own = _flow_keys()
+
+    flow.reset(RsScale, confirm=False)
+    assert _without_locks(before - store.rel()) == own["RsScale"]
+    assert foreign <= store.rel()
+    assert store.all() >= outside and store.all() >= (everything - {
+        k for k in everything if any(k.endswith("/" + o) for o in own["RsScale"])})
+
+    flow.run(execution_summary=False)
+    flow.run(forced=RsScale, execution_summary=False)
+    flow.reset_upstream(RsStats, confirm=False)
+    assert foreign <= store.rel()
+    assert _without_locks(store.rel()) == _without_locks(foreign)
+    assert store.all() >= outside
+    for k in sorted(foreign):
+        assert store.read(k) == b"not pipeflow's"
+
+
+# -- hostile parameter values stay under the prefix ------------------------------------------
+
+class RsEcho(pipeflow.tasks.TaskJson):
+    value = pipeflow.Parameter()
+
+    def run(self):
+        self.save({"value": self.value})
+
+
+HOSTILE = ["../../escape", "..%2F..%2Fescape", "%2e%2e%2f%2e%2e%2f", "a/b/../../../c",
+           "/abs/path", "naïve ☃ 名前 🚀", "x" * 1000, "back\\slash\\..\\..", "?query=1#frag",
+           "*[glob]?{a,b}", "s3://other-bucket/x", "  spaced  ", "semi;colon|pipe&amp",
+           ".pipeflow", "..", "%00", "\u202eevil", "tab\tand\nnewline"]
+
+
+def test_hostile_parameter_values_stay_under_the_prefix(store, s3_server, tmp_path):
+    other = None
+    if store.url.startswith("s3://"):
+        other = s3_server.bucket(f"other-{uuid.uuid4().hex[:8]}").split("://")[1]
+    values = [*HOSTILE, f"s3://{other}/x" if other else "memory://other/x"]
+    local_before = _local_files(tmp_path)
+    accepted = []
+    for value in values:
+        try:
+            task = RsEcho(value=value)
+            pipeflow.run(task, execution_summary=False)
+        except pipeflow.errors.ParameterError:
+            continue  # refused as it is locally: fine
+        accepted.append(task)
+        assert task.outputLoad() == {"value": value}
+        assert str(task.output().path).startswith(f"{store.url}/RsEcho/")
+    assert len(accepted) >= len(values) - 3, "most of these values are fine locally"
+    rel = store.rel()
+    assert {k.split("/")[0] for k in rel} <= {"RsEcho", ".pipeflow"}
+    assert {k.split("/")[:3] == [".pipeflow", "commits", "RsEcho"] for k in rel
+            if k.startswith(".pipeflow/")} <= {True}
+    if "://" in store.url:
+        root = store.url.split("://")[1]
+        assert {k for k in store.all() if not k.startswith(root + "/")} == set()
+        assert _local_files(tmp_path) - local_before <= {
+            p for p in _local_files(tmp_path) if _is_local_state(p)}
+    if other:
+        assert s3_server.keys(other) == []
+    for task in accepted:  # each reset removes exactly that task's objects
+        before = store.rel()
+        task.reset(confirm=False)
+        assert _without_locks(before - store.rel()) == _own(task, ["data"], "json")
+    assert _without_locks(store.rel()) == set()
+
+
+def test_hostile_env_and_path_pieces_are_refused_on_the_store(store):
+    for env in ("../prod", "a/b", "..", ".", "x\\..\\y"):
+        with pytest.raises(pipeflow.errors.UnsafePathError, match="env="):
+            pipeflow.Workflow(RsStats, env=env)
+    assert store.rel() == set()
+
+
+# -- a property: random outputs and parameter values round-trip on memory:// ------------------
+
+PAYLOAD: dict[str, Any] = {}
+
+
+class RsAny(pipeflow.tasks.TaskJson):
+    value = pipeflow.Parameter()
+
+    def run(self):
+        self.save(PAYLOAD["data"])
+
+
+def test_random_outputs_and_parameter_values_round_trip_and_reset_cleanly():
+    import luigi
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hsettings
+    from hypothesis import strategies as st
+
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers(-2**53, 2**53) |
+        st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=4) |
+        st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=12)
+
+    @hsettings(max_examples=20, deadline=None,
+               suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(data=json_values, value=st.text(max_size=40))
+    def check(data, value):
+        url = f"memory://pf-{uuid.uuid4().hex[:10]}/data"
+        pipeflow.set_dir(url)
+        where = _memory_store(url)
+        luigi.task_register.Register.clear_instance_cache()
+        PAYLOAD["data"] = data
+        try:
+            task = RsAny(value=value)
+        except pipeflow.errors.ParameterError:
+            return
+        pipeflow.run(task, execution_summary=False)
+        assert task.outputLoad() == data
+        assert _without_locks(where.rel()) == _own(task, ["data"], "json")
+        assert {k for k in where.all() if not k.startswith(url.split("://")[1] + "/")} == set()
+        task.reset(confirm=False)
+        assert _without_locks(where.rel()) == set()
+        assert not task.complete()
+
+    check()
