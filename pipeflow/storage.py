@@ -32,7 +32,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from pipeflow.errors import ParameterError, StorageAccessError
+from pipeflow.errors import ParameterError, StorageAccessError, StorageDependencyError
 
 #: ``scheme://``: a URL, not a folder name
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
@@ -40,6 +40,11 @@ URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 #: the extra to install for a protocol fsspec implements in another package
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "abfs": "azure", "az": "azure",
           "abfss": "azure", "adl": "azure"}
+#: the package implementing a protocol fsspec leaves to others
+PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "abfs": "adlfs",
+            "az": "adlfs", "abfss": "adlfs", "adl": "adlfs"}
+#: a bucket (container) name: what S3, GCS and Azure all accept
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{1,254}")
 #: protocols whose first URL component is a bucket (or container) that must exist
 BUCKETS = frozenset(["s3", "s3a", "gs", "gcs", "abfs", "abfss", "az"])
 
@@ -215,9 +220,16 @@ def parse(text: str, what: str, who: object = "") -> RemotePath:
         raise ParameterError(
             f"{named}{what}={text!r} has a '.' or '..' folder: a storage URL names its "
             f"folder plainly (no '..' could climb out of it). Write e.g. 's3://bucket/data'.")
-    if protocol in BUCKETS and not split.netloc:
+    if protocol in BUCKETS and not _BUCKET.fullmatch(split.netloc):
+        why = "names no bucket" if not split.netloc else "has no valid bucket name"
         raise ParameterError(
-            f"{named}{what}={text!r} names no bucket: write {protocol}://BUCKET/prefix.")
+            f"{named}{what}={text!r} {why}: write {protocol}://BUCKET/prefix (a bucket "
+            f"name is letters, digits, '.', '-' and '_').")
+    if not (split.netloc + split.path).strip("/") or any(
+            c.isspace() or c == "\x00" for c in split.netloc + split.path):
+        raise ParameterError(
+            f"{named}{what}={text!r} names no folder (or has white space in it): write "
+            f"{protocol}://bucket/prefix.")
     filesystem_class(protocol, f"{named}{what}={text!r}")
     return RemotePath(text)
 
@@ -240,11 +252,12 @@ def filesystem_class(protocol: str, where: str) -> type:
             f"{protocol}://.") from None
     except ImportError as exc:
         extra = EXTRAS.get(protocol)
+        package = PACKAGES.get(protocol) or exc.name or "its fsspec implementation"
         fix = (f"pip install 'pipeflow[{extra}]'" if extra
-               else f"install the package fsspec names for {protocol}://")
-        raise ParameterError(
-            f"{where}: the {protocol}:// file system needs a package that is not installed "
-            f"({exc.name or 'its fsspec implementation'}). Install it: {fix}.") from None
+               else f"pip install {package}")
+        raise StorageDependencyError(
+            f"{where}: the {protocol}:// file system needs the package {package}, which is "
+            f"not installed. Install it: {fix}.") from None
 
 
 def configure(opts: Mapping[str, Any] | None) -> None:

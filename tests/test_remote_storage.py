@@ -158,7 +158,8 @@ def test_a_flow_runs_loads_and_previews_complete_on_the_store(remote, data_dir, 
     ])
     # nothing of the flow on local disk but this machine's state (history, locks)
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.*"))
-    state = tmp_path / "state"
+    state = tmp_path / "state" / "pipeflow"
+    assert storage.state_root() == state
     assert (storage.state_folder(remote) / "history.db").is_file()
     assert not [p for p in state.rglob("*") if ".tmp-" in p.name]
     # a fresh look (no record cached in this process) finds everything complete
@@ -257,7 +258,7 @@ def test_the_cli_takes_a_url_for_dir(mem, tmp_path, monkeypatch):
 def test_the_task_lock_is_local_and_keyed_by_the_url(mem, tmp_path):
     pipeflow.Workflow(RsPrices).run()
     lock = RsPrices()._store.lock()
-    assert lock.folder.startswith(str(tmp_path / "state" / "locks"))
+    assert lock.folder.startswith(str(tmp_path / "state" / "pipeflow" / "locks"))
     assert lock.folder == RsPrices()._store.lock().folder
     with lock as held:
         assert held
