@@ -45,6 +45,9 @@ PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "abfs": 
             "az": "adlfs", "abfss": "adlfs", "adl": "adlfs"}
 #: a bucket (container) name: what S3, GCS and Azure all accept
 _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{1,254}")
+#: protocols fsspec reads but cannot write: refused as locations of outputs
+READ_ONLY = frozenset(["http", "https", "github", "git", "zip", "tar", "libarchive",
+                       "reference", "dbfs+ro"])
 #: protocols whose first URL component is a bucket (or container) that must exist
 BUCKETS = frozenset(["s3", "s3a", "gs", "gcs", "abfs", "abfss", "az"])
 
@@ -230,6 +233,11 @@ def parse(text: str, what: str, who: object = "") -> RemotePath:
         raise ParameterError(
             f"{named}{what}={text!r} names no folder (or has white space in it): write "
             f"{protocol}://bucket/prefix.")
+    if protocol in READ_ONLY:
+        raise ParameterError(
+            f"{named}{what}={text!r} is a {protocol}:// URL: a read-only file system, where "
+            f"no output can be written. Use a storage URL such as s3://bucket/prefix, or a "
+            f"local folder.")
     filesystem_class(protocol, f"{named}{what}={text!r}")
     return RemotePath(text)
 
