@@ -107,7 +107,9 @@ def mem(data_dir):
     url = f"memory://pf-{uuid.uuid4().hex[:10]}/data"
     pipeflow.set_dir(url)
     yield url
-    fsspec.filesystem("memory").rm("/" + url.split("://", 1)[1].split("/")[0], recursive=True)
+    top = "/" + url.split("://", 1)[1].split("/")[0]
+    if fsspec.filesystem("memory").exists(top):
+        fsspec.filesystem("memory").rm(top, recursive=True)
 
 
 @pytest.fixture
@@ -450,3 +452,18 @@ def test_a_lease_on_s3_guards_a_task_across_machines(s3, tmp_path):
     storage.pipe(lease, json.dumps({"host": "gone", "pid": 1, "expires": 0}).encode())
     pipeflow.Workflow(RsPrices).reset(RsPrices, confirm=False)
     assert not RsPrices().complete() and storage.cat(lease) is None
+
+
+def test_history_and_task_store_stay_in_the_local_state_folder(mem, tmp_path):
+    from pipeflow import runstore
+    from pipeflow.trees.store import open_store
+
+    folder = tmp_path / "state" / "pipeflow" / storage.slug(mem)
+    assert storage.state_folder(mem) == folder
+    assert folder.name.startswith("memory_pf-") and len(folder.name) <= 71
+    assert runstore.history_path() == folder / "history.db"
+    assert open_store().path == folder / "tasks.db"
+    settings.state_dir = str(tmp_path / "elsewhere")
+    assert runstore.history_path() == tmp_path / "elsewhere" / storage.slug(mem) / "history.db"
+    with pytest.raises(ParameterError, match="local file or folder"):
+        settings.state_dir = "s3://bucket/state"
