@@ -104,7 +104,7 @@ def main() -> int:
             "s3fs + pyarrow direct": (arrow_save, arrow_load),
             "pandas + storage_options": (pandas_save, pandas_load),
         }
-        for name, (save, load) in variants.items():  # warm-up, checked
+        for save, load in variants.values():  # warm-up, checked
             save()
             pd.testing.assert_frame_equal(load(), DF, check_dtype=False)
         times: dict[str, list[tuple[float, float]]] = {n: [] for n in variants}
