@@ -658,7 +658,11 @@ def test_an_unreachable_endpoint_is_a_clear_error_within_seconds(tmp_path):
     from servers import free_port
 
     port = free_port()  # nobody listens there
-    _set_storage_options(_options(f"http://127.0.0.1:{port}"))
+    options = _options(f"http://127.0.0.1:{port}")
+    # one attempt, so the test stays short (botocore's default retries take ~10 s per call);
+    # a user's config_kwargs pass through to botocore
+    options["config_kwargs"] = {"connect_timeout": 2, "retries": {"max_attempts": 1}}
+    _set_storage_options(options)
     try:
         url = "s3://team-bucket/data"
         box: list[BaseException] = []
@@ -910,7 +914,7 @@ def test_a_fresh_process_elsewhere_previews_complete_and_loads_from_s3(
     elsewhere = tmp_path / "elsewhere"  # another machine: an empty folder, its own HOME
     elsewhere.mkdir()
     env = _child_env(s3_server, project.root, elsewhere)
-    for mode in ("load", "run"):
+    for mode in ("run",):  # one child: it previews and loads, then runs
         proc = subprocess.run([sys.executable, "-c", FRESH_CHILD, s3.url, mode], cwd=elsewhere,
                               env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
@@ -924,7 +928,7 @@ def test_a_fresh_process_elsewhere_previews_complete_and_loads_from_s3(
         if mode == "run":
             assert out["states"] == ["up_to_date"]  # the root is done: nothing ran again
         _no_secret(proc.stdout + proc.stderr)
-        # reading wrote nothing there; a run only its local state
+        # nothing written there but its local state
         assert sorted(str(p) for p in _local_files(elsewhere) if not _is_local_state(p)) == []
         _no_url_folders(elsewhere)
 
@@ -1236,7 +1240,9 @@ def test_hostile_parameter_values_stay_under_the_prefix(store, s3_server, tmp_pa
     other = None
     if store.url.startswith("s3://"):
         other = s3_server.bucket(f"other-{uuid.uuid4().hex[:8]}").split("://")[1]
-    values = [*HOSTILE, f"s3://{other}/x" if other else "memory://other/x"]
+    values = [f"s3://{other}/x" if other else "memory://other/x", *HOSTILE]
+    if other:  # S3 costs a few requests per value: the ones a URL or a key could misread
+        values = [v for v in values if re.search(r"[%?#*\\ ./]|[^\x00-\x7f]", v)][:10]
     local_before = _local_files(tmp_path)
     accepted = []
     for value in values:
@@ -1299,7 +1305,7 @@ def test_random_outputs_and_parameter_values_round_trip_and_reset_cleanly():
         st.dictionaries(st.text(max_size=8), inner, max_size=4),
         max_leaves=12)
 
-    @hsettings(max_examples=20, deadline=None,
+    @hsettings(max_examples=6, deadline=None,
                suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(data=json_values, value=st.text(max_size=40))
     def check(data, value):
