@@ -42,6 +42,7 @@ import pandas as pd
 import pytest
 
 import pipeflow
+import pipeflow.tasks.h5
 from pipeflow import settings
 from pipeflow.errors import PipeflowError
 from pipeflow.targets import DataTarget
@@ -370,6 +371,13 @@ class RsSplit(pipeflow.tasks.TaskPqPandas):
         self.save({"train": df.iloc[:8], "test": df.iloc[8:]})
 
 
+class RsH5(pipeflow.tasks.h5.TaskH5Pandas):
+    """HDF5 needs a local file to write and read (PyTables): it must still work on S3."""
+
+    def run(self):
+        self.save(_frame())
+
+
 def _equal(got: Any, want: Any) -> None:
     if isinstance(want, pd.DataFrame):
         pd.testing.assert_frame_equal(got, want)
@@ -398,6 +406,7 @@ FORMATS = {
               lambda b: pd.read_excel(io.BytesIO(b))),
     "user DataTarget": (RsReport, ["data"], "md", (), "# Weekly report\n\nAll good.\n",
                         lambda b: b.decode("utf-8")),
+    "h5": (RsH5, ["data"], "hdf5", (), _frame(), None),
     "persist": (RsSplit, ["train", "test"], "parquet", (),
                 {"train": pd.DataFrame({"x": range(8)}),
                  "test": pd.DataFrame({"x": range(8, 10)}, index=range(8, 10))},
@@ -1327,3 +1336,147 @@ def test_random_outputs_and_parameter_values_round_trip_and_reset_cleanly():
         assert not task.complete()
 
     check()
+
+
+# -- cleaning up the data dir on the store -----------------------------------------------------
+
+def test_invalidate_all_and_orphans_delete_committed_outputs_only(store):
+    flows = pipeflow.WorkflowMulti(RsStats, {"small": {"factor": 1.0}, "big": {"factor": 3.0}})
+    flows.run(execution_summary=False)
+    mine = {"notes/readme.txt", "RsScale/my-own-file.csv", ".pipeflow/commits/RsScale/README"}
+    for k in sorted(mine):
+        store.write(k, b"mine")
+    keep = pipeflow.Workflow(RsStats, {"factor": 1.0})
+    pipeflow.invalidate_orphans(keep, confirm=False)
+    big = _own(RsScale(factor=3.0), ["data"], "parquet") | _own(RsStats(factor=3.0), ["data"],
+                                                                  "json")
+    assert not (store.rel() & big)
+    assert keep.complete() and not flows.complete(flow="big")
+    assert mine <= store.rel()
+    pipeflow.invalidate_all(confirm=False)
+    assert _without_locks(store.rel()) - {k for k in store.rel() if k.endswith("README")} == {
+        k for k in mine if not k.endswith("README")}
+    assert not keep.complete(RsLoad)
+
+
+# -- the command line --------------------------------------------------------------------------
+
+def test_the_command_line_runs_previews_and_reports_errors_with_a_url_dir(
+        s3, s3_server, project):
+    from click.testing import CliRunner
+
+    from pipeflow.cli import main
+
+    project("rs_cli_tasks", FRESH_TASKS)
+    _set_storage_options(None)  # the command line has only the environment's AWS settings
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Any:
+        out = runner.invoke(main, list(args), prog_name="pipeflow")
+        assert "Traceback" not in out.output, out.output
+        assert out.exception is None or isinstance(out.exception, SystemExit), out.exception
+        _no_secret(out.output)
+        return out
+
+    out = invoke("run", "rs_cli_tasks:FrStats", "--dir", s3.url, "--no-summary")
+    assert out.exit_code == 0, out.output
+    assert {k.split("/")[0] for k in s3.outputs()} == {"FrLoad", "FrScale", "FrStats"}
+    out = invoke("run", "rs_cli_tasks:FrStats", "--dir", s3.url, "--dry-run")
+    assert out.exit_code == 0, out.output  # nothing would run
+    missing = f"s3://pf-no-such-bucket-{uuid.uuid4().hex[:8]}/data"
+    out = invoke("run", "rs_cli_tasks:FrStats", "--dir", missing, "--no-summary")
+    assert out.exit_code != 0
+    assert missing in out.output
+    assert "Error" in out.output
+
+
+# -- two runners at once, without luigid -------------------------------------------------------
+
+RACE_TASKS = textwrap.dedent("""
+    import os
+    import time
+
+    import pandas as pd
+    import pipeflow
+
+
+    def note(name):  # one line per run() call, appended atomically by every process
+        fd = os.open(os.environ["PF_SPEC_RUNS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, f"{name} {os.getpid()}\\n".encode())
+        os.close(fd)
+
+
+    class RaceLoad(pipeflow.tasks.TaskPqPandas):
+        part = pipeflow.IntParameter()
+
+        def run(self):
+            note(f"RaceLoad{self.part}")
+            time.sleep(0.2)  # both runners reach the same tasks at the same time
+            self.save(pd.DataFrame({"part": [self.part] * 100, "x": range(100)}))
+
+
+    class RaceJoin(pipeflow.tasks.TaskPqPandas):
+        def requires(self):
+            return [RaceLoad(part=i) for i in range(4)]
+
+        def run(self):
+            note("RaceJoin")
+            self.save(pd.concat(self.inputLoad(), ignore_index=True))
+""")
+
+RACE_CHILD = textwrap.dedent("""
+    import json, os, sys
+    import pipeflow
+    import rs_race_tasks as mod
+
+    pipeflow.settings.storage_options = json.loads(os.environ["PF_SPEC_OPTIONS"])
+    pipeflow.set_dir(sys.argv[1])
+    while not os.path.exists(sys.argv[2]):  # start together
+        pass
+    result = pipeflow.run(mod.RaceJoin(), execution_summary=False)
+    print(json.dumps(sorted(r.state.value for r in result.tasks.values())))
+""")
+
+
+@pytest.mark.parametrize("machines", [1, 2])
+def test_two_runners_at_once_leave_one_complete_correct_flow(s3, s3_server, project, tmp_path,
+                                                            machines):
+    """One machine: its OS locks make each task run once. Two machines without luigid:
+    nothing guards against both running a task, but the result is complete and correct."""
+    mod = project("rs_race_tasks", RACE_TASKS)
+    runs, go = tmp_path / "runs.log", tmp_path / "go"
+    procs = []
+    for i in range(2):
+        home = tmp_path / f"machine{i if machines == 2 else 0}"
+        home.mkdir(exist_ok=True)
+        env = _child_env(s3_server, project.root, home)
+        env["PF_SPEC_OPTIONS"] = json.dumps(_options(s3_server.endpoint))
+        env["PF_SPEC_RUNS"] = str(runs)
+        procs.append(subprocess.Popen([sys.executable, "-c", RACE_CHILD, s3.url, str(go)],
+                                      cwd=home, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    go.write_text("go")
+    outs = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 0, err
+        outs.append(out)
+    calls = [line.split()[0] for line in runs.read_text().splitlines()]
+    if machines == 1:
+        assert sorted(calls) == ["RaceJoin", "RaceLoad0", "RaceLoad1", "RaceLoad2",
+                                 "RaceLoad3"], calls
+    else:
+        assert set(calls) == {"RaceJoin", "RaceLoad0", "RaceLoad1", "RaceLoad2", "RaceLoad3"}
+    join = mod.RaceJoin()
+    assert join.complete()
+    frame = join.outputLoad()
+    assert sorted(frame["part"].unique().tolist()) == [0, 1, 2, 3] and len(frame) == 400
+    expected = _own(join, ["data"], "parquet")
+    for i in range(4):
+        expected |= _own(mod.RaceLoad(part=i), ["data"], "parquet")
+    assert _without_locks(s3.rel()) == expected  # no temp or orphan object
