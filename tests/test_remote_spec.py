@@ -1480,3 +1480,124 @@ def test_two_runners_at_once_leave_one_complete_correct_flow(s3, s3_server, proj
     for i in range(4):
         expected |= _own(mod.RaceLoad(part=i), ["data"], "parquet")
     assert _without_locks(s3.rel()) == expected  # no temp or orphan object
+
+
+# -- the commit protocol, seen from the wire -------------------------------------------------
+
+@pytest.fixture
+def s3_writes(s3, monkeypatch):
+    """Every PUT/POST/DELETE this process sends to S3 from now on: (method, key).
+
+    Seen where aiobotocore sends each HTTP request, so file systems and clients made before
+    (and cached) are watched too.
+    """
+    from aiobotocore.httpsession import AIOHTTPSession
+
+    seen: list[tuple[str, str]] = []
+    bucket = s3.url.split("://")[1].split("/")[0]
+    send = AIOHTTPSession.send
+
+    async def watched(self: Any, request: Any) -> Any:
+        if request.method in ("PUT", "POST", "DELETE"):
+            path = urllib.parse.unquote(urllib.parse.urlsplit(request.url).path)
+            if path.startswith(f"/{bucket}/"):
+                seen.append((request.method, path[len(bucket) + 2:]))
+        return await send(self, request)
+
+    monkeypatch.setattr(AIOHTTPSession, "send", watched)
+    return seen
+
+
+def test_the_commit_record_is_the_last_object_written_in_one_put(s3, s3_writes):
+    task = RsSplit()
+    pipeflow.run(task, execution_summary=False)
+    record = f"data/.pipeflow/commits/RsSplit/.{task.task_id}.commit.json"
+    outputs = {f"data/RsSplit/{task.task_id}-{k}.parquet" for k in ("train", "test")}
+    writes = [(m, k) for m, k in s3_writes if m in ("PUT", "POST")]
+    to_record = [w for w in writes if w[1] == record]
+    assert to_record == [("PUT", record)], writes  # one single PUT
+    last_output = max(i for i, (_, k) in enumerate(writes) if k in outputs)
+    assert writes.index(("PUT", record)) > last_output, writes
+    # after the record, nothing of the task's own is written
+    assert not [w for w in writes[writes.index(("PUT", record)) + 1:]
+                if w[1].startswith("data/RsSplit/")], writes
+
+    # a reset withdraws the record first: a crash in the middle never leaves a record
+    # naming objects that are gone
+    s3_writes.clear()
+    task.reset(confirm=False)
+    deletes = [k for m, k in s3_writes if m in ("DELETE", "POST")]
+    assert deletes, s3_writes
+    if any(k == record for k in deletes):
+        assert deletes.index(record) == 0 or all(
+            k not in outputs for k in deletes[:deletes.index(record)]), s3_writes
+
+
+def test_a_bucket_gone_mid_run_fails_the_task_with_a_pipeflow_error(s3, s3_server):
+    bucket = s3.url.split("://")[1].split("/")[0]
+
+    class RsLosesBucket(pipeflow.tasks.TaskJson):
+        def run(self):
+            client = s3_server.client()
+            for key in s3_server.keys(bucket):
+                client.delete_object(Bucket=bucket, Key=key)
+            client.delete_bucket(Bucket=bucket)
+            self.save({"rows": 3})
+
+    result = pipeflow.run(RsLosesBucket(), abort=False, execution_summary=False)
+    failed = result.by_state("failed")
+    assert [r.task.task_family for r in failed] == ["RsLosesBucket"]
+    error = failed[0].error
+    assert isinstance(error, PipeflowError), f"{type(error).__module__}.{type(error).__name__}"
+    assert f"s3://{bucket}/data" in str(error)
+    _no_secret(str(error))
+    _no_secret(failed[0].traceback or "")
+    s3_server.bucket(bucket)  # back, empty: the task is not complete
+    assert not RsLosesBucket().complete()
+
+
+# -- another machine's writes are seen at once -------------------------------------------------
+
+OTHER_MACHINE = textwrap.dedent("""
+    import json, os, sys
+    import pipeflow
+    import rs_other_tasks as mod
+
+    pipeflow.settings.execution_summary = False
+    pipeflow.set_dir(sys.argv[1])
+    flow = pipeflow.Workflow(mod.FrStats)
+    if sys.argv[2] == "run":
+        flow.run()
+    else:
+        flow.reset(mod.FrScale, confirm=False)
+""")
+
+
+def test_what_another_machine_commits_or_resets_is_seen_without_restarting(
+        s3, s3_server, project, tmp_path):
+    mod = project("rs_other_tasks", FRESH_TASKS)
+    flow = pipeflow.Workflow(mod.FrStats)
+    assert flow.preview(print_it=False).counts()["PENDING"] == 3
+    assert not flow.complete()
+    other = tmp_path / "other-machine"
+    other.mkdir()
+    env = _child_env(s3_server, project.root, other)
+
+    def on_the_other_machine(what: str) -> None:
+        proc = subprocess.run([sys.executable, "-c", OTHER_MACHINE, s3.url, what], cwd=other,
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+
+    on_the_other_machine("run")
+    assert flow.preview(print_it=False).counts() == {"COMPLETE": 3, "PENDING": 0, "STALE": 0}
+    assert flow.outputLoad() == {"mean": 25.0}
+    on_the_other_machine("reset")
+    assert _states(flow) == {"FrStats": ("PENDING", None), "FrScale": ("PENDING", None),
+                             "FrLoad": ("COMPLETE", None)}
+    with pytest.raises(pipeflow.errors.IncompleteTaskError):
+        flow.outputLoad()
+    RAN.clear()
+    result = flow.run(execution_summary=False)
+    assert sorted(r.state.value for r in result.tasks.values()) == [
+        "completed", "completed", "up_to_date"]
+    assert flow.outputLoad() == {"mean": 25.0}
