@@ -1601,3 +1601,87 @@ def test_what_another_machine_commits_or_resets_is_seen_without_restarting(
     assert sorted(r.state.value for r in result.tasks.values()) == [
         "completed", "completed", "up_to_date"]
     assert flow.outputLoad() == {"mean": 25.0}
+
+
+# -- locations given by task classes and instances; names that need escaping in URLs ----------
+
+def test_a_task_class_or_instance_path_may_be_a_url(s3, s3_server):
+    archive = s3.url.rsplit("/", 1)[0] + "/archive"
+
+    class RsArchived(pipeflow.tasks.TaskJson):
+        path = archive
+
+        def run(self):
+            self.save({"kept": True})
+
+    pipeflow.run(RsArchived(), execution_summary=False)
+    where = _s3_store(s3_server, archive)
+    assert _without_locks(where.rel()) == _own(RsArchived(), ["data"], "json")
+    assert RsArchived().outputLoad() == {"kept": True}
+    backup = s3.url.rsplit("/", 1)[0] + "/backup"
+    task = RsLoad(path=backup)
+    assert str(task.output().path) == f"{backup}/RsLoad/{task.task_id}-data.parquet"
+    pipeflow.run(task, execution_summary=False)
+    assert _without_locks(_s3_store(s3_server, backup).rel()) == _own(
+        task, ["data"], "parquet", meta=True)
+    assert task.complete() and not RsLoad().complete()
+    assert s3.rel() == set()  # nothing in the data dir
+
+
+class RsOddNames(pipeflow.tasks.TaskJson):
+    task_group = "ingest ü"
+    target_dir = "modèles/v1 #2"
+    persist = ["a b", "ü", "100%"]
+    label = pipeflow.Parameter(default="q?x=1&y=2")
+
+    def run(self):
+        self.save({"a b": 1, "ü": 2, "100%": 3})
+
+
+def test_folder_and_output_names_that_need_escaping_in_a_url(store):
+    task = RsOddNames()
+    pipeflow.run(task, execution_summary=False)
+    folder = "ingest ü/modèles/v1 #2"
+    outputs = {f"{folder}/{task.task_id}-{k}.json" for k in task.persist}
+    assert store.outputs() == outputs
+    assert len(store.records()) == 1
+    assert task.outputLoad(as_dict=True) == {"a b": 1, "ü": 2, "100%": 3}
+    assert {k: str(t.path) for k, t in task.output().items()} == {
+        k: f"{store.url}/{folder}/{task.task_id}-{k}.json" for k in task.persist}
+    task.reset(confirm=False)
+    assert store.outputs() == set() and store.records() == set()
+
+
+# -- the endpoint goes away after set_dir ------------------------------------------------------
+
+@pytest.mark.timeout(120)
+def test_an_endpoint_that_went_away_gives_pipeflow_errors_not_raw_ones(tmp_path):
+    from servers import s3 as s3_endpoint
+
+    with s3_endpoint(tmp_path / "moto-brief") as brief:
+        url = brief.bucket("gone-soon") + "/data"
+        options = _options(brief.endpoint)
+        options["config_kwargs"] = {"connect_timeout": 2, "retries": {"max_attempts": 1}}
+        _set_storage_options(options)
+        try:
+            pipeflow.set_dir(url)
+            flow = pipeflow.Workflow(RsStats)
+            flow.run(execution_summary=False)
+        except BaseException:
+            _set_storage_options(None)
+            raise
+    try:  # the server is stopped: its port is closed now
+        calls: dict[str, Callable[[], Any]] = {
+            "preview": lambda: flow.preview(print_it=False),
+            "complete": flow.complete,
+            "outputLoad": flow.outputLoad,
+            "run": lambda: flow.run(forced=RsStats, execution_summary=False),
+            "reset": lambda: flow.reset(RsStats, confirm=False),
+        }
+        for name, call in calls.items():
+            with pytest.raises(PipeflowError) as info:
+                call()
+            _check_user_error(info.value, url)
+            assert brief.endpoint.split("//")[1] in str(info.value), name
+    finally:
+        _set_storage_options(None)
