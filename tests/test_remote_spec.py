@@ -120,8 +120,8 @@ class Store:
         return self._listing()
 
     def outputs(self) -> set[str]:
-        """Objects below the data dir that are not pipeflow's own (``.pipeflow/``)."""
-        return {k for k in self.rel() if not k.startswith(".pipeflow/")}
+        """Objects below the data dir that are not pipeflow's own (in a ``.pipeflow/``)."""
+        return {k for k in self.rel() if ".pipeflow" not in k.split("/")[:-1]}
 
     def records(self) -> set[str]:
         return {k for k in self.rel() if k.startswith(".pipeflow/") and
@@ -1726,3 +1726,34 @@ def test_credentials_put_in_the_environment_after_a_failure_are_used(s3_server, 
     pipeflow.set_dir(url)
     pipeflow.run(RsStats(), execution_summary=False)
     assert RsStats().outputLoad() == {"mean": 25.0}
+
+
+@pytest.mark.parametrize("envs", [("dev#1", "dev#2"), ("q?a", "q?b")])
+def test_envs_differing_after_a_hash_or_question_mark_never_share_objects(store, envs):
+    """'#' and '?' are plain characters of a folder name, not a URL's fragment or query."""
+    one, two = (pipeflow.Workflow(RsLoad, env=e) for e in envs)
+    one.run(execution_summary=False)
+    assert one.complete() and not two.complete()
+    two.run(execution_summary=False)
+    assert {k.split("/")[0] for k in store.outputs()} == {f"env={e}" for e in envs}
+    one.reset(RsLoad, confirm=False)
+    assert two.complete() and not one.complete()
+    assert {k.split("/")[0] for k in store.outputs()} == {f"env={envs[1]}"}
+
+
+def test_glob_characters_in_folder_names_match_nothing_else(store):
+    class RsGlob(pipeflow.tasks.TaskJson):
+        task_group = "[ab]*"
+
+        def run(self):
+            self.save({"n": 1})
+
+    task = RsGlob()
+    pipeflow.run(task, execution_summary=False)
+    lookalikes = {f"{g}/RsGlob/{task.task_id}-data.json" for g in ("a", "b", "ax", "[ab]x")}
+    for k in sorted(lookalikes):
+        store.write(k, b"mine")
+    assert task.outputLoad() == {"n": 1}
+    task.reset(confirm=False)
+    assert store.outputs() == lookalikes
+    assert not task.complete()
