@@ -1757,3 +1757,58 @@ def test_glob_characters_in_folder_names_match_nothing_else(store):
     task.reset(confirm=False)
     assert store.outputs() == lookalikes
     assert not task.complete()
+
+
+# -- damaged or edited commit records on the store ---------------------------------------------
+
+def test_a_damaged_record_makes_the_task_pending_and_a_run_replaces_it(store):
+    flow = pipeflow.Workflow(RsStats)
+    flow.run(execution_summary=False)
+    record = f".pipeflow/commits/RsScale/.{RsScale().task_id}.commit.json"
+    store.write(record, b"{not json")
+    status, reason = _states(flow)["RsScale"]
+    assert status == "PENDING" and reason
+    with pytest.raises(pipeflow.errors.IncompleteTaskError):
+        flow.outputLoad(RsScale)
+    RAN.clear()
+    flow.run(execution_summary=False)
+    assert RAN == ["RsScale", "RsStats"]
+    assert json.loads(store.read(record))["v"] == 1
+    assert flow.outputLoad() == {"mean": 25.0}
+
+
+def test_an_edited_record_never_widens_what_a_reset_deletes(store):
+    flow = pipeflow.Workflow(RsStats)
+    flow.run(execution_summary=False)
+    tid = RsScale().task_id
+    record = f".pipeflow/commits/RsScale/.{tid}.commit.json"
+    doc = json.loads(store.read(record))
+    foreign = {"RsScale/notes.txt": b"mine", f"RsLoad/{RsLoad().task_id}-data.parquet": None}
+    store.write("RsScale/notes.txt", b"mine")
+    entry = doc["files"]["data"][0]
+    doc["files"]["extra"] = [["notes.txt", 4, *entry[2:]]]
+    doc["files"]["up"] = [[f"../RsLoad/{RsLoad().task_id}-data.parquet", *entry[1:]]]
+    store.write(record, json.dumps(doc).encode())
+    assert _states(flow)["RsScale"][0] == "PENDING"
+    flow.reset(RsScale, confirm=False)
+    assert set(foreign) <= store.rel()
+    assert store.read("RsScale/notes.txt") == b"mine"
+    assert flow.complete(RsLoad)
+
+
+class RsWithToken(pipeflow.tasks.TaskJson):
+    table = pipeflow.Parameter(default="sales")
+    token = pipeflow.SecretParameter()
+
+    def run(self):
+        self.save({"table": self.table, "authorized": bool(self.token)})
+
+
+def test_secret_parameters_stay_out_of_keys_records_and_messages(store):
+    secret = "tok-" + uuid.uuid4().hex
+    task = RsWithToken(token=secret)
+    result = pipeflow.run(task, execution_summary=False)
+    assert task.outputLoad() == {"table": "sales", "authorized": True}
+    shown = [*store.rel(), repr(result), result.summary(), str(task.output().path),
+             *(store.read(k).decode("utf-8", "replace") for k in store.records())]
+    assert not [s for s in shown if secret in s]
