@@ -1812,3 +1812,81 @@ def test_secret_parameters_stay_out_of_keys_records_and_messages(store):
     shown = [*store.rel(), repr(result), result.summary(), str(task.output().path),
              *(store.read(k).decode("utf-8", "replace") for k in store.records())]
     assert not [s for s in shown if secret in s]
+
+
+# -- a task running on another machine ---------------------------------------------------------
+
+SLOW_TASKS = textwrap.dedent("""
+    import os
+    import pathlib
+    import time
+
+    import pipeflow
+
+
+    class SlowTask(pipeflow.tasks.TaskJson):
+        def run(self):
+            folder = pathlib.Path(os.environ["PF_SPEC_SIGNALS"])
+            (folder / "started").write_text(str(os.getpid()))
+            deadline = time.monotonic() + 90
+            while not (folder / "release").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.save({"by": "the other machine"})
+""")
+
+SLOW_CHILD = textwrap.dedent("""
+    import json, os, sys
+    import pipeflow
+    import rs_slow_tasks as mod
+
+    pipeflow.settings.storage_options = json.loads(os.environ["PF_SPEC_OPTIONS"])
+    pipeflow.set_dir(sys.argv[1])
+    pipeflow.run(mod.SlowTask(), execution_summary=False)
+""")
+
+
+def test_a_task_running_on_another_machine_is_locked_here(s3, s3_server, project, tmp_path):
+    mod = project("rs_slow_tasks", SLOW_TASKS)
+    signals, other = tmp_path / "signals", tmp_path / "machine-b"
+    signals.mkdir()
+    other.mkdir()
+    env = _child_env(s3_server, project.root, other)
+    env["PF_SPEC_OPTIONS"] = json.dumps(_options(s3_server.endpoint))
+    env["PF_SPEC_SIGNALS"] = str(signals)
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CHILD, s3.url], cwd=other, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (signals / "started").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the other machine never started the task"
+            time.sleep(0.05)
+        task = mod.SlowTask()
+        with pytest.raises(pipeflow.errors.TaskLockedError, match=r"SlowTask\(\)"):
+            task.reset(confirm=False)
+        result = pipeflow.run(task, if_locked="fail", abort=False, execution_summary=False)
+        [failed] = result.by_state("failed")
+        assert isinstance(failed.error, pipeflow.errors.TaskLockedError)
+
+        waited: list[Any] = []
+
+        def release_when_waiting(event: Any) -> None:
+            if getattr(getattr(event, "kind", None), "value", None) == "task_waiting":
+                waited.append(event)
+                (signals / "release").write_text("go")
+
+        result = pipeflow.run(task, execution_summary=False, callbacks=[release_when_waiting])
+        assert waited, "this run did not report that it waited for the other machine"
+        [done] = result.tasks.values()
+        assert done.state.value == "up_to_date"
+        assert done.reason == "completed by another process while this run waited"
+        assert task.outputLoad() == {"by": "the other machine"}
+    finally:
+        (signals / "release").write_text("go")
+        try:
+            proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 0
