@@ -469,16 +469,38 @@ def _lease_data() -> bytes:
     import time
 
     return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                       "started": _started(os.getpid()),
                        "expires": time.time() + settings.remote_lease,
                        "nonce": os.urandom(6).hex()}).encode()
 
 
+def _started(pid: int) -> float | None:
+    """When process ``pid`` of this machine started (None: no such process)."""
+    import psutil
+
+    try:
+        return round(float(psutil.Process(pid).create_time()), 3)
+    except (psutil.Error, OSError):
+        return None
+
+
 def _expired(data: bytes) -> bool:
+    """Whether a lease no longer holds: past its time, or its holder (here) is gone.
+
+    A lease written on this machine names its process (pid and start time): when that
+    process is gone (killed, crashed), the lease is void at once, without waiting.
+    """
     import json
+    import socket
     import time
 
     try:
-        return float(json.loads(data)["expires"]) < time.time()
+        doc = json.loads(data)
+        if float(doc["expires"]) < time.time():
+            return True
+        if doc.get("host") == socket.gethostname():
+            return _started(int(doc["pid"])) != doc.get("started")
+        return False
     except (ValueError, KeyError, TypeError):
         return True  # not a lease pipeflow wrote (a torn write): nobody holds it
 

@@ -62,10 +62,11 @@ _FS: dict[tuple[str, str, int], Any] = {}
 _REACHED: set[tuple[str, str]] = set()
 
 
-class RemoteFileError(OSError):
+class RemoteFileError(StorageAccessError, OSError):
     """A remote file system refused or failed an operation (the network, permissions).
 
-    An ``OSError`` (errno None), so the code that turns OS errors into ``SaveError`` /
+    A :class:`~pipeflow.errors.StorageAccessError` where it reaches the user, and an
+    ``OSError`` (errno None), so the code that turns OS errors into ``SaveError`` /
     ``LoadError`` messages naming the task handles it; its text names the URL, never the
     storage options.
     """
@@ -88,12 +89,14 @@ class RemotePath:
     __slots__ = ("url", "protocol", "_root", "_path")
 
     def __init__(self, url: str):
-        split = urllib.parse.urlsplit(url)
-        self.protocol = split.scheme.lower()
-        self._root = f"{self.protocol}://{split.netloc}"
-        path = re.sub("/+", "/", split.path).rstrip("/")
-        self._path = path
-        self.url = self._root + path
+        # split by hand: '#' and '?' are plain characters of folder and file names here
+        # (parse() refused a query or fragment in the URL the user gave)
+        scheme, _, rest = url.partition("://")
+        netloc, slash, path = rest.partition("/")
+        self.protocol = scheme.lower()
+        self._root = f"{self.protocol}://{netloc}"
+        self._path = re.sub("/+", "/", slash + path).rstrip("/")
+        self.url = self._root + self._path
 
     # -- pathlib's arithmetic -------------------------------------------------------------
     def __truediv__(self, name: str | os.PathLike[str]) -> RemotePath:
@@ -285,9 +288,20 @@ def filesystem(protocol: str) -> Any:
         import fsspec
 
         opts = dict(options) if protocol not in ("memory", "file", "local") else {}
+        if protocol not in ("memory", "file", "local"):
+            # (fsspec's instance cache would keep a client made before credentials were
+            # set; this module keeps one per options and drops it after a failure)
+            opts["skip_instance_cache"] = True
         with _lock:
             fs = _FS[key] = fsspec.filesystem(protocol, **opts)
     return fs
+
+
+def _forget(protocol: str) -> None:
+    """Make the next use of ``protocol`` build a new client (after a failure)."""
+    with _lock:
+        for key in [k for k in _FS if k[0] == protocol]:
+            del _FS[key]
 
 
 def _options_key() -> str:
@@ -303,9 +317,11 @@ def _fs(url: str) -> Any:
 
 def _failure(url: str, doing: str, exc: BaseException) -> RemoteFileError:
     """A library's error as a :class:`RemoteFileError` naming the URL (never the options)."""
-    reason = _reason(exc)
-    err = RemoteFileError(f"{doing} {url!r} failed: {reason}")
-    return err
+    _forget(url.split("://", 1)[0].lower())
+    return RemoteFileError(
+        f"{doing} {url!r} failed: {_reason(exc)}. Check the connection to the store and "
+        f"the credentials (pipeflow.settings.storage_options, or the environment), then "
+        f"try again.")
 
 
 def _reason(exc: BaseException) -> str:
@@ -491,6 +507,7 @@ def check_reachable(root: RemotePath) -> None:
         except FileNotFoundError:
             ok = False
         except Exception as exc:
+            _forget(root.protocol)
             raise StorageAccessError(
                 f"the storage location {root.url!r} cannot be used: {_reason(exc)}. Nothing "
                 f"was run or written. Check the credentials (pipeflow.settings."

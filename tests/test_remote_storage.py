@@ -360,7 +360,6 @@ class RsTwo(pipeflow.tasks.TaskPqPandas):
 
 if __name__ == "__main__":
     pipeflow.settings.storage_options = json.loads(os.environ["RS_OPTIONS"])
-    pipeflow.settings.remote_lease = 3
     pipeflow.set_dir(sys.argv[1])
     real = storage.put
     def put(local, url):
@@ -373,8 +372,7 @@ if __name__ == "__main__":
 
 
 def test_a_process_killed_mid_upload_leaves_nothing_complete(s3, s3_server, tmp_path):
-    """Its lease outlives it by ``remote_lease`` seconds; then the next run takes over."""
-    settings.remote_lease = 3
+    """Its lease names a process of this machine that is gone: void at once."""
     (tmp_path / "rscrash.py").write_text(CRASH)
     marker = tmp_path / "uploaded"
     env = {**os.environ, "RS_OPTIONS": json.dumps(s3_server.storage_options)}
@@ -406,7 +404,7 @@ def test_a_process_killed_mid_upload_leaves_nothing_complete(s3, s3_server, tmp_
         assert not ok and "no successful pipeflow run committed them" in why
         staging = pathlib.Path(storage.staging_folder(s3 + "/RsTwo"))
         assert [p.name for p in staging.iterdir() if ".tmp-" in p.name]  # the killed one's
-        flow.run()  # waits for the dead runner's lease to expire, then runs
+        flow.run(if_locked="fail")  # the dead runner's lease does not hold
         assert [p.name for p in staging.iterdir() if ".tmp-" in p.name] == []
         got = flow.outputLoad()
         assert list(got[0]["x"]) == [1, 2] and list(got[1]["y"]) == [3, 4]
