@@ -465,3 +465,27 @@ def test_history_and_task_store_stay_in_the_local_state_folder(mem, tmp_path):
     assert runstore.history_path() == tmp_path / "elsewhere" / storage.slug(mem) / "history.db"
     with pytest.raises(ParameterError, match="local file or folder"):
         settings.state_dir = "s3://bucket/state"
+
+
+def test_a_consumer_reads_a_producers_outputs_on_s3_through_flowimport(s3, tmp_path,
+                                                                      data_dir):
+    producer = pipeflow.Workflow(RsPrices)
+    producer.run()
+    export = tmp_path / "export" / "rs_stubs.py"
+    export.parent.mkdir()
+    pipeflow.FlowExport(flows=producer, save=True, path_export=export).generate()
+    assert f"PRODUCER_DATA_DIR = {s3!r}" in export.read_text()
+    pipeflow.set_dir(data_dir)  # the consumer's own data dir is local
+    shared = pipeflow.FlowImport(export, module="rs_stubs", path_data=s3)
+    assert str(shared.dirpath) == s3
+
+    @pipeflow.requires(shared.RsPrices)
+    class RsConsumer(pipeflow.tasks.TaskJson):
+        def run(self):
+            self.save({"rows": len(self.inputLoad())})
+
+    flow = pipeflow.Workflow(RsConsumer)
+    flow.run()
+    assert flow.outputLoad() == {"rows": 3}
+    assert str(flow.outputPath()).startswith(str(data_dir))
+    sys.modules.pop("rs_stubs", None)
