@@ -1407,14 +1407,14 @@ RACE_TASKS = textwrap.dedent("""
 """)
 
 RACE_CHILD = textwrap.dedent("""
-    import json, os, sys
+    import json, os, sys, time
     import pipeflow
     import rs_race_tasks as mod
 
     pipeflow.settings.storage_options = json.loads(os.environ["PF_SPEC_OPTIONS"])
     pipeflow.set_dir(sys.argv[1])
     while not os.path.exists(sys.argv[2]):  # start together
-        pass
+        time.sleep(0.01)
     result = pipeflow.run(mod.RaceJoin(), execution_summary=False)
     print(json.dumps(sorted(r.state.value for r in result.tasks.values())))
 """)
@@ -1866,3 +1866,21 @@ def test_a_task_running_on_another_machine_is_locked_here(s3, s3_server, project
                 proc.kill()
                 proc.communicate()
     assert proc.returncode == 0
+
+
+def test_switching_the_data_dir_between_s3_and_a_local_folder(s3, data_dir):
+    task = RsLoad()
+    pipeflow.run(task, execution_summary=False)
+    assert task.complete()
+    pipeflow.set_dir(data_dir)  # back to the local folder: nothing there yet
+    assert str(task.output().path) == str(pathlib.Path(data_dir) / "RsLoad" /
+                                          f"{task.task_id}-data.parquet")
+    assert not task.complete()
+    RAN.clear()
+    pipeflow.run(task, execution_summary=False)
+    assert RAN == ["RsLoad"] and task.complete()
+    task.reset(confirm=False)
+    pipeflow.set_dir(s3.url)  # the S3 outputs are still there, untouched
+    assert task.complete()
+    assert task.outputLoad()["x"].tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert _without_locks(s3.rel()) == _own(task, ["data"], "parquet", meta=True)
