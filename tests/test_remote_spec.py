@@ -1884,3 +1884,69 @@ def test_switching_the_data_dir_between_s3_and_a_local_folder(s3, data_dir):
     assert task.complete()
     assert task.outputLoad()["x"].tolist() == [1.0, 2.0, 3.0, 4.0]
     assert _without_locks(s3.rel()) == _own(task, ["data"], "parquet", meta=True)
+
+
+# -- parallel workers, external inputs, groups -------------------------------------------------
+
+class RsPart(pipeflow.tasks.TaskPqPandas):
+    part = pipeflow.IntParameter()
+
+    def run(self):
+        self.save(pd.DataFrame({"part": [self.part] * 10}))
+
+
+class RsParts(pipeflow.tasks.TaskJson):
+    def requires(self):
+        return [RsPart(part=i) for i in range(4)]
+
+    def run(self):
+        self.save({"rows": int(sum(len(df) for df in self.inputLoad()))})
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("executor", ["process", "thread"])
+def test_parallel_workers_save_and_load_on_the_store(s3, executor):
+    """Forked worker processes inherit this process's S3 client (and its event loop thread):
+    they must still work, not hang."""
+    pipeflow.run(RsLoad(), execution_summary=False)  # this process has used S3 before forking
+    result = pipeflow.run(RsParts(), workers=2, executor=executor, execution_summary=False)
+    assert sorted(r.state.value for r in result.tasks.values()) == ["completed"] * 5
+    assert RsParts().outputLoad() == {"rows": 40}
+    assert {k for k in s3.outputs() if k.startswith("RsPart/")} == {
+        f"RsPart/{RsPart(part=i).task_id}-data.parquet" for i in range(4)}
+
+
+class RsVendorFile(pipeflow.tasks.TaskPqPandas):
+    external = True
+
+
+@pipeflow.requires(RsVendorFile)
+class RsUsesVendor(pipeflow.tasks.TaskJson):
+    def run(self):
+        self.save({"rows": len(self.inputLoad())})
+
+
+def test_an_external_task_reads_an_object_someone_else_put_there(store):
+    rel = f"RsVendorFile/{RsVendorFile().task_id}-data.parquet"
+    with pytest.raises(pipeflow.errors.MissingInputError, match=re.escape(f"{store.url}/{rel}")):
+        pipeflow.run(RsUsesVendor(), execution_summary=False)
+    buf = io.BytesIO()
+    pd.DataFrame({"x": range(7)}).to_parquet(buf)
+    store.write(rel, buf.getvalue())
+    pipeflow.run(RsUsesVendor(), execution_summary=False)
+    assert RsUsesVendor().outputLoad() == {"rows": 7}
+    pipeflow.Workflow(RsUsesVendor).reset_upstream(RsUsesVendor, confirm=False)
+    assert rel in store.rel()  # external outputs are never deleted
+
+
+class RsGroup(pipeflow.tasks.TaskAggregator):
+    def run(self):
+        yield RsLoad()
+        yield RsSplit()
+
+
+def test_a_group_of_tasks_on_the_store(store):
+    pipeflow.run(RsGroup(), execution_summary=False)
+    assert RsGroup().complete() and RsLoad().complete() and RsSplit().complete()
+    RsSplit().reset(confirm=False)
+    assert not RsGroup().complete()
