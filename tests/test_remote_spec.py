@@ -1950,3 +1950,45 @@ def test_a_group_of_tasks_on_the_store(store):
     assert RsGroup().complete() and RsLoad().complete() and RsSplit().complete()
     RsSplit().reset(confirm=False)
     assert not RsGroup().complete()
+
+
+# -- what counts as a change of an object ------------------------------------------------------
+
+class RsSmall(pipeflow.tasks.TaskJson):
+    def run(self):
+        self.save({"v": 1})
+
+
+def test_same_size_other_bytes_right_after_the_commit_is_a_change(s3, s3_server):
+    """Object stores' modification times have a resolution of a second: a same-size edit
+    within the second of the commit must still be seen (by the object's ETag or content)."""
+    task = RsSmall()
+    bucket, prefix = s3.url.split("://")[1].split("/", 1)
+    key = f"{prefix}/RsSmall/{task.task_id}-data.json"
+    client = s3_server.client()
+    for _ in range(5):  # until the edit lands within the commit's second (the case tested)
+        pipeflow.run(task, forced_all=True, execution_summary=False)
+        committed = client.head_object(Bucket=bucket, Key=key)["LastModified"]
+        before = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        after = before.replace(b"1", b"2")
+        assert len(after) == len(before) and after != before
+        client.put_object(Bucket=bucket, Key=key, Body=after)
+        if client.head_object(Bucket=bucket, Key=key)["LastModified"] == committed:
+            break
+    status, reason = _states(pipeflow.Workflow(RsSmall))["RsSmall"]
+    assert status == "STALE" and "changed outside pipeflow" in reason
+    assert not task.complete()
+
+
+def test_an_object_copied_onto_itself_is_not_a_change(s3, s3_server):
+    """The object-store 'touch': same bytes, new modification time."""
+    task = RsSmall()
+    pipeflow.run(task, execution_summary=False)
+    bucket, prefix = s3.url.split("://")[1].split("/", 1)
+    key = f"{prefix}/RsSmall/{task.task_id}-data.json"
+    time.sleep(1.1)  # a later modification time (whole seconds), not a speed assertion
+    s3_server.client().copy_object(Bucket=bucket, Key=key, MetadataDirective="REPLACE",
+                                   CopySource={"Bucket": bucket, "Key": key},
+                                   Metadata={"touched": "yes"})
+    assert _states(pipeflow.Workflow(RsSmall))["RsSmall"] == ("COMPLETE", None)
+    assert task.outputLoad() == {"v": 1}
