@@ -1992,3 +1992,20 @@ def test_an_object_copied_onto_itself_is_not_a_change(s3, s3_server):
                                    Metadata={"touched": "yes"})
     assert _states(pipeflow.Workflow(RsSmall))["RsSmall"] == ("COMPLETE", None)
     assert task.outputLoad() == {"v": 1}
+
+
+@pytest.mark.parametrize("spelling", ["{bucket}//data", "{bucket}/data/", "{bucket}/./data",
+                                      "{bucket}/data//"])
+def test_spellings_of_one_location_name_the_same_objects(s3, spelling):
+    """As 'data//x' and 'data/x' are one local folder: another spelling of the data dir
+    reaches the same outputs, or is refused at once (never a second, parallel location)."""
+    pipeflow.run(RsLoad(), execution_summary=False)
+    bucket = s3.url.rsplit("/", 1)[0]
+    other = spelling.format(bucket=bucket)
+    try:
+        pipeflow.set_dir(other)
+    except pipeflow.errors.ParameterError as exc:
+        assert other in str(exc)
+        return
+    assert RsLoad().complete()
+    assert str(RsLoad().output().path) == f"{s3.url}/RsLoad/{RsLoad().task_id}-data.parquet"
