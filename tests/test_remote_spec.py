@@ -2009,3 +2009,23 @@ def test_spellings_of_one_location_name_the_same_objects(s3, spelling):
         return
     assert RsLoad().complete()
     assert str(RsLoad().output().path) == f"{s3.url}/RsLoad/{RsLoad().task_id}-data.parquet"
+
+
+def test_a_key_longer_than_the_store_allows_is_a_pipeflow_error_naming_it(s3):
+    """S3 keys hold at most 1024 bytes (local paths 4096): a deep target_dir that fits
+    locally but not on S3 fails with a pipeflow error naming the task, nothing published."""
+
+    class RsDeep(pipeflow.tasks.TaskJson):
+        target_dir = "/".join(["d" * 200] * 5)
+
+        def run(self):
+            RAN.append("RsDeep")
+            self.save({"n": 1})
+
+    result = pipeflow.run(RsDeep(), abort=False, execution_summary=False)
+    errors = [r.error for r in result.tasks.values() if r.error is not None]
+    assert len(errors) == 1
+    assert isinstance(errors[0], PipeflowError), type(errors[0])
+    assert "RsDeep()" in str(errors[0]) and "1024" in str(errors[0])
+    assert s3.outputs() == set() and s3.records() == set()
+    assert not RsDeep().complete()
