@@ -2029,3 +2029,15 @@ def test_a_key_longer_than_the_store_allows_is_a_pipeflow_error_naming_it(s3):
     assert "RsDeep()" in str(errors[0]) and "1024" in str(errors[0])
     assert s3.outputs() == set() and s3.records() == set()
     assert not RsDeep().complete()
+
+
+def test_system_info_works_with_a_remote_data_dir(s3, tmp_path):
+    info = pipeflow.system_info()
+    _no_secret(repr(info))
+    pipeflow.run(pipeflow.SystemInfo(), execution_summary=False)
+    assert pipeflow.SystemInfo().complete()
+    _no_url_folders(tmp_path)
+    local = [p for p in _local_files(tmp_path) if not _is_local_state(p, tmp_path)]
+    assert [p for p in local if p.parts[0] != "data"] == []  # nothing in the working dir
+    for path in _local_files(tmp_path):  # no credential in any local file name
+        _no_secret(str(path), "a local file name")
