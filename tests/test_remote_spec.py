@@ -589,6 +589,12 @@ def test_workflow_path_and_env_on_s3_with_a_local_data_dir(s3_server, s3_bucket,
             pipeflow.Workflow(RsStats, path=exp, env="../prod")
         dev.reset(RsStats, confirm=False)
         assert _without_locks(where.rel()) == keys["RsLoad"] | keys["RsScale"]
+        # a WorkflowMulti takes path and env the same way
+        grid = pipeflow.WorkflowMulti(RsStats, {"factor": [1.0, 3.0]}, path=exp, env="grid")
+        grid.run(execution_summary=False)
+        assert grid.outputLoad() == {"factor=1.0": {"mean": 2.5}, "factor=3.0": {"mean": 7.5}}
+        assert {k.split("/")[0] for k in _s3_store(s3_server, f"{exp}/env=grid").outputs()} == {
+            "RsLoad", "RsScale", "RsStats"}
     finally:
         _set_storage_options(None)
 
