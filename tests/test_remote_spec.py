@@ -2044,3 +2044,18 @@ def test_system_info_works_with_a_remote_data_dir(s3, tmp_path):
     assert [p for p in local if p.parts[0] != "data"] == []  # nothing in the working dir
     for path in _local_files(tmp_path):  # no credential in any local file name
         _no_secret(str(path), "a local file name")
+
+
+def test_a_load_always_checks_the_content_so_an_edited_object_is_never_loaded(store):
+    task = RsSmall()
+    pipeflow.run(task, execution_summary=False)
+    rel = f"RsSmall/{task.task_id}-data.json"
+    store.write(rel, store.read(rel).replace(b"1", b"2"))  # same size, other bytes
+    with pytest.raises(PipeflowError, match="changed outside pipeflow"):
+        task.outputLoad()
+    with pytest.raises(PipeflowError, match="changed outside pipeflow"):
+        task.output().load()
+    # that load recorded the mismatch: from now on the task is not complete, anywhere
+    assert not task.complete()
+    pipeflow.run(task, execution_summary=False)
+    assert task.outputLoad() == {"v": 1}
