@@ -2059,3 +2059,101 @@ def test_a_load_always_checks_the_content_so_an_edited_object_is_never_loaded(st
     assert not task.complete()
     pipeflow.run(task, execution_summary=False)
     assert task.outputLoad() == {"v": 1}
+
+
+# -- a runner frozen past its lease ------------------------------------------------------------
+
+FROZEN_TASKS = textwrap.dedent("""
+    import os
+    import pathlib
+    import time
+
+    import pipeflow
+
+
+    class Frozen(pipeflow.tasks.TaskJson):
+        def run(self):
+            role = os.environ.get("PF_SPEC_ROLE", "B")
+            if role == "A":
+                signals = pathlib.Path(os.environ["PF_SPEC_SIGNALS"])
+                (signals / "started").write_text("A")
+                deadline = time.monotonic() + 90
+                while not (signals / "release").exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            self.save({"by": role})
+""")
+
+FROZEN_CHILD = textwrap.dedent("""
+    import json, os, sys
+    import pipeflow
+    import rs_frozen_tasks as mod
+
+    pipeflow.settings.storage_options = json.loads(os.environ["PF_SPEC_OPTIONS"])
+    pipeflow.settings.remote_lease = float(sys.argv[2])
+    pipeflow.set_dir(sys.argv[1])
+    result = pipeflow.run(mod.Frozen(), abort=False, execution_summary=False)
+    print(json.dumps([[r.state.value, type(r.error).__name__ if r.error else None]
+                      for r in result.tasks.values()]))
+""")
+
+
+@pytest.mark.timeout(180)
+def test_a_runner_frozen_past_its_lease_does_not_publish_over_the_new_holder(
+        s3, s3_server, project, tmp_path, monkeypatch):
+    """Machine A freezes (SIGSTOP: a laptop lid closed) inside run(); its lease expires; B
+    takes the task over and commits. When A wakes it has lost the task: it must not publish
+    over B's commit (its attempt fails), and what is left is B's complete, consistent output.
+    ``settings.remote_lease`` is the implementer's name for the lease's lifetime."""
+    lease = 1.5
+    mod = project("rs_frozen_tasks", FROZEN_TASKS)
+    monkeypatch.setattr(settings, "remote_lease", lease)
+    signals, home = tmp_path / "signals", tmp_path / "machine-a"
+    signals.mkdir()
+    home.mkdir()
+    env = _child_env(s3_server, project.root, home)
+    env.update(PF_SPEC_OPTIONS=json.dumps(_options(s3_server.endpoint)), PF_SPEC_ROLE="A",
+               PF_SPEC_SIGNALS=str(signals))
+    a = subprocess.Popen([sys.executable, "-c", FROZEN_CHILD, s3.url, str(lease)], cwd=home,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    task = mod.Frozen()
+    try:
+        deadline = time.monotonic() + 120
+        while not (signals / "started").exists():
+            assert a.poll() is None, a.communicate()
+            assert time.monotonic() < deadline, "machine A never started the task"
+            time.sleep(0.05)
+        os.kill(a.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 60
+        while True:  # B: until A's lease has expired and B could take the task
+            result = pipeflow.run(task, if_locked="fail", abort=False, execution_summary=False)
+            [done] = result.tasks.values()
+            if done.state.value == "completed":
+                break
+            assert isinstance(done.error, pipeflow.errors.TaskLockedError), done.error
+            assert time.monotonic() < deadline, "B never got the task after A's lease expired"
+            time.sleep(0.3)
+        assert task.outputLoad() == {"by": "B"}
+    finally:
+        (signals / "release").write_text("go")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(a.pid, signal.SIGCONT)
+        try:
+            out, err = a.communicate(timeout=90)
+        finally:
+            if a.poll() is None:
+                a.kill()
+                out, err = a.communicate()
+    assert a.returncode == 0, err
+    # what is left is complete and consistent, and it is B's
+    luigi_clear()
+    assert task.complete()
+    assert task.outputLoad() == {"by": "B"}
+    assert _without_locks(s3.rel()) == _own(task, ["data"], "json")  # no lease left behind
+    [[state, error]] = json.loads(out.strip().splitlines()[-1])
+    assert state == "failed" and error is not None  # A learnt that it lost the task
+
+
+def luigi_clear() -> None:
+    import luigi
+
+    luigi.task_register.Register.clear_instance_cache()
