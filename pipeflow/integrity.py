@@ -241,7 +241,7 @@ class FileRecord:
         """
         path = os.path.join(folder, self.name)
         if "://" in folder:
-            return self._verify_remote(path, rehash), self
+            return self._verify_remote(path, rehash)
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -270,21 +270,34 @@ class FileRecord:
         return None, FileRecord(self.name, self.size, st.st_mtime_ns, st.st_ino, self.digest)
 
 
-    def _verify_remote(self, url: str, rehash: bool) -> str | None:
-        """:meth:`verify` on a remote file system: its size, and (``rehash``) its content."""
+    def _verify_remote(self, url: str, rehash: bool) -> tuple[str | None, FileRecord]:
+        """:meth:`verify` on a remote file system.
+
+        The object's size, and its version tag (ETag, else modification time: kept where
+        a local file's inode is) stand for a local file's size, mtime and inode: the
+        content is read only when the tag changed (or ``rehash``).
+        """
+        found = storage.info(url)  # (a store that cannot be reached raises)
+        if found is None or found.get("type") == "directory":
+            return f"{self.name} was deleted outside pipeflow", self
+        size = int(found.get("size") or 0)
+        if size != self.size:
+            return (f"{self.name} was changed outside pipeflow (size {self.size:,} bytes "
+                    f"when committed, now {size:,})"), self
+        tag = storage.tag_of(found)
+        same_tag = tag == self.ino and tag != 0
+        if not rehash and (same_tag or self.ino == 0):
+            return None, self
         try:
-            size = storage.size(url)
-            if size is None:
-                return f"{self.name} was deleted outside pipeflow"
-            if size != self.size:
-                return (f"{self.name} was changed outside pipeflow (size {self.size:,} bytes "
-                        f"when committed, now {size:,})")
-            if rehash and hash_bytes(_remote_bytes(url)) != self.digest:
-                return (f"{self.name} was changed outside pipeflow (its content no longer "
-                        f"matches the hash recorded when it was committed)")
+            same = hash_bytes(_remote_bytes(url)) == self.digest
         except FileNotFoundError:
-            return f"{self.name} was deleted outside pipeflow"
-        return None  # (a store that cannot be reached raises RemoteFileError)
+            return f"{self.name} was deleted outside pipeflow", self
+        if not same:
+            return (f"{self.name} was changed outside pipeflow (its content no longer "
+                    f"matches the hash recorded when it was committed)"), self
+        if same_tag:
+            return None, self
+        return None, FileRecord(self.name, self.size, 0, tag, self.digest)
 
 
 @dataclass(frozen=True)

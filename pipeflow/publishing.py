@@ -167,6 +167,8 @@ class Staging:
         for final, tmp in self.files.items():
             _move(tmp, final)
             cache.data.pop(final, None)
+            if tmp is not None and isinstance(final, storage.RemotePath):
+                self.records[final] = _stamped(self.records[final], final)
         published = self.records
         self.files, self.records = {}, {}
         cache.data.update(self.memory)
@@ -245,8 +247,18 @@ def publish(staged: Staged, main: pathlib.Path) -> list[FileRecord]:
         item = staged[final]
         _move(None if item is None else item[0], final)
         cache.data.pop(final, None)
+        if item is not None and isinstance(final, storage.RemotePath):
+            staged[final] = (item[0], _stamped(item[1], final))
     return [item[1] for _f, item in sorted(staged.items(), key=lambda x: x[0] != main)
             if item is not None]
+
+
+def _stamped(rec: FileRecord, final: Any) -> FileRecord:
+    """``rec`` of a file just uploaded, with the object's version tag where the inode goes."""
+    found = storage.info(final.url)
+    if found is None:
+        return rec
+    return FileRecord(rec.name, rec.size, 0, storage.tag_of(found), rec.digest)
 
 
 def _move(tmp: Temp | None, final: pathlib.Path) -> None:
@@ -288,6 +300,13 @@ def write_temp(final: pathlib.Path, writer: Writer, who: Who = "") -> tuple[Temp
             file is left behind.
     """
     tmp: Temp | None = None
+    if isinstance(final, storage.RemotePath):
+        too_long = storage.key_problem(final.url)
+        if too_long is not None:
+            raise SaveError(
+                f"{_who(who)}cannot save {final.url!r}: {too_long}. Nothing was written. "
+                f"Use shorter folder names (target_dir, task_group, env) or a shorter "
+                f"data dir prefix.")
     try:
         if isinstance(writer, Stream):
             # strings, not Paths: a stream needs no path object (a hot path)
@@ -410,8 +429,7 @@ class RemoteTaskLock(TaskLock):
     def __init__(self, record: str, who: object = None):
         folder, name = _lock_place(record)
         super().__init__(folder, name, who)
-        self.lease = (record[:-len(_RECORD_SUFFIX)] if record.endswith(_RECORD_SUFFIX)
-                      else record) + LEASE_SUFFIX
+        self.lease = _lease_url(record)
 
     def acquire(self) -> bool:
         """Take the local lock, then the lease; whether both were taken (never waits).
@@ -519,17 +537,55 @@ def _renew_leases() -> None:
     while True:
         time.sleep(max(settings.remote_lease, 0.3) / 3)
         with _lease_mutex:
-            held = list(_leases)
+            held = dict(_leases)
             if not held:
                 return
-        for url in held:
-            data = _lease_data()
+        for url, mine in held.items():
             with contextlib.suppress(OSError):  # (the next round tries again)
-                with _lease_mutex:
-                    if url not in _leases:
-                        continue
-                    _leases[url] = data
+                if storage.cat(url) != mine:
+                    continue  # lost (taken over while this process was paused): never rewritten
+                data = _lease_data()
                 storage.pipe(url, data)
+                with _lease_mutex:
+                    if url in _leases:
+                        _leases[url] = data
+
+
+def lease_lost(record: str) -> bool:
+    """Whether this runner held the lease of the task whose record is ``record``, and lost it.
+
+    A runner paused (or cut off) for longer than ``settings.remote_lease`` finds its lease
+    taken over, or gone: it must then publish nothing, and delete nothing. False when the
+    task has no lease (a local store, leases off) or this process cannot tell.
+
+    Raises:
+        RemoteFileError: the store cannot be reached.
+    """
+    if "://" not in record or not settings.remote_lease or \
+            record.split("://", 1)[0].lower() not in storage.LEASES:
+        return False
+    url = _lease_url(record)
+    with _lease_mutex:
+        mine = _leases.get(url)
+    found = storage.cat(url)
+    if mine is not None:
+        return found != mine
+    if found is None:
+        return False  # (no lease known here: a forked worker whose parent holds none)
+    import json
+    import socket
+
+    try:  # a forked worker: its parent (the engine) holds the lease
+        doc = json.loads(found)
+        return not (doc.get("host") == socket.gethostname()
+                    and doc.get("pid") in (os.getpid(), os.getppid()))
+    except (ValueError, TypeError, AttributeError):
+        return True
+
+
+def _lease_url(record: str) -> str:
+    return (record[:-len(_RECORD_SUFFIX)] if record.endswith(_RECORD_SUFFIX)
+            else record) + LEASE_SUFFIX
 
 
 @functools.lru_cache(maxsize=1 << 14)
@@ -544,6 +600,7 @@ def _lock_place(record: str) -> tuple[str, str]:
     if "://" in folder:
         folder = storage.lock_folder(folder)
     return folder, os.path.basename(record)
+
 
 
 def unpublish(record: str | os.PathLike[str], folder: pathlib.Path,

@@ -199,6 +199,35 @@ class RemotePath:
         return self.url < other.url
 
 
+#: the longest object key a store takes, in bytes (S3: 1024)
+KEY_MAX = {"s3": 1024, "s3a": 1024, "gs": 1024, "gcs": 1024, "abfs": 1024, "az": 1024}
+
+
+def key_problem(url: str) -> str | None:
+    """Why the store cannot take an object at ``url`` (its key too long), or None."""
+    protocol, _, rest = url.partition("://")
+    limit = KEY_MAX.get(protocol.lower())
+    key = rest.partition("/")[2]
+    if limit is not None and len(key.encode()) > limit:
+        return (f"its key is {len(key.encode()):,} bytes, and {protocol}:// keys hold at most "
+                f"{limit} bytes")
+    return None
+
+
+def tag_of(found: Mapping[str, Any]) -> int:
+    """A number standing for an object's version (its ETag, else its modification time).
+
+    Kept in a commit record where a local file's inode is, so a status check sees a
+    same-size edit without reading the object; 0 when the store gives neither.
+    """
+    for k in ("ETag", "etag", "mtime", "LastModified", "last_modified", "created"):
+        value = found.get(k)
+        if value is not None:
+            digest = hashlib.blake2b(str(value).encode(), digest_size=7).digest()
+            return int.from_bytes(digest, "big") or 1
+    return 0
+
+
 def is_remote(path: object) -> bool:
     """Whether ``path`` (a str, a Path or a RemotePath) names a remote file."""
     if isinstance(path, RemotePath):

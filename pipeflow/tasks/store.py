@@ -46,7 +46,15 @@ from pipeflow.integrity import (
 )
 from pipeflow.locks import TaskLock
 from pipeflow.options import seconds, whole_number
-from pipeflow.publishing import Staging, os_fix, os_reason, task_lock, unpublish, withdraw
+from pipeflow.publishing import (
+    Staging,
+    lease_lost,
+    os_fix,
+    os_reason,
+    task_lock,
+    unpublish,
+    withdraw,
+)
 from pipeflow.targets import CacheTarget, DataTarget, PickleTarget
 
 if TYPE_CHECKING:
@@ -876,6 +884,8 @@ class TaskStore:
                 of an output.
         """
         lay = self._layout()
+        if lay.remote and not starting and lease_lost(lay.record):
+            return  # another runner took the task over: its files are not this attempt's
         lexists = lay.lexists
         if lexists(lay.record):
             self._uncommit()
@@ -932,6 +942,15 @@ class TaskStore:
             return False
         if missing:
             raise MissingOutputError(self.describe_missing(missing))
+        lay = self._layout()
+        if lay.remote and lease_lost(lay.record):
+            staged.rollback()
+            raise SaveError(
+                f"{graph.describe(self.task)} lost its lease on {lay.record!r} while it ran "
+                f"(this runner was paused or cut off for longer than "
+                f"pipeflow.settings.remote_lease = {settings.remote_lease:g} s, and another "
+                f"runner took the task over): nothing this attempt saved was published, and "
+                f"the other runner's outputs stand.")
         self._commit(staged.commit())
         return True
 
