@@ -6,7 +6,12 @@ fsspec URL (``s3://bucket/prefix``, ``gs://``, ``abfs://``, ``memory://``) is a
 :class:`RemotePath`; the modules that touch files (:mod:`pipeflow.integrity`,
 :mod:`pipeflow.publishing`, the task store, the targets) ask :func:`is_remote` once and
 then call the functions here: stat (:func:`info`), read (:func:`cat`, :func:`get`), write
-(:func:`pipe`, :func:`put`), delete (:func:`rm`), list (:func:`temp_names`).
+(:func:`pipe`, :func:`put`, :func:`create`: a conditional PUT), delete (:func:`rm`),
+list (:func:`find`).
+
+Task locks on stores that write conditionally (S3) are also *leases* (see
+:class:`pipeflow.publishing.RemoteTaskLock`), and a commit record keeps each object's
+version tag (:func:`tag_of`: its ETag) where a local file's record keeps its inode.
 
 What stays on this machine (never on the remote file system): temp files being written
 (:func:`staging_folder`), task locks (:func:`lock_folder`), the run history and the task-tree
@@ -405,14 +410,6 @@ def exists(url: str) -> bool:
     return info(url) is not None
 
 
-def size(url: str) -> int | None:
-    """The size of the file at ``url`` (None: no file there)."""
-    found = info(url)
-    if found is None or found.get("type") == "directory":
-        return None
-    return int(found.get("size") or 0)
-
-
 def cat(url: str) -> bytes | None:
     """The bytes of the file at ``url`` (one GET), or None when there is none."""
     fs = _fs(url)
@@ -485,19 +482,6 @@ def rm(url: str, missing_ok: bool = True) -> None:
             raise
     except Exception as exc:
         raise _failure(url, "deleting", exc) from None
-
-
-def listdir(url: str) -> list[str]:
-    """The names of the files directly in the folder ``url`` (none when it is missing)."""
-    fs = _fs(url)
-    try:
-        fs.invalidate_cache(url)
-        entries = fs.ls(url, detail=False)
-    except FileNotFoundError:
-        return []
-    except Exception as exc:
-        raise _failure(url, "listing", exc) from None
-    return [posixpath.basename(str(e).rstrip("/")) for e in entries]
 
 
 def find(url: str) -> list[str]:
