@@ -152,8 +152,25 @@ class HistoryError(PipeflowError):
     """
 
 
+class StorageAccessError(PipeflowError):
+    """A remote storage location (``s3://bucket/prefix``) cannot be used.
+
+    Its bucket does not exist, the credentials are refused, or the store cannot be
+    reached. Raised before any task runs, nothing written; the message names the URL,
+    never the credentials.
+    """
+
+
 class MissingDependencyError(PipeflowError, ImportError):
     """A format needs an optional package that is not installed (its extra names it)."""
+
+
+class StorageDependencyError(MissingDependencyError, ParameterError):
+    """A storage URL's file system needs a package that is not installed (``gs://``: gcsfs).
+
+    The message names the package and the extra that installs it (``pipeflow[gcs]``).
+    Also a :class:`ParameterError`: the URL given cannot be used as it stands.
+    """
 
 
 class StaleOutputWarning(UserWarning):

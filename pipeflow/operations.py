@@ -13,7 +13,7 @@ from typing import Any
 
 import luigi
 
-from pipeflow import cache, display, graph, layout, runstore, settings
+from pipeflow import cache, display, graph, layout, runstore, settings, storage
 from pipeflow.contract import adapt
 from pipeflow.display import rich
 from pipeflow.display.dag import GROUP_ABOVE, Dag, build_dag
@@ -42,22 +42,36 @@ from pipeflow.publishing import os_reason, unpublish
 from pipeflow.tasks import TaskData
 
 
-def set_dir(dir: str | os.PathLike[str] | None = None) -> pathlib.Path:
+def set_dir(dir: str | os.PathLike[str] | None = None) -> pathlib.Path | storage.RemotePath:
     """Set (and create) the data directory every output lives under.
 
     Args:
         dir: the directory; None keeps the current one (``settings.dir``, default ``data``).
+            Any fsspec URL puts outputs on that file system (``s3://bucket/prefix``,
+            ``gs://``, ``abfs://``, ``memory://``; options in
+            ``pipeflow.settings.storage_options``): its bucket is checked, nothing created.
 
     Returns:
         The data directory as a Path.
 
     Raises:
-        ParameterError: ``dir`` is a URL (``s3://...``, also as a ``pathlib.Path``): remote
-            storage is not supported yet (a ``file://`` URL names the local folder it
-            spells); it starts or ends with white space or holds a NUL byte; a file is in
-            its place; or it cannot be created. The data dir in force is kept.
+        ParameterError: ``dir`` is a URL fsspec cannot use (unknown protocol, its extra
+            not installed: the message names it) or a ``pathlib.Path`` of a URL (a
+            ``file://`` URL names the local folder it spells); it starts or ends with white
+            space or holds a NUL byte; a file is in its place; or it cannot be created.
+            The data dir in force is kept.
+        StorageAccessError: a remote ``dir`` whose bucket is missing or whose credentials
+            are refused (the data dir in force is kept, nothing is created).
     """
-    path = settings.dirpath if dir is None else settings.local_path(dir, "dir", "pipeflow.set_dir")
+    path = (settings.dirpath if dir is None
+            else settings.location_path(dir, "dir", "pipeflow.set_dir"))
+    if isinstance(path, storage.RemotePath):
+        # nothing to create on an object store; its bucket must be there (nothing local
+        # is created either way)
+        storage.check_reachable(path)
+        if dir is not None:
+            settings.dir = os.fspath(path)
+        return settings.dirpath
     try:
         settings.check_folder(path, "dir", "pipeflow.set_dir")
         path.mkdir(parents=True, exist_ok=True)
@@ -698,6 +712,14 @@ def _records_under(root: pathlib.Path) -> dict[pathlib.Path, pathlib.Path]:
     ``.pipeflow/commits`` tree; symlinked folders are not followed.
     """
     out: dict[pathlib.Path, pathlib.Path] = {}
+    if isinstance(root, storage.RemotePath):  # one listing of every file below it
+        marker = f"/{layout.OWN_DIR}/{layout.RECORDS_DIR}/"
+        for url in storage.find(root.url):
+            name = url.rsplit("/", 1)[-1]
+            if marker in url and name.startswith(".") and name.endswith(RECORD_SUFFIX):
+                location = url.split(marker, 1)[0]
+                out[storage.RemotePath(url)] = storage.RemotePath(location)  # type: ignore
+        return dict(sorted(out.items()))
     for folder, dirs, _files in os.walk(root, followlinks=False):
         if os.path.basename(folder) == layout.OWN_DIR:
             dirs[:] = []  # pipeflow's own folder: its commits tree is read below
@@ -773,15 +795,21 @@ def invalidate_orphans(flows: Any, confirm: bool = True) -> bool:
             "delete everything.")
     keep: set[str] = set()  # absolute: flows may name their folders relatively
     for item in as_list(flows):
-        keep |= {os.path.abspath(p) for p in expected_files(item)}
+        keep |= {_absolute(p) for p in expected_files(item)}
     root = settings.dirpath
     records = {r: where for r, where in (_records_under(root) if root.exists() else {}).items()
-               if os.path.abspath(r) not in keep}
+               if _absolute(r) not in keep}
     if not _remove(records, root, confirm, "orphaned outputs"):
         return False
-    for key in [k for k in cache.data if os.path.abspath(k) not in keep]:
+    for key in [k for k in cache.data if _absolute(k) not in keep]:
         del cache.data[key]
     return True
+
+
+def _absolute(path: Any) -> str:
+    """A path made absolute (a remote URL is already)."""
+    text = os.fspath(path)
+    return text if storage.is_remote(text) else os.path.abspath(text)
 
 
 def expected_files(item: Any) -> set[pathlib.Path]:

@@ -21,8 +21,9 @@ import threading
 from collections.abc import Callable, Container, Iterator
 from typing import Any, BinaryIO
 
-from pipeflow import cache, settings
+from pipeflow import cache, settings, storage
 from pipeflow.errors import SaveError
+from pipeflow.integrity import RECORD_SUFFIX as _RECORD_SUFFIX
 from pipeflow.integrity import FileRecord, HashingFile, seal, uncommit
 from pipeflow.locks import TaskLock
 
@@ -166,6 +167,8 @@ class Staging:
         for final, tmp in self.files.items():
             _move(tmp, final)
             cache.data.pop(final, None)
+            if tmp is not None and isinstance(final, storage.RemotePath):
+                self.records[final] = _stamped(self.records[final], final)
         published = self.records
         self.files, self.records = {}, {}
         cache.data.update(self.memory)
@@ -244,8 +247,18 @@ def publish(staged: Staged, main: pathlib.Path) -> list[FileRecord]:
         item = staged[final]
         _move(None if item is None else item[0], final)
         cache.data.pop(final, None)
+        if item is not None and isinstance(final, storage.RemotePath):
+            staged[final] = (item[0], _stamped(item[1], final))
     return [item[1] for _f, item in sorted(staged.items(), key=lambda x: x[0] != main)
             if item is not None]
+
+
+def _stamped(rec: FileRecord, final: Any) -> FileRecord:
+    """``rec`` of a file just uploaded, with the object's version tag where the inode goes."""
+    found = storage.info(final.url)
+    if found is None:
+        return rec
+    return FileRecord(rec.name, rec.size, 0, storage.tag_of(found), rec.digest)
 
 
 def _move(tmp: Temp | None, final: pathlib.Path) -> None:
@@ -255,7 +268,15 @@ def _move(tmp: Temp | None, final: pathlib.Path) -> None:
         SaveError: the file system refused (say, a folder is in the way).
     """
     try:
-        if tmp is None:
+        if isinstance(final, storage.RemotePath):
+            # uploaded to its final key (an object appears whole or not at all); the
+            # commit record, written after every output, is what makes it count
+            if tmp is None:
+                final.unlink(missing_ok=True)
+            else:
+                storage.put(tmp, final.url)
+                _unlink(tmp)
+        elif tmp is None:
             final.unlink(missing_ok=True)
         else:
             os.replace(tmp, final)
@@ -279,6 +300,13 @@ def write_temp(final: pathlib.Path, writer: Writer, who: Who = "") -> tuple[Temp
             file is left behind.
     """
     tmp: Temp | None = None
+    if isinstance(final, storage.RemotePath):
+        too_long = storage.key_problem(final.url)
+        if too_long is not None:
+            raise SaveError(
+                f"{_who(who)}cannot save {final.url!r}: {too_long}. Nothing was written. "
+                f"Use shorter folder names (target_dir, task_group, env) or a shorter "
+                f"data dir prefix.")
     try:
         if isinstance(writer, Stream):
             # strings, not Paths: a stream needs no path object (a hot path)
@@ -288,12 +316,14 @@ def write_temp(final: pathlib.Path, writer: Writer, who: Who = "") -> tuple[Temp
             try:
                 fh = HashingFile(fd)
                 writer.dump(fh)  # type: ignore[arg-type]
-                return tmp, fh.record(name, settings.fsync)
+                # (a staged copy of a remote output needs no fsync: the store keeps it)
+                return tmp, fh.record(name, settings.fsync and "://" not in where)
             finally:
                 os.close(fd)
         tmp = path = pathlib.Path(_new_temp(os.fspath(final))[0])
         writer(path)
-        return path, seal(path, final.name, settings.fsync)
+        return path, seal(path, final.name,
+                          settings.fsync and not isinstance(final, storage.RemotePath))
     except OSError as exc:
         if tmp is not None:
             _unlink(tmp)
@@ -319,6 +349,8 @@ def _new_temp(final: str, keep_open: bool = False) -> tuple[str, int]:
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     folder, name = os.path.split(final)
+    if "://" in folder:  # bound for a remote file system: written on local disk first
+        folder = storage.staging_folder(folder)
     for attempt in range(100):
         tmp = os.path.join(folder, f".{name}.tmp-{os.urandom(6).hex()}")
         try:
@@ -351,14 +383,224 @@ def task_lock(record: str | os.PathLike[str], who: object = None) -> TaskLock:
 
     The record's path names the task within its folder: the one place a lock's identity
     is decided, for runs and resets alike. ``who`` names the task in error messages.
+    On a remote store that writes conditionally (S3), the lock is also a lease object
+    beside the record (:class:`RemoteTaskLock`): it guards runners on other machines.
     """
-    return TaskLock(*_lock_place(os.fspath(record)), who)
+    where = os.fspath(record)
+    if ("://" in where and settings.remote_lease
+            and where.split("://", 1)[0].lower() in storage.LEASES):
+        return RemoteTaskLock(where, who)
+    return TaskLock(*_lock_place(where), who)
+
+
+#: the suffix replacing the commit record's for a task's lease object
+LEASE_SUFFIX = ".lease.json"
+_leases: dict[str, bytes] = {}  # lease URL -> the content this process wrote
+_lease_mutex = threading.Lock()
+_lease_renewer: threading.Thread | None = None
+
+
+def _forget_leases() -> None:
+    global _lease_mutex, _lease_renewer
+    _lease_mutex = threading.Lock()
+    _leases.clear()  # a forked child holds none (its parent renews them)
+    _lease_renewer = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_leases)
+
+
+class RemoteTaskLock(TaskLock):
+    """A task's lock on a remote store: the local OS lock, then a lease object.
+
+    The local lock (in this machine's state folder, keyed by the record's URL) guards the
+    processes of this machine; the lease, ``.{task_id}.lease.json`` beside the commit
+    record, written with a conditional PUT (``If-None-Match: *``), guards runners on other
+    machines. It names its holder and when it expires; the holder renews it every third
+    of ``settings.remote_lease`` and deletes it on release. A lease whose holder died is taken
+    over once it has expired (the clocks of the machines must agree within seconds).
+
+    Args:
+        record: the commit record's URL.
+        who: the task, named in error messages.
+    """
+
+    def __init__(self, record: str, who: object = None):
+        folder, name = _lock_place(record)
+        super().__init__(folder, name, who)
+        self.lease = _lease_url(record)
+
+    def acquire(self) -> bool:
+        """Take the local lock, then the lease; whether both were taken (never waits).
+
+        Raises:
+            UnsafePathError: the local lock file is not a plain file.
+            OSError: the lock file or the lease cannot be written.
+        """
+        if not super().acquire():
+            return False
+        try:
+            taken = _take_lease(self.lease)
+        except BaseException:
+            super().release()
+            raise
+        if not taken:
+            super().release()
+        return taken
+
+    def release(self) -> None:
+        """Delete the lease, then give the local lock back (no-op when not held)."""
+        if not self.held:
+            return
+        try:
+            _drop_lease(self.lease)
+        finally:
+            super().release()
+
+
+def _take_lease(url: str) -> bool:
+    data = _lease_data()
+    if not storage.create(url, data):
+        found = storage.cat(url)
+        if found is not None and not _expired(found):
+            return False
+        storage.rm(url)  # its holder died: taken over (see RemoteTaskLock)
+        if not storage.create(url, data):
+            return False
+    with _lease_mutex:
+        _leases[url] = data
+        _start_renewer()
+    return True
+
+
+def _drop_lease(url: str) -> None:
+    with _lease_mutex:
+        mine = _leases.pop(url, None)
+    if mine is not None and storage.cat(url) == mine:
+        storage.rm(url)
+
+
+def _lease_data() -> bytes:
+    import json
+    import socket
+    import time
+
+    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                       "started": _started(os.getpid()),
+                       "expires": time.time() + settings.remote_lease,
+                       "nonce": os.urandom(6).hex()}).encode()
+
+
+def _started(pid: int) -> float | None:
+    """When process ``pid`` of this machine started (None: no such process)."""
+    import psutil
+
+    try:
+        return round(float(psutil.Process(pid).create_time()), 3)
+    except (psutil.Error, OSError):
+        return None
+
+
+def _expired(data: bytes) -> bool:
+    """Whether a lease no longer holds: past its time, or its holder (here) is gone.
+
+    A lease written on this machine names its process (pid and start time): when that
+    process is gone (killed, crashed), the lease is void at once, without waiting.
+    """
+    import json
+    import socket
+    import time
+
+    try:
+        doc = json.loads(data)
+        if float(doc["expires"]) < time.time():
+            return True
+        if doc.get("host") == socket.gethostname():
+            return _started(int(doc["pid"])) != doc.get("started")
+        return False
+    except (ValueError, KeyError, TypeError):
+        return True  # not a lease pipeflow wrote (a torn write): nobody holds it
+
+
+def _start_renewer() -> None:
+    global _lease_renewer
+    if _lease_renewer is None or not _lease_renewer.is_alive():
+        _lease_renewer = threading.Thread(target=_renew_leases, name="pipeflow-leases",
+                                          daemon=True)
+        _lease_renewer.start()
+
+
+def _renew_leases() -> None:
+    import time
+
+    while True:
+        time.sleep(max(settings.remote_lease, 0.3) / 3)
+        with _lease_mutex:
+            held = dict(_leases)
+            if not held:
+                return
+        for url, mine in held.items():
+            with contextlib.suppress(OSError):  # (the next round tries again)
+                if storage.cat(url) != mine:
+                    continue  # lost (taken over while this process was paused): never rewritten
+                data = _lease_data()
+                storage.pipe(url, data)
+                with _lease_mutex:
+                    if url in _leases:
+                        _leases[url] = data
+
+
+def lease_lost(record: str) -> bool:
+    """Whether this runner held the lease of the task whose record is ``record``, and lost it.
+
+    A runner paused (or cut off) for longer than ``settings.remote_lease`` finds its lease
+    taken over, or gone: it must then publish nothing, and delete nothing. False when the
+    task has no lease (a local store, leases off) or this process cannot tell.
+
+    Raises:
+        RemoteFileError: the store cannot be reached.
+    """
+    if "://" not in record or not settings.remote_lease or \
+            record.split("://", 1)[0].lower() not in storage.LEASES:
+        return False
+    url = _lease_url(record)
+    with _lease_mutex:
+        mine = _leases.get(url)
+    found = storage.cat(url)
+    if mine is not None:
+        return found != mine
+    if found is None:
+        return False  # (no lease known here: a forked worker whose parent holds none)
+    import json
+    import socket
+
+    try:  # a forked worker: its parent (the engine) holds the lease
+        doc = json.loads(found)
+        return not (doc.get("host") == socket.gethostname()
+                    and doc.get("pid") in (os.getpid(), os.getppid()))
+    except (ValueError, TypeError, AttributeError):
+        return True
+
+
+def _lease_url(record: str) -> str:
+    return (record[:-len(_RECORD_SUFFIX)] if record.endswith(_RECORD_SUFFIX)
+            else record) + LEASE_SUFFIX
 
 
 @functools.lru_cache(maxsize=1 << 14)
 def _lock_place(record: str) -> tuple[str, str]:
-    """(folder, name) of the lock of the task whose record is at ``record`` (a hot path)."""
-    return os.path.dirname(record), os.path.basename(record)
+    """(folder, name) of the lock of the task whose record is at ``record`` (a hot path).
+
+    A remote record's lock is an OS lock in this machine's state folder, keyed by the
+    record's folder URL: it guards the processes of this machine (across machines, luigid
+    hands each task to one worker).
+    """
+    folder = os.path.dirname(record)
+    if "://" in folder:
+        folder = storage.lock_folder(folder)
+    return folder, os.path.basename(record)
+
 
 
 def unpublish(record: str | os.PathLike[str], folder: pathlib.Path,
@@ -393,7 +635,8 @@ def unpublish(record: str | os.PathLike[str], folder: pathlib.Path,
 def withdraw(record: str | os.PathLike[str], folder: pathlib.Path,
              allowed: Container[str] | None = None) -> None:
     """As :func:`unpublish`, for a caller that holds the task's lock already."""
-    if os.path.lexists(record):
+    if storage.exists(os.fspath(record)) if storage.is_remote(os.fspath(record)) \
+            else os.path.lexists(record):
         for file in uncommit(record, folder, allowed):
             cache.data.pop(file, None)
 
