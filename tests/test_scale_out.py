@@ -271,7 +271,9 @@ class Machines:
     def start(self, name: str, mode: str, **extra: str) -> subprocess.Popen[str]:
         home = self.root / f"machine-{name}"
         home.mkdir(exist_ok=True)
-        env = {**self.env, "RUNNER": name, "READY": str(self.root / f"ready-{name}"), **extra}
+        # its own local state (run history, task locks): as if on a machine of its own
+        env = {**self.env, "RUNNER": name, "READY": str(self.root / f"ready-{name}"),
+               "PIPEFLOW_STATE_DIR": str(home / "state"), **extra}
         proc = subprocess.Popen(
             [sys.executable, str(self.root / "code" / "runner.py"), mode], cwd=home, env=env,
             stdout=subprocess.PIPE, stderr=open(home / "stderr.txt", "w"),  # noqa: SIM115
@@ -400,8 +402,10 @@ def test_three_machines_share_a_flow_and_survive_a_kill_mid_task(
     assert flow_ids <= set(done), sorted(flow_ids - set(done))  # type: ignore[arg-type]
 
     # a fresh process: all complete, every value exact, loaded from S3; nothing ran
+    fresh = tmp_path / "machine-fresh"
+    fresh.mkdir()
     check = subprocess.run([sys.executable, str(flow_code / "runner.py"), "check"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True,
+                           cwd=fresh, env={**env, "PIPEFLOW_STATE_DIR": str(fresh / "state")}, capture_output=True, text=True,
                            timeout=DEADLINE)
     assert check.returncode == 0, check.stderr[-6000:]
     seen = json.loads(check.stdout.strip().splitlines()[-1])
@@ -478,10 +482,12 @@ def slow_cooldown_luigid(tmp_path):
 @pytest.mark.parametrize("storage", ["local", "s3"])
 @pytest.mark.parametrize("how", ["reset", "forced_all"])
 def test_rerun_right_after_a_run_through_luigid_really_reruns(
-        how, storage, request, runlog, slow_cooldown_luigid):
+        how, storage, request, runlog, slow_cooldown_luigid, tmp_path, monkeypatch):
     if storage == "s3":
         bucket = request.getfixturevalue("s3_bucket")
-        pipeflow.settings.storage_options = request.getfixturevalue("s3_server").storage_options
+        monkeypatch.setenv("PIPEFLOW_STATE_DIR", str(tmp_path / "state"))
+        monkeypatch.setattr(pipeflow.settings, "storage_options",
+                            request.getfixturevalue("s3_server").storage_options)
         pipeflow.set_dir(f"{bucket}/data")
     keywords = {"local_scheduler": False, "scheduler_url": slow_cooldown_luigid.url}
     task = CountedDown(k=3)
