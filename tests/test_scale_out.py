@@ -405,8 +405,8 @@ def test_three_machines_share_a_flow_and_survive_a_kill_mid_task(
     fresh = tmp_path / "machine-fresh"
     fresh.mkdir()
     check = subprocess.run([sys.executable, str(flow_code / "runner.py"), "check"],
-                           cwd=fresh, env={**env, "PIPEFLOW_STATE_DIR": str(fresh / "state")}, capture_output=True, text=True,
-                           timeout=DEADLINE)
+                           cwd=fresh, env={**env, "PIPEFLOW_STATE_DIR": str(fresh / "state")},
+                           capture_output=True, text=True, timeout=DEADLINE)
     assert check.returncode == 0, check.stderr[-6000:]
     seen = json.loads(check.stdout.strip().splitlines()[-1])
     assert set(seen["status"]) == flow_ids
@@ -532,3 +532,67 @@ def test_an_unreachable_scheduler_fails_within_seconds_with_a_pipeflow_error(
     assert runlog() == []
     assert not task.complete()
     assert not [p for p in data_dir.rglob("*") if p.is_file() and ".pipeflow" not in p.parts]
+
+
+# -- docs/scaling-out.md's worked example, against the real servers ---------------------------
+
+DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "scaling-out.md"
+
+
+def doc_blocks() -> dict[str, str]:
+    """The page's Python blocks whose first line is a file name comment (``# churn.py``),
+    by that name, and the block that loads from S3 afterwards as ``load``."""
+    import re
+
+    found = {}
+    for block in re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S):
+        first = block.splitlines()[0]
+        if re.fullmatch(r"# \w+\.py", first):
+            found[first[2:]] = block
+        elif "outputLoad()" in block and "churn" in block and "local_scheduler" not in block:
+            found["load"] = block
+    return found
+
+
+def test_the_worked_example_of_the_docs_runs_as_documented(tmp_path, luigid_server, s3_server,
+                                                           s3_bucket):
+    blocks = doc_blocks()
+    assert set(blocks) == {"churn.py", "run_churn.py", "load"}, sorted(blocks)
+
+    def ours(code: str) -> str:  # the page's bucket and scheduler -> the test's servers
+        return (code.replace("s3://acme-analytics/churn", f"{s3_bucket}/churn")
+                .replace("http://scheduler.internal:8082/", luigid_server.url))
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "churn.py").write_text(blocks["churn.py"])
+    (code / "run_churn.py").write_text(ours(blocks["run_churn.py"]))
+    (code / "load.py").write_text(ours(blocks["load"]) + "print(len(df), list(df.columns))\n")
+    env = {**os.environ, **s3_server.env, "PYTHONPATH": str(code)}
+    procs = []
+    try:
+        for person in ("ann", "bob", "cem"):
+            home = tmp_path / person
+            home.mkdir()
+            procs.append(subprocess.Popen(
+                [sys.executable, str(code / "run_churn.py")], cwd=home, text=True,
+                env={**env, "PIPEFLOW_STATE_DIR": str(home / "state")},
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True))
+        outputs = [p.communicate(timeout=DEADLINE) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(10)
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-6000:]
+        lines = out.strip().splitlines()
+        assert lines[0].startswith("<RunResult success: "), out
+        assert lines[-1] == "{'eu': 104, 'us': 169, 'apac': 65}", out
+
+    load = subprocess.run([sys.executable, str(code / "load.py")], cwd=tmp_path, text=True,
+                          env={**env, "PIPEFLOW_STATE_DIR": str(tmp_path / "state")},
+                          capture_output=True, timeout=DEADLINE)
+    assert load.returncode == 0, load.stderr[-6000:]
+    assert load.stdout.splitlines()[-1] == "300 ['customer', 'region', 'months', 'long_term']"
+    assert "COMPLETE" in load.stdout and "PENDING" not in load.stdout
