@@ -152,6 +152,15 @@ class HistoryError(PipeflowError):
     """
 
 
+class StorageAccessError(PipeflowError):
+    """A remote storage location (``s3://bucket/prefix``) cannot be used.
+
+    Its bucket does not exist, the credentials are refused, or the store cannot be
+    reached. Raised before any task runs, nothing written; the message names the URL,
+    never the credentials.
+    """
+
+
 class MissingDependencyError(PipeflowError, ImportError):
     """A format needs an optional package that is not installed (its extra names it)."""
 

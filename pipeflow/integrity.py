@@ -32,6 +32,7 @@ from typing import Any
 
 import xxhash
 
+from pipeflow import storage
 from pipeflow.errors import MetadataError
 
 #: suffix of commit records (hidden files: their names start with a dot)
@@ -62,11 +63,26 @@ def hash_file(path: str | os.PathLike[str]) -> str:
     Raises:
         NotAFileError: something else than a regular file is there (a FIFO, a folder).
     """
+    if storage.is_remote(path):
+        return hash_bytes(_remote_bytes(os.fspath(path)))
     fd, st = open_file(path)
     try:
         return _hash_fd(fd, st.st_size)
     finally:
         os.close(fd)
+
+
+def _remote_bytes(url: str) -> bytes:
+    """The bytes of a remote file (downloaded: a rehash reads it all).
+
+    Raises:
+        FileNotFoundError: there is none.
+        RemoteFileError: the file system failed.
+    """
+    data = storage.cat(url)
+    if data is None:
+        raise FileNotFoundError(f"{url!r} does not exist")
+    return data
 
 
 class NotAFileError(MetadataError):
@@ -195,6 +211,9 @@ class FileRecord:
             NotAFileError: it is not a regular file (a folder, a FIFO: never blocks).
             OSError: it cannot be read.
         """
+        if storage.is_remote(path):
+            data = _remote_bytes(os.fspath(path))
+            return cls(name or path.name, len(data), 0, 0, hash_bytes(data))
         fd, st = open_file(path)
         try:
             digest = _hash_fd(fd, st.st_size)
@@ -221,6 +240,8 @@ class FileRecord:
             need not hash the file again); otherwise it is this record.
         """
         path = os.path.join(folder, self.name)
+        if "://" in folder:
+            return self._verify_remote(path, rehash), self
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -247,6 +268,25 @@ class FileRecord:
         if same_stat:
             return None, self
         return None, FileRecord(self.name, self.size, st.st_mtime_ns, st.st_ino, self.digest)
+
+
+    def _verify_remote(self, url: str, rehash: bool) -> str | None:
+        """:meth:`verify` on a remote file system: its size, and (``rehash``) its content."""
+        try:
+            size = storage.size(url)
+            if size is None:
+                return f"{self.name} was deleted outside pipeflow"
+            if size != self.size:
+                return (f"{self.name} was changed outside pipeflow (size {self.size:,} bytes "
+                        f"when committed, now {size:,})")
+            if rehash and hash_bytes(_remote_bytes(url)) != self.digest:
+                return (f"{self.name} was changed outside pipeflow (its content no longer "
+                        f"matches the hash recorded when it was committed)")
+        except FileNotFoundError:
+            return f"{self.name} was deleted outside pipeflow"
+        except OSError as exc:
+            return f"{self.name} cannot be read ({exc})"
+        return None
 
 
 @dataclass(frozen=True)
@@ -323,6 +363,8 @@ def read_record(path: str | os.PathLike[str]) -> tuple[CommitRecord | None, str 
         it exists but cannot be used.
     """
     key = os.fspath(path)
+    if "://" in key:
+        return _read_remote_record(key)
     try:
         st = os.lstat(key)
     except FileNotFoundError:
@@ -343,6 +385,33 @@ def read_record(path: str | os.PathLike[str]) -> tuple[CommitRecord | None, str 
     if record is not None:
         _know(key, version, record)
     return record, problem
+
+
+def _read_remote_record(key: str) -> tuple[CommitRecord | None, str | None]:
+    """:func:`read_record` on a remote file system: one GET, parsed once per content."""
+    try:
+        data = storage.cat(key)
+    except OSError as exc:
+        return None, f"its commit record cannot be read ({exc})"
+    if data is None:
+        _WRITTEN.pop(key, None)
+        _REMOTE.pop(key, None)
+        return None, None
+    hit = _REMOTE_DISTRUSTED.get(key) or _REMOTE.get(key)
+    if hit is not None and hit[0] == data:
+        return hit[1], None
+    _WRITTEN.pop(key, None)
+    _REMOTE_DISTRUSTED.pop(key, None)
+    if len(data) > MAX_RECORD:
+        return None, "its commit record is too large to be one pipeflow wrote"
+    try:
+        record = CommitRecord.from_json(data.decode())
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
+        return None, "its commit record is damaged (a crash during a write, or an edit)"
+    if len(_REMOTE) > 65536:
+        _REMOTE.clear()
+    _REMOTE[key] = (data, record)
+    return record, None
 
 
 def _odd(st: os.stat_result) -> str | None:
@@ -412,6 +481,10 @@ _WRITTEN: dict[str, CommitRecord] = {}
 #: records found bad by a load that could not be rewritten to say so (a read-only data dir,
 #: the task's lock taken), by path: ((size, mtime, inode), the record with ``bad`` set)
 _DISTRUSTED: dict[str, tuple[tuple[int, int, int], CommitRecord]] = {}
+#: remote records this process wrote or read, by URL: (their bytes, the record)
+_REMOTE: dict[str, tuple[bytes, CommitRecord]] = {}
+#: remote records found bad by a load that could not rewrite them (as _DISTRUSTED)
+_REMOTE_DISTRUSTED: dict[str, tuple[bytes, CommitRecord]] = {}
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_WRITTEN.clear)
 
@@ -470,6 +543,11 @@ def distrust(path: str | os.PathLike[str], record: CommitRecord, problem: str,
         with contextlib.suppress(OSError):
             write_record(key, marked)
             return
+    if "://" in key:
+        seen = _REMOTE.get(key)
+        if seen is not None:
+            _REMOTE_DISTRUSTED[key] = (seen[0], marked)
+        return
     try:
         st = os.lstat(key)
     except OSError:
@@ -488,6 +566,12 @@ def write_record(path: str | os.PathLike[str], record: CommitRecord) -> None:
     """
     data = record.to_json().encode()
     where = os.fspath(path)
+    if "://" in where:  # one PUT: an object store replaces an object atomically
+        storage.pipe(where, data)
+        _REMOTE[where] = (data, record)
+        _WRITTEN[where] = record
+        _REMOTE_DISTRUSTED.pop(where, None)
+        return
     try:
         _wrote(where, _write_new(where, data, os.O_EXCL), record)
         return
@@ -549,6 +633,17 @@ def uncommit(path: str | os.PathLike[str], folder: pathlib.Path,
     """
     key = os.fspath(path)
     record, _ = read_record(key)
+    if "://" in key:
+        storage.rm(key)
+        _REMOTE.pop(key, None)
+        _WRITTEN.pop(key, None)
+        _REMOTE_DISTRUSTED.pop(key, None)
+        names = record.file_names() if record else []
+        gone = [folder / n for n in names
+                if not pipeflows_own(n) and (allowed is None or n in allowed)]
+        for file in gone:
+            file.unlink(missing_ok=True)
+        return gone
     try:
         os.unlink(key)
     except FileNotFoundError:

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeflow import settings
+from pipeflow import settings, storage
 from pipeflow.errors import ParameterError, UnsafePathError
 
 #: longest file or folder name most file systems accept, in bytes
@@ -150,7 +150,7 @@ def describe_context(ctx: FlowContext) -> str:
     return ", ".join(parts) or "the data dir"
 
 
-def location(value: object, what: str, owner: object) -> pathlib.Path | None:
+def location(value: object, what: str, owner: object) -> Any:
     """Check a folder the programmer gave (a ``path``): any folder, if it can be a file name.
 
     Args:
@@ -164,8 +164,9 @@ def location(value: object, what: str, owner: object) -> pathlib.Path | None:
     Raises:
         UnsafePathError: it contains a NUL byte or cannot be encoded as a file name, or a
             folder name longer than the file system allows.
-        ParameterError: it is a URL (remote storage is not supported yet); a local
-            ``file://`` URL gives the folder it names.
+        ParameterError: a URL fsspec cannot use (see :func:`pipeflow.storage.parse`); a
+            local ``file://`` URL gives the folder it names, any other URL a
+            :class:`~pipeflow.storage.RemotePath`.
     """
     if value is None or value == "":
         return None
@@ -178,8 +179,8 @@ def location(value: object, what: str, owner: object) -> pathlib.Path | None:
     if isinstance(text, bytes):
         text = os.fsdecode(text)
     _check_encodable(text, what, owner)
-    path = settings.local_path(text, what, owner)
-    for part in path.parts:
+    path = settings.location_path(text, what, owner)
+    for part in path.parts[isinstance(path, storage.RemotePath):]:
         if len(os.fsencode(part)) > NAME_MAX:
             raise UnsafePathError(
                 f"{owner}: {what}={text[:80]!r}... has a folder name the file system cannot "
@@ -354,6 +355,8 @@ def ensure_inside(path: pathlib.Path, root: pathlib.Path | None = None,
         UnsafePathError: when it does not, e.g. a folder symlinked out of its location.
     """
     root = settings.dirpath if root is None else root
+    if isinstance(path, storage.RemotePath) or isinstance(root, storage.RemotePath):
+        return _remote_inside(path, root, owner)
     real_root = os.path.realpath(root)
     real = os.path.realpath(path)
     if _within(real, real_root):
@@ -367,6 +370,25 @@ def ensure_inside(path: pathlib.Path, root: pathlib.Path | None = None,
         f"location), or name the folder it points to as the location (pipeflow.set_dir(...) "
         f"or path=...)."
     )
+
+
+def _remote_inside(path: Any, root: Any, owner: object) -> Any:
+    """:func:`ensure_inside` on a remote file system: no symlinks there, only prefixes.
+
+    The URL's folder names were checked when the path was built (no ``..``); what is
+    checked here is that ``path`` lies below ``root`` on the same file system.
+    """
+    if isinstance(path, storage.RemotePath) and isinstance(root, storage.RemotePath):
+        try:
+            path.relative_to(root)
+            return path
+        except ValueError:
+            pass
+    who = f"{owner}: " if owner is not None else ""
+    raise UnsafePathError(
+        f"{who}its folder {str(path)!r} lies outside its location {str(root)!r}. pipeflow "
+        f"reads, writes and deletes a task's files only below its location, so nothing was "
+        f"written or deleted.")
 
 
 def _link(path: pathlib.Path, root: pathlib.Path) -> str:
@@ -402,6 +424,7 @@ def recheck() -> None:
     changed, every task checks its folders again before it is read or written.
     """
     global generation, _cwd
+    storage.forget_reached()
     roots: dict[str, str] = {}
     moved = []
     for key in list(_INSIDE):  # (a copy: runs started in other threads may add to it)
@@ -427,6 +450,11 @@ def check_inside(root: pathlib.Path, folders: Iterable[pathlib.Path], owner: obj
         UnsafePathError: a folder resolves outside ``root`` (a symlink out of it).
     """
     global generation
+    if isinstance(root, storage.RemotePath):
+        storage.check_reachable(root)  # once per run: a missing bucket fails before any task
+        for folder in folders:
+            ensure_inside(folder, root, owner)
+        return
     top = os.fspath(root)
     cwd = "" if os.path.isabs(top) else os.getcwd()
     for folder in folders:

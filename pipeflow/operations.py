@@ -13,7 +13,7 @@ from typing import Any
 
 import luigi
 
-from pipeflow import cache, display, graph, layout, runstore, settings
+from pipeflow import cache, display, graph, layout, runstore, settings, storage
 from pipeflow.contract import adapt
 from pipeflow.display import rich
 from pipeflow.display.dag import GROUP_ABOVE, Dag, build_dag
@@ -41,22 +41,36 @@ from pipeflow.publishing import os_reason, unpublish
 from pipeflow.tasks import TaskData
 
 
-def set_dir(dir: str | os.PathLike[str] | None = None) -> pathlib.Path:
+def set_dir(dir: str | os.PathLike[str] | None = None) -> pathlib.Path | storage.RemotePath:
     """Set (and create) the data directory every output lives under.
 
     Args:
         dir: the directory; None keeps the current one (``settings.dir``, default ``data``).
+            Any fsspec URL puts outputs on that file system (``s3://bucket/prefix``,
+            ``gs://``, ``abfs://``, ``memory://``; options in
+            ``pipeflow.settings.storage_options``): its bucket is checked, nothing created.
 
     Returns:
         The data directory as a Path.
 
     Raises:
-        ParameterError: ``dir`` is a URL (``s3://...``, also as a ``pathlib.Path``): remote
-            storage is not supported yet (a ``file://`` URL names the local folder it
-            spells); it starts or ends with white space or holds a NUL byte; a file is in
-            its place; or it cannot be created. The data dir in force is kept.
+        ParameterError: ``dir`` is a URL fsspec cannot use (unknown protocol, its extra
+            not installed: the message names it) or a ``pathlib.Path`` of a URL (a
+            ``file://`` URL names the local folder it spells); it starts or ends with white
+            space or holds a NUL byte; a file is in its place; or it cannot be created.
+            The data dir in force is kept.
+        StorageAccessError: a remote ``dir`` whose bucket is missing or whose credentials
+            are refused (the data dir in force is kept, nothing is created).
     """
-    path = settings.dirpath if dir is None else settings.local_path(dir, "dir", "pipeflow.set_dir")
+    path = (settings.dirpath if dir is None
+            else settings.location_path(dir, "dir", "pipeflow.set_dir"))
+    if isinstance(path, storage.RemotePath):
+        # nothing to create on an object store; its bucket must be there (nothing local
+        # is created either way)
+        storage.check_reachable(path)
+        if dir is not None:
+            settings.dir = os.fspath(path)
+        return settings.dirpath
     try:
         settings.check_folder(path, "dir", "pipeflow.set_dir")
         path.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Container, Iterator
 from typing import Any, BinaryIO
 
-from pipeflow import cache, settings
+from pipeflow import cache, settings, storage
 from pipeflow.errors import SaveError
 from pipeflow.integrity import FileRecord, HashingFile, seal, uncommit
 from pipeflow.locks import TaskLock
@@ -255,7 +255,15 @@ def _move(tmp: Temp | None, final: pathlib.Path) -> None:
         SaveError: the file system refused (say, a folder is in the way).
     """
     try:
-        if tmp is None:
+        if isinstance(final, storage.RemotePath):
+            # uploaded to its final key (an object appears whole or not at all); the
+            # commit record, written after every output, is what makes it count
+            if tmp is None:
+                final.unlink(missing_ok=True)
+            else:
+                storage.put(tmp, final.url)
+                _unlink(tmp)
+        elif tmp is None:
             final.unlink(missing_ok=True)
         else:
             os.replace(tmp, final)
@@ -319,6 +327,8 @@ def _new_temp(final: str, keep_open: bool = False) -> tuple[str, int]:
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     folder, name = os.path.split(final)
+    if "://" in folder:  # bound for a remote file system: written on local disk first
+        folder = storage.staging_folder(folder)
     for attempt in range(100):
         tmp = os.path.join(folder, f".{name}.tmp-{os.urandom(6).hex()}")
         try:
@@ -357,8 +367,16 @@ def task_lock(record: str | os.PathLike[str], who: object = None) -> TaskLock:
 
 @functools.lru_cache(maxsize=1 << 14)
 def _lock_place(record: str) -> tuple[str, str]:
-    """(folder, name) of the lock of the task whose record is at ``record`` (a hot path)."""
-    return os.path.dirname(record), os.path.basename(record)
+    """(folder, name) of the lock of the task whose record is at ``record`` (a hot path).
+
+    A remote record's lock is an OS lock in this machine's state folder, keyed by the
+    record's folder URL: it guards the processes of this machine (across machines, luigid
+    hands each task to one worker).
+    """
+    folder = os.path.dirname(record)
+    if "://" in folder:
+        folder = storage.lock_folder(folder)
+    return folder, os.path.basename(record)
 
 
 def unpublish(record: str | os.PathLike[str], folder: pathlib.Path,
@@ -393,7 +411,8 @@ def unpublish(record: str | os.PathLike[str], folder: pathlib.Path,
 def withdraw(record: str | os.PathLike[str], folder: pathlib.Path,
              allowed: Container[str] | None = None) -> None:
     """As :func:`unpublish`, for a caller that holds the task's lock already."""
-    if os.path.lexists(record):
+    if storage.exists(os.fspath(record)) if storage.is_remote(os.fspath(record)) \
+            else os.path.lexists(record):
         for file in uncommit(record, folder, allowed):
             cache.data.pop(file, None)
 

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import luigi
 
-from pipeflow import layout, settings
+from pipeflow import layout, settings, storage
 from pipeflow.contract import adapt
 from pipeflow.display.history import attempt_html, attempt_text, error_text, local_zone, missing
 from pipeflow.errors import HistoryError, ParameterError, did_you_mean, shown
@@ -112,6 +112,9 @@ def history_path() -> pathlib.Path | None:
     if where is False or where is None:
         return None
     if where is True:
+        if isinstance(settings.dirpath, storage.RemotePath):
+            # never SQLite on an object store: this machine's state folder for that URL
+            return storage.state_folder(settings.dirpath) / "history.db"
         # pipeflow's own folder of the data dir: it must not lead out of it (a symlink)
         own = layout.ensure_inside(settings.dirpath / layout.OWN_DIR, settings.dirpath,
                                    "the run history")

@@ -2,9 +2,20 @@
 
 Attributes:
     dir: the data directory (str). Every output lives below it. Default ``'data'``. A
-        local folder: a URL (``s3://...``) raises ParameterError, remote storage is not
-        supported yet; a ``file://`` URL is turned into the local path it names.
-    dirpath: the same directory as a :class:`pathlib.Path`; setting either updates both.
+        local folder, or any fsspec URL (``s3://bucket/prefix``, ``gs://``, ``abfs://``,
+        ``memory://``): outputs, metadata and commit records then live on that file system
+        (see :mod:`pipeflow.storage`); a ``file://`` URL is turned into the local path it
+        names.
+    dirpath: the same directory as a :class:`pathlib.Path` (a
+        :class:`pipeflow.storage.RemotePath` for a URL); setting either updates both.
+    storage_options: options handed to the fsspec file system of a remote data dir (e.g.
+        ``{'key': ..., 'secret': ..., 'client_kwargs': {'endpoint_url': ...}}`` for S3);
+        fsspec's and the storage library's own configuration (``AWS_*`` variables...) apply
+        too. Never shown in messages.
+    state_dir: this machine's folder for what stays local when the data dir is remote
+        (run history, task-tree store, temp files being uploaded, task locks), one
+        subfolder per data-dir URL. None (default): ``$PIPEFLOW_STATE_DIR``, else
+        ``$XDG_STATE_HOME/pipeflow``, else ``~/.local/state/pipeflow``.
     cached: keep loaded outputs in memory (``pipeflow.data``) and reuse them.
     save_with_param: put the task id (family, parameters, hash) in output file names.
     check_dependencies: a task whose upstream is not complete counts as pending.
@@ -15,8 +26,9 @@ Attributes:
         committed is stale and runs again (see :mod:`pipeflow.fingerprint`).
     detect_data_changes: a task whose upstream outputs changed since its outputs were
         committed is stale and runs again.
-    history: record runs in ``{dir}/.pipeflow/history.db`` (True, the default), in another
-        SQLite file (its path), or not at all (False).
+    history: record runs in ``{dir}/.pipeflow/history.db`` (True, the default; for a
+        remote data dir, ``history.db`` in its local state folder), in another SQLite file
+        (its path), or not at all (False).
 
 A misspelt setting (``settings.check_dependecies = False``) raises an AttributeError with a
 suggestion instead of being silently ignored.
@@ -34,6 +46,7 @@ import types
 import urllib.parse
 from typing import Any
 
+from pipeflow import storage
 from pipeflow.errors import ParameterError, did_you_mean, warn
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -49,6 +62,8 @@ fsync: bool = True
 history: bool | str = True
 detect_code_changes: bool = True
 detect_data_changes: bool = True
+storage_options: dict[str, Any] = {}
+state_dir: str | None = None
 
 #: d6tflow settings pipeflow has no use for (d6tpipe, its CRC check...): accepted, with a
 #: warning, so that d6tflow code setting them runs
@@ -58,7 +73,8 @@ _warned: set[str] = set()
 
 _NAMES = frozenset(
     ["dir", "dirpath", "cached", "save_with_param", "check_dependencies", "execution_summary",
-     "log_level", "fsync", "history", "detect_code_changes", "detect_data_changes"]
+     "log_level", "fsync", "history", "detect_code_changes", "detect_data_changes",
+     "storage_options", "state_dir"]
 )
 
 
@@ -72,8 +88,9 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]+:")
 def local_path(value: str | os.PathLike[str], what: str, who: object = "") -> pathlib.Path:
     """The local folder or file ``value`` names; the one place locations are checked.
 
-    Remote storage (``s3://``, ``gs://``...) is not supported yet: such a URL would
-    otherwise become a local folder named ``s3:``. A ``file://`` URL (no host, or
+    For settings that must be local (the history, the state folder): a URL (``s3://``)
+    would otherwise become a local folder named ``s3:``; :func:`location_path` accepts
+    remote locations. A ``file://`` URL (no host, or
     ``localhost``) names the local absolute path it spells, percent-escapes decoded. A URL
     wrapped in a :class:`pathlib.Path` (which turns ``s3://b`` into ``s3:/b``) is still a
     URL: any first component that is a scheme (``s3:``) is refused.
@@ -113,18 +130,39 @@ def local_path(value: str | os.PathLike[str], what: str, who: object = "") -> pa
         if not (first and _SCHEME.fullmatch(first[0])):
             return pathlib.Path(text)
         raise ParameterError(
-            f"{named}{what}={text!r} is a URL (its '//' collapsed: a pathlib.Path of a URL?): "
-            f"remote storage is not supported yet, and pipeflow does not turn a URL into a "
-            f"local folder. Use a local folder (a mounted bucket works), e.g. {what}='data'.")
+            f"{named}{what}={text!r} is a URL whose '//' collapsed (a pathlib.Path of a "
+            f"URL?), and pipeflow does not turn a URL into a local folder. Give a remote "
+            f"location as a str ({what}='s3://bucket/prefix'), or use a local folder.")
     url = urllib.parse.urlsplit(text)
     if url.scheme.lower() == "file" and url.netloc in ("", "localhost") and not (
             url.query or url.fragment):
         return pathlib.Path(urllib.parse.unquote(url.path))
     raise ParameterError(
-        f"{named}{what}={text!r} is a URL: remote storage is not supported yet, and "
-        f"pipeflow does not turn a URL into a local folder. Use a local folder (a mounted "
-        f"bucket works), e.g. {what}='data'; file:///absolute/path URLs name local folders."
+        f"{named}{what}={text!r} is a URL, but this setting is a local file or folder of "
+        f"this machine (pipeflow does not turn a URL into a local folder). Use a local "
+        f"path; file:///absolute/path URLs name local ones."
     )
+
+
+def location_path(value: str | os.PathLike[str], what: str,
+                  who: object = "") -> pathlib.Path | storage.RemotePath:
+    """A folder where outputs may live: a local folder, or a remote fsspec URL.
+
+    As :func:`local_path`, except that a URL other than ``file://`` gives a
+    :class:`~pipeflow.storage.RemotePath` (checked by :func:`pipeflow.storage.parse`).
+
+    Raises:
+        ParameterError: as :func:`local_path`; or a URL of an unknown protocol, of one
+            whose package is not installed (naming the extra), or with a query, a ``..``
+            or no bucket.
+    """
+    if isinstance(value, storage.RemotePath):
+        return value
+    if isinstance(value, str) and _URL.match(value) and not value[:7].lower() == "file://":
+        if "\x00" in value or value != value.strip():
+            return local_path(value, what, who)  # (its message)
+        return storage.parse(value, what, who)
+    return local_path(value, what, who)
 
 
 def in_the_way(folder: str | os.PathLike[str]) -> pathlib.Path | None:
@@ -149,12 +187,14 @@ def in_the_way(folder: str | os.PathLike[str]) -> pathlib.Path | None:
         return None if stat.S_ISDIR(mode) else here
 
 
-def check_folder(path: pathlib.Path, what: str, who: object = "") -> pathlib.Path:
+def check_folder(path: Any, what: str, who: object = "") -> Any:
     """Refuse a folder setting with a file in its place (or in a parent's).
 
     Raises:
         ParameterError: naming the file in the way.
     """
+    if isinstance(path, storage.RemotePath):
+        return path  # no folders to be in the way of on an object store
     blocker = in_the_way(path)
     if blocker is None:
         return path
@@ -191,11 +231,26 @@ class _SettingsModule(types.ModuleType):
                 f"Settings: {', '.join(sorted(_NAMES))}"
             )
         if name in ("dir", "dirpath"):
-            path = check_folder(local_path(value, f"pipeflow.settings.{name}"),
+            path = check_folder(location_path(value, f"pipeflow.settings.{name}"),
                                 f"pipeflow.settings.{name}")
-            given = str(value)
-            super().__setattr__("dir", str(path) if _URL.match(given) else given)
+            given = os.fspath(value) if isinstance(value, (str, os.PathLike)) else str(value)
+            super().__setattr__("dir", str(path) if _URL.match(str(given)) else given)
             super().__setattr__("dirpath", path)
+            return
+        if name == "storage_options":
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ParameterError(
+                    f"pipeflow.settings.storage_options must be a dict of fsspec options "
+                    f"(e.g. {{'anon': True}}), not {type(value).__name__}.")
+            storage.configure(value)
+            super().__setattr__(name, value)
+            return
+        if name == "state_dir":
+            path = None if value is None else local_path(value, "pipeflow.settings.state_dir")
+            storage.state_dir = path
+            super().__setattr__(name, None if path is None else str(path))
             return
         if name == "history" and isinstance(value, (str, os.PathLike)):
             path = local_path(value, "pipeflow.settings.history")

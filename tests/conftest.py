@@ -28,16 +28,23 @@ _DEFAULTS = {
     "detect_code_changes": True,
     "detect_data_changes": True,
     "history": True,
+    "storage_options": {},
 }
 
 
 @pytest.fixture(autouse=True)
 def data_dir(tmp_path, monkeypatch):
-    """A fresh data dir, default settings, an empty cache; cwd is tmp_path."""
+    """A fresh data dir, default settings, an empty cache; cwd is tmp_path.
+
+    The local state folder (what stays on this machine when the data dir is remote) is
+    ``tmp_path/state``, also for subprocesses (``PIPEFLOW_STATE_DIR``).
+    """
     monkeypatch.chdir(tmp_path)
-    old = {k: getattr(settings, k) for k in [*_DEFAULTS, "dir"]}
+    monkeypatch.setenv("PIPEFLOW_STATE_DIR", str(tmp_path / "state"))
+    old = {k: getattr(settings, k) for k in [*_DEFAULTS, "dir", "state_dir"]}
     for k, v in _DEFAULTS.items():
         setattr(settings, k, v)
+    settings.state_dir = None
     path = pipeflow.set_dir(tmp_path / "data")
     cache.data.clear()
     luigi.task_register.Register.clear_instance_cache()

@@ -11,16 +11,19 @@ Write your own format by subclassing :class:`DataTarget` and implementing ``read
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import json
 import numbers
 import os
 import pathlib
 import pickle
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Protocol
 
-from pipeflow import cache, publishing, settings
+from pipeflow import cache, publishing, settings, storage
 from pipeflow.errors import (
     CorruptOutputError,
     IncompleteTaskError,
@@ -96,7 +99,12 @@ class DataTarget:
                           "picklable object).")
 
     def __init__(self, path: str | os.PathLike[str]):
-        self.path = path if type(path) is _PATH else pathlib.Path(path)
+        if type(path) is _PATH:
+            self.path = path
+        elif isinstance(path, storage.RemotePath) or storage.is_remote(path):
+            self.path = storage.RemotePath(os.fspath(path))  # type: ignore[assignment]
+        else:
+            self.path = pathlib.Path(path)
         #: the task whose output this is (set by the task), and the output's name
         self.owner: Owner | None = None
         self.key = "data"
@@ -138,7 +146,9 @@ class DataTarget:
     # -- the public API --------------------------------------------------------------------
     def exists(self) -> bool:
         """Whether the output has been published."""
-        return os.path.exists(self.path)
+        if type(self.path) is _PATH:
+            return os.path.exists(self.path)
+        return storage.exists(os.fspath(self.path))
 
     def files(self) -> list[pathlib.Path]:
         """Every file that makes up this output (the main one first)."""
@@ -167,7 +177,9 @@ class DataTarget:
             obj = cache.data[self.path]
             return obj if cached else cache.fresh(obj)
         records = self.owner.committed_files(self) if self.owner is not None else None
-        if records is not None:
+        if isinstance(self.path, storage.RemotePath):
+            obj = self._read_remote(records, fun, kwargs)
+        elif records is not None:
             obj = self._read_verified(records, fun, kwargs)
         elif not self.exists():
             raise IncompleteTaskError(
@@ -246,6 +258,59 @@ class DataTarget:
                 raise self._corrupt(problem)
         return self._read(fun, kwargs)
 
+    def _read_remote(self, records: Sequence[FileRecord] | None, fun: Any,
+                     kwargs: dict[str, Any]) -> Any:
+        """Download the output's files to a local temp folder, check them, read them there.
+
+        Each file is checked against its commit record (size and content hash) as it is
+        on local disk, and read by the format's own reader (or ``fun``) from there: every
+        format, your own too, reads remote outputs unchanged. The temp folder is removed
+        afterwards.
+        """
+        remote: Any = self.path
+        base = storage.read_folder()
+        os.makedirs(base, exist_ok=True)
+        folder = tempfile.mkdtemp(prefix="load-", dir=base)
+        try:
+            local = copy.copy(self)
+            local.path = pathlib.Path(folder, remote.name)
+            local.__dict__["_shown"] = remote
+            wanted = {r.name: r for r in records} if records is not None else None
+            for src, dst in zip(self.files(), local.files()):
+                if wanted is not None and src.name not in wanted:
+                    continue  # (an optional sidecar not written)
+                try:
+                    found = storage.get(os.fspath(src), dst)
+                except OSError as exc:
+                    raise LoadError(
+                        f"cannot load output {self.key!r} of {self._owner_name()}: "
+                        f"downloading {str(src)!r} failed ({exc}). Nothing was loaded; "
+                        f"check the connection to the storage, then load again.") from exc
+                if wanted is None:
+                    if not found and src == remote:
+                        raise IncompleteTaskError(
+                            f"cannot load {str(remote)!r}: it does not exist, so the task "
+                            f"that writes it has not run or was reset. Run the flow first "
+                            f"(flow.run()).")
+                    continue
+                rec = wanted[src.name]
+                problem = (rec.problem(folder, rehash=True) if found
+                           else f"{rec.name} was deleted outside pipeflow")
+                if problem is not None:
+                    if self.owner is not None and records is not None:
+                        self.owner.found_corrupt(self, records, problem)
+                    raise self._corrupt(problem)
+            return local._read(fun, kwargs)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _owner_name(self) -> str:
+        return self.owner.display_name() if self.owner is not None else "the task"
+
+    def _shown_path(self) -> Any:
+        """The path named in messages (a remote output's URL, not its local copy)."""
+        return self.__dict__.get("_shown", self.path)
+
     def _read(self, fun: Any, kwargs: dict[str, Any]) -> Any:
         """Read the file with ``fun`` or :meth:`read`; a reader's failure is a LoadError."""
         try:
@@ -266,7 +331,8 @@ class DataTarget:
         return LoadError(
             f"cannot load output {self.key!r} of {who} with {type(self).__name__}: "
             f"{_cause(exc)}. The file is the one the task committed, but the format cannot "
-            f"read it back. File: {str(self.path)!r}. Check {args}the code its objects need "
+            f"read it back. File: {str(self._shown_path())!r}. Check {args}the code its "
+            f"objects need "
             f"(classes renamed or removed since it was saved); to write it again: "
             f"flow.reset({who.split('(')[0]}) then flow.run()."
         )
@@ -276,7 +342,7 @@ class DataTarget:
         return CorruptOutputError(
             f"cannot load output {self.key!r} of {who}: {problem}, so it no longer holds "
             f"what the task's last successful run saved; it was not loaded. "
-            f"File: {str(self.path)!r}. Reset the task and run it again: "
+            f"File: {str(self._shown_path())!r}. Reset the task and run it again: "
             f"flow.reset({who.split('(')[0]}) then flow.run() (or {who}.reset())."
         )
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from luigi.task import flatten
 
-from pipeflow import cache, graph, layout, settings
+from pipeflow import cache, graph, layout, settings, storage
 from pipeflow.contract import Changes, changes_of, requires_of
 from pipeflow.errors import (
     IncompleteTaskError,
@@ -126,6 +126,10 @@ class _Layout:
         self.names = names
         self.meta = meta
         self.record = os.path.join(os.fspath(own), record_name)
+        #: on a remote file system (its files are checked through :mod:`pipeflow.storage`)
+        self.remote = isinstance(out, storage.RemotePath)
+        #: whether a file is at a path (a string): ``os.path.lexists`` on local disk
+        self.lexists: Callable[[str], bool] = storage.exists if self.remote else os.path.lexists
         #: the last commit record found to list only the task's own files (read_record
         #: returns the same object while the file is unchanged: checked once per version)
         self.sound: CommitRecord | None = None
@@ -484,7 +488,20 @@ class TaskStore:
         return self._layout().record
 
     def signature(self) -> tuple[int, int] | None:
-        """Identity of the commit record file (mtime, inode); None when there is none."""
+        """Identity of the commit record file (mtime, inode); None when there is none.
+
+        On a remote file system: its size and a hash of its ETag (or modification time).
+        """
+        if self._layout().remote:
+            try:
+                found = storage.info(self.record_path())
+            except OSError:
+                return None
+            if found is None:
+                return None
+            tag = next((found[k] for k in ("ETag", "etag", "mtime", "LastModified", "created")
+                        if found.get(k) is not None), "")
+            return (int(found.get("size") or 0), hash(str(tag)))
         try:
             st = os.stat(self.record_path())
         except OSError:
@@ -519,14 +536,14 @@ class TaskStore:
         one committed (size, mtime and inode compared; re-hashed when they differ).
         """
         if (not self.file_backed()
-                or (self.task.external and not os.path.exists(self.record_path()))):
+                or (self.task.external and not self._exists(self.record_path()))):
             return all(t.exists() for t in self.outputs().values()), None, None
         # Plain files: string paths, no target objects (the hot path on large graphs).
         lay = self._layout()
         folder, names = lay.folder, lay.names
         record, problem = read_record(lay.record)
         if record is None:
-            if problem is None and os.path.exists(os.path.join(folder, names[0][1])):
+            if problem is None and self._exists(os.path.join(folder, names[0][1])):
                 problem = ("its output files exist but no successful pipeflow run committed "
                            "them (left by a crashed run, or written by another tool): it "
                            "runs again")
@@ -551,6 +568,10 @@ class TaskStore:
         if touched:
             self._restat(record, touched)
         return True, None, record
+
+    def _exists(self, path: str) -> bool:
+        """``os.path.exists``, or its remote file system's answer."""
+        return storage.exists(path) if self._layout().remote else os.path.exists(path)
 
     def _foreign(self, record: CommitRecord) -> str | None:
         """Why ``record`` cannot be the task's: it lists a file that is not one of its own.
@@ -703,7 +724,7 @@ class TaskStore:
     def _uncommit(self) -> None:
         """Delete the commit record, then the files it lists (the task's lock is held)."""
         path = self.record_path()
-        if os.path.lexists(path):
+        if self._layout().lexists(path):
             withdraw(path, self._inside(), self._layout().own_names)
 
     def _inside(self) -> pathlib.Path:
@@ -807,6 +828,8 @@ class TaskStore:
             scan: lists the hidden temp-file names in a folder.
         """
         for folder in self.folders():
+            if isinstance(folder, storage.RemotePath):  # its temp files are on local disk
+                folder = pathlib.Path(storage.staging_folder(folder.url))
             names = scan(folder)
             mine = {p.name for p in self.owned_paths()} if names else set()
             for name in names:
@@ -823,8 +846,10 @@ class TaskStore:
             MetadataError: a file is in the place of the task's folder (or a parent's).
         """
         out = self.folder()
-        # one stat when the folder is there (in-memory outputs have no folder)
-        blocker = settings.in_the_way(out) if self.file_backed() else None
+        # one stat when the folder is there (in-memory outputs have no folder, object
+        # stores no folders to be in the way of)
+        blocker = (settings.in_the_way(out) if self.file_backed()
+                   and not self._layout().remote else None)
         if blocker is not None:
             raise MetadataError(
                 f"{graph.describe(self.task)} cannot run: a file is in the place of its task "
@@ -850,19 +875,20 @@ class TaskStore:
                 of an output.
         """
         lay = self._layout()
-        if os.path.lexists(lay.record):
+        lexists = lay.lexists
+        if lexists(lay.record):
             self._uncommit()
         paths = lay.paths
         if paths is not None and self.file_backed():  # strings only: no target objects
             for k, path in paths:
-                if os.path.lexists(path):
+                if lexists(path):
                     if starting:
                         self._no_folder(path)
                     lay.targets[k].invalidate()
             return
         for k, files in lay.files.items():
             t = lay.targets[k]
-            if isinstance(t, CacheTarget) or any(os.path.lexists(f) for f in files):
+            if isinstance(t, CacheTarget) or any(lexists(f) for f in files):
                 if starting:
                     for f in files:
                         self._no_folder(f)
@@ -879,8 +905,11 @@ class TaskStore:
     def clean_stopped(self) -> None:
         """After an attempt stopped midway: its staged temp files, then as :meth:`abort_run`."""
         for path in self.owned_paths():
+            parent = path.parent
+            if isinstance(parent, storage.RemotePath):  # its temp files are on local disk
+                parent = pathlib.Path(storage.staging_folder(parent.url))
             with contextlib.suppress(OSError):
-                for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+                for tmp in parent.glob(f".{path.name}.tmp-*"):
                     tmp.unlink(missing_ok=True)
         self.abort_run()
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from pipeflow import settings
+from pipeflow import settings, storage
 from pipeflow.errors import ParameterError, TaskNotFoundError, TaskStoreError, did_you_mean
 from pipeflow.publishing import write_atomic
 from pipeflow.trees import model as m
@@ -781,7 +781,9 @@ _OPEN_LOCK = threading.Lock()
 def open_store(path: str | os.PathLike[str] | None = None) -> TaskStore:
     """The store at ``path`` (default: ``tasks.db`` in the data dir's ``.pipeflow`` folder)."""
     if path is None:
-        path = settings.dirpath / ".pipeflow" / DEFAULT_NAME
+        path = (storage.state_folder(settings.dirpath) / DEFAULT_NAME
+                if isinstance(settings.dirpath, storage.RemotePath)  # (never SQLite remotely)
+                else settings.dirpath / ".pipeflow" / DEFAULT_NAME)
     elif not isinstance(path, (str, os.PathLike)) or not os.fspath(path).strip():
         raise ParameterError(
             f"create_session() takes the path of an SQLite file (or nothing, for the data "

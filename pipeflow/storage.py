@@ -1,0 +1,497 @@
+"""Files on a remote file system (any fsspec URL): the one seam between pipeflow and fsspec.
+
+Local folders keep their own code paths (``os`` calls on ``pathlib.Path`` objects and
+strings, nothing of this module on the hot path). A data dir (or a ``path``) that is an
+fsspec URL (``s3://bucket/prefix``, ``gs://``, ``abfs://``, ``memory://``) is a
+:class:`RemotePath`; the modules that touch files (:mod:`pipeflow.integrity`,
+:mod:`pipeflow.publishing`, the task store, the targets) ask :func:`is_remote` once and
+then call the functions here: stat (:func:`info`), read (:func:`cat`, :func:`get`), write
+(:func:`pipe`, :func:`put`), delete (:func:`rm`), list (:func:`temp_names`).
+
+What stays on this machine (never on the remote file system): temp files being written
+(:func:`staging_folder`), task locks (:func:`lock_folder`), the run history and the task-tree
+store (:func:`state_folder`), all below the *local state folder* (``settings.state_dir``:
+``$PIPEFLOW_STATE_DIR``, else ``$XDG_STATE_HOME/pipeflow``, else
+``~/.local/state/pipeflow``).
+
+A remote path is a URL string wherever pipeflow passes paths as strings, so ``"://" in
+path`` tells a remote path from a local one: local paths never contain ``//`` (pathlib
+collapses it, file names are built from task ids, which luigi makes of word characters).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import posixpath
+import re
+import threading
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+from pipeflow.errors import ParameterError, StorageAccessError
+
+#: ``scheme://``: a URL, not a folder name
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+
+#: the extra to install for a protocol fsspec implements in another package
+EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "abfs": "azure", "az": "azure",
+          "abfss": "azure", "adl": "azure"}
+#: protocols whose first URL component is a bucket (or container) that must exist
+BUCKETS = frozenset(["s3", "s3a", "gs", "gcs", "abfs", "abfss", "az"])
+
+#: the options handed to every fsspec file system (``settings.storage_options``)
+options: dict[str, Any] = {}
+#: the local state folder (``settings.state_dir``); None: the default one
+state_dir: pathlib.Path | None = None
+
+_lock = threading.Lock()
+_FS: dict[tuple[str, str, int], Any] = {}
+#: roots found reachable (cleared at each run's start by ``layout.recheck``)
+_REACHED: set[tuple[str, str]] = set()
+
+
+class RemoteFileError(OSError):
+    """A remote file system refused or failed an operation (the network, permissions).
+
+    An ``OSError`` (errno None), so the code that turns OS errors into ``SaveError`` /
+    ``LoadError`` messages naming the task handles it; its text names the URL, never the
+    storage options.
+    """
+
+
+class RemotePath:
+    """A file or folder on a remote file system, named by its URL: path arithmetic only.
+
+    Offers what pipeflow asks of a :class:`pathlib.Path` on the way to the seam functions:
+    ``/``, ``joinpath``, ``parent``, ``name``, ``parts``, ``with_name``, ``relative_to``;
+    ``os.fspath`` and ``str`` give the URL. It is not a ``PurePath``, so no code can turn
+    it into a local path by accident (``pathlib.Path(remote)`` would keep its parts).
+
+    Example:
+        >>> p = RemotePath("s3://team/data") / "Train" / "x.parquet"
+        >>> str(p), p.name, str(p.parent)
+        ('s3://team/data/Train/x.parquet', 'x.parquet', 's3://team/data/Train')
+    """
+
+    __slots__ = ("url", "protocol", "_root", "_path")
+
+    def __init__(self, url: str):
+        split = urllib.parse.urlsplit(url)
+        self.protocol = split.scheme.lower()
+        self._root = f"{self.protocol}://{split.netloc}"
+        path = re.sub("/+", "/", split.path).rstrip("/")
+        self._path = path
+        self.url = self._root + path
+
+    # -- pathlib's arithmetic -------------------------------------------------------------
+    def __truediv__(self, name: str | os.PathLike[str]) -> RemotePath:
+        return self.joinpath(name)
+
+    def joinpath(self, *names: str | os.PathLike[str]) -> RemotePath:
+        """This path with ``names`` appended (each may hold ``/``, never ``..``)."""
+        text = self.url
+        for name in names:
+            part = os.fspath(name).strip("/")
+            if part:
+                text = f"{text}/{part}"
+        return RemotePath(text)
+
+    @property
+    def parent(self) -> RemotePath:
+        """The folder holding this path (the bucket root is its own parent)."""
+        return RemotePath(self._root + posixpath.dirname(self._path))
+
+    @property
+    def name(self) -> str:
+        """The last component."""
+        return posixpath.basename(self._path)
+
+    @property
+    def suffix(self) -> str:
+        """The file extension (``.parquet``)."""
+        return posixpath.splitext(self.name)[1]
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The root (``s3://bucket``), then each folder name."""
+        return (self._root, *(p for p in self._path.split("/") if p))
+
+    def with_name(self, name: str) -> RemotePath:
+        """The path of ``name`` beside this one."""
+        return self.parent / name
+
+    def relative_to(self, other: RemotePath | str) -> pathlib.PurePosixPath:
+        """This path below ``other``, as relative folder names.
+
+        Raises:
+            ValueError: it does not lie below ``other``.
+        """
+        base = os.fspath(other).rstrip("/")
+        if self.url == base:
+            return pathlib.PurePosixPath(".")
+        if not self.url.startswith(base + "/"):
+            raise ValueError(f"{self.url!r} is not below {base!r}")
+        return pathlib.PurePosixPath(self.url[len(base) + 1:])
+
+    def is_absolute(self) -> bool:
+        """Always: a URL names one place whatever the working directory."""
+        return True
+
+    # -- the seam's file operations, for code written against pathlib -------------------
+    def exists(self) -> bool:
+        """Whether a file (or a folder) is there."""
+        return exists(self.url)
+
+    def is_symlink(self) -> bool:
+        """Never: remote file systems have no symlinks pipeflow follows."""
+        return False
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        """Delete the file."""
+        rm(self.url, missing_ok=missing_ok)
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        """The file's text."""
+        data = cat(self.url)
+        if data is None:
+            raise FileNotFoundError(f"{self.url!r} does not exist")
+        return data.decode(encoding)
+
+    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
+        """Nothing to do: object stores have no folders (a prefix exists with its files)."""
+
+    # -- identity ----------------------------------------------------------------------------
+    def __fspath__(self) -> str:
+        return self.url
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"RemotePath({self.url!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RemotePath) and other.url == self.url
+
+    def __hash__(self) -> int:
+        return hash(("RemotePath", self.url))
+
+    def __lt__(self, other: RemotePath) -> bool:
+        return self.url < other.url
+
+
+def is_remote(path: object) -> bool:
+    """Whether ``path`` (a str, a Path or a RemotePath) names a remote file."""
+    if isinstance(path, RemotePath):
+        return True
+    return isinstance(path, str) and "://" in path
+
+
+def parse(text: str, what: str, who: object = "") -> RemotePath:
+    """Check a remote URL the user gave (a data dir, a ``path``) and return it.
+
+    Raises:
+        ParameterError: it has a query or fragment, a ``..`` or ``.`` component, no
+            bucket, or a protocol fsspec does not know or whose package is not installed
+            (naming the extra to install).
+    """
+    named = f"{who}: " if who else ""
+    split = urllib.parse.urlsplit(text)
+    protocol = split.scheme.lower()
+    if split.query or split.fragment:
+        raise ParameterError(
+            f"{named}{what}={text!r} has a query or fragment ('?...', '#...'): a storage "
+            f"location is a plain URL such as 's3://bucket/prefix'. Put options in "
+            f"pipeflow.settings.storage_options.")
+    if any(p in (".", "..") for p in split.path.split("/")):
+        raise ParameterError(
+            f"{named}{what}={text!r} has a '.' or '..' folder: a storage URL names its "
+            f"folder plainly (no '..' could climb out of it). Write e.g. 's3://bucket/data'.")
+    if protocol in BUCKETS and not split.netloc:
+        raise ParameterError(
+            f"{named}{what}={text!r} names no bucket: write {protocol}://BUCKET/prefix.")
+    filesystem_class(protocol, f"{named}{what}={text!r}")
+    return RemotePath(text)
+
+
+def filesystem_class(protocol: str, where: str) -> type:
+    """Fsspec's implementation of ``protocol``.
+
+    Raises:
+        ParameterError: unknown protocol, or its package is not installed.
+    """
+    import fsspec
+
+    try:
+        return fsspec.get_filesystem_class(protocol)  # type: ignore[no-any-return]
+    except ValueError:
+        known = ", ".join(f"{p}://" for p in ("s3", "gs", "abfs", "az", "memory", "file"))
+        raise ParameterError(
+            f"{where}: fsspec knows no file system for the protocol {protocol!r}. Use a "
+            f"storage URL such as {known}, or install the fsspec implementation of "
+            f"{protocol}://.") from None
+    except ImportError as exc:
+        extra = EXTRAS.get(protocol)
+        fix = (f"pip install 'pipeflow[{extra}]'" if extra
+               else f"install the package fsspec names for {protocol}://")
+        raise ParameterError(
+            f"{where}: the {protocol}:// file system needs a package that is not installed "
+            f"({exc.name or 'its fsspec implementation'}). Install it: {fix}.") from None
+
+
+def configure(opts: Mapping[str, Any] | None) -> None:
+    """Use ``opts`` for every file system from now on (``settings.storage_options``)."""
+    global options
+    with _lock:
+        options = dict(opts or {})
+        _FS.clear()
+        _REACHED.clear()
+
+
+def filesystem(protocol: str) -> Any:
+    """The fsspec file system for ``protocol``, made with :data:`options` (one per process)."""
+    key = (protocol, _options_key(), os.getpid())
+    fs = _FS.get(key)
+    if fs is None:
+        import fsspec
+
+        opts = dict(options) if protocol not in ("memory", "file", "local") else {}
+        with _lock:
+            fs = _FS[key] = fsspec.filesystem(protocol, **opts)
+    return fs
+
+
+def _options_key() -> str:
+    try:
+        return json.dumps(options, sort_keys=True, default=repr)
+    except (TypeError, ValueError):
+        return repr(id(options))
+
+
+def _fs(url: str) -> Any:
+    return filesystem(url.split("://", 1)[0].lower())
+
+
+def _failure(url: str, doing: str, exc: BaseException) -> RemoteFileError:
+    """A library's error as a :class:`RemoteFileError` naming the URL (never the options)."""
+    reason = _reason(exc)
+    err = RemoteFileError(f"{doing} {url!r} failed: {reason}")
+    return err
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    for secret in _secrets():
+        text = text.replace(secret, "***")
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _secrets() -> list[str]:
+    """Every string value among the storage options (keys, tokens): never shown."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str) and len(value) >= 4:
+            found.append(value)
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                if k not in ("endpoint_url", "region_name", "anon"):
+                    walk(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+
+    walk(options)
+    return found
+
+
+# -- file operations (URL strings) -----------------------------------------------------------
+def info(url: str) -> dict[str, Any] | None:
+    """The file's details (``size``, and ``ETag``/``mtime`` when the store gives them).
+
+    Returns:
+        None when nothing is there.
+
+    Raises:
+        RemoteFileError: the file system failed (network, permissions).
+    """
+    fs = _fs(url)
+    try:
+        return fs.info(url)  # type: ignore[no-any-return]
+    except FileNotFoundError:
+        return None
+    except Exception as exc:
+        raise _failure(url, "reading the details of", exc) from exc
+
+
+def exists(url: str) -> bool:
+    """Whether a file (or folder) is at ``url``."""
+    return info(url) is not None
+
+
+def size(url: str) -> int | None:
+    """The size of the file at ``url`` (None: no file there)."""
+    found = info(url)
+    if found is None or found.get("type") == "directory":
+        return None
+    return int(found.get("size") or 0)
+
+
+def cat(url: str) -> bytes | None:
+    """The bytes of the file at ``url`` (one GET), or None when there is none."""
+    fs = _fs(url)
+    try:
+        return fs.cat_file(url)  # type: ignore[no-any-return]
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    except Exception as exc:
+        raise _failure(url, "reading", exc) from exc
+
+
+def pipe(url: str, data: bytes) -> None:
+    """Write ``data`` as the file at ``url`` (one PUT)."""
+    fs = _fs(url)
+    try:
+        fs.pipe_file(url, data)
+    except Exception as exc:
+        raise _failure(url, "writing", exc) from exc
+
+
+def put(local: str | os.PathLike[str], url: str) -> None:
+    """Upload the local file ``local`` to ``url``."""
+    fs = _fs(url)
+    try:
+        fs.put_file(os.fspath(local), url)
+    except Exception as exc:
+        raise _failure(url, "uploading to", exc) from exc
+
+
+def get(url: str, local: str | os.PathLike[str]) -> bool:
+    """Download ``url`` to the local file ``local``; False when there is no such file."""
+    fs = _fs(url)
+    try:
+        fs.get_file(url, os.fspath(local))
+    except FileNotFoundError:
+        return False
+    except Exception as exc:
+        raise _failure(url, "downloading", exc) from exc
+    return True
+
+
+def rm(url: str, missing_ok: bool = True) -> None:
+    """Delete the file at ``url`` (never a folder)."""
+    fs = _fs(url)
+    try:
+        fs.rm_file(url)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+    except Exception as exc:
+        raise _failure(url, "deleting", exc) from exc
+
+
+def listdir(url: str) -> list[str]:
+    """The names of the files directly in the folder ``url`` (none when it is missing)."""
+    fs = _fs(url)
+    try:
+        fs.invalidate_cache(url)
+        entries = fs.ls(url, detail=False)
+    except FileNotFoundError:
+        return []
+    except Exception as exc:
+        raise _failure(url, "listing", exc) from exc
+    return [posixpath.basename(str(e).rstrip("/")) for e in entries]
+
+
+def check_reachable(root: RemotePath) -> None:
+    """Check once per run that the location's bucket exists and can be read.
+
+    Raises:
+        StorageAccessError: the bucket is missing, the credentials are refused, or the
+            store cannot be reached; naming the URL, never the credentials.
+    """
+    key = (root.url, _options_key())
+    if key in _REACHED:
+        return
+    if root.protocol in BUCKETS:
+        bucket = root.parts[0]
+        fs = filesystem(root.protocol)
+        try:
+            ok = fs.exists(bucket)
+            if ok:
+                fs.ls(bucket, detail=False)  # credentials that may not list it fail here
+                fs.invalidate_cache()
+        except Exception as exc:
+            raise StorageAccessError(
+                f"the storage location {root.url!r} cannot be used: {_reason(exc)}. Nothing "
+                f"was run or written. Check the credentials (pipeflow.settings."
+                f"storage_options, or the AWS_*/GOOGLE_*/AZURE_* environment) and the "
+                f"endpoint, and that this machine can reach it.") from None
+        if not ok:
+            raise StorageAccessError(
+                f"the storage location {root.url!r} cannot be used: its bucket {bucket!r} "
+                f"does not exist (or these credentials may not see it). Nothing was run or "
+                f"written. Create the bucket, or fix the URL (pipeflow.set_dir(...)) or the "
+                f"credentials (pipeflow.settings.storage_options).")
+    _REACHED.add(key)
+
+
+def forget_reached() -> None:
+    """Check every location again at its next use (each run's start)."""
+    _REACHED.clear()
+
+
+# -- the local state folder -------------------------------------------------------------------
+def default_state_dir() -> pathlib.Path:
+    """``$PIPEFLOW_STATE_DIR``, else ``$XDG_STATE_HOME/pipeflow``, else ``~/.local/state/...``.
+
+    (``~/.local/state/pipeflow``.)
+    """
+    env = os.environ.get("PIPEFLOW_STATE_DIR")
+    if env:
+        return pathlib.Path(env)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = pathlib.Path(xdg) if xdg else pathlib.Path.home() / ".local" / "state"
+    return base / "pipeflow"
+
+
+def state_root() -> pathlib.Path:
+    """The local state folder in force (``settings.state_dir``, else the default)."""
+    return state_dir if state_dir is not None else default_state_dir()
+
+
+def slug(url: str) -> str:
+    """A folder name for ``url``: its safe characters, then a short hash of all of it."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", url).strip("._")[:60]
+    return f"{safe}-{hashlib.sha256(url.encode()).hexdigest()[:10]}"
+
+
+def state_folder(url: str | RemotePath) -> pathlib.Path:
+    """This machine's folder for a remote data dir (its run history, its task store)."""
+    return state_root() / slug(os.fspath(url))
+
+
+def _keyed(kind: str, folder: str) -> str:
+    return os.path.join(os.fspath(state_root()), kind,
+                        hashlib.sha256(folder.encode()).hexdigest()[:24])
+
+
+def staging_folder(folder: str) -> str:
+    """The local folder where files bound for the remote ``folder`` are written first."""
+    return _keyed("staging", folder.rstrip("/"))
+
+
+def lock_folder(folder: str) -> str:
+    """The local folder holding the locks of the tasks whose records are in ``folder``."""
+    return _keyed("locks", folder.rstrip("/"))
+
+
+def read_folder() -> str:
+    """A local folder for downloads being read (each load makes its own subfolder)."""
+    return os.path.join(os.fspath(state_root()), "reading")
