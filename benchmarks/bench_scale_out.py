@@ -189,7 +189,7 @@ def run_children(mode: str, processes: int, shape: str, n: int, data: str, tmp: 
                  url: str | None) -> float:
     """Start ``processes`` children, let them go at once; seconds from go to the last end."""
     log = os.path.join(tmp, f"runs-{uuid.uuid4().hex}.log")
-    env = {**os.environ, "BENCH_RUNLOG": log}
+    env = {**os.environ, "BENCH_RUNLOG": log, "PIPEFLOW_STATE_DIR": os.path.join(tmp, "state")}
     ready = [os.path.join(tmp, f"ready-{uuid.uuid4().hex}") for _ in range(processes)]
     go = os.path.join(tmp, f"go-{uuid.uuid4().hex}")
     procs = []
@@ -437,6 +437,7 @@ def part_s3(args: argparse.Namespace, tmp: str) -> str:
     with s3(tempfile.mkdtemp(prefix="moto-", dir=tmp)) as server:
         bucket = server.bucket("bench")
         pipeflow.settings.storage_options = server.storage_options
+        pipeflow.settings.state_dir = os.path.join(tmp, "state")  # history, locks, staging
         options = server.storage_options
         url = f"{bucket}/pipeflow"
         # warm-up, untimed: connections, imports, moto's first bucket writes
