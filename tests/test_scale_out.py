@@ -397,9 +397,13 @@ def test_three_machines_share_a_flow_and_survive_a_kill_mid_task(
         assert completed == ran_here, (name, report["history"], ran_here)
     assert flow_ids is not None
 
-    # luigid saw every task through to DONE
+    # luigid saw every task through to DONE, and has the graph its web page draws
     done = luigid_server.rpc("task_list", status="DONE", upstream_status="")
     assert flow_ids <= set(done), sorted(flow_ids - set(done))  # type: ignore[arg-type]
+    final_id = next(t for t in flow_ids if t.startswith("Final_"))
+    graph = luigid_server.rpc("dep_graph", task_id=final_id)
+    assert set(graph) == flow_ids  # type: ignore[arg-type]
+    assert {d.split("_")[0] for d in graph[final_id]["deps"]} == {"Join", "Step"}  # type: ignore[index]
 
     # a fresh process: all complete, every value exact, loaded from S3; nothing ran
     fresh = tmp_path / "machine-fresh"
