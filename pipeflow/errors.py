@@ -219,6 +219,38 @@ class RunCancelledError(PipeflowError):
         self.result = result
 
 
+class SchedulerError(PipeflowError, RuntimeError):
+    """luigi's central scheduler (``luigid``) could not be used for a run.
+
+    Attributes:
+        url: the scheduler's URL.
+        result: the :class:`pipeflow.events.RunResult` so far (None when nothing started).
+    """
+
+    def __init__(self, message: str, url: str, result: object = None):
+        super().__init__(message)
+        self.url = url
+        self.result = result
+
+
+class SchedulerUnreachableError(SchedulerError):
+    """luigid did not answer when the run started: nothing was run."""
+
+
+class SchedulerLostError(SchedulerError):
+    """luigid stopped answering during a run: tasks that finished keep their outputs."""
+
+
+class RemoteTaskError(PipeflowError):
+    """A task of this run failed in another process sharing the run through luigid.
+
+    Its traceback is in that process's output and run history; this one only knows its
+    first line (as luigid keeps it).
+    """
+
+    no_traceback = "it failed in another process (its traceback is in that process's output)"
+
+
 class RunInterrupted(KeyboardInterrupt):
     """A run was stopped by Ctrl-C or a notebook's Stop button (a ``KeyboardInterrupt``).
 

@@ -19,7 +19,8 @@ from pipeflow.display import rich
 from pipeflow.display.dag import GROUP_ABOVE, Dag, build_dag
 from pipeflow.display.preview import Preview, build_preview, cell_number, use_color
 from pipeflow.display.progress import ProgressBar, StartingCell
-from pipeflow.engines import CancelToken, Engine, LocalEngine
+from pipeflow.engines import CancelToken, Engine, LocalEngine, LuigiEngine
+from pipeflow.engines.luigi import scheduler_url as luigid_url
 from pipeflow.errors import (
     MissingInputError,
     ParameterError,
@@ -166,8 +167,9 @@ def run(tasks: Any, forced: Any = None, forced_all: bool = False,
         abort: bool = True, execution_summary: bool | None = None, *,
         executor: str | None = None, cancel: CancelToken | None = None,
         callbacks: Sequence[Callable[[Any], None]] = (), progress: bool | None = None,
-        engine: Engine | None = None, if_locked: str = "wait", **unknown: Any
-        ) -> RunResult | None:
+        engine: Engine | None = None, if_locked: str = "wait", local_scheduler: bool = True,
+        scheduler_host: str | None = None, scheduler_port: int | None = None,
+        scheduler_url: str | None = None, **unknown: Any) -> RunResult | None:
     """Run one or more tasks and everything upstream of them that is not complete.
 
     Args:
@@ -191,6 +193,15 @@ def run(tasks: Any, forced: Any = None, forced_all: bool = False,
         if_locked: when a task is being run by another process (another notebook or
             terminal): ``'wait'`` for it and reuse its output (default), or ``'fail'`` that
             task at once with :class:`~pipeflow.errors.TaskLockedError`.
+        local_scheduler: True (default) runs on this machine (the embedded engine);
+            False shares the run with every process making the same call against one
+            luigi central scheduler (``luigid``): each task runs once in total, and each
+            call returns when the whole flow has finished (see docs/scaling-out.md).
+        scheduler_host: luigid's host (with ``local_scheduler=False``; default: luigi's
+            ``[core] default-scheduler-host``, ``localhost``).
+        scheduler_port: luigid's port (default: luigi's ``[core]
+            default-scheduler-port``, 8082).
+        scheduler_url: luigid's URL (``http://host:port/``), instead of host and port.
         **unknown: nothing: a misspelt option is refused with a "did you mean".
 
     Returns:
@@ -198,7 +209,10 @@ def run(tasks: Any, forced: Any = None, forced_all: bool = False,
         the user declined the confirmation.
 
     Raises:
-        ParameterError: an option that does not exist (with a "did you mean").
+        ParameterError: an option that does not exist (with a "did you mean"), or
+            ``scheduler_*`` options with ``local_scheduler=True``.
+        SchedulerUnreachableError: luigid does not answer (nothing runs).
+        SchedulerLostError: luigid stopped answering during the run.
     """
     if unknown:
         RunOptions.of(**unknown)  # raises, naming the misspelt option
@@ -206,7 +220,9 @@ def run(tasks: Any, forced: Any = None, forced_all: bool = False,
         forced=forced, forced_all=forced_all, forced_all_upstream=forced_all_upstream,
         confirm=confirm, workers=workers, abort=abort, execution_summary=execution_summary,
         executor=executor, cancel=cancel, callbacks=callbacks, progress=progress,
-        engine=engine, if_locked=if_locked)
+        engine=engine, if_locked=if_locked, local_scheduler=local_scheduler,
+        scheduler_host=scheduler_host, scheduler_port=scheduler_port,
+        scheduler_url=scheduler_url)
     return run_with(as_list(tasks), options)
 
 
@@ -223,6 +239,9 @@ def run_with(roots: list[Any], options: RunOptions) -> RunResult | None:
 
 def _run(roots: list[Any], o: RunOptions) -> RunResult | None:
     layout.recheck()  # every folder is checked against its location again, once
+    engine = o.engine or _engine(o)
+    if isinstance(engine, LuigiEngine):
+        engine.connect()  # an unreachable luigid fails before anything is deleted or run
     g = graph.build(roots)
     forced_tasks = _forced(g, roots, o.forced, o.forced_all, o.forced_all_upstream)
     if forced_tasks:
@@ -239,7 +258,6 @@ def _run(roots: list[Any], o: RunOptions) -> RunResult | None:
     store = runstore.history_path()
     if store is not None:
         sinks.append(runstore.HistorySink(roots, store))
-    engine = o.engine or LocalEngine(o.workers, o.executor, o.cancel, o.if_locked)
     seen = RunResult("")  # what happened, also when the run ends with Ctrl-C
     try:
         result = engine.run(plan, [seen, *sinks])
@@ -262,6 +280,14 @@ def _run(roots: list[Any], o: RunOptions) -> RunResult | None:
             )
         raise _failure(result, roots)
     return result
+
+
+def _engine(o: RunOptions) -> Engine:
+    """The engine the options ask for: embedded, or luigid's (``local_scheduler=False``)."""
+    if o.local_scheduler:
+        return LocalEngine(o.workers, o.executor, o.cancel, o.if_locked)
+    url = luigid_url(o.scheduler_url, o.scheduler_host, o.scheduler_port)
+    return LuigiEngine(url, o.workers, o.executor, o.cancel, o.if_locked)
 
 
 def interrupted(result: RunResult) -> KeyboardInterrupt:

@@ -45,6 +45,14 @@ class RunOptions:
         progress: show a progress bar (None: when a person is watching).
         engine: the engine to run on (None: the embedded one).
         if_locked: ``'wait'`` for a task another process runs, or ``'fail'`` it at once.
+        local_scheduler: True (default): run on this machine with the embedded engine.
+            False: share the run with other processes through luigi's central scheduler
+            (``luigid``) at ``scheduler_url`` (or ``scheduler_host``/``scheduler_port``;
+            neither: luigi's ``[core]`` configuration, by default ``localhost:8082``).
+        scheduler_host: luigid's host name or IP address (with ``local_scheduler=False``).
+        scheduler_port: luigid's port (with ``local_scheduler=False``).
+        scheduler_url: luigid's URL, ``http://host:port/`` (luigi's ``[core] scheduler_url``
+            form); instead of ``scheduler_host``/``scheduler_port``.
     """
 
     forced: Any = None
@@ -60,6 +68,10 @@ class RunOptions:
     progress: bool | None = None
     engine: Any = None
     if_locked: str = "wait"
+    local_scheduler: bool = True
+    scheduler_host: str | None = None
+    scheduler_port: int | None = None
+    scheduler_url: str | None = None
 
     def __post_init__(self) -> None:
         fix = object.__setattr__
@@ -95,6 +107,64 @@ class RunOptions:
             raise ParameterError(
                 f"engine must be an engine (an object with run(plan, sinks)) or None, not "
                 f"{self.engine!r}.")
+        self._check_scheduler()
+
+    def _check_scheduler(self) -> None:
+        """The luigid options: each of the right type, and used only where they mean something.
+
+        Options naming a scheduler with ``local_scheduler=True`` are refused rather than
+        ignored (luigi ignores them), so a run meant to be shared never runs alone.
+        """
+        fix = object.__setattr__
+        fix(self, "local_scheduler", flag(self.local_scheduler, "local_scheduler"))
+        given = [n for n in ("scheduler_host", "scheduler_port", "scheduler_url")
+                 if getattr(self, n) is not None]
+        if self.local_scheduler and given:
+            raise ParameterError(
+                f"{given[0]}={getattr(self, given[0])!r} names a central scheduler (luigid), "
+                f"but local_scheduler=True runs on this machine alone and would ignore it. "
+                f"Pass local_scheduler=False to share the run through luigid, or leave out "
+                f"{' and '.join(given)}.")
+        if self.engine is not None and not self.local_scheduler:
+            raise ParameterError(
+                "engine= and local_scheduler=False both say where to run. Pass one of them: "
+                "local_scheduler=False runs on luigid (pipeflow.engines.LuigiEngine).")
+        if self.scheduler_url is not None and (self.scheduler_host is not None
+                                               or self.scheduler_port is not None):
+            raise ParameterError(
+                f"scheduler_url={self.scheduler_url!r} and scheduler_host/scheduler_port both "
+                f"name luigid. Pass either scheduler_url='http://host:port/' or "
+                f"scheduler_host= and scheduler_port=.")
+        host = self.scheduler_host
+        if host is not None and (not isinstance(host, str) or not host.strip()
+                                 or host != host.strip() or any(c in host for c in "/:@ ")):
+            raise ParameterError(
+                f"scheduler_host must be a host name or IP address, such as 'localhost' or "
+                f"'10.0.0.5', not {host!r} (no scheme, port or path: pass a whole URL as "
+                f"scheduler_url=, a port as scheduler_port=).")
+        if self.scheduler_port is not None:
+            port = whole_number(self.scheduler_port, "scheduler_port", 1,
+                                ": it is the TCP port luigid listens on (8082 by default).")
+            if port > 65535:
+                raise ParameterError(
+                    f"scheduler_port must be a TCP port from 1 to 65535, not {port}: it is "
+                    f"the port luigid listens on (8082 by default).")
+            fix(self, "scheduler_port", port)
+        url = self.scheduler_url
+        if url is not None:
+            import urllib.parse
+
+            parts = None
+            if isinstance(url, str) and url == url.strip():
+                try:
+                    parts = urllib.parse.urlsplit(url)
+                    parts.port  # noqa: B018 - raises on a bad port
+                except ValueError:
+                    parts = None
+            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ParameterError(
+                    f"scheduler_url must be luigid's http(s) URL, such as "
+                    f"'http://localhost:8082/', not {url!r}.")
 
     @classmethod
     def of(cls, **options: Any) -> RunOptions:

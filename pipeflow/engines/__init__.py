@@ -1,4 +1,5 @@
-"""Engines run a plan. ``LocalEngine`` (embedded, in-process) is the default."""
+"""Engines run a plan. ``LocalEngine`` (embedded, in-process) is the default;
+``LuigiEngine`` shares a run with other processes through luigi's central scheduler."""
 
 from __future__ import annotations
 
@@ -18,5 +19,6 @@ class Engine(Protocol):
 
 
 from pipeflow.engines.local import CancelToken, LocalEngine  # noqa: E402
+from pipeflow.engines.luigi import LuigiEngine  # noqa: E402
 
-__all__ = ["CancelToken", "Engine", "LocalEngine", "RunResult"]
+__all__ = ["CancelToken", "Engine", "LocalEngine", "LuigiEngine", "RunResult"]

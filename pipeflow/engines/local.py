@@ -115,7 +115,7 @@ class LocalEngine:
             for sink in all_sinks:
                 sink(event)
 
-        run = _Run(self, plan, emit)
+        run = self._new_run(plan, emit)
         emit(EventKind.RUN_STARTED, total=len(run.to_run))
         died: BaseException | None = None
         try:
@@ -127,6 +127,10 @@ class LocalEngine:
         finally:
             emit(EventKind.RUN_FINISHED, error=died)
         return result
+
+    def _new_run(self, plan: Plan, emit: Callable[..., None]) -> _Run:
+        """The state of one run (another engine keeps this one's machinery, but not its turns)."""
+        return _Run(self, plan, emit)
 
 
 class _Run:
