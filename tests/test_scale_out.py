@@ -52,6 +52,9 @@ from pipeflow.errors import PipeflowError
 #: generous upper bounds for waiting on another process (a busy 2-core machine)
 DEADLINE = 90.0
 
+#: a run that hangs (luigid never handing a task out) fails the test instead of the suite
+pytestmark = pytest.mark.timeout(4 * DEADLINE)
+
 N = 40  # rows of Source
 STEPS = 7  # length of the chain
 #: the chain's values: v(0) = 1, v(i) = 2 v(i-1) + i
@@ -486,6 +489,7 @@ def slow_cooldown_luigid(tmp_path):
         yield server
 
 
+@pytest.mark.timeout(60)  # without luigid's cooldown handled, the rerun waits forever
 @pytest.mark.parametrize("storage", ["local", "s3"])
 @pytest.mark.parametrize("how", ["reset", "forced_all"])
 def test_rerun_right_after_a_run_through_luigid_really_reruns(
@@ -516,6 +520,7 @@ def test_rerun_right_after_a_run_through_luigid_really_reruns(
     assert pipeflow.preview(task, print_it=False).counts()["COMPLETE"] == 2
 
 
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("spelling", ["host_port", "url", "workflow"])
 def test_an_unreachable_scheduler_fails_within_seconds_with_a_pipeflow_error(
         spelling, runlog, data_dir):
