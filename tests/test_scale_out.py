@@ -11,7 +11,8 @@ workers=2)``, ``pipeflow.run(scheduler_host=, scheduler_port=)``). One task bloc
 marker file appears; the process running it is SIGKILLed there, so the kill happens
 mid-task every time, without timing guesses. Then:
 
-* every task ran exactly once; the killed one's task once more, in another process;
+* every task ran exactly once; the killed one's task once more, in another process, with
+  luigid's stock `retry_delay` (900 s): the task does not wait for it;
 * the two surviving calls returned a successful RunResult naming every task of the flow,
   and their run history (kept on their machine) lists what each of them ran;
 * luigid knows every task as DONE (the work really went through it);
@@ -60,6 +61,8 @@ STEPS = 7  # length of the chain
 #: the chain's values: v(0) = 1, v(i) = 2 v(i-1) + i
 CHAIN = [1, 3, 8, 19, 42, 89, 184]
 SUM_X = sum(i * i for i in range(N))
+#: the family of each task of the flow, sorted
+FAMILIES = sorted(["Source", "Left", "Right", "Join", "Final"] + ["Step"] * STEPS)
 
 FLOW = '''
 """The flow the scale-out test runs in several processes (written by tests/test_scale_out.py)."""
@@ -346,8 +349,17 @@ def machine_env(tmp_path: pathlib.Path, code: pathlib.Path, sched: Any, s3: Any,
             "SCHED_URL": sched.url, "SCHED_HOST": sched.host, "SCHED_PORT": str(sched.port)}
 
 
+@pytest.fixture
+def stock_retry_luigid(tmp_path):
+    """luigid with the stock ``retry_delay`` (900 s): a dead worker's task must not wait for
+    it (pipeflow registers it again at once); ``worker_disconnect_delay`` stays 3 s."""
+    with luigid(tmp_path / "luigid", {"retry_delay": "900"}) as server:
+        yield server
+
+
 def test_three_machines_share_a_flow_and_survive_a_kill_mid_task(
-        tmp_path, flow_code, luigid_server, s3_server, s3_bucket):
+        tmp_path, flow_code, stock_retry_luigid, s3_server, s3_bucket):
+    luigid_server = stock_retry_luigid
     bucket = s3_bucket.removeprefix("s3://")
     url = f"{s3_bucket}/team/data"
     env = machine_env(tmp_path, flow_code, luigid_server, s3_server, url)
@@ -399,6 +411,9 @@ def test_three_machines_share_a_flow_and_survive_a_kill_mid_task(
         ran_here = sorted(r["family"] for r in runs if r["runner"] == name)
         completed = sorted(f for f, s in report["history"] if s == "completed")
         assert completed == ran_here, (name, report["history"], ran_here)
+        # what ran elsewhere is recorded here as up to date: the history names every task
+        elsewhere = sorted(f for f, s in report["history"] if s == "up_to_date")
+        assert sorted(completed + elsewhere) == FAMILIES, (name, report["history"])
     assert flow_ids is not None
 
     # luigid saw every task through to DONE, and has the graph its web page draws
