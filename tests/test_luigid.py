@@ -76,6 +76,13 @@ FLOW = textwrap.dedent('''
         def run(self):
             note("Total")
             self.save(sum(self.inputLoad()))
+
+
+    class Gather(pipeflow.tasks.TaskPickle):
+        def run(self):
+            note("Gather")
+            leaf = yield Leaf(n=0)  # a dynamic dependency
+            self.save(leaf.load() + 1)
 ''')
 
 #: what each subprocess runs: the shared flow against luigid
@@ -184,6 +191,25 @@ def test_an_unreachable_scheduler_is_a_clear_error_within_seconds(flow, tmp_path
     assert not (tmp_path / "data" / "Total").exists()
 
 
+def test_another_server_at_the_address_is_not_taken_for_luigid(flow, tmp_path):
+    import http.server
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/"
+        with pytest.raises(SchedulerUnreachableError,
+                           match=r"cannot be reached: it answered HTTP 501 where luigid "
+                                 r"answers its API \(is another server on that port\?\)"):
+            pipeflow.run(flow.Leaf(n=1), **shared(url))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert runs(tmp_path) == []
+
+
 # -- one process ---------------------------------------------------------------------------------
 
 def test_one_process_runs_the_flow_with_the_same_result_events_and_history(
@@ -232,20 +258,54 @@ def test_priorities_break_ties_through_luigid(tmp_path, luigid_server):
 
     jobs = [Job(name=n, priority=p) for n, p in
             [("low", 3), ("normal", 2), ("urgent", 0), ("high", 1)]]
-    pipeflow.run(jobs, **shared(luigid_server.url))
+    # d6tflow's spelling: host and port
+    pipeflow.run(jobs, local_scheduler=False, scheduler_host=luigid_server.host,
+                 scheduler_port=luigid_server.port)
     assert log.read_text().split() == ["urgent", "high", "normal", "low"]
 
 
-def test_reset_then_rerun_within_luigids_cooldown_runs_the_task_again(
-        flow, tmp_path, luigid_server):
-    # luigid ignores "pending" for stable_done_cooldown_secs (10 s) after DONE
-    pipeflow.run(flow.Total(size=2), **shared(luigid_server.url))
-    flow.Total(size=2).reset(confirm=False)
-    result = pipeflow.run(flow.Total(size=2), **shared(luigid_server.url))
-    assert result.tasks[flow.Total(size=2).task_id].state is TaskState.COMPLETED
-    assert counts(tmp_path)["Total"] == 2
-    pipeflow.run(flow.Total(size=2), forced_all_upstream=True, **shared(luigid_server.url))
+def test_reset_then_rerun_within_luigids_cooldown_runs_the_task_again(flow, tmp_path):
+    """luigid ignores "pending" for stable_done_cooldown_secs after DONE (here an hour)."""
+    from servers import luigid
+
+    with luigid(tmp_path / "cool", {"stable_done_cooldown_secs": "3600"}) as server:
+        pipeflow.run(flow.Total(size=2), **shared(server.url))
+        flow.Total(size=2).reset(confirm=False)
+        handle = pipeflow.start(flow.Total(size=2), **shared(server.url))
+        result = handle.result(timeout=60)  # (without the fix: waits for the hour)
+        assert result.tasks[flow.Total(size=2).task_id].state is TaskState.COMPLETED
+        assert counts(tmp_path)["Total"] == 2
+        handle = pipeflow.start(flow.Total(size=2), forced_all_upstream=True,
+                                **shared(server.url))
+        handle.result(timeout=60)
     assert counts(tmp_path) == {"Leaf0": 2, "Leaf1": 2, "Total": 3}
+    assert pipeflow.Workflow(flow.Total, {"size": 2}).outputLoad() == 10
+
+
+def test_process_workers_share_the_run_through_luigid(flow, tmp_path, luigid_server):
+    result = pipeflow.run(flow.Total(size=5), workers=3, **shared(luigid_server.url))
+    assert {r.state for r in result.tasks.values()} == {TaskState.COMPLETED}
+    assert counts(tmp_path) == {**{f"Leaf{i}": 1 for i in range(5)}, "Total": 1}
+    assert len({p for _, p in runs(tmp_path)} - {os.getpid()}) >= 1  # forked workers ran them
+    assert pipeflow.Workflow(flow.Total, {"size": 5}).outputLoad() == 100
+
+
+def test_secrets_never_reach_luigid(tmp_path, luigid_server):
+    class Fetch(pipeflow.tasks.TaskPickle):
+        table = pipeflow.Parameter()
+        token = pipeflow.SecretParameter()
+
+        def run(self):
+            raise PermissionError(f"token {self.token} was refused")
+
+    with pytest.raises(TaskFailedError, match=r"token \*\*\* was refused"):
+        pipeflow.run(Fetch(table="sales", token="hunter2-very-secret"),
+                     **shared(luigid_server.url))
+    [(lid, info)] = luigid_server.rpc("task_list", limit=False).items()
+    assert info["params"] == {"table": "sales"}
+    error = luigid_server.rpc("fetch_error", task_id=lid)["error"]
+    assert "token *** was refused" in error and "hunter2" not in error
+    assert "hunter2" not in json.dumps(luigid_server.rpc("task_list", limit=False))
 
 
 def test_same_task_in_two_locations_gets_two_luigid_ids(tmp_path, luigid_server):
@@ -338,8 +398,18 @@ def _start_worker(tmp_path, url, env=None):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.fixture
+def stock_retry_delay(tmp_path):
+    """luigid with its stock retry_delay (900 s): a crashed worker's task must not wait it."""
+    from servers import luigid
+
+    with luigid(tmp_path / "stock", {"retry_delay": "900"}) as server:
+        yield server
+
+
 def test_three_processes_share_the_run_and_survive_one_killed_mid_task(
-        flow, tmp_path, luigid_server):
+        flow, tmp_path, stock_retry_delay):
+    luigid_server = stock_retry_delay
     (tmp_path / "hold").touch()
     procs = [_start_worker(tmp_path, luigid_server.url) for _ in range(3)]
     try:
@@ -399,7 +469,7 @@ def test_tasks_run_by_another_process_show_as_ran_on_another_worker(
     assert counts(tmp_path) == {"blocked": 1, **{f"Leaf{i}": 1 for i in range(6)}, "Total": 1}
     leaf0 = result.tasks[flow.Leaf(n=0).task_id]
     assert leaf0.state is TaskState.UP_TO_DATE
-    assert leaf0.reason.startswith(f"ran on another worker (pipeflow-")
+    assert leaf0.reason.startswith("ran on another worker (pipeflow-")
     assert str(other.pid) in leaf0.reason
     mine = {r.task.task_id for r in result.by_state("completed")}
     theirs = eval(out.split("RESULT ", 1)[1])  # noqa: S307 - our own dict
@@ -443,8 +513,42 @@ def test_a_task_a_dead_worker_committed_but_never_reported_is_not_run_again(
     assert counts(tmp_path) == {"Leaf0": 1, "blocked": 1, "Total": 1}
     leaf0 = result.tasks[flow.Leaf(n=0).task_id]
     assert leaf0.state is TaskState.UP_TO_DATE
-    assert leaf0.reason in ("completed by another process while this run waited",
-                            "ran on another worker")
+    assert leaf0.reason == "completed by another process while this run waited"
+
+
+def test_a_process_that_dies_while_its_run_waits_for_what_it_yielded(
+        flow, tmp_path, luigid_server):
+    """Gather yields Leaf0; its process dies running Leaf0: this call runs both."""
+    script = tmp_path / "code" / "gather.py"
+    script.write_text(textwrap.dedent('''
+        import sys
+        import pipeflow, flowmod
+
+        pipeflow.set_dir(sys.argv[2])
+        pipeflow.run(flowmod.Gather(), local_scheduler=False, scheduler_url=sys.argv[1],
+                     progress=False)
+    '''))
+    (tmp_path / "hold").touch()
+    proc = subprocess.Popen(
+        [sys.executable, str(script), luigid_server.url, str(tmp_path / "data")],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "code")})
+    try:
+        wait_for(lambda: any(n == "blocked" for n, _ in runs(tmp_path)), "Leaf0 to start")
+        proc.kill()
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    (tmp_path / "hold").unlink()
+    handle = pipeflow.start(flow.Gather(), **shared(luigid_server.url))
+    result = handle.result(timeout=60)
+    assert result.tasks[flow.Gather().task_id].state is TaskState.COMPLETED
+    assert result.tasks[flow.Leaf(n=0).task_id].state is TaskState.COMPLETED
+    assert flow.Gather().outputLoad() == 1
+    assert counts(tmp_path) == {"Gather": 3, "Leaf0": 2, "blocked": 1}
+    assert [n for n, _ in runs(tmp_path)] == ["Gather", "Leaf0", "blocked",  # killed
+                                             "Gather", "Leaf0", "Gather"]
 
 
 def test_a_failure_in_another_process_fails_this_call_too(tmp_path, luigid_server, flow):
@@ -516,7 +620,6 @@ def test_a_scheduler_that_dies_mid_run_is_a_clear_error_and_nothing_is_lost(
     assert result.tasks[flow.Leaf(n=0).task_id].state is TaskState.COMPLETED
     assert result.tasks[flow.Total(size=2).task_id].state is TaskState.CANCELLED
     assert pipeflow.Workflow(flow.Leaf, {"n": 0}).complete()  # committed, kept
-    runs_ = pipeflow.history(full=True, runs=True) if False else None  # noqa: F841
     import sqlite3
 
     from pipeflow import runstore
@@ -542,3 +645,26 @@ def test_cancel_hands_the_running_task_back_to_luigid(flow, tmp_path, luigid_ser
     (tmp_path / "hold").unlink()
     assert pipeflow.run(flow.Total(size=1), **shared(luigid_server.url))
     assert counts(tmp_path) == {"Leaf0": 2, "blocked": 1, "Total": 1}
+
+
+def test_ctrl_c_hands_the_running_task_back_to_luigid_at_once(flow, tmp_path, luigid_server):
+    (tmp_path / "hold").touch()
+    proc = _start_worker(tmp_path, luigid_server.url)
+    try:
+        wait_for(lambda: any(n == "blocked" for n, _ in runs(tmp_path)), "Leaf0 to start")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    leaf0 = [(k, v) for k, v in luigid_server.rpc("task_list", limit=False).items()
+             if v["name"] == "Leaf" and v["params"] == {"n": "0"}]
+    assert [v["status"] for _, v in leaf0] == ["FAILED"]  # not RUNNING until its worker times out
+    error = luigid_server.rpc("fetch_error", task_id=leaf0[0][0])["error"]
+    assert json.loads(error.removeprefix(luigid_engine.MARK))["kind"] == "released"
+    (tmp_path / "hold").unlink()
+    result = pipeflow.run(flow.Total(), **shared(luigid_server.url))
+    assert result.tasks[flow.Leaf(n=0).task_id].state is TaskState.COMPLETED
+    assert counts(tmp_path)["Leaf0"] == 2

@@ -1,5 +1,8 @@
-"""Engines run a plan. ``LocalEngine`` (embedded, in-process) is the default;
-``LuigiEngine`` shares a run with other processes through luigi's central scheduler."""
+"""Engines run a plan.
+
+``LocalEngine`` (embedded, in-process) is the default; ``LuigiEngine`` shares a run with
+other processes through luigi's central scheduler.
+"""
 
 from __future__ import annotations
 

@@ -41,12 +41,12 @@ import os
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import luigi
-from luigi.rpc import RemoteScheduler, RPCError
 
 from pipeflow import graph as graphs
 from pipeflow.contract import adapt
@@ -65,6 +65,8 @@ from pipeflow.plan import Plan
 
 #: seconds between looks at luigid's task list while other workers run this flow's tasks
 POLL = 0.25
+#: tasks of a flow that add a second between polls (a poll reads luigid's whole task list)
+POLL_SCALE = 4000
 #: seconds between pings (luigid forgets a worker after ``worker_disconnect_delay``)
 PING = 1.0
 #: seconds a call to luigid may take to connect
@@ -85,7 +87,7 @@ HOW_TO_START = ("Start it with `luigid --port {port}` (add `--background` to det
 
 def scheduler_url(url: str | None = None, host: str | None = None,
                   port: int | None = None) -> str:
-    """luigid's URL from pipeflow's options, completed the way ``luigi.build`` does.
+    """The URL of luigid from pipeflow's options, completed the way ``luigi.build`` does.
 
     Args:
         url: ``scheduler_url`` (wins when given).
@@ -114,7 +116,12 @@ class _Client:
     def __init__(self, url: str, patience: float):
         self.url = url
         self.patience = patience
-        self.rpc = RemoteScheduler(url, connect_timeout=CONNECT_TIMEOUT)
+        from luigi import rpc  # (imports requests: not when pipeflow is imported)
+
+        self.rpc = rpc.RemoteScheduler(url, connect_timeout=CONNECT_TIMEOUT)
+        # RPCError: no connection; ValueError/KeyError: an answer that is not luigid's
+        # JSON (another server at that address)
+        self.errors = (rpc.RPCError, OSError, ValueError, KeyError)
         # luigi's own retries (3 x 30 s) are replaced by ours (its config names them
         # rpc-retry-attempts/rpc-retry-wait; a run must not change the user's config)
         self.rpc._rpc_retry_attempts = 1
@@ -127,9 +134,7 @@ class _Client:
         while True:
             try:
                 return getattr(self.rpc, method)(**args)
-            except (RPCError, OSError, ValueError, KeyError) as exc:
-                # RPCError: no connection; ValueError/KeyError: an answer that is not
-                # luigid's JSON (another server at that address)
+            except self.errors as exc:
                 if time.monotonic() >= give_up:
                     raise _Down(_reason(exc)) from exc
                 time.sleep(0.2)
@@ -141,9 +146,13 @@ class _Client:
 def _reason(exc: BaseException) -> str:
     """What went wrong with a call, in words (no traceback of luigi's or requests')."""
     inner = getattr(exc, "sub_exception", None) or exc
-    if isinstance(exc, (ValueError, KeyError)) and not isinstance(exc, RPCError):
+    if isinstance(exc, (ValueError, KeyError)):
         return "it answered, but not as luigid does (is another server on that port?)"
     text = str(inner)
+    status = getattr(getattr(inner, "response", None), "status_code", None)
+    if status is not None:
+        return (f"it answered HTTP {status} where luigid answers its API (is another server "
+                f"on that port?)")
     if "Connection refused" in text or "NewConnectionError" in text:
         return "nothing accepts connections there (connection refused)"
     if "timed out" in text.lower() or "timeout" in type(inner).__name__.lower():
@@ -200,7 +209,10 @@ class LuigiEngine(LocalEngine):
                 ("workers", self.workers), ("salt", "pipeflow")]
 
     def _unreachable(self, why: str) -> SchedulerUnreachableError:
-        port = self.url.rstrip("/").rsplit(":", 1)[-1] if ":" in self.url[6:] else "8082"
+        try:
+            port = urllib.parse.urlsplit(self.url).port or 8082
+        except ValueError:
+            port = 8082
         return SchedulerUnreachableError(
             f"luigi's central scheduler at {self.url} cannot be reached: {why}. Nothing "
             f"was run. " + HOW_TO_START.format(port=port), self.url)
@@ -244,8 +256,10 @@ class _Shared(_Run):
         self.lids: list[str] = []
         self.by_lid: dict[str, int] = {}
         self._name_all()
+        self.registered: set[int] = set()  # told to luigid
         self.claimed: set[int] = set()  # luigid handed them to this process
         self.fresh: set[int] = set()  # seen not DONE in luigid since registered
+        self.workers_seen: dict[int, str] = {}  # who luigid last said runs a task
         self.dropped: dict[int, set[int]] = {}  # optional deps that did not finish well
         self.lost: str | None = None  # why luigid is considered gone
         self.next_ask = 0.0
@@ -256,11 +270,13 @@ class _Shared(_Run):
 
     # -- names and registration ---------------------------------------------------------------
     def _name_all(self) -> None:
-        """luigid's id of every node: task_id, then a digest of where its outputs live."""
+        """The id of every node for luigid: task_id, then a digest of where its outputs live."""
         g = self.g
         for i in range(len(self.lids), len(g.nodes)):
             t = g.nodes[i]
             where = adapt(t).record_path()
+            if where is not None and "://" not in str(where):
+                where = os.path.abspath(where)  # (a relative data dir: per working dir)
             if where is None:
                 deps = [self.lids[d] for d in g.deps[i]]
                 if any(d != g.nodes[p].task_id for d, p in zip(deps, g.deps[i])):
@@ -275,6 +291,9 @@ class _Shared(_Run):
         t = self.g.nodes[i]
         c = adapt(t)
         gone = self.dropped.get(i, set())
+        for d in self.g.deps[i]:
+            if d not in self.registered and d in self.done:  # (complete, met by a yield)
+                self._register(d, DONE)
         shown = t.to_str_params(only_significant=True)
         params = {name: ("***" if is_secret(p) else shown.get(name, ""))
                   for name, p in t.get_params() if p.significant}
@@ -283,11 +302,12 @@ class _Shared(_Run):
             runnable=True, deps=[self.lids[d] for d in self.g.deps[i] if d not in gone],
             priority=3 - int(c.priority), family=t.task_family, module=t.task_module,
             params=params, assistant=False)
+        self.registered.add(i)
         if status == PENDING:
             self.fresh.discard(i)
 
     def _reset(self, i: int) -> None:
-        """luigid calls the task DONE, its record does not: make luigid take it as pending.
+        """Make luigid take as pending a task it calls DONE but whose record says otherwise.
 
         luigid ignores "pending" for ``stable_done_cooldown_secs`` after DONE, but takes
         "disabled" from a worker at once, and a task a worker disabled back as pending.
@@ -355,13 +375,17 @@ class _Shared(_Run):
                         self.lost = str(exc)
 
     def _suspend(self, i: int, needs: list[Any]) -> None:
+        """``run()`` of ``i`` yielded tasks that are not complete: they join the run.
+
+        ``i`` stays this process's in luigid (shown running) while it waits for them, so
+        that if this process dies, luigid hands ``i`` to another, whose ``run()`` yields
+        them again. The new edges show on luigid's page.
+        """
         super()._suspend(i, needs)
-        if i in self.yielded and i in self.claimed:
-            # back to luigid: it hands the task out again once what it yielded is done
-            self.claimed.discard(i)
+        if i in self.yielded and i in self.claimed and not self.lost:
             try:
                 self.client.call("add_task", worker=self.luigid.worker_id,
-                                 task_id=self.lids[i], status=PENDING, runnable=True,
+                                 task_id=self.lids[i], status=RUNNING, runnable=True,
                                  new_deps=[self.lids[p] for p in sorted(self.yielded[i])],
                                  assistant=False)
             except _Down as exc:
@@ -375,6 +399,10 @@ class _Shared(_Run):
         if now is None:
             return c.record_path() is None and bool(c.output_state()[0])
         return bool(now != self.records.get(i) and c.output_state()[0])
+
+    def _intact(self, i: int) -> bool:
+        """Whether the task's outputs are complete now (its commit record, or luigi's say)."""
+        return bool((self.contracts.get(i) or adapt(self.g.nodes[i])).output_state()[0])
 
     def _ran_elsewhere(self, i: int, who: str) -> None:
         self.finished.add(i)
@@ -396,12 +424,15 @@ class _Shared(_Run):
     def _poll(self) -> None:
         """Read luigid's task list (luigid also drops dead workers then) and catch up."""
         tasks = self.client.call("task_list", status="", upstream_status="", limit=False)
-        for i in range(len(self.lids)):
+        for i in sorted(self.registered):
             if i not in self.to_run and i not in self.done:
                 continue
             info = tasks.get(self.lids[i])
-            if i in self.done:  # done here (or found complete): luigid must not wait for it
-                if info is None or info["status"] in (FAILED, PENDING):
+            if i in self.done:
+                # complete here, yet luigid lost it or its (dead) worker failed it: say it is
+                # done, so the tasks needing it are handed out (not when someone registered
+                # it again as pending: another call may have reset it)
+                if (info is None or info["status"] == FAILED) and self._intact(i):
                     self._register(i, DONE)
                 continue
             if i in self.finished or i in self.claimed or i in self.running:
@@ -429,6 +460,8 @@ class _Shared(_Run):
                     self._register(i)
             else:
                 self.fresh.add(i)
+                if status == RUNNING:
+                    self.workers_seen[i] = self._who(info)
 
     def _who(self, info: dict[str, Any]) -> str:
         worker = info.get("worker_running") or ""
@@ -474,7 +507,7 @@ class _Shared(_Run):
             if d in self.finished or d in self.done or d in self.dropped.get(i, ()):
                 continue
             if d in self.fresh or self._done_here(d):
-                self._ran_elsewhere(d, "")
+                self._ran_elsewhere(d, self.workers_seen.get(d, ""))
             else:
                 stale.append(d)
         if stale:  # DONE in luigid from before a reset: those run first
@@ -485,7 +518,8 @@ class _Shared(_Run):
                              status=PENDING, runnable=True, assistant=False,
                              new_deps=[self.lids[d] for d in stale])
             return True
-        if self.waiting.get(i, 0) == 0 and i not in self.yielded:
+        if (self.waiting.get(i, 0) == 0 and i not in self.yielded
+                and all(j != i for _, j in self.ready)):  # (ready here already: once)
             heapq.heappush(self.ready, (self.priority[i], i))
         return True
 
@@ -517,8 +551,12 @@ class _Shared(_Run):
     def loop(self) -> None:
         token = self.engine.cancel
         try:
-            for i in range(len(self.g.nodes)):  # upstream first: deps exist when named
-                self._register(i, PENDING if i in self.to_run else DONE)
+            # upstream first, so that luigid knows each dependency when it is named; of
+            # the complete tasks, only those a task to run needs directly
+            needed = {d for i in self.to_run for d in self.g.deps[i]} - self.to_run
+            for i in range(len(self.g.nodes)):
+                if i in self.to_run or i in needed:
+                    self._register(i, PENDING if i in self.to_run else DONE)
             for i in sorted(self.up_to_date):
                 self.emit(EventKind.TASK_UP_TO_DATE, self.g.nodes[i])
             self._poll()  # DONE from before a reset is put back before anyone asks
@@ -598,7 +636,8 @@ class _Shared(_Run):
                 except _Down as exc:
                     self.lost = str(exc)
                     continue
-                self.next_poll = now + POLL
+                # (the whole task list each time: less often for large flows)
+                self.next_poll = now + POLL + len(self.registered) / POLL_SCALE
                 self.next_ask = 0.0  # something may have become ready
             wake = [r.deadline for r in self.running.values() if r.deadline]
             wake += [when for when, _ in self.delayed]
