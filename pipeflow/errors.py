@@ -165,6 +165,14 @@ class MissingDependencyError(PipeflowError, ImportError):
     """A format needs an optional package that is not installed (its extra names it)."""
 
 
+class StorageDependencyError(MissingDependencyError, ParameterError):
+    """A storage URL's file system needs a package that is not installed (``gs://``: gcsfs).
+
+    The message names the package and the extra that installs it (``pipeflow[gcs]``).
+    Also a :class:`ParameterError`: the URL given cannot be used as it stands.
+    """
+
+
 class StaleOutputWarning(UserWarning):
     """Outputs were loaded from a task that is stale: what they were made from has changed.
 

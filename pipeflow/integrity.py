@@ -284,9 +284,7 @@ class FileRecord:
                         f"matches the hash recorded when it was committed)")
         except FileNotFoundError:
             return f"{self.name} was deleted outside pipeflow"
-        except OSError as exc:
-            return f"{self.name} cannot be read ({exc})"
-        return None
+        return None  # (a store that cannot be reached raises RemoteFileError)
 
 
 @dataclass(frozen=True)
@@ -389,10 +387,7 @@ def read_record(path: str | os.PathLike[str]) -> tuple[CommitRecord | None, str 
 
 def _read_remote_record(key: str) -> tuple[CommitRecord | None, str | None]:
     """:func:`read_record` on a remote file system: one GET, parsed once per content."""
-    try:
-        data = storage.cat(key)
-    except OSError as exc:
-        return None, f"its commit record cannot be read ({exc})"
+    data = storage.cat(key)  # (an unreachable store raises: never taken for "not run")
     if data is None:
         _WRITTEN.pop(key, None)
         _REMOTE.pop(key, None)

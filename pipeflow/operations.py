@@ -712,6 +712,14 @@ def _records_under(root: pathlib.Path) -> dict[pathlib.Path, pathlib.Path]:
     ``.pipeflow/commits`` tree; symlinked folders are not followed.
     """
     out: dict[pathlib.Path, pathlib.Path] = {}
+    if isinstance(root, storage.RemotePath):  # one listing of every file below it
+        marker = f"/{layout.OWN_DIR}/{layout.RECORDS_DIR}/"
+        for url in storage.find(root.url):
+            name = url.rsplit("/", 1)[-1]
+            if marker in url and name.startswith(".") and name.endswith(RECORD_SUFFIX):
+                location = url.split(marker, 1)[0]
+                out[storage.RemotePath(url)] = storage.RemotePath(location)  # type: ignore
+        return dict(sorted(out.items()))
     for folder, dirs, _files in os.walk(root, followlinks=False):
         if os.path.basename(folder) == layout.OWN_DIR:
             dirs[:] = []  # pipeflow's own folder: its commits tree is read below
@@ -787,15 +795,21 @@ def invalidate_orphans(flows: Any, confirm: bool = True) -> bool:
             "delete everything.")
     keep: set[str] = set()  # absolute: flows may name their folders relatively
     for item in as_list(flows):
-        keep |= {os.path.abspath(p) for p in expected_files(item)}
+        keep |= {_absolute(p) for p in expected_files(item)}
     root = settings.dirpath
     records = {r: where for r, where in (_records_under(root) if root.exists() else {}).items()
-               if os.path.abspath(r) not in keep}
+               if _absolute(r) not in keep}
     if not _remove(records, root, confirm, "orphaned outputs"):
         return False
-    for key in [k for k in cache.data if os.path.abspath(k) not in keep]:
+    for key in [k for k in cache.data if _absolute(k) not in keep]:
         del cache.data[key]
     return True
+
+
+def _absolute(path: Any) -> str:
+    """A path made absolute (a remote URL is already)."""
+    text = os.fspath(path)
+    return text if storage.is_remote(text) else os.path.abspath(text)
 
 
 def expected_files(item: Any) -> set[pathlib.Path]:

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 
 from pipeflow import cache, settings, storage
 from pipeflow.errors import SaveError
+from pipeflow.integrity import RECORD_SUFFIX as _RECORD_SUFFIX
 from pipeflow.integrity import FileRecord, HashingFile, seal, uncommit
 from pipeflow.locks import TaskLock
 
@@ -296,12 +297,14 @@ def write_temp(final: pathlib.Path, writer: Writer, who: Who = "") -> tuple[Temp
             try:
                 fh = HashingFile(fd)
                 writer.dump(fh)  # type: ignore[arg-type]
-                return tmp, fh.record(name, settings.fsync)
+                # (a staged copy of a remote output needs no fsync: the store keeps it)
+                return tmp, fh.record(name, settings.fsync and "://" not in where)
             finally:
                 os.close(fd)
         tmp = path = pathlib.Path(_new_temp(os.fspath(final))[0])
         writer(path)
-        return path, seal(path, final.name, settings.fsync)
+        return path, seal(path, final.name,
+                          settings.fsync and not isinstance(final, storage.RemotePath))
     except OSError as exc:
         if tmp is not None:
             _unlink(tmp)
@@ -361,8 +364,172 @@ def task_lock(record: str | os.PathLike[str], who: object = None) -> TaskLock:
 
     The record's path names the task within its folder: the one place a lock's identity
     is decided, for runs and resets alike. ``who`` names the task in error messages.
+    On a remote store that writes conditionally (S3), the lock is also a lease object
+    beside the record (:class:`RemoteTaskLock`): it guards runners on other machines.
     """
-    return TaskLock(*_lock_place(os.fspath(record)), who)
+    where = os.fspath(record)
+    if ("://" in where and settings.remote_lease
+            and where.split("://", 1)[0].lower() in storage.LEASES):
+        return RemoteTaskLock(where, who)
+    return TaskLock(*_lock_place(where), who)
+
+
+#: the suffix replacing the commit record's for a task's lease object
+LEASE_SUFFIX = ".lease.json"
+_leases: dict[str, bytes] = {}  # lease URL -> the content this process wrote
+_lease_mutex = threading.Lock()
+_lease_renewer: threading.Thread | None = None
+
+
+def _forget_leases() -> None:
+    global _lease_mutex, _lease_renewer
+    _lease_mutex = threading.Lock()
+    _leases.clear()  # a forked child holds none (its parent renews them)
+    _lease_renewer = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_leases)
+
+
+class RemoteTaskLock(TaskLock):
+    """A task's lock on a remote store: the local OS lock, then a lease object.
+
+    The local lock (in this machine's state folder, keyed by the record's URL) guards the
+    processes of this machine; the lease, ``.{task_id}.lease.json`` beside the commit
+    record, written with a conditional PUT (``If-None-Match: *``), guards runners on other
+    machines. It names its holder and when it expires; the holder renews it every third
+    of ``settings.remote_lease`` and deletes it on release. A lease whose holder died is taken
+    over once it has expired (the clocks of the machines must agree within seconds).
+
+    Args:
+        record: the commit record's URL.
+        who: the task, named in error messages.
+    """
+
+    def __init__(self, record: str, who: object = None):
+        folder, name = _lock_place(record)
+        super().__init__(folder, name, who)
+        self.lease = (record[:-len(_RECORD_SUFFIX)] if record.endswith(_RECORD_SUFFIX)
+                      else record) + LEASE_SUFFIX
+
+    def acquire(self) -> bool:
+        """Take the local lock, then the lease; whether both were taken (never waits).
+
+        Raises:
+            UnsafePathError: the local lock file is not a plain file.
+            OSError: the lock file or the lease cannot be written.
+        """
+        if not super().acquire():
+            return False
+        try:
+            taken = _take_lease(self.lease)
+        except BaseException:
+            super().release()
+            raise
+        if not taken:
+            super().release()
+        return taken
+
+    def release(self) -> None:
+        """Delete the lease, then give the local lock back (no-op when not held)."""
+        if not self.held:
+            return
+        try:
+            _drop_lease(self.lease)
+        finally:
+            super().release()
+
+
+def _take_lease(url: str) -> bool:
+    data = _lease_data()
+    if not storage.create(url, data):
+        found = storage.cat(url)
+        if found is not None and not _expired(found):
+            return False
+        storage.rm(url)  # its holder died: taken over (see RemoteTaskLock)
+        if not storage.create(url, data):
+            return False
+    with _lease_mutex:
+        _leases[url] = data
+        _start_renewer()
+    return True
+
+
+def _drop_lease(url: str) -> None:
+    with _lease_mutex:
+        mine = _leases.pop(url, None)
+    if mine is not None and storage.cat(url) == mine:
+        storage.rm(url)
+
+
+def _lease_data() -> bytes:
+    import json
+    import socket
+    import time
+
+    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                       "started": _started(os.getpid()),
+                       "expires": time.time() + settings.remote_lease,
+                       "nonce": os.urandom(6).hex()}).encode()
+
+
+def _started(pid: int) -> float | None:
+    """When process ``pid`` of this machine started (None: no such process)."""
+    import psutil
+
+    try:
+        return round(float(psutil.Process(pid).create_time()), 3)
+    except (psutil.Error, OSError):
+        return None
+
+
+def _expired(data: bytes) -> bool:
+    """Whether a lease no longer holds: past its time, or its holder (here) is gone.
+
+    A lease written on this machine names its process (pid and start time): when that
+    process is gone (killed, crashed), the lease is void at once, without waiting.
+    """
+    import json
+    import socket
+    import time
+
+    try:
+        doc = json.loads(data)
+        if float(doc["expires"]) < time.time():
+            return True
+        if doc.get("host") == socket.gethostname():
+            return _started(int(doc["pid"])) != doc.get("started")
+        return False
+    except (ValueError, KeyError, TypeError):
+        return True  # not a lease pipeflow wrote (a torn write): nobody holds it
+
+
+def _start_renewer() -> None:
+    global _lease_renewer
+    if _lease_renewer is None or not _lease_renewer.is_alive():
+        _lease_renewer = threading.Thread(target=_renew_leases, name="pipeflow-leases",
+                                          daemon=True)
+        _lease_renewer.start()
+
+
+def _renew_leases() -> None:
+    import time
+
+    while True:
+        time.sleep(max(settings.remote_lease, 0.3) / 3)
+        with _lease_mutex:
+            held = list(_leases)
+            if not held:
+                return
+        for url in held:
+            data = _lease_data()
+            with contextlib.suppress(OSError):  # (the next round tries again)
+                with _lease_mutex:
+                    if url not in _leases:
+                        continue
+                    _leases[url] = data
+                storage.pipe(url, data)
 
 
 @functools.lru_cache(maxsize=1 << 14)

@@ -16,6 +16,11 @@ Attributes:
         (run history, task-tree store, temp files being uploaded, task locks), one
         subfolder per data-dir URL. None (default): ``$PIPEFLOW_STATE_DIR``, else
         ``$XDG_STATE_HOME/pipeflow``, else ``~/.local/state/pipeflow``.
+    remote_lease: seconds a task's lease on a remote store (S3) stays valid unless renewed
+        (default 60; renewed every third of it while the task runs). The lease keeps two
+        runners on different machines without luigid from running one task at once; a
+        runner that dies leaves it to expire. 0 or False: no leases (luigid, or one
+        machine, guards alone).
     cached: keep loaded outputs in memory (``pipeflow.data``) and reuse them.
     save_with_param: put the task id (family, parameters, hash) in output file names.
     check_dependencies: a task whose upstream is not complete counts as pending.
@@ -64,6 +69,7 @@ detect_code_changes: bool = True
 detect_data_changes: bool = True
 storage_options: dict[str, Any] = {}
 state_dir: str | None = None
+remote_lease: float = 60.0
 
 #: d6tflow settings pipeflow has no use for (d6tpipe, its CRC check...): accepted, with a
 #: warning, so that d6tflow code setting them runs
@@ -74,7 +80,7 @@ _warned: set[str] = set()
 _NAMES = frozenset(
     ["dir", "dirpath", "cached", "save_with_param", "check_dependencies", "execution_summary",
      "log_level", "fsync", "history", "detect_code_changes", "detect_data_changes",
-     "storage_options", "state_dir"]
+     "storage_options", "state_dir", "remote_lease"]
 )
 
 
@@ -255,6 +261,15 @@ class _SettingsModule(types.ModuleType):
         if name == "history" and isinstance(value, (str, os.PathLike)):
             path = local_path(value, "pipeflow.settings.history")
             value = str(path) if _URL.match(str(value)) else value
+        if name == "remote_lease":
+            if value is False or value is None:
+                value = 0.0
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    0 <= value < float("inf")):
+                raise ParameterError(
+                    f"pipeflow.settings.remote_lease must be a number of seconds (0: no "
+                    f"leases), not {value!r}.")
+            value = float(value)
         if name == "log_level":
             level = str(value).upper()
             if level not in _LEVELS:

@@ -24,7 +24,7 @@ from typing import Any
 
 import luigi
 
-from pipeflow import display, graph, layout, parameters, settings
+from pipeflow import display, graph, layout, parameters, settings, storage
 from pipeflow import tasks as task_classes
 from pipeflow.errors import PipeflowError
 from pipeflow.publishing import write_atomic
@@ -258,9 +258,9 @@ class FlowImport:
             if isinstance(c, type) and issubclass(c, TaskData) and c.__module__ == name
         )
         #: where the producer's outputs are read (None: the consumer's data dir)
-        self.dirpath: pathlib.Path | None = None
+        self.dirpath: Any = None
         if path_data is not None:
-            data = settings.local_path(path_data, "path_data", "FlowImport")
+            data = settings.location_path(path_data, "path_data", "FlowImport")
             self.dirpath = data if data.is_absolute() else file.parent / data
             producer = getattr(mod, "PRODUCER_DATA_DIR", None)
             for cls in self.tasks.values():
@@ -295,7 +295,7 @@ class _Tasks(dict):  # type: ignore[type-arg]
                 f"the imported flow has no task {name!r}; it has {list(self)}") from None
 
 
-def _moved(own: Any, producer: Any, data: pathlib.Path) -> pathlib.Path:
+def _moved(own: Any, producer: Any, data: Any) -> Any:
     """A stub's location on the consumer's side.
 
     What lay below the producer's data dir now lies below ``data``; a stub without a
@@ -303,6 +303,11 @@ def _moved(own: Any, producer: Any, data: pathlib.Path) -> pathlib.Path:
     """
     if own is None:
         return data
+    if storage.is_remote(own) or storage.is_remote(producer):
+        own_url, base = os.fspath(own), os.fspath(producer or "").rstrip("/")
+        if base and own_url.startswith(base + "/"):
+            return data / own_url[len(base) + 1:]
+        return storage.RemotePath(own_url) if storage.is_remote(own_url) else pathlib.Path(own)
     own_path = pathlib.Path(own)
     if producer is not None:
         with contextlib.suppress(ValueError):

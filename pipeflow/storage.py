@@ -32,7 +32,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from pipeflow.errors import ParameterError, StorageAccessError
+from pipeflow.errors import ParameterError, StorageAccessError, StorageDependencyError
 
 #: ``scheme://``: a URL, not a folder name
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
@@ -40,6 +40,14 @@ URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 #: the extra to install for a protocol fsspec implements in another package
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "abfs": "azure", "az": "azure",
           "abfss": "azure", "adl": "azure"}
+#: the package implementing a protocol fsspec leaves to others
+PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "abfs": "adlfs",
+            "az": "adlfs", "abfss": "adlfs", "adl": "adlfs"}
+#: a bucket (container) name: what S3, GCS and Azure all accept
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{1,254}")
+#: protocols fsspec reads but cannot write: refused as locations of outputs
+READ_ONLY = frozenset(["http", "https", "github", "git", "zip", "tar", "libarchive",
+                       "reference", "dbfs+ro"])
 #: protocols whose first URL component is a bucket (or container) that must exist
 BUCKETS = frozenset(["s3", "s3a", "gs", "gcs", "abfs", "abfss", "az"])
 
@@ -54,10 +62,11 @@ _FS: dict[tuple[str, str, int], Any] = {}
 _REACHED: set[tuple[str, str]] = set()
 
 
-class RemoteFileError(OSError):
+class RemoteFileError(StorageAccessError, OSError):
     """A remote file system refused or failed an operation (the network, permissions).
 
-    An ``OSError`` (errno None), so the code that turns OS errors into ``SaveError`` /
+    A :class:`~pipeflow.errors.StorageAccessError` where it reaches the user, and an
+    ``OSError`` (errno None), so the code that turns OS errors into ``SaveError`` /
     ``LoadError`` messages naming the task handles it; its text names the URL, never the
     storage options.
     """
@@ -80,12 +89,14 @@ class RemotePath:
     __slots__ = ("url", "protocol", "_root", "_path")
 
     def __init__(self, url: str):
-        split = urllib.parse.urlsplit(url)
-        self.protocol = split.scheme.lower()
-        self._root = f"{self.protocol}://{split.netloc}"
-        path = re.sub("/+", "/", split.path).rstrip("/")
-        self._path = path
-        self.url = self._root + path
+        # split by hand: '#' and '?' are plain characters of folder and file names here
+        # (parse() refused a query or fragment in the URL the user gave)
+        scheme, _, rest = url.partition("://")
+        netloc, slash, path = rest.partition("/")
+        self.protocol = scheme.lower()
+        self._root = f"{self.protocol}://{netloc}"
+        self._path = re.sub("/+", "/", slash + path).rstrip("/")
+        self.url = self._root + self._path
 
     # -- pathlib's arithmetic -------------------------------------------------------------
     def __truediv__(self, name: str | os.PathLike[str]) -> RemotePath:
@@ -136,6 +147,10 @@ class RemotePath:
         if not self.url.startswith(base + "/"):
             raise ValueError(f"{self.url!r} is not below {base!r}")
         return pathlib.PurePosixPath(self.url[len(base) + 1:])
+
+    def as_posix(self) -> str:
+        """The URL (what ``pathlib`` gives for a path written into code)."""
+        return self.url
 
     def is_absolute(self) -> bool:
         """Always: a URL names one place whatever the working directory."""
@@ -211,9 +226,21 @@ def parse(text: str, what: str, who: object = "") -> RemotePath:
         raise ParameterError(
             f"{named}{what}={text!r} has a '.' or '..' folder: a storage URL names its "
             f"folder plainly (no '..' could climb out of it). Write e.g. 's3://bucket/data'.")
-    if protocol in BUCKETS and not split.netloc:
+    if protocol in BUCKETS and not _BUCKET.fullmatch(split.netloc):
+        why = "names no bucket" if not split.netloc else "has no valid bucket name"
         raise ParameterError(
-            f"{named}{what}={text!r} names no bucket: write {protocol}://BUCKET/prefix.")
+            f"{named}{what}={text!r} {why}: write {protocol}://BUCKET/prefix (a bucket "
+            f"name is letters, digits, '.', '-' and '_').")
+    if not (split.netloc + split.path).strip("/") or any(
+            c.isspace() or c == "\x00" for c in split.netloc + split.path):
+        raise ParameterError(
+            f"{named}{what}={text!r} names no folder (or has white space in it): write "
+            f"{protocol}://bucket/prefix.")
+    if protocol in READ_ONLY:
+        raise ParameterError(
+            f"{named}{what}={text!r} is a {protocol}:// URL: a read-only file system, where "
+            f"no output can be written. Use a storage URL such as s3://bucket/prefix, or a "
+            f"local folder.")
     filesystem_class(protocol, f"{named}{what}={text!r}")
     return RemotePath(text)
 
@@ -236,11 +263,12 @@ def filesystem_class(protocol: str, where: str) -> type:
             f"{protocol}://.") from None
     except ImportError as exc:
         extra = EXTRAS.get(protocol)
+        package = PACKAGES.get(protocol) or exc.name or "its fsspec implementation"
         fix = (f"pip install 'pipeflow[{extra}]'" if extra
-               else f"install the package fsspec names for {protocol}://")
-        raise ParameterError(
-            f"{where}: the {protocol}:// file system needs a package that is not installed "
-            f"({exc.name or 'its fsspec implementation'}). Install it: {fix}.") from None
+               else f"pip install {package}")
+        raise StorageDependencyError(
+            f"{where}: the {protocol}:// file system needs the package {package}, which is "
+            f"not installed. Install it: {fix}.") from None
 
 
 def configure(opts: Mapping[str, Any] | None) -> None:
@@ -260,9 +288,20 @@ def filesystem(protocol: str) -> Any:
         import fsspec
 
         opts = dict(options) if protocol not in ("memory", "file", "local") else {}
+        if protocol not in ("memory", "file", "local"):
+            # (fsspec's instance cache would keep a client made before credentials were
+            # set; this module keeps one per options and drops it after a failure)
+            opts["skip_instance_cache"] = True
         with _lock:
             fs = _FS[key] = fsspec.filesystem(protocol, **opts)
     return fs
+
+
+def _forget(protocol: str) -> None:
+    """Make the next use of ``protocol`` build a new client (after a failure)."""
+    with _lock:
+        for key in [k for k in _FS if k[0] == protocol]:
+            del _FS[key]
 
 
 def _options_key() -> str:
@@ -278,9 +317,11 @@ def _fs(url: str) -> Any:
 
 def _failure(url: str, doing: str, exc: BaseException) -> RemoteFileError:
     """A library's error as a :class:`RemoteFileError` naming the URL (never the options)."""
-    reason = _reason(exc)
-    err = RemoteFileError(f"{doing} {url!r} failed: {reason}")
-    return err
+    _forget(url.split("://", 1)[0].lower())
+    return RemoteFileError(
+        f"{doing} {url!r} failed: {_reason(exc)}. Check the connection to the store and "
+        f"the credentials (pipeflow.settings.storage_options, or the environment), then "
+        f"try again.")
 
 
 def _reason(exc: BaseException) -> str:
@@ -327,7 +368,7 @@ def info(url: str) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except Exception as exc:
-        raise _failure(url, "reading the details of", exc) from exc
+        raise _failure(url, "reading the details of", exc) from None
 
 
 def exists(url: str) -> bool:
@@ -351,7 +392,7 @@ def cat(url: str) -> bytes | None:
     except (FileNotFoundError, IsADirectoryError):
         return None
     except Exception as exc:
-        raise _failure(url, "reading", exc) from exc
+        raise _failure(url, "reading", exc) from None
 
 
 def pipe(url: str, data: bytes) -> None:
@@ -360,7 +401,7 @@ def pipe(url: str, data: bytes) -> None:
     try:
         fs.pipe_file(url, data)
     except Exception as exc:
-        raise _failure(url, "writing", exc) from exc
+        raise _failure(url, "writing", exc) from None
 
 
 def put(local: str | os.PathLike[str], url: str) -> None:
@@ -369,7 +410,7 @@ def put(local: str | os.PathLike[str], url: str) -> None:
     try:
         fs.put_file(os.fspath(local), url)
     except Exception as exc:
-        raise _failure(url, "uploading to", exc) from exc
+        raise _failure(url, "uploading to", exc) from None
 
 
 def get(url: str, local: str | os.PathLike[str]) -> bool:
@@ -380,7 +421,28 @@ def get(url: str, local: str | os.PathLike[str]) -> bool:
     except FileNotFoundError:
         return False
     except Exception as exc:
-        raise _failure(url, "downloading", exc) from exc
+        raise _failure(url, "downloading", exc) from None
+    return True
+
+
+#: protocols whose stores write an object only if none is there, atomically (S3's
+#: ``If-None-Match: *``; the memory file system, one process): task leases use them
+LEASES = frozenset(["s3", "s3a", "memory"])
+
+
+def create(url: str, data: bytes) -> bool:
+    """Write ``data`` at ``url`` only if nothing is there (one conditional PUT).
+
+    Returns:
+        False when something is there already.
+    """
+    fs = _fs(url)
+    try:
+        fs.pipe_file(url, data, mode="create")
+    except FileExistsError:
+        return False
+    except Exception as exc:
+        raise _failure(url, "writing", exc) from None
     return True
 
 
@@ -393,7 +455,7 @@ def rm(url: str, missing_ok: bool = True) -> None:
         if not missing_ok:
             raise
     except Exception as exc:
-        raise _failure(url, "deleting", exc) from exc
+        raise _failure(url, "deleting", exc) from None
 
 
 def listdir(url: str) -> list[str]:
@@ -405,8 +467,25 @@ def listdir(url: str) -> list[str]:
     except FileNotFoundError:
         return []
     except Exception as exc:
-        raise _failure(url, "listing", exc) from exc
+        raise _failure(url, "listing", exc) from None
     return [posixpath.basename(str(e).rstrip("/")) for e in entries]
+
+
+def find(url: str) -> list[str]:
+    """Every file below the folder ``url``, as URLs (one recursive listing)."""
+    fs = _fs(url)
+    protocol = url.split("://", 1)[0]
+    try:
+        fs.invalidate_cache(url)
+        found = fs.find(url)
+    except FileNotFoundError:
+        return []
+    except Exception as exc:
+        raise _failure(url, "listing", exc) from None
+    root = fs._strip_protocol(url).rstrip("/")
+    prefix = url.rstrip("/")
+    return [prefix + str(f)[len(root):] if str(f).startswith(root) else f"{protocol}://{f}"
+            for f in found]
 
 
 def check_reachable(root: RemotePath) -> None:
@@ -423,11 +502,12 @@ def check_reachable(root: RemotePath) -> None:
         bucket = root.parts[0]
         fs = filesystem(root.protocol)
         try:
-            ok = fs.exists(bucket)
-            if ok:
-                fs.ls(bucket, detail=False)  # credentials that may not list it fail here
-                fs.invalidate_cache()
+            fs.info(bucket)  # one request: missing buckets and refused credentials fail here
+            ok = True
+        except FileNotFoundError:
+            ok = False
         except Exception as exc:
+            _forget(root.protocol)
             raise StorageAccessError(
                 f"the storage location {root.url!r} cannot be used: {_reason(exc)}. Nothing "
                 f"was run or written. Check the credentials (pipeflow.settings."

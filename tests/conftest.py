@@ -29,6 +29,7 @@ _DEFAULTS = {
     "detect_data_changes": True,
     "history": True,
     "storage_options": {},
+    "remote_lease": 60.0,
 }
 
 
@@ -37,10 +38,11 @@ def data_dir(tmp_path, monkeypatch):
     """A fresh data dir, default settings, an empty cache; cwd is tmp_path.
 
     The local state folder (what stays on this machine when the data dir is remote) is
-    ``tmp_path/state``, also for subprocesses (``PIPEFLOW_STATE_DIR``).
+    ``tmp_path/state/pipeflow``, also for subprocesses (``XDG_STATE_HOME``).
     """
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PIPEFLOW_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("PIPEFLOW_STATE_DIR", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     old = {k: getattr(settings, k) for k in [*_DEFAULTS, "dir", "state_dir"]}
     for k, v in _DEFAULTS.items():
         setattr(settings, k, v)

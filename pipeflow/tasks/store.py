@@ -492,9 +492,10 @@ class TaskStore:
 
         On a remote file system: its size and a hash of its ETag (or modification time).
         """
-        if self._layout().remote:
+        lay = self._layout()
+        if lay.remote:
             try:
-                found = storage.info(self.record_path())
+                found = storage.info(lay.record)
             except OSError:
                 return None
             if found is None:
@@ -503,7 +504,7 @@ class TaskStore:
                         if found.get(k) is not None), "")
             return (int(found.get("size") or 0), hash(str(tag)))
         try:
-            st = os.stat(self.record_path())
+            st = os.stat(lay.record)
         except OSError:
             return None
         return (st.st_mtime_ns, st.st_ino)
