@@ -56,6 +56,9 @@ DEADLINE = 90.0
 #: a run that hangs (luigid never handing a task out) fails the test instead of the suite
 pytestmark = pytest.mark.timeout(4 * DEADLINE)
 
+#: seconds a task's lease on S3 lasts unless renewed (stock 60): the killed runner's lease
+#: on its task expires this long after its last renewal, then a survivor takes it over
+LEASE = 6.0
 N = 40  # rows of Source
 STEPS = 7  # length of the chain
 #: the chain's values: v(0) = 1, v(i) = 2 v(i-1) + i
@@ -177,8 +180,12 @@ RUNNER = '''
 
 import json
 import os
+import socket
 import sys
 import time
+
+if os.environ.get("HOST_NAME"):  # as if on a machine of its own (leases, luigid's workers)
+    socket.gethostname = lambda: os.environ["HOST_NAME"]
 
 import pipeflow
 import scaleflow
@@ -187,6 +194,8 @@ mode = sys.argv[1]
 pipeflow.set_dir(os.environ["DATA_URL"])
 pipeflow.settings.storage_options = json.loads(os.environ["STORAGE_OPTIONS"])
 pipeflow.settings.execution_summary = False
+if os.environ.get("REMOTE_LEASE"):
+    pipeflow.settings.remote_lease = float(os.environ["REMOTE_LEASE"])
 
 
 def records(df):
@@ -278,9 +287,11 @@ class Machines:
     def start(self, name: str, mode: str, **extra: str) -> subprocess.Popen[str]:
         home = self.root / f"machine-{name}"
         home.mkdir(exist_ok=True)
-        # its own local state (run history, task locks): as if on a machine of its own
+        # its own host name and local state (run history, task locks): as if on a machine
+        # of its own, so that the lease a killed runner leaves on S3 holds until it expires
         env = {**self.env, "RUNNER": name, "READY": str(self.root / f"ready-{name}"),
-               "PIPEFLOW_STATE_DIR": str(home / "state"), **extra}
+               "PIPEFLOW_STATE_DIR": str(home / "state"), "HOST_NAME": f"machine-{name}",
+               "REMOTE_LEASE": str(LEASE), **extra}
         proc = subprocess.Popen(
             [sys.executable, str(self.root / "code" / "runner.py"), mode], cwd=home, env=env,
             stdout=subprocess.PIPE, stderr=open(home / "stderr.txt", "w"),  # noqa: SIM115
@@ -381,6 +392,13 @@ def test_three_machines_share_a_flow_and_survive_a_kill_mid_task(
         assert len(first) == 1, first
         victim = first[0]["runner"]
         machines.kill(victim)
+        # it leaves its lease on Left behind (as a dead machine would): it must expire
+        leases = [k for k in s3_server.keys(bucket, "team/data/")
+                  if k.endswith(".lease.json") and "/.Left_" in k]
+        assert len(leases) == 1, leases
+        lease = json.loads(s3_server.client().get_object(Bucket=bucket, Key=leases[0])[
+            "Body"].read())
+        assert lease["host"] == f"machine-{victim}", lease
         assert [r for r in read_log(log) if r["family"] == "Left"] == first, \
             "Left started twice while its first runner was alive"
         (tmp_path / "marker").touch()
@@ -453,7 +471,7 @@ def test_three_machines_share_a_flow_and_survive_a_kill_mid_task(
     keys = s3_server.keys(bucket, "team/data/")
     assert {k.split("/")[2] for k in keys} >= {"Source", "Left", "Right", "Join", "Step",
                                                "Final"}, keys
-    assert not [k for k in keys if ".tmp-" in k], keys
+    assert not [k for k in keys if ".tmp-" in k or k.endswith(".lease.json")], keys
     assert not [p for p in tmp_path.rglob("s3:*")]
 
     # everything started is stopped
