@@ -226,8 +226,19 @@ while not os.path.exists(os.environ["GO"]):  # all three start their run togethe
         sys.exit("never told to go")
     time.sleep(0.01)
 
-host, port = os.environ["SCHED_HOST"], int(os.environ["SCHED_PORT"])
-if mode == "url":
+
+
+def note_waits(event):
+    """Write down each task this run waits for because another process runs it."""
+    if event.kind.value == "task_waiting" and "another process" in (event.reason or ""):
+        with open(os.environ["EVENTS"], "a") as f:
+            f.write(f"{os.environ['RUNNER']} waits for {event.task.task_family}\\n")
+
+
+host, port = os.environ.get("SCHED_HOST"), int(os.environ.get("SCHED_PORT") or 0)
+if mode == "local":  # no luigid: the embedded engine, guarded by leases on S3
+    result = pipeflow.run(scaleflow.Final(), workers=2, callbacks=[note_waits])
+elif mode == "url":
     result = pipeflow.run(scaleflow.Final(), local_scheduler=False,
                           scheduler_url=os.environ["SCHED_URL"])
 elif mode == "workflow":
@@ -353,11 +364,13 @@ def flow_code(tmp_path: pathlib.Path) -> pathlib.Path:
 def machine_env(tmp_path: pathlib.Path, code: pathlib.Path, sched: Any, s3: Any,
                 url: str) -> dict[str, str]:
     pythonpath = os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, **s3.env, "PYTHONPATH": pythonpath,
-            "RUNLOG": str(tmp_path / "runs.log"), "MARKER": str(tmp_path / "marker"),
-            "GO": str(tmp_path / "go"), "DATA_URL": url,
-            "STORAGE_OPTIONS": json.dumps(s3.storage_options),
-            "SCHED_URL": sched.url, "SCHED_HOST": sched.host, "SCHED_PORT": str(sched.port)}
+    env = {**os.environ, **s3.env, "PYTHONPATH": pythonpath,
+           "RUNLOG": str(tmp_path / "runs.log"), "MARKER": str(tmp_path / "marker"),
+           "GO": str(tmp_path / "go"), "DATA_URL": url,
+           "STORAGE_OPTIONS": json.dumps(s3.storage_options)}
+    if sched is not None:
+        env |= {"SCHED_URL": sched.url, "SCHED_HOST": sched.host, "SCHED_PORT": str(sched.port)}
+    return env
 
 
 @pytest.fixture
@@ -642,3 +655,48 @@ def test_the_worked_example_of_the_docs_runs_as_documented(tmp_path, luigid_serv
     assert load.returncode == 0, load.stderr[-6000:]
     assert load.stdout.splitlines()[-1] == "300 ['customer', 'region', 'months', 'long_term']"
     assert "COMPLETE" in load.stdout and "PENDING" not in load.stdout
+
+
+def test_without_luigid_two_machines_on_s3_run_each_task_once(tmp_path, flow_code, s3_server,
+                                                              s3_bucket):
+    """The embedded engine on two "machines" (host names of their own, local state of their
+    own) sharing one S3 data dir: the lease on a running task makes the other machine wait
+    for it and reuse its output instead of running it too."""
+    url = f"{s3_bucket}/solo/data"
+    env = {k: v for k, v in machine_env(tmp_path, flow_code, None, s3_server, url).items()
+           if not k.startswith("SCHED_")}
+    env["EVENTS"] = str(tmp_path / "events.log")
+    log, events = tmp_path / "runs.log", tmp_path / "events.log"
+    machines = Machines(tmp_path, env)
+    try:
+        for name in ("a", "b"):
+            machines.start(name, "local", BLOCK="Left")
+        wait_for(lambda: machines.alive() and all((tmp_path / f"ready-{n}").exists()
+                                                  for n in ("a", "b")),
+                 "the two runners to import the flow")
+        (tmp_path / "go").touch()
+        first = wait_for(lambda: machines.alive() and [r for r in read_log(log)
+                                                       if r["family"] == "Left"],
+                         "a runner to start Left")
+        other = ({"a", "b"} - {first[0]["runner"]}).pop()
+        def waits() -> bool:
+            lefts = [r["runner"] for r in read_log(log) if r["family"] == "Left"]
+            assert lefts == [first[0]["runner"]], f"Left started twice: {lefts}"
+            return events.exists() and f"{other} waits for Left" in events.read_text()
+
+        # the other machine reaches Left (nothing else is left for it) and waits for it
+        wait_for(lambda: machines.alive() and waits(), "the other runner to wait for Left")
+        (tmp_path / "marker").touch()
+        reports = {name: machines.finish(name) for name in ("a", "b")}
+    finally:
+        machines.stop_all()
+
+    runs = read_log(log)
+    assert sorted(r["family"] for r in runs) == FAMILIES, runs
+    for name, report in reports.items():
+        assert report["success"], (name, report["summary"])
+        assert len(report["states"]) == 12
+    keys = s3_server.keys(s3_bucket.removeprefix("s3://"), "solo/data/")
+    assert not [k for k in keys if ".tmp-" in k or k.endswith(".lease.json")], keys
+    for name, proc in machines.procs.items():
+        assert not group_members(proc.pid), name
