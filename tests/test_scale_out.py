@@ -303,10 +303,10 @@ class Machines:
         env = {**self.env, "RUNNER": name, "READY": str(self.root / f"ready-{name}"),
                "PIPEFLOW_STATE_DIR": str(home / "state"), "HOST_NAME": f"machine-{name}",
                "REMOTE_LEASE": str(LEASE), **extra}
-        proc = subprocess.Popen(
-            [sys.executable, str(self.root / "code" / "runner.py"), mode], cwd=home, env=env,
-            stdout=subprocess.PIPE, stderr=open(home / "stderr.txt", "w"),  # noqa: SIM115
-            text=True, start_new_session=True)
+        with open(home / "stderr.txt", "w") as err:  # the child keeps its own copy
+            proc = subprocess.Popen(
+                [sys.executable, str(self.root / "code" / "runner.py"), mode], cwd=home,
+                env=env, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
         self.procs[name] = proc
         return proc
 
