@@ -462,11 +462,15 @@ class RemoteTaskLock(TaskLock):
 def _take_lease(url: str) -> bool:
     data = _lease_data()
     if not storage.create(url, data):
-        found = storage.cat(url)
-        if found is not None and not _expired(found):
+        found = storage.read_tagged(url)
+        if found is None:  # released meanwhile
+            if not storage.create(url, data):
+                return False
+        elif not _expired(found[0]):
             return False
-        storage.rm(url)  # its holder died: taken over (see RemoteTaskLock)
-        if not storage.create(url, data):
+        # its holder died: taken over (see RemoteTaskLock), only if nobody else took it
+        # over since it was read (deleting it, then creating, would let two in at once)
+        elif not storage.replace(url, data, found[1]):
             return False
     with _lease_mutex:
         _leases[url] = data
@@ -542,10 +546,12 @@ def _renew_leases() -> None:
                 return
         for url, mine in held.items():
             with contextlib.suppress(OSError):  # (the next round tries again)
-                if storage.cat(url) != mine:
+                found = storage.read_tagged(url)
+                if found is None or found[0] != mine:
                     continue  # lost (taken over while this process was paused): never rewritten
                 data = _lease_data()
-                storage.pipe(url, data)
+                if not storage.replace(url, data, found[1]):
+                    continue  # taken over between the read and the write
                 with _lease_mutex:
                     if url in _leases:
                         _leases[url] = data

@@ -472,6 +472,58 @@ def create(url: str, data: bytes) -> bool:
     return True
 
 
+#: the memory file system's writes that must see what is there first (one process)
+_memory_cas = threading.Lock()
+
+
+def read_tagged(url: str) -> tuple[bytes, str] | None:
+    """The bytes of a small file and a tag naming that version of it, or None when absent.
+
+    The tag (S3's ETag; a content hash on the memory file system) is read before the bytes,
+    so it never names a newer version than the bytes: :func:`replace` with it then refuses.
+    """
+    if url.startswith("memory://"):
+        data = cat(url)
+        return None if data is None else (data, hashlib.sha256(data).hexdigest())
+    found = info(url)
+    data = cat(url)
+    if found is None or data is None:
+        return None
+    return data, str(found.get("ETag") or found.get("etag") or "")
+
+
+def replace(url: str, data: bytes, tag: str) -> bool:
+    """Write ``data`` at ``url`` only if the file there is still the version ``tag`` names.
+
+    One conditional PUT on S3 (``If-Match``); on the memory file system, a compare and a
+    write under a lock. Used to take over a lease whose holder died: of several processes
+    that found the same expired lease, exactly one replaces it.
+
+    Returns:
+        False when the file changed (or vanished) since ``tag`` was read.
+    """
+    fs = _fs(url)
+    if url.startswith("memory://"):
+        with _memory_cas:
+            now = cat(url)
+            if now is None or hashlib.sha256(now).hexdigest() != tag:
+                return False
+            pipe(url, data)
+            return True
+    if not tag:
+        return False  # a store that gives no version tag cannot replace conditionally
+    try:
+        fs.pipe_file(url, data, IfMatch=tag)
+    except FileNotFoundError:
+        return False
+    except Exception as exc:
+        error = getattr(exc.__cause__ or exc.__context__, "response", {}).get("Error", {})
+        if error.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        raise _failure(url, "writing", exc) from None
+    return True
+
+
 def rm(url: str, missing_ok: bool = True) -> None:
     """Delete the file at ``url`` (never a folder)."""
     fs = _fs(url)

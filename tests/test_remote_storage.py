@@ -494,3 +494,33 @@ def test_a_consumer_reads_a_producers_outputs_on_s3_through_flowimport(s3, tmp_p
     assert flow.outputLoad() == {"rows": 3}
     assert str(flow.outputPath()).startswith(str(data_dir))
     sys.modules.pop("rs_stubs", None)
+
+
+@pytest.mark.parametrize("where", ["s3", "mem"])
+def test_two_runners_taking_over_one_expired_lease_never_both_hold_it(where, request,
+                                                                     monkeypatch):
+    # A and B both find the same expired lease. A takes it over first; B, which judged the
+    # old one expired before A wrote, must not take it too (a delete-then-create takeover
+    # let B delete A's fresh lease and create its own: both ran the task).
+    from pipeflow import publishing
+
+    request.getfixturevalue(where)
+    lease = RsPrices()._store.lock().lease
+    storage.pipe(lease, json.dumps({"host": "gone", "pid": 1, "expires": 0}).encode())
+    expired = publishing._expired
+    a_took: list[bool] = []
+
+    def b_judges(data):
+        verdict = expired(data)
+        if not a_took:  # A gets in between B's read and B's write
+            a_took.append(False)
+            a_took[0] = publishing._take_lease(lease)
+        return verdict
+
+    monkeypatch.setattr(publishing, "_expired", b_judges)
+    b_took = publishing._take_lease(lease)
+    assert a_took == [True] and b_took is False
+    a_lease = json.loads(storage.cat(lease))
+    assert a_lease["pid"] == os.getpid() and a_lease["expires"] > 0
+    publishing._drop_lease(lease)
+    assert storage.cat(lease) is None
