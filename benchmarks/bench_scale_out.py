@@ -4,7 +4,8 @@
 Part 1, tasks per second: ``--n`` (default 200) trivial tasks in one ``--shape`` (default
 ``wide``: a root requiring N-1 independent leaves; ``chain`` and ``diamond`` as in
 bench_scheduling.py), each a :class:`pipeflow.tasks.TaskPickle` saving its index to a
-fresh local data dir. Every row runs in fresh child processes that import everything, say
+fresh local data dir; with ``--work S`` each task first waits S seconds in ``run()``
+(standing for real work), which shows what sharing a flow between processes buys. Every row runs in fresh child processes that import everything, say
 they are ready and wait for one "go" file, so that interpreter start-up and imports are not
 timed; the time is from "go" to the last child's return:
 
@@ -95,6 +96,17 @@ def _log(family: str, i: int) -> None:
             os.close(fd)
 
 
+def _work() -> None:
+    """What a task does besides saving: ``--work`` seconds of waiting (I/O, a remote call).
+
+    A wait, not CPU: the three processes stand for three machines, which this 2-core
+    machine could not give CPU work each.
+    """
+    seconds = float(os.environ.get("BENCH_WORK", "0"))
+    if seconds:
+        time.sleep(seconds)
+
+
 class Trivial(pipeflow.tasks.TaskPickle):
     """Task ``i`` of a graph of ``n`` in ``shape``; saves ``i``."""
 
@@ -107,6 +119,7 @@ class Trivial(pipeflow.tasks.TaskPickle):
 
     def run(self) -> None:
         _log("Trivial", self.i)
+        _work()
         self.save(self.i)
 
 
@@ -127,6 +140,7 @@ class PlainTrivial(luigi.Task):
 
     def run(self) -> None:
         _log("PlainTrivial", self.i)
+        _work()
         with self.output().open("w") as f:
             f.write(str(self.i))
 
@@ -385,6 +399,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="what to measure: tasks, s3 or both (default tasks,s3)")
     ap.add_argument("--luigi", action=argparse.BooleanOptionalAction, default=True,
                     help="also time plain luigi tasks through luigid (default on)")
+    ap.add_argument("--work", type=float, default=0.0,
+                    help="seconds each task of part 1 waits in run(), standing for real "
+                    "work (default 0: trivial tasks)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: N=60, 100,000 rows, 1 repetition unless given")
     add_run_options(ap, "never (no goal is set for this benchmark)",
@@ -394,6 +411,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.rows = args.rows if args.rows is not None else (100_000 if args.quick else 1_000_000)
     args.repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
     args.parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if args.work < 0:
+        ap.error("--work >= 0")
+    os.environ["BENCH_WORK"] = repr(args.work)  # the children read it
     if args.n < 2 or args.repeat < 1 or args.rows < 1 or not args.parts <= {"tasks", "s3"}:
         ap.error("--n >= 2, --repeat >= 1, --rows >= 1, --parts from tasks,s3")
     return args
@@ -416,7 +436,8 @@ def part_tasks(args: argparse.Namespace, tmp: str) -> str:
     rows = [row for row, _ in steps]
     baselines = {one.name: embedded.name, three.name: one.name, plain.name: embedded.name}
     return "\n".join([
-        f"Part 1: {args.n} trivial tasks ({args.shape}), local data dir, from 'go' to the "
+        f"Part 1: {args.n} tasks ({args.shape}; each waits {args.work:g} s in run()), "
+        f"local data dir, from 'go' to the "
         f"last process's return; medians of {args.repeat}; ratio = this time / that time",
         "",
         table(rows, baselines, []),
