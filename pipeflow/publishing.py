@@ -398,13 +398,16 @@ LEASE_SUFFIX = ".lease.json"
 _leases: dict[str, bytes] = {}  # lease URL -> the content this process wrote
 _lease_mutex = threading.Lock()
 _lease_renewer: threading.Thread | None = None
+#: set when this process holds no lease any more: the renewer ends at once, not a period later
+_lease_idle = threading.Event()
 
 
 def _forget_leases() -> None:
-    global _lease_mutex, _lease_renewer
+    global _lease_mutex, _lease_renewer, _lease_idle
     _lease_mutex = threading.Lock()
     _leases.clear()  # a forked child holds none (its parent renews them)
     _lease_renewer = None
+    _lease_idle = threading.Event()
 
 
 if hasattr(os, "register_at_fork"):
@@ -474,6 +477,7 @@ def _take_lease(url: str) -> bool:
             return False
     with _lease_mutex:
         _leases[url] = data
+        _lease_idle.clear()
         _start_renewer()
     return True
 
@@ -481,6 +485,8 @@ def _take_lease(url: str) -> bool:
 def _drop_lease(url: str) -> None:
     with _lease_mutex:
         mine = _leases.pop(url, None)
+        if not _leases:
+            _lease_idle.set()
     if mine is not None and storage.cat(url) == mine:
         storage.rm(url)
 
@@ -528,6 +534,7 @@ def _expired(data: bytes) -> bool:
 
 
 def _start_renewer() -> None:
+    """Start the renewing thread unless it runs (called holding ``_lease_mutex``)."""
     global _lease_renewer
     if _lease_renewer is None or not _lease_renewer.is_alive():
         _lease_renewer = threading.Thread(target=_renew_leases, name="pipeflow-leases",
@@ -536,13 +543,14 @@ def _start_renewer() -> None:
 
 
 def _renew_leases() -> None:
-    import time
-
+    global _lease_renewer
     while True:
-        time.sleep(max(settings.remote_lease, 0.3) / 3)
+        _lease_idle.wait(max(settings.remote_lease, 0.3) / 3)
         with _lease_mutex:
             held = dict(_leases)
             if not held:
+                # decided under the mutex: a lease taken from now on starts a new renewer
+                _lease_renewer = None
                 return
         for url, mine in held.items():
             with contextlib.suppress(OSError):  # (the next round tries again)

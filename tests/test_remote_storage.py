@@ -524,3 +524,29 @@ def test_two_runners_taking_over_one_expired_lease_never_both_hold_it(where, req
     assert a_lease["pid"] == os.getpid() and a_lease["expires"] > 0
     publishing._drop_lease(lease)
     assert storage.cat(lease) is None
+
+
+def test_the_lease_renewer_ends_as_soon_as_no_lease_is_held(mem):
+    # It slept a third of remote_lease (20 s) before noticing: a thread named pipeflow-*
+    # outlived every run that used a lease (the engine's own tests check none is left).
+    import threading
+
+    from pipeflow import publishing
+
+    settings.remote_lease = 60.0
+    pipeflow.Workflow(RsPrices).run()
+    lock = RsPrices()._store.lock()
+    assert lock.acquire()
+    assert [t for t in threading.enumerate() if t.name == "pipeflow-leases"]
+    lock.release()
+    renewer = publishing._lease_renewer
+    if renewer is not None:
+        renewer.join(5)  # far less than the 20 s it slept
+        assert not renewer.is_alive()
+    assert not [t for t in threading.enumerate() if t.name == "pipeflow-leases"]
+    # and a lease taken afterwards is renewed by a new renewer
+    assert lock.acquire()
+    try:
+        assert publishing._lease_renewer is not None and publishing._lease_renewer.is_alive()
+    finally:
+        lock.release()
