@@ -537,7 +537,7 @@ class _Shared(_Run):
 
     def _left(self) -> bool:
         """Whether tasks of this run wait for luigid (not finished, not held here)."""
-        return any(i not in self.finished and i not in self.claimed for i in self.to_run)
+        return bool(self.to_run - self.finished - self.claimed)
 
     def _cancel_rest(self, reason: str | None = None) -> None:
         for i in list(self.running):
@@ -593,7 +593,7 @@ class _Shared(_Run):
 
     def _turns(self, token: CancelToken) -> None:
         workers = self.engine.workers
-        while any(i not in self.finished for i in self.to_run):
+        while not self.to_run <= self.finished:
             if token.cancelled:
                 self._cancel_rest()
                 return
@@ -641,7 +641,11 @@ class _Shared(_Run):
                 self.next_ask = 0.0  # something may have become ready
             wake = [r.deadline for r in self.running.values() if r.deadline]
             wake += [when for when, _ in self.delayed]
-            wake += [self.next_poll, self.next_ask] if not self.lost else []
+            if not self.lost and self._left():  # (else nothing to ask or poll for: a
+                # past next_ask or next_poll would wake the loop at once, forever)
+                wake.append(self.next_poll)
+                if len(self.running) < workers:
+                    wake.append(self.next_ask)
             timeout = max(0.0, min([*wake, now + POLL]) - time.monotonic())
             if self.running:
                 for done_i, out in self.executor.collect(timeout):
