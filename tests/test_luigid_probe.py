@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 import pipeflow
 from pipeflow.events import TaskState
 
@@ -38,3 +40,51 @@ def test_waiting_for_a_running_task_does_not_keep_a_core_busy(tmp_path, luigid_s
         assert result.tasks[Slow().task_id].state is TaskState.COMPLETED
         # (the task sleeps 2 s; a loop spinning meanwhile spends about that much CPU)
         assert spent < 0.6, f"{executor}: the run loop used {spent:.2f}s of CPU for a 2s task"
+
+
+def test_a_server_answering_json_that_is_not_luigids_is_not_taken_for_luigid(tmp_path):
+    """A JSON API at the address that answers ``{"response": null}`` to every call.
+
+    Before the fix the run went ahead (luigid's add_worker answers null too) and died on a
+    raw ``AttributeError: 'NoneType' object has no attribute 'get'``.
+    """
+    import http.server
+    import threading
+
+    from pipeflow.errors import SchedulerUnreachableError
+
+    class NullApi(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            body = b'{"response": null}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args):
+            pass
+
+    ran = []
+
+    class Job(pipeflow.tasks.TaskPickle):
+        def run(self):
+            ran.append(1)
+            self.save(1)
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NullApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/"
+        with pytest.raises(SchedulerUnreachableError,
+                           match=r"cannot be reached: it answered, but not as luigid does "
+                                 r"\(is another server on that port\?\)\. Nothing was run\."):
+            pipeflow.run(Job(), **shared(url))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert ran == [] and not Job().complete()

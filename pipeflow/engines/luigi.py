@@ -194,10 +194,14 @@ class LuigiEngine(LocalEngine):
         client = _Client(self.url, UNREACHABLE_AFTER)
         try:
             client.call("add_worker", worker=self.worker_id, info=self._info())
+            # (add_worker answers null; ping's answer tells luigid from another JSON API)
+            reply = client.call("ping", worker=self.worker_id)
         except _Down as exc:
             raise self._unreachable(str(exc)) from None
         finally:
             client.close()
+        if not isinstance(reply, dict) or "rpc_messages" not in reply:
+            raise self._unreachable(_reason(ValueError(reply)))
 
     def _info(self) -> list[tuple[str, Any]]:
         user = "?"
