@@ -88,3 +88,57 @@ def test_a_server_answering_json_that_is_not_luigids_is_not_taken_for_luigid(tmp
         server.server_close()
         thread.join(10)
     assert ran == [] and not Job().complete()
+
+
+def test_a_server_that_does_not_speak_http_is_named_as_such(tmp_path):
+    """An SSH-like server at the port (a wrong port number): a message in words.
+
+    Before the fix: "cannot be reached: ConnectionError: ConnectionError: ('Connection
+    aborted.', BadStatusLine('SSH-2.0-...'))"; and an https URL to a plain-http port gave
+    requests' SSLError text.
+    """
+    import socket
+    import threading
+
+    from pipeflow.errors import SchedulerUnreachableError
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def banner():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:  # (the banner, then hang up: never wait on a client)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+
+    thread = threading.Thread(target=banner, daemon=True)
+    thread.start()
+
+    class Job(pipeflow.tasks.TaskPickle):
+        def run(self):
+            self.save(1)
+
+    try:
+        with pytest.raises(SchedulerUnreachableError,
+                           match=rf"at http://127\.0\.0\.1:{port}/ cannot be reached: it "
+                                 rf"answered, but not in HTTP \(is another kind of server on "
+                                 rf"that port\?\)\. Nothing was run\."):
+            pipeflow.run(Job(), local_scheduler=False, scheduler_host="127.0.0.1",
+                         scheduler_port=port, progress=False)
+        with pytest.raises(SchedulerUnreachableError,
+                           match=rf"at https://127\.0\.0\.1:{port}/ cannot be reached: the "
+                                 rf"TLS \(https\) handshake failed \(luigid serves plain "
+                                 rf"http:// unless a proxy in front of it adds TLS\)\."):
+            pipeflow.run(Job(), **shared(f"https://127.0.0.1:{port}/"))
+    finally:
+        stop.set()
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()  # wakes accept()
+        thread.join(10)
+        listener.close()
+    assert not Job().complete()

@@ -153,6 +153,11 @@ def _reason(exc: BaseException) -> str:
     if status is not None:
         return (f"it answered HTTP {status} where luigid answers its API (is another server "
                 f"on that port?)")
+    if "SSLError" in text or "SSL" in type(inner).__name__:
+        return ("the TLS (https) handshake failed (luigid serves plain http:// unless a "
+                "proxy in front of it adds TLS)")
+    if "BadStatusLine" in text or "RemoteDisconnected" in text:
+        return "it answered, but not in HTTP (is another kind of server on that port?)"
     if "Connection refused" in text or "NewConnectionError" in text:
         return "nothing accepts connections there (connection refused)"
     if "timed out" in text.lower() or "timeout" in type(inner).__name__.lower():
