@@ -142,3 +142,68 @@ def test_a_server_that_does_not_speak_http_is_named_as_such(tmp_path):
         thread.join(10)
         listener.close()
     assert not Job().complete()
+
+
+def test_a_task_done_elsewhere_whose_outputs_this_machine_cannot_see_is_a_clear_error(
+        tmp_path, luigid_server, monkeypatch):
+    """Two machines each with a local (not shared) data dir at the same path, one luigid.
+
+    luigid says another worker ran Leaf; its outputs are not here. Before the fix the call
+    took Leaf as done, ran Top, and Top failed with "cannot load output 'data' of Leaf():
+    no successful run of the task committed it. Run the flow first" (running again did
+    not help). Now, after a grace period (a shared file system may show a file late),
+    Leaf fails here with what is wrong and how to fix it, and Top does not run.
+    """
+    import hashlib
+    import os
+    import threading
+
+    from pipeflow.contract import adapt
+    from pipeflow.engines import luigi as luigid_engine
+    from pipeflow.errors import RemoteTaskError
+
+    ran = []
+
+    class Leaf(pipeflow.tasks.TaskPickle):
+        def run(self):
+            ran.append("Leaf")
+            self.save(1)
+
+    class Top(pipeflow.tasks.TaskPickle):
+        def requires(self):
+            return Leaf()
+
+        def run(self):
+            ran.append("Top")
+            self.save(self.inputLoad() + 1)
+
+    where = os.path.abspath(adapt(Leaf()).record_path())
+    lid = Leaf().task_id + "." + hashlib.sha256(where.encode()).hexdigest()[:10]
+    # another machine's worker takes Leaf first
+    rpc = luigid_server.rpc
+    rpc("add_worker", worker="other-machine", info=[])
+    rpc("add_task", worker="other-machine", task_id=lid, status="PENDING", runnable=True,
+        family="Leaf", params={}, deps=[])
+    assert rpc("get_work", worker="other-machine", host="elsewhere")["task_id"] == lid
+    polled = threading.Event()
+    real_poll = luigid_engine._Shared._poll
+
+    def poll(self):
+        real_poll(self)
+        polled.set()
+
+    monkeypatch.setattr(luigid_engine._Shared, "_poll", poll)
+    monkeypatch.setattr(luigid_engine, "NOT_SEEN_GRACE", 1.0)
+    handle = pipeflow.start(Top(), abort=False, **shared(luigid_server.url))
+    assert polled.wait(30)  # this call has seen Leaf running on the other machine
+    rpc("add_task", worker="other-machine", task_id=lid, status="DONE", family="Leaf")
+    result = handle.result(timeout=60)
+    leaf, top = result.tasks[Leaf().task_id], result.tasks[Top().task_id]
+    assert leaf.state is TaskState.FAILED and top.state is TaskState.SKIPPED
+    assert isinstance(leaf.error, RemoteTaskError)
+    assert str(leaf.error).startswith(
+        f"Leaf() ran on another worker (other-machine), but its outputs are not in "
+        f"{os.path.dirname(where)} on this machine after 1s. Every process sharing a run "
+        f"through luigid must see the same data dir: set_dir() to a folder all machines "
+        f"mount at the same path, or to a URL such as 's3://bucket/data'.")
+    assert ran == []

@@ -75,6 +75,9 @@ CONNECT_TIMEOUT = 5.0
 LOST_AFTER = 5.0
 #: seconds of failed calls after which luigid counts as unreachable (when a run starts)
 UNREACHABLE_AFTER = 1.0
+#: seconds a task luigid calls done elsewhere may stay unseen here (a shared file system
+#: may show another machine's file late) before it fails here: the data dir is not shared
+NOT_SEEN_GRACE = 60.0
 #: how pipeflow marks the explanation it leaves on a task it reports FAILED to luigid
 MARK = "pipeflow:"
 #: what luigid calls its task states
@@ -269,6 +272,7 @@ class _Shared(_Run):
         self.claimed: set[int] = set()  # luigid handed them to this process
         self.fresh: set[int] = set()  # seen not DONE in luigid since registered
         self.workers_seen: dict[int, str] = {}  # who luigid last said runs a task
+        self.unseen: dict[int, float] = {}  # done elsewhere, outputs not seen here: since
         self.dropped: dict[int, set[int]] = {}  # optional deps that did not finish well
         self.lost: str | None = None  # why luigid is considered gone
         self.next_ask = 0.0
@@ -422,6 +426,32 @@ class _Shared(_Run):
                   f"({who})" if who else "ran on another worker")
         self._release(i)
 
+    def _seen_here(self, i: int, who: str) -> None:
+        """``i`` ran elsewhere since this run registered it: done once its outputs show here.
+
+        They may show late on a shared file system; if they never do, this machine does not
+        see the data dir the others write to, and ``i`` fails here (its dependents would
+        fail to load it, and running again would not help).
+        """
+        if self._intact(i):
+            self.unseen.pop(i, None)
+            self._ran_elsewhere(i, who)
+            return
+        since = self.unseen.setdefault(i, time.monotonic())
+        if time.monotonic() - since < NOT_SEEN_GRACE:
+            return
+        self.unseen.pop(i, None)
+        task = self.g.nodes[i]
+        where = adapt(task).record_path()
+        folder = os.path.dirname(str(where)) if where is not None else "the data dir"
+        exc = RemoteTaskError(
+            f"{graphs.describe(task)} ran on another worker ({who or 'unknown'}), but its "
+            f"outputs are not in {folder} on this machine after {NOT_SEEN_GRACE:g}s. Every "
+            f"process sharing a run through luigid must see the same data dir: set_dir() to "
+            f"a folder all machines mount at the same path, or to a URL such as "
+            f"'s3://bucket/data'.")
+        self._fail(i, Outcome(exc, None))
+
     def _failed_elsewhere(self, i: int, why: str) -> None:
         task = self.g.nodes[i]
         exc = RemoteTaskError(
@@ -451,8 +481,10 @@ class _Shared(_Run):
                 continue
             status = info["status"]
             if status == DONE:
-                if i in self.fresh or self._done_here(i):
+                if self._done_here(i):
                     self._ran_elsewhere(i, self._who(info))
+                elif i in self.fresh:
+                    self._seen_here(i, self._who(info))
                 else:  # DONE from before a reset (or before it went stale)
                     self._reset(i)
             elif status == FAILED:
@@ -515,8 +547,10 @@ class _Shared(_Run):
         for d in (*self.g.deps[i], *sorted(self.yielded.get(i, ()))):
             if d in self.finished or d in self.done or d in self.dropped.get(i, ()):
                 continue
-            if d in self.fresh or self._done_here(d):
+            if self._done_here(d):
                 self._ran_elsewhere(d, self.workers_seen.get(d, ""))
+            elif d in self.fresh:  # (outputs not seen here yet: the polls wait for them,
+                pass  # then release ``i``, held here meanwhile)
             else:
                 stale.append(d)
         if stale:  # DONE in luigid from before a reset: those run first
