@@ -207,3 +207,43 @@ def test_a_task_done_elsewhere_whose_outputs_this_machine_cannot_see_is_a_clear_
         f"through luigid must see the same data dir: set_dir() to a folder all machines "
         f"mount at the same path, or to a URL such as 's3://bucket/data'.")
     assert ran == []
+
+
+def test_ctrl_c_while_registering_a_large_flow_leaves_luigid_tidy(tmp_path, luigid_server,
+                                                                   monkeypatch):
+    """Ctrl-C during registration (seconds for thousands of tasks) says goodbye to luigid.
+
+    Before the fix the cleanup (disable this worker, close the connection) ran only for an
+    interrupt after registration: luigid showed the worker active, holding its pending
+    tasks, until its worker_disconnect_delay (60 s by default) ran out.
+    """
+    from pipeflow.engines import luigi as luigid_engine
+
+    class Leaf(pipeflow.tasks.TaskPickle):
+        n = pipeflow.IntParameter()
+
+        def run(self):
+            self.save(self.n)
+
+    class Top(pipeflow.tasks.TaskPickle):
+        def requires(self):
+            return [Leaf(n=i) for i in range(5)]
+
+        def run(self):
+            self.save(1)
+
+    calls = []
+    real_register = luigid_engine._Shared._register
+
+    def register(self, i, status=luigid_engine.PENDING):
+        calls.append(i)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the person presses Ctrl-C here
+        real_register(self, i, status)
+
+    monkeypatch.setattr(luigid_engine._Shared, "_register", register)
+    with pytest.raises(KeyboardInterrupt, match=r"Run cancelled \(Ctrl-C\)"):
+        pipeflow.run(Top(), **shared(luigid_server.url))
+    workers = luigid_server.rpc("worker_list")
+    assert [w["state"] for w in workers] == ["disabled"]
+    assert not any((tmp_path / "data").rglob("*.pkl"))

@@ -594,19 +594,19 @@ class _Shared(_Run):
     def loop(self) -> None:
         token = self.engine.cancel
         try:
-            # upstream first, so that luigid knows each dependency when it is named; of
-            # the complete tasks, only those a task to run needs directly
-            needed = {d for i in self.to_run for d in self.g.deps[i]} - self.to_run
-            for i in range(len(self.g.nodes)):
-                if i in self.to_run or i in needed:
-                    self._register(i, PENDING if i in self.to_run else DONE)
-            for i in sorted(self.up_to_date):
-                self.emit(EventKind.TASK_UP_TO_DATE, self.g.nodes[i])
-            self._poll()  # DONE from before a reset is put back before anyone asks
-        except _Down as exc:
-            self.lost = str(exc)
-        self.pinger.start()
-        try:
+            try:
+                # upstream first, so that luigid knows each dependency when it is named;
+                # of the complete tasks, only those a task to run needs directly
+                needed = {d for i in self.to_run for d in self.g.deps[i]} - self.to_run
+                for i in range(len(self.g.nodes)):
+                    if i in self.to_run or i in needed:
+                        self._register(i, PENDING if i in self.to_run else DONE)
+                for i in sorted(self.up_to_date):
+                    self.emit(EventKind.TASK_UP_TO_DATE, self.g.nodes[i])
+                self._poll()  # DONE from before a reset is put back before anyone asks
+            except _Down as exc:
+                self.lost = str(exc)
+            self.pinger.start()
             self._turns(token)
         except KeyboardInterrupt:
             token._event.set()
