@@ -203,7 +203,7 @@ def test_a_task_done_elsewhere_whose_outputs_this_machine_cannot_see_is_a_clear_
     assert isinstance(leaf.error, RemoteTaskError)
     assert str(leaf.error).startswith(
         f"Leaf() ran on another worker (other-machine), but its outputs are not in "
-        f"{os.path.dirname(where)} on this machine after 1s. Every process sharing a run "
+        f"{tmp_path / 'data' / 'Leaf'} on this machine after 1s. Every process sharing a run "
         f"through luigid must see the same data dir: set_dir() to a folder all machines "
         f"mount at the same path, or to a URL such as 's3://bucket/data'.")
     assert ran == []

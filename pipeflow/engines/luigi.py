@@ -442,8 +442,14 @@ class _Shared(_Run):
             return
         self.unseen.pop(i, None)
         task = self.g.nodes[i]
-        where = adapt(task).record_path()
-        folder = os.path.dirname(str(where)) if where is not None else "the data dir"
+        try:  # (where its first output goes: the folder a person looks in)
+            where = next((str(t.path) for t in luigi.task.flatten(task.output())
+                          if getattr(t, "path", None)), adapt(task).record_path())
+        except Exception:  # noqa: BLE001 - a user's output() failing: no folder to name
+            where = None
+        folder = "the data dir" if where is None else (
+            os.path.dirname(where) if "://" in where else
+            os.path.dirname(os.path.abspath(where)))
         exc = RemoteTaskError(
             f"{graphs.describe(task)} ran on another worker ({who or 'unknown'}), but its "
             f"outputs are not in {folder} on this machine after {NOT_SEEN_GRACE:g}s. Every "
