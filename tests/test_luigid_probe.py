@@ -247,3 +247,37 @@ def test_ctrl_c_while_registering_a_large_flow_leaves_luigid_tidy(tmp_path, luig
     workers = luigid_server.rpc("worker_list")
     assert [w["state"] for w in workers] == ["disabled"]
     assert not any((tmp_path / "data").rglob("*.pkl"))
+
+
+def test_a_password_in_scheduler_url_is_never_shown(tmp_path):
+    """luigid behind a proxy with basic auth: ``http://user:password@host:port/``.
+
+    requests sends the credentials from the URL; before the fix the password showed in
+    SchedulerUnreachableError (message and ``.url``), ParameterError and RunOptions' repr.
+    """
+    from servers import free_port
+
+    from pipeflow.errors import ParameterError, SchedulerUnreachableError
+    from pipeflow.options import RunOptions
+
+    class Job(pipeflow.tasks.TaskPickle):
+        def run(self):
+            self.save(1)
+
+    port = free_port()
+    url = f"http://alice:Hunter2-pw@127.0.0.1:{port}/"
+    with pytest.raises(SchedulerUnreachableError,
+                       match=rf"at http://alice:\*\*\*@127\.0\.0\.1:{port}/ cannot be "
+                             rf"reached: nothing accepts connections") as info:
+        pipeflow.run(Job(), **shared(url))
+    assert info.value.url == f"http://alice:***@127.0.0.1:{port}/"
+    with pytest.raises(ParameterError) as refused:
+        pipeflow.run(Job(), scheduler_url=url)
+    with pytest.raises(ParameterError) as bad:
+        pipeflow.run(Job(), local_scheduler=False, scheduler_url="ftp://bob:Hunter2-pw@h/")
+    options = RunOptions.of(local_scheduler=False, scheduler_url=url)
+    shown = [str(info.value), repr(info.value), str(refused.value), str(bad.value),
+             repr(options), str(options)]
+    assert not [s for s in shown if "Hunter2" in s]
+    assert "scheduler_url='http://alice:***@127.0.0.1:" in str(refused.value)
+    assert options.scheduler_url == url  # (the real one, to connect with)

@@ -60,6 +60,7 @@ from pipeflow.errors import (
     first_line,
 )
 from pipeflow.events import Event, EventKind, RunResult, Sink
+from pipeflow.options import shown_url
 from pipeflow.parameters import is_secret, redact
 from pipeflow.plan import Plan
 
@@ -190,6 +191,7 @@ class LuigiEngine(LocalEngine):
                  cancel: CancelToken | None = None, if_locked: str = "wait") -> None:
         super().__init__(workers, executor, cancel, if_locked)
         self.url = url
+        self.shown = shown_url(url)  # (what messages show: no password)
         self.host = socket.gethostname()
         self.worker_id = (f"pipeflow-{self.host}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
@@ -226,8 +228,8 @@ class LuigiEngine(LocalEngine):
         except ValueError:
             port = 8082
         return SchedulerUnreachableError(
-            f"luigi's central scheduler at {self.url} cannot be reached: {why}. Nothing "
-            f"was run. " + HOW_TO_START.format(port=port), self.url)
+            f"luigi's central scheduler at {self.shown} cannot be reached: {why}. Nothing "
+            f"was run. " + HOW_TO_START.format(port=port), self.shown)
 
     def run(self, plan: Plan, sinks: Sequence[Sink]) -> RunResult:
         """Run the pending tasks of ``plan``, shared with every process asking luigid."""
@@ -462,7 +464,7 @@ class _Shared(_Run):
         task = self.g.nodes[i]
         exc = RemoteTaskError(
             f"{graphs.describe(task)} failed in another process sharing this run through "
-            f"luigid ({self.luigid.url}): {why}. Its traceback is in that process's output "
+            f"luigid ({self.luigid.shown}): {why}. Its traceback is in that process's output "
             f"and run history. Fix it and run again: only what is not complete reruns.")
         self._fail(i, Outcome(exc, None))
 
@@ -634,11 +636,11 @@ class _Shared(_Run):
         if self.lost:
             done = len(self.done)
             raise SchedulerLostError(
-                f"luigi's central scheduler at {self.luigid.url} stopped answering during the "
+                f"luigi's central scheduler at {self.luigid.shown} stopped answering during the "
                 f"run: {self.lost}. Tasks that finished keep their outputs ({done} of the "
                 f"run's tasks are complete); the rest did not start here. Start luigid again "
                 f"(it reloads its state file) and rerun: only what is not complete runs.",
-                self.luigid.url)
+                self.luigid.shown)
 
     def _turns(self, token: CancelToken) -> None:
         workers = self.engine.workers
@@ -647,7 +649,7 @@ class _Shared(_Run):
                 self._cancel_rest()
                 return
             if self.lost and not self.running:
-                self._cancel_rest(reason=f"luigid at {self.luigid.url} stopped answering")
+                self._cancel_rest(reason=f"luigid at {self.luigid.shown} stopped answering")
                 return
             now = time.monotonic()
             while self.delayed and self.delayed[0][0] <= now:
