@@ -15,6 +15,7 @@ import dataclasses
 import math
 import numbers
 import operator
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +72,7 @@ class RunOptions:
     local_scheduler: bool = True
     scheduler_host: str | None = None
     scheduler_port: int | None = None
-    scheduler_url: str | None = None
+    scheduler_url: str | None = dataclasses.field(default=None, repr=False)  # (a password)
 
     def __post_init__(self) -> None:
         fix = object.__setattr__
@@ -121,7 +122,8 @@ class RunOptions:
                  if getattr(self, n) is not None]
         if self.local_scheduler and given:
             raise ParameterError(
-                f"{given[0]}={getattr(self, given[0])!r} names a central scheduler (luigid), "
+                f"{given[0]}={shown_url(getattr(self, given[0]))!r} names a central scheduler "
+                f"(luigid), "
                 f"but local_scheduler=True runs on this machine alone and would ignore it. "
                 f"Pass local_scheduler=False to share the run through luigid, or leave out "
                 f"{' and '.join(given)}.")
@@ -132,7 +134,8 @@ class RunOptions:
         if self.scheduler_url is not None and (self.scheduler_host is not None
                                                or self.scheduler_port is not None):
             raise ParameterError(
-                f"scheduler_url={self.scheduler_url!r} and scheduler_host/scheduler_port both "
+                f"scheduler_url={shown_url(self.scheduler_url)!r} and scheduler_host/"
+                f"scheduler_port both "
                 f"name luigid. Pass either scheduler_url='http://host:port/' or "
                 f"scheduler_host= and scheduler_port=.")
         host = self.scheduler_host
@@ -164,7 +167,7 @@ class RunOptions:
             if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ParameterError(
                     f"scheduler_url must be luigid's http(s) URL, such as "
-                    f"'http://localhost:8082/', not {url!r}.")
+                    f"'http://localhost:8082/', not {shown_url(url)!r}.")
 
     @classmethod
     def of(cls, **options: Any) -> RunOptions:
@@ -185,6 +188,31 @@ class RunOptions:
     def but(self, **changes: Any) -> RunOptions:
         """A copy with some options changed."""
         return dataclasses.replace(self, **changes)
+
+
+def shown_url(url: Any) -> Any:
+    """``url`` as it may be shown: a password in it (``http://user:pw@host/``) as ``***``.
+
+    Anything that is not such a URL is returned as it is.
+
+    Example:
+        >>> shown_url("http://alice:pw@sched:8082/")
+        'http://alice:***@sched:8082/'
+    """
+    if not isinstance(url, str) or "@" not in url:
+        return url
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.password is None:
+        # (unparsable, or no password: mask whatever sits between "://" and "@" after ":")
+        return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+    user, _, host = parts.netloc.rpartition("@")
+    return urllib.parse.urlunsplit(parts._replace(
+        netloc=f"{user.partition(':')[0]}:***@{host}"))
 
 
 def _iterable(value: Any) -> list[Any]:
@@ -257,4 +285,5 @@ def flag(value: Any, name: str, alternatives: str = "") -> bool:
     raise ParameterError(f"{name} must be True or False{alternatives}, not {value!r}.")
 
 
-__all__ = ["EXECUTORS", "IF_LOCKED", "RunOptions", "flag", "seconds", "whole_number"]
+__all__ = ["EXECUTORS", "IF_LOCKED", "RunOptions", "flag", "seconds", "shown_url",
+           "whole_number"]

@@ -60,6 +60,7 @@ from pipeflow.errors import (
     first_line,
 )
 from pipeflow.events import Event, EventKind, RunResult, Sink
+from pipeflow.options import shown_url
 from pipeflow.parameters import is_secret, redact
 from pipeflow.plan import Plan
 
@@ -75,6 +76,9 @@ CONNECT_TIMEOUT = 5.0
 LOST_AFTER = 5.0
 #: seconds of failed calls after which luigid counts as unreachable (when a run starts)
 UNREACHABLE_AFTER = 1.0
+#: seconds a task luigid calls done elsewhere may stay unseen here (a shared file system
+#: may show another machine's file late) before it fails here: the data dir is not shared
+NOT_SEEN_GRACE = 60.0
 #: how pipeflow marks the explanation it leaves on a task it reports FAILED to luigid
 MARK = "pipeflow:"
 #: what luigid calls its task states
@@ -153,6 +157,11 @@ def _reason(exc: BaseException) -> str:
     if status is not None:
         return (f"it answered HTTP {status} where luigid answers its API (is another server "
                 f"on that port?)")
+    if "SSLError" in text or "SSL" in type(inner).__name__:
+        return ("the TLS (https) handshake failed (luigid serves plain http:// unless a "
+                "proxy in front of it adds TLS)")
+    if "BadStatusLine" in text or "RemoteDisconnected" in text:
+        return "it answered, but not in HTTP (is another kind of server on that port?)"
     if "Connection refused" in text or "NewConnectionError" in text:
         return "nothing accepts connections there (connection refused)"
     if "timed out" in text.lower() or "timeout" in type(inner).__name__.lower():
@@ -182,6 +191,7 @@ class LuigiEngine(LocalEngine):
                  cancel: CancelToken | None = None, if_locked: str = "wait") -> None:
         super().__init__(workers, executor, cancel, if_locked)
         self.url = url
+        self.shown = shown_url(url)  # (what messages show: no password)
         self.host = socket.gethostname()
         self.worker_id = (f"pipeflow-{self.host}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
@@ -194,10 +204,14 @@ class LuigiEngine(LocalEngine):
         client = _Client(self.url, UNREACHABLE_AFTER)
         try:
             client.call("add_worker", worker=self.worker_id, info=self._info())
+            # (add_worker answers null; ping's answer tells luigid from another JSON API)
+            reply = client.call("ping", worker=self.worker_id)
         except _Down as exc:
             raise self._unreachable(str(exc)) from None
         finally:
             client.close()
+        if not isinstance(reply, dict) or "rpc_messages" not in reply:
+            raise self._unreachable(_reason(ValueError(reply)))
 
     def _info(self) -> list[tuple[str, Any]]:
         user = "?"
@@ -214,8 +228,8 @@ class LuigiEngine(LocalEngine):
         except ValueError:
             port = 8082
         return SchedulerUnreachableError(
-            f"luigi's central scheduler at {self.url} cannot be reached: {why}. Nothing "
-            f"was run. " + HOW_TO_START.format(port=port), self.url)
+            f"luigi's central scheduler at {self.shown} cannot be reached: {why}. Nothing "
+            f"was run. " + HOW_TO_START.format(port=port), self.shown)
 
     def run(self, plan: Plan, sinks: Sequence[Sink]) -> RunResult:
         """Run the pending tasks of ``plan``, shared with every process asking luigid."""
@@ -260,6 +274,7 @@ class _Shared(_Run):
         self.claimed: set[int] = set()  # luigid handed them to this process
         self.fresh: set[int] = set()  # seen not DONE in luigid since registered
         self.workers_seen: dict[int, str] = {}  # who luigid last said runs a task
+        self.unseen: dict[int, float] = {}  # done elsewhere, outputs not seen here: since
         self.dropped: dict[int, set[int]] = {}  # optional deps that did not finish well
         self.lost: str | None = None  # why luigid is considered gone
         self.next_ask = 0.0
@@ -413,11 +428,43 @@ class _Shared(_Run):
                   f"({who})" if who else "ran on another worker")
         self._release(i)
 
+    def _seen_here(self, i: int, who: str) -> None:
+        """``i`` ran elsewhere since this run registered it: done once its outputs show here.
+
+        They may show late on a shared file system; if they never do, this machine does not
+        see the data dir the others write to, and ``i`` fails here (its dependents would
+        fail to load it, and running again would not help).
+        """
+        if self._intact(i):
+            self.unseen.pop(i, None)
+            self._ran_elsewhere(i, who)
+            return
+        since = self.unseen.setdefault(i, time.monotonic())
+        if time.monotonic() - since < NOT_SEEN_GRACE:
+            return
+        self.unseen.pop(i, None)
+        task = self.g.nodes[i]
+        try:  # (where its first output goes: the folder a person looks in)
+            where = next((str(t.path) for t in luigi.task.flatten(task.output())
+                          if getattr(t, "path", None)), adapt(task).record_path())
+        except Exception:  # noqa: BLE001 - a user's output() failing: no folder to name
+            where = None
+        folder = "the data dir" if where is None else (
+            os.path.dirname(where) if "://" in where else
+            os.path.dirname(os.path.abspath(where)))
+        exc = RemoteTaskError(
+            f"{graphs.describe(task)} ran on another worker ({who or 'unknown'}), but its "
+            f"outputs are not in {folder} on this machine after {NOT_SEEN_GRACE:g}s. Every "
+            f"process sharing a run through luigid must see the same data dir: set_dir() to "
+            f"a folder all machines mount at the same path, or to a URL such as "
+            f"'s3://bucket/data'.")
+        self._fail(i, Outcome(exc, None))
+
     def _failed_elsewhere(self, i: int, why: str) -> None:
         task = self.g.nodes[i]
         exc = RemoteTaskError(
             f"{graphs.describe(task)} failed in another process sharing this run through "
-            f"luigid ({self.luigid.url}): {why}. Its traceback is in that process's output "
+            f"luigid ({self.luigid.shown}): {why}. Its traceback is in that process's output "
             f"and run history. Fix it and run again: only what is not complete reruns.")
         self._fail(i, Outcome(exc, None))
 
@@ -442,8 +489,10 @@ class _Shared(_Run):
                 continue
             status = info["status"]
             if status == DONE:
-                if i in self.fresh or self._done_here(i):
+                if self._done_here(i):
                     self._ran_elsewhere(i, self._who(info))
+                elif i in self.fresh:
+                    self._seen_here(i, self._who(info))
                 else:  # DONE from before a reset (or before it went stale)
                     self._reset(i)
             elif status == FAILED:
@@ -506,8 +555,10 @@ class _Shared(_Run):
         for d in (*self.g.deps[i], *sorted(self.yielded.get(i, ()))):
             if d in self.finished or d in self.done or d in self.dropped.get(i, ()):
                 continue
-            if d in self.fresh or self._done_here(d):
+            if self._done_here(d):
                 self._ran_elsewhere(d, self.workers_seen.get(d, ""))
+            elif d in self.fresh:  # (outputs not seen here yet: the polls wait for them,
+                pass  # then release ``i``, held here meanwhile)
             else:
                 stale.append(d)
         if stale:  # DONE in luigid from before a reset: those run first
@@ -537,7 +588,7 @@ class _Shared(_Run):
 
     def _left(self) -> bool:
         """Whether tasks of this run wait for luigid (not finished, not held here)."""
-        return any(i not in self.finished and i not in self.claimed for i in self.to_run)
+        return bool(self.to_run - self.finished - self.claimed)
 
     def _cancel_rest(self, reason: str | None = None) -> None:
         for i in list(self.running):
@@ -551,19 +602,19 @@ class _Shared(_Run):
     def loop(self) -> None:
         token = self.engine.cancel
         try:
-            # upstream first, so that luigid knows each dependency when it is named; of
-            # the complete tasks, only those a task to run needs directly
-            needed = {d for i in self.to_run for d in self.g.deps[i]} - self.to_run
-            for i in range(len(self.g.nodes)):
-                if i in self.to_run or i in needed:
-                    self._register(i, PENDING if i in self.to_run else DONE)
-            for i in sorted(self.up_to_date):
-                self.emit(EventKind.TASK_UP_TO_DATE, self.g.nodes[i])
-            self._poll()  # DONE from before a reset is put back before anyone asks
-        except _Down as exc:
-            self.lost = str(exc)
-        self.pinger.start()
-        try:
+            try:
+                # upstream first, so that luigid knows each dependency when it is named;
+                # of the complete tasks, only those a task to run needs directly
+                needed = {d for i in self.to_run for d in self.g.deps[i]} - self.to_run
+                for i in range(len(self.g.nodes)):
+                    if i in self.to_run or i in needed:
+                        self._register(i, PENDING if i in self.to_run else DONE)
+                for i in sorted(self.up_to_date):
+                    self.emit(EventKind.TASK_UP_TO_DATE, self.g.nodes[i])
+                self._poll()  # DONE from before a reset is put back before anyone asks
+            except _Down as exc:
+                self.lost = str(exc)
+            self.pinger.start()
             self._turns(token)
         except KeyboardInterrupt:
             token._event.set()
@@ -585,20 +636,20 @@ class _Shared(_Run):
         if self.lost:
             done = len(self.done)
             raise SchedulerLostError(
-                f"luigi's central scheduler at {self.luigid.url} stopped answering during the "
+                f"luigi's central scheduler at {self.luigid.shown} stopped answering during the "
                 f"run: {self.lost}. Tasks that finished keep their outputs ({done} of the "
                 f"run's tasks are complete); the rest did not start here. Start luigid again "
                 f"(it reloads its state file) and rerun: only what is not complete runs.",
-                self.luigid.url)
+                self.luigid.shown)
 
     def _turns(self, token: CancelToken) -> None:
         workers = self.engine.workers
-        while any(i not in self.finished for i in self.to_run):
+        while not self.to_run <= self.finished:
             if token.cancelled:
                 self._cancel_rest()
                 return
             if self.lost and not self.running:
-                self._cancel_rest(reason=f"luigid at {self.luigid.url} stopped answering")
+                self._cancel_rest(reason=f"luigid at {self.luigid.shown} stopped answering")
                 return
             now = time.monotonic()
             while self.delayed and self.delayed[0][0] <= now:
@@ -641,7 +692,11 @@ class _Shared(_Run):
                 self.next_ask = 0.0  # something may have become ready
             wake = [r.deadline for r in self.running.values() if r.deadline]
             wake += [when for when, _ in self.delayed]
-            wake += [self.next_poll, self.next_ask] if not self.lost else []
+            if not self.lost and self._left():  # (else nothing to ask or poll for: a
+                # past next_ask or next_poll would wake the loop at once, forever)
+                wake.append(self.next_poll)
+                if len(self.running) < workers:
+                    wake.append(self.next_ask)
             timeout = max(0.0, min([*wake, now + POLL]) - time.monotonic())
             if self.running:
                 for done_i, out in self.executor.collect(timeout):
