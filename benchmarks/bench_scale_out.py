@@ -5,9 +5,10 @@ Part 1, tasks per second: ``--n`` (default 200) trivial tasks in one ``--shape``
 ``wide``: a root requiring N-1 independent leaves; ``chain`` and ``diamond`` as in
 bench_scheduling.py), each a :class:`pipeflow.tasks.TaskPickle` saving its index to a
 fresh local data dir; with ``--work S`` each task first waits S seconds in ``run()``
-(standing for real work), which shows what sharing a flow between processes buys. Every row runs in fresh child processes that import everything, say
-they are ready and wait for one "go" file, so that interpreter start-up and imports are not
-timed; the time is from "go" to the last child's return:
+(standing for real work), which shows what sharing a flow between processes buys. Every
+row runs in fresh child processes that import everything, say they are ready and wait for
+one "go" file, so that interpreter start-up and imports are not timed; the time is from
+"go" to the last child's return:
 
 * ``embedded engine, 1 process``: ``pipeflow.run(root)`` (the baseline).
 * ``luigid, 1 process``: ``pipeflow.run(root, local_scheduler=False, scheduler_url=...)``.

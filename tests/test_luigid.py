@@ -469,7 +469,7 @@ def test_tasks_run_by_another_process_show_as_ran_on_another_worker(
     assert counts(tmp_path) == {"blocked": 1, **{f"Leaf{i}": 1 for i in range(6)}, "Total": 1}
     leaf0 = result.tasks[flow.Leaf(n=0).task_id]
     assert leaf0.state is TaskState.UP_TO_DATE
-    assert leaf0.reason.startswith("ran on another worker (pipeflow-")
+    assert leaf0.reason.startswith("ran on another worker, pipeflow-")
     assert str(other.pid) in leaf0.reason
     mine = {r.task.task_id for r in result.by_state("completed")}
     theirs = eval(out.split("RESULT ", 1)[1])  # noqa: S307 - our own dict

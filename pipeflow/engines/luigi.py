@@ -13,7 +13,7 @@ What luigid does and how this engine deals with it:
 * A luigi worker leaves as soon as nothing is runnable *for it*; here a call returns only
   when every task of its flow has finished, here or elsewhere: it polls luigid's task list
   (which also makes luigid notice dead workers) and reports a task another process ran as
-  ``task_up_to_date`` with the reason ``ran on another worker (...)``; one that failed
+  ``task_up_to_date`` with the reason ``ran on another worker, {worker id}``; one that failed
   elsewhere as ``task_failed`` with a :class:`~pipeflow.errors.RemoteTaskError`.
 * For ``stable_done_cooldown_secs`` after a task is DONE, luigid ignores claims that it
   must run again: a task luigid calls DONE whose commit record says otherwise (it was
@@ -424,8 +424,8 @@ class _Shared(_Run):
         self.done.add(i)
         self.plan.ran(i)
         self.yielded.pop(i, None)
-        self.emit(EventKind.TASK_UP_TO_DATE, self.g.nodes[i], reason=f"ran on another worker "
-                  f"({who})" if who else "ran on another worker")
+        self.emit(EventKind.TASK_UP_TO_DATE, self.g.nodes[i], reason=f"ran on another worker, "
+                  f"{who}" if who else "ran on another worker")
         self._release(i)
 
     def _seen_here(self, i: int, who: str) -> None:
