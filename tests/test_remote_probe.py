@@ -1,0 +1,78 @@
+"""Adversarial probes of outputs on S3/fsspec (issue 14), as users who did not write it.
+
+Each test here reproduces a defect found by probing (see the probe-s3 report).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from pipeflow import publishing, settings, storage
+
+
+@pytest.fixture
+def renewal_paused(monkeypatch):
+    """Leases renewed every 0.1 s; each renewal pauses right after its PUT succeeded.
+
+    Yields (renewed, resume): ``renewed`` is set when a renewal has rewritten a lease (the
+    store holds the new content) but has not finished; ``resume`` lets it finish (it also
+    finishes by itself after 1 s, so a fixed lock never hangs the test).
+    """
+    monkeypatch.setattr(settings, "remote_lease", 0.3)
+    real = storage.replace
+    renewed, resume = threading.Event(), threading.Event()
+
+    def replace(url: str, data: bytes, tag: str) -> bool:
+        done = real(url, data, tag)
+        if done and threading.current_thread().name == "pipeflow-leases" \
+                and not renewed.is_set():
+            renewed.set()
+            resume.wait(1.0)
+        return done
+
+    monkeypatch.setattr(storage, "replace", replace)
+    yield renewed, resume
+    resume.set()
+
+
+def _record() -> str:
+    return f"memory://probe-{uuid.uuid4().hex[:8]}/.pipeflow/commits/T/.T_1_abc.commit.json"
+
+
+def test_a_lease_being_renewed_as_its_task_finishes_is_not_lost(renewal_paused):
+    """One runner alone, 500 short tasks on S3: a task finishing while the renewer rewrote its
+    lease failed with 'lost its lease ... another runner took the task over' (there was no
+    other runner): the check read the lease this process had just written, and compared it
+    with the content the renewer had not yet recorded."""
+    renewed, resume = renewal_paused
+    record = _record()
+    lock = publishing.RemoteTaskLock(record, "T(i=1)")
+    assert lock.acquire()
+    try:
+        assert renewed.wait(10), "the lease was never renewed"
+        lost = publishing.lease_lost(record)
+        resume.set()
+        assert lost is False
+    finally:
+        resume.set()
+        lock.release()
+
+
+def test_a_lease_released_while_it_is_being_renewed_is_deleted(renewal_paused):
+    """A task released while the renewer rewrote its lease left the lease behind: the
+    release compared the store's (new) content with the old one and kept it, so the task was
+    locked (TaskLockedError for anyone, reset included) until the lease expired."""
+    renewed, resume = renewal_paused
+    record = _record()
+    lock = publishing.RemoteTaskLock(record, "T(i=1)")
+    assert lock.acquire()
+    assert renewed.wait(10), "the lease was never renewed"
+    lock.release()
+    resume.set()
+    assert storage.cat(lock.lease) is None
+    again = publishing.RemoteTaskLock(record, "T(i=1)")
+    assert again.acquire()
+    again.release()
