@@ -76,3 +76,43 @@ def test_a_lease_released_while_it_is_being_renewed_is_deleted(renewal_paused):
     again = publishing.RemoteTaskLock(record, "T(i=1)")
     assert again.acquire()
     again.release()
+
+
+CLI_TASKS = '''
+import pipeflow
+
+class Prepare(pipeflow.tasks.TaskJson):
+    rows = pipeflow.IntParameter(default=100)
+    def run(self):
+        self.save({"rows": self.rows})
+
+@pipeflow.requires(Prepare)
+class Train(pipeflow.tasks.TaskJson):
+    def run(self):
+        self.save({"score": self.inputLoad()["rows"] / 2})
+'''
+
+
+def test_the_cli_resets_outputs_on_s3(s3_bucket, s3_server, tmp_path, monkeypatch):
+    """``pipeflow reset tasks:Train --dir s3://...`` printed 'Nothing was deleted: the data
+    dir s3:/bucket/d does not exist.' and deleted nothing: it looked for a local folder."""
+    from click.testing import CliRunner
+
+    from pipeflow.cli import main
+
+    (tmp_path / "probe_cli_tasks.py").write_text(CLI_TASKS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(settings, "storage_options", s3_server.storage_options)
+    url, bucket = f"{s3_bucket}/d", s3_bucket[len("s3://"):]
+    out = CliRunner().invoke(main, ["run", "probe_cli_tasks:Train", "--dir", url])
+    assert out.exit_code == 0, out.output
+    assert len(s3_server.keys(bucket)) == 4  # two outputs, two commit records
+    out = CliRunner().invoke(main, ["reset", "probe_cli_tasks:Train", "--upstream", "--yes",
+                                    "--dir", url])
+    assert out.exit_code == 0, out.output
+    assert out.output == ("Deleted the outputs of 2 tasks:\n    Prepare(rows=100)\n"
+                          "    Train(rows=100)\n")
+    assert s3_server.keys(bucket) == []
+    out = CliRunner().invoke(main, ["reset", "probe_cli_tasks:Train", "--yes", "--dir", url])
+    assert out.exit_code == 0, out.output
+    assert out.output == "Deleted the outputs of 0 tasks.\n"
