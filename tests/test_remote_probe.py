@@ -116,3 +116,42 @@ def test_the_cli_resets_outputs_on_s3(s3_bucket, s3_server, tmp_path, monkeypatc
     out = CliRunner().invoke(main, ["reset", "probe_cli_tasks:Train", "--yes", "--dir", url])
     assert out.exit_code == 0, out.output
     assert out.output == "Deleted the outputs of 0 tasks.\n"
+
+
+def test_the_task_tree_commands_use_the_local_store_of_an_s3_data_dir(
+        s3_bucket, s3_server, tmp_path, monkeypatch):
+    """``pipeflow tasks list --dir s3://...`` failed with "AttributeError: 'RemotePath' object
+    has no attribute 'absolute'", while the Python API (create_session) kept the store in the
+    local state folder. The commands must use that same store."""
+    import asyncio
+
+    from click.testing import CliRunner
+
+    import pipeflow
+    from pipeflow.cli import main
+    from pipeflow.trees import TaskManager, TaskTreeNode, create_session, executor
+
+    @executor("probe_rows")
+    def probe_rows(inputs):
+        return {"rows": 3}
+
+    monkeypatch.setattr(settings, "storage_options", s3_server.storage_options)
+    url, bucket = f"{s3_bucket}/d", s3_bucket[len("s3://"):]
+    out = CliRunner().invoke(main, ["tasks", "list", "--dir", url])
+    assert out.exit_code == 0, out.output
+    assert out.output.startswith("no task store at ")
+    pipeflow.set_dir(url)
+
+    async def make() -> str:
+        tm = TaskManager(create_session())
+        t = await tm.task_repository.create_task(name="probe_rows", inputs={})
+        await tm.distribute_task_tree(TaskTreeNode(t))
+        return t.id
+
+    tid = asyncio.run(make())
+    out = CliRunner().invoke(main, ["tasks", "list", "--dir", url, "--json"])
+    assert out.exit_code == 0, out.output
+    import json
+    [row] = json.loads(out.output)
+    assert (row["id"], row["name"], row["status"]) == (tid, "probe_rows", "completed")
+    assert s3_server.keys(bucket) == []  # the store never goes to S3
