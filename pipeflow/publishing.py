@@ -553,13 +553,15 @@ def _start_renewer() -> None:
 
 
 def _renew_leases() -> None:
+    global _lease_renewer
     import time
 
     while True:
         time.sleep(max(settings.remote_lease, 0.3) / 3)
         with _lease_mutex:
             held = dict(_leases)
-            if not held:
+            if not held:  # (a lease taken from now on starts a new renewer: this one
+                _lease_renewer = None  # stays alive a moment, and would renew nothing)
                 return
         for url in held:
             with _guard(url), contextlib.suppress(OSError):  # (the next round tries again)
