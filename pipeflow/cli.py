@@ -44,7 +44,7 @@ import click
 import luigi
 from click.shell_completion import CompletionItem
 
-from pipeflow import display, graph, operations, runstore, settings
+from pipeflow import display, graph, operations, runstore, settings, storage
 from pipeflow.display.dag import GROUP_ABOVE
 from pipeflow.errors import (
     ConfirmationError,
@@ -1033,7 +1033,8 @@ def reset(target: str, params: tuple[str, ...], params_files: tuple[str, ...],
         classes = [_task_class(flow, t, "--task") for t in tasks]
         _use_dir(data_dir, create=False)
         home = pathlib.Path(os.fspath(settings.dir))
-        if not home.is_dir():  # nothing to delete there, and nothing to create
+        if not storage.is_remote(settings.dir) and not home.is_dir():
+            # nothing to delete there, and nothing to create (a URL: the store says)
             click.echo(f"Nothing was deleted: the data dir {home} does not exist.")
             return
         where: Any = flow.multi if flow.grid else flow.single

@@ -400,12 +400,17 @@ _lease_mutex = threading.Lock()
 _lease_renewer: threading.Thread | None = None
 #: set when this process holds no lease any more: the renewer ends at once, not a period later
 _lease_idle = threading.Event()
+# lease URL -> the lock its renewal, its release and lease_lost() hold: a renewal rewrites the
+# object, then records what it wrote; a check or a release between the two would compare the
+# store's new content with the old one, and take the lease for lost (or leave it behind)
+_lease_guards: dict[str, threading.Lock] = {}
 
 
 def _forget_leases() -> None:
     global _lease_mutex, _lease_renewer, _lease_idle
     _lease_mutex = threading.Lock()
     _leases.clear()  # a forked child holds none (its parent renews them)
+    _lease_guards.clear()
     _lease_renewer = None
     _lease_idle = threading.Event()
 
@@ -478,17 +483,29 @@ def _take_lease(url: str) -> bool:
     with _lease_mutex:
         _leases[url] = data
         _lease_idle.clear()
+        _lease_guards.setdefault(url, threading.Lock())
         _start_renewer()
     return True
 
 
-def _drop_lease(url: str) -> None:
+def _guard(url: str) -> contextlib.AbstractContextManager[object]:
+    """The lock of lease ``url`` held by this process (a no-op when it holds none)."""
     with _lease_mutex:
-        mine = _leases.pop(url, None)
+        guard = _lease_guards.get(url)
+    return contextlib.nullcontext() if guard is None else guard
+
+
+def _drop_lease(url: str) -> None:
+    with _guard(url):
+        with _lease_mutex:
+            mine = _leases.pop(url, None)
+        if mine is not None and storage.cat(url) == mine:
+            storage.rm(url)
+    with _lease_mutex:
+        if url not in _leases:
+            _lease_guards.pop(url, None)
         if not _leases:
             _lease_idle.set()
-    if mine is not None and storage.cat(url) == mine:
-        storage.rm(url)
 
 
 def _lease_data() -> bytes:
@@ -552,8 +569,12 @@ def _renew_leases() -> None:
                 # decided under the mutex: a lease taken from now on starts a new renewer
                 _lease_renewer = None
                 return
-        for url, mine in held.items():
-            with contextlib.suppress(OSError):  # (the next round tries again)
+        for url in held:
+            with _guard(url), contextlib.suppress(OSError):  # (the next round tries again)
+                with _lease_mutex:
+                    mine = _leases.get(url)
+                if mine is None:
+                    continue  # released meanwhile
                 found = storage.read_tagged(url)
                 if found is None or found[0] != mine:
                     continue  # lost (taken over while this process was paused): never rewritten
@@ -579,9 +600,10 @@ def lease_lost(record: str) -> bool:
             record.split("://", 1)[0].lower() not in storage.LEASES:
         return False
     url = _lease_url(record)
-    with _lease_mutex:
-        mine = _leases.get(url)
-    found = storage.cat(url)
+    with _guard(url):  # (not while the renewer rewrites it)
+        with _lease_mutex:
+            mine = _leases.get(url)
+        found = storage.cat(url)
     if mine is not None:
         return found != mine
     if found is None:

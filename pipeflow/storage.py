@@ -26,6 +26,7 @@ collapses it, file names are built from task ids, which luigi makes of word char
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -433,10 +434,45 @@ def pipe(url: str, data: bytes) -> None:
 def put(local: str | os.PathLike[str], url: str) -> None:
     """Upload the local file ``local`` to ``url``."""
     fs = _fs(url)
+    if getattr(fs, "async_impl", False) and hasattr(fs, "_abort_mpu"):  # S3
+        return _put_stoppable(fs, os.fspath(local), url)
     try:
         fs.put_file(os.fspath(local), url)
     except Exception as exc:
         raise _failure(url, "uploading to", exc) from None
+
+
+def _put_stoppable(fs: Any, local: str, url: str) -> None:
+    """An S3 upload that Ctrl-C stops, leaving no incomplete multipart upload behind.
+
+    fsspec runs the upload in its own thread, and Ctrl-C in this one would leave it running
+    (or, the process exiting, a multipart upload never completed nor aborted: stored and
+    billed, but in no listing). Here it is cancelled, and what it started is aborted.
+    """
+    import asyncio
+    import concurrent.futures
+
+    bucket, key, _ = fs.split_path(url)
+    job = asyncio.run_coroutine_threadsafe(fs._put_file(local, url), fs.loop)
+    try:
+        while True:  # (waits in slices, so that Ctrl-C reaches this thread)
+            try:
+                job.result(timeout=1)
+                return
+            except concurrent.futures.TimeoutError:
+                continue
+    except Exception as exc:
+        raise _failure(url, "uploading to", exc) from None
+    except BaseException:  # Ctrl-C (KeyboardInterrupt), SystemExit: stop it, then abort
+        job.cancel()
+        with contextlib.suppress(Exception):
+            concurrent.futures.wait([job], timeout=10)
+            found = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+            for upload in found.get("Uploads", []):
+                if upload.get("Key") == key:  # (the task's lease keeps other runners off)
+                    fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key,
+                               UploadId=upload["UploadId"])
+        raise
 
 
 def get(url: str, local: str | os.PathLike[str]) -> bool:

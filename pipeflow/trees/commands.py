@@ -41,7 +41,7 @@ from typing import Any
 import click
 from click.shell_completion import CompletionItem
 
-from pipeflow import settings
+from pipeflow import settings, storage
 from pipeflow.errors import (
     CycleError,
     ParameterError,
@@ -142,6 +142,8 @@ def _store_path(store: str | None) -> pathlib.Path:
     """The store file a command uses: ``--store``, else the data dir's."""
     if store is not None:
         return pathlib.Path(store).absolute()
+    if isinstance(settings.dirpath, storage.RemotePath):  # (never SQLite on a store:
+        return storage.state_folder(settings.dirpath) / DEFAULT_NAME  # open_store's place)
     return (settings.dirpath / ".pipeflow" / DEFAULT_NAME).absolute()
 
 
