@@ -123,6 +123,7 @@ class LocalEngine:
                 run.loop()
         except BaseException as exc:  # the run ends with it: its history must say so
             died = exc
+            self._ending(exc, result)
             raise
         finally:
             emit(EventKind.RUN_FINISHED, error=died)
@@ -131,6 +132,9 @@ class LocalEngine:
     def _new_run(self, plan: Plan, emit: Callable[..., None]) -> _Run:
         """The state of one run (another engine keeps this one's machinery, but not its turns)."""
         return _Run(self, plan, emit)
+
+    def _ending(self, exc: BaseException, result: RunResult) -> None:
+        """Called with the exception that ends a run early, and the run's result so far."""
 
 
 class _Run:

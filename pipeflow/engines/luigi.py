@@ -59,7 +59,7 @@ from pipeflow.errors import (
     SchedulerUnreachableError,
     first_line,
 )
-from pipeflow.events import Event, EventKind, RunResult, Sink
+from pipeflow.events import EventKind, RunResult, Sink
 from pipeflow.options import shown_url
 from pipeflow.parameters import is_secret, redact
 from pipeflow.plan import Plan
@@ -234,28 +234,14 @@ class LuigiEngine(LocalEngine):
     def run(self, plan: Plan, sinks: Sequence[Sink]) -> RunResult:
         """Run the pending tasks of ``plan``, shared with every process asking luigid."""
         self.connect()
-        result = RunResult(uuid.uuid4().hex[:12])
-        all_sinks: list[Sink] = [result, *sinks]
+        return super().run(plan, sinks)
 
-        def emit(kind: EventKind, task: luigi.Task | None = None, **kw: Any) -> None:
-            event = Event(kind, result.run_id, task=task, **kw)
-            for sink in all_sinks:
-                sink(event)
+    def _new_run(self, plan: Plan, emit: Callable[..., None]) -> _Run:
+        return _Shared(self, plan, emit)
 
-        run = _Shared(self, plan, emit)
-        emit(EventKind.RUN_STARTED, total=len(run.to_run))
-        died: BaseException | None = None
-        try:
-            with graphs.running(plan.graph):
-                run.loop()
-        except BaseException as exc:  # the run ends with it: its history must say so
-            died = exc
-            if isinstance(exc, SchedulerError):
-                exc.result = result
-            raise
-        finally:
-            emit(EventKind.RUN_FINISHED, error=died)
-        return result
+    def _ending(self, exc: BaseException, result: RunResult) -> None:
+        if isinstance(exc, SchedulerError):  # (what had finished when luigid was lost)
+            exc.result = result
 
 
 class _Shared(_Run):
