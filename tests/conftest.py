@@ -185,9 +185,13 @@ def kernel_manager(jupyter_kernel):
         km.shutdown_kernel(now=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3_server():
-    """An S3 endpoint (moto's server) on 127.0.0.1 for the whole session; see tests/servers.py."""
+    """An S3 endpoint (moto's server) on 127.0.0.1 for one test module; see tests/servers.py.
+
+    Per module, not per session: a server left running is a child process of the test
+    process, and later modules (tests/test_executors.py) check that none is left.
+    """
     from servers import s3
 
     with s3() as server:
